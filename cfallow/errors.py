@@ -1,0 +1,79 @@
+"""The one exception root, and the exit codes it maps to.
+
+An expected failure is a :class:`CfallowError`: the CLI prints its message on
+one line and exits with its ``exit_code``. Anything else is a bug and prints a
+traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BACKEND = 1
+EXIT_USAGE = 2
+EXIT_DRIFT = 3
+EXIT_RANGES = 4
+
+
+class CfallowError(Exception):
+    """Root of every expected failure."""
+
+    exit_code = EXIT_BACKEND
+
+
+class UsageError(CfallowError):
+    """Bad command line."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(CfallowError):
+    """Bad or missing configuration (names the file and key)."""
+
+    exit_code = EXIT_USAGE
+
+
+class RangesError(CfallowError):
+    """The ranges could not be had or were refused: nothing is changed anywhere."""
+
+    exit_code = EXIT_RANGES
+
+
+class FetchError(RangesError):
+    """A source could not be reached or answered with an HTTP error."""
+
+
+class ValidationError(RangesError):
+    """A source answered, but what it said is not a trustworthy list."""
+
+
+class GuardRefused(RangesError):
+    """The new list shrinks the last-known-good list more than allowed."""
+
+
+class BackendError(CfallowError):
+    """A backend could not check, read or apply (the run goes on with the others)."""
+
+    exit_code = EXIT_BACKEND
+
+
+class CommandError(BackendError):
+    """A subprocess failed; carries argv, exit status and stderr."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
+        super().__init__(f"{argv[0]} exited {returncode}: {detail}")
+
+
+class LockTimeout(CfallowError):
+    """Another cfallow run holds the state lock."""
+
+    exit_code = EXIT_BACKEND
+
+
+class StateError(CfallowError):
+    """The state directory cannot be read or written."""
+
+    exit_code = EXIT_BACKEND

@@ -1,0 +1,135 @@
+"""Pure values: canonical networks, the diff, and the :class:`Plan`.
+
+Networks are canonical :class:`netaddr.IPNetwork` values (no host bits) kept in
+frozensets, so the diff is plain set algebra at the entry level. ``IPSet`` is
+not used for the diff: it merges adjacent blocks and would hide a rule change a
+firewall needs (it is used for coverage checks instead).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from netaddr import AddrFormatError, IPNetwork, cidr_merge
+
+from cfallow.errors import ValidationError
+
+Networks = frozenset[IPNetwork]
+
+
+def sort_key(net: IPNetwork) -> tuple[int, int, int]:
+    """Address order, IPv4 first."""
+    return (net.version, int(net.network), net.prefixlen)
+
+
+def ordered(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
+    """Networks in address order, IPv4 first."""
+    return sorted(nets, key=sort_key)
+
+
+def as_strings(nets: Iterable[IPNetwork]) -> list[str]:
+    """CIDR strings in address order, IPv4 first."""
+    return [str(n) for n in ordered(nets)]
+
+
+def parse_cidr(text: str, version: int | None = None) -> IPNetwork:
+    """Parse one strict CIDR (``a.b.c.d/n`` or ``x::/n``) with no host bits.
+
+    Raises :class:`ValidationError` naming the entry. Only values that pass
+    here may reach a firewall argv.
+    """
+    if not isinstance(text, str) or "/" not in text or text != text.strip():
+        raise ValidationError(f"not a CIDR: {text!r}")
+    addr, _, plen = text.partition("/")
+    if not plen.isdigit() or len(plen) > 3:
+        raise ValidationError(f"not a CIDR: {text!r}")
+    want = version or (6 if ":" in addr else 4)
+    if want == 4 and (addr.count(".") != 3 or ":" in addr):
+        raise ValidationError(f"not an IPv4 CIDR: {text!r}")
+    if want == 6 and ":" not in addr:
+        raise ValidationError(f"not an IPv6 CIDR: {text!r}")
+    try:
+        # netaddr >= 1.0 refuses the legacy short forms ("10/8", "1.2.3", "01.2.3.4").
+        net = IPNetwork(text, version=want)
+    except (AddrFormatError, ValueError, TypeError) as exc:
+        raise ValidationError(f"not a CIDR: {text!r}") from exc
+    if net.version != want:
+        raise ValidationError(f"not an IPv{want} CIDR: {text!r}")
+    if net.ip != net.network:
+        raise ValidationError(f"host bits set in {text!r} (did you mean {net.cidr}?)")
+    return net.cidr
+
+
+def canonical(nets: Iterable[IPNetwork]) -> Networks:
+    """Merge once (``cidr_merge``) into the canonical desired set."""
+    return frozenset(n.cidr for n in cidr_merge(list(nets)))
+
+
+def diff(
+    desired: Networks, current: Networks, covered: Networks = frozenset()
+) -> tuple[Networks, Networks]:
+    """Entry-level diff: ``(add, remove)``.
+
+    ``covered`` holds entries something the admin owns already provides: they
+    are never added (and, not being cfallow's, never removed).
+    """
+    add = desired - current - covered
+    remove = current - desired
+    return frozenset(add), frozenset(remove)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one backend would do: a pure value, computed without writing.
+
+    ``current`` is what cfallow owns on the target before the change; ``drift``
+    names settings on the target that differ from config (ports, mode, a
+    hand-edited rule) and so need a write even when ``add``/``remove`` are
+    empty. ``steps`` is backend-private detail for ``apply`` (hashable values).
+    """
+
+    backend: str
+    current: Networks = frozenset()
+    add: Networks = frozenset()
+    remove: Networks = frozenset()
+    drift: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    steps: tuple[object, ...] = field(default=(), compare=False)
+
+    @property
+    def changed(self) -> bool:
+        """True when applying would write anything."""
+        return bool(self.add or self.remove or self.drift)
+
+    @property
+    def kept(self) -> Networks:
+        """Owned entries that stay."""
+        return self.current - self.remove
+
+    @property
+    def after(self) -> Networks:
+        """Owned entries once applied."""
+        return self.kept | self.add
+
+    def summary(self) -> str:
+        """``name: +2 -1 =20`` (and the drift, if any)."""
+        line = f"{self.backend}: +{len(self.add)} -{len(self.remove)} ={len(self.kept)}"
+        if self.drift:
+            line += " (drift: " + "; ".join(self.drift) + ")"
+        return line
+
+
+def make_plan(
+    backend: str,
+    desired: Networks,
+    current: Networks,
+    *,
+    covered: Networks = frozenset(),
+    drift: Iterable[str] = (),
+    notes: Iterable[str] = (),
+    steps: Iterable[object] = (),
+) -> Plan:
+    """Diff ``desired`` against ``current`` and wrap the result in a :class:`Plan`."""
+    add, remove = diff(desired, current, covered)
+    return Plan(backend, frozenset(current), add, remove, tuple(drift), tuple(notes), tuple(steps))

@@ -1,0 +1,73 @@
+"""The one way cfallow runs a subprocess: an argv list, never a shell string.
+
+Tests substitute or inspect a :class:`Runner` to assert exact argv.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from cfallow.errors import BackendError, CommandError
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished command."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Runner:
+    """Runs argv lists; ``prefix`` is prepended to every argv.
+
+    ``prefix`` exists for wrapping every call (``["ip", "netns", "exec", NS]``
+    in tests, ``nsenter`` in a container). ``calls`` records each argv run.
+    """
+
+    prefix: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+    ) -> Completed:
+        """Run ``argv``; raise :class:`CommandError` on a non-zero exit when ``check``."""
+        if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a list of str, got {argv!r}")
+        full = (*self.prefix, *argv)
+        self.calls.append(tuple(argv))
+        env = dict(os.environ, LC_ALL="C")
+        if self.env:
+            env.update(self.env)
+        try:
+            proc = subprocess.run(
+                full,
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise BackendError(f"{argv[0]}: command not found") from exc
+        except PermissionError as exc:
+            raise BackendError(f"{argv[0]}: permission denied") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(f"{argv[0]} did not finish within {timeout:g} s") from exc
+        done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(list(argv), proc.returncode, proc.stderr or proc.stdout)
+        return done
