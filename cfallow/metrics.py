@@ -1,0 +1,185 @@
+"""Prometheus metrics for node_exporter's textfile collector.
+
+One file, rewritten after every ``sync``: written to a temporary file in the
+same directory, fsynced and renamed over the old one, so the collector never
+reads half a file (it ignores names not ending in ``.prom``, and the temporary
+name starts with a dot and ends in ``.tmp``).
+
+Metrics (all gauges; ``backend`` and ``family`` labels)::
+
+    cfallow_last_run_timestamp_seconds       end of the last run
+    cfallow_last_run_success                 1 if the last run succeeded
+    cfallow_last_success_timestamp_seconds   end of the last successful run
+                                             (kept across failed runs; 0 = never)
+    cfallow_ranges{family}                   ranges in the desired list
+    cfallow_source_info{kind,etag}           1, labels describe the source
+    cfallow_source_fetched_timestamp_seconds when the list was fetched (live only)
+    cfallow_source_age_seconds               run time minus fetch time (live only)
+    cfallow_backend_failed{backend}          1 if the backend reported an error
+    cfallow_backend_changes_applied{backend,action}
+                                             entries added/removed by the last run
+    cfallow_backend_entries{backend}         entries cfallow owns after the run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX = "cfallow_"
+_LAST_SUCCESS = "cfallow_last_success_timestamp_seconds"
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\s+(?P<value>\S+)(?:\s+\S+)?\s*$")
+
+Labels = Mapping[str, str]
+Sample = tuple[Labels, float]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int) or (math.isfinite(value) and value == int(value)):
+        return str(int(value))
+    return repr(float(value))
+
+
+class _Exposition:
+    """Text exposition format 0.0.4: HELP, TYPE, then samples, one family at a time."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def gauge(self, name: str, help_text: str, samples: Iterable[Sample]) -> None:
+        samples = list(samples)
+        if not samples:
+            return
+        full = PREFIX + name
+        self.lines.append(f"# HELP {full} {help_text}")
+        self.lines.append(f"# TYPE {full} gauge")
+        for labels, value in samples:
+            if labels:
+                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+                self.lines.append(f"{full}{{{inner}}} {_number(value)}")
+            else:
+                self.lines.append(f"{full} {_number(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def previous_success(path: Path) -> float | None:
+    """The last-success timestamp recorded in an existing metrics file, if any."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group("name") == _LAST_SUCCESS:
+            try:
+                value = float(m.group("value"))
+            except ValueError:
+                return None
+            return value if math.isfinite(value) and value > 0 else None
+    return None
+
+
+def render(
+    report: Mapping[str, Any], *, now: float, success: bool, last_success: float | None
+) -> str:
+    """The metrics text for one run (``report``: the ``--json`` output of ``sync``).
+
+    ``report`` may lack ``source`` or ``backends`` (a run that failed before
+    it had them); those metrics are then left out.
+    """
+    out = _Exposition()
+    out.gauge("last_run_timestamp_seconds", "End of the last cfallow sync run.", [({}, now)])
+    out.gauge(
+        "last_run_success", "1 if the last cfallow sync succeeded, else 0.", [({}, int(success))]
+    )
+    out.gauge(
+        "last_success_timestamp_seconds",
+        "End of the last successful cfallow sync run (0 = never).",
+        [({}, now if success else (last_success or 0))],
+    )
+
+    source = report.get("source") or {}
+    if source:
+        out.gauge(
+            "ranges",
+            "Cloudflare ranges in the desired list.",
+            [({"family": f}, len(source.get(f) or [])) for f in ("ipv4", "ipv6")],
+        )
+        info = {"kind": str(source.get("kind") or ""), "etag": str(source.get("etag") or "")}
+        out.gauge("source_info", "The source of the desired list.", [(info, 1)])
+        fetched = source.get("fetched_at")
+        if isinstance(fetched, (int, float)) and not isinstance(fetched, bool):
+            out.gauge(
+                "source_fetched_timestamp_seconds",
+                "When the desired list was fetched from Cloudflare.",
+                [({}, float(fetched))],
+            )
+            out.gauge(
+                "source_age_seconds",
+                "Age of the desired list at the end of the run.",
+                [({}, max(0.0, now - float(fetched)))],
+            )
+
+    backends = list(report.get("backends") or [])
+    dry_run = bool(report.get("dry_run"))
+    failed: list[Sample] = []
+    applied: list[Sample] = []
+    entries: list[Sample] = []
+    for b in backends:
+        label = {"backend": str(b.get("name"))}
+        error = b.get("error")
+        failed.append((label, int(error is not None)))
+        current = set(b.get("current") or [])
+        add, remove = set(b.get("add") or []), set(b.get("remove") or [])
+        done = not dry_run and error is None
+        for action, nets in (("add", add), ("remove", remove)):
+            applied.append(({**label, "action": action}, len(nets) if done else 0))
+        if error is None:
+            entries.append((label, len((current - remove) | add) if done else len(current)))
+    out.gauge("backend_failed", "1 if the backend failed in the last run, else 0.", failed)
+    out.gauge(
+        "backend_changes_applied", "Entries the last run added or removed, per backend.", applied
+    )
+    out.gauge("backend_entries", "Entries cfallow owns in the backend after the last run.", entries)
+    return out.text()
+
+
+def write_metrics(path: Path, report: dict[str, Any], *, now: float, success: bool) -> None:
+    """Write the metrics for one run to ``path`` atomically.
+
+    A failed run keeps the previous run's last-success timestamp (read from
+    the existing file), so "time since the last success" keeps growing.
+    Raises :class:`OSError` if the file cannot be written.
+    """
+    path = Path(path)
+    text = render(report, now=now, success=success, last_success=previous_success(path))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp makes 0600; the collector may run as another user.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
