@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cfallow.config import Section
-from cfallow.errors import ConfigError
+from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 
@@ -117,9 +117,37 @@ def load_class(name: str) -> type[Backend]:
     return cls
 
 
+class Unloadable(Backend):
+    """Stands in for a plugin whose module cannot be imported, so the others still run."""
+
+    def __init__(self, name: str, reason: str, ctx: Context) -> None:
+        super().__init__(Section(f"backends.{name}", {}), ctx)
+        self.name = name  # type: ignore[misc]
+        self.reason = reason
+
+    def check(self) -> None:
+        raise BackendError(f"plugin cannot be loaded: {self.reason}")
+
+    def plan(self, desired: Networks) -> Plan:  # pragma: no cover - check() always raises
+        raise BackendError(self.reason)
+
+    def apply(self, plan: Plan) -> None:  # pragma: no cover
+        raise BackendError(self.reason)
+
+    def plan_removal(self) -> Plan:  # pragma: no cover
+        raise BackendError(self.reason)
+
+
 def build(name: str, section: dict[str, object], ctx: Context) -> Backend:
-    """Load and configure one backend; unknown config keys are a :class:`ConfigError`."""
-    cls = load_class(name)
+    """Load and configure one backend; unknown config keys are a :class:`ConfigError`.
+
+    A plugin that is installed but cannot be imported becomes an
+    :class:`Unloadable` that fails on its own at ``check()``.
+    """
+    try:
+        cls = load_class(name)
+    except ImportError as exc:
+        return Unloadable(name, f"{type(exc).__name__}: {exc}", ctx)
     sec = Section(f"backends.{name}", section)
     backend = cls(sec, ctx)
     sec.finish()

@@ -1,0 +1,273 @@
+"""Command line: ``cfallow [--config FILE] [--state-dir DIR] [-v|-q] COMMAND``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cfallow import __version__, backend, config, report, sources
+from cfallow.engine import BackendResult, run_backend
+from cfallow.errors import EXIT_BACKEND, EXIT_DRIFT, EXIT_OK, CfallowError, UsageError
+from cfallow.guard import check_shrink
+from cfallow.model import as_strings
+from cfallow.ranges import Ranges
+from cfallow.runner import Runner
+from cfallow.state import State
+
+log = logging.getLogger("cfallow")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
+    )
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help=f"state directory (default {config.DEFAULT_STATE_DIR})",
+    )
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+
+    p = _Parser(
+        prog="cfallow",
+        parents=[common],
+        description="Keep allowlists in step with Cloudflare's published IP ranges.",
+    )
+    p.add_argument("--version", action="version", version=f"cfallow {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common], description=help)
+
+    def source_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--source",
+            choices=("live", "bundled"),
+            default="live",
+            help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot",
+        )
+
+    r = add("ranges", "print the validated Cloudflare list")
+    source_opt(r)
+    r.add_argument("--json", action="store_true")
+
+    s = add("sync", "bring every configured backend in step with the list")
+    s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
+    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
+    )
+    source_opt(s)
+    s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
+    s.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for another run's lock (default 60)",
+    )
+
+    st = add("status", "compare every backend with the list (read-only; exit 3 on drift)")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--backend", action="append", metavar="NAME")
+    source_opt(st)
+
+    add("backends", "list installed backend plugins and whether each can run here")
+
+    rm = add("remove", "remove everything cfallow owns from the backends")
+    rm.add_argument("--backend", action="append", metavar="NAME")
+    rm.add_argument("--dry-run", action="store_true")
+    rm.add_argument("--json", action="store_true")
+    rm.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
+    return p
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        if record.levelno >= logging.WARNING:
+            return f"cfallow: {record.levelname.lower()}: {msg}"
+        return f"cfallow: {msg}"
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def _backends(
+    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context
+) -> list[backend.Backend]:
+    selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
+    if not selected:
+        raise UsageError("no backend is enabled in the configuration")
+    return [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+
+
+def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool) -> Ranges:
+    """The list to sync to: live (API, text, first-run snapshot) or bundled; then the guard."""
+    known = state.load()
+    if source == "bundled":
+        ranges = sources.bundled()
+    else:
+        try:
+            ranges = sources.fetch_live(cfg.source)
+        except CfallowError as exc:
+            if known is not None:
+                raise
+            ranges = sources.bundled()
+            taken = time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
+            log.warning(
+                "live fetch failed (%s); no last-known-good list yet, "
+                "using the bundled snapshot of %s",
+                exc,
+                taken,
+            )
+    if not force:
+        check_shrink(ranges, known, cfg.source.max_shrink)
+    return ranges
+
+
+def _emit(
+    args: argparse.Namespace,
+    ranges: Ranges | None,
+    results: list[BackendResult],
+    *,
+    dry_run: bool,
+    verb: str,
+) -> dict[str, object]:
+    doc = report.to_json(ranges, results, dry_run=dry_run)
+    if args.json:
+        report.write_json(sys.stdout, doc)
+        if ranges is not None:
+            log.info("%s", report.source_line(ranges))
+        for r in results:
+            log.info("%s", report.summary(r))
+    else:
+        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
+    for r in results:
+        if r.error is not None:
+            log.error("%s: %s", r.name, r.error)
+    return doc
+
+
+def cmd_ranges(args: argparse.Namespace, cfg: config.Config) -> int:
+    ranges = sources.bundled() if args.source == "bundled" else sources.fetch_live(cfg.source)
+    if args.json:
+        report.write_json(sys.stdout, {"source": ranges.to_json()})
+    else:
+        for net in as_strings(ranges.ipv4 | ranges.ipv6):
+            print(net)
+        log.info("%s", report.source_line(ranges))
+    return EXIT_OK
+
+
+def cmd_backends(args: argparse.Namespace, cfg: config.Config) -> int:
+    for name in backend.installed():
+        enabled = "enabled" if name in cfg.backends else "not enabled"
+        try:
+            ok, why = backend.load_class(name).available()
+        except Exception as exc:  # a broken plugin must not hide the others
+            ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
+        print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
+    return EXIT_OK
+
+
+def _sync_like(
+    args: argparse.Namespace,
+    cfg: config.Config,
+    state: State,
+    ctx: backend.Context,
+    *,
+    dry_run: bool,
+    verb: str,
+) -> int:
+    backends = _backends(cfg, args.backend, ctx)
+    ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+    results = [run_backend(b, ranges.desired, dry_run=dry_run) for b in backends]
+    if not dry_run and ranges.kind == "live":
+        state.save(ranges)
+    doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
+    failed = any(r.error is not None for r in results)
+    if not dry_run and cfg.metrics_file is not None:
+        from cfallow import metrics
+
+        metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=not failed)
+    if failed:
+        return EXIT_BACKEND
+    if verb == "status" and doc["changed"]:
+        return EXIT_DRIFT
+    return EXIT_OK
+
+
+def cmd_sync(
+    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
+) -> int:
+    if args.dry_run:
+        return _sync_like(args, cfg, state, ctx, dry_run=True, verb="sync")
+    with state.lock(args.lock_timeout):
+        return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
+
+
+def cmd_status(
+    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
+) -> int:
+    return _sync_like(args, cfg, state, ctx, dry_run=True, verb="status")
+
+
+def cmd_remove(
+    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
+) -> int:
+    backends = _backends(cfg, args.backend, ctx)
+
+    def run() -> int:
+        results = [run_backend(b, None, dry_run=args.dry_run) for b in backends]
+        _emit(args, None, results, dry_run=args.dry_run, verb="remove")
+        return EXIT_BACKEND if any(r.error is not None for r in results) else EXIT_OK
+
+    if args.dry_run:
+        return run()
+    with state.lock(args.lock_timeout):
+        return run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    _setup_logging(0, False)
+    try:
+        args = _parser().parse_args(argv)
+        _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
+        cfg = config.load(getattr(args, "config", None))
+        state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
+        ctx = backend.Context(runner=Runner(), state_dir=state.dir, log=log)
+        if args.command == "ranges":
+            return cmd_ranges(args, cfg)
+        if args.command == "backends":
+            return cmd_backends(args, cfg)
+        command = {"sync": cmd_sync, "status": cmd_status, "remove": cmd_remove}[args.command]
+        return command(args, cfg, state, ctx)
+    except CfallowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130

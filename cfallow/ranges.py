@@ -1,0 +1,35 @@
+"""The Cloudflare range list as the core carries it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cfallow.model import Networks, as_strings, canonical
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """A validated list and where it came from."""
+
+    ipv4: Networks
+    ipv6: Networks
+    kind: str  # "live" or "bundled"
+    url: str | None = None
+    etag: str | None = None
+    fetched_at: float | None = None  # epoch seconds (bundled: the snapshot's date)
+
+    @property
+    def desired(self) -> Networks:
+        """Both families, merged once: exactly what every backend diffs against."""
+        return canonical(self.ipv4) | canonical(self.ipv6)
+
+    def to_json(self) -> dict[str, object]:
+        """The ``source`` object of the JSON contract."""
+        return {
+            "kind": self.kind,
+            "url": self.url,
+            "etag": self.etag,
+            "ipv4": as_strings(self.ipv4),
+            "ipv6": as_strings(self.ipv6),
+            "fetched_at": self.fetched_at,
+        }
