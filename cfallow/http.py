@@ -167,7 +167,7 @@ def get(url: str, *, timeout: float, attempts: int, backoff: float) -> Response:
         wait=wait_random_exponential(multiplier=backoff, max=max(backoff * 16, 0.001)),
         retry=retry_if_exception_type(RetryableError),
         reraise=True,
-        before_sleep=lambda rs: log.info(
+        before_sleep=lambda rs: log.debug(
             "will retry: %s", rs.outcome.exception() if rs.outcome else "?"
         ),
     )

@@ -93,7 +93,7 @@ def fetch_live(cfg: SourceConfig) -> Ranges:
     try:
         return fetch_api(cfg)
     except RangesError as api_exc:
-        log.warning("API source failed: %s; trying the text lists", api_exc)
+        log.debug("API source failed: %s; trying the text lists", api_exc)
         try:
             return fetch_text(cfg)
         except RangesError as text_exc:

@@ -57,13 +57,13 @@ def check_network(net: IPNetwork, text: str) -> None:
     """Refuse a default route, too-short prefixes and special-purpose space."""
     if net.prefixlen == 0:
         raise ValidationError(f"default route {text!r} in the list")
+    for special, what in _SPECIAL:
+        if _overlaps(net, special):
+            raise ValidationError(f"{text!r} overlaps {what} space {special}")
     if net.prefixlen < MIN_PREFIX[net.version]:
         raise ValidationError(
             f"{text!r} is shorter than /{MIN_PREFIX[net.version]}: too wide for a CDN range"
         )
-    for special, what in _SPECIAL:
-        if _overlaps(net, special):
-            raise ValidationError(f"{text!r} overlaps {what} space {special}")
     if net.version == 6 and net not in _GLOBAL_V6:
         raise ValidationError(f"{text!r} is outside global unicast 2000::/3")
 
@@ -76,8 +76,11 @@ def parse_family(entries: Sequence[object], version: int, where: str) -> Network
     for entry in entries:
         if not isinstance(entry, str):
             raise ValidationError(f"{where}: entry {entry!r} is not a string")
-        net = parse_cidr(entry, version)
-        check_network(net, entry)
+        try:
+            net = parse_cidr(entry, version)
+            check_network(net, entry)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: {exc}") from None
         nets.add(net)
     return frozenset(nets)
 
