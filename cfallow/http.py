@@ -6,9 +6,9 @@ seconds in total and never holds more than :data:`MAX_BODY` bytes.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -93,10 +93,33 @@ def _read(session: requests.Session, url: str, timeout: float) -> Response:
         resp.close()
 
 
+def _read_within(session: requests.Session, url: str, remaining: float) -> Response | None:
+    """:func:`_read` in a daemon thread; ``None`` if it is not done within ``remaining``.
+
+    A daemon thread, so a reader stuck past the deadline neither delays the
+    answer nor the process's exit; its socket times out on its own.
+    """
+    box: list[Response | BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(_read(session, url, remaining))
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=target, name="cfallow-fetch", daemon=True)
+    thread.start()
+    thread.join(remaining)
+    if not box:
+        return None
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 def _get_once(url: str, timeout: float) -> Response:
     """Follow up to :data:`MAX_REDIRECTS` checked redirects within one deadline."""
     deadline = time.monotonic() + timeout
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     session = requests.Session()
     try:
         for _ in range(MAX_REDIRECTS + 1):
@@ -104,17 +127,16 @@ def _get_once(url: str, timeout: float) -> Response:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            future = pool.submit(_read, session, url, remaining)
             try:
-                resp = future.result(timeout=remaining)
-            except concurrent.futures.TimeoutError:
-                break
+                resp = _read_within(session, url, remaining)
             except requests.exceptions.SSLError as exc:
                 raise FetchError(f"{url}: TLS verification failed: {exc}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise RetryableError(f"{url}: {_short(exc)}") from None
             except requests.RequestException as exc:
                 raise FetchError(f"{url}: {_short(exc)}") from None
+            if resp is None:
+                break
             if resp.status in (301, 302, 303, 307, 308):
                 if not resp.location:
                     raise FetchError(f"{url}: HTTP {resp.status} without a Location")
@@ -130,8 +152,6 @@ def _get_once(url: str, timeout: float) -> Response:
         raise RetryableError(f"{url}: no complete response within {timeout:g} s")
     finally:
         session.close()
-        # A reader stuck past the deadline is abandoned; its socket times out on its own.
-        pool.shutdown(wait=False)
 
 
 def _short(exc: BaseException) -> str:

@@ -106,6 +106,18 @@ def test_retries_are_bounded_and_4xx_is_not_retried(httpserver: HTTPServer) -> N
     assert len(httpserver.log) == 1
 
 
+@pytest.fixture
+def slow_server() -> Iterator[HTTPServer]:
+    """A threaded server of its own: a handler that sleeps must not stall other tests."""
+    server = HTTPServer(host="127.0.0.1", threaded=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        server.stop()
+
+
 def _slow(delay: float) -> object:
     def handler(_: Request) -> Response:
         time.sleep(delay)
@@ -114,15 +126,15 @@ def _slow(delay: float) -> object:
     return handler
 
 
-def test_timeout_is_total_per_request(httpserver: HTTPServer) -> None:
-    httpserver.expect_request(API).respond_with_handler(_slow(1.5))  # type: ignore[arg-type]
+def test_timeout_is_total_per_request(slow_server: HTTPServer) -> None:
+    slow_server.expect_request(API).respond_with_handler(_slow(1.5))  # type: ignore[arg-type]
     start = time.monotonic()
     with pytest.raises(FetchError, match=r"no complete response within 0\.5 s"):
-        sources.fetch_api(cfg(httpserver, timeout=0.5, attempts=1))
+        sources.fetch_api(cfg(slow_server, timeout=0.5, attempts=1))
     assert time.monotonic() - start < 1.5
 
 
-def test_a_dripping_server_cannot_stretch_the_deadline(httpserver: HTTPServer) -> None:
+def test_a_dripping_server_cannot_stretch_the_deadline(slow_server: HTTPServer) -> None:
     def drip(_: Request) -> Response:
         def body() -> Iterator[bytes]:
             for _ in range(20):
@@ -131,10 +143,10 @@ def test_a_dripping_server_cannot_stretch_the_deadline(httpserver: HTTPServer) -
 
         return Response(body(), content_type="application/json")
 
-    httpserver.expect_request(API).respond_with_handler(drip)
+    slow_server.expect_request(API).respond_with_handler(drip)
     start = time.monotonic()
     with pytest.raises(FetchError, match="no complete response"):
-        sources.fetch_api(cfg(httpserver, timeout=0.6, attempts=1))
+        sources.fetch_api(cfg(slow_server, timeout=0.6, attempts=1))
     assert time.monotonic() - start < 1.5
 
 
