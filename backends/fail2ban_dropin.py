@@ -1,0 +1,160 @@
+"""cfallow's one Fail2Ban drop-in, ``jail.d/zz-cfallow.local``: render, parse, check, put in place.
+
+Each section extends the jail's own base list instead of replacing it::
+
+    [sshd]
+    ignoreip = %(known/ignoreip)s
+        173.245.48.0/20
+        ...
+
+``%(known/ignoreip)s`` is the value the jail had before this file (its own
+``ignoreip`` or DEFAULT's). The same line in ``[DEFAULT]`` is a recursion
+error, so the file never has a DEFAULT section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from netaddr import IPNetwork
+
+from cfallow.errors import BackendError, ValidationError
+from cfallow.model import Networks, as_strings, parse_cidr
+
+from .fail2ban_client import check_jail_name
+
+NAME = "zz-cfallow.local"
+KNOWN = "%(known/ignoreip)s"
+HEADER = (
+    "# Managed by cfallow: Cloudflare's ranges added to each jail's ignoreip.\n"
+    "# cfallow rewrites this file; edits are lost. Remove it (and the live\n"
+    "# entries it added) with: cfallow remove --backend fail2ban\n"
+)
+
+
+def render(owned: Mapping[str, Networks]) -> str | None:
+    """The file for ``{jail: ranges}``; None when there is nothing to list."""
+    parts = [HEADER]
+    for jail in sorted(owned):
+        nets = owned[jail]
+        if not nets:
+            continue
+        lines = "".join(f"    {parse_cidr(c)}\n" for c in as_strings(nets))
+        parts.append(f"\n[{check_jail_name(jail)}]\nignoreip = {KNOWN}\n{lines}")
+    return "".join(parts) if len(parts) > 1 else None
+
+
+def parse(text: str) -> tuple[dict[str, Networks], list[str]]:
+    """``({jail: ranges}, problems)`` of a drop-in's text.
+
+    Only strict CIDRs count as owned; anything else is reported as a problem
+    (a hand edit), and the next write replaces it.
+    """
+    owned: dict[str, set[IPNetwork]] = {}
+    problems: list[str] = []
+    jail: str | None = None
+    key: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if not raw[0].isspace() and line.startswith("[") and line.endswith("]"):
+            jail, key = line[1:-1].strip(), None
+            owned.setdefault(jail, set())
+            continue
+        if raw[0].isspace() and key is not None:
+            words = line.split()
+        elif "=" in line and jail is not None:
+            key, _, value = (p.strip() for p in line.partition("="))
+            words = value.split()
+            if key == "ignoreip":
+                if words[:1] != [KNOWN]:
+                    problems.append(f"[{jail}] ignoreip does not start with {KNOWN}")
+                words = words[1:]
+        else:
+            problems.append(f"unexpected line: {line!r}")
+            continue
+        if key != "ignoreip" or jail is None:
+            problems.append(f"[{jail}] unexpected key {key!r}")
+            continue
+        for word in words:
+            try:
+                owned[jail].add(parse_cidr(word.strip(",")))
+            except ValidationError:
+                problems.append(f"[{jail}] not a CIDR: {word!r}")
+    return {j: frozenset(n) for j, n in owned.items()}, problems
+
+
+def read(path: Path) -> str | None:
+    """The drop-in's text, or None if there is none."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BackendError(f"fail2ban: cannot read {path}: {exc}") from exc
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by rename; the old file stays if anything fails before that."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise BackendError(f"fail2ban: cannot write {path}: {exc}") from exc
+    with contextlib.suppress(OSError):
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def remove(path: Path) -> None:
+    """Delete the drop-in (absent is fine)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BackendError(f"fail2ban: cannot remove {path}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def config_copy(config_dir: Path, candidate: str | None) -> Iterator[Path]:
+    """A private copy of the configuration tree with ``candidate`` as the drop-in.
+
+    ``candidate`` None leaves cfallow's drop-in out (the admin's configuration
+    alone). The copy is deleted on exit; the real tree is never written.
+    """
+
+    def skip(directory: str, names: list[str]) -> list[str]:
+        if Path(directory).name != "jail.d":
+            return []
+        return [n for n in names if n == NAME or n.startswith(f".{NAME}.")]
+
+    top = Path(tempfile.mkdtemp(prefix="cfallow-f2b-"))
+    try:
+        copy = top / "conf"
+        try:
+            shutil.copytree(config_dir, copy, ignore=skip, ignore_dangling_symlinks=True)
+        except (OSError, shutil.Error) as exc:
+            raise BackendError(f"fail2ban: cannot copy {config_dir} for checking: {exc}") from exc
+        if candidate is not None:
+            (copy / "jail.d").mkdir(exist_ok=True)
+            (copy / "jail.d" / NAME).write_text(candidate, encoding="utf-8")
+        yield copy
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
