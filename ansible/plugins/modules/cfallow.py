@@ -1,0 +1,235 @@
+#!/usr/bin/python
+"""Ansible module: run ``cfallow sync`` or ``cfallow remove`` on the target."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: cfallow
+short_description: Keep firewall allowlists in step with Cloudflare's IP ranges
+version_added: "0.1.0"
+description:
+  - Runs C(cfallow sync --json) (O(state=synced)) or C(cfallow remove --json)
+    (O(state=absent)) on the target and reports what changed per backend.
+  - In check mode it runs the same command with C(--dry-run), which reports
+    whether anything would change and writes nothing, state included.
+  - A backend that fails makes the task fail, naming the backend; the other
+    backends still run (and may have changed), as with the CLI.
+  - Ranges that cannot be fetched or that the shrink guard refuses (exit 4)
+    make the task fail; nothing was changed anywhere.
+options:
+  state:
+    description:
+      - V(synced) makes every backend match the list.
+      - V(absent) removes everything cfallow owns.
+    type: str
+    choices: [synced, absent]
+    default: synced
+  backends:
+    description: Only these backends (C(--backend)); default every backend enabled in the config.
+    type: list
+    elements: str
+  config:
+    description:
+      - Config file (C(--config)).
+      - Default C(/etc/cfallow/config.toml), or built-in defaults if that is absent.
+    type: path
+  state_dir:
+    description: State directory (C(--state-dir)); default C(/var/lib/cfallow).
+    type: path
+  force:
+    description: Accept a list that fails the shrink guard (C(--force)). Only with O(state=synced).
+    type: bool
+    default: false
+  source:
+    description:
+      - V(live) fetches from Cloudflare; V(bundled) uses the snapshot shipped with cfallow.
+      - Only with O(state=synced).
+    type: str
+    choices: [live, bundled]
+    default: live
+  lock_timeout:
+    description: Seconds to wait for another cfallow run's lock (C(--lock-timeout)).
+    type: float
+  executable:
+    description:
+      - Path of the C(cfallow) program.
+      - Default C(cfallow) on the PATH or in C(/usr/local/bin).
+    type: path
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: One before/after pair per backend, the entries cfallow owns, one CIDR a line.
+author:
+  - cfallow developers
+"""
+
+EXAMPLES = r"""
+- name: Allow only Cloudflare to reach the web ports
+  cfallow.cfallow.cfallow:
+    state: synced
+
+- name: Sync only the iptables backend from the bundled snapshot (no network)
+  cfallow.cfallow.cfallow:
+    backends: [iptables]
+    source: bundled
+
+- name: Remove every rule cfallow added
+  cfallow.cfallow.cfallow:
+    state: absent
+"""
+
+RETURN = r"""
+backends:
+  description: The plan per backend, as C(cfallow --json) reports it.
+  returned: when cfallow produced a report
+  type: list
+  elements: dict
+  sample:
+    - name: iptables
+      changed: true
+      current: ["103.21.244.0/22"]
+      add: ["104.16.0.0/13"]
+      remove: []
+      error: null
+source:
+  description:
+    - Where the list came from (kind, url, etag, ipv4, ipv6, fetched_at).
+    - Null for O(state=absent).
+  returned: when cfallow produced a report
+  type: dict
+failed_backends:
+  description: Names of the backends that failed.
+  returned: always
+  type: list
+  elements: str
+cmd:
+  description: The command that ran.
+  returned: always
+  type: list
+  elements: str
+rc:
+  description: Its exit status (0 ok, 1 a backend failed, 2 usage or config, 4 ranges refused).
+  returned: always
+  type: int
+stderr:
+  description: Its log (one summary line per backend, warnings, errors).
+  returned: always
+  type: str
+"""
+
+import ipaddress  # noqa: E402
+import json  # noqa: E402
+from typing import Any  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+EXIT_MEANING = {
+    2: "usage or configuration error",
+    4: "ranges unavailable or refused, nothing changed",
+}
+
+
+def _order(cidr: str) -> tuple[int, int, int]:
+    net = ipaddress.ip_network(cidr, strict=False)
+    return (net.version, int(net.network_address), net.prefixlen)
+
+
+def backend_diff(backend: dict[str, Any]) -> dict[str, str]:
+    """Before/after text (one CIDR a line) of what cfallow owns in one backend."""
+    current = set(backend.get("current") or [])
+    after = (current - set(backend.get("remove") or [])) | set(backend.get("add") or [])
+    name = str(backend.get("name"))
+    return {
+        "before_header": f"{name} (before)",
+        "after_header": f"{name} (after)",
+        "before": "".join(f"{c}\n" for c in sorted(current, key=_order)),
+        "after": "".join(f"{c}\n" for c in sorted(after, key=_order)),
+    }
+
+
+def command(params: dict[str, Any], executable: str, check_mode: bool) -> list[str]:
+    """The cfallow argv for these module parameters."""
+    argv = [executable]
+    if params["config"]:
+        argv += ["--config", params["config"]]
+    if params["state_dir"]:
+        argv += ["--state-dir", params["state_dir"]]
+    if params["state"] == "synced":
+        argv += ["sync", "--json", "--source", params["source"]]
+        if params["force"]:
+            argv.append("--force")
+    else:
+        argv += ["remove", "--json"]
+    for name in params["backends"] or ():
+        argv += ["--backend", name]
+    if params["lock_timeout"] is not None:
+        argv += ["--lock-timeout", str(params["lock_timeout"])]
+    if check_mode:
+        argv.append("--dry-run")
+    return argv
+
+
+def error_line(stderr: str) -> str:
+    """The line cfallow's error is on (its last ``cfallow: error:`` line)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("cfallow: error:")]
+    return (errors or lines or ["no message"])[-1]
+
+
+def main() -> None:
+    """Entry point."""
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["synced", "absent"], "default": "synced"},
+            "backends": {"type": "list", "elements": "str"},
+            "config": {"type": "path"},
+            "state_dir": {"type": "path"},
+            "force": {"type": "bool", "default": False},
+            "source": {"type": "str", "choices": ["live", "bundled"], "default": "live"},
+            "lock_timeout": {"type": "float"},
+            "executable": {"type": "path"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    executable = params["executable"] or module.get_bin_path(
+        "cfallow", required=True, opt_dirs=["/usr/local/bin"]
+    )
+    argv = command(params, executable, module.check_mode)
+    rc, out, err = module.run_command(argv)
+
+    result: dict[str, Any] = {"changed": False, "cmd": argv, "rc": rc, "stderr": err}
+    doc: dict[str, Any] | None = None
+    if out.strip():
+        try:
+            doc = json.loads(out)
+        except ValueError:
+            msg = f"cfallow printed no JSON report (exit {rc})"
+            module.fail_json(msg=msg, stdout=out, **result)
+    failed: list[str] = []
+    if doc is not None:
+        backends = list(doc.get("backends") or [])
+        failed = [str(b.get("name")) for b in backends if b.get("error") is not None]
+        result.update(changed=bool(doc.get("changed")), backends=backends)
+        result["source"] = doc.get("source")
+        if module._diff:
+            result["diff"] = [backend_diff(b) for b in backends]
+    result["failed_backends"] = failed
+
+    verb = "sync" if params["state"] == "synced" else "remove"
+    if failed:
+        detail = "; ".join(
+            f"{b['name']}: {b['error']}" for b in result["backends"] if b.get("error") is not None
+        )
+        module.fail_json(msg=f"cfallow {verb}: backend failed: {detail}", **result)
+    if rc != 0:
+        meaning = EXIT_MEANING.get(rc, f"exit {rc}")
+        module.fail_json(msg=f"cfallow {verb}: {meaning}: {error_line(err)}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
