@@ -1,0 +1,329 @@
+"""The ``aws`` backend: security-group ingress rules (or managed prefix lists) owned by tag.
+
+Per group it reads the rules once (paginated), authorizes every missing CIDR x
+port in one call, then revokes the stale owned rules in one call by rule id.
+cfallow owns a rule when it is tagged ``managed-by=cfallow`` and its
+description starts with ``cfallow``; any other rule is never revoked, and one
+for the same CIDR and port counts as present. The per-family quota is checked
+before any write. Credentials come from boto3's standard chain only; boto3 is
+imported when this backend first talks to AWS, never at import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from netaddr import IPNetwork
+
+from cfallow.backend import Backend, Context
+from cfallow.config import Section, parse_ports
+from cfallow.errors import BackendError, ConfigError
+from cfallow.model import Networks, Plan, diff, make_plan
+
+from . import aws_prefixlists as pls
+from .aws_client import Ec2, aws_errors, error_code, make_client
+from .aws_rules import (
+    FAMILIES,
+    PENDING,
+    GroupChange,
+    GroupUnreadable,
+    Key,
+    Rule,
+    explain,
+    group_change,
+    parse_rules,
+    permissions,
+    quota,
+    tag_specifications,
+)
+
+SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
+FIT_HINT = (
+    "fit with prefix_lists = true, fewer ports, or a quota increase (then set rules_per_group)"
+)
+_NOT_FOUND = ("InvalidSecurityGroupRuleId.NotFound", "InvalidPermission.NotFound")
+
+
+class AwsBackend(Backend):
+    """Keep Cloudflare's ranges in AWS security groups (``[backends.aws]``)."""
+
+    name: ClassVar[str] = "aws"
+    #: Retry and polling knobs (class attributes so tests can shorten them).
+    attempts: ClassVar[int] = 6
+    backoff: ClassVar[float] = 0.5
+    poll_interval: ClassVar[float] = 2.0
+    poll_timeout: ClassVar[float] = 300.0
+
+    def __init__(self, section: Section, ctx: Context) -> None:
+        """Read ``[backends.aws]``; no AWS call happens here."""
+        super().__init__(section, ctx)
+        where = section.where
+        self.region = section.get_str("region", "")
+        groups = section.get_strings("security_group_ids", [])
+        if not groups:
+            raise ConfigError(f"[{where}] security_group_ids: name at least one security group")
+        for group in groups:
+            if not SG_ID.fullmatch(group):
+                raise ConfigError(f"[{where}] security_group_ids: not a group id: {group!r}")
+        self.groups = tuple(dict.fromkeys(groups))
+        self.ports = parse_ports(section)
+        self.protocol = section.get_choice("protocol", "tcp", ("tcp", "udp"))
+        self.endpoint_url = section.get_str("endpoint_url", "")
+        if self.endpoint_url and not self.endpoint_url.startswith(("https://", "http://")):
+            raise ConfigError(f"[{where}] endpoint_url: expected an http(s) URL")
+        self.rules_per_group = section.get_int("rules_per_group", 60, minimum=1)
+        self.prefix_lists = section.get_bool("prefix_lists", False)
+        self.max_entries = section.get_int("prefix_list_max_entries", 30, minimum=1)
+        if self.max_entries > 1000:
+            raise ConfigError(f"[{where}] prefix_list_max_entries: at most 1000 (AWS limit)")
+        self._ec2: Ec2 | None = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """boto3 must be importable."""
+        if importlib.util.find_spec("boto3") is None:
+            return False, "boto3 is not installed (pip install 'cfallow[aws]')"
+        return True, "ok"
+
+    def set_client(self, client: Any) -> None:
+        """Use this boto3 EC2 client (tests: a stubbed client; embedding)."""
+        self._ec2 = Ec2(client, attempts=self.attempts, backoff=self.backoff)
+
+    def ec2(self) -> Ec2:
+        """The EC2 client, created on first use from boto3's standard chain."""
+        if self._ec2 is None:
+            self.set_client(make_client(self.region, self.endpoint_url))
+        assert self._ec2 is not None
+        return self._ec2
+
+    def check(self) -> None:
+        """boto3, a region and credentials (no API call)."""
+        self.ec2()
+
+    # -- reading -------------------------------------------------------------
+
+    def _describe(self, group: str) -> list[dict[str, Any]]:
+        return self.ec2().pages(
+            "describe_security_group_rules",
+            "SecurityGroupRules",
+            Filters=[{"Name": "group-id", "Values": [group]}],
+        )
+
+    def _read_groups(self) -> tuple[dict[str, list[Rule]], list[GroupUnreadable]]:
+        # A group-id filter on a deleted group reads as an empty group: ask which exist.
+        try:
+            found = {
+                g["GroupId"]
+                for g in self.ec2().pages(
+                    "describe_security_groups",
+                    "SecurityGroups",
+                    Filters=[{"Name": "group-id", "Values": list(self.groups)}],
+                )
+            }
+        except aws_errors() as exc:
+            raise BackendError(f"cannot list the security groups: {error_code(exc)}") from exc
+        reads: dict[str, list[Rule]] = {}
+        failed = [
+            GroupUnreadable(g, "InvalidGroup.NotFound") for g in self.groups if g not in found
+        ]
+        for group in (g for g in self.groups if g in found):
+            try:
+                reads[group] = parse_rules(self._describe(group))
+            except aws_errors() as exc:
+                failed.append(GroupUnreadable(group, error_code(exc)))
+        if not reads:
+            raise BackendError("; ".join(f"{f.group}: {f.code} (describe)" for f in failed))
+        return reads, failed
+
+    def _sizes(
+        self, reads: dict[str, list[Rule]], lists: dict[str, pls.PrefixList]
+    ) -> tuple[dict[str, tuple[str, int]], list[str]]:
+        known = {pl.list_id: (pl.family, pl.max_entries) for pl in lists.values()}
+        known.update({PENDING[f]: (f, self.max_entries) for f in FAMILIES})
+        foreign = {
+            r.key.target
+            for rules in reads.values()
+            for r in rules
+            if r.key.kind == "prefix-list" and r.key.target not in known
+        }
+        more, notes = pls.sizes(self.ec2(), foreign)
+        return {**known, **more}, notes
+
+    # -- planning ------------------------------------------------------------
+
+    def _wanted(self, desired: Networks, lists: dict[str, pls.PrefixList]) -> set[Key]:
+        if not self.prefix_lists:
+            targets = {str(n) for n in desired}
+        else:
+            families = {f"IPv{n.version}" for n in desired}
+            targets = {lists[f].list_id if f in lists else PENDING[f] for f in families}
+        return {Key(self.protocol, p.first, p.last, t) for p in self.ports for t in targets}
+
+    def plan(self, desired: Networks) -> Plan:
+        """Read the groups (and cfallow's prefix lists); quota-check; no write."""
+        reads, failed = self._read_groups()
+        lists = pls.find_lists(self.ec2()) if self.prefix_lists else {}
+        list_changes = pls.plan_lists(lists, desired, self.max_entries) if self.prefix_lists else []
+        wanted = self._wanted(desired, lists)
+        if self.prefix_lists:
+            current = frozenset(IPNetwork(c) for pl in lists.values() for c in pl.entries)
+            covered: Networks = frozenset()
+        else:
+            current = _owned_cidrs(reads.values())
+            unowned = {g: {r.key for r in rules if not r.owned} for g, rules in reads.items()}
+            covered = frozenset(
+                n
+                for n in desired
+                if all(
+                    Key(self.protocol, p.first, p.last, str(n)) in unowned[g]
+                    for g in reads
+                    for p in self.ports
+                )
+            )
+        sized, notes = self._sizes(reads, lists)
+        changes, errors = [], []
+        for group, rules in reads.items():
+            change, error = quota(
+                group_change(group, rules, wanted), rules, sized, self.rules_per_group
+            )
+            changes.append(change)
+            if error:
+                errors.append(error)
+            left = sum(1 for r in rules if not r.owned and r.key in wanted)
+            if left:
+                notes.append(f"{group}: {left} wanted rule(s) already present, not cfallow's")
+        if errors:
+            raise BackendError("; ".join(errors) + ": " + FIT_HINT)
+        add, remove = diff(desired, current, covered)
+        todo = [c for c in changes if c.authorize or c.revoke]
+        drift = explain(todo, add, remove) + [
+            f"{f.group}: cannot read rules ({f.code})" for f in failed
+        ]
+        steps: list[object] = [*list_changes, *todo, *failed]
+        return make_plan(
+            self.name, desired, current, covered=covered, drift=drift, notes=notes, steps=steps
+        )
+
+    def plan_removal(self) -> Plan:
+        """Revoke every owned rule in the configured groups; delete cfallow's prefix lists."""
+        reads, failed = self._read_groups()
+        lists = pls.find_lists(self.ec2())
+        changes = [group_change(g, rules, ()) for g, rules in reads.items()]
+        todo = [c for c in changes if c.revoke]
+        current = _owned_cidrs(reads.values()) | frozenset(
+            IPNetwork(c) for pl in lists.values() for c in pl.entries
+        )
+        deletes = [pls.DeleteList(pl.list_id) for pl in lists.values()]
+        drift = (
+            explain(todo, frozenset(), current)
+            + [f"delete prefix list {d.list_id}" for d in deletes]
+            + [f"{f.group}: cannot read rules ({f.code})" for f in failed]
+        )
+        steps: list[object] = [*todo, *failed, *deletes]
+        return Plan(self.name, current, frozenset(), current, tuple(drift), (), tuple(steps))
+
+    # -- applying ------------------------------------------------------------
+
+    def apply(self, plan: Plan) -> None:
+        """Lists first, then each group (authorize, then revoke), then list deletions.
+
+        A failing group does not stop the others; every failure is named in
+        one line at the end (group, AWS error code, operation).
+        """
+        created: dict[str, str] = {}
+        for step in plan.steps:
+            if isinstance(step, pls.ListChange):
+                try:
+                    created[PENDING[step.family]] = pls.apply_change(
+                        self.ec2(), step, interval=self.poll_interval, timeout=self.poll_timeout
+                    )
+                except aws_errors() as exc:
+                    raise BackendError(
+                        f"{step.family} prefix list {step.list_id or '(new)'}: {error_code(exc)}"
+                        " (nothing changed in the groups)"
+                    ) from exc
+        failures = []
+        for step in plan.steps:
+            if isinstance(step, GroupUnreadable):
+                failures.append(f"{step.group}: {step.code} (describe)")
+            elif isinstance(step, GroupChange):
+                failure = self._apply_group(step, created)
+                if failure:
+                    failures.append(failure)
+        for step in plan.steps:
+            if isinstance(step, pls.DeleteList):
+                try:
+                    pls.delete(self.ec2(), step.list_id)
+                except aws_errors() as exc:
+                    failures.append(f"{step.list_id}: {error_code(exc)} (delete prefix list)")
+        if failures:
+            raise BackendError("; ".join(failures))
+
+    def _apply_group(self, change: GroupChange, created: dict[str, str]) -> str | None:
+        keys = tuple(
+            Key(k.protocol, k.from_port, k.to_port, created.get(k.target, k.target))
+            for k in change.authorize
+        )
+        phases = [("authorize", keys), ("revoke", change.revoke)]
+        if change.revoke_first:
+            phases.reverse()
+        for op, items in phases:
+            if not items:
+                continue
+            try:
+                if op == "authorize":
+                    self._authorize(change.group, keys)
+                else:
+                    self._revoke(change.group, change.revoke)
+            except aws_errors() as exc:
+                return f"{change.group}: {error_code(exc)} ({op})"
+        return None
+
+    def _authorize(self, group: str, keys: Iterable[Key]) -> None:
+        keys = list(keys)
+        for attempt in (1, 2):
+            try:
+                self.ec2().call(
+                    "authorize_security_group_ingress",
+                    GroupId=group,
+                    IpPermissions=permissions(keys),
+                    TagSpecifications=tag_specifications(),
+                )
+                return
+            except aws_errors() as exc:
+                if attempt == 2 or error_code(exc) != "InvalidPermission.Duplicate":
+                    raise
+            # One duplicate rejects the whole batch: a rule appeared since the read.
+            present = {r.key for r in parse_rules(self._describe(group))}
+            keys = [k for k in keys if k not in present]
+            if not keys:
+                return
+
+    def _revoke(self, group: str, rules: Iterable[Rule]) -> None:
+        ids = [r.rule_id for r in rules]
+        for attempt in (1, 2):
+            try:
+                self.ec2().call(
+                    "revoke_security_group_ingress", GroupId=group, SecurityGroupRuleIds=ids
+                )
+                return
+            except aws_errors() as exc:
+                if attempt == 2 or error_code(exc) not in _NOT_FOUND:
+                    raise
+            # A rule went away since the read: revoke the ones still there.
+            present = {r.rule_id for r in parse_rules(self._describe(group))}
+            ids = [i for i in ids if i in present]
+            if not ids:
+                return
+
+
+def _owned_cidrs(groups: Iterable[list[Rule]]) -> Networks:
+    return frozenset(
+        IPNetwork(r.key.target)
+        for rules in groups
+        for r in rules
+        if r.owned and r.key.kind in FAMILIES
+    )
