@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -66,7 +66,7 @@ def _valid_lkg(box: Box) -> str:
     return (box.state / LKG).read_text()
 
 
-DAMAGE = {
+DAMAGE: dict[str, Callable[[str], bytes]] = {
     "empty (truncated to 0)": lambda good: b"",
     "truncated mid-file": lambda good: good.encode()[: len(good) // 2],
     "binary garbage": lambda good: bytes(range(256)) * 4,
