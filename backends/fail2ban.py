@@ -142,14 +142,15 @@ class Fail2banBackend(Backend):
         owned, problems = dropin.parse(old) if old is not None else ({}, [])
         admin = self._admin()
         managed = self._managed(admin) if desired is not None else []
-        up = self.client.ping()
-        running = set(self.client.running_jails()) if up else set()
+        jails, why = self.client.running_jails()
+        up = jails is not None
+        running = set(jails or ())
         notes: list[str] = []
         drift = [f"{dropin.NAME}: {p}" for p in problems[:3]]
         if not up:
             notes.append(
-                f"fail2ban server not answering at {self.socket}: live ignore lists not "
-                "updated (the drop-in takes effect when fail2ban starts or reloads)"
+                f"fail2ban server not answering ({why}): live ignore lists not updated "
+                "(the drop-in takes effect when fail2ban starts or reloads)"
             )
         else:
             for jail in sorted(running - set(admin.jails)):

@@ -1,7 +1,7 @@
 """Talking to Fail2Ban through ``fail2ban-client`` (argv lists via the core runner).
 
 Two kinds of call: runtime commands to a running server over its socket
-(``ping``, ``status``, ``get JAIL ignoreip``, ``set JAIL addignoreip|delignoreip``)
+(``status``, ``get JAIL ignoreip``, ``set JAIL addignoreip|delignoreip``)
 and offline reads of a configuration tree (``-d`` dumps the parsed
 configuration, ``-t`` tests it). The parsers here read the client's own output
 format of Fail2Ban 1.0.
@@ -25,7 +25,7 @@ from cfallow.runner import Completed, Runner
 JAIL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@+-]{0,99}")
 _RESERVED = {"DEFAULT", "INCLUDES", "Definition", "Init", "KNOWN"}
 _LOG_PREFIX = re.compile(r"^\S+ \S+ fail2ban(?:\.\w+)?\s+\[\d+\]: (\w+)\s+(.*)$")
-_GENERIC = {"ERROR: test configuration failed"}
+_GENERIC = {"ERROR: test configuration failed", "Init of command line failed"}
 
 
 def check_jail_name(name: str) -> str:
@@ -153,16 +153,14 @@ class Client:
             )
         return done
 
-    def ping(self) -> bool:
-        """Does a server answer on the socket?"""
+    def running_jails(self) -> tuple[list[str] | None, str]:
+        """``(jails the server runs, "")``, or ``(None, why)`` when no server answers."""
         if not self.socket.exists():
-            return False
-        done = self._server("ping", check=False)
-        return done.returncode == 0 and "pong" in done.stdout
-
-    def running_jails(self) -> list[str]:
-        """The jails the server runs."""
-        return parse_jail_list(self._server("status").stdout)
+            return None, f"no socket at {self.socket}"
+        done = self._server("status", check=False)
+        if done.returncode != 0:
+            return None, client_message(done.stderr + done.stdout)
+        return parse_jail_list(done.stdout), ""
 
     def ignoreip(self, jail: str) -> list[str]:
         """The live ignore list of ``jail``."""

@@ -155,3 +155,13 @@ def test_bad_configuration_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         build("fail2ban", harness.config(**extra), Context(state_dir=harness.state_dir))
+
+
+def test_a_file_read_after_the_dropin_is_detected(harness: F2bHarness) -> None:
+    srv = harness.srv
+    # jail.d/*.local files are read in name order: this one would silently undo the drop-in.
+    (srv.conf / "jail.d" / "zzz-admin.local").write_text("[alpha]\nignoreip = 127.0.0.1/8\n")
+    srv.reload()
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.error is not None and "read after zz-cfallow.local" in result.error
+    assert not srv.dropin.exists() and harness.live_writes() == []
