@@ -106,13 +106,13 @@ class Fail2banBackend(Backend):
     def check(self) -> None:
         """The client runs, the configuration is readable, jail.d is writable."""
         if not (shutil.which(self.client_cmd) or os.access(self.client_cmd, os.X_OK)):
-            raise BackendError(f"fail2ban: {self.client_cmd} not found")
+            raise BackendError(f"{self.client_cmd} not found")
         if not self.config_dir.is_dir():
-            raise BackendError(f"fail2ban: configuration directory {self.config_dir} not found")
+            raise BackendError(f"configuration directory {self.config_dir} not found")
         if not self.jail_dir.is_dir():
-            raise BackendError(f"fail2ban: {self.jail_dir} not found")
+            raise BackendError(f"{self.jail_dir} not found")
         if not os.access(self.jail_dir, os.W_OK | os.X_OK):
-            raise BackendError(f"fail2ban: {self.jail_dir} is not writable")
+            raise BackendError(f"{self.jail_dir} is not writable")
 
     def plan(self, desired: Networks) -> Plan:
         """Per jail: desired minus the admin's base list, against drop-in and live list."""
@@ -132,7 +132,7 @@ class Fail2banBackend(Backend):
         missing = [j for j in self.jails if j not in admin.ignoreip]
         if missing:
             raise BackendError(
-                f"fail2ban: jail {missing[0]} is not enabled in {self.config_dir} "
+                f"jail {missing[0]} is not enabled in {self.config_dir} "
                 "(or has errors: see fail2ban-client -d)"
             )
         return list(self.jails)
@@ -216,7 +216,7 @@ class Fail2banBackend(Backend):
 
     def _put(self, step: DropInChange) -> None:
         if dropin.read(self.path) != step.old:
-            raise BackendError(f"fail2ban: {self.path} changed since it was read; run again")
+            raise BackendError(f"{self.path} changed since it was read; run again")
         if step.new is None:
             dropin.remove(self.path)
             return
@@ -232,7 +232,7 @@ class Fail2banBackend(Backend):
             got = entry_networks(effective.ignoreip.get(jail, []))
             if not {parse_cidr(c) for c in cidrs} <= got:
                 raise BackendError(
-                    f"fail2ban: with {dropin.NAME} in place jail {jail} still lacks cfallow's "
+                    f"with {dropin.NAME} in place jail {jail} still lacks cfallow's "
                     f"ranges (does a file read after {dropin.NAME} set its ignoreip?)"
                 )
         dropin.write_atomic(self.path, step.new)

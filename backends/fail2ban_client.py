@@ -31,7 +31,7 @@ _GENERIC = {"ERROR: test configuration failed", "Init of command line failed"}
 def check_jail_name(name: str) -> str:
     """Return ``name`` if it can safely name a jail, else raise :class:`BackendError`."""
     if not isinstance(name, str) or not JAIL_NAME.fullmatch(name) or name in _RESERVED:
-        raise BackendError(f"fail2ban: not a usable jail name: {name!r}")
+        raise BackendError(f"not a usable jail name: {name!r}")
     return name
 
 
@@ -90,7 +90,7 @@ def parse_jail_list(stdout: str) -> list[str]:
         _, sep, rest = line.partition("Jail list:")
         if sep:
             return [j.strip() for j in rest.split(",") if j.strip()]
-    raise BackendError("fail2ban: no jail list in the server's status reply")
+    raise BackendError("no jail list in the server's status reply")
 
 
 def parse_banned(stdout: str) -> list[str]:

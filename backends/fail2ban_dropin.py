@@ -97,7 +97,7 @@ def read(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        raise BackendError(f"fail2ban: cannot read {path}: {exc}") from exc
+        raise BackendError(f"cannot read {path}: {exc}") from exc
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -113,7 +113,7 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise BackendError(f"fail2ban: cannot write {path}: {exc}") from exc
+        raise BackendError(f"cannot write {path}: {exc}") from exc
     with contextlib.suppress(OSError):
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -129,7 +129,7 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise BackendError(f"fail2ban: cannot remove {path}: {exc}") from exc
+        raise BackendError(f"cannot remove {path}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -151,7 +151,7 @@ def config_copy(config_dir: Path, candidate: str | None) -> Iterator[Path]:
         try:
             shutil.copytree(config_dir, copy, ignore=skip, ignore_dangling_symlinks=True)
         except (OSError, shutil.Error) as exc:
-            raise BackendError(f"fail2ban: cannot copy {config_dir} for checking: {exc}") from exc
+            raise BackendError(f"cannot copy {config_dir} for checking: {exc}") from exc
         if candidate is not None:
             (copy / "jail.d").mkdir(exist_ok=True)
             (copy / "jail.d" / NAME).write_text(candidate, encoding="utf-8")
