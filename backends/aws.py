@@ -23,6 +23,7 @@ from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, diff, make_plan
 
+from . import aws_groups as sg
 from . import aws_prefixlists as pls
 from .aws_client import Ec2, aws_errors, error_code, make_client
 from .aws_rules import (
@@ -34,17 +35,13 @@ from .aws_rules import (
     Rule,
     explain,
     group_change,
-    parse_rules,
-    permissions,
     quota,
-    tag_specifications,
 )
 
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 FIT_HINT = (
     "fit with prefix_lists = true, fewer ports, or a quota increase (then set rules_per_group)"
 )
-_NOT_FOUND = ("InvalidSecurityGroupRuleId.NotFound", "InvalidPermission.NotFound")
 
 
 class AwsBackend(Backend):
@@ -103,40 +100,7 @@ class AwsBackend(Backend):
         """boto3, a region and credentials (no API call)."""
         self.ec2()
 
-    # -- reading -------------------------------------------------------------
-
-    def _describe(self, group: str) -> list[dict[str, Any]]:
-        return self.ec2().pages(
-            "describe_security_group_rules",
-            "SecurityGroupRules",
-            Filters=[{"Name": "group-id", "Values": [group]}],
-        )
-
-    def _read_groups(self) -> tuple[dict[str, list[Rule]], list[GroupUnreadable]]:
-        # A group-id filter on a deleted group reads as an empty group: ask which exist.
-        try:
-            found = {
-                g["GroupId"]
-                for g in self.ec2().pages(
-                    "describe_security_groups",
-                    "SecurityGroups",
-                    Filters=[{"Name": "group-id", "Values": list(self.groups)}],
-                )
-            }
-        except aws_errors() as exc:
-            raise BackendError(f"cannot list the security groups: {error_code(exc)}") from exc
-        reads: dict[str, list[Rule]] = {}
-        failed = [
-            GroupUnreadable(g, "InvalidGroup.NotFound") for g in self.groups if g not in found
-        ]
-        for group in (g for g in self.groups if g in found):
-            try:
-                reads[group] = parse_rules(self._describe(group))
-            except aws_errors() as exc:
-                failed.append(GroupUnreadable(group, error_code(exc)))
-        if not reads:
-            raise BackendError("; ".join(f"{f.group}: {f.code} (describe)" for f in failed))
-        return reads, failed
+    # -- planning ------------------------------------------------------------
 
     def _sizes(
         self, reads: dict[str, list[Rule]], lists: dict[str, pls.PrefixList]
@@ -152,8 +116,6 @@ class AwsBackend(Backend):
         more, notes = pls.sizes(self.ec2(), foreign)
         return {**known, **more}, notes
 
-    # -- planning ------------------------------------------------------------
-
     def _wanted(self, desired: Networks, lists: dict[str, pls.PrefixList]) -> set[Key]:
         if not self.prefix_lists:
             targets = {str(n) for n in desired}
@@ -164,7 +126,7 @@ class AwsBackend(Backend):
 
     def plan(self, desired: Networks) -> Plan:
         """Read the groups (and cfallow's prefix lists); quota-check; no write."""
-        reads, failed = self._read_groups()
+        reads, failed = sg.read(self.ec2(), self.groups)
         lists = pls.find_lists(self.ec2()) if self.prefix_lists else {}
         list_changes = pls.plan_lists(lists, desired, self.max_entries) if self.prefix_lists else []
         wanted = self._wanted(desired, lists)
@@ -209,7 +171,7 @@ class AwsBackend(Backend):
 
     def plan_removal(self) -> Plan:
         """Revoke every owned rule in the configured groups; delete cfallow's prefix lists."""
-        reads, failed = self._read_groups()
+        reads, failed = sg.read(self.ec2(), self.groups)
         lists = pls.find_lists(self.ec2())
         changes = [group_change(g, rules, ()) for g, rules in reads.items()]
         todo = [c for c in changes if c.revoke]
@@ -275,55 +237,18 @@ class AwsBackend(Backend):
                 continue
             try:
                 if op == "authorize":
-                    self._authorize(change.group, keys)
+                    sg.authorize(self.ec2(), change.group, keys)
                 else:
-                    self._revoke(change.group, change.revoke)
+                    sg.revoke(self.ec2(), change.group, change.revoke)
             except aws_errors() as exc:
                 return f"{change.group}: {error_code(exc)} ({op})"
         return None
 
-    def _authorize(self, group: str, keys: Iterable[Key]) -> None:
-        keys = list(keys)
-        for attempt in (1, 2):
-            try:
-                self.ec2().call(
-                    "authorize_security_group_ingress",
-                    GroupId=group,
-                    IpPermissions=permissions(keys),
-                    TagSpecifications=tag_specifications(),
-                )
-                return
-            except aws_errors() as exc:
-                if attempt == 2 or error_code(exc) != "InvalidPermission.Duplicate":
-                    raise
-            # One duplicate rejects the whole batch: a rule appeared since the read.
-            present = {r.key for r in parse_rules(self._describe(group))}
-            keys = [k for k in keys if k not in present]
-            if not keys:
-                return
 
-    def _revoke(self, group: str, rules: Iterable[Rule]) -> None:
-        ids = [r.rule_id for r in rules]
-        for attempt in (1, 2):
-            try:
-                self.ec2().call(
-                    "revoke_security_group_ingress", GroupId=group, SecurityGroupRuleIds=ids
-                )
-                return
-            except aws_errors() as exc:
-                if attempt == 2 or error_code(exc) not in _NOT_FOUND:
-                    raise
-            # A rule went away since the read: revoke the ones still there.
-            present = {r.rule_id for r in parse_rules(self._describe(group))}
-            ids = [i for i in ids if i in present]
-            if not ids:
-                return
-
-
-def _owned_cidrs(groups: Iterable[list[Rule]]) -> Networks:
+def _owned_cidrs(reads: Iterable[list[Rule]]) -> Networks:
     return frozenset(
         IPNetwork(r.key.target)
-        for rules in groups
+        for rules in reads
         for r in rules
         if r.owned and r.key.kind in FAMILIES
     )

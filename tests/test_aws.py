@@ -210,3 +210,12 @@ def test_a_rule_appearing_between_plan_and_apply_is_not_a_failure(world: World) 
     assert len(world.owned(g0)) == 43
     assert world.owned(world.groups[1]) == expected_rules(CURRENT, [80, 443])
     assert not world.backend().plan(CURRENT).changed
+
+
+def test_a_port_range_and_udp_make_one_rule_per_range(world: World) -> None:
+    backend = world.backend(ports=["8000-8080"], protocol="udp")
+    assert run_backend(backend, CURRENT, dry_run=False).error is None
+    for g in world.groups:
+        assert world.owned(g) == {("udp", 8000, 8080, str(n)) for n in CURRENT}
+    again = run_backend(world.backend(ports=["8000-8080"], protocol="udp"), CURRENT, dry_run=True)
+    assert not again.changed
