@@ -183,7 +183,7 @@ class Fail2banBackend(Backend):
                 if live_add or live_del:
                     live.append(LiveChange(jail, _strs(live_add), _strs(live_del)))
 
-        new = dropin.render(new_owned)
+        new = dropin.render(new_owned, admin.defined)
         add, remove = _union(adds), _union(removes)
         steps: list[object] = []
         if new != old:

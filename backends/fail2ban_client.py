@@ -107,6 +107,8 @@ class ConfigDump:
     """What ``fail2ban-client -d`` says of a configuration: enabled jails and their ignoreip."""
 
     ignoreip: dict[str, list[str]] = field(default_factory=dict)
+    #: Jails whose configuration sets ``ignoreip`` at all (own or DEFAULT's, maybe empty).
+    defined: set[str] = field(default_factory=set)
 
     @property
     def jails(self) -> list[str]:
@@ -130,6 +132,7 @@ def parse_dump(stdout: str) -> ConfigDump:
             dump.ignoreip.setdefault(cmd[1], [])
         elif len(cmd) >= 3 and cmd[0] == "set" and cmd[2] == "addignoreip":
             dump.ignoreip.setdefault(cmd[1], []).extend(cmd[3:])
+            dump.defined.add(cmd[1])
     return dump
 
 

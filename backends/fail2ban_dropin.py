@@ -1,6 +1,6 @@
 """cfallow's one Fail2Ban drop-in, ``jail.d/zz-cfallow.local``: render, parse, check, put in place.
 
-Each section extends the jail's own base list instead of replacing it::
+Each section extends the jail's base list instead of replacing it::
 
     [sshd]
     ignoreip = %(known/ignoreip)s
@@ -18,7 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from netaddr import IPNetwork
@@ -37,15 +37,22 @@ HEADER = (
 )
 
 
-def render(owned: Mapping[str, Networks]) -> str | None:
-    """The file for ``{jail: ranges}``; None when there is nothing to list."""
+def render(owned: Mapping[str, Networks], extend: Collection[str]) -> str | None:
+    """The file for ``{jail: ranges}``; None when there is nothing to list.
+
+    Jails in ``extend`` have an ``ignoreip`` of their own or DEFAULT's, which
+    their section extends through ``%(known/ignoreip)s``; for the others (no
+    ``ignoreip`` anywhere, Debian's default) that reference would be an
+    interpolation error, and there is no base list to keep.
+    """
     parts = [HEADER]
     for jail in sorted(owned):
         nets = owned[jail]
         if not nets:
             continue
         lines = "".join(f"    {parse_cidr(c)}\n" for c in as_strings(nets))
-        parts.append(f"\n[{check_jail_name(jail)}]\nignoreip = {KNOWN}\n{lines}")
+        known = f" {KNOWN}" if jail in extend else ""
+        parts.append(f"\n[{check_jail_name(jail)}]\nignoreip ={known}\n{lines}")
     return "".join(parts) if len(parts) > 1 else None
 
 
@@ -72,9 +79,7 @@ def parse(text: str) -> tuple[dict[str, Networks], list[str]]:
         elif "=" in line and jail is not None:
             key, _, value = (p.strip() for p in line.partition("="))
             words = value.split()
-            if key == "ignoreip":
-                if words[:1] != [KNOWN]:
-                    problems.append(f"[{jail}] ignoreip does not start with {KNOWN}")
+            if key == "ignoreip" and words[:1] == [KNOWN]:
                 words = words[1:]
         else:
             problems.append(f"unexpected line: {line!r}")

@@ -32,7 +32,7 @@ BETA_IGNORE = ("127.0.0.1/8", "::1", "198.51.100.0/24", "104.16.0.0/12", "173.24
 
 JAIL_LOCAL = """\
 [DEFAULT]
-ignoreip = {default_ignore}
+{default_ignore}
 backend = polling
 action =
 maxretry = 3
@@ -99,13 +99,18 @@ class F2bServer:
 
     def write_jail_local(
         self,
-        default_ignore: tuple[str, ...] = DEFAULT_IGNORE,
+        default_ignore: tuple[str, ...] | None = DEFAULT_IGNORE,
         beta_ignore: tuple[str, ...] = BETA_IGNORE,
         extra: str = "",
     ) -> None:
-        """The admin's own jail.local."""
+        """The admin's own jail.local (``default_ignore`` None: no ignoreip in DEFAULT).
+
+        The distribution's jail.conf sets no ``ignoreip`` (it is commented out).
+        """
         text = JAIL_LOCAL.format(
-            default_ignore=" ".join(default_ignore),
+            default_ignore=""
+            if default_ignore is None
+            else "ignoreip = " + " ".join(default_ignore),
             beta_ignore=" ".join(beta_ignore),
             logs=self.logs,
         )
@@ -124,8 +129,7 @@ class F2bServer:
         out: dict[str, frozenset[IPNetwork]] = {}
         for jail in cp.sections():
             words = cp.get(jail, "ignoreip").split()
-            assert words[0] == "%(known/ignoreip)s", words
-            out[jail] = nets(words[1:])
+            out[jail] = nets([w for w in words if w != "%(known/ignoreip)s"])
         return out
 
     def config_files(self) -> dict[str, bytes]:

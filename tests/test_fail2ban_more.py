@@ -165,3 +165,22 @@ def test_a_file_read_after_the_dropin_is_detected(harness: F2bHarness) -> None:
     result = run_backend(harness.backend(), CURRENT, dry_run=False)
     assert result.error is not None and "read after zz-cfallow.local" in result.error
     assert not srv.dropin.exists() and harness.live_writes() == []
+
+
+def test_a_jail_without_any_ignoreip(harness: F2bHarness) -> None:
+    srv = harness.srv
+    # Debian's stock configuration: no ignoreip anywhere for alpha, so %(known/ignoreip)s
+    # would be an interpolation error there.
+    srv.write_jail_local(default_ignore=None)
+    srv.reload()
+    assert srv.live("alpha") == frozenset()
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    srv.reload()
+    assert srv.live("alpha") == CURRENT and srv.live("beta") == BASE["beta"] | CURRENT
+    assert "[alpha]\nignoreip =\n" in srv.dropin.read_text()
+    # The admin adds an ignoreip to DEFAULT: the next run extends it instead of hiding it.
+    srv.write_jail_local()
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.changed, result.plan
+    srv.reload()
+    assert srv.live("alpha") == BASE["alpha"] | CURRENT
