@@ -39,9 +39,13 @@ from .aws_rules import (
 )
 
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
+# Prefix-list mode is no way to fit: AWS counts each reference as the list's
+# MaxEntries, never fewer than the ranges it holds.
 FIT_HINT = (
-    "fit with prefix_lists = true, fewer ports, or a quota increase (then set rules_per_group)"
+    "to fit: fewer ports, a security group for cfallow alone, or a quota increase"
+    " (then set rules_per_group)"
 )
+FIT_HINT_LISTS = "to fit: a smaller prefix_list_max_entries (new lists), " + FIT_HINT[8:]
 
 
 class AwsBackend(Backend):
@@ -158,7 +162,8 @@ class AwsBackend(Backend):
             if left:
                 notes.append(f"{group}: {left} wanted rule(s) already present, not cfallow's")
         if errors:
-            raise BackendError("; ".join(errors) + ": " + FIT_HINT)
+            hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
+            raise BackendError("; ".join(errors) + "; " + hint)
         add, remove = diff(desired, current, covered)
         todo = [c for c in changes if c.authorize or c.revoke]
         drift = explain(todo, add, remove) + [

@@ -113,7 +113,7 @@ def test_over_quota_is_exit_1_one_line_and_nothing_written(cli: Cli) -> None:
     need = "; ".join(
         f"{g} needs 30 IPv4 rules (30 cfallow + 0 other), quota 29" for g in cli.world.groups
     )
-    assert f"cfallow: error: aws: {need}: fit with prefix_lists = true" in r.err
+    assert f"cfallow: error: aws: {need}; to fit: fewer ports" in r.err
     assert len([line for line in r.err.splitlines() if "error" in line]) == 1, r.err
     assert cli.world.server.cfallow_writes() == []
     assert cli.owned() == set()

@@ -195,3 +195,15 @@ def test_an_admins_prefix_list_rule_is_left_alone(world: World) -> None:
     assert world.ec2.describe_managed_prefix_lists(PrefixListIds=[own])["PrefixLists"][0][
         "State"
     ].endswith("-complete")
+
+
+def test_ranges_that_do_not_fit_the_list_are_refused_before_any_write(world: World) -> None:
+    result = run_backend(
+        world.backend(prefix_lists=True, prefix_list_max_entries=10), CURRENT, dry_run=False
+    )
+    assert result.error == (
+        "15 IPv4 ranges do not fit a new prefix list (MaxEntries 10):"
+        " raise prefix_list_max_entries (a new list) or resize the list"
+    )
+    assert world.server.cfallow_writes() == []
+    assert cfallow_lists(world) == {}

@@ -153,8 +153,8 @@ def test_one_rule_over_the_ipv4_quota_is_refused_before_any_write(others: int, l
     for dry_run in (True, False):
         result = run_backend(s.backend, CURRENT, dry_run=dry_run)
         assert result.error == (
-            f"{G1} needs {limit + 1} IPv4 rules (15 cfallow + {others} other), quota {limit}:"
-            " fit with prefix_lists = true, fewer ports, or a quota increase"
+            f"{G1} needs {limit + 1} IPv4 rules (15 cfallow + {others} other), quota {limit};"
+            " to fit: fewer ports, a security group for cfallow alone, or a quota increase"
             " (then set rules_per_group)"
         )
         if not dry_run:
@@ -198,7 +198,11 @@ def test_cfallows_own_lists_count_as_max_entries_per_port() -> None:
     s.stub.add_response("describe_managed_prefix_lists", {"PrefixLists": []}, {"Filters": ANY})
     result = run_backend(s.backend, CURRENT, dry_run=True)
     assert result.error is not None
-    assert result.error.startswith(f"{G1} needs 61 IPv4 rules (60 cfallow + 1 other), quota 60")
+    assert result.error == (
+        f"{G1} needs 61 IPv4 rules (60 cfallow + 1 other), quota 60; to fit: a smaller"
+        " prefix_list_max_entries (new lists), fewer ports, a security group for cfallow alone,"
+        " or a quota increase (then set rules_per_group)"
+    )
 
 
 def test_version_mismatch_rereads_and_retries_then_waits_for_modify_complete() -> None:
@@ -326,3 +330,28 @@ def test_at_the_quota_the_2021_change_revokes_first() -> None:
     assert authorized(s) == {"IpRanges": 2, "Ipv6Ranges": 0, "PrefixListIds": 0}
     assert result.plan is not None
     assert f"{G1}: revoking before authorizing (both at once exceed the quota)" in result.plan.drift
+
+
+def test_every_page_of_rules_is_read_before_deciding() -> None:
+    # AWS pages describe_security_group_rules (moto answers in one page): the
+    # owned rules sit on two pages; a reader that stopped at the first would
+    # authorize the second page's rules again.
+    owned = [rule(i, c, owned=True) for i, c in enumerate(V4 + V6)]
+    s = Stubbed()
+    s.groups(G1)
+    flt = {"Filters": [{"Name": "group-id", "Values": [G1]}]}
+    s.stub.add_response(
+        "describe_security_group_rules",
+        {"SecurityGroupRules": owned[:10], "NextToken": "page-2"},
+        flt,
+    )
+    s.stub.add_response(
+        "describe_security_group_rules",
+        {"SecurityGroupRules": owned[10:]},
+        {**flt, "NextToken": "page-2"},
+    )
+    result = run_backend(s.backend, CURRENT, dry_run=False)
+    assert result.error is None, result.error
+    assert not result.changed and s.writes() == []
+    assert result.plan is not None and result.plan.current == CURRENT
+    s.stub.assert_no_pending_responses()
