@@ -39,7 +39,7 @@ def parse_cidr(text: str, version: int | None = None) -> IPNetwork:
     Raises :class:`ValidationError` naming the entry. Only values that pass
     here may reach a firewall argv.
     """
-    if not isinstance(text, str) or "/" not in text or text != text.strip():
+    if not isinstance(text, str) or "/" not in text or text != text.strip() or not text.isascii():
         raise ValidationError(f"not a CIDR: {text!r}")
     addr, _, plen = text.partition("/")
     if not plen.isdigit() or len(plen) > 3:

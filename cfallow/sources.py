@@ -29,7 +29,7 @@ def parse_api(body: str, url: str, china_network: bool) -> tuple[Networks, Netwo
     """Validate an API body: ``success`` true, ``errors`` empty, both lists valid."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         snippet = body.strip()[:40]
         raise ValidationError(f"{url}: not JSON (starts with {snippet!r})") from None
     if not isinstance(doc, dict):

@@ -71,7 +71,14 @@ class State:
             return None
         except PermissionError:
             raise StateError(f"cannot read {path}: permission denied") from None
-        except (ValueError, KeyError, TypeError, ValidationError, UnicodeDecodeError) as exc:
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            RecursionError,
+            ValidationError,
+            UnicodeDecodeError,
+        ) as exc:
             log.warning(
                 "ignoring unreadable state file %s (%s); no last-known-good list", path, exc
             )

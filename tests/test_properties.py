@@ -208,21 +208,17 @@ def test_state_file_bytes_never_raise(tmp_path_factory: pytest.TempPathFactory, 
         assert same(known.ipv4, [parse_entry(e, 4) for e in doc["ipv4"]])  # type: ignore[misc]
 
 
-# Known failures in the core, kept strict so a fix shows up as XPASS -> remove the mark.
-@pytest.mark.xfail(strict=True, reason="core: parse_cidr takes non-ASCII digits (str.isdigit)")
 @pytest.mark.parametrize("text", ["173.245.48.0/\uff12\uff10", "173.245.48.0/\u0662\u0660"])
 def test_non_ascii_prefix_digits_are_refused(text: str) -> None:
     with pytest.raises(ValidationError):
         parse_cidr(text, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="core: deeply nested JSON raises RecursionError")
 def test_deeply_nested_api_body_is_refused() -> None:
     with pytest.raises(ValidationError):
         parse_api("[" * 100_000, "u", False)
 
 
-@pytest.mark.xfail(strict=True, reason="core: deeply nested state file raises RecursionError")
 def test_deeply_nested_state_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / LKG_FILE).write_text("[" * 100_000)
     assert State(tmp_path).load() is None
