@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from cfdata import CURRENT
 from netaddr import IPNetwork
+from prometheus_client.parser import text_string_to_metric_families
 from support import need, need_tool, ns_exec, sh
 
 from cfallow import config
@@ -176,6 +177,15 @@ def owned(saved: dict[str, Any]) -> set[str]:
         str(IPNetwork(m.group(1)).cidr)
         for line in rules(saved)
         if (m := re.match(r"-A CFALLOW -s (\S+) ", line))
+    }
+
+
+def metrics(path: Path) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The metrics file through prometheus_client's parser: (name, label values) -> value."""
+    return {
+        (s.name, tuple(s.labels[k] for k in sorted(s.labels))): s.value
+        for fam in text_string_to_metric_families(path.read_text())
+        for s in fam.samples
     }
 
 
@@ -437,7 +447,17 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert cfg.source.attempts == 2 and cfg.source.max_shrink == 0.5
     assert cfg.metrics_file == root / "metrics" / "cfallow.prom"
 
+    prom = root / "metrics" / "cfallow.prom"
+    first_metrics = metrics(prom)
+    assert first_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == len(ALL)
+    assert first_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
+    assert first_metrics[("cfallow_ranges", ("ipv4",))] == len(V4)
+
     second = ansible.play(tasks, ns=netns, play_vars=role_vars)
     assert second.rc == 0 and second.failed == 0, second.stdout
     assert second.changed == 0, second.stdout
     assert rules(second.results["saved"]) == rules(first.results["saved"])
+    second_metrics = metrics(prom)
+    assert second_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == 0
+    assert second_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
+    assert second_metrics[("cfallow_last_run_success", ())] == 1
