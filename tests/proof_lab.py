@@ -52,6 +52,22 @@ def era_lists(era: str) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
+def publish(www: Path, era: str) -> None:
+    """Serve one era's lists (API and text) from ``www``, each file replaced atomically."""
+    api, v4 = ERAS[era]
+    for name, src in (("client/v4/ips", api), ("ips-v4", v4), ("ips-v6", "ips-v6.txt")):
+        dest = www / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_suffix(".part")
+        part.write_bytes((FIXTURES / src).read_bytes())
+        os.replace(part, dest)
+
+
+def chain_sources(save: str, chain: str) -> list[str]:
+    """Source CIDRs of the ``-s CIDR ... -j ACCEPT`` rules of ``chain`` in a save dump."""
+    return [m.group(2) for m in map(_RULE.match, save.splitlines()) if m and m.group(1) == chain]
+
+
 _RULE = re.compile(r"^-A (\S+) .*?-s (\S+) .*-j ACCEPT")
 
 
@@ -133,14 +149,8 @@ class Lab:
         return self.tmp / "www"
 
     def publish(self, era: str) -> None:
-        """Make the source serve one era's lists (API and text), each file replaced atomically."""
-        api, v4 = ERAS[era]
-        for name, src in (("client/v4/ips", api), ("ips-v4", v4), ("ips-v6", "ips-v6.txt")):
-            dest = self.www / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            part = dest.with_suffix(".part")
-            part.write_bytes((FIXTURES / src).read_bytes())
-            os.replace(part, dest)
+        """Make the source serve one era's lists."""
+        publish(self.www, era)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"

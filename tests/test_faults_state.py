@@ -141,7 +141,6 @@ def test_read_only_state_dir_is_one_clear_error_and_nothing_changes(
     assert box.state.exists() == existing
 
 
-@pytest.mark.xfail(strict=True, reason="core: a deeply nested state file raises RecursionError")
 def test_deeply_nested_state_file_is_a_warning(box: Box) -> None:
     _valid_lkg(box)
     (box.state / LKG).write_text("[" * 100_000)
