@@ -1,0 +1,241 @@
+"""Backend ``iptables``: Cloudflare's ranges in an owned ``CFALLOW`` chain, IPv4 and IPv6.
+
+cfallow owns, per family, the chain ``CFALLOW`` in the filter table and exactly
+one jump into it at position 1 of the parent chain (``INPUT``, or
+``DOCKER-USER``), limited to the configured protocol and ports::
+
+    -A INPUT -p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW
+    -A CFALLOW -s 173.245.48.0/20 -j ACCEPT
+    ...
+
+Every other rule, chain, counter and policy stays as it was. Each change is one
+transaction per family: ``iptables-nft-restore --noflush`` on nf_tables hosts,
+one python-iptables commit under the xtables lock on legacy hosts. An
+unchanged chain means no write at all. The variant is what ``iptables
+--version`` says, so rules never land where the host neither shows nor
+enforces them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+from netaddr import IPNetwork
+
+from cfallow.backend import Backend, Context
+from cfallow.config import Section, parse_ports
+from cfallow.errors import BackendError, ConfigError, ValidationError
+from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
+
+from .iptables_diff import Ops, assess, assess_removal
+from .iptables_legacy import LegacyIO
+from .iptables_nft import NftIO
+from .iptables_rules import (
+    BUILTIN,
+    Settings,
+    Table,
+    check_chain_name,
+    observe,
+    parse_save,
+    port_slots,
+)
+
+PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
+LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
+OLD_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
+
+
+def detect(version_text: str) -> tuple[str, bool]:
+    """``iptables --version`` -> (``nft``|``legacy``, whether the ``*-legacy-*`` tools exist)."""
+    text = version_text.strip()
+    if "(nf_tables)" in text:
+        return "nft", False
+    if "(legacy)" in text:
+        return "legacy", True
+    try:
+        major, minor = (int(x) for x in text.split(" v", 1)[1].split(".")[:2])
+    except (IndexError, ValueError):
+        raise BackendError(f"cannot tell the iptables variant from {text!r}") from None
+    if (major, minor) < (1, 8):
+        return "legacy", False
+    raise BackendError(f"cannot tell the iptables variant from {text!r}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Plan step: bring one family to ``target`` (CIDR strings), or remove it (``None``)."""
+
+    version: int
+    target: tuple[str, ...] | None
+    script: str  # the transaction as planned (restore syntax), for logs and reports
+
+
+class IptablesBackend(Backend):
+    """Keeps an owned iptables chain (both families) equal to Cloudflare's ranges."""
+
+    name = "iptables"
+
+    def __init__(self, section: Section, ctx: Context) -> None:
+        """Read ``[backends.iptables]`` (ports, protocol, chain, parent, mode, also_allow, ...)."""
+        super().__init__(section, ctx)
+        where = section.where
+        ports = parse_ports(section)
+        if port_slots(ports) > 15:
+            raise ConfigError(f"[{where}] ports: at most 15 ports (a range counts as two)")
+        try:
+            chain = check_chain_name(section.get_str("chain", "CFALLOW"), "chain")
+            parent = check_chain_name(section.get_str("parent", "INPUT"), "parent")
+            also = tuple(parse_cidr(c) for c in section.get_strings("also_allow", []))
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"[{where}] {exc}") from None
+        if chain in BUILTIN or chain == parent:
+            raise ConfigError(f"[{where}] chain: {chain!r} is not a chain cfallow can own")
+        self.settings = Settings(
+            chain=chain,
+            parent=parent,
+            protocol=section.get_choice("protocol", "tcp", PROTOCOLS),
+            ports=ports,
+            mode=section.get_choice("mode", "allow", ("allow", "lockdown")),
+            also_allow=tuple(sorted(set(also), key=lambda n: (n.version, n.value, n.prefixlen))),
+        )
+        self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
+        self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
+        self.writes = 0  # transactions written by this instance
+        self._io: NftIO | LegacyIO | None = None
+        self._notes: list[str] = []
+        self._read_ahead: dict[int, str] = {}
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """Is an iptables binary on PATH?"""
+        if shutil.which("iptables") is None:
+            return False, "iptables is not installed"
+        return True, "iptables found"
+
+    # -- variant ------------------------------------------------------------------
+    def _open(self) -> NftIO | LegacyIO:
+        if self._io is not None:
+            return self._io
+        runner = self.ctx.runner
+        try:
+            text = runner.run(["iptables", "--version"]).stdout
+            detected, legacy_tools = detect(text)
+        except BackendError as exc:
+            if self.variant == "auto":
+                if "command not found" in str(exc):
+                    raise BackendError("iptables: command not found (install iptables)") from None
+                raise
+            text, detected, legacy_tools = "", self.variant, True
+        kind = detected if self.variant == "auto" else self.variant
+        legacy_tools = legacy_tools or detected != "legacy"  # pre-1.8 hosts have no *-legacy-*
+        if kind != detected:
+            note = (
+                f"variant = {kind}, but this host's iptables is {detected} ({text.strip()}): "
+                f"rules in the {kind} tables are neither listed nor enforced there"
+            )
+            self.ctx.log.warning("%s: %s", self.name, note)
+            self._notes.append(note)
+        if kind == "nft":
+            self._io = NftIO(runner)
+        else:
+            self._io = LegacyIO(runner, LEGACY_SAVE if legacy_tools else OLD_SAVE)
+        return self._io
+
+    def _read(self, version: int) -> str:
+        text = self._read_ahead.pop(version, None)
+        return text if text is not None else self._open().read(version)
+
+    def check(self) -> None:
+        """Variant, tools, privileges, kernel support: one read per family (reused by ``plan``)."""
+        io = self._open()
+        if isinstance(io, LegacyIO):
+            from importlib.util import find_spec
+
+            if find_spec("iptc") is None:
+                raise BackendError(
+                    "python-iptables is not installed (pip install 'cfallow[iptables]'); "
+                    "the legacy variant writes through it"
+                )
+        for version in self.families:
+            self._read_ahead[version] = io.read(version)
+
+    # -- plan / apply ---------------------------------------------------------------
+    def plan(self, desired: Networks) -> Plan:
+        """Read the owned chain and jumps of each family; the range diff plus any drift."""
+        current: set[IPNetwork] = set()
+        drift: list[str] = []
+        steps: list[Step] = []
+        for version in self.families:
+            obs = observe(self._parse(version), version, self.settings)
+            want = frozenset(n for n in desired if n.version == version)
+            found, ops = assess(obs, self.settings, want)
+            current |= obs.current
+            drift += found
+            if not ops.empty:
+                steps.append(Step(version, tuple(as_strings(want)), ops.restore_script()))
+        managed = frozenset(n for n in desired if n.version in self.families)
+        notes = list(self._notes)
+        if managed != desired:
+            notes.append("IPv6 ranges left alone (ipv6 = false)")
+        return make_plan(
+            self.name,
+            managed,
+            frozenset(current),
+            drift=drift,
+            notes=notes,
+            steps=steps,
+        )
+
+    def plan_removal(self) -> Plan:
+        """Every jump into the chain and the chain itself, in each managed family."""
+        current: set[IPNetwork] = set()
+        drift: list[str] = []
+        steps: list[Step] = []
+        for version in self.families:
+            obs = observe(self._parse(version), version, self.settings)
+            found, ops = assess_removal(obs, self.settings)
+            current |= obs.current
+            drift += found
+            if not ops.empty:
+                steps.append(Step(version, None, ops.restore_script()))
+        return make_plan(
+            self.name,
+            frozenset(),
+            frozenset(current),
+            drift=drift,
+            notes=self._notes,
+            steps=steps,
+        )
+
+    def apply(self, plan: Plan) -> None:
+        """One transaction per family that needs one, computed again from a fresh read.
+
+        Re-reading (under the xtables lock on legacy hosts) makes ``apply``
+        idempotent and means a stale plan can never delete a rule that is not
+        cfallow's: the transaction always goes from what is there to the plan's
+        target.
+        """
+        io = self._open()
+        for step in plan.steps:
+            if not isinstance(step, Step):
+                raise BackendError(f"not an iptables plan step: {step!r}")
+            if io.transact(step.version, _Compute(self.settings, step)):
+                self.writes += 1
+                self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
+
+    def _parse(self, version: int) -> Table:
+        return parse_save(self._read(version))
+
+
+@dataclass(frozen=True)
+class _Compute:
+    settings: Settings
+    step: Step
+
+    def __call__(self, table: Table) -> Ops:
+        obs = observe(table, self.step.version, self.settings)
+        if self.step.target is None:
+            return assess_removal(obs, self.settings)[1]
+        want = frozenset(parse_cidr(c, self.step.version) for c in self.step.target)
+        return assess(obs, self.settings, want)[1]

@@ -1,0 +1,210 @@
+"""From what cfallow owns in one family's table to the one transaction that fixes it (pure).
+
+:func:`assess` compares an :class:`~.iptables_rules.Observed` family with the
+config and the desired ranges and returns the drift it found and the
+:class:`Ops` of one transaction. A well-formed chain gets only the range diff
+(kept rules keep their counters); a chain edited by hand is rewritten whole;
+any jump that is not exactly the configured one at position 1 of the parent is
+deleted and the right one inserted, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from netaddr import IPNetwork
+
+from cfallow.errors import BackendError
+from cfallow.model import ordered
+
+from .iptables_rules import (
+    ALSO_COMMENT,
+    FAMILY,
+    LOCKDOWN_TAIL,
+    Located,
+    Observed,
+    OwnRule,
+    Settings,
+    accept,
+    accept_source,
+)
+
+MAX_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Ops:
+    """One family's transaction, in the order it runs.
+
+    ``declare`` creates the chain or flushes it (inside the transaction);
+    ``delete`` removes rules found in the table (jumps anywhere, ranges in the
+    chain); ``append`` and ``insert`` fill the chain (inserts go to the top, in
+    order); ``jump`` goes to position 1 of the parent; ``drop_chain`` flushes
+    and deletes the chain once nothing jumps into it.
+    """
+
+    version: int
+    chain: str
+    parent: str
+    declare: bool = False
+    delete: tuple[Located, ...] = ()
+    append: tuple[OwnRule, ...] = ()
+    insert: tuple[OwnRule, ...] = ()
+    jump: OwnRule | None = None
+    drop_chain: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write."""
+        return not (
+            self.declare
+            or self.delete
+            or self.append
+            or self.insert
+            or self.jump
+            or self.drop_chain
+        )
+
+    def restore_script(self) -> str:
+        """The transaction as ``iptables-restore --noflush`` input (a declared chain is flushed)."""
+        lines = ["*filter"]
+        if self.declare:
+            lines.append(f":{self.chain} - [0:0]")
+        lines += [f"-D {loc.chain} {loc.spec}" for loc in self.delete]
+        lines += [f"-A {self.chain} {rule.spec()}" for rule in self.append]
+        lines += [f"-I {self.chain} {i} {rule.spec()}" for i, rule in enumerate(self.insert, 1)]
+        if self.jump:
+            lines.append(f"-I {self.parent} 1 {self.jump.spec()}")
+        if self.drop_chain:
+            lines += [f"-F {self.chain}", f"-X {self.chain}"]
+        lines.append("COMMIT")
+        return "\n".join(lines) + "\n"
+
+
+def _shown(items: list[str]) -> list[str]:
+    if len(items) <= MAX_SHOWN:
+        return items
+    return [*items[:MAX_SHOWN], f"and {len(items) - MAX_SHOWN} more"]
+
+
+def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
+    """Why the chain is not ranges-then-tail exactly as configured (empty: well-formed)."""
+    specs = list(obs.chain or ())
+    head = 0
+    while head < len(specs) and accept_source(specs[head], obs.version, None) is not None:
+        head += 1
+    rest = specs[head:]
+    want = [r.spec() for r in settings.tail(obs.version)]
+    problems: list[str] = []
+    dups = [s for s, n in Counter(specs[:head]).items() if n > 1]
+    problems += [f"duplicate rule: {s}" for s in dups]
+    if rest == want:
+        return problems
+    has_drop = LOCKDOWN_TAIL[-1] in rest
+    if has_drop != (settings.mode == "lockdown"):
+        was = "lockdown" if has_drop else "allow"
+        problems.append(f"mode: chain is {was}, config says {settings.mode}")
+    found_also = [accept_source(s, obs.version, ALSO_COMMENT) for s in rest]
+    have = {n for n in found_also if n is not None}
+    wanted = {n for n in settings.also_allow if n.version == obs.version}
+    if have != wanted:
+        problems.append(
+            "also_allow: chain has "
+            + (", ".join(str(n) for n in ordered(have)) or "none")
+            + ", config says "
+            + (", ".join(str(n) for n in ordered(wanted)) or "none")
+        )
+    known = set(LOCKDOWN_TAIL)
+    foreign = [
+        s
+        for s, also in zip(rest, found_also)
+        if also is None and s not in known and accept_source(s, obs.version, None) is None
+    ]
+    problems += _shown([f"foreign rule: {s}" for s in foreign])
+    misplaced = [s for s in rest if accept_source(s, obs.version, None) is not None]
+    problems += _shown([f"misplaced rule: {s}" for s in misplaced])
+    if not problems:
+        problems.append("rules out of order")
+    return problems
+
+
+def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
+    want = Located(settings.parent, 0, settings.jump().spec())
+    if obs.jumps == (want,):
+        return []
+    if not obs.jumps:
+        return [f"no jump from {settings.parent}"] if obs.chain is not None else []
+    problems: list[str] = []
+    if len(obs.jumps) > 1:
+        problems.append(f"{len(obs.jumps)} jumps into {settings.chain}, one wanted")
+    for j in obs.jumps:
+        if j.chain != settings.parent:
+            problems.append(f"stray jump in {j.chain}: {j.spec}")
+        elif j.spec != want.spec:
+            problems.append(f"jump differs from config: {j.spec}")
+        elif j.index != 0:
+            problems.append(f"jump at position {j.index + 1} of {j.chain}, not 1")
+    return _shown(problems)
+
+
+def assess(
+    obs: Observed, settings: Settings, desired: frozenset[IPNetwork]
+) -> tuple[list[str], Ops]:
+    """Drift found in one family, and the transaction that brings it to ``desired``."""
+    fam = FAMILY[obs.version]
+    if not obs.parent_exists:
+        raise BackendError(
+            f"{fam}: parent chain {settings.parent} does not exist in the filter table"
+            + (" (is Docker running?)" if settings.parent == "DOCKER-USER" else "")
+        )
+    base = Ops(obs.version, settings.chain, settings.parent)
+    chain_problems = _chain_problems(obs, settings) if obs.chain is not None else []
+    jump_problems = _jump_problems(obs, settings)
+    drift = [f"{fam}: {p}" for p in chain_problems + jump_problems]
+    delete: list[Located] = []
+    append: tuple[OwnRule, ...] = ()
+    insert: tuple[OwnRule, ...] = ()
+    declare = obs.chain is None or bool(chain_problems)
+    if declare:
+        append = settings.chain_rules(obs.version, desired)
+    else:
+        current = obs.current
+        for i, spec in enumerate(obs.chain or ()):
+            net = accept_source(spec, obs.version, None)
+            if net is not None and net not in desired:
+                delete.append(Located(settings.chain, i, spec))
+        insert = tuple(accept(n) for n in ordered(desired - current))
+    jump = None
+    if jump_problems or not obs.jumps:
+        delete += obs.jumps
+        jump = settings.jump()
+    ops = Ops(
+        obs.version,
+        base.chain,
+        base.parent,
+        declare=declare,
+        delete=tuple(delete),
+        append=append,
+        insert=insert,
+        jump=jump,
+    )
+    return drift, ops
+
+
+def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
+    """What removing cfallow from one family deletes (every jump, then the chain)."""
+    fam = FAMILY[obs.version]
+    ops = Ops(
+        obs.version,
+        settings.chain,
+        settings.parent,
+        delete=obs.jumps,
+        drop_chain=obs.chain is not None,
+    )
+    what: list[str] = []
+    if obs.jumps:
+        what.append(f"{len(obs.jumps)} jump(s)")
+    if obs.chain is not None:
+        what.append(f"chain {settings.chain} ({len(obs.chain)} rules)")
+    return ([f"{fam}: delete " + " and ".join(what)] if what else []), ops

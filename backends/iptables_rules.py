@@ -1,0 +1,233 @@
+"""The iptables backend's pure part: render cfallow's chain and jump, read them back, diff.
+
+Both variants print a table the same way (``iptables-save`` format), so reading
+is one parser for both; writing is one :class:`Ops` value that the nft writer
+turns into an ``iptables-restore --noflush`` batch and the legacy writer into
+python-iptables calls. Nothing here runs a command.
+
+cfallow owns, per family, the chain ``settings.chain`` in ``filter`` and every
+rule that jumps into it; exactly one jump is wanted, at position 1 of the
+parent chain. The chain holds one ``-s CIDR -j ACCEPT`` per Cloudflare range
+(in any order), then the tail: ``also_allow`` accepts and, in lockdown, the
+loopback and established returns and the final DROP.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from netaddr import IPNetwork
+
+from cfallow.config import PortRange
+from cfallow.errors import BackendError, ValidationError
+from cfallow.model import ordered, parse_cidr
+
+COMMENT = "cfallow"
+ALSO_COMMENT = "cfallow-also-allow"
+BUILTIN = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
+VERDICTS = ("ACCEPT", "DROP", "RETURN", "REJECT", "QUEUE", "LOG")
+CHAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}$")
+LOCKDOWN_TAIL = (
+    "-i lo -j RETURN",
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+    "-j DROP",
+)
+FAMILY = {4: "IPv4", 6: "IPv6"}
+
+
+@dataclass(frozen=True)
+class OwnRule:
+    """One rule cfallow writes, as structured fields (the legacy writer builds it from these)."""
+
+    target: str
+    source: str | None = None
+    in_iface: str | None = None
+    protocol: str | None = None
+    dports: str | None = None
+    ctstate: str | None = None
+    comment: str | None = None
+
+    def spec(self) -> str:
+        """The rule as ``iptables-save`` prints it (after ``-A CHAIN``)."""
+        parts: list[str] = []
+        if self.source:
+            parts += ["-s", self.source]
+        if self.in_iface:
+            parts += ["-i", self.in_iface]
+        if self.protocol:
+            parts += ["-p", self.protocol]
+        if self.dports:
+            parts += ["-m", "multiport", "--dports", self.dports]
+        if self.ctstate:
+            parts += ["-m", "conntrack", "--ctstate", self.ctstate]
+        if self.comment:
+            parts += ["-m", "comment", "--comment", self.comment]
+        return " ".join([*parts, "-j", self.target])
+
+
+def accept(net: IPNetwork, comment: str | None = None) -> OwnRule:
+    """``-s NET [-m comment --comment C] -j ACCEPT``."""
+    return OwnRule("ACCEPT", source=str(net), comment=comment)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the config says cfallow's chain and jump look like (validated)."""
+
+    chain: str = "CFALLOW"
+    parent: str = "INPUT"
+    protocol: str = "tcp"
+    ports: tuple[PortRange, ...] = (PortRange(80, 80), PortRange(443, 443))
+    mode: str = "allow"
+    also_allow: tuple[IPNetwork, ...] = ()
+
+    def jump(self) -> OwnRule:
+        """The one jump from the parent chain, limited to the protocol and ports."""
+        dports = ",".join(str(p).replace("-", ":") for p in self.ports)
+        return OwnRule(self.chain, protocol=self.protocol, dports=dports, comment=COMMENT)
+
+    def tail(self, version: int) -> tuple[OwnRule, ...]:
+        """The rules after the Cloudflare accepts, for one family."""
+        rules = [accept(n, ALSO_COMMENT) for n in ordered(self.also_allow) if n.version == version]
+        if self.mode == "lockdown":
+            rules += [
+                OwnRule("RETURN", in_iface="lo"),
+                OwnRule("RETURN", ctstate="RELATED,ESTABLISHED"),
+                OwnRule("DROP"),
+            ]
+        return tuple(rules)
+
+    def chain_rules(self, version: int, nets: Iterable[IPNetwork]) -> tuple[OwnRule, ...]:
+        """The whole chain for ``nets`` (the Cloudflare ranges of this family)."""
+        return tuple(accept(n) for n in ordered(nets)) + self.tail(version)
+
+
+def check_chain_name(name: str, key: str) -> str:
+    """Refuse a name iptables would refuse or that is not cfallow's to own."""
+    if not CHAIN_NAME.match(name) or name in VERDICTS:
+        raise ValueError(f"{key}: not a usable chain name: {name!r}")
+    return name
+
+
+def port_slots(ports: tuple[PortRange, ...]) -> int:
+    """multiport takes at most 15 slots; a range takes two."""
+    return sum(1 if p.first == p.last else 2 for p in ports)
+
+
+# -- reading -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs."""
+
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def rules(self, chain: str) -> tuple[str, ...] | None:
+        """The specs of ``chain`` in order, or None if there is no such chain."""
+        for name, rules in self.chains:
+            if name == chain:
+                return rules
+        return None
+
+
+def parse_save(text: str) -> Table:
+    """Parse ``iptables-save -t filter`` output (comments and other tables ignored)."""
+    chains: dict[str, list[str]] = {}
+    in_filter = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            in_filter = line == "*filter"
+        elif not in_filter or line == "COMMIT":
+            continue
+        elif line.startswith(":"):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            _, name, *rest = line.split(" ", 2)
+            chains.setdefault(name, []).append(rest[0] if rest else "")
+        else:
+            raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
+    return Table(tuple((name, tuple(rules)) for name, rules in chains.items()))
+
+
+def target_of(spec: str) -> str | None:
+    """The ``-j``/``-g`` target of a rule spec."""
+    try:
+        tokens = shlex.split(spec)
+    except ValueError:
+        return None
+    for flag, value in zip(tokens, tokens[1:]):
+        if flag in ("-j", "-g", "--jump", "--goto"):
+            return value
+    return None
+
+
+def accept_source(spec: str, version: int, comment: str | None) -> IPNetwork | None:
+    tokens = spec.split()
+    want = ["-m", "comment", "--comment", comment] if comment else []
+    if len(tokens) != 4 + len(want) or tokens[:1] != ["-s"]:
+        return None
+    if tokens[2:-2] != want or tokens[-2:] != ["-j", "ACCEPT"]:
+        return None
+    try:
+        return parse_cidr(tokens[1], version)
+    except ValidationError:
+        return None
+
+
+@dataclass(frozen=True)
+class Located:
+    """A rule found in the table: chain, 0-based index, spec."""
+
+    chain: str
+    index: int
+    spec: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What cfallow owns in one family's table."""
+
+    version: int
+    chain: tuple[str, ...] | None  # the owned chain's specs; None: no such chain
+    jumps: tuple[Located, ...]  # every rule in the table that jumps into it
+    parent_exists: bool
+
+    @property
+    def current(self) -> frozenset[IPNetwork]:
+        """The Cloudflare ranges the chain accepts now."""
+        found = (accept_source(s, self.version, None) for s in self.chain or ())
+        return frozenset(n for n in found if n is not None)
+
+
+def observe(table: Table, version: int, settings: Settings) -> Observed:
+    """Pick out what cfallow owns from a parsed table."""
+    jumps = tuple(
+        Located(name, i, spec)
+        for name, rules in table.chains
+        for i, spec in enumerate(rules)
+        if target_of(spec) == settings.chain
+    )
+    parent_exists = table.rules(settings.parent) is not None or settings.parent in BUILTIN
+    return Observed(version, table.rules(settings.chain), jumps, parent_exists)
+
+
+def explain(tool: str, stderr: str, module: str) -> str:
+    """One line for a failed iptables tool: privileges, kernel support, or its own message."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    detail = lines[-1] if lines else "no message"
+    low = stderr.lower()
+    if "permission denied" in low or "must be root" in low or "not permitted" in low:
+        return f"{tool}: permission denied (needs root, or CAP_NET_ADMIN and CAP_NET_RAW)"
+    if any(
+        s in low
+        for s in ("protocol not supported", "does not exist", "insmod", "modprobe", "not supported")
+    ):
+        return f"{tool}: kernel support missing (module {module}?): {detail}"
+    return f"{tool}: {detail}"
