@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
+from botocore.stub import ANY, Stubber
 from cfdata import CURRENT, OLD
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
-
-boto3 = pytest.importorskip("boto3")
-from botocore.stub import ANY, Stubber  # noqa: E402
 
 G1, G2 = "sg-0aaaaaaaaaaaaaaa1", "sg-0bbbbbbbbbbbbbbb2"
 PL4, PL6, FOREIGN = "pl-0aaaaaaaaaaaaaaa4", "pl-0aaaaaaaaaaaaaaa6", "pl-0ffffffffffffffff"
