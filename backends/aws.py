@@ -41,11 +41,11 @@ from .aws_rules import (
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 # Prefix-list mode is no way to fit: AWS counts each reference as the list's
 # MaxEntries, never fewer than the ranges it holds.
-FIT_HINT = (
-    "to fit: fewer ports, a security group for cfallow alone, or a quota increase"
-    " (then set rules_per_group)"
+_WAYS = "fewer ports, a security group for cfallow alone, or a quota increase"
+FIT_HINT = f"to fit: {_WAYS} (then set rules_per_group)"
+FIT_HINT_LISTS = (
+    f"to fit: a smaller prefix_list_max_entries (new lists), {_WAYS} (then set rules_per_group)"
 )
-FIT_HINT_LISTS = "to fit: a smaller prefix_list_max_entries (new lists), " + FIT_HINT[8:]
 
 
 class AwsBackend(Backend):
