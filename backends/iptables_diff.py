@@ -30,7 +30,7 @@ from .iptables_rules import (
     accept_source,
 )
 
-MAX_SHOWN = 3
+MAX_SHOWN = 5
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,9 @@ modify and commit, so the iptables tools wait for it instead of racing it. A
 writer that ignores the lock makes the kernel refuse the commit with EAGAIN;
 cfallow then starts over from a fresh read, a bounded number of times.
 
+libiptc's commit would leave the built-in chains' policy counters at what
+they gained since the read; cfallow sets them back to the values it read.
+
 Rules are deleted by position, so before any change the handle is checked
 against the text that was read: the chains it deletes from must hold the same
 targets in the same order, else the table moved and the attempt starts over.
@@ -33,6 +36,7 @@ LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
 LOCK_WAIT = 30.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
+BUILTIN_FILTER = ("INPUT", "FORWARD", "OUTPUT")
 
 
 class Moved(Exception):
@@ -216,3 +220,9 @@ class LegacyIO:
         if ops.drop_chain:
             table.flush_entries(ops.chain)
             table.delete_chain(ops.chain)
+        # libiptc's commit leaves a built-in chain's policy counters at what they
+        # gained since the read (iptables-legacy -A does the same): set them back.
+        for name in BUILTIN_FILTER:
+            if table.builtin_chain(name):
+                policy, counters = table.get_policy(name)
+                table.set_policy(name, policy, counters)
