@@ -11,7 +11,14 @@ from pathlib import Path
 
 from cfallow import __version__, backend, config, report, sources
 from cfallow.engine import BackendResult, run_backend
-from cfallow.errors import EXIT_BACKEND, EXIT_DRIFT, EXIT_OK, CfallowError, UsageError
+from cfallow.errors import (
+    EXIT_BACKEND,
+    EXIT_DRIFT,
+    EXIT_OK,
+    CfallowError,
+    RangesError,
+    UsageError,
+)
 from cfallow.guard import check_shrink
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
@@ -192,6 +199,13 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config) -> int:
     return EXIT_OK
 
 
+def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> None:
+    if cfg.metrics_file is not None:
+        from cfallow import metrics
+
+        metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=success)
+
+
 def _sync_like(
     args: argparse.Namespace,
     cfg: config.Config,
@@ -202,16 +216,19 @@ def _sync_like(
     verb: str,
 ) -> int:
     backends = _backends(cfg, args.backend, ctx)
-    ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+    try:
+        ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+    except RangesError:
+        if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
+            _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
+        raise
     results = [run_backend(b, ranges.desired, dry_run=dry_run) for b in backends]
     if not dry_run and ranges.kind == "live":
         state.save(ranges)
     doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
     failed = any(r.error is not None for r in results)
-    if not dry_run and cfg.metrics_file is not None:
-        from cfallow import metrics
-
-        metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=not failed)
+    if not dry_run:
+        _write_metrics(cfg, doc, success=not failed)
     if failed:
         return EXIT_BACKEND
     if verb == "status" and doc["changed"]:

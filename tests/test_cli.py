@@ -397,3 +397,26 @@ def test_ranges_does_not_import_boto3_or_iptc(tmp_path: Path) -> None:
     }
     assert "cfallow" in imported
     assert "boto3" not in imported and "botocore" not in imported and "iptc" not in imported
+
+
+def test_a_refused_list_is_a_failed_run_in_the_metrics(env: Env) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prom = env.tmp / "cfallow.prom"
+    env.config.write_text(f'metrics_file = "{prom}"\n' + env.config.read_text())
+
+    def sample(name: str) -> float:
+        for fam in text_string_to_metric_families(prom.read_text()):
+            for s in fam.samples:
+                if s.name == name and not s.labels:
+                    return float(s.value)
+        raise AssertionError(name)
+
+    assert env.cli("sync").rc == 0
+    ok_at = sample("cfallow_last_success_timestamp_seconds")
+    assert sample("cfallow_last_run_success") == 1
+    env.serve_api("<!DOCTYPE html>", ctype="text/html")
+    assert env.cli("sync").rc == 4
+    assert sample("cfallow_last_run_success") == 0
+    assert sample("cfallow_last_success_timestamp_seconds") == ok_at
+    assert sample("cfallow_last_run_timestamp_seconds") >= ok_at
