@@ -64,11 +64,16 @@ def main() -> int:
     server.shutdown()
     imp = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "cfallow", "ranges", "--source", "bundled"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
     heavy = sorted({m for m in ("boto3", "botocore", "iptc") if f" {m}" in imp})
-    print(f"no-change sync (fake backend, local API), {opts.runs} runs: "
-          f"median {statistics.median(times):.3f} s, min {min(times):.3f} s, max {max(times):.3f} s")
+    print(
+        f"no-change sync (fake backend, local API), {opts.runs} runs: "
+        f"median {statistics.median(times):.3f} s, "
+        f"min {min(times):.3f} s, max {max(times):.3f} s"
+    )
     print(f"cfallow ranges imports boto3/botocore/iptc: {', '.join(heavy) or 'none'}")
     return 0
 

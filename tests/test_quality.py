@@ -17,12 +17,12 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    r = _run(str(BIN / "ruff"), "check", "cfallow", "backends", "tests", "ansible")
+    r = _run(str(BIN / "ruff"), "check", "cfallow", "backends", "tests", "ansible", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_ruff_format() -> None:
-    r = _run(str(BIN / "ruff"), "format", "--check", "cfallow", "backends", "tests", "ansible")
+    r = _run(str(BIN / "ruff"), "format", "--check", "cfallow", "backends", "tests", "ansible", "bench")
     assert r.returncode == 0, r.stdout + r.stderr
 
 
