@@ -12,17 +12,20 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+PATHS = ("cfallow", "backends", "tests", "ansible", "bench")
+
+
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
 
 
 def test_ruff_check() -> None:
-    r = _run(str(BIN / "ruff"), "check", "cfallow", "backends", "tests", "ansible", "bench")
+    r = _run(str(BIN / "ruff"), "check", *PATHS)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_ruff_format() -> None:
-    r = _run(str(BIN / "ruff"), "format", "--check", "cfallow", "backends", "tests", "ansible", "bench")
+    r = _run(str(BIN / "ruff"), "format", "--check", *PATHS)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
