@@ -124,7 +124,9 @@ class IptablesBackend(Backend):
         except BackendError as exc:
             if self.variant == "auto":
                 if "command not found" in str(exc):
-                    raise BackendError("iptables: command not found (install iptables)") from None
+                    raise BackendError(
+                        "no iptables command found (install the iptables package)"
+                    ) from None
                 raise
             text, detected, legacy_tools = "", self.variant, True
         kind = detected if self.variant == "auto" else self.variant

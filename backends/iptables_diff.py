@@ -101,10 +101,12 @@ def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
     problems += [f"duplicate rule: {s}" for s in dups]
     if rest == want:
         return problems
-    has_drop = LOCKDOWN_TAIL[-1] in rest
-    if has_drop != (settings.mode == "lockdown"):
-        was = "lockdown" if has_drop else "allow"
+    has_lockdown = any(s in LOCKDOWN_TAIL for s in rest)
+    if has_lockdown != (settings.mode == "lockdown"):
+        was = "lockdown" if has_lockdown else "allow"
         problems.append(f"mode: chain is {was}, config says {settings.mode}")
+    elif has_lockdown and tuple(rest[-len(LOCKDOWN_TAIL) :]) != LOCKDOWN_TAIL:
+        problems.append("lockdown rules incomplete or out of order")
     found_also = [accept_source(s, obs.version, ALSO_COMMENT) for s in rest]
     have = {n for n in found_also if n is not None}
     wanted = {n for n in settings.also_allow if n.version == obs.version}

@@ -147,7 +147,9 @@ class LegacyIO:
             raise BackendError(explain(tool, exc.stderr, MODULE[version])) from None
         except BackendError as exc:
             if "command not found" in str(exc):
-                raise BackendError(f"{tool}: command not found (install iptables)") from None
+                raise BackendError(
+                    f"{tool}: command not found (install the iptables package)"
+                ) from None
             raise
 
     def transact(self, version: int, compute: Callable[[Table], Ops]) -> bool:

@@ -223,6 +223,8 @@ def explain(tool: str, stderr: str, module: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     detail = lines[-1] if lines else "no message"
     low = stderr.lower()
+    if "exec of" in low and "no such file" in low:  # a wrapper (ip netns exec) did not find it
+        return f"{tool}: command not found (install the iptables package)"
     if "permission denied" in low or "must be root" in low or "not permitted" in low:
         return f"{tool}: permission denied (needs root, or CAP_NET_ADMIN and CAP_NET_RAW)"
     if any(
