@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,29 +35,37 @@ def processes(lb: Lab, runs: int) -> dict[str, object]:
     """The same sequence, one ``cfallow sync`` process per run."""
     lb.config()
     half = runs // 2
-    failed = wrong = 0
+    failed = wrong = tracebacks = 0
     rss: list[int] = []
     took: list[float] = []
-    for i in range(runs):
-        era = "2021-03" if i < half or (i - half) % 2 else "current"
-        lb.publish(era)
-        start = time.perf_counter()
-        proc = subprocess.Popen(lb.cfallow_argv("-q", "sync"), stdout=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        took.append(time.perf_counter() - start)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        failed += proc.returncode != 0
-        rss.append(usage.ru_maxrss)
-        wrong += len(lb.chain_rules("CFALLOW")[4] + lb.chain_rules("CFALLOW")[6]) != EXPECTED[era]
-    state = sorted(p.name for p in (lb.tmp / "state").iterdir())
+    with tempfile.TemporaryFile("w+") as err:
+        for i in range(runs):
+            era = "2021-03" if i < half or (i - half) % 2 else "current"
+            lb.publish(era)
+            err.seek(0)
+            err.truncate()
+            start = time.perf_counter()
+            proc = subprocess.Popen(
+                lb.cfallow_argv("-q", "sync"), stdout=subprocess.DEVNULL, stderr=err
+            )
+            _, status, usage = os.wait4(proc.pid, 0)
+            took.append(time.perf_counter() - start)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            failed += proc.returncode != 0
+            err.seek(0)
+            tracebacks += "Traceback" in err.read()
+            rss.append(usage.ru_maxrss)
+            rules = lb.chain_rules("CFALLOW")
+            wrong += len(rules[4] + rules[6]) != EXPECTED[era]
     return {
         "runs": runs,
         "failed_runs": failed,
+        "runs_with_traceback": tracebacks,
         "wrong_rule_count": wrong,
         "peak_rss_kib_first": rss[0],
         "peak_rss_kib_max": max(rss),
         "median_run_s": round(statistics.median(took), 3),
-        "state_files": state,
+        "state_files": sorted(p.name for p in (lb.tmp / "state").iterdir()),
     }
 
 
