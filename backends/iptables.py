@@ -19,6 +19,7 @@ enforces them.
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from netaddr import IPNetwork
@@ -105,6 +106,7 @@ class IptablesBackend(Backend):
         self._io: NftIO | LegacyIO | None = None
         self._notes: list[str] = []
         self._read_ahead: dict[int, str] = {}
+        self._planned: dict[int, Table] = {}
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -159,8 +161,9 @@ class IptablesBackend(Backend):
                     "python-iptables is not installed (pip install 'cfallow[iptables]'); "
                     "the legacy variant writes through it"
                 )
-        for version in self.families:
-            self._read_ahead[version] = io.read(version)
+        with ThreadPoolExecutor(len(self.families)) as pool:
+            texts = pool.map(io.read, self.families)
+            self._read_ahead = dict(zip(self.families, texts))
 
     # -- plan / apply ---------------------------------------------------------------
     def plan(self, desired: Networks) -> Plan:
@@ -168,6 +171,7 @@ class IptablesBackend(Backend):
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
+        self._planned.clear()
         for version in self.families:
             obs = observe(self._parse(version), version, self.settings)
             want = frozenset(n for n in desired if n.version == version)
@@ -194,6 +198,7 @@ class IptablesBackend(Backend):
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
+        self._planned.clear()
         for version in self.families:
             obs = observe(self._parse(version), version, self.settings)
             found, ops = assess_removal(obs, self.settings)
@@ -211,23 +216,30 @@ class IptablesBackend(Backend):
         )
 
     def apply(self, plan: Plan) -> None:
-        """One transaction per family that needs one, computed again from a fresh read.
+        """One transaction per family that needs one, from the table to the plan's target.
 
-        Re-reading (under the xtables lock on legacy hosts) makes ``apply``
-        idempotent and means a stale plan can never delete a rule that is not
-        cfallow's: the transaction always goes from what is there to the plan's
-        target.
+        The transaction is computed from a read of the table: on legacy hosts
+        always a fresh one under the xtables lock (rules are deleted by
+        position there); on nft hosts, the first apply after ``plan`` uses the
+        plan's own read, since an nft batch only deletes cfallow's rules by
+        their exact text, so a table that moved in between makes the batch
+        fail whole and change nothing. Any later apply reads again, so
+        ``apply`` is idempotent.
         """
         io = self._open()
         for step in plan.steps:
             if not isinstance(step, Step):
                 raise BackendError(f"not an iptables plan step: {step!r}")
-            if io.transact(step.version, _Compute(self.settings, step)):
+            basis = self._planned.pop(step.version, None)
+            if io.transact(step.version, _Compute(self.settings, step), basis):
                 self.writes += 1
                 self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
     def _parse(self, version: int) -> Table:
-        return parse_save(self._read(version))
+        table = parse_save(self._read(version))
+        if isinstance(self._io, NftIO):
+            self._planned[version] = table
+        return table
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import importlib
+import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,6 +40,7 @@ ATTEMPTS = 5
 LOCK_WAIT = 30.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
 BUILTIN_FILTER = ("INPUT", "FORWARD", "OUTPUT")
+XTABLES_DIRS = ("/usr/lib64/xtables", "/usr/lib/xtables", "/usr/libexec/xtables")
 
 
 class Moved(Exception):
@@ -67,8 +71,30 @@ def xtables_lock(path: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         os.close(fd)
 
 
+def _xtables_dir() -> str | None:
+    for path in (*sorted(glob.glob("/usr/lib/*-linux-*/xtables")), *XTABLES_DIRS):
+        if os.path.isdir(path):
+            return path
+    return None
+
+
 def load_iptc() -> Any:
-    """Import python-iptables (only when a legacy write happens)."""
+    """Import python-iptables (only when a legacy write happens).
+
+    Its import runs ``ldconfig -N -v`` unless ``XTABLES_LIBDIR`` names the
+    extension directory (libxtables reads it too), and compilers and linkers
+    to find its own helper library unless ``IPTABLES_LIBDIR`` names the
+    directory it is in: both are set here when unset (about 0.1 s).
+    """
+    if "iptc" in sys.modules:
+        return sys.modules["iptc"]
+    if "XTABLES_LIBDIR" not in os.environ:
+        found = _xtables_dir()
+        if found:
+            os.environ["XTABLES_LIBDIR"] = found
+    spec = importlib.util.find_spec("iptc")
+    if "IPTABLES_LIBDIR" not in os.environ and spec and spec.origin:
+        os.environ["IPTABLES_LIBDIR"] = os.path.dirname(os.path.dirname(spec.origin))
     try:
         return importlib.import_module("iptc")
     except ModuleNotFoundError:
@@ -152,8 +178,13 @@ class LegacyIO:
                 ) from None
             raise
 
-    def transact(self, version: int, compute: Callable[[Table], Ops]) -> bool:
-        """Under the xtables lock: read, compute, modify, commit once; False if nothing to do."""
+    def transact(
+        self, version: int, compute: Callable[[Table], Ops], basis: Table | None = None
+    ) -> bool:
+        """Under the xtables lock: read, compute, modify, commit once; False if nothing to do.
+
+        ``basis`` is ignored: positions are only valid for a read under the lock.
+        """
         iptc = load_iptc()
         with xtables_lock(self.lock_path):
             for attempt in range(self.attempts):

@@ -46,9 +46,14 @@ class NftIO:
         except BackendError as exc:
             raise _failed(tool, exc) from None
 
-    def transact(self, version: int, compute: Callable[[Table], Ops]) -> bool:
-        """Read, compute the transaction, run it as one restore batch; False if nothing to do."""
-        ops = compute(parse_save(self.read(version)))
+    def transact(
+        self, version: int, compute: Callable[[Table], Ops], basis: Table | None = None
+    ) -> bool:
+        """Compute the transaction from ``basis`` (else a fresh read); one restore batch.
+
+        False if there is nothing to do.
+        """
+        ops = compute(basis if basis is not None else parse_save(self.read(version)))
         if ops.empty:
             return False
         tool = RESTORE[version]

@@ -17,7 +17,6 @@ namespace:
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfallow.backends.iptables_legacy import load_iptc
 from netaddr import IPNetwork
 from support import need, need_tool, ns_exec, sh
 
@@ -91,7 +91,7 @@ def need_variant(variant: str) -> None:
         try:
             # Imported once here so each forked child does not pay for it; the
             # import itself opens no table.
-            importlib.import_module("iptc")
+            load_iptc()
         except Exception as exc:  # pragma: no cover - depends on the machine
             need(False, f"python-iptables ({exc})")
 
