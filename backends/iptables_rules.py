@@ -85,9 +85,18 @@ class Settings:
     also_allow: tuple[IPNetwork, ...] = ()
 
     def jump(self) -> OwnRule:
-        """The one jump from the parent chain, limited to the protocol and ports."""
+        """The one jump from the parent chain, limited to the protocol and ports.
+
+        From DOCKER-USER (in FORWARD) it is also limited to connections that
+        came in through a published port (``--ctstate DNAT``): without that,
+        lockdown would drop the containers' own outgoing connections to port
+        443 elsewhere.
+        """
         dports = ",".join(str(p).replace("-", ":") for p in self.ports)
-        return OwnRule(self.chain, protocol=self.protocol, dports=dports, comment=COMMENT)
+        ctstate = "DNAT" if self.parent == "DOCKER-USER" else None
+        return OwnRule(
+            self.chain, protocol=self.protocol, dports=dports, ctstate=ctstate, comment=COMMENT
+        )
 
     def tail(self, version: int) -> tuple[OwnRule, ...]:
         """The rules after the Cloudflare accepts, for one family."""

@@ -93,9 +93,11 @@ class Pair:
         assert line.startswith("ready"), f"{argv[:3]} did not start in {ns}"
         return proc
 
-    def can_connect(self, src: str, port: int = LISTEN, timeout: float = 0.5) -> bool:
-        """One TCP connect from ``src`` (client namespace) to the server."""
-        dst = SERVER[1] if ":" in src else SERVER[0]
+    def can_connect(
+        self, src: str, port: int = LISTEN, timeout: float = 0.5, dst: str | None = None
+    ) -> bool:
+        """One TCP connect from ``src`` (client namespace) to the server (or ``dst``)."""
+        dst = dst or (SERVER[1] if ":" in src else SERVER[0])
         argv = ns_exec(self.client, sys.executable, "-c", _CONNECT, src, dst, str(port))
         return subprocess.run([*argv, str(timeout)], check=False, timeout=10).returncode == 0
 

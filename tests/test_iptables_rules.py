@@ -75,7 +75,8 @@ def test_settings_from_config() -> None:
     )
     s = b.settings
     assert s.jump().spec() == (
-        "-p udp -m multiport --dports 443,8000:8080,8443 -m comment --comment cfallow -j CF_IN"
+        "-p udp -m multiport --dports 443,8000:8080,8443 -m conntrack --ctstate DNAT "
+        "-m comment --comment cfallow -j CF_IN"
     )
     assert [r.spec() for r in s.tail(4)] == [
         "-s 192.0.2.0/24 -m comment --comment cfallow-also-allow -j ACCEPT",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import pytest
 from cfdata import CURRENT, OLD
 from ipt_support import VARIANTS, Fw
-from ipt_traffic import CF, OLD_ONLY, OTHER, OUTSIDE, Pair, echo, pair
+from ipt_traffic import CF, LISTEN, OLD_ONLY, OTHER, OUTSIDE, PROCS, Pair, echo, pair
+from support import namespace, ns_exec, sh
 
 from cfallow.engine import run_backend
 
@@ -24,6 +27,18 @@ POLICY_DROP = {
     "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
     "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT\n",
 }
+
+#: What Docker sets up for a container publishing 443 (reduced to what matters here).
+DOCKER_NAT = """*nat
+:PREROUTING ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 192.0.2.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination 172.17.0.2:443
+-A POSTROUTING -s 172.17.0.0/24 -j MASQUERADE
+COMMIT
+"""
+DOCKER_FILTER = (
+    "*filter\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
+)
 
 
 @pytest.fixture(params=VARIANTS)
@@ -97,3 +112,28 @@ def test_zero_failed_connections_during_50_syncs(lab: tuple[Pair, Fw]) -> None:
         sync(fw, OLD)
         time.sleep(0.3)
     assert gap["failed"] > 0, gap
+
+
+def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw]) -> None:
+    """A "container" namespace behind the server: a published 443, and its own outgoing HTTPS."""
+    p, fw = lab
+    with namespace("ctr") as ctr:
+        host_if, ctr_if = f"dk{uuid.uuid4().hex[:6]}", f"ct{uuid.uuid4().hex[:6]}"
+        veth = ["ip", "link", "add", host_if, "netns", p.server, "type", "veth"]
+        sh([*veth, "peer", "name", ctr_if, "netns", ctr])
+        sh(ns_exec(p.server, "ip", "addr", "add", "172.17.0.1/24", "dev", host_if))
+        sh(ns_exec(p.server, "ip", "link", "set", host_if, "up"))
+        sh(ns_exec(ctr, "ip", "addr", "add", "172.17.0.2/24", "dev", ctr_if))
+        sh(ns_exec(ctr, "ip", "link", "set", ctr_if, "up"))
+        sh(ns_exec(ctr, "ip", "route", "add", "default", "via", "172.17.0.1"))
+        sh(ns_exec(p.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        fw.restore(4, DOCKER_NAT)
+        fw.restore(4, DOCKER_FILTER)
+        p.spawn(ctr, sys.executable, PROCS, "listen", str(LISTEN))  # the published port
+        p.spawn(p.client, sys.executable, PROCS, "listen", str(LISTEN))  # somewhere on the web
+        out = Pair(ctr, ctr)
+        assert p.can_connect(CF[0]) and p.can_connect(OUTSIDE[0])
+        sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False)
+        assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
+        # The container's own connection to port 443 elsewhere is not a published port.
+        assert out.can_connect("172.17.0.2", dst=OUTSIDE[0]), "lockdown cut outgoing HTTPS"
