@@ -147,19 +147,21 @@ def parse_save(text: str) -> Table:
     """Parse ``iptables-save -t filter`` output (comments and other tables ignored)."""
     chains: dict[str, list[str]] = {}
     in_filter = False
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
+    for raw in text.split("\n"):
+        if raw[:3] == "-A ":  # nearly every line: the cheap test first
+            if in_filter:
+                name, _, spec = raw[3:].partition(" ")
+                chains.setdefault(name, []).append(spec.strip())
             continue
-        if line.startswith("*"):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        if line[0] == "*":
             in_filter = line == "*filter"
         elif not in_filter or line == "COMMIT":
             continue
-        elif line.startswith(":"):
+        elif line[0] == ":":
             chains.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            _, name, *rest = line.split(" ", 2)
-            chains.setdefault(name, []).append(rest[0] if rest else "")
         else:
             raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
     return Table(tuple((name, tuple(rules)) for name, rules in chains.items()))
