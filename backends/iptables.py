@@ -162,8 +162,16 @@ class IptablesBackend(Backend):
                     "the legacy variant writes through it"
                 )
         with ThreadPoolExecutor(len(self.families)) as pool:
-            texts = pool.map(io.read, self.families)
+            texts = pool.map(self._first_read, self.families)
             self._read_ahead = dict(zip(self.families, texts))
+
+    def _first_read(self, version: int) -> str:
+        try:
+            return self._open().read(version)
+        except BackendError as exc:
+            if version == 6:
+                raise BackendError(f"{exc} (no IPv6 on this host? set ipv6 = false)") from None
+            raise
 
     # -- plan / apply ---------------------------------------------------------------
     def plan(self, desired: Networks) -> Plan:

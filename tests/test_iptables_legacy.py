@@ -18,13 +18,15 @@ import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_legacy import LegacyIO, xtables_lock
 from cfdata import CURRENT, OLD
-from ipt_netns import in_netns
+from ipt_netns import NetnsBackend, in_netns
 from ipt_support import JUMP, Fw
-from support import namespace
+from support import namespace, need_tool
 
+from cfallow.backend import Context, build
 from cfallow.engine import run_backend
 from cfallow.errors import BackendError
 from cfallow.model import as_strings
+from cfallow.runner import Runner
 
 pytestmark = pytest.mark.root
 
@@ -126,3 +128,18 @@ def test_the_lock_is_waited_for_then_refused(tmp_path: Path) -> None:
         os.close(fd)
     with xtables_lock(path, wait=0.3):  # free again
         pass
+
+
+def test_an_explicit_variant_the_host_does_not_use_is_warned(fw: Fw) -> None:
+    """This host's ``iptables`` is nf_tables; ``variant = "legacy"`` is obeyed, and said so."""
+    need_tool("iptables")
+    inner = build("iptables", {"variant": "legacy"}, Context(runner=Runner()))
+    backend = NetnsBackend(inner, fw.ns, {"XTABLES_LOCKFILE": fw.lock})
+    result = run_backend(backend, CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None
+    (note,) = result.plan.notes
+    assert note.startswith("variant = legacy, but this host's iptables is nft (iptables v")
+    assert note.endswith(
+        "(nf_tables)): rules in the legacy tables are neither listed nor enforced there"
+    )
+    assert fw.owned() == CURRENT  # read with iptables-legacy-save
