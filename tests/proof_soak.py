@@ -12,11 +12,13 @@ in a private TMPDIR. ``bench/soak.py`` and ``tests/test_soak.py`` drive it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,13 @@ def _unreaped_children() -> int:
     return 1
 
 
+def _heap() -> int:
+    """Bytes the Python heap holds, leaving out this module's own records of the runs."""
+    gc.collect()
+    snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, __file__)])
+    return sum(stat.size for stat in snap.statistics("filename"))
+
+
 def worker(opts: dict[str, Any]) -> dict[str, Any]:
     """Run ``opts["runs"]`` syncs in this process (already inside the namespace)."""
     from cfallow.cli import main
@@ -53,8 +62,13 @@ def worker(opts: dict[str, Any]) -> dict[str, Any]:
     save = [VARIANTS[opts["variant"]][i] + "-save" for i in (0, 1)]
     www = Path(opts["www"])
     half = opts["runs"] // 2
+    warm = min(20, half)
     runs = []
+    heap: list[int] = []
     for i in range(opts["runs"]):
+        if i == warm:
+            tracemalloc.start()
+            heap.append(_heap())
         era = "2021-03" if i < half or (i - half) % 2 else "current"
         publish(www, era)
         with contextlib.redirect_stdout(io.StringIO()):
@@ -80,8 +94,12 @@ def worker(opts: dict[str, Any]) -> dict[str, Any]:
                 "rules": rules,
             }
         )
+    heap.append(_heap())
+    tracemalloc.stop()
     return {
         "runs": runs,
+        "py_heap_growth_kib": (heap[-1] - heap[0]) // 1024,
+        "heap_runs": opts["runs"] - warm,
         "state_files": sorted(p.name for p in Path(opts["state"]).iterdir()),
         "tmp_files": sorted(str(p) for p in Path(opts["tmpdir"]).rglob("*")),
     }
@@ -129,6 +147,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         "rss_kib_last_quarter_median": _median(last, "rss_kib"),
         "rss_kib_samples": [r["rss_kib"] for r in runs[:: max(1, len(runs) // 10)]],
         "unreaped_children": sum(r["children"] for r in runs),
+        "py_heap_growth_kib": result["py_heap_growth_kib"],
+        "py_heap_runs": result["heap_runs"],
         "state_files": result["state_files"],
         "tmp_files": result["tmp_files"],
     }
