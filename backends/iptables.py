@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 from netaddr import IPNetwork
 
@@ -125,7 +126,7 @@ class IptablesBackend(Backend):
             detected, legacy_tools = detect(text)
         except BackendError as exc:
             if self.variant == "auto":
-                if "command not found" in str(exc):
+                if any(s in str(exc).lower() for s in ("command not found", "no such file")):
                     raise BackendError(
                         "no iptables command found (install the iptables package)"
                     ) from None
@@ -153,14 +154,11 @@ class IptablesBackend(Backend):
     def check(self) -> None:
         """Variant, tools, privileges, kernel support: one read per family (reused by ``plan``)."""
         io = self._open()
-        if isinstance(io, LegacyIO):
-            from importlib.util import find_spec
-
-            if find_spec("iptc") is None:
-                raise BackendError(
-                    "python-iptables is not installed (pip install 'cfallow[iptables]'); "
-                    "the legacy variant writes through it"
-                )
+        if isinstance(io, LegacyIO) and find_spec("iptc") is None:
+            raise BackendError(
+                "python-iptables is not installed (pip install 'cfallow[iptables]'); "
+                "the legacy variant writes through it"
+            )
         with ThreadPoolExecutor(len(self.families)) as pool:
             texts = pool.map(self._first_read, self.families)
             self._read_ahead = dict(zip(self.families, texts))
@@ -169,7 +167,7 @@ class IptablesBackend(Backend):
         try:
             return self._open().read(version)
         except BackendError as exc:
-            if version == 6:
+            if version == 6 and "kernel support" in str(exc):
                 raise BackendError(f"{exc} (no IPv6 on this host? set ipv6 = false)") from None
             raise
 

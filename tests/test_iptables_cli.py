@@ -113,6 +113,14 @@ def test_missing_save_tool(tmp_path: Path) -> None:
     assert str(exc.value) == "iptables-nft-save: command not found (install the iptables package)"
 
 
+def test_missing_iptables_behind_a_wrapper(tmp_path: Path) -> None:
+    """``ip netns exec`` reports a missing command itself: still the same one line."""
+    with namespace("ipw") as ns:
+        runner = Runner(prefix=["/usr/sbin/ip", "netns", "exec", ns], env={"PATH": str(tmp_path)})
+        result = run_backend(build("iptables", {}, Context(runner=runner)), CURRENT, dry_run=True)
+    assert result.error == "no iptables command found (install the iptables package)"
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_missing_privileges(variant: str, tmp_path: Path) -> None:
     need_tool("setpriv")
