@@ -153,6 +153,7 @@ def test_sigkill_at_random_instants_leaves_old_or_new_never_partial(lb: Lab) -> 
             assert_exactly(lb, new)
             prev = new
     assert traffic["failed"] == 0, f"{traffic} (seed {seed})"
+    print(f"{lb.variant}: {KILLS} kills within {span:.2f} s of the start: {outcomes}, {traffic}")
     assert outcomes["old"] and outcomes["new"], f"kills never landed on both sides: {outcomes}"
 
 
