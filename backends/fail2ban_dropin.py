@@ -15,7 +15,6 @@ error, so the file never has a DEFAULT section.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from netaddr import IPNetwork
 
+from cfallow import state
 from cfallow.errors import BackendError, ValidationError
 from cfallow.model import Networks, as_strings, parse_cidr
 
@@ -107,24 +107,10 @@ def read(path: Path) -> str | None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by rename; the old file stays if anything fails before that."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        state.write_atomic(path, text, mode=0o644)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise BackendError(f"cannot write {path}: {exc}") from exc
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def remove(path: Path) -> None:

@@ -23,14 +23,13 @@ Metrics (all gauges; ``backend`` and ``family`` labels)::
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from cfallow.state import write_atomic
 
 PREFIX = "cfallow_"
 _LAST_SUCCESS = "cfallow_last_success_timestamp_seconds"
@@ -165,21 +164,5 @@ def write_metrics(path: Path, report: dict[str, Any], *, now: float, success: bo
     """
     path = Path(path)
     text = render(report, now=now, success=success, last_success=previous_success(path))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes 0600; the collector may run as another user.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    # 0644: the collector may run as another user.
+    write_atomic(path, text, mode=0o644)
