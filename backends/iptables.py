@@ -174,50 +174,40 @@ class IptablesBackend(Backend):
     # -- plan / apply ---------------------------------------------------------------
     def plan(self, desired: Networks) -> Plan:
         """Read the owned chain and jumps of each family; the range diff plus any drift."""
-        current: set[IPNetwork] = set()
-        drift: list[str] = []
-        steps: list[Step] = []
-        self._planned.clear()
-        for version in self.families:
-            obs = observe(self._parse(version), version, self.settings)
-            want = frozenset(n for n in desired if n.version == version)
-            found, ops = assess(obs, self.settings, want)
-            current |= obs.current
-            drift += found
-            if not ops.empty:
-                steps.append(Step(version, tuple(as_strings(want)), ops.restore_script()))
         managed = frozenset(n for n in desired if n.version in self.families)
-        notes = list(self._notes)
-        if managed != desired:
-            notes.append("IPv6 ranges left alone (ipv6 = false)")
-        return make_plan(
-            self.name,
-            managed,
-            frozenset(current),
-            drift=drift,
-            notes=notes,
-            steps=steps,
-        )
+        extra = () if managed == desired else ("IPv6 ranges left alone (ipv6 = false)",)
+        return self._plan(managed, extra)
 
     def plan_removal(self) -> Plan:
         """Every jump into the chain and the chain itself, in each managed family."""
+        return self._plan(None)
+
+    def _plan(self, desired: Networks | None, extra_notes: tuple[str, ...] = ()) -> Plan:
+        """Per family: observe, then assess towards ``desired`` (``None``: removal)."""
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
         self._planned.clear()
         for version in self.families:
             obs = observe(self._parse(version), version, self.settings)
-            found, ops = assess_removal(obs, self.settings)
+            if desired is None:
+                found, ops = assess_removal(obs, self.settings)
+                target: tuple[str, ...] | None = None
+            else:
+                want = frozenset(n for n in desired if n.version == version)
+                found, ops = assess(obs, self.settings, want)
+                target = tuple(as_strings(want))
             current |= obs.current
             drift += found
             if not ops.empty:
-                steps.append(Step(version, None, ops.restore_script()))
+                steps.append(Step(version, target, ops.restore_script()))
         return make_plan(
             self.name,
-            frozenset(),
+            desired or frozenset(),
             frozenset(current),
             drift=drift,
-            notes=self._notes,
+            # after the loop: opening the variant may have added a note
+            notes=[*self._notes, *extra_notes],
             steps=steps,
         )
 

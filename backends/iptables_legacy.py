@@ -19,7 +19,6 @@ targets in the same order, else the table moved and the attempt starts over.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import importlib
 import importlib.util
@@ -31,6 +30,7 @@ from typing import Any
 
 from cfallow.errors import BackendError, CommandError
 from cfallow.runner import Runner
+from cfallow.state import flock_within
 
 from .iptables_diff import Ops
 from .iptables_rules import FAMILY, OwnRule, Table, explain, parse_save, target_of
@@ -55,17 +55,8 @@ def xtables_lock(path: str, wait: float = LOCK_WAIT) -> Iterator[None]:
     except OSError as exc:
         raise BackendError(f"cannot open the xtables lock {path}: {exc.strerror}") from None
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BackendError(
-                        f"another program has held the xtables lock {path} for {wait:g} s"
-                    ) from None
-                time.sleep(0.02)
+        if not flock_within(fd, wait, poll=0.02):
+            raise BackendError(f"another program has held the xtables lock {path} for {wait:g} s")
         yield
     finally:
         os.close(fd)

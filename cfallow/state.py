@@ -43,6 +43,21 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
+def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` s; ``False`` if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
 class State:
     """Reads and writes ``DIR/last-known-good.json``; ``DIR/lock`` serialises runs."""
 
@@ -103,20 +118,10 @@ class State:
         except OSError as exc:
             raise StateError(f"cannot open lock in {self.dir}: {exc.strerror or exc}") from None
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"another cfallow run holds {self.dir / LOCK_FILE}; "
-                        f"gave up after {timeout:g} s"
-                    )
-                time.sleep(0.05)
+            if not flock_within(fd, timeout):
+                raise LockTimeout(
+                    f"another cfallow run holds {self.dir / LOCK_FILE}; gave up after {timeout:g} s"
+                )
             yield
         finally:
             os.close(fd)

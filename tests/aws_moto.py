@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from contract import Harness
 from netaddr import IPNetwork
 from support import need
 
@@ -285,3 +286,19 @@ class World:
             self._client = make_client(REGION, self.server.url)
         backend.set_client(self._client)  # type: ignore[attr-defined]
         return backend
+
+
+class WorldHarness(Harness):
+    """Contract harness over a :class:`World`; subclasses say what the backend owns."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def add_foreign(self) -> None:
+        self.world.add_foreign()
+
+    def foreign(self) -> object:
+        return self.world.unowned()
+
+    def writes(self) -> int:
+        return len(self.world.server.cfallow_writes())

@@ -28,7 +28,7 @@ def need(ok: bool, what: str) -> None:
         return
     if IN_CI:
         pytest.fail(f"required component missing under CI: {what}", pytrace=False)
-    pytest.skip(f"needs {what}")
+    pytest.skip(f"needs {what} (with CI=true this is a failure, not a skip)")
 
 
 def need_root() -> None:

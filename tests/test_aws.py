@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from aws_moto import MotoServer, World, aws_env, shared_server
+from aws_moto import MotoServer, World, WorldHarness, aws_env, shared_server
 from cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 from contract import BackendContract, Harness
 from netaddr import IPNetwork
@@ -30,10 +30,7 @@ def world(server: MotoServer) -> World:
     return World(server, groups=2)
 
 
-class AwsHarness(Harness):
-    def __init__(self, world: World) -> None:
-        self.world = world
-
+class AwsHarness(WorldHarness):
     def backend(self) -> Backend:
         return self.world.backend()
 
@@ -41,15 +38,6 @@ class AwsHarness(Harness):
         return frozenset(
             IPNetwork(key[3]) for g in self.world.groups for key in self.world.owned(g)
         )
-
-    def add_foreign(self) -> None:
-        self.world.add_foreign()
-
-    def foreign(self) -> object:
-        return self.world.unowned()
-
-    def writes(self) -> int:
-        return len(self.world.server.cfallow_writes())
 
 
 class TestAwsContract(BackendContract):

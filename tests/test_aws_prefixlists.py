@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aws_moto import MotoServer, World, aws_env, rule_key, shared_server
+from aws_moto import MotoServer, World, WorldHarness, aws_env, rule_key, shared_server
 from cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 from contract import BackendContract, Harness
 from netaddr import IPNetwork
@@ -43,10 +43,7 @@ def entries(world: World, list_id: str) -> set[str]:
     return {e["Cidr"] for e in raw}
 
 
-class PrefixListHarness(Harness):
-    def __init__(self, world: World) -> None:
-        self.world = world
-
+class PrefixListHarness(WorldHarness):
     def backend(self) -> Backend:
         return self.world.backend(**PL)
 
@@ -56,15 +53,6 @@ class PrefixListHarness(Harness):
             for pl in cfallow_lists(self.world).values()
             for c in entries(self.world, pl["PrefixListId"])
         )
-
-    def add_foreign(self) -> None:
-        self.world.add_foreign()
-
-    def foreign(self) -> object:
-        return self.world.unowned()
-
-    def writes(self) -> int:
-        return len(self.world.server.cfallow_writes())
 
 
 class TestPrefixListContract(BackendContract):

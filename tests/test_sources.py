@@ -58,9 +58,8 @@ def test_redirect_is_followed(httpserver: HTTPServer) -> None:
         "", status=301, headers={"Location": "/moved/ips"}
     )
     httpserver.expect_request("/moved/ips").respond_with_data(fixture_text("api-ips.json"))
-    assert (
-        sources.fetch_api(cfg(httpserver)).ipv4 | sources.fetch_api(cfg(httpserver)).ipv6 == CURRENT
-    )
+    r = sources.fetch_api(cfg(httpserver))
+    assert r.ipv4 | r.ipv6 == CURRENT
 
 
 def test_redirect_to_trailing_slash_with_empty_list_is_refused(httpserver: HTTPServer) -> None:
