@@ -1,0 +1,68 @@
+"""Benchmark (not a test): the fail2ban backend on a private fail2ban-server.
+
+Run as root from the repo root: ``.venv/bin/python bench/bench_fail2ban.py [JAILS] [RUNS]``.
+Whole ``cfallow`` processes (``--source bundled``), median of RUNS:
+the first sync (every jail gets the 22 ranges), a no-change sync, a no-change
+``status``, and ``remove``. JAILS polling jails (default 2: alpha, beta, plus
+more copies of alpha).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support.f2b_harness import running_server
+
+EXTRA_JAIL = "\n[extra{i}]\nenabled = true\nfilter = cfa-test\nlogpath = {logs}/alpha.log\n"
+
+
+def cfallow(*args: str) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cfallow", *args], capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"cfallow {' '.join(args)} -> {proc.returncode}: {proc.stderr}")
+    return elapsed
+
+
+def main() -> None:
+    jails = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    runs = int(sys.argv[2]) if len(sys.argv) > 2 else 7
+    with tempfile.TemporaryDirectory(prefix="f2b-bench-") as tmp:
+        root = Path(tmp)
+        with running_server(root / "f2b", "f2bbench") as srv:
+            extra = "".join(EXTRA_JAIL.format(i=i, logs=srv.logs) for i in range(jails - 2))
+            srv.write_jail_local(extra=extra)
+            srv.reload()
+            config = root / "config.toml"
+            config.write_text(
+                f'[backends.fail2ban]\nsocket = "{srv.socket}"\nconfig_dir = "{srv.conf}"\n'
+            )
+            common = ("--config", str(config), "--state-dir", str(root / "state"), "-q")
+            first, nochange, status, remove = [], [], [], []
+            for _ in range(runs):
+                first.append(cfallow(*common, "sync", "--source", "bundled"))
+                nochange.append(cfallow(*common, "sync", "--source", "bundled"))
+                status.append(cfallow(*common, "status", "--source", "bundled"))
+                remove.append(cfallow(*common, "remove"))
+    print(f"fail2ban backend, {jails} jails, median of {runs} whole-process runs:")
+    for name, times in (
+        ("first sync (22 ranges per jail)", first),
+        ("no-change sync", nochange),
+        ("no-change status", status),
+        ("remove", remove),
+    ):
+        print(f"  {name:34s} {statistics.median(times):.3f} s")
+
+
+if __name__ == "__main__":
+    main()

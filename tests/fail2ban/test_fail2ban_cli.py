@@ -1,0 +1,82 @@
+"""``cfallow`` end to end (subprocess) with the fail2ban backend on a private server.
+
+The ranges come from a real HTTP server on 127.0.0.1 serving Cloudflare's
+2021-03 answer, then today's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from support import need_root, need_tool
+from support.cfdata import CURRENT, OLD
+from support.cli_helpers import fixture_text, run_proc, write_config
+from support.f2b_harness import JAILS, running_server
+from support.f2b_server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
+
+from cfallow.model import as_strings
+
+pytestmark = pytest.mark.root
+
+BASE = {"alpha": nets(DEFAULT_IGNORE), "beta": nets(BETA_IGNORE)}
+
+
+@pytest.fixture
+def f2b(tmp_path: Path) -> Iterator[F2bServer]:
+    need_root()
+    need_tool("fail2ban-client", "fail2ban-server", "ip")
+    with running_server(tmp_path / "f2b", "f2bcli") as srv:
+        yield srv
+
+
+def test_sync_status_remove(f2b: F2bServer, tmp_path: Path, httpserver: HTTPServer) -> None:
+    config = write_config(
+        tmp_path / "config.toml",
+        httpserver.url_for("").rstrip("/"),
+        backends=(
+            f'[backends.fail2ban]\nsocket = "{f2b.socket}"\nconfig_dir = "{f2b.conf}"\njails = []\n'
+        ),
+    )
+    common = ("--config", str(config), "--state-dir", str(tmp_path / "state"))
+
+    def serve(name: str) -> None:
+        httpserver.clear()
+        httpserver.expect_request("/client/v4/ips").respond_with_data(
+            fixture_text(name), content_type="application/json"
+        )
+
+    serve("api-ips-2021-03.json")
+    r = run_proc(*common, "sync", "--json")
+    assert r.rc == 0, r.err
+    (entry,) = r.json()["backends"]
+    assert entry["name"] == "fail2ban" and entry["error"] is None
+    assert entry["add"] == as_strings(OLD)
+    for jail in JAILS:
+        assert f2b.live(jail) == BASE[jail] | OLD
+
+    serve("api-ips.json")
+    r = run_proc(*common, "status", "--json")
+    assert r.rc == 3, r.err  # the 2021 change is pending
+    r = run_proc(*common, "sync", "--json")
+    assert r.rc == 0, r.err
+    (entry,) = r.json()["backends"]
+    assert entry["add"] == ["104.16.0.0/13", "104.24.0.0/14"]
+    assert entry["remove"] == ["104.16.0.0/12"]
+    f2b.reload()
+    for jail in JAILS:
+        assert f2b.live(jail) == BASE[jail] | CURRENT
+
+    mtime = f2b.dropin.stat().st_mtime_ns
+    r = run_proc(*common, "sync", "--json")
+    assert r.rc == 0 and r.json()["changed"] is False, r.out
+    assert f2b.dropin.stat().st_mtime_ns == mtime
+
+    r = run_proc(*common, "remove", "--backend", "fail2ban")
+    assert r.rc == 0, r.err
+    assert "fail2ban: +0 -22" in r.out + r.err
+    assert not f2b.dropin.exists()
+    for jail in JAILS:
+        assert f2b.live(jail) == BASE[jail]

@@ -1,0 +1,466 @@
+"""The Ansible collection, run by real ``ansible-playbook`` against localhost.
+
+The collection is built with ``ansible-galaxy collection build`` and installed
+into a temporary collections path (nothing system-wide). Firewall runs happen
+inside a test network namespace (``ip netns exec NS ansible-playbook ...``)
+with the iptables backend and the bundled list (a namespace has no route to
+anywhere). Each playbook records its registered results in a JSON file; the
+assertions are made here, on those results and on ``iptables-save`` output
+taken between the steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from netaddr import IPNetwork
+from prometheus_client.parser import text_string_to_metric_families
+from support import need, need_tool, ns_exec, sh
+from support.cfdata import CURRENT
+
+from cfallow import config
+from cfallow.backend import load_class
+from cfallow.model import as_strings
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CFALLOW = BIN / "cfallow"
+ALL = as_strings(CURRENT)
+V4 = [c for c in ALL if ":" not in c]
+V6 = [c for c in ALL if ":" in c]
+RECAP = re.compile(
+    r"^localhost\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)"
+    r"\s+skipped=\d+\s+rescued=\d+\s+ignored=(\d+)"
+)
+
+
+@dataclass
+class Run:
+    """One ansible-playbook run: its output, recap counts and registered results."""
+
+    rc: int
+    stdout: str
+    changed: int
+    failed: int
+    ignored: int
+    results: dict[str, Any]
+
+
+class Ansible:
+    """ansible-playbook with the collection installed under ``tmp`` only."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.count = 0
+        dist, collections = tmp / "dist", tmp / "collections"
+        galaxy = str(BIN / "ansible-galaxy")
+        sh([galaxy, "collection", "build", str(ROOT / "ansible"), "--output-path", str(dist)])
+        (tarball,) = dist.glob("cfallow-cfallow-*.tar.gz")
+        sh([galaxy, "collection", "install", str(tarball), "-p", str(collections)])
+        cfg = tmp / "ansible.cfg"
+        cfg.write_text(
+            "[defaults]\n"
+            f"collections_path = {collections}\n"
+            f"local_tmp = {tmp / 'local-tmp'}\n"
+            f"remote_tmp = {tmp / 'remote-tmp'}\n"
+            "retry_files_enabled = false\n"
+            "nocolor = true\n"
+        )
+        self.env = {
+            "ANSIBLE_CONFIG": str(cfg),
+            "ANSIBLE_HOME": str(tmp / "home"),
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": f"{BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": str(tmp / "home"),
+            "LC_ALL": "C.UTF-8",
+        }
+
+    def play(
+        self,
+        tasks: list[dict[str, Any]],
+        *,
+        ns: str | None = None,
+        play_vars: dict[str, Any] | None = None,
+    ) -> Run:
+        """Run ``tasks`` (each may ``register``) as one play against localhost."""
+        self.count += 1
+        out = self.tmp / f"results-{self.count}.json"
+        names = [t["register"] for t in tasks if "register" in t]
+        dump = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} | to_json }}"
+        # The harness's own bookkeeping does not count as a change.
+        record = {"content": dump, "dest": str(out)}
+        tasks = [*tasks, {"ansible.builtin.copy": record, "changed_when": False}]
+        play = {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "vars": {"ansible_python_interpreter": sys.executable, **(play_vars or {})},
+            "tasks": tasks,
+        }
+        # JSON is YAML: the playbook as written, without a YAML dumper.
+        book = self.tmp / f"play-{self.count}.yml"
+        book.write_text(json.dumps([play], indent=2))
+        argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(book)]
+        return self._run(ns_exec(ns, *argv) if ns else argv, out)
+
+    def tool(self, name: str, *args: str) -> str:
+        """Run another ansible-* command with this environment; its stdout."""
+        proc = subprocess.run(
+            [str(BIN / name), *args], env=self.env, capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def _run(self, argv: list[str], out: Path) -> Run:
+        proc = subprocess.run(
+            argv, cwd=self.tmp, env=self.env, capture_output=True, text=True, check=False
+        )
+        text = proc.stdout + proc.stderr
+        recaps = [m for m in map(RECAP.match, text.splitlines()) if m]
+        assert recaps, text
+        changed, failed, ignored = (int(g) for g in recaps[-1].groups())
+        results = json.loads(out.read_text()) if out.exists() else {}
+        return Run(proc.returncode, text, changed, failed, ignored, results)
+
+
+@pytest.fixture(scope="module")
+def ansible(tmp_path_factory: pytest.TempPathFactory) -> Ansible:
+    need_tool(str(BIN / "ansible-playbook"), str(BIN / "ansible-galaxy"))
+    return Ansible(tmp_path_factory.mktemp("ansible"))
+
+
+def need_backend(name: str) -> None:
+    try:
+        load_class(name)
+    except Exception as exc:
+        need(False, f"the cfallow backend plugin {name!r} ({exc})")
+
+
+def module_task(register: str, **args: Any) -> dict[str, Any]:
+    extra = {k: args.pop(k) for k in ("check_mode", "diff", "ignore_errors") if k in args}
+    return {"register": register, "cfallow.cfallow.cfallow": args, **extra}
+
+
+def save_task(register: str) -> dict[str, Any]:
+    """Both families' ruleset, as the kernel in this namespace has it."""
+    return {
+        "register": register,
+        "ansible.builtin.shell": "iptables-save; ip6tables-save",
+        "changed_when": False,
+    }
+
+
+def rules(saved: dict[str, Any]) -> list[str]:
+    """iptables-save output without comments and packet counters."""
+    return [
+        re.sub(r"\[\d+:\d+\]", "", line)
+        for line in saved["stdout"].splitlines()
+        if not line.startswith("#")
+    ]
+
+
+def owned(saved: dict[str, Any]) -> set[str]:
+    """Source networks of the rules in cfallow's chain."""
+    return {
+        str(IPNetwork(m.group(1)).cidr)
+        for line in rules(saved)
+        if (m := re.match(r"-A CFALLOW -s (\S+) ", line))
+    }
+
+
+def metrics(path: Path) -> dict[tuple[str, tuple[str, ...]], float]:
+    """The metrics file through prometheus_client's parser: (name, label values) -> value."""
+    return {
+        (s.name, tuple(s.labels[k] for k in sorted(s.labels))): s.value
+        for fam in text_string_to_metric_families(path.read_text())
+        for s in fam.samples
+    }
+
+
+def diff_of(result: dict[str, Any], backend: str) -> tuple[list[str], list[str]]:
+    (d,) = [d for d in result["diff"] if d["before_header"].startswith(backend)]
+    return d["before"].splitlines(), d["after"].splitlines()
+
+
+def test_module_documentation_parses(ansible: Ansible) -> None:
+    doc = json.loads(ansible.tool("ansible-doc", "--json", "cfallow.cfallow.cfallow"))[
+        "cfallow.cfallow.cfallow"
+    ]["doc"]
+    assert set(doc["options"]) == {
+        "state",
+        "backends",
+        "config",
+        "state_dir",
+        "force",
+        "source",
+        "lock_timeout",
+        "executable",
+    }
+
+
+def test_module_idempotency_matrix_in_a_namespace(
+    ansible: Ansible, netns: str, tmp_path: Path
+) -> None:
+    need_backend("iptables")
+    need_tool("iptables-save", "ip6tables-save")
+    config = tmp_path / "config.toml"
+    config.write_text("[backends.iptables]\nports = [80, 443]\n")
+    state = tmp_path / "state"
+    common = {
+        "config": str(config),
+        "state_dir": str(state),
+        "executable": str(CFALLOW),
+    }
+    synced = {**common, "source": "bundled", "backends": ["iptables"]}
+    # The admin's own firewall, which cfallow must leave as it is.
+    for tool in ("iptables", "ip6tables"):
+        sh(ns_exec(netns, tool, "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"))
+    run = ansible.play(
+        [
+            save_task("s0"),
+            module_task("check1", **synced, check_mode=True, diff=True),
+            {"register": "files1", "ansible.builtin.find": {"paths": str(state), "hidden": True}},
+            save_task("s1"),
+            module_task("apply1", **synced),
+            save_task("s2"),
+            module_task("check2", **synced, check_mode=True),
+            module_task("apply2", **synced, diff=True, lock_timeout=5),
+            save_task("s3"),
+            module_task("check_absent", **common, state="absent", check_mode=True),
+            save_task("s4"),
+            module_task("absent1", **common, state="absent", diff=True),
+            save_task("s5"),
+            module_task("absent2", **common, state="absent"),
+        ],
+        ns=netns,
+    )
+    assert run.rc == 0 and run.failed == 0, run.stdout
+    r = run.results
+
+    # check mode: changed, nothing written (ruleset and state dir untouched)
+    assert r["check1"]["changed"] is True
+    assert rules(r["s1"]) == rules(r["s0"])
+    assert r["files1"]["files"] == []
+    assert not owned(r["s1"])
+    before, after = diff_of(r["check1"], "iptables")
+    assert before == [] and after == ALL
+    (plan,) = r["check1"]["backends"]
+    assert plan["name"] == "iptables" and plan["add"] == ALL and plan["current"] == []
+
+    # apply: changed, the ranges are in the namespace's firewall
+    assert r["apply1"]["changed"] is True
+    assert owned(r["s2"]) == set(ALL)
+
+    # check mode and apply again: not changed, nothing rewritten
+    assert r["check2"]["changed"] is False
+    assert r["apply2"]["changed"] is False
+    assert rules(r["s3"]) == rules(r["s2"])
+    before, after = diff_of(r["apply2"], "iptables")
+    assert before == after == ALL
+
+    # --diff on screen: the before/after lists, as Ansible shows them
+    assert "+104.16.0.0/13" in run.stdout.splitlines()
+    assert "-2400:cb00::/32" in run.stdout.splitlines()
+
+    # state: absent -- check mode would change and writes nothing; then removes
+    assert r["check_absent"]["changed"] is True
+    assert rules(r["s4"]) == rules(r["s2"])
+    assert r["absent1"]["changed"] is True
+    before, after = diff_of(r["absent1"], "iptables")
+    assert before == ALL and after == []
+    assert not any("CFALLOW" in line or "cfallow" in line for line in rules(r["s5"]))
+    assert rules(r["s5"]) == rules(r["s0"])
+    assert r["absent2"]["changed"] is False
+
+
+def api(v4: list[str], v6: list[str]) -> dict[str, Any]:
+    result = {"ipv4_cidrs": v4, "ipv6_cidrs": v6, "etag": f"e{len(v4)}"}
+    return {"result": result, "success": True, "errors": [], "messages": []}
+
+
+def test_module_failures_name_the_backend_or_the_refusal(
+    ansible: Ansible, tmp_path: Path, httpserver: Any
+) -> None:
+    """A failing backend and refused ranges are task failures that say which and why."""
+    need_backend("fake")
+    httpserver.expect_request("/full").respond_with_json(api(V4, V6))
+    httpserver.expect_request("/shrunk").respond_with_json(api(V4[:2], V6[:1]))
+    target = tmp_path / "target.json"
+
+    def config(name: str, api_path: str, fail: str = "") -> str:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            "[source]\n"
+            f'api_url = "{httpserver.url_for(api_path)}"\n'
+            f'text_urls = ["{httpserver.url_for("/v4")}", "{httpserver.url_for("/v6")}"]\n'
+            "attempts = 1\ntimeout = 5\n"
+            f'[backends.fake]\npath = "{target}"\n' + (f'fail = "{fail}"\n' if fail else "")
+        )
+        return str(path)
+
+    common = {"state_dir": str(tmp_path / "state"), "executable": str(CFALLOW)}
+    run = ansible.play(
+        [
+            module_task("full", **common, config=config("full", "/full"), backends=["fake"]),
+            module_task("shrunk", **common, config=config("shrunk", "/shrunk"), ignore_errors=True),
+            {"register": "kept", "ansible.builtin.slurp": {"src": str(target)}},
+            module_task("forced", **common, config=config("forced", "/shrunk"), force=True),
+            module_task(
+                "broken", **common, config=config("broken", "/full", "apply"), ignore_errors=True
+            ),
+        ]
+    )
+    r = run.results
+    assert r["full"]["changed"] is True and not r["full"].get("failed")
+    assert r["full"]["source"]["kind"] == "live"
+
+    shrunk = r["shrunk"]
+    assert shrunk["failed"] is True and shrunk["rc"] == 4
+    assert shrunk["msg"].startswith("cfallow sync: ranges unavailable or refused, nothing changed")
+    assert "max_shrink" in shrunk["msg"] and "--force" in shrunk["msg"]
+    kept = json.loads(base64.b64decode(r["kept"]["content"]))
+    assert kept["owned"] == ALL and kept["writes"] == 1  # nothing changed
+
+    forced = r["forced"]
+    assert forced["changed"] is True and not forced.get("failed")
+    assert sorted(forced["backends"][0]["remove"]) == sorted(set(ALL) - {*V4[:2], *V6[:1]})
+
+    broken = r["broken"]
+    assert broken["failed"] is True and broken["rc"] == 1
+    assert broken["failed_backends"] == ["fake"]
+    assert broken["msg"] == "cfallow sync: backend failed: fake: fake: apply failed on purpose"
+    assert (run.failed, run.ignored) == (0, 2)  # the two expected failures, nothing else
+
+
+DEPENDENCIES = (
+    "requests",
+    "urllib3",
+    "idna",
+    "certifi",
+    "charset-normalizer",
+    "netaddr",
+    "tenacity",
+)
+_NOT_PACKED = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+
+
+def repack(name: str, house: Path) -> None:
+    """The installed distribution ``name`` as a wheel again, file for file."""
+    dist = metadata.distribution(name)
+    tags = [
+        line.split(":", 1)[1].strip().split("-")
+        for line in (dist.read_text("WHEEL") or "").splitlines()
+        if line.startswith("Tag:")
+    ]
+    tag = "-".join(".".join(sorted({t[i] for t in tags})) for i in range(3))
+    norm = dist.metadata["Name"].replace("-", "_")
+    info_dir = f"{norm}-{dist.version}.dist-info"
+    record: list[str] = []
+    with zipfile.ZipFile(house / f"{norm}-{dist.version}-{tag}.whl", "w") as zf:
+        for f in dist.files or []:
+            rel = str(f)
+            if rel.startswith("..") or "__pycache__" in rel:
+                continue  # scripts (pip makes them again) and bytecode
+            if rel.startswith(info_dir + "/") and f.name in _NOT_PACKED:
+                continue
+            data = Path(str(f.locate())).read_bytes()
+            zf.writestr(rel, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{rel},sha256={digest.decode()},{len(data)}")
+        record.append(f"{info_dir}/RECORD,,")
+        zf.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+
+
+def wheelhouse(dest: Path) -> Path:
+    """An offline wheelhouse: cfallow built from this checkout (pip wheel), and
+    its dependencies as installed in this environment, repacked file for file.
+
+    The role installs from it with ``--no-index --find-links``, the way an
+    air-gapped fleet would; tests never reach a package index.
+    """
+    src, house = dest / "src", dest / "wheels"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for pkg in ("cfallow", "backends"):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    proc = subprocess.run(
+        [*pip, "--no-index", str(src), "-w", str(house)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    need(proc.returncode == 0, f"an offline cfallow wheel build (pip wheel): {proc.stderr}")
+    for name in DEPENDENCIES:
+        repack(name, house)
+    return house
+
+
+def test_role_installs_configures_syncs_and_is_idempotent(
+    ansible: Ansible, netns: str, tmp_path: Path
+) -> None:
+    need_backend("iptables")
+    need_tool("iptables-save")
+    house = wheelhouse(tmp_path / "build")
+    root = tmp_path / "root"
+    for d in ("bin", "systemd", "metrics"):
+        (root / d).mkdir(parents=True)
+    role_vars = {
+        "cfallow_pip_spec": "cfallow",
+        "cfallow_pip_args": f"--no-index --find-links {house}",
+        "cfallow_python": sys._base_executable,  # type: ignore[attr-defined]
+        "cfallow_venv": str(root / "venv"),
+        "cfallow_link": str(root / "bin" / "cfallow"),
+        "cfallow_config_path": str(root / "etc" / "cfallow" / "config.toml"),
+        "cfallow_state_dir": str(root / "state"),
+        "cfallow_systemd_dir": str(root / "systemd"),
+        "cfallow_systemd": False,
+        "cfallow_metrics_file": str(root / "metrics" / "cfallow.prom"),
+        "cfallow_source": {"attempts": 2, "max_shrink": 0.5},
+        "cfallow_backends": {"iptables": {"ports": [80, 443, "8000-8080"]}},
+        "cfallow_sync_source": "bundled",
+    }
+    tasks = [
+        {"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}},
+        save_task("saved"),
+    ]
+    first = ansible.play(tasks, ns=netns, play_vars=role_vars)
+    assert first.rc == 0 and first.failed == 0, first.stdout
+    assert first.changed > 0
+    assert owned(first.results["saved"]) == set(ALL)
+    assert (root / "bin" / "cfallow").resolve() == (root / "venv" / "bin" / "cfallow").resolve()
+    for unit in ("cfallow.service", "cfallow.timer"):
+        assert (root / "systemd" / unit).read_bytes() == (ROOT / "systemd" / unit).read_bytes()
+
+    cfg = config.load(root / "etc" / "cfallow" / "config.toml")
+    assert cfg.backends == {"iptables": {"ports": [80, 443, "8000-8080"]}}
+    assert cfg.source.attempts == 2 and cfg.source.max_shrink == 0.5
+    assert cfg.metrics_file == root / "metrics" / "cfallow.prom"
+
+    prom = root / "metrics" / "cfallow.prom"
+    first_metrics = metrics(prom)
+    assert first_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == len(ALL)
+    assert first_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
+    assert first_metrics[("cfallow_ranges", ("ipv4",))] == len(V4)
+
+    second = ansible.play(tasks, ns=netns, play_vars=role_vars)
+    assert second.rc == 0 and second.failed == 0, second.stdout
+    assert second.changed == 0, second.stdout
+    assert rules(second.results["saved"]) == rules(first.results["saved"])
+    second_metrics = metrics(prom)
+    assert second_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == 0
+    assert second_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
+    assert second_metrics[("cfallow_last_run_success", ())] == 1

@@ -1,0 +1,135 @@
+"""systemd/cfallow.service and cfallow.timer, checked by systemd's own tools.
+
+``systemd-analyze verify`` needs the ``ExecStart=`` binary where the unit
+says (/usr/local/bin/cfallow). If nothing is installed there, the test puts a
+symlink to this checkout's console script there and removes it afterwards;
+an existing install is used as it is and left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from support import need, need_root, need_tool
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+SERVICE = UNITS / "cfallow.service"
+TIMER = UNITS / "cfallow.timer"
+EXEC = Path("/usr/local/bin/cfallow")
+MAX_EXPOSURE = 2.5
+
+
+def unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values in order]}} (keys may repeat)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def words(values: list[str]) -> list[str]:
+    return [w for v in values for w in v.split()]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TZ": "UTC", "SYSTEMD_COLORS": "0"}
+    return subprocess.run(list(argv), capture_output=True, text=True, check=False, env=env)
+
+
+@contextlib.contextmanager
+def cfallow_installed() -> Iterator[None]:
+    """/usr/local/bin/cfallow exists for the duration (see module docstring)."""
+    if EXEC.exists():
+        yield
+        return
+    need_root()
+    ours = Path(sys.executable).parent / "cfallow"
+    need(os.access(ours, os.X_OK), f"the cfallow console script at {ours}")
+    EXEC.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(ours, EXEC)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if EXEC.is_symlink() and os.readlink(EXEC) == str(ours):
+                EXEC.unlink()
+
+
+def test_units_pass_systemd_analyze_verify() -> None:
+    need_tool("systemd-analyze")
+    with cfallow_installed():
+        proc = run("systemd-analyze", "verify", "--man=no", str(SERVICE), str(TIMER))
+    # verify exits 0 on warnings such as an unknown key: any output is a finding.
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout + proc.stderr == ""
+
+
+def test_service_exposure_is_at_most_2_5() -> None:
+    need_tool("systemd-analyze")
+    proc = run("systemd-analyze", "security", "--offline=true", "--no-pager", str(SERVICE))
+    m = re.search(r"Overall exposure level for cfallow\.service: (\d+\.\d+)", proc.stdout)
+    assert m, proc.stdout + proc.stderr
+    assert float(m.group(1)) <= MAX_EXPOSURE, proc.stdout
+    # The privileges an allowlist change needs stay; the dangerous ones are gone.
+    for check in ("CAP_SYS_ADMIN", "CAP_SYS_MODULE", "CAP_(DAC_*|FOWNER|IPC_OWNER)"):
+        assert re.search(rf"✓ CapabilityBoundingSet=~{re.escape(check)}\s", proc.stdout), check
+
+
+def test_service_runs_sync_after_the_saved_rulesets_with_the_issue_hardening() -> None:
+    svc = unit(SERVICE)
+    u, s = svc["Unit"], svc["Service"]
+    assert s["Type"] == ["oneshot"]
+    assert s["ExecStart"] == [f"{EXEC} sync"]
+    assert "network-online.target" in words(u["Wants"])
+    after = set(words(u["After"]))
+    assert {"network-online.target", "nftables.service", "netfilter-persistent.service"} <= after
+    assert {"fail2ban.service", "docker.service"} <= after
+    assert set(words(s["CapabilityBoundingSet"])) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
+    assert s["NoNewPrivileges"] == ["yes"]
+    assert s["ProtectSystem"] == ["strict"]
+    rw = set(words(s["ReadWritePaths"]))
+    assert {"-/run/xtables.lock", "-/run/fail2ban", "-/etc/fail2ban/jail.d"} <= rw
+    assert s["StateDirectory"] == ["cfallow"]
+    assert set(words(s["RestrictAddressFamilies"])) == {
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }
+    assert s["SystemCallFilter"][0] == "@system-service"
+
+
+def test_timer_fires_at_boot_and_every_six_hours_with_a_fixed_random_delay() -> None:
+    need_tool("systemd-analyze")
+    t = unit(TIMER)["Timer"]
+    assert t["Persistent"] == ["true"]
+    assert t["FixedRandomDelay"] == ["yes"]
+    assert unit(TIMER)["Install"]["WantedBy"] == ["timers.target"]
+    for key in ("OnBootSec", "RandomizedDelaySec"):
+        proc = run("systemd-analyze", "timespan", t[key][0])
+        assert proc.returncode == 0, proc.stderr
+    (calendar,) = t["OnCalendar"]
+    # systemd's own reading of the expression: four elapses a day, 6 h apart.
+    proc = run("systemd-analyze", "calendar", "--iterations=5", calendar)
+    assert proc.returncode == 0, proc.stderr
+    stamps = re.findall(r"(?:Next elapse|Iter\. #\d+): \S+ (\S+ \S+) UTC", proc.stdout)
+    times = [datetime.strptime(s, "%Y-%m-%d %H:%M:%S") for s in stamps]
+    assert len(times) == 5, proc.stdout
+    gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+    assert gaps == {6 * 3600}, proc.stdout
+    assert {when.hour for when in times} <= {0, 6, 12, 18}
