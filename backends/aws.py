@@ -48,7 +48,7 @@ FIT_HINT_LISTS = (
 )
 
 
-class AwsBackend(Backend):
+class AwsBackend(Backend[None, object]):
     """Keep Cloudflare's ranges in AWS security groups (``[backends.aws]``)."""
 
     name: ClassVar[str] = "aws"
@@ -128,8 +128,15 @@ class AwsBackend(Backend):
             targets = {lists[f].list_id if f in lists else PENDING[f] for f in families}
         return {Key(self.protocol, p.first, p.last, t) for p in self.ports for t in targets}
 
-    def plan(self, desired: Networks) -> Plan:
+    def read(self) -> None:
+        """Transitional: the reads still happen in :meth:`diff`."""
+        return None
+
+    def diff(self, observed: None, desired: Networks | None) -> Plan[object]:
         """Read the groups (and cfallow's prefix lists); quota-check; no write."""
+        return self._removal() if desired is None else self._plan(desired)
+
+    def _plan(self, desired: Networks) -> Plan[object]:
         reads, failed = sg.read(self.ec2(), self.groups)
         lists = pls.find_lists(self.ec2()) if self.prefix_lists else {}
         list_changes = pls.plan_lists(lists, desired, self.max_entries) if self.prefix_lists else []
@@ -174,7 +181,7 @@ class AwsBackend(Backend):
             self.name, desired, current, covered=covered, drift=drift, notes=notes, steps=steps
         )
 
-    def plan_removal(self) -> Plan:
+    def _removal(self) -> Plan[object]:
         """Revoke every owned rule in the configured groups; delete cfallow's prefix lists."""
         reads, failed = sg.read(self.ec2(), self.groups)
         lists = pls.find_lists(self.ec2())
@@ -194,7 +201,7 @@ class AwsBackend(Backend):
 
     # -- applying ------------------------------------------------------------
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: Plan[object]) -> None:
         """Lists first, then each group (authorize, then revoke), then list deletions.
 
         A failing group does not stop the others; every failure is named in

@@ -62,7 +62,7 @@ def _union(sets: list[Networks]) -> Networks:
     return out
 
 
-class Fail2banBackend(Backend):
+class Fail2banBackend(Backend[None, object]):
     """Keeps Cloudflare's ranges in Fail2Ban jails' ``ignoreip`` (see module docstring)."""
 
     name = "fail2ban"
@@ -114,13 +114,13 @@ class Fail2banBackend(Backend):
         if not os.access(self.jail_dir, os.W_OK | os.X_OK):
             raise BackendError(f"{self.jail_dir} is not writable")
 
-    def plan(self, desired: Networks) -> Plan:
+    def read(self) -> None:
+        """Transitional: the reads still happen in :meth:`diff` (see ``_plan``)."""
+        return None
+
+    def diff(self, observed: None, desired: Networks | None) -> Plan[object]:
         """Per jail: desired minus the admin's base list, against drop-in and live list."""
         return self._plan(desired)
-
-    def plan_removal(self) -> Plan:
-        """Remove the drop-in and the live entries it added."""
-        return self._plan(None)
 
     def _admin(self) -> ConfigDump:
         with dropin.config_copy(self.config_dir, None) as copy:
@@ -137,7 +137,7 @@ class Fail2banBackend(Backend):
             )
         return list(self.jails)
 
-    def _plan(self, desired: Networks | None) -> Plan:
+    def _plan(self, desired: Networks | None) -> Plan[object]:
         old = dropin.read(self.path)
         owned, problems = dropin.parse(old) if old is not None else ({}, [])
         admin = self._admin()
@@ -202,7 +202,7 @@ class Fail2banBackend(Backend):
             steps=tuple(steps),
         )
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: Plan[object]) -> None:
         """Drop-in first (checked, renamed into place), then live: adds, then removals."""
         for step in plan.steps:
             if isinstance(step, DropInChange):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from netaddr import IPNetwork
 
-from cfallow import state
+from cfallow import fs
 from cfallow.errors import BackendError, ValidationError
 from cfallow.model import Networks, as_strings, parse_cidr
 
@@ -108,7 +108,7 @@ def read(path: Path) -> str | None:
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by rename; the old file stays if anything fails before that."""
     try:
-        state.write_atomic(path, text, mode=0o644)
+        fs.write_atomic(path, text, mode=0o644)
     except OSError as exc:
         raise BackendError(f"cannot write {path}: {exc}") from exc
 

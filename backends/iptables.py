@@ -73,7 +73,7 @@ class Step:
     script: str  # the transaction as planned (restore syntax), for logs and reports
 
 
-class IptablesBackend(Backend):
+class IptablesBackend(Backend[None, Step]):
     """Keeps an owned iptables chain (both families) equal to Cloudflare's ranges."""
 
     name = "iptables"
@@ -172,17 +172,22 @@ class IptablesBackend(Backend):
             raise
 
     # -- plan / apply ---------------------------------------------------------------
-    def plan(self, desired: Networks) -> Plan:
-        """Read the owned chain and jumps of each family; the range diff plus any drift."""
+    def read(self) -> None:
+        """Transitional: the reads still happen in :meth:`diff` (see ``_plan``)."""
+        return None
+
+    def diff(self, observed: None, desired: Networks | None) -> Plan[Step]:
+        """Read the owned chain and jumps of each family; the range diff plus any drift.
+
+        ``None``: every jump into the chain and the chain itself, in each managed family.
+        """
+        if desired is None:
+            return self._plan(None)
         managed = frozenset(n for n in desired if n.version in self.families)
         extra = () if managed == desired else ("IPv6 ranges left alone (ipv6 = false)",)
         return self._plan(managed, extra)
 
-    def plan_removal(self) -> Plan:
-        """Every jump into the chain and the chain itself, in each managed family."""
-        return self._plan(None)
-
-    def _plan(self, desired: Networks | None, extra_notes: tuple[str, ...] = ()) -> Plan:
+    def _plan(self, desired: Networks | None, extra_notes: tuple[str, ...] = ()) -> Plan[Step]:
         """Per family: observe, then assess towards ``desired`` (``None``: removal)."""
         current: set[IPNetwork] = set()
         drift: list[str] = []
@@ -211,7 +216,7 @@ class IptablesBackend(Backend):
             steps=steps,
         )
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.
 
         The transaction is computed from a read of the table: on legacy hosts

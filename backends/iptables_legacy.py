@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cfallow.errors import BackendError, CommandError
+from cfallow.fs import flock_within
 from cfallow.runner import Runner
-from cfallow.state import flock_within
 
 from .iptables_diff import Ops
 from .iptables_rules import FAMILY, OwnRule, Table, explain, parse_save, target_of

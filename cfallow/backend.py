@@ -1,29 +1,46 @@
 """The backend interface, and the one door backends come through.
 
 A backend is a plugin registered in the entry-point group ``cfallow.backends``
-(the built-ins too: the core never imports a backend module). Its life in one
-run::
+(the built-ins too: the core never imports a backend module). Every backend has
+the same shape, generic in what it reads (``O``, a frozen value) and in its
+plan steps (``S``, frozen values)::
 
-    backend = Cls(section, ctx)      # config only: no subprocess, no network
-    backend.check()                  # preflight: tools, modules, permissions
-    plan = backend.plan(desired)     # read what cfallow owns; pure diff; no write
-    backend.apply(plan)              # only if not a dry run (decided by the engine)
+    backend = Cls(section, ctx)            # config only: no subprocess, no network
+    backend.check()                        # preflight: raises Unavailable / BackendError
+    observed = backend.read()              # all the I/O of a plan; writes nothing
+    plan = backend.diff(observed, desired) # pure: no I/O at all; desired None = removal
+    backend.apply(plan)                    # the only method that writes
+
+The engine (:mod:`cfallow.engine`) owns the order (check and plan every
+backend, then apply), failure collection, dry run, and one retry rule: when
+``apply`` raises :class:`~cfallow.errors.TargetMoved` (the target changed
+since it was read, nothing written), it reads again, re-plans and applies
+again, a bounded number of times.
 
 Rules every backend keeps:
 
 * Read and change only what cfallow owns on the target (DESIGN.md,
   "Ownership"); an entry something of the admin's already allows may be left
   out of ``add`` (``covered``), and is then never removed either.
-* ``plan`` uses :func:`cfallow.model.make_plan` for the entry diff and reports
-  settings drift (ports, mode, a hand edit) in ``Plan.drift``.
+* ``diff`` builds its plan with :func:`cfallow.model.make_plan` and reports
+  settings drift (ports, mode, a hand edit) in ``Plan.drift``. Everything
+  ``apply`` needs is in the plan's steps: a backend holds no state between
+  calls (one instance may plan twice, or apply a plan another instance made).
 * ``apply`` is idempotent, writes nothing for an unchanged plan, and is one
   atomic step where the target allows it (else: add before remove).
 * No backend takes a ``dry_run`` flag.
 * Subprocesses go through ``ctx.runner`` (argv lists); only networks that came
   through :func:`cfallow.model.parse_cidr` or the validated desired set reach
   an argv.
-* Expected failures raise :class:`cfallow.errors.BackendError` with a one-line
-  message; the engine reports it and goes on with the other backends.
+* Expected failures raise :class:`cfallow.errors.BackendError` (or a subclass)
+  with a one-line message; the engine reports it and goes on with the others.
+
+The kit a backend builds on: :mod:`cfallow.model` (``make_plan``,
+``by_family``, ``ordered``), :mod:`cfallow.files` (``ManagedFile``: a file
+cfallow owns, written candidate -> test -> rename -> activate, rolled back on
+failure), :mod:`cfallow.fs` (atomic writes, bounded locks), the
+:class:`~cfallow.runner.Runner`. :mod:`cfallow.testing` holds the contract
+every backend's tests pass (see docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -34,7 +51,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
@@ -42,6 +59,8 @@ from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 
 GROUP = "cfallow.backends"
+O = TypeVar("O")  # noqa: E741 - what a backend reads
+S = TypeVar("S")  # one plan step
 
 
 @dataclass
@@ -53,7 +72,7 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
 
 
-class Backend(abc.ABC):
+class Backend(abc.ABC, Generic[O, S]):
     """Base class of every backend plugin."""
 
     #: The entry-point name, also the config section ``[backends.NAME]``.
@@ -67,37 +86,60 @@ class Backend(abc.ABC):
         """
         self.ctx = ctx
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        """Can this backend run on this machine? ``(ok, one-line reason)``. Cheap, read-only."""
-        return True, "ok"
-
     def check(self) -> None:
-        """Preflight: raise :class:`~cfallow.errors.BackendError` naming what is missing."""
-        return None
+        """Preflight (cheap, read-only): raise :class:`~cfallow.errors.Unavailable`
+        (or another :class:`~cfallow.errors.BackendError`) naming what is missing."""
 
     @abc.abstractmethod
-    def plan(self, desired: Networks) -> Plan:
-        """Read what cfallow owns on the target and diff it against ``desired``. No write."""
+    def read(self) -> O:
+        """Read everything ``diff`` needs from the target (only what cfallow owns, plus
+        what tells whether the admin's setup covers an entry). No write."""
 
     @abc.abstractmethod
-    def apply(self, plan: Plan) -> None:
-        """Make the target match ``plan``: idempotent; nothing written if not ``plan.changed``."""
+    def diff(self, observed: O, desired: Networks | None) -> Plan[S]:
+        """Pure: the plan from ``observed`` to ``desired`` (``None``: remove all cfallow owns)."""
 
     @abc.abstractmethod
-    def plan_removal(self) -> Plan:
-        """A plan that removes everything cfallow owns on the target (``cfallow remove``)."""
+    def apply(self, plan: Plan[S]) -> None:
+        """Make the target match ``plan``: idempotent; nothing written if not ``plan.changed``.
+
+        Raise :class:`~cfallow.errors.TargetMoved` (having written nothing)
+        when the target no longer is what the plan was computed from.
+        """
+
+    def plan(self, desired: Networks | None) -> Plan[S]:
+        """``diff(read(), desired)``."""
+        return self.diff(self.read(), desired)
+
+    def plan_removal(self) -> Plan[S]:
+        """The plan that removes everything cfallow owns on the target."""
+        return self.plan(None)
+
+
+AnyBackend = Backend[Any, Any]
 
 
 def _entry_points() -> dict[str, metadata.EntryPoint]:
     if sys.version_info >= (3, 10):
-        eps = metadata.entry_points(group=GROUP)
+        eps = list(metadata.entry_points(group=GROUP))
     else:  # pragma: no cover - Python 3.9
-        eps = metadata.entry_points().get(GROUP, [])
+        eps = list(metadata.entry_points().get(GROUP, []))
     found: dict[str, metadata.EntryPoint] = {}
     for ep in eps:
-        found.setdefault(ep.name, ep)
+        other = found.get(ep.name)
+        if other is not None and other.value != ep.value:
+            raise ConfigError(
+                f"two installed plugins register the backend {ep.name!r}: "
+                f"{_dist(other)} ({other.value}) and {_dist(ep)} ({ep.value}); "
+                "uninstall one of them"
+            )
+        found[ep.name] = ep
     return found
+
+
+def _dist(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return str(dist.name) if dist is not None else "an unknown distribution"
 
 
 def installed() -> list[str]:
@@ -105,7 +147,7 @@ def installed() -> list[str]:
     return sorted(_entry_points())
 
 
-def load_class(name: str) -> type[Backend]:
+def load_class(name: str) -> type[AnyBackend]:
     """Import the plugin registered as ``name``."""
     eps = _entry_points()
     if name not in eps:
@@ -117,7 +159,7 @@ def load_class(name: str) -> type[Backend]:
     return cls
 
 
-class Unloadable(Backend):
+class Unloadable(Backend[None, None]):
     """Stands in for a plugin whose module cannot be imported, so the others still run."""
 
     def __init__(self, name: str, reason: str, ctx: Context) -> None:
@@ -128,17 +170,17 @@ class Unloadable(Backend):
     def check(self) -> None:
         raise BackendError(f"plugin cannot be loaded: {self.reason}")
 
-    def plan(self, desired: Networks) -> Plan:  # pragma: no cover - check() always raises
+    def read(self) -> None:  # pragma: no cover - check() always raises
         raise BackendError(self.reason)
 
-    def apply(self, plan: Plan) -> None:  # pragma: no cover
+    def diff(self, observed: None, desired: Networks | None) -> Plan[None]:  # pragma: no cover
         raise BackendError(self.reason)
 
-    def plan_removal(self) -> Plan:  # pragma: no cover
+    def apply(self, plan: Plan[None]) -> None:  # pragma: no cover
         raise BackendError(self.reason)
 
 
-def build(name: str, section: dict[str, object], ctx: Context) -> Backend:
+def build(name: str, section: dict[str, object], ctx: Context) -> AnyBackend:
     """Load and configure one backend; unknown config keys are a :class:`ConfigError`.
 
     A plugin that is installed but cannot be imported becomes an

@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfallow import __version__, backend, config, report, sources
-from cfallow.engine import BackendResult, run_backend
+from cfallow import __version__, backend, config, engine, report, sources
+from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
@@ -123,7 +123,7 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def _backends(
     cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context
-) -> list[backend.Backend]:
+) -> list[backend.AnyBackend]:
     selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
     if not selected:
         raise UsageError("no backend is enabled in the configuration")
@@ -188,11 +188,14 @@ def cmd_ranges(args: argparse.Namespace, cfg: config.Config) -> int:
     return EXIT_OK
 
 
-def cmd_backends(args: argparse.Namespace, cfg: config.Config) -> int:
+def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Context) -> int:
     for name in backend.installed():
         enabled = "enabled" if name in cfg.backends else "not enabled"
         try:
-            ok, why = backend.load_class(name).available()
+            backend.build(name, cfg.backends.get(name, {}), ctx).check()
+            ok, why = True, "ok"
+        except CfallowError as exc:
+            ok, why = False, str(exc)
         except Exception as exc:  # a broken plugin must not hide the others
             ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
         print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
@@ -222,7 +225,7 @@ def _sync_like(
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
-    results = [run_backend(b, ranges.desired, dry_run=dry_run) for b in backends]
+    results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     if not dry_run and ranges.kind == "live":
         state.save(ranges)
     doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
@@ -257,7 +260,7 @@ def cmd_remove(
     backends = _backends(cfg, args.backend, ctx)
 
     def run() -> int:
-        results = [run_backend(b, None, dry_run=args.dry_run) for b in backends]
+        results = engine.run(backends, None, dry_run=args.dry_run).results
         _emit(args, None, results, dry_run=args.dry_run, verb="remove")
         return EXIT_BACKEND if any(r.error is not None for r in results) else EXIT_OK
 
@@ -279,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ranges":
             return cmd_ranges(args, cfg)
         if args.command == "backends":
-            return cmd_backends(args, cfg)
+            return cmd_backends(args, cfg, ctx)
         command = {"sync": cmd_sync, "status": cmd_status, "remove": cmd_remove}[args.command]
         return command(args, cfg, state, ctx)
     except CfallowError as exc:

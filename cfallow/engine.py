@@ -1,18 +1,24 @@
-"""One run: plan every backend, then apply unless this is a dry run.
+"""One run over the backends: plan every backend, then apply unless this is a dry run.
 
-This module is the only place that reads the dry-run flag.
+This module is the only place that reads the dry-run flag, and the only place
+that decides the order of a run and what happens when a backend fails.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from cfallow.backend import Backend
-from cfallow.errors import CfallowError
+from cfallow.backend import AnyBackend
+from cfallow.errors import CfallowError, TargetMoved
 from cfallow.model import Networks, Plan
 
 log = logging.getLogger("cfallow")
+
+#: How many times a plan is re-read and re-applied when the target moved under it.
+MOVED_ATTEMPTS = 3
 
 
 @dataclass
@@ -20,9 +26,10 @@ class BackendResult:
     """What happened to one backend."""
 
     name: str
-    plan: Plan | None = None
+    plan: Plan[Any] | None = None
     applied: bool = False
     error: str | None = None
+    replans: int = 0  # plans made again because the target moved before the write
 
     @property
     def changed(self) -> bool:
@@ -30,25 +37,81 @@ class BackendResult:
         return bool(self.plan and self.plan.changed)
 
 
-def run_backend(backend: Backend, desired: Networks | None, *, dry_run: bool) -> BackendResult:
-    """check -> plan -> apply (unless ``dry_run``) for one backend.
+@dataclass
+class RunResult:
+    """Every backend's result in one run."""
 
-    ``desired is None`` plans the removal of everything cfallow owns. Errors
-    are caught and reported so one backend never stops the others; a
-    :class:`CfallowError` is reported as its one-line message, anything else
-    (a bug) with its traceback in the log.
-    """
+    results: list[BackendResult] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> bool:
+        """Did any backend fail?"""
+        return any(r.error is not None for r in self.results)
+
+    @property
+    def changed(self) -> bool:
+        """Did (or would) any backend change?"""
+        return any(r.changed for r in self.results)
+
+
+def _failure(backend: AnyBackend, exc: Exception, what: str) -> str:
+    """The one-line error of a failed backend (a bug also logs its traceback)."""
+    if isinstance(exc, CfallowError):
+        return str(exc)
+    log.error("%s: internal error while %s", backend.name, what, exc_info=exc)
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _plan(backend: AnyBackend, desired: Networks | None) -> BackendResult:
     result = BackendResult(backend.name)
     try:
         backend.check()
-        plan = backend.plan_removal() if desired is None else backend.plan(desired)
-        result.plan = plan
-        if not dry_run and plan.changed:
-            backend.apply(plan)
-            result.applied = True
-    except CfallowError as exc:
-        result.error = str(exc)
+        result.plan = backend.diff(backend.read(), desired)
     except Exception as exc:
-        log.exception("%s: internal error", backend.name)
-        result.error = f"internal error: {type(exc).__name__}: {exc}"
+        result.error = _failure(backend, exc, "planning")
     return result
+
+
+def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult) -> None:
+    assert result.plan is not None
+    try:
+        for attempt in range(MOVED_ATTEMPTS):
+            try:
+                backend.apply(result.plan)
+                result.applied = True
+                return
+            except TargetMoved:
+                if attempt == MOVED_ATTEMPTS - 1:
+                    raise
+                result.replans += 1
+                log.debug("%s: the target changed since it was read; planning again", backend.name)
+                result.plan = backend.diff(backend.read(), desired)
+                if not result.plan.changed:
+                    return
+    except Exception as exc:
+        result.error = _failure(backend, exc, "applying")
+
+
+def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bool) -> RunResult:
+    """check -> read -> diff for every backend, then apply the changed plans (unless ``dry_run``).
+
+    ``desired is None`` plans the removal of everything cfallow owns. Every
+    backend is planned before any is applied, so a backend that cannot even
+    plan is known before anything changes. Errors are caught and reported so
+    one backend never stops the others: a :class:`CfallowError` as its
+    one-line message, anything else (a bug) with its traceback in the log.
+    """
+    outcome = RunResult(dry_run=dry_run)
+    planned = [(b, _plan(b, desired)) for b in backends]
+    for backend, result in planned:
+        outcome.results.append(result)
+        if dry_run or result.error is not None or result.plan is None or not result.plan.changed:
+            continue
+        _apply(backend, desired, result)
+    return outcome
+
+
+def run_backend(backend: AnyBackend, desired: Networks | None, *, dry_run: bool) -> BackendResult:
+    """:func:`run` for one backend."""
+    return run([backend], desired, dry_run=dry_run).results[0]

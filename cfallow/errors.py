@@ -56,8 +56,37 @@ class BackendError(CfallowError):
     exit_code = EXIT_BACKEND
 
 
-class CommandError(BackendError):
-    """A subprocess failed; carries argv, exit status and stderr."""
+class Unavailable(BackendError):
+    """A backend cannot run on this host (tool, module, privilege or service missing)."""
+
+
+class TargetMoved(BackendError):
+    """The target changed between a backend's read and its write.
+
+    The engine reads once more, re-plans and applies again (a bounded number
+    of times); a backend raises it only when nothing was changed.
+    """
+
+
+class CommandNotFound(Unavailable):
+    """The program of an argv is not installed (or not on PATH)."""
+
+    def __init__(self, program: str, hint: str = "") -> None:
+        self.program = program
+        super().__init__(f"{program}: command not found" + (f" ({hint})" if hint else ""))
+
+
+class CommandTimeout(BackendError):
+    """A subprocess did not finish in time (it was killed)."""
+
+    def __init__(self, argv: list[str], timeout: float) -> None:
+        self.argv = argv
+        self.timeout = timeout
+        super().__init__(f"{argv[0]} did not finish within {timeout:g} s")
+
+
+class CommandFailed(BackendError):
+    """A subprocess exited non-zero; carries argv, exit status and stderr."""
 
     def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
         self.argv = argv
@@ -65,6 +94,10 @@ class CommandError(BackendError):
         self.stderr = stderr
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
         super().__init__(f"{argv[0]} exited {returncode}: {detail}")
+
+
+#: The former name of :class:`CommandFailed`.
+CommandError = CommandFailed
 
 
 class LockTimeout(CfallowError):

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cfallow.state import write_atomic
+from cfallow.fs import write_atomic
 
 PREFIX = "cfallow_"
 _LAST_SUCCESS = "cfallow_last_success_timestamp_seconds"

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from netaddr import AddrFormatError, IPNetwork, cidr_merge
 
 from cfallow.errors import ValidationError
 
 Networks = frozenset[IPNetwork]
+FAMILIES = (4, 6)
+FAMILY_NAME = {4: "IPv4", 6: "IPv6"}
+S = TypeVar("S")
 
 
 def sort_key(net: IPNetwork) -> tuple[int, int, int]:
@@ -31,6 +35,19 @@ def ordered(nets: Iterable[IPNetwork]) -> list[IPNetwork]:
 def as_strings(nets: Iterable[IPNetwork]) -> list[str]:
     """CIDR strings in address order, IPv4 first."""
     return [str(n) for n in ordered(nets)]
+
+
+def family(nets: Iterable[IPNetwork], version: int) -> Networks:
+    """The networks of one IP version."""
+    return frozenset(n for n in nets if n.version == version)
+
+
+def by_family(nets: Iterable[IPNetwork]) -> dict[int, Networks]:
+    """``{4: IPv4 networks, 6: IPv6 networks}``."""
+    split: dict[int, set[IPNetwork]] = {4: set(), 6: set()}
+    for net in nets:
+        split[net.version].add(net)
+    return {v: frozenset(n) for v, n in split.items()}
 
 
 def parse_cidr(text: str, version: int | None = None) -> IPNetwork:
@@ -80,13 +97,15 @@ def diff(
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(Generic[S]):
     """What one backend would do: a pure value, computed without writing.
 
     ``current`` is what cfallow owns on the target before the change; ``drift``
     names settings on the target that differ from config (ports, mode, a
     hand-edited rule) and so need a write even when ``add``/``remove`` are
-    empty. ``steps`` is backend-private detail for ``apply`` (hashable values).
+    empty. ``steps`` are the backend's own typed steps for ``apply`` (frozen
+    values: everything ``apply`` needs, so a backend keeps no state between
+    ``diff`` and ``apply``).
     """
 
     backend: str
@@ -95,7 +114,7 @@ class Plan:
     remove: Networks = frozenset()
     drift: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    steps: tuple[object, ...] = field(default=(), compare=False)
+    steps: tuple[S, ...] = field(default=(), compare=False)
 
     @property
     def changed(self) -> bool:
@@ -128,8 +147,8 @@ def make_plan(
     covered: Networks = frozenset(),
     drift: Iterable[str] = (),
     notes: Iterable[str] = (),
-    steps: Iterable[object] = (),
-) -> Plan:
+    steps: Iterable[S] = (),
+) -> Plan[S]:
     """Diff ``desired`` against ``current`` and wrap the result in a :class:`Plan`."""
     add, remove = diff(desired, current, covered)
     return Plan(backend, frozenset(current), add, remove, tuple(drift), tuple(notes), tuple(steps))

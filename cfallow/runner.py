@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError, CommandFailed, CommandNotFound, CommandTimeout
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,11 @@ class Runner:
         check: bool = True,
         timeout: float = 60.0,
     ) -> Completed:
-        """Run ``argv``; raise :class:`CommandError` on a non-zero exit when ``check``."""
+        """Run ``argv``; raise :class:`CommandFailed` on a non-zero exit when ``check``.
+
+        A missing program is :class:`CommandNotFound`, a time-out
+        :class:`CommandTimeout` (the process is killed).
+        """
         if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a list of str, got {argv!r}")
         full = (*self.prefix, *argv)
@@ -62,12 +66,12 @@ class Runner:
                 check=False,
             )
         except FileNotFoundError as exc:
-            raise BackendError(f"{argv[0]}: command not found") from exc
+            raise CommandNotFound(argv[0]) from exc
         except PermissionError as exc:
             raise BackendError(f"{argv[0]}: permission denied") from exc
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(f"{argv[0]} did not finish within {timeout:g} s") from exc
+            raise CommandTimeout(list(argv), timeout) from exc
         done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
-            raise CommandError(list(argv), proc.returncode, proc.stderr or proc.stdout)
+            raise CommandFailed(list(argv), proc.returncode, proc.stderr or proc.stdout)
         return done

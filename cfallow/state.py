@@ -3,59 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from cfallow.errors import LockTimeout, StateError, ValidationError
+from cfallow.fs import flock_within, write_atomic
 from cfallow.ranges import Ranges
 from cfallow.validate import check_lists, parse_family
 
 log = logging.getLogger("cfallow")
 LKG_FILE = "last-known-good.json"
 LOCK_FILE = "lock"
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
-    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` s; ``False`` if not."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(poll)
 
 
 class State:

@@ -6,10 +6,10 @@ import pytest
 from netaddr import IPNetwork
 from support.aws_moto import MotoServer, World, WorldHarness, aws_env, shared_server
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.contract import BackendContract, Harness
 
 from cfallow.backend import Backend
 from cfallow.engine import run_backend
+from cfallow.testing import BackendContract, Harness
 
 V4 = sorted(str(n) for n in CURRENT if n.version == 4)
 V6 = sorted(str(n) for n in CURRENT if n.version == 6)

@@ -8,10 +8,10 @@ import pytest
 from netaddr import IPNetwork
 from support.aws_moto import MotoServer, World, WorldHarness, aws_env, rule_key, shared_server
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.contract import BackendContract, Harness
 
 from cfallow.backend import Backend
 from cfallow.engine import run_backend
+from cfallow.testing import BackendContract, Harness
 
 PL: dict[str, Any] = {"prefix_lists": True, "prefix_list_max_entries": 20}
 

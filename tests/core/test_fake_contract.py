@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from netaddr import IPNetwork
-from support.contract import BackendContract, Harness
 
 from cfallow.backend import Backend, Context, build
+from cfallow.testing import BackendContract, Harness
 
 
 class FakeHarness(Harness):

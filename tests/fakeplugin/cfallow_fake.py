@@ -1,27 +1,44 @@
-"""A test-only backend whose target is a JSON file.
+"""A test-only backend whose target is a JSON file: the whole backend shape in a page.
 
-The file holds ``{"owned": [...], "foreign": [...], "writes": N}``.
+The file holds ``{"owned": [...], "foreign": [...], "writes": N}``. ``foreign``
+entries belong to "the admin": they cover a desired entry and are never
+touched. ``fail = "check"|"plan"|"apply"`` makes it fail on purpose.
 
-Installed as a separate distribution so the tests load it through the
+Installed as a separate distribution so it loads through the
 ``cfallow.backends`` entry-point group exactly as a third-party plugin would.
-``foreign`` entries belong to "the admin": they count as covering a desired
-entry and are never touched. ``fail = "check"|"plan"|"apply"`` makes it fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cfallow.backend import Backend, Context
 from cfallow.config import Section
-from cfallow.errors import BackendError
+from cfallow.errors import BackendError, TargetMoved
+from cfallow.fs import write_atomic
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
-from cfallow.state import write_atomic
 
 
-class FakeBackend(Backend):
+@dataclass(frozen=True)
+class Seen:
+    """What ``read`` found: cfallow's entries, the admin's, and the file's write count."""
+
+    owned: Networks
+    foreign: Networks
+    writes: int
+
+
+@dataclass(frozen=True)
+class Write:
+    """The one step: the file's owned list becomes ``owned`` (if it still counts ``basis``)."""
+
+    owned: tuple[str, ...]
+    basis: int
+
+
+class FakeBackend(Backend[Seen, Write]):
     """Keeps owned entries in a JSON file; counts writes."""
 
     name = "fake"
@@ -31,40 +48,49 @@ class FakeBackend(Backend):
         self.path = Path(section.get_str("path", str(ctx.state_dir / "fake-target.json")))
         self.fail = section.get_choice("fail", "", ("", "check", "plan", "apply"))
 
-    def _read(self) -> dict[str, object]:
+    def check(self) -> None:
+        if self.fail == "check":
+            raise BackendError("fake: check failed on purpose")
+
+    def _data(self) -> dict[str, object]:
         try:
             data: dict[str, object] = json.loads(self.path.read_text())
         except FileNotFoundError:
             data = {}
         return data
 
-    def _nets(self, key: str) -> Networks:
-        raw = self._read().get(key, [])
-        assert isinstance(raw, list)
-        return frozenset(parse_cidr(str(c)) for c in raw)
-
-    def check(self) -> None:
-        if self.fail == "check":
-            raise BackendError("fake: check failed on purpose")
-
-    def plan(self, desired: Networks) -> Plan:
+    def read(self) -> Seen:
         if self.fail == "plan":
             raise BackendError("fake: plan failed on purpose")
-        return make_plan(self.name, desired, self._nets("owned"), covered=self._nets("foreign"))
+        data = self._data()
 
-    def apply(self, plan: Plan) -> None:
+        def nets(key: str) -> Networks:
+            raw = data.get(key, [])
+            return (
+                frozenset(parse_cidr(str(c)) for c in raw) if isinstance(raw, list) else frozenset()
+            )
+
+        writes = data.get("writes", 0)
+        return Seen(nets("owned"), nets("foreign"), writes if isinstance(writes, int) else 0)
+
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Write]:
+        plan: Plan[Write] = make_plan(
+            self.name, desired or frozenset(), observed.owned, covered=observed.foreign
+        )
+        if not plan.changed:
+            return plan
+        return replace(plan, steps=(Write(tuple(as_strings(plan.after)), observed.writes),))
+
+    def apply(self, plan: Plan[Write]) -> None:
         if self.fail == "apply":
             raise BackendError("fake: apply failed on purpose")
-        data = self._read()
-        writes = data.get("writes", 0)
-        assert isinstance(writes, int)
-        data["owned"] = as_strings(plan.after)
-        data["writes"] = writes + 1
-        os.makedirs(self.path.parent, exist_ok=True)
-        write_atomic(self.path, json.dumps(data, indent=1))
-
-    def plan_removal(self) -> Plan:
-        return make_plan(self.name, frozenset(), self._nets("owned"))
+        for step in plan.steps:
+            data = self._data()
+            if data.get("writes", 0) != step.basis:
+                raise TargetMoved("fake: the file changed since it was read")
+            data.update(owned=list(step.owned), writes=step.basis + 1)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, json.dumps(data, indent=1))
 
 
 class SecondFakeBackend(FakeBackend):

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from support import namespace
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.contract import Nets
 from support.ipt_support import JUMP, VARIANTS, Fw
 
 from cfallow.engine import BackendResult, run_backend
 from cfallow.model import as_strings
+from cfallow.testing import Nets
 
 pytestmark = pytest.mark.root
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from support import namespace
-from support.contract import BackendContract, Harness, Nets
 from support.ipt_support import VARIANTS, Fw
 
 from cfallow.backend import Backend
+from cfallow.testing import BackendContract, Harness, Nets
 
 pytestmark = pytest.mark.root
 

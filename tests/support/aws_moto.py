@@ -26,8 +26,8 @@ import pytest
 from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context, build
+from cfallow.testing import Harness
 from support import need
-from support.contract import Harness
 
 REGION = "eu-west-1"
 READS = ("Describe", "Get")

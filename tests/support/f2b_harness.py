@@ -9,8 +9,8 @@ from typing import Any
 
 from cfallow.backend import Backend, Context, build
 from cfallow.runner import Runner
+from cfallow.testing import Harness, Nets
 from support import namespace
-from support.contract import Harness, Nets
 from support.f2b_server import DEFAULT_IGNORE, F2bServer
 
 JAILS = ("alpha", "beta")

@@ -80,7 +80,7 @@ def in_netns(ns: str, fn: Callable[[], T], env: dict[str, str] | None = None) ->
     return value  # type: ignore[no-any-return]
 
 
-class NetnsBackend(Backend):
+class NetnsBackend(Backend[Any, Any]):
     """A real backend whose every call runs in a forked child inside ``ns``.
 
     The child's copy of the backend is thrown away after each call, so what a
@@ -88,7 +88,9 @@ class NetnsBackend(Backend):
     seen by the next; ``writes`` is carried back.
     """
 
-    def __init__(self, inner: Backend, ns: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, inner: Backend[Any, Any], ns: str, env: dict[str, str] | None = None
+    ) -> None:
         self.inner = inner
         self.ns = ns
         self.env = env or {}
@@ -110,11 +112,11 @@ class NetnsBackend(Backend):
     def check(self) -> None:
         self._call("check")
 
-    def plan(self, desired: Networks) -> Plan:
-        return self._call("plan", desired)  # type: ignore[no-any-return]
+    def read(self) -> Any:
+        return self._call("read")
 
-    def apply(self, plan: Plan) -> None:
+    def diff(self, observed: Any, desired: Networks | None) -> Plan[Any]:
+        return self._call("diff", observed, desired)  # type: ignore[no-any-return]
+
+    def apply(self, plan: Plan[Any]) -> None:
         self._call("apply", plan)
-
-    def plan_removal(self) -> Plan:
-        return self._call("plan_removal")  # type: ignore[no-any-return]

@@ -1,31 +1,55 @@
-"""The contract every backend passes (certbot-style reusable test base).
+"""The contract every backend passes, importable by third-party plugins (needs pytest).
 
 A backend's test module subclasses :class:`BackendContract` and provides a
 ``harness`` fixture returning a :class:`Harness` bound to a real target (a
-network namespace, a moto server, a private fail2ban-server). The harness reads
-the target independently of the backend, so the tests check what the target
-really holds, not what the backend believes.
+network namespace, a moto server, a private daemon, a temp directory). The
+harness reads the target independently of the backend, so the tests check
+what the target really holds, not what the backend believes::
+
+    class TestMine(BackendContract):
+        @pytest.fixture
+        def harness(self, tmp_path):
+            return MyHarness(tmp_path)
+
+The lists are Cloudflare's real ones: :data:`CURRENT` (since 2021-04-08) and
+:data:`OLD` (before; ``104.16.0.0/12`` became ``/13`` + ``104.24.0.0/14``).
 """
 
 from __future__ import annotations
 
 import abc
+import json
+from importlib import resources
 
-import pytest
 from netaddr import IPNetwork
 
-from cfallow.backend import Backend
+from cfallow.backend import AnyBackend
 from cfallow.engine import run_backend
-from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
 Nets = frozenset[IPNetwork]
+
+
+def _load(name: str, *keys: str) -> Nets:
+    doc = json.loads(resources.files("cfallow").joinpath(f"data/{name}").read_text("utf-8"))
+    for key in keys:
+        doc = doc[key]
+    result = doc["result"]
+    return frozenset(IPNetwork(c).cidr for c in result["ipv4_cidrs"] + result["ipv6_cidrs"])
+
+
+#: Since 2021-04-08: 15 IPv4 + 7 IPv6.
+CURRENT: Nets = _load("snapshot.json", "response")
+#: Before 2021-04-08: 14 IPv4 (with 104.16.0.0/12) + 7 IPv6.
+OLD: Nets = _load("api-ips-2021-03.json")
+ADDED_2021: Nets = frozenset({IPNetwork("104.16.0.0/13"), IPNetwork("104.24.0.0/14")})
+REMOVED_2021: Nets = frozenset({IPNetwork("104.16.0.0/12")})
 
 
 class Harness(abc.ABC):
     """A backend bound to a real, private target."""
 
     @abc.abstractmethod
-    def backend(self) -> Backend:
+    def backend(self) -> AnyBackend:
         """A fresh backend instance configured for this target."""
 
     @abc.abstractmethod
@@ -81,9 +105,23 @@ class BackendContract:
         assert harness.writes() == w1, "an unchanged apply wrote to the target"
         assert harness.foreign() == foreign
 
-    def test_replan_after_apply_is_empty(self, harness: Harness) -> None:
+    def test_read_writes_nothing_and_diff_is_pure(self, harness: Harness) -> None:
+        """``read`` twice and ``diff`` twice give equal plans, and nothing is written."""
         backend = harness.backend()
-        backend.apply(backend.plan(CURRENT))
+        w0 = harness.writes()
+        observed = backend.read()
+        first = backend.diff(observed, CURRENT)
+        assert backend.diff(observed, CURRENT) == first
+        assert backend.diff(backend.read(), CURRENT) == first
+        assert backend.diff(observed, None) == backend.diff(backend.read(), None)
+        assert harness.writes() == w0, "read or diff wrote to the target"
+        assert first.changed and first.add == harness.expected(CURRENT)
+
+    def test_plan_holds_all_apply_needs(self, harness: Harness) -> None:
+        """A plan made by one instance is applied by another (no state between calls)."""
+        plan = harness.backend().plan(CURRENT)
+        harness.backend().apply(plan)
+        assert harness.owned() == harness.expected(CURRENT)
         again = harness.backend().plan(CURRENT)
         assert not again.changed and not again.add and not again.remove
 
@@ -97,7 +135,7 @@ class BackendContract:
         assert result.plan.remove == harness.expected(REMOVED_2021)
         assert harness.owned() == harness.expected(CURRENT)
 
-    def test_unowned_entries_survive(self, harness: Harness) -> None:
+    def test_unowned_entries_survive_and_removal_restores(self, harness: Harness) -> None:
         harness.add_foreign()
         foreign = harness.foreign()
         for desired in (OLD, CURRENT, OLD, CURRENT):
@@ -107,6 +145,8 @@ class BackendContract:
         assert removal.error is None, removal.error
         assert harness.owned() == frozenset()
         assert harness.foreign() == foreign
+        again = run_backend(harness.backend(), None, dry_run=True)
+        assert again.error is None and not again.changed, "removal left something behind"
 
     def test_removal_dry_run_writes_nothing(self, harness: Harness) -> None:
         assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
@@ -115,8 +155,3 @@ class BackendContract:
         assert result.error is None and result.changed and not result.applied
         assert harness.writes() == w
         assert harness.owned() == harness.expected(CURRENT)
-
-
-@pytest.fixture
-def harness() -> Harness:  # pragma: no cover - overridden by each backend's module
-    raise NotImplementedError("a BackendContract subclass must provide a harness fixture")

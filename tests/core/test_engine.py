@@ -1,0 +1,86 @@
+"""The engine: order of a run, failure collection, re-plan when the target moved, plugin door."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.cfdata import CURRENT, OLD
+
+from cfallow import backend as backend_mod
+from cfallow import engine
+from cfallow.backend import Context, build
+from cfallow.errors import ConfigError
+from cfallow.model import as_strings
+
+
+def _fake(tmp: Path, name: str = "fake", **extra: Any) -> Any:
+    return build(name, {"path": str(tmp / f"{name}.json"), **extra}, Context(state_dir=tmp))
+
+
+def _owned(tmp: Path, name: str = "fake") -> list[str]:
+    return list(json.loads((tmp / f"{name}.json").read_text())["owned"])
+
+
+def test_every_backend_is_planned_before_any_is_applied(tmp_path: Path) -> None:
+    order: list[str] = []
+    one, two = _fake(tmp_path), _fake(tmp_path, "fake2")
+    for b in (one, two):
+        for method in ("read", "apply"):
+            real = getattr(b, method)
+
+            def spy(*args: Any, _real: Any = real, _tag: str = f"{b.name}.{method}") -> Any:
+                order.append(_tag)
+                return _real(*args)
+
+            setattr(b, method, spy)
+    result = engine.run([one, two], CURRENT, dry_run=False)
+    assert not result.failed and result.changed
+    assert order == ["fake.read", "fake2.read", "fake.apply", "fake2.apply"]
+
+
+def test_a_failing_backend_does_not_stop_the_others(tmp_path: Path) -> None:
+    result = engine.run(
+        [_fake(tmp_path, fail="plan"), _fake(tmp_path, "fake2")], CURRENT, dry_run=False
+    )
+    bad, good = result.results
+    assert bad.error == "fake: plan failed on purpose" and bad.plan is None
+    assert good.error is None and good.applied
+    assert _owned(tmp_path, "fake2") == as_strings(CURRENT)
+    assert result.failed
+
+
+def test_target_moved_is_read_again_and_replanned(tmp_path: Path) -> None:
+    b = _fake(tmp_path)
+    engine.run([b], OLD, dry_run=False)
+    plan = b.plan(CURRENT)
+    data = json.loads((tmp_path / "fake.json").read_text())
+    data["writes"] += 1  # someone else wrote the target after the read
+    (tmp_path / "fake.json").write_text(json.dumps(data))
+    result = engine.BackendResult("fake", plan)
+    engine._apply(b, CURRENT, result)
+    assert result.error is None and result.applied and result.replans == 1
+    assert _owned(tmp_path) == as_strings(CURRENT)
+
+
+def test_dry_run_never_calls_apply(tmp_path: Path) -> None:
+    b = _fake(tmp_path, fail="apply")
+    result = engine.run([b], CURRENT, dry_run=True)
+    assert not result.failed and result.changed
+    assert not (tmp_path / "fake.json").exists()
+
+
+def test_two_plugins_with_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = metadata.entry_points
+
+    def doubled(**kw: Any) -> Any:
+        eps = list(real(**kw))
+        clash = metadata.EntryPoint("fake", "someone_else:Backend", backend_mod.GROUP)
+        return [*eps, clash]
+
+    monkeypatch.setattr(metadata, "entry_points", doubled)
+    with pytest.raises(ConfigError, match="two installed plugins register the backend 'fake'"):
+        backend_mod.installed()
