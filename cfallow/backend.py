@@ -38,6 +38,7 @@ from typing import ClassVar
 
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
+from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 
@@ -51,6 +52,8 @@ class Context:
     runner: Runner = field(default_factory=Runner)
     state_dir: Path = Path("/var/lib/cfallow")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
+    #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
+    firewall_lock: Path = field(default_factory=default_path)
 
 
 class Backend(abc.ABC):
