@@ -133,7 +133,7 @@ def test_unmarked_chains_are_refused(chains: dict[str, list[str]]) -> None:
     ],
 )
 def test_chains_with_cfallows_marks_are_taken(chains: dict[str, list[str]]) -> None:
-    drift, ops = assess(observe(table(**chains), 4, Settings()), Settings(), V4)
+    _, ops = assess(observe(table(**chains), 4, Settings()), Settings(), V4)
     assert (ops.jump == Settings().jump()) != ops.declare  # the jump put back, or a rewrite
     assert not ops.empty
     removal = assess_removal(observe(table(**chains), 4, Settings()), Settings())[1]
