@@ -9,8 +9,11 @@ code as root. When running as root (effective uid 0), cfallow refuses with a
   writable by group or others;
 * an executable named in the config (resolved through ``PATH`` like the
   runner does), or any directory above it, likewise;
-* a directory that ``metrics_file`` is written into (or the nearest existing
-  one above it), likewise.
+* the directory ``metrics_file`` is written into (or the nearest existing
+  one above it) must itself be root's and not writable by group or others;
+  the directories above it are not checked, since Debian's node_exporter
+  directory ``/var/lib/prometheus/node-exporter`` (root's, 0755) sits in
+  ``/var/lib/prometheus``, which belongs to the ``prometheus`` user.
 
 A root-owned directory with the sticky bit (``/tmp``) counts as trusted above
 a root-owned entry: others can neither rename nor delete what root owns
@@ -45,9 +48,11 @@ def _why_untrusted(st: os.stat_result, *, above: bool) -> str | None:
     return None
 
 
-def _check_chain(real: Path, what: str, leaf: os.stat_result | None = None) -> None:
-    """``real`` (no symlinks) and every directory above it must be trusted."""
-    for i, path in enumerate((real, *real.parents)):
+def _check_chain(
+    real: Path, what: str, leaf: os.stat_result | None = None, *, above: bool = True
+) -> None:
+    """``real`` (no symlinks) and, if ``above``, every directory above it must be trusted."""
+    for i, path in enumerate((real, *real.parents) if above else (real,)):
         st = leaf if i == 0 and leaf is not None else os.stat(path)
         why = _why_untrusted(st, above=i > 0)
         if why:
@@ -90,4 +95,4 @@ def check_output_dir(directory: Path, what: str) -> None:
     real = Path(os.path.realpath(directory))
     while not real.exists() and real != real.parent:
         real = real.parent
-    _check_chain(real, what)
+    _check_chain(real, what, above=False)

@@ -145,6 +145,20 @@ def test_metrics_file_in_a_world_writable_directory(lab: Lab) -> None:
     assert f"metrics_file directory {open_dir} is writable" in refused(lab)
 
 
+def test_metrics_directory_is_checked_itself_not_above_it(lab: Lab) -> None:
+    """Debian's layout: a root-owned 0755 node-exporter dir in a directory of another user."""
+    theirs = lab.top / "prometheus"
+    theirs.mkdir()
+    os.chown(theirs, NOBODY, NOBODY)
+    (theirs / "node-exporter").mkdir(mode=0o755)
+    lab.write(extra=f'metrics_file = "{theirs / "node-exporter" / "cfallow.prom"}"\n')
+    rc, err = lab.status()
+    assert rc == 1 and "will not trust" not in "".join(err)
+    lab.marker.unlink()
+    os.chown(theirs / "node-exporter", NOBODY, NOBODY)
+    assert f"metrics_file directory {theirs / 'node-exporter'} is owned by uid" in refused(lab)
+
+
 def test_a_sticky_root_directory_like_tmp_is_trusted_above_a_root_file(lab: Lab) -> None:
     sticky = lab.top / "sticky"
     sticky.mkdir()
