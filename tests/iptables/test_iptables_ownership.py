@@ -187,7 +187,8 @@ def test_a_fail2ban_chain_with_bans_is_refused_and_left_byte_identical(fw: Fw) -
     before = fw.both(counters=True)
     assert "-A f2b-sshd -s 203.0.113.7/32 -j REJECT" in before
     conf = '[backends.iptables]\nchain = "f2b-sshd"\n'
-    for args in (("sync", "--dry-run"), ("sync",), ("status",), ("remove",)):
+    runs = (("sync", "--dry-run"), ("sync",), ("status",), ("remove", "--dry-run"), ("remove",))
+    for args in runs:
         done = cli(fw, conf, *args, *(("--source", "bundled") if args[0] != "remove" else ()))
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         errors = [ln for ln in done.stderr.splitlines() if "error" in ln]
