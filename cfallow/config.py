@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfallow import trust
 from cfallow.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -211,11 +212,16 @@ def parse(data: Mapping[str, Any], path: Path | None) -> Config:
 
 
 def load(path: Path | None) -> Config:
-    """Load ``path``; ``None`` means the default file, or built-in defaults if it is absent."""
+    """Load ``path``; ``None`` means the default file, or built-in defaults if it is absent.
+
+    As root, the file, the commands it names and where it writes must be
+    root's alone to change (:mod:`cfallow.trust`).
+    """
     explicit = path is not None
     path = path or DEFAULT_CONFIG
     try:
         with open(path, "rb") as fh:
+            trust.check_open_file(fh.fileno(), path, "config file")
             data = tomllib.load(fh)
     except FileNotFoundError:
         if explicit:
@@ -225,4 +231,7 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"config file not readable: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse(data, path)
+    cfg = parse(data, path)
+    if cfg.metrics_file is not None:
+        trust.check_output_dir(cfg.metrics_file.parent, "metrics_file directory")
+    return cfg
