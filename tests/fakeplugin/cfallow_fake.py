@@ -6,6 +6,8 @@ Installed as a separate distribution so the tests load it through the
 ``cfallow.backends`` entry-point group exactly as a third-party plugin would.
 ``foreign`` entries belong to "the admin": they count as covering a desired
 entry and are never touched. ``fail = "check"|"plan"|"apply"`` makes it fail.
+``after_apply = [ARGV...]`` runs that command (through the runner) right after
+a successful apply: tests use it to break something in the middle of a run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class FakeBackend(Backend):
         super().__init__(section, ctx)
         self.path = Path(section.get_str("path", str(ctx.state_dir / "fake-target.json")))
         self.fail = section.get_choice("fail", "", ("", "check", "plan", "apply"))
+        self.after_apply = section.get_strings("after_apply", [])
 
     def _read(self) -> dict[str, object]:
         try:
@@ -62,6 +65,8 @@ class FakeBackend(Backend):
         data["writes"] = writes + 1
         os.makedirs(self.path.parent, exist_ok=True)
         write_atomic(self.path, json.dumps(data, indent=1))
+        if self.after_apply:
+            self.ctx.runner.run(self.after_apply)
 
     def plan_removal(self) -> Plan:
         return make_plan(self.name, frozenset(), self._nets("owned"))
