@@ -133,8 +133,8 @@ class State:
             dir_fd = self._open_dir(create=False)
         except FileNotFoundError:
             return None
-        except PermissionError:
-            raise StateError(f"cannot read {path}: permission denied") from None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
             raw = json.loads(read_capped(LKG_FILE, dir_fd).decode("utf-8"))
             return _ranges(raw, path)
@@ -142,6 +142,8 @@ class State:
             return None
         except PermissionError:
             raise StateError(f"cannot read {path}: permission denied") from None
+        except OSError as exc:
+            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
         except (
             _Unusable,
             ValueError,

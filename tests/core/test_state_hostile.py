@@ -284,3 +284,12 @@ def test_a_metrics_write_failure_is_one_line_and_hides_nothing(box: Box) -> None
         f"cfallow: error: cannot write metrics_file {box.metrics}: No such file or directory"
     ]
     assert box.owned() == _strs(OLD)
+
+
+def test_a_state_dir_that_is_a_file_is_one_line(box: Box) -> None:
+    box.state.write_text("not a directory")
+    for command, expect in (("status", "cannot read"), ("sync", "cannot open lock")):
+        r = run_proc(*box.argv(command))
+        assert r.rc == 1 and "Traceback" not in r.err, r.err
+        (line,) = r.err.splitlines()
+        assert line.startswith(f"cfallow: error: {expect}"), line
