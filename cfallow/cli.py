@@ -17,9 +17,10 @@ from cfallow.errors import (
     EXIT_OK,
     CfallowError,
     RangesError,
+    StateError,
     UsageError,
 )
-from cfallow.guard import check_shrink
+from cfallow.guard import check_growth, check_shrink
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
 from cfallow.runner import Runner
@@ -138,7 +139,7 @@ def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool
     else:
         try:
             ranges = sources.fetch_live(cfg.source)
-        except CfallowError as exc:
+        except RangesError as exc:
             if known is not None:
                 raise
             ranges = sources.bundled()
@@ -150,7 +151,11 @@ def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool
                 taken,
             )
     if not force:
-        check_shrink(ranges, known, cfg.source.max_shrink)
+        src = cfg.source
+        check_shrink(ranges, known, src.max_shrink)
+        baseline = known if known is not None else sources.bundled()
+        prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
+        check_growth(ranges, baseline, src.max_growth, prefixes)
     return ranges
 
 
@@ -202,11 +207,18 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
     return EXIT_OK
 
 
-def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> None:
-    if cfg.metrics_file is not None:
-        from cfallow import metrics
+def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> bool:
+    """Write the metrics file if one is configured; ``False`` (and one error line) if it fails."""
+    if cfg.metrics_file is None:
+        return True
+    from cfallow import metrics
 
+    try:
         metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=success)
+    except OSError as exc:
+        log.error("cannot write metrics_file %s: %s", cfg.metrics_file, exc.strerror or exc)
+        return False
+    return True
 
 
 def _sync_like(
@@ -221,17 +233,26 @@ def _sync_like(
     backends = _backends(cfg, args.backend, ctx)
     try:
         ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
-    except RangesError:
+        record = not dry_run and ranges.kind == "live"
+        if record:  # before any backend runs: a full state dir stops the run here
+            state.stage(ranges)
+    except (RangesError, StateError):
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
-    if not dry_run and ranges.kind == "live":
-        state.save(ranges)
+    state_error = None
+    if record:
+        try:
+            state.commit()
+        except StateError as exc:
+            state_error = str(exc)
     doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
-    failed = any(r.error is not None for r in results)
-    if not dry_run:
-        _write_metrics(cfg, doc, success=not failed)
+    if state_error is not None:
+        log.error("%s", state_error)
+    failed = state_error is not None or any(r.error is not None for r in results)
+    if not dry_run and not _write_metrics(cfg, doc, success=not failed):
+        failed = True
     if failed:
         return EXIT_BACKEND
     if verb == "status" and doc["changed"]:
@@ -244,6 +265,10 @@ def cmd_sync(
 ) -> int:
     if args.dry_run:
         return _sync_like(args, cfg, state, ctx, dry_run=True, verb="sync")
+    if cfg.metrics_file is not None:  # a config error (exit 2) before anything is touched
+        from cfallow import metrics
+
+        metrics.check_path(cfg.metrics_file)
     with state.lock(args.lock_timeout):
         return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
 

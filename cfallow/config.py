@@ -153,6 +153,10 @@ class SourceConfig:
     timeout: float = 10.0
     attempts: int = 4
     max_shrink: float = 0.5
+    # 10x: Cloudflare's largest real step (2014, +104.16.0.0/12) was 4.9x its IPv4 coverage.
+    max_growth: float = 10.0
+    min_new_prefix_v4: int = 12
+    min_new_prefix_v6: int = 29
     backoff: float = 0.25  # first retry wait in seconds; doubles, with jitter
 
 
@@ -164,6 +168,13 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     backends: dict[str, dict[str, Any]] = field(default_factory=lambda: {"iptables": {}})
     metrics_file: Path | None = None
+
+
+def _prefix(s: Section, key: str, default: int, bits: int) -> int:
+    value = s.get_int(key, default, minimum=0)
+    if value > bits:
+        raise ConfigError(f"[source] {key}: must be between 0 and {bits}, got {value}")
+    return value
 
 
 def _source(data: Mapping[str, Any]) -> SourceConfig:
@@ -182,6 +193,9 @@ def _source(data: Mapping[str, Any]) -> SourceConfig:
         timeout=s.get_float("timeout", d.timeout, minimum=0.1),
         attempts=s.get_int("attempts", d.attempts, minimum=1),
         max_shrink=max_shrink,
+        max_growth=s.get_float("max_growth", d.max_growth),
+        min_new_prefix_v4=_prefix(s, "min_new_prefix_v4", d.min_new_prefix_v4, 32),
+        min_new_prefix_v6=_prefix(s, "min_new_prefix_v6", d.min_new_prefix_v6, 128),
         backoff=s.get_float("backoff", d.backoff),
     )
     s.finish()
