@@ -153,10 +153,19 @@ def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool
     if not force:
         src = cfg.source
         check_shrink(ranges, known, src.max_shrink)
-        baseline = known if known is not None else sources.bundled()
+        baseline = _growth_baseline(known, sources.bundled())
         prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
         check_growth(ranges, baseline, src.max_growth, prefixes)
     return ranges
+
+
+def _growth_baseline(known: Ranges | None, bundled: Ranges) -> Ranges:
+    """What a new list may not grow too far beyond: the last-known-good list together
+    with the bundled snapshot, so returning to the shipped list after a forced shrink
+    is no growth."""
+    if known is None:
+        return bundled
+    return Ranges(known.ipv4 | bundled.ipv4, known.ipv6 | bundled.ipv6, known.kind)
 
 
 def _emit(

@@ -39,7 +39,7 @@ def check_growth(
 ) -> None:
     """Per family, refuse a list that adds too much to ``baseline``.
 
-    ``baseline`` is the last-known-good list, else the bundled snapshot. A
+    ``baseline`` is the last-known-good list with the bundled snapshot (or the snapshot alone). A
     *new* range is one whose addresses the baseline does not already cover
     entirely. Refused: any new range shorter than ``min_new_prefix[version]``,
     and new coverage of more than ``max_growth`` times the baseline's (in
