@@ -148,7 +148,7 @@ class IptablesBackend(Backend):
             self._io = NftIO(runner)
         else:
             tools = (LEGACY_SAVE, LEGACY_RESTORE) if legacy_tools else (OLD_SAVE, OLD_RESTORE)
-            self._io = LegacyIO(runner, *tools)
+            self._io = LegacyIO(runner, *tools, chain=self.settings.chain)
         return self._io
 
     def _read(self, version: int) -> str:
@@ -231,9 +231,11 @@ class IptablesBackend(Backend):
                 self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
     def _parse(self, version: int) -> Table:
-        table = parse_save(self._read(version))
-        if isinstance(self._io, NftIO):
-            self._planned[version] = table
+        text = self._read(version)
+        if isinstance(self._io, LegacyIO):
+            return self._io.parse(version, text)
+        table = parse_save(text)
+        self._planned[version] = table
         return table
 
 

@@ -161,3 +161,28 @@ def differences(mine: Entries, theirs: Entries, labels: tuple[str, str]) -> list
             if len(fa) != len(fb):
                 out.append(f"{chain} rule {i}: {a} has {len(fa)} fields, {b} {len(fb)}")
     return out
+
+
+def iface_mask(name: str) -> bytes:
+    """The ``iniface_mask`` ``iptables -i NAME`` writes (``+`` at the end: a prefix match)."""
+    size = len(name) - 1 if name.endswith("+") else len(name) + 1
+    return (b"\xff" * size).ljust(16, b"\0")
+
+
+def wrong_masks(version: int, chain: str, specs: tuple[str, ...]) -> dict[int, str]:
+    """Rules of ``chain`` whose kernel interface mask is not what their ``-i NAME`` says.
+
+    Index in the chain -> the mask found (hex). Reads this namespace's table.
+    """
+    found = dict(read_entries(version).chains).get(chain, ())
+    if len(found) != len(specs):
+        return {}  # the table moved since ``specs`` were read: the next read decides
+    out: dict[int, str] = {}
+    for i, (spec, raw) in enumerate(zip(specs, found)):
+        tokens = spec.split()
+        if "-i" not in tokens[:-1]:
+            continue
+        mask = dict(entry_fields(version, raw))["iniface_mask"]
+        if mask != iface_mask(tokens[tokens.index("-i") + 1]):
+            out[i] = mask.hex(" ")
+    return out

@@ -107,6 +107,31 @@ class _Failed(BackendError):
     """The restore refused the batch: the table moved, or a real error (decided by a re-read)."""
 
 
+def audited(version: int, table: Table, chain: str) -> Table:
+    """``table`` with each rule of ``chain`` whose kernel entry is not what its text says marked.
+
+    ``*-save`` prints a rule with a wrong interface mask exactly like a right
+    one; the former python-iptables writer left cfallow's IPv6
+    ``-i lo -j RETURN`` that way on hosts it ran on. The raw entries are read only when the chain has an
+    ``-i`` rule (lockdown), so an allow-mode run never imports python-iptables.
+    A marked rule is foreign to the diff, so the chain is rewritten.
+    """
+    specs = table.rules(chain)
+    if not specs or not any(" -i " in f" {s}" for s in specs):
+        return table
+    from .iptables_entries import wrong_masks
+
+    wrong = wrong_masks(version, chain, specs)
+    if not wrong:
+        return table
+    fixed = tuple(
+        f"{s} (kernel interface mask {wrong[i]}: matches more than the name)" if i in wrong else s
+        for i, s in enumerate(specs)
+    )
+    chains = tuple((n, fixed if n == chain else r) for n, r in table.chains)
+    return Table(chains, table.policies)
+
+
 class LegacyIO:
     """Reads one family's filter table with the legacy save tool; writes it through ``writer``."""
 
@@ -118,6 +143,7 @@ class LegacyIO:
         save: dict[int, str],
         restore: dict[int, str],
         *,
+        chain: str = "CFALLOW",
         lock_path: str | None = None,
         attempts: int = ATTEMPTS,
     ) -> None:
@@ -128,6 +154,7 @@ class LegacyIO:
             lock_path or env.get("XTABLES_LOCKFILE") or os.environ.get("XTABLES_LOCKFILE")
         ) or LOCK_PATH
         self.attempts = attempts
+        self.chain = chain
         self.retries = 0
         #: The seam: what writes a batch (a test puts the former python-iptables writer here).
         self.writer: Writer = RestoreWriter(runner, restore)
@@ -146,6 +173,10 @@ class LegacyIO:
                 ) from None
             raise
 
+    def parse(self, version: int, text: str) -> Table:
+        """Parse a read, with cfallow's own rules checked against the kernel's entries."""
+        return audited(version, parse_save(text), self.chain)
+
     def transact(
         self, version: int, compute: Callable[[Table], Ops], basis: Table | None = None
     ) -> bool:
@@ -154,7 +185,7 @@ class LegacyIO:
         ``basis`` is ignored: only a read under the lock is current.
         """
         with xtables_lock(self.lock_path):
-            table = parse_save(self.read(version))
+            table = self.parse(version, self.read(version))
             for attempt in range(self.attempts):
                 ops = compute(table)
                 if ops.empty:
@@ -163,7 +194,7 @@ class LegacyIO:
                     self.writer.write(version, ops, table)
                     return True
                 except (Moved, _Failed) as exc:
-                    fresh = parse_save(self.read(version))
+                    fresh = self.parse(version, self.read(version))
                     if isinstance(exc, _Failed) and fresh.chains == table.chains:
                         raise  # the table did not move: the batch itself failed
                     table = fresh

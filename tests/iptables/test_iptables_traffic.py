@@ -6,27 +6,29 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support import namespace, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.ipt_support import VARIANTS, Fw
-from support.ipt_traffic import CF, LISTEN, OLD_ONLY, OTHER, OUTSIDE, PROCS, Pair, echo, pair
+from support.ipt_traffic import (
+    CF,
+    LISTEN,
+    OLD_ONLY,
+    OTHER,
+    OUTSIDE,
+    POLICY_DROP,
+    PROCS,
+    Pair,
+    echo,
+    pair,
+    reach,
+)
 
 from cfallow.engine import run_backend
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-#: The admin's firewall: policy DROP, loopback, established, ICMPv6 (neighbour discovery).
-POLICY_DROP = {
-    4: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
-    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
-    6: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
-    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
-    "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT\n",
-}
 
 #: What Docker sets up for a container publishing 443 (reduced to what matters here).
 DOCKER_NAT = """*nat
@@ -50,13 +52,6 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pair, 
 def sync(fw: Fw, desired: frozenset = CURRENT, **cfg: object) -> None:  # type: ignore[type-arg]
     result = run_backend(fw.backend(**cfg), desired, dry_run=False)
     assert result.error is None, result.error
-
-
-def reach(p: Pair) -> dict[str, bool]:
-    """Can each client address reach 443? (in parallel: a dropped SYN costs a timeout)"""
-    sources = (*CF, *OUTSIDE)
-    with ThreadPoolExecutor(len(sources)) as pool:
-        return dict(zip(sources, pool.map(p.can_connect, sources)))
 
 
 def test_allow_mode_under_policy_drop(lab: tuple[Pair, Fw]) -> None:
