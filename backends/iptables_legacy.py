@@ -112,9 +112,10 @@ def audited(version: int, table: Table, chain: str) -> Table:
 
     ``*-save`` prints a rule with a wrong interface mask exactly like a right
     one; the former python-iptables writer left cfallow's IPv6
-    ``-i lo -j RETURN`` that way on hosts it ran on. The raw entries are read only when the chain has an
-    ``-i`` rule (lockdown), so an allow-mode run never imports python-iptables.
-    A marked rule is foreign to the diff, so the chain is rewritten.
+    ``-i lo -j RETURN`` that way on hosts it ran on. The raw entries are read
+    only when the chain has an ``-i`` rule (lockdown), so an allow-mode run
+    never imports python-iptables. A marked rule is foreign to the diff, so
+    the chain is rewritten.
     """
     specs = table.rules(chain)
     if not specs or not any(" -i " in f" {s}" for s in specs):
