@@ -81,7 +81,7 @@ class RestoreWriter:
         self.restore = restore
 
     def write(self, version: int, ops: Ops, table: Table) -> None:
-        """One restore batch; :class:`Moved` if it failed on a table that moved since the read."""
+        """One restore batch (on failure the caller re-reads: a moved table, or an error)."""
         head, _, rest = ops.restore_script().partition("\n")
         script = "\n".join([head, *policy_lines(table), rest])
         tool = self.restore[version]
