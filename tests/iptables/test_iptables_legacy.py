@@ -205,7 +205,8 @@ def test_an_explicit_variant_the_host_does_not_use_is_warned(fw: Fw) -> None:
         "does not list them"
     )
     assert fw.owned() == CURRENT  # read with iptables-legacy-save
-    # ... and the admin's usual command does not show them (traffic: test_iptables_names).
+    # ... and the admin's usual command does not show them (that they are enforced:
+    # test_iptables_traffic, with traffic).
     assert "CFALLOW" not in sh(ns_exec(fw.ns, "iptables-nft-save")) + sh(
         ns_exec(fw.ns, "ip6tables-nft-save")
     )

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import namespace, ns_exec, sh
+from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
+from support.ipt_netns import NetnsBackend
 from support.ipt_support import VARIANTS, Fw
 from support.ipt_traffic import (
     CF,
@@ -26,7 +27,9 @@ from support.ipt_traffic import (
     reach,
 )
 
+from cfallow.backend import Context, build
 from cfallow.engine import run_backend
+from cfallow.runner import Runner
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -132,3 +135,18 @@ def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw]) 
         assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
         # The container's own connection to port 443 elsewhere is not a published port.
         assert out.can_connect("172.17.0.2", dst=OUTSIDE[0]), "lockdown cut outgoing HTTPS"
+
+
+def test_an_explicit_other_variant_is_enforced_but_not_listed(tmp_path: Path) -> None:
+    """``variant = "legacy"`` on this nf_tables host: its DROPs drop; ``iptables`` shows nothing."""
+    need_tool("iptables")
+    with pair() as p:
+        fw = Fw(p.server, "legacy", tmp_path)
+        inner = build("iptables", {"variant": "legacy", "mode": "lockdown"}, Context(Runner()))
+        backend = NetnsBackend(inner, p.server, {"XTABLES_LOCKFILE": fw.lock})
+        result = run_backend(backend, CURRENT, dry_run=False)
+        assert result.error is None and result.plan is not None
+        assert "are enforced" in result.plan.notes[0]
+        assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
+        listed = sh(ns_exec(p.server, "iptables", "-S")) + sh(ns_exec(p.server, "ip6tables", "-S"))
+        assert "CFALLOW" not in listed and "nf_tables" in sh(["iptables", "--version"])
