@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cfallow.errors import CfallowError
+from cfallow.errors import VerifyFailed
 from cfallow.runner import Runner
 from cfallow.verify.snapshot import HostNet
 
@@ -25,7 +25,8 @@ NETNS_DIR = "/run/netns"
 SCRATCH = {4: "192.0.2.1/32", 6: "fd00:cf::1/128"}  # an uplink address when the host has none
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is a process with this PID running?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -46,7 +47,7 @@ def leftovers() -> list[str]:
         if not name.startswith(PREFIX):
             continue
         pid = name[len(PREFIX) :].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             out.append(name)
     return sorted(out)
 
@@ -118,7 +119,7 @@ def _wire(runner: Runner, lab: Lab, net: HostNet, sources: dict[int, list[str]])
         edge.append(f"link set {peer} up")
         if iface.name == net.uplink:
             uplink_peer, up = peer, i
-    for version in sources:
+    for version, addrs in sources.items():
         target = net.address(version)
         if target is None:
             scratch = SCRATCH[version]
@@ -134,11 +135,10 @@ def _wire(runner: Runner, lab: Lab, net: HostNet, sources: dict[int, list[str]])
         # ARP/ND are not what is probed: fixed neighbours, so only the TCP verdict counts
         edge.append(f"neigh replace {target} lladdr {_mac(0, up)} dev {uplink_peer} nud permanent")
         origin += [
-            f"neigh replace {s} lladdr {_mac(1, up)} dev {net.uplink} nud permanent"
-            for s in sources[version]
+            f"neigh replace {s} lladdr {_mac(1, up)} dev {net.uplink} nud permanent" for s in addrs
         ]
         host = "128" if version == 6 else "32"
-        edge += [f"addr add {s}/{host} dev {uplink_peer}" + _nodad(s) for s in sources[version]]
+        edge += [f"addr add {s}/{host} dev {uplink_peer}" + _nodad(s) for s in addrs]
     _batch(runner, None, links)
     _batch(runner, lab.origin, origin)
     _batch(runner, lab.edge, edge)
@@ -152,5 +152,5 @@ def _nodad(addr: str) -> str:
     return " nodad" if ":" in addr else ""
 
 
-class CannotVerify(CfallowError):
+class CannotVerify(VerifyFailed):
     """The scratch copy cannot be built or loaded (nothing was proven)."""

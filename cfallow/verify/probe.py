@@ -53,7 +53,8 @@ def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if version == 6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind(("::" if version == 6 else "0.0.0.0", port))
+            # the wildcard of the scratch origin namespace, which only the probes reach
+            s.bind(("::" if version == 6 else "0.0.0.0", port))  # noqa: S104
             s.listen(256)
             out.append(s)
     return out
@@ -94,7 +95,7 @@ def _monitor() -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        preexec_fn=_pdeathsig,
+        preexec_fn=_pdeathsig,  # noqa: PLW1509 - this helper has no threads
     )
     time.sleep(0.15)  # nft subscribes to the trace group right after it starts
     return proc
