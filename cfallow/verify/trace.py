@@ -49,7 +49,7 @@ def _verdict(rest: str) -> str | None:
 def _describe(rest: str) -> str:
     if rest.startswith("policy "):
         return rest
-    return re.sub(r"\s*\(verdict [^)]*\)\s*$", "", rest)
+    return re.sub(r"\s*\(verdict [^)]*\)\s*$", "", re.sub(r" counter packets \d+ bytes \d+", "", rest))
 
 
 def parse(lines: list[str]) -> dict[tuple[str, int], Packet]:

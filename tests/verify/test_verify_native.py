@@ -1,0 +1,67 @@
+"""Native nftables hosts: an accept in iptables' table does not open an inet policy drop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import need_root, need_tool
+from support.verify_host import NFT_DROP, failures, host, scratch_namespaces
+
+pytestmark = [pytest.mark.root]
+
+ALLOW = '[backends.iptables]\nports = [80, 443]\nmode = "allow"\nvariant = "nft"\n'
+LOCKDOWN = '[backends.iptables]\nports = [80, 443]\nmode = "lockdown"\nvariant = "nft"\n'
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    need_root()
+    need_tool("nft", "iptables-nft")
+
+
+def test_iptables_allow_under_inet_policy_drop_is_exit_5_naming_the_policy(tmp_path: Path) -> None:
+    with host(tmp_path) as h:
+        h.nft(NFT_DROP)
+        h.cfallow(ALLOW, "sync", "--source", "bundled")  # writes ip filter; cannot take effect
+        res = h.cfallow(ALLOW, "verify")
+        assert res.returncode == 5, res.stderr
+        lines = failures(res.stderr)
+        assert lines and all("inet filter input: policy drop" in line for line in lines)
+        assert any("(cloudflare): drop, should be accepted" in line for line in lines)
+        doc = json.loads(h.cfallow(ALLOW, "verify", "--json").stdout)["verify"]
+        assert doc["ok"] is False
+        cf = [p for p in doc["probes"] if p["kind"] == "cloudflare"]
+        assert {(p["family"], p["port"]) for p in cf} == {
+            (f, port) for f in ("ipv4", "ipv6") for port in (80, 443)
+        }
+        assert all(p["verdict"] == "drop" for p in cf)
+    assert scratch_namespaces() == []
+
+
+def test_sync_verify_with_a_plan_that_cannot_work_changes_nothing(tmp_path: Path) -> None:
+    with host(tmp_path) as h:
+        h.nft(NFT_DROP)
+        before = h.ruleset()
+        res = h.cfallow(ALLOW, "sync", "--verify", "--source", "bundled")
+        assert res.returncode == 5, res.stderr
+        assert failures(res.stderr)
+        assert h.ruleset() == before  # byte-identical: nothing was written to the host
+
+
+def test_lockdown_on_an_open_host_proves_cloudflare_in_and_the_outsider_out(tmp_path: Path) -> None:
+    with host(tmp_path) as h:
+        res = h.cfallow(LOCKDOWN, "sync", "--verify", "--source", "bundled")
+        assert res.returncode == 0, res.stderr
+        assert "verify: ok" in res.stdout
+        assert "ip filter CFALLOW" in h.ruleset() or "CFALLOW" in h.ruleset()
+        res = h.cfallow(LOCKDOWN, "verify", "--json")
+        assert res.returncode == 0, res.stderr
+        probes = json.loads(res.stdout)["verify"]["probes"]
+        outsiders = [p for p in probes if p["kind"] == "outsider"]
+        assert outsiders and all(p["verdict"] == "drop" for p in outsiders)
+        assert all("CFALLOW" in p["decided_by"] for p in probes)
+        assert all(p["verdict"] == "accept" for p in probes if p["kind"] == "cloudflare")
+    assert scratch_namespaces() == []
+
