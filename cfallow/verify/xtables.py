@@ -92,7 +92,8 @@ def table_names(version: int) -> list[str]:
 
 
 def _info(sock: socket.socket, version: int, name: str) -> tuple[int, ...]:
-    buf = ctypes.create_string_buffer(INFO.pack(name.encode(), 0, *[0] * 5, *[0] * 5, 0, 0))
+    raw = INFO.pack(name.encode(), 0, *[0] * 5, *[0] * 5, 0, 0)
+    buf = ctypes.create_string_buffer(raw, len(raw))  # exactly the struct: no NUL after it
     _getsockopt(sock, version, SO_GET_INFO, buf)
     return INFO.unpack(buf.raw)[1:]
 
@@ -130,7 +131,7 @@ def load_table(blob: Blob) -> None:
             old_entries,
             ctypes.addressof(counters),
         )
-        buf = ctypes.create_string_buffer(head + blob.entries)
+        buf = ctypes.create_string_buffer(head + blob.entries, len(head) + len(blob.entries))
         rc = _libc().setsockopt(
             sock.fileno(), LEVEL[blob.version], SO_SET_REPLACE, buf, ctypes.c_uint(len(buf.raw))
         )

@@ -1,8 +1,10 @@
 """A test "host" for ``cfallow verify``: a namespace with an uplink, addresses and a ruleset.
 
-The verify runs inside it (``ip netns exec HOST cfallow ...``), so what it
-snapshots as "the host" is this namespace; its own scratch namespaces are
-created beside it and must be gone afterwards.
+The verify runs inside it (``nsenter --net=/run/netns/HOST cfallow ...``), so
+what it snapshots as "the host" is this namespace. ``nsenter`` switches only
+the network namespace: the scratch namespaces' ``/run/netns`` entries land
+in the test's own mount namespace, where a leftover would be seen (``ip netns
+exec`` would give the run a private mount namespace that hides them).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Host:
         cfg.write_text(config)
         argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
         return subprocess.run(
-            ns_exec(self.ns, *argv), capture_output=True, text=True, timeout=timeout, check=False
+            enter(self.ns, *argv), capture_output=True, text=True, timeout=timeout, check=False
         )
 
     def popen(self, config: str, *args: str) -> subprocess.Popen[str]:
@@ -62,8 +64,13 @@ class Host:
         cfg.write_text(config)
         argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
         return subprocess.Popen(
-            ns_exec(self.ns, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            enter(self.ns, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+
+
+def enter(ns: str, *argv: str) -> list[str]:
+    """argv run in ``ns``'s network namespace only."""
+    return ["nsenter", f"--net=/run/netns/{ns}", *argv]
 
 
 @contextlib.contextmanager
