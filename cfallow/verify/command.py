@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from cfallow import backend, engine
+from cfallow.errors import VerifyFailed
 from cfallow.model import Networks
 from cfallow.runner import Runner
 from cfallow.verify import Expectation, Report, run
@@ -24,6 +25,15 @@ TMP_PREFIX = PREFIX
 
 class Terminated(BaseException):
     """SIGTERM arrived: unwind so every scratch namespace is deleted on the way out."""
+
+
+class Stopped(VerifyFailed):
+    """SIGTERM stopped the verify (the scratch namespaces were deleted on the way out)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __init__(self) -> None:
+        super().__init__("verify: terminated; the scratch namespaces were removed")
 
 
 @contextlib.contextmanager
@@ -112,9 +122,12 @@ def verify_ranges(
     timeout: float, before: Any = None,
 ) -> Report:  # fmt: skip
     """:func:`cfallow.verify.run` with SIGTERM unwinding and leftovers of killed runs removed."""
-    with sigterm_unwinds():
-        clean_temp_leftovers()
-        return run(runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before)
+    try:
+        with sigterm_unwinds():
+            clean_temp_leftovers()
+            return run(runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before)
+    except Terminated:
+        raise Stopped() from None
 
 
 @contextlib.contextmanager
