@@ -218,8 +218,14 @@ def run(
     traced = trace.parse(out["trace"])
     legacy = bool(snap.legacy)
     for probe, verdict in zip(probes, out["verdicts"]):
+        pkt = traced.get((probe.source, probe.port))
+        probe.decided = _decided(pkt, verdict, legacy)
+        found = pkt.decided() if pkt else None
+        if verdict == "drop" and found and found[2] == "drop" and "reject" in found[1]:
+            # an ICMPv6 error that lands while connect() holds the socket is dropped by
+            # TCP (LockDroppedIcmps): the traced rule says what the kernel did
+            verdict = "reject"
         probe.verdict = verdict
-        probe.decided = _decided(traced.get((probe.source, probe.port)), verdict, legacy)
     return report
 
 
@@ -232,6 +238,8 @@ def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:
     if legacy:
         seen = f" (nftables: {text})" if text else ""
         return f"legacy x_tables (iptables-legacy){seen}"
+    if pkt is None:
+        return "not traced"
     if verdict == "accept":
         return text or "no nftables base chain on the path"
     return f"not an nftables rule (after {text})" if text else "not an nftables rule"

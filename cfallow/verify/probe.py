@@ -20,10 +20,12 @@ import errno
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -91,7 +93,8 @@ def _connect_all(probes: list[dict[str, Any]], timeout: float) -> list[str]:
 
 def _monitor() -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        ["nft", "monitor", "trace"],
+        # line-buffered: a pipe would hold the last events in stdio's buffer at SIGTERM
+        [*(["stdbuf", "-oL"] if shutil.which("stdbuf") else []), "nft", "monitor", "trace"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -99,6 +102,23 @@ def _monitor() -> subprocess.Popen[str]:
     )
     time.sleep(0.15)  # nft subscribes to the trace group right after it starts
     return proc
+
+
+def _drain(monitor: subprocess.Popen[str], quiet: float = 0.15, cap: float = 3.0) -> list[str]:
+    """Every trace line, read until the monitor has been quiet for ``quiet`` seconds."""
+    assert monitor.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")))
+    reader.daemon = True
+    reader.start()
+    deadline, seen = time.monotonic() + cap, -1
+    while time.monotonic() < deadline and seen != len(lines):
+        seen = len(lines)
+        time.sleep(quiet)
+    monitor.send_signal(signal.SIGTERM)
+    monitor.wait(timeout=5)
+    reader.join(timeout=1)
+    return list(lines)
 
 
 def _pdeathsig() -> None:
@@ -117,9 +137,7 @@ def probe(doc: dict[str, Any]) -> dict[str, Any]:
         verdicts = _connect_all(doc["probes"], float(doc["timeout"]))
         trace: list[str] = []
         if monitor is not None:
-            time.sleep(0.05)
-            monitor.send_signal(signal.SIGTERM)
-            trace = monitor.communicate(timeout=5)[0].splitlines()
+            trace = _drain(monitor)
             monitor = None
     finally:
         if monitor is not None:

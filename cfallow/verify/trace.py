@@ -28,15 +28,20 @@ class Packet:
     events: list[tuple[str, str]] = field(default_factory=list)  # ("inet filter input", rest)
 
     def decided(self) -> tuple[str, str, str] | None:
-        """(chain, rule or policy, verdict): the drop, or else the last accept; ``None`` if none."""
-        last_accept = None
+        """(chain, rule or policy, verdict): the drop, or else the last rule that accepted (a
+        policy accept only if no rule did); ``None`` if nothing decided."""
+        rule = policy = None
         for where, rest in self.events:
             verdict = _verdict(rest)
             if verdict == "drop":
                 return where, _describe(rest), "drop"
             if verdict == "accept":
-                last_accept = (where, _describe(rest), "accept")
-        return last_accept
+                found = (where, _describe(rest), "accept")
+                if rest.startswith("rule "):
+                    rule = found
+                else:
+                    policy = found
+        return rule or policy
 
 
 def _verdict(rest: str) -> str | None:
@@ -49,7 +54,9 @@ def _verdict(rest: str) -> str | None:
 def _describe(rest: str) -> str:
     if rest.startswith("policy "):
         return rest
-    return re.sub(r"\s*\(verdict [^)]*\)\s*$", "", re.sub(r" counter packets \d+ bytes \d+", "", rest))
+    return re.sub(
+        r"\s*\(verdict [^)]*\)\s*$", "", re.sub(r" counter packets \d+ bytes \d+", "", rest)
+    )
 
 
 def parse(lines: list[str]) -> dict[tuple[str, int], Packet]:

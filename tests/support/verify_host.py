@@ -49,7 +49,9 @@ class Host:
         """``nft list ruleset`` of the host."""
         return sh(ns_exec(self.ns, "nft", "list", "ruleset"))
 
-    def cfallow(self, config: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cfallow(
+        self, config: str, *args: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI inside the host with ``config`` (TOML text)."""
         cfg = self.tmp / "config.toml"
         cfg.write_text(config)
@@ -83,7 +85,18 @@ def host(
         for i, (name, addrs) in enumerate(((uplink, HOST_ADDRS), *extra)):
             sh(ns_exec(ns, "ip", "link", "add", name, "type", "veth", "peer", "name", f"vhp{i}"))
             for addr in addrs:
-                sh(ns_exec(ns, "ip", "addr", "add", addr, "dev", name, *(["nodad"] if ":" in addr else [])))
+                sh(
+                    ns_exec(
+                        ns,
+                        "ip",
+                        "addr",
+                        "add",
+                        addr,
+                        "dev",
+                        name,
+                        *(["nodad"] if ":" in addr else []),
+                    )
+                )
             sh(ns_exec(ns, "ip", "link", "set", name, "up"))
             sh(ns_exec(ns, "ip", "link", "set", f"vhp{i}", "up"))
         sh(ns_exec(ns, "ip", "route", "add", "default", "via", "10.77.0.1", "dev", uplink))

@@ -29,7 +29,7 @@ def _helpers() -> list[int]:
     return out
 
 
-def _wait_for(cond: "object", timeout: float = 20.0) -> None:
+def _wait_for(cond: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():  # type: ignore[operator]
@@ -87,4 +87,6 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         _nothing_left(h.ns, links)
         for name in left:
-            assert subprocess.run(["ip", "netns", "pids", name], capture_output=True).returncode != 0
+            assert (
+                subprocess.run(["ip", "netns", "pids", name], capture_output=True).returncode != 0
+            )

@@ -43,7 +43,9 @@ def test_the_python_iptables_mask_bug_on_bond0_is_caught(tmp_path: Path) -> None
         assert res.returncode == 5, res.stderr
         doc = json.loads(res.stdout)["verify"]
         bad = [p for p in doc["probes"] if not p["ok"]]
-        assert [(p["family"], p["kind"], p["verdict"]) for p in bad] == [("ipv6", "outsider", "accept")]
+        assert [(p["family"], p["kind"], p["verdict"]) for p in bad] == [
+            ("ipv6", "outsider", "accept")
+        ]
         assert "legacy x_tables" in bad[0]["decided_by"]
         assert len(failures(res.stderr)) == 1
         # the same chain written by the restore writer: proven

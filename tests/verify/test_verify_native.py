@@ -64,4 +64,3 @@ def test_lockdown_on_an_open_host_proves_cloudflare_in_and_the_outsider_out(tmp_
         assert all("CFALLOW" in p["decided_by"] for p in probes)
         assert all(p["verdict"] == "accept" for p in probes if p["kind"] == "cloudflare")
     assert scratch_namespaces() == []
-
