@@ -217,7 +217,8 @@ def run(
         lab.close()
     traced = trace.parse(out["trace"])
     legacy = bool(snap.legacy)
-    for probe, verdict in zip(probes, out["verdicts"]):
+    for probe, seen in zip(probes, out["verdicts"]):
+        verdict = str(seen)
         pkt = traced.get((probe.source, probe.port))
         probe.decided = _decided(pkt, verdict, legacy)
         found = pkt.decided() if pkt else None

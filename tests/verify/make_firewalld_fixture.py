@@ -8,6 +8,7 @@ Usage: .venv/bin/python tests/verify/make_firewalld_fixture.py
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -63,7 +64,7 @@ def main() -> int:
         procs.append(fw.pid)
         for _ in range(100):
             st = subprocess.run(["ip", "netns", "exec", ns, "firewall-cmd", "--state"],
-                                env=env, capture_output=True, text=True)  # fmt: skip
+                                env=env, capture_output=True, text=True, check=False)  # fmt: skip
             if st.stdout.strip() == "running":
                 break
             time.sleep(0.2)
@@ -78,10 +79,8 @@ def main() -> int:
         return 0
     finally:
         for pid in reversed(procs):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         time.sleep(0.5)
         subprocess.run(["ip", "netns", "del", ns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
