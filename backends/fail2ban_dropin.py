@@ -14,10 +14,7 @@ error, so the file never has a DEFAULT section.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from netaddr import IPNetwork
@@ -121,31 +118,3 @@ def remove(path: Path) -> None:
         return
     except OSError as exc:
         raise BackendError(f"cannot remove {path}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def config_copy(config_dir: Path, candidate: str | None) -> Iterator[Path]:
-    """A private copy of the configuration tree with ``candidate`` as the drop-in.
-
-    ``candidate`` None leaves cfallow's drop-in out (the admin's configuration
-    alone). The copy is deleted on exit; the real tree is never written.
-    """
-
-    def skip(directory: str, names: list[str]) -> list[str]:
-        if Path(directory).name != "jail.d":
-            return []
-        return [n for n in names if n == NAME or n.startswith(f".{NAME}.")]
-
-    top = Path(tempfile.mkdtemp(prefix="cfallow-f2b-"))
-    try:
-        copy = top / "conf"
-        try:
-            shutil.copytree(config_dir, copy, ignore=skip, ignore_dangling_symlinks=True)
-        except (OSError, shutil.Error) as exc:
-            raise BackendError(f"cannot copy {config_dir} for checking: {exc}") from exc
-        if candidate is not None:
-            (copy / "jail.d").mkdir(exist_ok=True)
-            (copy / "jail.d" / NAME).write_text(candidate, encoding="utf-8")
-        yield copy
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
