@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from support import need_root, need_tool
 from support.cfdata import CURRENT, OLD, REMOVED_2021
 from support.cli_helpers import run_proc
 from support.f2b_harness import F2bHarness, running_server
+from support.f2b_procs import child_running, config_file, start_sync, wait_for
 from support.f2b_server import DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.engine import run_backend
@@ -59,12 +58,6 @@ def banned_after(srv: F2bServer, address: str) -> bool:
 def cli(h: F2bHarness, config: Path, *args: str) -> tuple[int, str]:
     r = run_proc("--config", str(config), "--state-dir", str(h.state_dir), *args)
     return r.rc, r.out + r.err
-
-
-def config_file(srv: F2bServer, tmp: Path) -> Path:
-    path = tmp / "config.toml"
-    path.write_text(f'[backends.fail2ban]\nsocket = "{srv.socket}"\nconfig_dir = "{srv.conf}"\n')
-    return path
 
 
 def assert_leaked(srv: F2bServer) -> None:
@@ -107,44 +100,7 @@ def test_failing_delignoreip(
     failed = run_backend(backend, CURRENT, dry_run=False)
     assert failed.error is not None and "refused" in failed.error
     assert_leaked(f2b)
-    next_runs_repair(h, config_file(f2b, tmp_path), verb)
-
-
-def children(pid: int) -> list[tuple[int, list[str]]]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                argv = [a.decode() for a in fh.read().split(b"\0") if a]
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            found.append((int(entry), argv))
-    return found
-
-
-def start_sync(h: F2bHarness, config: Path, tmpdir: Path) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-m", "cfallow", "--config", str(config)]
-    argv += ["--state-dir", str(h.state_dir), "sync", "--source", "bundled"]
-    env = {**os.environ, "TMPDIR": str(tmpdir)}
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def wait_for(cond: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.002)
-    return False
-
-
-def config_test_running(proc: subprocess.Popen[str]) -> bool:
-    return any("-t" in argv for _, argv in children(proc.pid))
+    next_runs_repair(h, config_file(f2b.socket, f2b.conf, tmp_path), verb)
 
 
 def sigterm_after_rename(h: F2bHarness, config: Path, tmpdir: Path) -> bool:
@@ -156,10 +112,10 @@ def sigterm_after_rename(h: F2bHarness, config: Path, tmpdir: Path) -> bool:
     """
     srv = h.srv
     old = srv.dropin.read_text()
-    proc = start_sync(h, config, tmpdir)
+    proc = start_sync(config, h.state_dir, tmpdir)
     assert srv.pid is not None
     try:
-        if not wait_for(lambda: config_test_running(proc) or proc.poll() is not None, 30):
+        if not wait_for(lambda: child_running(proc.pid, "-t") or proc.poll() is not None, 30):
             raise AssertionError("no fail2ban-client -t seen")
         os.kill(srv.pid, signal.SIGSTOP)
         try:
@@ -181,7 +137,7 @@ def sigterm_after_rename(h: F2bHarness, config: Path, tmpdir: Path) -> bool:
 @pytest.mark.parametrize("verb", ["sync", "remove"])
 def test_sigterm_between_rename_and_live_removal(f2b: F2bServer, tmp_path: Path, verb: str) -> None:
     h = F2bHarness(f2b, tmp_path / "state")
-    config = config_file(f2b, tmp_path)
+    config = config_file(f2b.socket, f2b.conf, tmp_path)
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     for _ in range(3):
