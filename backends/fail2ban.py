@@ -29,6 +29,7 @@ from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, parse_cidr
 
+from . import fail2ban_cache as cache
 from . import fail2ban_copy as copies
 from . import fail2ban_dropin as dropin
 from . import fail2ban_record as record
@@ -118,8 +119,17 @@ class Fail2banBackend(Backend):
         return self._plan(None)
 
     def _admin(self, notes: list[str]) -> ConfigDump:
+        copies.sweep(copies.tmp_root(self.ctx.state_dir))
+        key = cache.fingerprint(self.config_dir, dropin.NAME, self.client_cmd)
+        path = self.ctx.state_dir / cache.NAME
+        known = cache.load(path, key) if key else None
+        if known is not None:
+            return known
         with self._copy(None, notes) as copy:
-            return self.client.dump(copy, self.config_dir)
+            dump = self.client.dump(copy, self.config_dir)
+        if key and key == cache.fingerprint(self.config_dir, dropin.NAME, self.client_cmd):
+            cache.save(path, key, dump)
+        return dump
 
     @contextlib.contextmanager
     def _copy(self, candidate: str | None, notes: list[str]) -> Iterator[Path]:

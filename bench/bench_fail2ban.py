@@ -3,7 +3,7 @@
 Run as root from the repo root: ``.venv/bin/python bench/bench_fail2ban.py [JAILS] [RUNS]``.
 Whole ``cfallow`` processes (``--source bundled``), median of RUNS:
 the first sync (every jail gets the 22 ranges), a no-change sync, a no-change
-``status``, and ``remove``. JAILS polling jails (default 2: alpha, beta, plus
+``status``, and ``remove``. JAILS polling jails (default 50: alpha, beta, plus
 more copies of alpha).
 """
 
@@ -35,7 +35,7 @@ def cfallow(*args: str) -> float:
 
 
 def main() -> None:
-    jails = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+    jails = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     with tempfile.TemporaryDirectory(prefix="f2b-bench-") as tmp:
         root = Path(tmp)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netaddr import IPNetwork
 from support import need_root, need_tool
 from support.cfdata import CURRENT
 from support.f2b_harness import JAILS, F2bHarness, running_server
@@ -158,3 +159,28 @@ def test_a_reply_that_would_run_code_is_inert(tmp_path: Path) -> None:
     assert "subprocess.call" in str(value[0])
     # os.system through the protocol 0 opcodes too.
     assert not isinstance(safe_loads(b"cos\nsystem\n(S'touch /tmp/x'\ntR."), int)
+
+
+def test_an_edit_is_seen_through_a_link_and_without_one(
+    harness: F2bHarness, tmp_path: Path
+) -> None:
+    srv = harness.srv
+    admin = tmp_path / "admin-jail.local"
+    (srv.conf / "jail.local").rename(admin)
+    (srv.conf / "jail.local").symlink_to(admin)
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    harness.clear()
+    assert not run_backend(harness.backend(), CURRENT, dry_run=True).changed
+    assert harness.runner.calls == [], "an unchanged tree is not read again"
+    # The admin lists a Cloudflare range in the file the link points to: it becomes theirs.
+    text = admin.read_text().replace("192.0.2.0/24", "192.0.2.0/24 131.0.72.0/22", 1)
+    admin.write_text(text)
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.plan is not None and result.plan.remove == {IPNetwork("131.0.72.0/22")}
+    assert IPNetwork("131.0.72.0/22") not in srv.dropin_ranges()["alpha"]
+    # And an edit of a plain file of the tree.
+    (srv.conf / "jail.local").unlink()
+    srv.write_jail_local()
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.plan is not None and result.plan.add == {IPNetwork("131.0.72.0/22")}
+    assert IPNetwork("131.0.72.0/22") in srv.dropin_ranges()["alpha"]
