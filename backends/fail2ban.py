@@ -27,14 +27,14 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
-from cfallow.model import Networks, Plan, parse_cidr
+from cfallow.model import Networks, Plan
 
 from . import fail2ban_cache as cache
 from . import fail2ban_copy as copies
 from . import fail2ban_dropin as dropin
 from . import fail2ban_record as record
-from .fail2ban_client import Client, ConfigDump, check_jail_name, entry_networks
-from .fail2ban_diff import Diff, LiveChange, RecordChange, strs, usable
+from .fail2ban_client import Client, ConfigDump, check_jail_name, cidr, entry_networks, strs
+from .fail2ban_diff import Diff, LiveChange, RecordChange, usable
 
 DEFAULT_SOCKET = "/var/run/fail2ban/fail2ban.sock"
 DEFAULT_CONFIG_DIR = "/etc/fail2ban"
@@ -185,9 +185,10 @@ class Fail2banBackend(Backend):
             running = self._running(admin, managed, notes)
             jails = sorted(j for j in set(managed) | set(owned) | set(recorded) if usable(j))
             diff = Diff(desired, managed, owned, recorded, running)
+            lists = self.client.ignoreips([j for j in jails if j in running])
             for jail in jails:
                 base = entry_networks(admin.ignoreip.get(jail, []))
-                now = entry_networks(self.client.ignoreip(jail)) if jail in running else None
+                now = entry_networks(lists[jail]) if jail in lists else None
                 diff.jail(jail, base, now, notes, drift)
         new = dropin.render(diff.new_owned, admin.defined)
         add, remove = _union(diff.adds), _union(diff.removes)
@@ -220,13 +221,13 @@ class Fail2banBackend(Backend):
         for step in plan.steps:
             if isinstance(step, DropInChange):
                 self._put(step)
-        changes = [s for s in plan.steps if isinstance(s, LiveChange)]
+        changes = [
+            (s.jail, frozenset(map(cidr, s.add)), frozenset(map(cidr, s.remove)))
+            for s in plan.steps
+            if isinstance(s, LiveChange)
+        ]
         with self.client.session():
-            for change in changes:
-                self.client.add_ignore(change.jail, [parse_cidr(c) for c in change.add])
-            for change in changes:
-                for cidr in change.remove:
-                    self.client.del_ignore(change.jail, parse_cidr(cidr))
+            self.client.change(changes)
         if rec is not None:
             record.save(self.record_path, dict(rec.after))
 
@@ -246,7 +247,7 @@ class Fail2banBackend(Backend):
             effective = self.client.dump(copy, self.config_dir)
         for jail, cidrs in step.expect:
             got = entry_networks(effective.ignoreip.get(jail, []))
-            if not {parse_cidr(c) for c in cidrs} <= got:
+            if not {cidr(c) for c in cidrs} <= got:
                 raise BackendError(
                     f"with {dropin.NAME} in place jail {jail} still lacks cfallow's "
                     f"ranges (does a file read after {dropin.NAME} set its ignoreip?)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from pathlib import Path
 from netaddr import AddrFormatError, IPNetwork
 
 from cfallow.errors import BackendError
-from cfallow.model import as_strings, parse_cidr
+from cfallow.model import Networks, as_strings, parse_cidr
 from cfallow.runner import Runner
 
 from .fail2ban_socket import ServerSocket
@@ -32,6 +33,21 @@ _LOG_PREFIX = re.compile(r"^\S+ \S+ fail2ban(?:\.\w+)?\s+\[\d+\]: (\w+)\s+(.*)$"
 _GENERIC = {"ERROR: test configuration failed", "Init of command line failed"}
 
 
+#: :func:`cfallow.model.parse_cidr`, remembered: 50 jails list the same few ranges.
+cidr = functools.lru_cache(maxsize=16384)(parse_cidr)
+
+
+def strs(nets: Networks) -> tuple[str, ...]:
+    """Validated CIDR strings of ``nets``, in address order."""
+    # Keyed by the spelling: netaddr calls 104.16.0.1/13 equal to 104.16.0.0/13.
+    return _strs(frozenset(str(n) for n in nets))
+
+
+@functools.lru_cache(maxsize=4096)
+def _strs(texts: frozenset[str]) -> tuple[str, ...]:
+    return tuple(as_strings(frozenset(cidr(t) for t in texts)))
+
+
 def check_jail_name(name: str) -> str:
     """Return ``name`` if it can safely name a jail, else raise :class:`BackendError`."""
     if not isinstance(name, str) or not JAIL_NAME.fullmatch(name) or name in _RESERVED:
@@ -39,6 +55,7 @@ def check_jail_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=16384)
 def entry_network(entry: str) -> IPNetwork | None:
     """An ignore-list entry as a canonical network, or None (a host name, junk).
 
@@ -141,10 +158,15 @@ class Client:
                 conn.close()
 
     def _send(self, *words: str) -> tuple[int, object]:
+        return self._batch([words])[0]
+
+    def _batch(self, batch: list[tuple[str, ...]]) -> list[tuple[int, object]]:
+        if not batch:
+            return []
         if self._conn is None:
             self._conn = ServerSocket(self.socket, self.timeout)
-        self.sent.append(words)
-        return self._conn.command(list(words))
+        self.sent.extend(batch)
+        return self._conn.commands([list(w) for w in batch])
 
     def _ok(self, *words: str) -> object:
         code, value = self._send(*words)
@@ -172,23 +194,37 @@ class Client:
 
     def ignoreip(self, jail: str) -> list[str]:
         """The live ignore list of ``jail``."""
-        value = self._ok("get", jail, "ignoreip")
-        if not isinstance(value, list):
-            raise BackendError(f"fail2ban server: get {jail} ignoreip: unexpected {value!r:.80}")
-        return [str(v) for v in value]
+        return self.ignoreips([jail])[jail]
 
-    def add_ignore(self, jail: str, nets: Iterable[IPNetwork]) -> None:
-        """Add validated networks to the live list in one command (duplicates are ignored)."""
-        words = [str(parse_cidr(str(n))) for n in as_strings(nets)]
-        if words:
-            self._ok("set", jail, "addignoreip", *words)
+    def ignoreips(self, jails: Sequence[str]) -> dict[str, list[str]]:
+        """The live ignore lists of ``jails``, asked for in one go."""
+        replies = self._batch([("get", jail, "ignoreip") for jail in jails])
+        out: dict[str, list[str]] = {}
+        for jail, (code, value) in zip(jails, replies):
+            if code != 0 or not isinstance(value, list):
+                why = _reason(value) if code != 0 else f"unexpected {value!r:.80}"
+                raise BackendError(f"fail2ban server: get {jail} ignoreip: {why}")
+            out[jail] = [str(v) for v in value]
+        return out
 
-    def del_ignore(self, jail: str, net: IPNetwork) -> None:
-        """Remove one validated network (the server takes one per command); absent is fine."""
-        word = str(parse_cidr(str(net)))
-        code, value = self._send("set", jail, "delignoreip", word)
-        if code != 0 and "not in list" not in str(value):
-            raise BackendError(f"fail2ban server: set {jail} delignoreip {word}: {_reason(value)}")
+    def change(self, changes: Sequence[tuple[str, Networks, Networks]]) -> None:
+        """Per ``(jail, add, remove)``: one ``addignoreip`` with every range to add, then one
+        ``delignoreip`` per range to remove (the server takes one per command).
+
+        Two round trips: every add in one go, and only once they all succeeded every
+        removal in one go, so a range never leaves before its replacement is in.
+        """
+        adds: list[tuple[str, ...]] = [
+            ("set", j, "addignoreip", *strs(a)) for j, a, _ in changes if a
+        ]
+        dels: list[tuple[str, ...]] = [
+            ("set", j, "delignoreip", c) for j, _, r in changes for c in strs(r)
+        ]
+        for batch in (adds, dels):
+            for words, (code, value) in zip(batch, self._batch(batch)):
+                if code != 0 and not (words[2] == "delignoreip" and "not in list" in str(value)):
+                    what = " ".join(words[:4])
+                    raise BackendError(f"fail2ban server: {what}: {_reason(value)}")
 
     def dump(self, config_dir: Path, shown_as: Path) -> ConfigDump:
         """``-d`` of the tree at ``config_dir`` (a private copy; named ``shown_as`` in errors)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cfallow.errors import BackendError
-from cfallow.model import Networks, as_strings, parse_cidr
+from cfallow.model import Networks
 
 from . import fail2ban_record as record
-from .fail2ban_client import check_jail_name
+from .fail2ban_client import check_jail_name, strs
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,6 @@ class LiveChange:
     jail: str
     add: tuple[str, ...]
     remove: tuple[str, ...]
-
-
-def strs(nets: Networks) -> tuple[str, ...]:
-    return tuple(str(parse_cidr(c)) for c in as_strings(nets))
 
 
 def usable(jail: str) -> bool:

@@ -21,9 +21,9 @@ from netaddr import IPNetwork
 
 from cfallow import state
 from cfallow.errors import BackendError, ValidationError
-from cfallow.model import Networks, as_strings, parse_cidr
+from cfallow.model import Networks
 
-from .fail2ban_client import check_jail_name
+from .fail2ban_client import check_jail_name, cidr, strs
 
 NAME = "zz-cfallow.local"
 KNOWN = "%(known/ignoreip)s"
@@ -47,7 +47,7 @@ def render(owned: Mapping[str, Networks], extend: Collection[str]) -> str | None
         nets = owned[jail]
         if not nets:
             continue
-        lines = "".join(f"    {parse_cidr(c)}\n" for c in as_strings(nets))
+        lines = "".join(f"    {c}\n" for c in strs(nets))
         known = f" {KNOWN}" if jail in extend else ""
         parts.append(f"\n[{check_jail_name(jail)}]\nignoreip ={known}\n{lines}")
     return "".join(parts) if len(parts) > 1 else None
@@ -86,7 +86,7 @@ def parse(text: str) -> tuple[dict[str, Networks], list[str]]:
             continue
         for word in words:
             try:
-                owned[jail].add(parse_cidr(word.strip(",")))
+                owned[jail].add(cidr(word.strip(",")))
             except ValidationError:
                 problems.append(f"[{jail}] not a CIDR: {word!r}")
     return {j: frozenset(n) for j, n in owned.items()}, problems

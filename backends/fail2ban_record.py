@@ -21,7 +21,9 @@ from netaddr import IPNetwork
 
 from cfallow import state
 from cfallow.errors import BackendError, ValidationError
-from cfallow.model import Networks, as_strings, parse_cidr
+from cfallow.model import Networks
+
+from .fail2ban_client import cidr, strs
 
 NAME = "fail2ban-live.json"
 MAX_BYTES = 1 << 20
@@ -57,7 +59,7 @@ def load(path: Path) -> tuple[Record, str | None]:
         for jail, cidrs in jails.items():
             if not isinstance(jail, str) or not isinstance(cidrs, list):
                 raise ValueError("bad entry")
-            record[jail] = frozenset(parse_cidr(c) for c in cidrs)
+            record[jail] = frozenset(cidr(c) for c in cidrs)
         return record, None
     except (ValueError, KeyError, TypeError, ValidationError, RecursionError) as exc:
         return {}, f"ignoring unreadable {path} ({type(exc).__name__})"
@@ -65,7 +67,7 @@ def load(path: Path) -> tuple[Record, str | None]:
 
 def save(path: Path, record: Mapping[str, Networks]) -> None:
     """Write ``record`` atomically (mode 0600); an empty record removes the file."""
-    kept = {j: as_strings(n) for j, n in sorted(record.items()) if n}
+    kept = {j: list(strs(n)) for j, n in sorted(record.items()) if n}
     try:
         if not kept:
             path.unlink(missing_ok=True)

@@ -29,6 +29,8 @@ END = b"<F2B_END_COMMAND>"
 CLOSE = b"<F2B_CLOSE_COMMAND>"
 #: Biggest reply read (50 jails' ignore lists are a few KiB).
 MAX_REPLY = 16 << 20
+#: Commands sent before reading their replies.
+PIPELINE = 128
 
 _DATA = {"str", "int", "float", "bool", "list", "dict", "set", "frozenset", "tuple", "bytes"}
 
@@ -77,6 +79,24 @@ def check_socket(path: Path) -> None:
         )
 
 
+def _whole(data: bytes) -> tuple[bool, object]:
+    """``(True, value)`` if ``data`` is exactly one pickle, else ``(False, None)``."""
+    stream = io.BytesIO(data)
+    try:
+        value = SafeUnpickler(stream).load()
+    except Exception:
+        return False, None
+    return stream.tell() == len(data), value
+
+
+def _reply(reply: object) -> tuple[int, object]:
+    if isinstance(reply, str) and reply.startswith("ERROR:"):
+        return 1, reply  # the server could not even read the request
+    if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int)):
+        raise BackendError(f"fail2ban server sent an unexpected reply: {reply!r:.200}")
+    return reply[0], reply[1]
+
+
 class ServerSocket:
     """One open connection to a fail2ban-server."""
 
@@ -94,28 +114,45 @@ class ServerSocket:
 
     def command(self, words: list[str]) -> tuple[int, object]:
         """Send one command, return the server's ``(code, value)``."""
-        try:
-            self.sock.sendall(pickle.dumps(list(words), protocol=4) + END)
-            data = self._receive()
-        except OSError as exc:
-            raise BackendError(f"fail2ban socket {self.path}: {exc.strerror or exc}") from None
-        reply = safe_loads(data)
-        if isinstance(reply, str) and reply.startswith("ERROR:"):
-            return 1, reply  # the server could not even read the request
-        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int)):
-            raise BackendError(f"fail2ban server sent an unexpected reply: {reply!r:.200}")
-        return reply[0], reply[1]
+        return self.commands([words])[0]
 
-    def _receive(self) -> bytes:
+    def commands(self, batch: list[list[str]]) -> list[tuple[int, object]]:
+        """Send commands without waiting in between (the server answers in order)."""
+        replies: list[tuple[int, object]] = []
+        for start in range(0, len(batch), PIPELINE):
+            chunk = batch[start : start + PIPELINE]
+            data = b"".join(pickle.dumps(list(words), protocol=4) + END for words in chunk)
+            try:
+                self.sock.sendall(data)
+                replies.extend(_reply(r) for r in self._receive(len(chunk)))
+            except OSError as exc:
+                raise BackendError(f"fail2ban socket {self.path}: {exc.strerror or exc}") from None
+        return replies
+
+    def _receive(self, count: int) -> list[object]:
+        """``count`` replies; a reply ends at the first END before which it unpickles whole."""
+        out: list[object] = []
         buf = bytearray()
-        while not buf.endswith(END):
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise BackendError(f"fail2ban server closed {self.path} mid-reply")
-            buf += chunk
-            if len(buf) > MAX_REPLY:
-                raise BackendError(f"fail2ban server reply over {MAX_REPLY >> 20} MiB")
-        return bytes(buf[: -len(END)])
+        start = 0
+        while len(out) < count:
+            at = buf.find(END, start)
+            if at < 0:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise BackendError(f"fail2ban server closed {self.path} mid-reply")
+                start = max(0, len(buf) - len(END))
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    raise BackendError(f"fail2ban server reply over {MAX_REPLY >> 20} MiB")
+                continue
+            whole, value = _whole(bytes(buf[:at]))
+            if whole:
+                out.append(value)
+                del buf[: at + len(END)]
+                start = 0
+            else:  # END inside the pickled data itself (or garbage): read on
+                start = at + 1
+        return out
 
     def close(self) -> None:
         """Say goodbye (as fail2ban-client does) and close."""

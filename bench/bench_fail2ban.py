@@ -2,8 +2,9 @@
 
 Run as root from the repo root: ``.venv/bin/python bench/bench_fail2ban.py [JAILS] [RUNS]``.
 Whole ``cfallow`` processes (``--source bundled``), median of RUNS:
-the first sync (every jail gets the 22 ranges), a no-change sync, a no-change
-``status``, and ``remove``. JAILS polling jails (default 50: alpha, beta, plus
+``cfallow ranges`` (the cost of any run on this machine right now: Python
+start and imports, no backend), the first sync (every jail gets the 22 ranges; the admin's configuration not
+read before), a no-change sync, a no-change ``status``, and ``remove``. JAILS polling jails (default 50: alpha, beta, plus
 more copies of alpha).
 """
 
@@ -48,14 +49,19 @@ def main() -> None:
                 f'[backends.fail2ban]\nsocket = "{srv.socket}"\nconfig_dir = "{srv.conf}"\n'
             )
             common = ("--config", str(config), "--state-dir", str(root / "state"), "-q")
-            first, nochange, status, remove = [], [], [], []
+            first, nochange, status, remove, floor = [], [], [], [], []
             for _ in range(runs):
+                # What any cfallow run costs here (Python start, imports): the floor.
+                floor.append(cfallow(*common, "ranges", "--source", "bundled"))
+                # Cold: the admin's configuration has not been read yet.
+                (root / "state" / "fail2ban-admin.json").unlink(missing_ok=True)
                 first.append(cfallow(*common, "sync", "--source", "bundled"))
                 nochange.append(cfallow(*common, "sync", "--source", "bundled"))
                 status.append(cfallow(*common, "status", "--source", "bundled"))
                 remove.append(cfallow(*common, "remove"))
     print(f"fail2ban backend, {jails} jails, median of {runs} whole-process runs:")
     for name, times in (
+        ("floor: cfallow ranges (no backend)", floor),
         ("first sync (22 ranges per jail)", first),
         ("no-change sync", nochange),
         ("no-change status", status),

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cfallow.backends.fail2ban_socket import ServerSocket
 from netaddr import IPNetwork
 from support import need_root, need_tool
 from support.cfdata import CURRENT, OLD, REMOVED_2021
@@ -26,7 +27,6 @@ from support.f2b_procs import child_running, config_file, start_sync, wait_for
 from support.f2b_server import DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError
 
 pytestmark = pytest.mark.root
 
@@ -91,13 +91,17 @@ def test_failing_delignoreip(
 ) -> None:
     h = F2bHarness(f2b, tmp_path / "state")
     assert run_backend(h.backend(), OLD, dry_run=False).error is None
-    backend = h.backend()
+    real = ServerSocket.commands
 
-    def refuse(jail: str, net: IPNetwork) -> None:
-        raise BackendError(f"fail2ban server: set {jail} delignoreip {net}: refused")
+    def refuse_delignoreip(self: ServerSocket, batch: list[list[str]]) -> list[tuple[int, object]]:
+        # The server really gets every other command; each delignoreip fails.
+        sent = iter(real(self, [w for w in batch if "delignoreip" not in w]))
+        refused = (1, RuntimeError("refused"))
+        return [refused if "delignoreip" in w else next(sent) for w in batch]
 
-    monkeypatch.setattr(backend.client, "del_ignore", refuse)  # type: ignore[attr-defined]
-    failed = run_backend(backend, CURRENT, dry_run=False)
+    monkeypatch.setattr(ServerSocket, "commands", refuse_delignoreip)
+    failed = run_backend(h.backend(), CURRENT, dry_run=False)
+    monkeypatch.undo()
     assert failed.error is not None and "refused" in failed.error
     assert_leaked(f2b)
     next_runs_repair(h, config_file(f2b.socket, f2b.conf, tmp_path), verb)

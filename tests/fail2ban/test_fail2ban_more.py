@@ -135,10 +135,11 @@ def test_nothing_unvalidated_reaches_the_client(harness: F2bHarness) -> None:
 
     runner = Runner()
     client = Client(runner, "fail2ban-client", harness.srv.conf, harness.srv.socket)
+    bad = frozenset({IPNetwork("104.16.0.1/13")})
     with pytest.raises(ValidationError):
-        client.add_ignore("alpha", [IPNetwork("104.16.0.1/13")])
+        client.change([("alpha", bad, frozenset())])
     with pytest.raises(ValidationError):
-        client.del_ignore("alpha", IPNetwork("104.16.0.1/13"))
+        client.change([("alpha", frozenset(), bad)])
     assert runner.calls == [] and client.sent == []
 
 
