@@ -2,10 +2,11 @@
 
 Run as root from the repo root: ``.venv/bin/python bench/bench_fail2ban.py [JAILS] [RUNS]``.
 Whole ``cfallow`` processes (``--source bundled``), median of RUNS:
-``cfallow ranges`` (the cost of any run on this machine right now: Python
-start and imports, no backend), the first sync (every jail gets the 22 ranges; the admin's configuration not
-read before), a no-change sync, a no-change ``status``, and ``remove``. JAILS polling jails (default 50: alpha, beta, plus
-more copies of alpha).
+``cfallow ranges`` (what any run costs on this machine right now: Python
+start and imports, no backend), the first sync (every jail gets the 22
+ranges; the admin's configuration not read before), a no-change sync, a
+no-change ``status``, and ``remove``. JAILS polling jails (default 50:
+alpha, beta, plus more copies of alpha).
 """
 
 from __future__ import annotations
