@@ -57,7 +57,9 @@ def sweep(root: Path) -> None:
     """Remove copies left by runs that died (their lock is free)."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(root):
-            if entry.name.startswith(PREFIX) and entry.is_dir(follow_symlinks=False):
+            if not entry.name.startswith(PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid == os.geteuid():  # ours only
                 _sweep_one(Path(entry.path))
 
 
