@@ -9,6 +9,7 @@
     ports = [80, 443]      # or services = ["http", "https"]
     ipv6 = true
     bus = ""               # D-Bus address of the system bus (default: $DBUS_SYSTEM_BUS_ADDRESS)
+    config_dir = "/etc/firewalld"   # where firewalld keeps .old backups of cfallow's files
 
 cfallow owns the ipsets ``cloudflare-v4`` / ``cloudflare-v6`` (hash:net, family
 inet / inet6) and, in zone mode, its zone; each has the short name
@@ -20,8 +21,10 @@ firewalld's state to be RUNNING.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
@@ -30,7 +33,7 @@ from cfallow.model import Networks, Plan, by_family, make_plan
 
 from .firewalld_bus import NAME, Bus, bus_address
 from .firewalld_diff import plan_calls
-from .firewalld_plan import Call, Expect, Step, Want
+from .firewalld_plan import Call, Expect, Step, Tidy, Want
 from .firewalld_state import SETS, Seen, element, restrict_rules, set_state, zone_state
 
 #: How long firewalld may take to come back from a reload before it counts as failed.
@@ -56,8 +59,11 @@ class FirewalldBackend(Backend[Seen, Step]):
                 raise ConfigError(f"[{section.where}] services: bad service name {svc!r}")
         versions = (4, 6) if section.get_bool("ipv6", True) else (4,)
         elems = tuple(element(ports, services))
-        self.want = Want(mode, zone, ports, services, elems, versions, restrict_rules(elems, versions))
+        self.want = Want(
+            mode, zone, ports, services, elems, versions, restrict_rules(elems, versions)
+        )
         self.address = bus_address(section.get_str("bus", ""))
+        self.config_dir = Path(section.get_str("config_dir", "/etc/firewalld"))
 
     def _bus(self) -> Bus:
         return Bus(self.address)
@@ -83,17 +89,32 @@ class FirewalldBackend(Backend[Seen, Step]):
             )
         )
         split = by_family(desired or frozenset())
-        wanted = frozenset().union(*(split[v] for v in self.want.versions)) if desired else frozenset()
+        wanted = (
+            frozenset().union(*(split[v] for v in self.want.versions)) if desired else frozenset()
+        )
         drift = [c.what for c in calls if not c.entries]
         notes = []
         if any(c.method == "reload" for c in calls):
-            notes.append("firewalld reloads once to load new ipsets/zone (runtime-only changes are lost)")
+            notes.append(
+                "firewalld reloads once to load new ipsets/zone (runtime-only changes are lost)"
+            )
         plan: Plan[Step] = make_plan(self.name, wanted, current, drift=drift, notes=notes)
         if calls and not plan.changed:
             plan = replace(plan, drift=("runtime and permanent entries differ",))
         if not plan.changed:
             return plan
-        return replace(plan, steps=(Expect(observed), *calls))
+        backups = tuple(
+            str(
+                self.config_dir
+                / ("zones" if c.iface.endswith("zone") else "ipsets")
+                / f"{n}.xml.old"
+            )
+            for c in calls
+            if c.method == "remove"
+            for n in [_object_name(observed, c.path)]
+        )
+        tidy = (Tidy(backups),) if backups else ()
+        return replace(plan, steps=(Expect(observed), *calls, *tidy))
 
     def apply(self, plan: Plan[Step]) -> None:
         if not plan.steps:
@@ -101,6 +122,11 @@ class FirewalldBackend(Backend[Seen, Step]):
         with self._bus() as bus:
             created: list[tuple[str, str]] = []
             for step in plan.steps:
+                if isinstance(step, Tidy):
+                    for path in step.paths:
+                        with contextlib.suppress(FileNotFoundError):
+                            Path(path).unlink()
+                    continue
                 if isinstance(step, Expect):
                     if read_all(bus) != step.seen:
                         raise TargetMoved("firewalld: the config changed since it was read")
@@ -118,6 +144,14 @@ class FirewalldBackend(Backend[Seen, Step]):
         state = wait_state(bus) if step.method == "reload" else bus.state()
         if state != "RUNNING":
             raise BackendError(f"firewalld is {state} after {step.method}")
+
+
+def _object_name(seen: Seen, path: str) -> str:
+    for mapping in (seen.set_paths, seen.zone_paths):
+        for name, p in mapping.items():
+            if p == path:
+                return name
+    raise BackendError(f"firewalld: no object at {path}")  # pragma: no cover - paths come from seen
 
 
 def wait_state(bus: Bus, limit: float = RELOAD_WAIT) -> str:
@@ -163,7 +197,7 @@ def read_all(bus: Bus) -> Seen:
     run_zones = {z: zone_state(bus.runtime_zone(z)) for z in bus.runtime_zones()}
     perm_zones = {}
     zone_paths = {}
-    for z in bus.call(f"/org/fedoraproject/FirewallD1/config", NAME + ".config", "getZoneNames")[0]:
+    for z in bus.call("/org/fedoraproject/FirewallD1/config", NAME + ".config", "getZoneNames")[0]:
         path = bus.config_zone_path(str(z))
         if path:
             zone_paths[str(z)] = path

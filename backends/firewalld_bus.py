@@ -36,7 +36,8 @@ class Bus:
             from jeepney.io.blocking import open_dbus_connection
         except ImportError as exc:
             raise Unavailable(
-                "firewalld: the Python package jeepney is missing (pip install 'cfallow[firewalld]')"
+                "firewalld: the Python package jeepney is missing "
+                "(pip install 'cfallow[firewalld]')"
             ) from exc
         self.address = address
         self.timeout = timeout
@@ -44,7 +45,9 @@ class Bus:
         try:
             self._conn = open_dbus_connection(bus=address)
         except (OSError, ValueError) as exc:
-            raise Unavailable(f"firewalld: cannot reach the system bus at {address}: {exc}") from exc
+            raise Unavailable(
+                f"firewalld: cannot reach the system bus at {address}: {exc}"
+            ) from exc
 
     def close(self) -> None:
         """Close the connection."""
@@ -67,7 +70,9 @@ class Bus:
         try:
             reply = self._conn.send_and_get_reply(msg, timeout=self.timeout)
         except TimeoutError as exc:
-            raise BackendError(f"firewalld: no answer to {method} within {self.timeout:g} s") from exc
+            raise BackendError(
+                f"firewalld: no answer to {method} within {self.timeout:g} s"
+            ) from exc
         if reply.header.message_type == MessageType.error:
             name = str(reply.header.fields.get(4, "error"))  # 4 = ERROR_NAME
             text = str(reply.body[0]).strip().splitlines()[-1] if reply.body else name
@@ -90,9 +95,7 @@ class Bus:
 
     def state(self) -> str:
         """``RUNNING``, ``FAILED`` or ``INIT``."""
-        (value,) = self.call(
-            ROOT, "org.freedesktop.DBus.Properties", "Get", "ss", (NAME, "state")
-        )
+        (value,) = self.call(ROOT, "org.freedesktop.DBus.Properties", "Get", "ss", (NAME, "state"))
         return str(value[1])
 
     def default_zone(self) -> str:

@@ -43,7 +43,9 @@ def _want_shape(want: Want) -> tuple[frozenset[str], frozenset[tuple[str, str]],
 
 
 def _rules_wanted(want: Want, zone: str, target: str, keep: bool) -> frozenset[str]:
-    return want.restrict_rules if keep and want.mode == "restrict" and zone == target else frozenset()
+    return (
+        want.restrict_rules if keep and want.mode == "restrict" and zone == target else frozenset()
+    )
 
 
 def permanent_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]]) -> list[Call]:
@@ -55,13 +57,30 @@ def permanent_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]
             path = seen.set_paths[name]
             args = (as_strings(nets),)
             calls.append(
-                Call(f"permanent {name}", path, NAME + ".config.ipset", "setEntries", "as", args, entries=True)
+                Call(
+                    f"permanent {name}",
+                    path,
+                    NAME + ".config.ipset",
+                    "setEntries",
+                    "as",
+                    args,
+                    entries=True,
+                )
             )
     our_zone = want.zone if want.mode == "zone" and sets else ""
     z = seen.perm_zones.get(our_zone) if our_zone else None
     if z is not None and _shape(z) != _want_shape(want):
         settings = zone_settings(sources_of(want), want.ports, want.services)
-        calls.append(Call(f"zone {our_zone}: sources and ports", seen.zone_paths[our_zone], CONFIG_ZONE, "update2", "a{sv}", (settings,)))
+        calls.append(
+            Call(
+                f"zone {our_zone}: sources and ports",
+                seen.zone_paths[our_zone],
+                CONFIG_ZONE,
+                "update2",
+                "a{sv}",
+                (settings,),
+            )
+        )
     target = target_zone(seen, want)
     removals: list[Call] = []
     for zname, zone in sorted(seen.perm_zones.items()):
@@ -71,12 +90,16 @@ def permanent_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]
         for rule in sorted(wanted - mine):
             calls.append(Call(f"{zname}: add rule", path, CONFIG_ZONE, "addRichRule", "s", (rule,)))
         for rule in sorted(mine - wanted):
-            removals.append(Call(f"{zname}: remove rule", path, CONFIG_ZONE, "removeRichRule", "s", (rule,)))
+            removals.append(
+                Call(f"{zname}: remove rule", path, CONFIG_ZONE, "removeRichRule", "s", (rule,))
+            )
         if zone.ours and zname != our_zone:
             removals.append(Call(f"delete zone {zname}", path, CONFIG_ZONE, "remove"))
     for name in SETS.values():
         if name in seen.perm_sets and name not in sets:
-            removals.append(Call(f"delete ipset {name}", seen.set_paths[name], NAME + ".config.ipset", "remove"))
+            removals.append(
+                Call(f"delete ipset {name}", seen.set_paths[name], NAME + ".config.ipset", "remove")
+            )
     return calls + removals
 
 
@@ -89,12 +112,30 @@ def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]])
     if our_zone:
         have = seen.run_zones[our_zone]
         srcs, ports, svcs = _want_shape(want)
-        first += [_rt(f"{our_zone}: +{s}", ZONE, "addSource", "ss", our_zone, s) for s in sorted(srcs - have.sources)]
-        first += [_rt(f"{our_zone}: +{p}/{q}", ZONE, "addPort", "sssi", our_zone, p, q, 0) for p, q in sorted(ports - have.ports)]
-        first += [_rt(f"{our_zone}: +{s}", ZONE, "addService", "ssi", our_zone, s, 0) for s in sorted(svcs - have.services)]
-        last += [_rt(f"{our_zone}: -{p}/{q}", ZONE, "removePort", "sss", our_zone, p, q) for p, q in sorted(have.ports - ports)]
-        last += [_rt(f"{our_zone}: -{s}", ZONE, "removeService", "ss", our_zone, s) for s in sorted(have.services - svcs)]
-        last += [_rt(f"{our_zone}: -{s}", ZONE, "removeSource", "ss", our_zone, s) for s in sorted(have.sources - srcs)]
+        first += [
+            _rt(f"{our_zone}: +{s}", ZONE, "addSource", "ss", our_zone, s)
+            for s in sorted(srcs - have.sources)
+        ]
+        first += [
+            _rt(f"{our_zone}: +{p}/{q}", ZONE, "addPort", "sssi", our_zone, p, q, 0)
+            for p, q in sorted(ports - have.ports)
+        ]
+        first += [
+            _rt(f"{our_zone}: +{s}", ZONE, "addService", "ssi", our_zone, s, 0)
+            for s in sorted(svcs - have.services)
+        ]
+        last += [
+            _rt(f"{our_zone}: -{p}/{q}", ZONE, "removePort", "sss", our_zone, p, q)
+            for p, q in sorted(have.ports - ports)
+        ]
+        last += [
+            _rt(f"{our_zone}: -{s}", ZONE, "removeService", "ss", our_zone, s)
+            for s in sorted(have.services - svcs)
+        ]
+        last += [
+            _rt(f"{our_zone}: -{s}", ZONE, "removeSource", "ss", our_zone, s)
+            for s in sorted(have.sources - srcs)
+        ]
     bridge = bridge_for(want, target)
     for name, (version, nets) in sets.items():
         first += runtime_entries(name, version, seen.run_sets[name], nets, bridge)
@@ -102,10 +143,19 @@ def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]])
     for zname, zone in sorted(seen.run_zones.items()):
         mine = our_rules(zone.rules)
         wanted = _rules_wanted(want, zname, target, bool(sets))
-        first += [_rt(f"{zname}: add rule", ZONE, "addRichRule", "ssi", zname, r, 0) for r in sorted(wanted - mine)]
-        removals += [_rt(f"{zname}: remove rule", ZONE, "removeRichRule", "ss", zname, r) for r in sorted(mine - wanted)]
+        first += [
+            _rt(f"{zname}: add rule", ZONE, "addRichRule", "ssi", zname, r, 0)
+            for r in sorted(wanted - mine)
+        ]
+        removals += [
+            _rt(f"{zname}: remove rule", ZONE, "removeRichRule", "ss", zname, r)
+            for r in sorted(mine - wanted)
+        ]
         if zone.ours and zname != our_zone:
-            removals += [_rt(f"{zname}: -{s}", ZONE, "removeSource", "ss", zname, s) for s in sorted(zone.sources)]
+            removals += [
+                _rt(f"{zname}: -{s}", ZONE, "removeSource", "ss", zname, s)
+                for s in sorted(zone.sources)
+            ]
     for name in SETS.values():
         s = seen.run_sets.get(name)
         if s is not None and name not in sets and (s.entries or s.unreadable):
@@ -123,8 +173,10 @@ def plan_calls(seen: Seen, want: Want, desired: Networks | None) -> list[Call]:
     check_owned(seen, want)
     sets = wanted_sets(want, desired)
     target = target_zone(seen, want)
-    if want.mode == "restrict" and sets and (
-        target not in seen.run_zones or target not in seen.perm_zones
+    if (
+        want.mode == "restrict"
+        and sets
+        and (target not in seen.run_zones or target not in seen.perm_zones)
     ):
         raise BackendError(f"firewalld: zone {target} (to restrict) does not exist")
     missing = [n for n in sets if n not in seen.run_sets]
@@ -132,7 +184,10 @@ def plan_calls(seen: Seen, want: Want, desired: Networks | None) -> list[Call]:
         missing.append(want.zone)
     perm = permanent_calls(seen, want, sets)
     if missing:
-        return [*perm, Call(f"reload firewalld (to load {', '.join(missing)})", ROOT, NAME, "reload")]
+        return [
+            *perm,
+            Call(f"reload firewalld (to load {', '.join(missing)})", ROOT, NAME, "reload"),
+        ]
     return runtime_calls(seen, want, sets) + perm
 
 

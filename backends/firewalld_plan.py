@@ -64,7 +64,14 @@ class Expect:
     seen: Seen
 
 
-Step = Union[Expect, Call]
+@dataclass(frozen=True)
+class Tidy:
+    """Delete firewalld's ``.old`` backups of the files of objects cfallow deleted."""
+
+    paths: tuple[str, ...]
+
+
+Step = Union[Expect, Call, Tidy]
 
 
 @dataclass(frozen=True)
@@ -96,15 +103,17 @@ def check_owned(seen: Seen, want: Want) -> None:
             if s is None:
                 continue
             if not s.ours:
-                raise BackendError(f"firewalld: ipset {name} exists and is not cfallow's; rename it")
+                raise BackendError(
+                    f"firewalld: ipset {name} exists and is not cfallow's; rename it"
+                )
             if s.type != SET_TYPE or s.family != FAMILY[version]:
                 raise BackendError(
                     f"firewalld: ipset {name} is {s.type} family {s.family}, not {SET_TYPE} "
                     f"{FAMILY[version]}; delete it (firewall-cmd --permanent --delete-ipset={name})"
                 )
     if want.mode == "zone":
-        for layer in (seen.run_zones, seen.perm_zones):
-            z = layer.get(want.zone)
+        for zones in (seen.run_zones, seen.perm_zones):
+            z = zones.get(want.zone)
             if z is not None and not z.ours:
                 raise BackendError(f"firewalld: zone {want.zone} exists and is not cfallow's")
 
@@ -116,7 +125,9 @@ def runtime_entries(
     if now.entries == want and not now.unreadable:
         return []
     if not now.entries or not want or now.unreadable:
-        return [_rt(f"set {name}", IPSET, "setEntries", "sas", name, as_strings(want), entries=True)]
+        return [
+            _rt(f"set {name}", IPSET, "setEntries", "sas", name, as_strings(want), entries=True)
+        ]
     add, rem = want - now.entries, now.entries - want
     over = {a for a in add if any(_overlaps(a, r) for r in rem)}
     calls: list[Call] = []
@@ -148,9 +159,7 @@ def bridge_for(want: Want, target: str) -> Any:
                 out.append(_rt(f"bridge {net}", ZONE, "addRichRule", "ssi", target, rule, 0))
             else:
                 out.append(_rt(f"bridge {net}", ZONE, "removeRichRule", "ss", target, rule))
-        return [
-            Call(c.what, c.path, c.iface, c.method, c.sig, c.args, entries=True) for c in out
-        ]
+        return [Call(c.what, c.path, c.iface, c.method, c.sig, c.args, entries=True) for c in out]
 
     return zone if want.mode == "zone" else rules
 

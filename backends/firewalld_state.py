@@ -65,7 +65,9 @@ class Seen:
     zone_paths: Mapping[str, str] = field(default_factory=dict)
 
 
-def set_state(settings: tuple[str, str, str, str, dict[str, str], list[str]], version: int) -> SetState:
+def set_state(
+    settings: tuple[str, str, str, str, dict[str, str], list[str]], version: int
+) -> SetState:
     """An ipset's settings as read, entries parsed (``a.b.c.d`` counts as ``/32``)."""
     _, short, _, typ, options, raw = settings
     good: set[Any] = set()

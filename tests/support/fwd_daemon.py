@@ -222,7 +222,10 @@ class BusMonitor:
     def _read(self) -> None:
         assert self._proc.stdout is not None
         for line in self._proc.stdout:
-            if not line.startswith("method call") or "path=/org/fedoraproject/FirewallD1" not in line:
+            if (
+                not line.startswith("method call")
+                or "path=/org/fedoraproject/FirewallD1" not in line
+            ):
                 continue
             with self._lock:
                 self._seen += 1
