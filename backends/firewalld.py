@@ -135,7 +135,7 @@ class FirewalldBackend(Backend[Seen, Step]):
                     self._call(bus, step)
                 except BackendError as exc:
                     if created:
-                        undo(bus, created)
+                        undo(bus, created, self.config_dir)
                     raise BackendError(f"firewalld: {step.what}: {exc}") from exc
                 created += step.creates
 
@@ -164,7 +164,7 @@ def wait_state(bus: Bus, limit: float = RELOAD_WAIT) -> str:
     return state
 
 
-def undo(bus: Bus, created: list[tuple[str, str]]) -> None:
+def undo(bus: Bus, created: list[tuple[str, str]], config_dir: Path) -> None:
     """Delete the permanent objects this apply created (zones before ipsets), reload if needed.
 
     Leaves the previous permanent config in place after a refused change.
@@ -176,6 +176,8 @@ def undo(bus: Bus, created: list[tuple[str, str]]) -> None:
             path = bus.config_zone_path(name) if kind == "zone" else bus.config_ipset_path(name)
             if path:
                 bus.config_remove(path, kind)
+            with contextlib.suppress(FileNotFoundError):
+                (config_dir / f"{kind}s" / f"{name}.xml.old").unlink()
     if bus.state() != "RUNNING":
         bus.reload()
         wait_state(bus)

@@ -122,6 +122,8 @@ def runtime_entries(
     name: str, version: int, now: SetState, want: Networks, bridge: Any
 ) -> list[Call]:
     """Gapless runtime change of one ipset (see the module docstring)."""
+    if any(n.version != version for n in want):
+        raise BackendError(f"firewalld: refusing an entry of the wrong family for {name}")
     if now.entries == want and not now.unreadable:
         return []
     if not now.entries or not want or now.unreadable:

@@ -84,9 +84,17 @@ def admin_files(fw: Firewalld) -> dict[str, bytes]:
             r"(ipsets/cloudflare-v[46]|zones/cloudflare)\.xml$", rel
         ):
             continue
-        lines = [ln for ln in data.splitlines(keepends=True) if not OURS.search(ln.decode())]
-        out[rel] = b"".join(lines)
+        out[rel] = _without_our_rules(data) if rel.startswith("zones/") else data
     return out
+
+
+def _without_our_rules(data: bytes) -> bytes:
+    root = ElementTree.fromstring(data)
+    for rule in root.findall("rule"):
+        src = rule.find("source")
+        if src is not None and OURS.search(f'ipset="{src.get("ipset", "")}"'):
+            root.remove(rule)
+    return ElementTree.tostring(root)
 
 
 def admin_runtime(fw: Firewalld) -> str:
