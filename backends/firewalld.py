@@ -31,7 +31,7 @@ from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, TargetMoved
 from cfallow.model import Networks, Plan, by_family, make_plan
 
-from .firewalld_bus import NAME, Bus, bus_address
+from .firewalld_bus import Bus, bus_address
 from .firewalld_diff import plan_calls
 from .firewalld_plan import Call, Expect, Step, Tidy, Want
 from .firewalld_state import SETS, Seen, element, restrict_rules, set_state, zone_state
@@ -185,32 +185,21 @@ def undo(bus: Bus, created: list[tuple[str, str]], config_dir: Path) -> None:
 
 def read_all(bus: Bus) -> Seen:
     """firewalld's state, cfallow's ipsets, and every zone (runtime and permanent)."""
+    state = bus.state()
     run_names = set(bus.runtime_ipsets())
-    run_sets = {}
-    perm_sets = {}
-    set_paths = {}
+    perm_names = set(bus.config_names("getIPSetNames"))
+    run_sets, perm_sets, set_paths = {}, {}, {}
     for version, name in SETS.items():
         if name in run_names:
             run_sets[name] = set_state(bus.runtime_ipset(name), version)
-        path = bus.config_ipset_path(name)
-        if path:
-            set_paths[name] = path
+        if name in perm_names:
+            set_paths[name] = path = bus.config_path("getIPSetByName", name)
             perm_sets[name] = set_state(bus.config_ipset(path), version)
     run_zones = {z: zone_state(bus.runtime_zone(z)) for z in bus.runtime_zones()}
-    perm_zones = {}
-    zone_paths = {}
-    for z in bus.call("/org/fedoraproject/FirewallD1/config", NAME + ".config", "getZoneNames")[0]:
-        path = bus.config_zone_path(str(z))
-        if path:
-            zone_paths[str(z)] = path
-            perm_zones[str(z)] = zone_state(bus.config_zone(path))
+    perm_zones, zone_paths = {}, {}
+    for zone in bus.config_names("getZoneNames"):
+        zone_paths[zone] = path = bus.config_path("getZoneByName", zone)
+        perm_zones[zone] = zone_state(bus.config_zone(path))
     return Seen(
-        bus.state(),
-        bus.default_zone(),
-        run_sets,
-        perm_sets,
-        set_paths,
-        run_zones,
-        perm_zones,
-        zone_paths,
+        state, bus.default_zone(), run_sets, perm_sets, set_paths, run_zones, perm_zones, zone_paths
     )

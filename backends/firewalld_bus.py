@@ -126,6 +126,14 @@ class Bus:
 
     # -- permanent -------------------------------------------------------
 
+    def config_names(self, method: str) -> list[str]:
+        """``getIPSetNames`` / ``getZoneNames``: the permanent objects' names."""
+        return [str(n) for n in self.call(CONFIG, NAME + ".config", method)[0]]
+
+    def config_path(self, method: str, name: str) -> str:
+        """``getIPSetByName`` / ``getZoneByName``: one permanent object's D-Bus path."""
+        return str(self.call(CONFIG, NAME + ".config", method, "s", (name,))[0])
+
     def config_ipset_path(self, name: str) -> str | None:
         if name not in self.call(CONFIG, NAME + ".config", "getIPSetNames")[0]:
             return None
