@@ -13,7 +13,7 @@ from support.fwd_harness import lab as make_lab
 from support.ipt_traffic import CF, OUTSIDE
 
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError
+from cfallow.errors import BackendError, TargetMoved
 from cfallow.model import family
 
 pytestmark = pytest.mark.root
@@ -108,3 +108,29 @@ def test_firewalld_not_running_is_one_line(harness: FwHarness, clean: Lab) -> No
     harness.extra = {"bus": "unix:path=/nonexistent/cfallow-test.sock"}
     result = run_backend(harness.backend(), CURRENT, dry_run=False)
     assert result.error is not None and result.error.startswith("firewalld: cannot reach")
+
+
+def test_a_change_between_plan_and_apply_writes_nothing(harness: FwHarness, clean: Lab) -> None:
+    assert run_backend(harness.backend(), OLD, dry_run=False).error is None
+    plan = harness.backend().plan(CURRENT)
+    clean.fw.cmd("--zone=public", "--add-port=8443/tcp")  # the admin, meanwhile
+    writes = clean.monitor.count()
+    with pytest.raises(TargetMoved):
+        harness.backend().apply(plan)
+    assert clean.monitor.count() == writes
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.error is None and harness.owned() == CURRENT
+
+
+def test_ipv6_off_deletes_only_the_v6_set(harness: FwHarness, clean: Lab) -> None:
+    fw = clean.fw
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    harness.extra = {"ipv6": False}
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    assert fw.cmd("--permanent", "--get-ipsets") == "cloudflare-v4"
+    assert fw.cmd("--zone=cloudflare", "--list-sources") == "ipset:cloudflare-v4"
+    assert kernel_set(fw, "cloudflare-v6") == frozenset()
+    fw.cmd("--reload")
+    assert fw.state() == "running" and harness.owned() == family(CURRENT, 4)
+    check = run_backend(harness.backend(), CURRENT, dry_run=True)
+    assert check.error is None and not check.changed
