@@ -8,7 +8,8 @@
                            # (default there: firewalld's default zone)
     ports = [80, 443]      # or services = ["http", "https"]
     ipv6 = true
-    bus = ""               # D-Bus address of the system bus (default: $DBUS_SYSTEM_BUS_ADDRESS)
+    bus = ""               # D-Bus address of the system bus (default: DBUS_SYSTEM_BUS_ADDRESS
+                           # from the Runner's env or the environment, else the system bus)
     config_dir = "/etc/firewalld"   # where firewalld keeps .old backups of cfallow's files
 
 cfallow owns the ipsets ``cloudflare-v4`` / ``cloudflare-v6`` (hash:net, family
@@ -62,7 +63,7 @@ class FirewalldBackend(Backend[Seen, Step]):
         self.want = Want(
             mode, zone, ports, services, elems, versions, restrict_rules(elems, versions)
         )
-        self.address = bus_address(section.get_str("bus", ""))
+        self.address = bus_address(section.get_str("bus", ""), ctx.runner.env)
         self.config_dir = Path(section.get_str("config_dir", "/etc/firewalld"))
 
     def _bus(self) -> Bus:

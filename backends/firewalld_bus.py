@@ -9,7 +9,7 @@ names its D-Bus signature; a firewalld error becomes one
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cfallow.errors import BackendError, Unavailable
@@ -23,9 +23,11 @@ SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
 IPSetSettings = tuple[str, str, str, str, dict[str, str], list[str]]
 
 
-def bus_address(configured: str = "") -> str:
-    """The configured address, else ``$DBUS_SYSTEM_BUS_ADDRESS``, else the system bus."""
-    return configured or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "") or SYSTEM_BUS
+def bus_address(configured: str = "", env: Mapping[str, str] | None = None) -> str:
+    """The configured address, else ``DBUS_SYSTEM_BUS_ADDRESS`` (the Runner's env, then the
+    process's), else the system bus."""
+    key = "DBUS_SYSTEM_BUS_ADDRESS"
+    return configured or (env or {}).get(key, "") or os.environ.get(key, "") or SYSTEM_BUS
 
 
 class Bus:

@@ -125,3 +125,12 @@ def test_someone_elses_ipset_or_a_failed_daemon_is_refused() -> None:
     admin_zone = {"cloudflare": ZoneState("Public")}
     with pytest.raises(BackendError, match="zone cloudflare exists"):
         plan_calls(seen(CURRENT, perm_zones=admin_zone), b.want, CURRENT)
+
+
+def test_the_bus_address_comes_from_config_then_the_runners_env() -> None:
+    from cfallow.runner import Runner
+
+    ctx = Context(runner=Runner(env={"DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/run/x.sock"}))
+    assert build("firewalld", {}, ctx).address == "unix:path=/run/x.sock"  # type: ignore[attr-defined]
+    configured = build("firewalld", {"bus": "unix:path=/y"}, ctx)
+    assert configured.address == "unix:path=/y"  # type: ignore[attr-defined]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import need_root
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
+from support.cli_helpers import run_cli
 from support.fwd_harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
 from support.fwd_harness import lab as make_lab
 from support.ipt_traffic import CF, OLD_ONLY, OTHER, OUTSIDE
@@ -149,3 +151,24 @@ def test_entries_are_the_validated_strings(harness: FwHarness, clean: Lab) -> No
     assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
     got = clean.fw.cmd("--permanent", "--ipset=cloudflare-v4", "--get-entries").split()
     assert got == as_strings(family(CURRENT, 4))
+
+
+def test_the_cli_end_to_end(
+    harness: FwHarness, clean: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cfallow.toml"
+    config.write_text(
+        f'[backends.firewalld]\nbus = "{clean.fw.address}"\nconfig_dir = "{clean.fw.etc}"\n'
+        "ports = [443]\n"
+    )
+    common = ("--config", str(config), "--state-dir", str(tmp_path / "state"))
+    dry = run_cli(capsys, *common, "sync", "--source", "bundled", "--dry-run")
+    assert dry.rc == 0 and "reloads once" in dry.out, dry
+    assert run_cli(capsys, *common, "status", "--source", "bundled").rc == 3
+    assert run_cli(capsys, *common, "sync", "--source", "bundled").rc == 0
+    assert clean.net.can_connect(CF[0]) and not clean.net.can_connect(OUTSIDE[0])
+    assert run_cli(capsys, *common, "status", "--source", "bundled").rc == 0
+    backends = run_cli(capsys, *common, "backends")
+    assert "firewalld" in backends.out
+    assert run_cli(capsys, *common, "remove").rc == 0
+    assert not clean.net.can_connect(CF[0]) and harness.owned() == frozenset()

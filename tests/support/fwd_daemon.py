@@ -177,7 +177,7 @@ class Firewalld:
 @contextlib.contextmanager
 def firewalld(ns: str) -> Iterator[Firewalld]:
     """A private bus + firewalld in ``ns`` (a namespace the test made); both ended by pid."""
-    need_tool("firewalld", "firewall-cmd", "dbus-daemon")
+    need_tool("firewalld", "firewall-cmd", "dbus-daemon", "dbus-monitor", "nft")
     need(Path("/etc/firewalld").is_dir(), "/etc/firewalld (the firewalld package)")
     root = Path(tempfile.mkdtemp(prefix="cfa-fwd-"))
     fw = Firewalld(ns, root)
