@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,9 +116,15 @@ def bridge_rule(net: str, version: int, elem: str) -> str:
     )
 
 
+_BRIDGE = re.compile(
+    rf'^rule priority="{BRIDGE_PRIORITY}" family="ipv[46]" source address="[0-9a-fA-F:./]+" '
+    r'(port port="[0-9-]+" protocol="tcp"|service name="[\w-]+") accept$'
+)
+
+
 def is_our_rule(rule: str) -> bool:
-    """A rich rule that references one of cfallow's ipsets."""
-    return any(f'ipset="{name}"' in rule for name in SETS.values())
+    """A rich rule that references one of cfallow's ipsets, or a bridge left by a stopped run."""
+    return any(f'ipset="{name}"' in rule for name in SETS.values()) or bool(_BRIDGE.match(rule))
 
 
 def zone_settings(

@@ -134,3 +134,25 @@ def test_ipv6_off_deletes_only_the_v6_set(harness: FwHarness, clean: Lab) -> Non
     assert fw.state() == "running" and harness.owned() == family(CURRENT, 4)
     check = run_backend(harness.backend(), CURRENT, dry_run=True)
     assert check.error is None and not check.changed
+
+
+def test_a_bridge_left_by_a_stopped_run_is_taken_out(harness: FwHarness, clean: Lab) -> None:
+    fw = clean.fw
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    fw.cmd("--zone=cloudflare", "--add-source=104.16.0.0/13")  # as if killed mid-swap
+    result = run_backend(harness.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.changed
+    assert fw.cmd("--zone=cloudflare", "--list-sources").split() == [
+        "ipset:cloudflare-v4",
+        "ipset:cloudflare-v6",
+    ]
+    harness.mode = "restrict"
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    left = (
+        'rule priority="-32768" family="ipv4" source address="104.16.0.0/13" '
+        'port port="443" protocol="tcp" accept'
+    )
+    fw.cmd("--zone=public", "--add-rich-rule", left)
+    assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
+    assert left not in fw.cmd("--zone=public", "--list-rich-rules")
+    assert not clean.net.can_connect(OUTSIDE[0]) and clean.net.can_connect(CF[0])
