@@ -33,7 +33,7 @@ from cfallow.errors import BackendError, ConfigError, TargetMoved
 from cfallow.model import Networks, Plan, by_family, make_plan
 
 from .firewalld_bus import Bus, bus_address
-from .firewalld_diff import plan_calls
+from .firewalld_diff import plan_calls, unrestricted
 from .firewalld_plan import Call, Expect, Step, Tidy, Want
 from .firewalld_state import SETS, Seen, element, restrict_rules, set_state, zone_state
 
@@ -94,7 +94,9 @@ class FirewalldBackend(Backend[Seen, Step]):
             frozenset().union(*(split[v] for v in self.want.versions)) if desired else frozenset()
         )
         drift = [c.what for c in calls if not c.entries]
-        notes = []
+        notes = (
+            unrestricted(observed, self.want) if self.want.mode == "restrict" and desired else []
+        )
         if any(c.method == "reload" for c in calls):
             notes.append(
                 "firewalld reloads once to load new ipsets/zone (runtime-only changes are lost)"

@@ -43,6 +43,7 @@ class ZoneState:
     ports: frozenset[tuple[str, str]] = frozenset()
     services: frozenset[str] = frozenset()
     rules: frozenset[str] = frozenset()
+    interfaces: frozenset[str] = frozenset()
 
     @property
     def ours(self) -> bool:
@@ -90,6 +91,7 @@ def zone_state(settings: Mapping[str, Any]) -> ZoneState:
         ports=frozenset((str(p), str(q)) for p, q in settings.get("ports", [])),
         services=frozenset(str(s) for s in settings.get("services", [])),
         rules=frozenset(str(r) for r in settings.get("rules_str", [])),
+        interfaces=frozenset(str(i) for i in settings.get("interfaces", [])),
     )
 
 

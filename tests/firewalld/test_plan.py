@@ -134,3 +134,19 @@ def test_the_bus_address_comes_from_config_then_the_runners_env() -> None:
     assert build("firewalld", {}, ctx).address == "unix:path=/run/x.sock"  # type: ignore[attr-defined]
     configured = build("firewalld", {"bus": "unix:path=/y"}, ctx)
     assert configured.address == "unix:path=/y"  # type: ignore[attr-defined]
+
+
+def test_restrict_refuses_a_zone_that_takes_no_traffic_and_notes_open_ones() -> None:
+    b = backend(ports=[443], mode="restrict", zone="internal")
+    zones = {
+        "public": ZoneState("Public", services=frozenset({"https"})),
+        "internal": ZoneState("Internal"),
+    }
+    paths = {"public": "/p/zone/0", "internal": "/p/zone/1"}
+    idle = seen(CURRENT, run_zones=zones, perm_zones=zones, zone_paths=paths)
+    with pytest.raises(BackendError, match="no interface or source"):
+        plan_calls(idle, b.want, CURRENT)
+    bound = dict(zones, internal=ZoneState("Internal", interfaces=frozenset({"eth0"})))
+    active = seen(CURRENT, run_zones=bound, perm_zones=bound, zone_paths=paths)
+    plan = b.diff(active, CURRENT)
+    assert plan.notes == ("zone public also opens a configured port to everyone (not restricted)",)
