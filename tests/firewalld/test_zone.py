@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import need_root
+from support import need_root, ns_exec, sh
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 from support.cli_helpers import run_cli
 from support.fwd_harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
@@ -76,7 +76,14 @@ def test_50_syncs_while_cloudflare_connects(harness: FwHarness, clean: Lab) -> N
 
 def test_reload_and_restart_bring_the_allowlist_back(harness: FwHarness, clean: Lab) -> None:
     assert run_backend(harness.backend(), CURRENT, dry_run=False).error is None
-    for again in (lambda: clean.fw.cmd("--reload"), clean.fw.restart):
+
+    def boot() -> None:  # what a boot leaves: no ruleset in the kernel, only the files
+        clean.fw.stop()
+        sh(ns_exec(clean.fw.ns, "nft", "flush", "ruleset"))
+        assert kernel_set(clean.fw, "cloudflare-v4") is None
+        clean.fw.start()
+
+    for again in (lambda: clean.fw.cmd("--reload"), clean.fw.restart, boot):
         again()
         assert clean.fw.state() == "running"
         assert harness.owned() == CURRENT
