@@ -94,9 +94,11 @@ class FirewalldBackend(Backend[Seen, Step]):
             frozenset().union(*(split[v] for v in self.want.versions)) if desired else frozenset()
         )
         drift = [c.what for c in calls if not c.entries]
-        notes = (
-            unrestricted(observed, self.want) if self.want.mode == "restrict" and desired else []
-        )
+        notes = []
+        if self.want.mode == "restrict" and desired:
+            notes = unrestricted(observed, self.want)
+            if 6 not in self.want.versions:
+                notes.append("ipv6 = false: IPv6 to the ports stays open to everyone")
         if any(c.method == "reload" for c in calls):
             notes.append(
                 "firewalld reloads once to load new ipsets/zone (runtime-only changes are lost)"
