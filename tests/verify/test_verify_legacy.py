@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_iptc import IptcWriter
-from cfallow.backends.iptables_legacy import LegacyIO
 from support import need_root, need_tool
 from support.cfdata import CURRENT
 from support.ipt_netns import in_netns
@@ -32,10 +31,9 @@ def test_the_python_iptables_mask_bug_on_bond0_is_caught(tmp_path: Path) -> None
         inner = build("iptables", {"mode": "lockdown", "ports": [443]}, Context(runner=fw.runner))
         assert isinstance(inner, IptablesBackend)
 
-        def child() -> Any:  # the former writer, put back behind the seam, in the host
-            io = inner._open()
-            assert isinstance(io, LegacyIO)
-            io.writer = IptcWriter()
+        inner.legacy_writer = IptcWriter()  # the former writer, put back behind the seam
+
+        def child() -> Any:  # in the host
             return run_backend(inner, CURRENT, dry_run=False).error
 
         assert in_netns(h.ns, child, {"XTABLES_LOCKFILE": fw.lock}) is None
