@@ -50,22 +50,42 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+#: Modes that promise "only Cloudflare" (iptables/nftables lockdown, firewalld restrict).
+LOCKDOWN_MODES = ("lockdown", "restrict")
+#: firewalld service names of the web ports, for a backend configured with ``services``.
+SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
+
+
+def _shape(b: backend.AnyBackend) -> Any:
+    """The backend's configured shape (``settings``, or firewalld's ``want``), if it has one."""
+    for attr in ("settings", "want"):
+        s = getattr(b, attr, None)
+        if s is not None and hasattr(s, "mode") and hasattr(s, "ports"):
+            return s
+    return None
+
+
 def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
     """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
     wants, notes = [], []
     for b in backends:
-        s: Any = getattr(b, "settings", None)
-        if s is None or not hasattr(s, "ports") or not hasattr(s, "mode"):
+        s = _shape(b)
+        if s is None:
             notes.append(f"{b.name}: not a firewall on this host: not probed")
             continue
         if getattr(s, "protocol", "tcp") != "tcp":
             notes.append(f"{b.name}: protocol {s.protocol}: only TCP is probed")
             continue
-        ports = tuple(sorted({q for p in s.ports for q in (p.first, p.last)}))
-        fams = getattr(s, "families", None) or getattr(b, "families", None) or (4, 6)
-        families = tuple(int(v) for v in fams)
-        mode = "lockdown" if s.mode == "lockdown" else "allow"
-        wants.append(Expectation(b.name, mode, ports, families))
+        ports = {q for p in s.ports for q in (p.first, p.last)}
+        for service in getattr(s, "services", ()):
+            ports |= set(SERVICE_PORTS.get(service, ()))
+        if not ports:
+            notes.append(f"{b.name}: no TCP port to probe")
+            continue
+        fams = (getattr(s, "families", None) or getattr(s, "versions", None)
+                or getattr(b, "families", None) or (4, 6))  # fmt: skip
+        mode = "lockdown" if s.mode in LOCKDOWN_MODES else "allow"
+        wants.append(Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams)))
     return wants, notes
 
 

@@ -106,9 +106,10 @@ def _monitor() -> subprocess.Popen[str]:
 
 def _drain(monitor: subprocess.Popen[str], quiet: float = 0.15, cap: float = 3.0) -> list[str]:
     """Every trace line, read until the monitor has been quiet for ``quiet`` seconds."""
-    assert monitor.stdout is not None
+    out = monitor.stdout
+    assert out is not None
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")))
+    reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
     reader.daemon = True
     reader.start()
     deadline, seen = time.monotonic() + cap, -1
