@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.add_argument("--backend", action="append", metavar="NAME")
     v.add_argument("--uplink", metavar="IFACE", help="the interface traffic arrives on")
-    v.add_argument("--timeout", type=float, default=0.6, metavar="S", help="wait for a dropped SYN")
+    v.add_argument("--timeout", type=float, default=0.5, metavar="S", help="wait for a dropped SYN")
 
     rm = add("remove", "remove everything cfallow owns from the backends")
     rm.add_argument("--backend", action="append", metavar="NAME")
@@ -301,7 +301,7 @@ def _verify_first(
     with verify.scratch_dir() as tmp:
         before = verify.scratch_apply(backends, cfg.backends, ctx, ranges.desired, tmp)
         rep = verify.verify_ranges(
-            ctx.runner, ranges.desired, wants, uplink=None, timeout=0.6, before=before
+            ctx.runner, ranges.desired, wants, uplink=None, timeout=0.5, before=before
         )
     rep.notes[:0] = notes
     return _verify_out(args, rep, quiet_ok=True)

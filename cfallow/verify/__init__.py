@@ -128,7 +128,7 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
         try:
             inside.run(["nft", "-f", "-"], input=snap.ruleset)
         except CommandFailed as exc:
-            _load_split(inside, snap, exc)
+            _load_split(inside, snap, snapshot.xt_nft(runner), exc)
     if snap.legacy:
         doc = {"tables": [b.to_json() for b in snap.legacy]}
         try:
@@ -141,9 +141,11 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
             ) from None
 
 
-def _load_split(inside: Runner, snap: snapshot.Snapshot, first: CommandFailed) -> None:
+def _load_split(
+    inside: Runner, snap: snapshot.Snapshot, saved: dict[int, str], first: CommandFailed
+) -> None:
     """The ruleset did not load as a whole: iptables-nft's tables through its own restore."""
-    xt = {v: text for v, text in snap.xt_nft.items() if text.strip()}
+    xt = {v: text for v, text in saved.items() if text.strip()}
     why = first.stderr.strip()
     if not xt:
         raise CannotVerify(f"cannot verify: the host's ruleset does not load here: {why}")
@@ -181,7 +183,7 @@ def run(
     wants: list[Expectation],
     *,
     uplink: str | None = None,
-    timeout: float = 0.6,
+    timeout: float = 0.5,
     before_probe: Callable[[Lab], list[str]] | None = None,
 ) -> Report:
     """Snapshot, build, load, (``before_probe``: apply a plan in the scratch), probe, report."""

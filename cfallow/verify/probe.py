@@ -100,11 +100,25 @@ def _monitor() -> subprocess.Popen[str]:
         text=True,
         preexec_fn=_pdeathsig,  # noqa: PLW1509 - this helper has no threads
     )
-    time.sleep(0.15)  # nft subscribes to the trace group right after it starts
+    _wait_subscribed(proc.pid)
     return proc
 
 
-def _drain(monitor: subprocess.Popen[str], quiet: float = 0.15, cap: float = 3.0) -> list[str]:
+def _wait_subscribed(pid: int, cap: float = 2.0) -> None:
+    """Until nft has opened its netlink socket (it subscribes right after), at most ``cap`` s."""
+    deadline = time.monotonic() + cap
+    while time.monotonic() < deadline:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in fds):
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    time.sleep(0.02)
+
+
+def _drain(monitor: subprocess.Popen[str], quiet: float = 0.05, cap: float = 3.0) -> list[str]:
     """Every trace line, read until the monitor has been quiet for ``quiet`` seconds."""
     out = monitor.stdout
     assert out is not None

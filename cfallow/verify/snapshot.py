@@ -41,7 +41,6 @@ class Snapshot:
 
     net: HostNet
     ruleset: str  # ``nft list ruleset``
-    xt_nft: dict[int, str]  # iptables-nft-save per family (only used if the ruleset will not load)
     legacy: tuple[xtables.Blob, ...]
 
 
@@ -83,6 +82,17 @@ def read_net(runner: Runner, uplink: str | None = None) -> HostNet:
     return HostNet(tuple(ifaces), uplink)
 
 
+def xt_nft(runner: Runner) -> dict[int, str]:
+    """iptables-nft's own save text per family (read only when the ruleset will not load)."""
+    out = {}
+    for version, tool in ((4, "iptables-nft-save"), (6, "ip6tables-nft-save")):
+        try:
+            out[version] = _optional(runner, [tool])
+        except BackendError:
+            out[version] = ""
+    return out
+
+
 def _optional(runner: Runner, argv: list[str]) -> str:
     try:
         return runner.run(argv).stdout
@@ -94,16 +104,10 @@ def read(runner: Runner, uplink: str | None = None) -> Snapshot:
     """Snapshot the host read-only: interfaces, ``nft list ruleset``, legacy x_tables blobs."""
     net = read_net(runner, uplink)
     ruleset = _optional(runner, ["nft", "list", "ruleset"])
-    xt_nft = {}
-    for version, tool in ((4, "iptables-nft-save"), (6, "ip6tables-nft-save")):
-        try:
-            xt_nft[version] = _optional(runner, [tool])
-        except BackendError:
-            xt_nft[version] = ""
     try:
         legacy = tuple(xtables.read_all())
     except OSError as exc:
         raise BackendError(
             f"verify: cannot read the legacy x_tables: {exc.strerror or exc}"
         ) from None
-    return Snapshot(net, ruleset, xt_nft, legacy)
+    return Snapshot(net, ruleset, legacy)
