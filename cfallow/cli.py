@@ -298,8 +298,9 @@ def _verify_first(
     from cfallow.verify import command as verify
 
     wants, notes = verify.expectations(backends)
+    probed = [b for b in backends if b.name in {w.backend for w in wants}]
     with verify.scratch_dir() as tmp:
-        before = verify.scratch_apply(backends, cfg.backends, ctx, ranges.desired, tmp)
+        before = verify.scratch_apply(probed, cfg.backends, ctx, ranges.desired, tmp)
         rep = verify.verify_ranges(
             ctx.runner, ranges.desired, wants, uplink=None, timeout=0.5, before=before
         )

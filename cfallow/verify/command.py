@@ -52,6 +52,10 @@ def sigterm_unwinds() -> Iterator[None]:
 
 #: Modes that promise "only Cloudflare" (iptables/nftables lockdown, firewalld restrict).
 LOCKDOWN_MODES = ("lockdown", "restrict")
+#: Backends that change the firewall only through the Runner's commands, so a Runner
+#: prefixed with ``ip netns exec ORIGIN`` confines them to the scratch (firewalld talks
+#: D-Bus to the host's daemon, in-process: never built against the scratch).
+SCRATCH_SAFE = ("iptables", "nftables")
 #: firewalld service names of the web ports, for a backend configured with ``services``.
 SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
 
@@ -116,6 +120,11 @@ def scratch_apply(
         built = []
         for host in hosts:
             name = host.name
+            if name not in SCRATCH_SAFE:
+                raise CannotVerify(
+                    f"cannot verify: {name} cannot be applied to a scratch copy "
+                    "(it does not write through commands alone); run cfallow verify after sync"
+                )
             section = dict(sections.get(name, {}))
             if hasattr(host, "file"):
                 section["file"] = os.path.join(tmp, f"{name}.file")
