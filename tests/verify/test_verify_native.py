@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import need_root, need_tool
+from support import need, need_root, need_tool
 from support.verify_host import NFT_DROP, failures, host, scratch_namespaces
 
 pytestmark = [pytest.mark.root]
@@ -63,4 +63,51 @@ def test_lockdown_on_an_open_host_proves_cloudflare_in_and_the_outsider_out(tmp_
         assert outsiders and all(p["verdict"] == "drop" for p in outsiders)
         assert all("CFALLOW" in p["decided_by"] for p in probes)
         assert all(p["verdict"] == "accept" for p in probes if p["kind"] == "cloudflare")
+    assert scratch_namespaces() == []
+
+
+SETS_RULESET = """table inet filter {
+    set cloudflare_v4 {
+        type ipv4_addr
+        flags interval
+    }
+    set cloudflare_v6 {
+        type ipv6_addr
+        flags interval
+    }
+    chain input {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iif "lo" accept
+        meta l4proto ipv6-icmp accept
+        tcp dport 22 accept
+        tcp dport { 80, 443 } ip saddr @cloudflare_v4 accept
+        tcp dport { 80, 443 } ip6 saddr @cloudflare_v6 accept
+    }
+}
+"""
+
+
+def test_the_same_host_with_the_nftables_backend_in_sets_mode_is_proven(tmp_path: Path) -> None:
+    from cfallow import backend
+
+    need("nftables" in backend.installed(), "the nftables backend plugin")
+    sets = (
+        '[backends.nftables]\nmode = "sets"\ntable = "inet filter"\nports = [80, 443]\n'
+        f'file = "{tmp_path / "cfallow.nft"}"\n'
+    )
+    with host(tmp_path) as h:
+        h.nft(SETS_RULESET)
+        assert h.cfallow(ALLOW, "verify").returncode == 5  # empty sets: nobody gets in
+        res = h.cfallow(sets, "sync", "--verify", "--source", "bundled")
+        assert res.returncode == 0, res.stdout + res.stderr
+        res = h.cfallow(sets, "verify", "--json")
+        assert res.returncode == 0, res.stderr
+        probes = json.loads(res.stdout)["verify"]["probes"]
+        cf = [p for p in probes if p["kind"] == "cloudflare"]
+        assert cf and all(p["verdict"] == "accept" for p in cf)
+        assert all("inet filter input: rule" in p["decided_by"] for p in cf)
+        assert all("@cloudflare_v" in p["decided_by"] for p in cf)
+        out = [p for p in probes if p["kind"] == "outsider"]
+        assert all(p["verdict"] == "drop" for p in out)
     assert scratch_namespaces() == []
