@@ -207,6 +207,7 @@ def test_module_documentation_parses(ansible: Ansible) -> None:
         "source",
         "lock_timeout",
         "executable",
+        "verify",
     }
 
 
