@@ -124,6 +124,11 @@ def _probes(
 
 def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
     inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
+    if snap.ipsets.strip():
+        try:
+            inside.run(["ipset", "restore"], input=snap.ipsets)
+        except CommandFailed as exc:
+            raise CannotVerify(f"cannot verify: the host's ipsets do not load: {exc}") from None
     if snap.ruleset.strip():
         try:
             inside.run(["nft", "-f", "-"], input=snap.ruleset)

@@ -41,6 +41,7 @@ class Snapshot:
 
     net: HostNet
     ruleset: str  # ``nft list ruleset``
+    ipsets: str  # ``ipset save`` (sets are per namespace; x_tables rules name them)
     legacy: tuple[xtables.Blob, ...]
 
 
@@ -104,10 +105,11 @@ def read(runner: Runner, uplink: str | None = None) -> Snapshot:
     """Snapshot the host read-only: interfaces, ``nft list ruleset``, legacy x_tables blobs."""
     net = read_net(runner, uplink)
     ruleset = _optional(runner, ["nft", "list", "ruleset"])
+    ipsets = _optional(runner, ["ipset", "save"])
     try:
         legacy = tuple(xtables.read_all())
     except OSError as exc:
         raise BackendError(
             f"verify: cannot read the legacy x_tables: {exc.strerror or exc}"
         ) from None
-    return Snapshot(net, ruleset, legacy)
+    return Snapshot(net, ruleset, ipsets, legacy)

@@ -50,14 +50,19 @@ class Host:
         return sh(ns_exec(self.ns, "nft", "list", "ruleset"))
 
     def cfallow(
-        self, config: str, *args: str, timeout: float = 120
+        self, config: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real CLI inside the host with ``config`` (TOML text)."""
+        """Run the real CLI inside the host with ``config`` (TOML text), ``env`` added."""
         cfg = self.tmp / "config.toml"
         cfg.write_text(config)
         argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
         return subprocess.run(
-            enter(self.ns, *argv), capture_output=True, text=True, timeout=timeout, check=False
+            enter(self.ns, *argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **(env or {})},
         )
 
     def popen(self, config: str, *args: str) -> subprocess.Popen[str]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import need, need_root, need_tool
+from support import need, need_root, need_tool, ns_exec, sh
 from support.verify_host import NFT_DROP, failures, host, scratch_namespaces
 
 pytestmark = [pytest.mark.root]
@@ -110,4 +111,47 @@ def test_the_same_host_with_the_nftables_backend_in_sets_mode_is_proven(tmp_path
         assert all("@cloudflare_v" in p["decided_by"] for p in cf)
         out = [p for p in probes if p["kind"] == "outsider"]
         assert all(p["verdict"] == "drop" for p in out)
+    assert scratch_namespaces() == []
+
+
+#: A blocklist in raw PREROUTING (before any filter chain, so cfallow's accept cannot undo it).
+IPSET_RULE = ["-t", "raw", "-A", "PREROUTING", "-p", "tcp", "-m", "set", "--match-set",
+              "cfv-blocked", "src", "-j", "DROP"]  # fmt: skip
+
+
+def _ipset_host(h: Any) -> None:
+    sh(ns_exec(h.ns, "ipset", "create", "cfv-blocked", "hash:net"))
+    sh(ns_exec(h.ns, "ipset", "add", "cfv-blocked", "104.16.0.0/13"))
+    sh(ns_exec(h.ns, "iptables-nft", *IPSET_RULE))
+
+
+def test_ipsets_the_rules_name_are_copied(tmp_path: Path) -> None:
+    """A drop by ipset (as Fail2Ban's ipset actions write it): the scratch gets the sets too."""
+    need_tool("ipset")
+    with host(tmp_path) as h:
+        _ipset_host(h)
+        res = h.cfallow(LOCKDOWN, "sync", "--verify", "--source", "bundled")
+        assert res.returncode == 5, res.stdout
+        lines = failures(res.stderr)
+        assert lines and all("from 104.23.255.255" in x or "from 104.16.0.0" in x for x in lines)
+        assert all("xt match set" in x and "drop" in x for x in lines), lines
+    assert scratch_namespaces() == []
+
+
+def test_a_ruleset_the_scratch_cannot_load_is_cannot_verify(tmp_path: Path) -> None:
+    """The rules name an ipset, and this cfallow has no ipset tool to copy it with."""
+    need_tool("ipset")
+    with host(tmp_path) as h:
+        _ipset_host(h)
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            for tool in Path(d).iterdir() if Path(d).is_dir() else ():
+                target = bindir / tool.name
+                if tool.name != "ipset" and not target.exists():
+                    target.symlink_to(tool)
+        res = h.cfallow(LOCKDOWN, "verify", env={"PATH": str(bindir)})
+        assert res.returncode == 5
+        assert "cannot verify" in res.stderr and "does not load here" in res.stderr
+        assert "verify: ok" not in res.stdout + res.stderr
     assert scratch_namespaces() == []
