@@ -22,7 +22,13 @@ from dataclasses import dataclass
 from netaddr import IPNetwork
 
 from cfallow.config import PortRange
-from cfallow.errors import BackendError, ValidationError
+from cfallow.errors import (
+    BackendError,
+    CommandFailed,
+    CommandNotFound,
+    Unavailable,
+    ValidationError,
+)
 from cfallow.model import ordered, parse_cidr
 
 COMMENT = "cfallow"
@@ -310,6 +316,15 @@ def observe(table: Table, version: int, settings: Settings) -> Observed:
     )
     parent_exists = table.rules(settings.parent) is not None or settings.parent in BUILTIN
     return Observed(version, table.rules(settings.chain), jumps, parent_exists)
+
+
+def failure(tool: str, exc: BackendError, module: str) -> BackendError:
+    """The one-line error for an iptables tool that failed (or is not installed)."""
+    if isinstance(exc, CommandNotFound):
+        return Unavailable(f"{tool}: command not found (install the iptables package)")
+    if isinstance(exc, CommandFailed):
+        return BackendError(explain(tool, exc.stderr, module))
+    return exc
 
 
 def explain(tool: str, stderr: str, module: str) -> str:

@@ -32,7 +32,7 @@ from support.ipt_support import JUMP, Fw
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError, CommandFailed
 from cfallow.model import as_strings
 from cfallow.runner import Completed, Runner
 
@@ -88,7 +88,7 @@ class RacingRunner(Runner):
         self.race()
         out, err = proc.communicate("COMMIT\n", timeout=timeout)
         if check and proc.returncode != 0:
-            raise CommandError(list(argv), proc.returncode, err or out)
+            raise CommandFailed(list(argv), proc.returncode, err or out)
         return Completed(tuple(argv), proc.returncode, out, err)
 
 
