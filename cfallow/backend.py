@@ -70,6 +70,9 @@ class Context:
     runner: Runner = field(default_factory=Runner)
     state_dir: Path = Path("/var/lib/cfallow")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
+    #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
+    #: Only for a backend's own record (a comment in a file); never part of the diff.
+    etag: str | None = None
 
 
 class Backend(abc.ABC, Generic[O, S]):
