@@ -56,18 +56,9 @@ class TestNginxContract(BackendContract):
         return ServerHarness(nginx, nginx.root / "conf.d" / "admin.conf", ADMIN)
 
 
-def seen_as(srv: Nginx, src: str) -> str:
-    """The address nginx logs for a request from ``src`` claiming to be CLIENT."""
-    before = len(srv.logged_clients())
-    assert srv.get(src=src, header=CLIENT) == "ok\n"
-    lines = srv.logged_clients()
-    assert len(lines) == before + 1
-    return lines[-1]
-
-
 def test_real_ip_from_cloudflare_only_and_2021_change(paired: Nginx) -> None:
     srv = paired
-    assert seen_as(srv, CF_SRC) == CF_SRC  # nothing trusted yet
+    assert srv.seen_as(CF_SRC) == CF_SRC  # nothing trusted yet
     gen0 = srv.state()
     first = sync(srv, CURRENT)
     assert first.error is None and first.applied
@@ -76,19 +67,19 @@ def test_real_ip_from_cloudflare_only_and_2021_change(paired: Nginx) -> None:
     assert srv.list_path.read_text().count("set_real_ip_from") == len(CURRENT)
     assert "# source etag: test-etag" in srv.list_path.read_text()
     assert "real_ip_header CF-Connecting-IP;" in srv.header_path.read_text()
-    assert seen_as(srv, CF_SRC) == CLIENT
-    assert seen_as(srv, OUT_SRC) == OUT_SRC  # no spoofing from outside
-    assert seen_as(srv, WARP_SRC) == WARP_SRC
+    assert srv.seen_as(CF_SRC) == CLIENT
+    assert srv.seen_as(OUT_SRC) == OUT_SRC  # no spoofing from outside
+    assert srv.seen_as(WARP_SRC) == WARP_SRC
 
     gen = srv.state()
     assert sync(srv, OLD).error is None
     srv.reloaded(gen)
-    assert seen_as(srv, WARP_SRC) == CLIENT  # the old list trusted 104.16.0.0/12
+    assert srv.seen_as(WARP_SRC) == CLIENT  # the old list trusted 104.16.0.0/12
     gen = srv.state()
     assert sync(srv, CURRENT).error is None
     srv.reloaded(gen)
-    assert seen_as(srv, WARP_SRC) == WARP_SRC  # 104.28.0.0/14 no longer trusted
-    assert seen_as(srv, CF_SRC) == CLIENT
+    assert srv.seen_as(WARP_SRC) == WARP_SRC  # 104.28.0.0/14 no longer trusted
+    assert srv.seen_as(CF_SRC) == CLIENT
 
 
 def test_second_sync_writes_nothing_and_does_not_reload(nginx: Nginx) -> None:

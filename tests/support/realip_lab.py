@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -34,6 +35,7 @@ OUT_SRC = "198.51.100.7"  # TEST-NET-2: not Cloudflare
 WARP_SRC = "104.28.0.5"  # in 104.16.0.0/12 (old list), in no range of the current one
 SERVER_ADDR = "192.0.2.1"
 CLIENT = "203.0.113.9"
+_marks = itertools.count()
 
 
 def free_port() -> int:
@@ -109,10 +111,6 @@ class Server(abc.ABC):
     def reloads(self) -> int:
         """How many reloads the server has done (from its own log)."""
 
-    @abc.abstractmethod
-    def logged_clients(self) -> list[str]:
-        """The client address of each access-log line."""
-
     @property
     @abc.abstractmethod
     def list_path(self) -> Path: ...
@@ -177,6 +175,26 @@ class Server(abc.ABC):
             lambda: (now := self.state()[1]) and now.isdisjoint(before[1]) and self.ready(),
             f"{self.program} to finish reloading",
         )
+
+    def seen_as(self, src: str, header: str = CLIENT) -> str:
+        """The address the server logs for one request from ``src`` claiming ``header``.
+
+        The server writes its access-log line after the response, so the line is
+        awaited, and the request marked (a unique path) to find it.
+        """
+        mark = f"/m{next(_marks)}"
+        assert self.get(mark, src=src, header=header) is not None
+        return str(wait_for(lambda: self.logged_client(mark), f"the log line of {mark}"))
+
+    def logged_client(self, mark: str) -> str | None:
+        for line in self.access_lines():
+            if f" {mark} " in f" {line} ":
+                return line.split()[0]
+        return None
+
+    @abc.abstractmethod
+    def access_lines(self) -> list[str]:
+        """The access log's lines (client address first, then the path)."""
 
     def state(self) -> tuple[int, frozenset[int]]:
         """Master pid and its workers: the generation of the running server."""

@@ -27,7 +27,7 @@ class Nginx(Server):
             "worker_processes 2;\n"
             "events { worker_connections 256; }\n"
             "http {\n"
-            "    log_format cfa '$remote_addr $realip_remote_addr \"$http_cf_connecting_ip\"';\n"
+            "    log_format cfa '$remote_addr $uri $realip_remote_addr';\n"
             f"    access_log {d}/access.log cfa;\n"
             f"    {temps}\n"
             f"    include {d}/conf.d/*.conf;\n"
@@ -65,16 +65,15 @@ class Nginx(Server):
 
     def reloads(self) -> int:
         try:
-            return (self.root / "error.log").read_text().count("(SIGHUP) received")
+            return (self.root / "error.log").read_text().count("signal process started")
         except FileNotFoundError:
             return 0
 
-    def logged_clients(self) -> list[str]:
+    def access_lines(self) -> list[str]:
         try:
-            text = (self.root / "access.log").read_text()
+            return (self.root / "access.log").read_text().splitlines()
         except FileNotFoundError:
             return []
-        return [line.split()[0] for line in text.splitlines() if line.strip()]
 
     def reload_by_hand(self) -> None:
         before = self.state()
