@@ -78,6 +78,8 @@ class Server(abc.ABC):
     program: str = ""
     #: The backend's entry-point name.
     name: str = ""
+    #: The admin's main config file (set by ``write_config``).
+    conf: Path
 
     def __init__(
         self, root: Path, *, ns: str | None = None, client_ns: str | None = None, listen: str = ""
@@ -228,17 +230,11 @@ class ServerHarness(Harness):
         self.server.reload_by_hand()
 
     def foreign(self) -> object:
-        conf = sorted(
-            (str(p), p.read_bytes())
-            for p in self.server.root.rglob("*")
-            if p.is_file()
-            and p not in self.server.owned_paths()
-            and p.suffix not in {".log"}
-            and "log" not in p.name
-            and not p.name.endswith(".pid")
-            and p.suffix != ".sock"
-        )
-        return conf
+        """The admin's config: the main file and everything else in conf.d."""
+        conf_d = sorted((self.server.root / "conf.d").glob("*"))
+        files = [self.server.conf, *conf_d]
+        owned = set(self.server.owned_paths())
+        return [(str(p), p.read_bytes()) for p in files if p not in owned]
 
     def writes(self) -> int:
         for path in self.server.owned_paths():
