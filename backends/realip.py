@@ -37,6 +37,7 @@ from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
 
 ETAG_LINE = "# source etag: "
+_ERROR_RE = re.compile(r"alert|emerg|error|fail|invalid|unknown|could not|cannot", re.I)
 _ETAG_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
@@ -63,6 +64,9 @@ class Write:
 def quote(text: str, lines: int = 3) -> str:
     """A server's message on one line: its first few non-empty lines."""
     found = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Servers print notices around the error (HAProxy: two NOTICE lines first).
+    errors = [ln for ln in found if _ERROR_RE.search(ln)]
+    found = errors or found
     out = " / ".join(found[:lines]) or "no message"
     return out if len(out) <= 500 else out[:497] + "..."
 
@@ -183,7 +187,8 @@ class RealIpBackend(Backend[Seen, Write]):
         if observed.data != new:
             steps.append(Write(str(self.path), observed.data, new))
             if want == observed.owned and not drift:
-                drift.append(f"{self.path} differs from what cfallow writes")
+                what = "is cfallow's" if new is None else "differs from what cfallow writes"
+                drift.append(f"{self.path} {what}")
         notes: list[str] = []
         if self.header_path is not None:
             hdr = self.header_text().encode()
