@@ -78,6 +78,8 @@ class Server(abc.ABC):
     program: str = ""
     #: The backend's entry-point name.
     name: str = ""
+    #: Send ``X-Forwarded-For`` as well (Cloudflare sends both; Caddy 2.6 acts on that one).
+    sends_xff = False
     #: The admin's main config file (set by ``write_config``).
     conf: Path
 
@@ -162,6 +164,8 @@ class Server(abc.ABC):
         argv = ["curl", "-s", "-f", "--max-time", str(timeout)]
         if header is not None:
             argv += ["-H", f"CF-Connecting-IP: {header}"]
+            if self.sends_xff:
+                argv += ["-H", f"X-Forwarded-For: {header}"]
         if src is not None:
             argv += ["--interface", src]
         host = SERVER_ADDR if self.ns else self.listen
