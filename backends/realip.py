@@ -21,6 +21,7 @@ refuses, putting them back, if the server then rejects it.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
@@ -43,13 +44,16 @@ _ETAG_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 @dataclass(frozen=True)
 class Seen:
-    """What ``read`` found: the list file's bytes, what they list, and the header file's bytes."""
+    """What ``read`` found: the list file's bytes and what they list; is the header file there?
+
+    The header file is only looked up (not read): a no-change run reads one file.
+    """
 
     data: bytes | None
     owned: Networks
     etag: str | None
     problems: tuple[str, ...]
-    header: bytes | None
+    header: bool
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Write:
     path: str
     old: bytes | None
     new: bytes | None
+    #: A removal of the header file: skipped (the file kept) if it is not ``old`` any more.
+    keep_if_edited: bool = False
 
 
 def quote(text: str, lines: int = 3) -> str:
@@ -173,7 +179,7 @@ class RealIpBackend(Backend[Seen, Write]):
     def read(self) -> Seen:
         data = ManagedFile(self.path).read()
         nets, etag, problems = self.parse(data) if data is not None else (frozenset(), None, ())
-        header = ManagedFile(self.header_path).read() if self.header_path else None
+        header = self.header_path is not None and os.path.lexists(self.header_path)
         return Seen(data, nets, etag, problems, header)
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Write]:
@@ -189,30 +195,32 @@ class RealIpBackend(Backend[Seen, Write]):
             if want == observed.owned and not drift:
                 what = "is cfallow's" if new is None else "differs from what cfallow writes"
                 drift.append(f"{self.path} {what}")
-        notes: list[str] = []
         if self.header_path is not None:
             hdr = self.header_text().encode()
-            if desired is not None and observed.header is None:
+            if desired is not None and not observed.header:
                 steps.append(Write(str(self.header_path), None, hdr))
                 drift.append(f"{self.header_path} is missing")
-            elif desired is None and observed.header == hdr:
-                steps.append(Write(str(self.header_path), hdr, None))
-                drift.append(f"{self.header_path} is cfallow's")
-            elif desired is None and observed.header is not None:
-                notes.append(f"{self.header_path} was edited: kept (it is yours now)")
-        return make_plan(
-            self.name, want, observed.owned, drift=drift, notes=notes, steps=tuple(steps)
-        )
+            elif desired is None and observed.header:
+                steps.append(Write(str(self.header_path), hdr, None, keep_if_edited=True))
+                drift.append(f"{self.header_path} goes too, unless you edited it")
+        return make_plan(self.name, want, observed.owned, drift=drift, steps=tuple(steps))
 
     def apply(self, plan: Plan[Write]) -> None:
-        if not plan.steps:
-            return
+        steps = []
         for step in plan.steps:
-            if ManagedFile(Path(step.path)).read() != step.old:
+            now = ManagedFile(Path(step.path)).read()
+            if now != step.old and step.keep_if_edited:
+                if now is not None:
+                    self.ctx.log.warning("%s: kept %s: it was edited", self.name, step.path)
+                continue
+            if now != step.old:
                 raise TargetMoved(f"{step.path} changed since it was read")
-        if plan.steps[0].old is not None:
+            steps.append(step)
+        if not steps:
+            return
+        if steps[0].old is not None:
             self._baseline()
-        self._install(list(plan.steps), lambda: self.activate(plan))
+        self._install(steps, lambda: self.activate(plan))
 
     def _baseline(self) -> None:
         # A configuration already broken without cfallow's change is the admin's to fix.

@@ -23,6 +23,7 @@ from support.realip_lab import (
     ServerHarness,
     cli_config,
     in_pair,
+    opened_during,
     running,
     sig,
     sync,
@@ -91,6 +92,20 @@ def test_second_sync_writes_nothing_and_does_not_reload(nginx: Nginx) -> None:
     assert again.error is None and not again.changed and not again.applied
     after = (sig(nginx.list_path), sig(nginx.header_path), nginx.state(), nginx.reloads())
     assert after == before
+    result, opened = opened_during(lambda: sync(nginx, CURRENT))
+    assert not result.changed
+    assert [p for p in opened if p.startswith(str(nginx.root))] == [str(nginx.list_path)]
+
+
+def test_edited_header_file_is_kept_on_remove(nginx: Nginx) -> None:
+    assert sync(nginx, CURRENT).applied
+    nginx.header_path.write_text("real_ip_header X-Forwarded-For;\n")
+    again = sync(nginx, CURRENT)
+    assert again.error is None and not again.changed  # written once, never rewritten
+    done = sync(nginx, None)
+    assert done.error is None and done.applied
+    assert not nginx.list_path.exists()
+    assert nginx.header_path.read_text() == "real_ip_header X-Forwarded-For;\n"
 
 
 def test_broken_admin_config_blocks_the_change(

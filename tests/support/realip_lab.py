@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -282,3 +283,23 @@ def cli_config(tmp: Path, base: str, server: Server, **extra: Any) -> Path:
     return write_config(
         tmp / "config.toml", base, backends=toml_section(server.name, {**server.section(), **extra})
     )
+
+
+_opened: list[list[str]] = []  # the open paths of the running opened_during, if any
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _opened and event == "open" and isinstance(args[0], (str, Path)):
+        _opened[-1].append(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def opened_during(fn: Any) -> tuple[Any, list[str]]:
+    """``fn()``'s result and every path Python opened meanwhile (an audit hook)."""
+    _opened.append([])
+    try:
+        return fn(), list(_opened[-1])
+    finally:
+        _opened.pop()
