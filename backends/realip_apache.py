@@ -10,16 +10,31 @@ cfallow owns two files:
   has both lines). It needs ``a2enmod remoteip``: without the module Apache
   rejects the file, and cfallow takes it back and says so.
 
-The test is ``apache2ctl -t`` (Apache opens and parses the list file there);
-the reload ``apache2ctl graceful``.
+The test is ``apache2ctl -t -D DUMP_INCLUDES``: Apache opens and parses the
+list file there, and the list of included files shows whether one of them
+names the list (a list Apache never reads is an error, not a silent
+success). The reload is ``apache2ctl graceful``.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from cfallow.config import Section
 from cfallow.errors import BackendError
 
 from .realip import RealIpBackend
+
+_INCLUDED = re.compile(r"^\s+\([^)]*\)\s+(/.+?)\s*$")
+
+
+def _text(path: Path) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(1 << 20)
+    except OSError:
+        return ""
 
 
 class ApacheBackend(RealIpBackend):
@@ -45,7 +60,22 @@ class ApacheBackend(RealIpBackend):
         )
 
     def default_test(self) -> list[str]:
-        return [self.apachectl, "-t"]
+        return [self.apachectl, "-t", "-D", "DUMP_INCLUDES"]
+
+    def verify(self, output: str) -> None:
+        if "Included configuration files:" not in output or not self.path.exists():
+            return  # a custom test command that does not list them, or a removal
+        used = re.compile(
+            rf"^\s*RemoteIPTrustedProxyList\s+\"?{re.escape(str(self.path))}\"?\s*$", re.M
+        )
+        for line in output.splitlines():
+            found = _INCLUDED.match(line)
+            if found and used.search(_text(Path(found.group(1)))):
+                return
+        raise BackendError(
+            f"Apache does not read {self.path}: no `RemoteIPTrustedProxyList {self.path}` "
+            "in its configuration (and a2enmod remoteip)"
+        )
 
     def default_reload(self) -> list[str]:
         return [self.apachectl, "graceful"]

@@ -18,7 +18,9 @@ Why a snippet and ``caddy reload``, not the admin API: the Caddyfile stays the
 one source of truth (a change pushed through the API alone is lost, or
 silently overwritten, at the admin's next ``caddy reload``), and the same
 test-then-rename-then-reload cycle as for the other servers applies:
-``caddy validate`` on the whole Caddyfile, then ``caddy reload`` (which posts
+``caddy adapt --validate`` on the whole Caddyfile (the same check as ``caddy
+validate``, and its JSON shows the ranges really are in the config), then
+``caddy reload`` (which posts
 the adapted config to the admin endpoint; Caddy swaps it in gracefully).
 """
 
@@ -27,6 +29,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cfallow.config import Section
+from cfallow.errors import BackendError
+from cfallow.files import ManagedFile
+from cfallow.model import as_strings
 
 from .realip import RealIpBackend
 
@@ -60,7 +65,28 @@ class CaddyBackend(RealIpBackend):
         return " ".join(rest) if rest else None
 
     def default_test(self) -> list[str]:
-        return [self.caddy, "validate", "--config", self.config, "--adapter", "caddyfile"]
+        return [
+            self.caddy,
+            "adapt",
+            "--config",
+            self.config,
+            "--adapter",
+            "caddyfile",
+            "--validate",
+        ]
+
+    def verify(self, output: str) -> None:
+        # adapt prints the JSON config: cfallow's ranges must be in it, or Caddy never
+        # imports the file (a silent success otherwise).
+        if not output.lstrip().startswith("{") or not self.path.exists():
+            return
+        data = ManagedFile(self.path).read() or b""
+        nets, _, _ = self.parse(data)
+        if nets and f'"{min(as_strings(nets))}"' not in output:
+            raise BackendError(
+                f"Caddy does not use {self.path}: import it in a reverse_proxy block "
+                f"(import {self.path.parent}/{self.path.stem}*{self.path.suffix})"
+            )
 
     def default_reload(self) -> list[str]:
         address = ["--address", self.address] if self.address else []

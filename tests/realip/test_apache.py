@@ -153,3 +153,14 @@ def test_remove_checks_the_config_without_the_files(apache: Apache) -> None:
     done = sync(apache, None)
     assert done.error is None and done.applied
     assert not apache.list_path.exists() and not apache.header_path.exists()
+
+
+def test_list_apache_never_reads_is_an_error(apache: Apache) -> None:
+    result = sync(apache, CURRENT, header_file="")
+    assert result.error is not None and "Apache does not read" in result.error
+    assert not apache.list_path.exists()
+    (apache.root / "conf.d" / "own.conf").write_text(
+        f"RemoteIPHeader CF-Connecting-IP\nRemoteIPTrustedProxyList {apache.list_path}\n"
+    )
+    ok = sync(apache, CURRENT, header_file="")  # the admin's own lines name the list
+    assert ok.error is None and ok.applied and not apache.header_path.exists()

@@ -114,3 +114,10 @@ def test_remove_checks_the_config_without_the_file(caddy: Caddy) -> None:
     done = sync(caddy, None)
     assert done.error is None and done.applied and not caddy.list_path.exists()
     assert caddy.get() == "ok\n"
+
+
+def test_snippet_caddy_never_imports_is_an_error(caddy: Caddy) -> None:
+    other = caddy.root / "other.caddy"
+    result = sync(caddy, CURRENT, path=str(other))
+    assert result.error is not None and "Caddy does not use" in result.error
+    assert not other.exists() and caddy.reloads() == 0

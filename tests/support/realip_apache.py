@@ -60,7 +60,7 @@ class Apache(Server):
         return {
             "path": str(self.list_path),
             "header_file": str(self.header_path),
-            "test_command": ["apache2", "-f", str(self.conf), "-t"],
+            "test_command": ["apache2", "-f", str(self.conf), "-t", "-D", "DUMP_INCLUDES"],
             "reload_command": [str(self.reload_script)],
         }
 
