@@ -17,8 +17,10 @@ from support.cli_helpers import fixture_text, run_cli
 from support.realip_apache import Apache
 from support.realip_lab import (
     CF_SRC,
+    CF_SRC6,
     CLIENT,
     OUT_SRC,
+    OUT_SRC6,
     WARP_SRC,
     ServerHarness,
     cli_config,
@@ -68,6 +70,8 @@ def test_real_ip_from_cloudflare_only_and_2021_change(paired: Apache) -> None:
     assert srv.seen_as(CF_SRC) == CLIENT
     assert srv.seen_as(OUT_SRC) == OUT_SRC  # no spoofing from outside
     assert srv.seen_as(WARP_SRC) == WARP_SRC
+    assert srv.seen_as(CF_SRC6) == CLIENT  # IPv6 ranges too
+    assert srv.seen_as(OUT_SRC6) == OUT_SRC6
 
     gen = srv.state()
     assert sync(srv, OLD).error is None

@@ -16,8 +16,10 @@ from support.cfdata import CURRENT, OLD
 from support.realip_caddy import Caddy
 from support.realip_lab import (
     CF_SRC,
+    CF_SRC6,
     CLIENT,
     OUT_SRC,
+    OUT_SRC6,
     WARP_SRC,
     ServerHarness,
     in_pair,
@@ -63,6 +65,8 @@ def test_real_ip_from_cloudflare_only_and_2021_change(paired: Caddy) -> None:
     assert srv.seen_as(CF_SRC) == CLIENT
     assert srv.seen_as(OUT_SRC) == OUT_SRC  # no spoofing from outside
     assert srv.seen_as(WARP_SRC) == WARP_SRC
+    assert srv.seen_as(CF_SRC6) == CLIENT  # IPv6 ranges too
+    assert srv.seen_as(OUT_SRC6) == OUT_SRC6
     assert sync(srv, OLD).error is None
     assert srv.seen_as(WARP_SRC) == CLIENT  # the old list trusted 104.16.0.0/12
     assert sync(srv, CURRENT).error is None

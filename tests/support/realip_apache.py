@@ -29,7 +29,8 @@ class Apache(Server):
             f"ServerRoot {d}\nServerName localhost\nPidFile {d}/apache.pid\n"
             f"ErrorLog {d}/error.log\nLogLevel notice\nDefaultRuntimeDir {d}\n"
             f"Mutex file:{d} default\nListen {self.listen}:{self.port}\n"
-            "User www-data\nGroup www-data\nStartServers 2\n"
+            + (f"Listen [::]:{self.port}\n" if self.ns else "")
+            + "User www-data\nGroup www-data\nStartServers 2\n"
             + mods
             + 'LogFormat "%a %U %{c}a" cfa\n'
             f"CustomLog {d}/access.log cfa\n"

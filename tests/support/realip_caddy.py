@@ -37,7 +37,7 @@ class Caddy(Server):
             f"\tstorage file_system {d}/data\n"
             "}\n"
             f"http://:{self.port} {{\n"
-            f"\tbind {self.listen}\n"
+            f"\tbind {self.listen}{' [::]' if self.ns else ''}\n"
             f"\treverse_proxy 127.0.0.1:{self.up_port} {{\n"
             f"\t\timport {d}/cfallow-realip*.caddy\n"
             "\t}\n"

@@ -44,7 +44,8 @@ class Haproxy(Server):
             "    timeout http-keep-alive 10s\n"
             "frontend web\n"
             f"    bind {self.listen}:{self.port}\n"
-            f"    acl from_lb src -f {self.admin_acl}\n"
+            + (f"    bind [::]:{self.port} v6only\n" if self.ns else "")
+            + f"    acl from_lb src -f {self.admin_acl}\n"
             f"    acl from_cf src -f {self.list_path}\n"
             "    http-request set-src req.hdr(CF-Connecting-IP) if from_cf\n"
             '    log-format "%ci %HP"\n'

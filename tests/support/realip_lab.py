@@ -35,6 +35,9 @@ CF_SRC = "173.245.48.5"  # in 173.245.48.0/20: a Cloudflare edge
 OUT_SRC = "198.51.100.7"  # TEST-NET-2: not Cloudflare
 WARP_SRC = "104.28.0.5"  # in 104.16.0.0/12 (old list), in no range of the current one
 SERVER_ADDR = "192.0.2.1"
+SERVER_ADDR6 = "2001:db8::1"
+CF_SRC6 = "2400:cb00::5"  # in 2400:cb00::/32: a Cloudflare edge
+OUT_SRC6 = "2001:db8:ffff::7"  # documentation range: not Cloudflare
 CLIENT = "203.0.113.9"
 _marks = itertools.count()
 
@@ -170,6 +173,8 @@ class Server(abc.ABC):
         if src is not None:
             argv += ["--interface", src]
         host = SERVER_ADDR if self.ns else self.listen
+        if src is not None and ":" in src:
+            host = f"[{SERVER_ADDR6}]"
         argv.append(f"http://{host}:{self.port}{path}")
         if self.ns:
             argv = ns_exec(self.client_ns if src is not None and self.client_ns else self.ns, *argv)
@@ -250,11 +255,18 @@ class ServerHarness(Harness):
         return self.server.reloads() + self._changes
 
 
-def in_pair(addrs: Sequence[str] = (CF_SRC, OUT_SRC, WARP_SRC)) -> Any:
-    """``namespace_pair`` with the server on SERVER_ADDR and the test's client sources."""
+def in_pair(
+    addrs: Sequence[str] = (CF_SRC, OUT_SRC, WARP_SRC, CF_SRC6, OUT_SRC6),
+) -> Any:
+    """``namespace_pair``: the server on SERVER_ADDR(6), the test's client sources."""
     from support import namespace_pair
 
-    return namespace_pair([f"{SERVER_ADDR}/32"], [f"{a}/32" for a in addrs], tag="rip")
+    def plen(a: str) -> str:
+        return f"{a}/128" if ":" in a else f"{a}/32"
+
+    return namespace_pair(
+        [plen(SERVER_ADDR), plen(SERVER_ADDR6)], [plen(a) for a in addrs], tag="rip"
+    )
 
 
 @contextlib.contextmanager

@@ -32,7 +32,8 @@ class Nginx(Server):
             f"    {temps}\n"
             f"    include {d}/conf.d/*.conf;\n"
             f"    server {{ listen {self.listen}:{self.port}; "
-            'location / { return 200 "ok\\n"; } }\n'
+            + (f"listen [::]:{self.port}; " if self.ns else "")
+            + 'location / { return 200 "ok\\n"; } }\n'
             "}\n"
         )
 
