@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -73,6 +74,14 @@ class Haproxy(Server):
         )
         out.close()
         wait_for(self.ready, "haproxy to listen")
+        # The master handles SIGUSR2 (reload) only once it says so.
+        wait_for(lambda: self.loaded() >= 1, "haproxy's master to finish loading")
+
+    def loaded(self) -> int:
+        try:
+            return (self.root / "haproxy.out").read_text().count("Loading success.")
+        except FileNotFoundError:
+            return 0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -100,8 +109,14 @@ class Haproxy(Server):
         return [ln for ln in text.splitlines() if ln and not ln.startswith("[")]
 
     def reload_by_hand(self) -> None:
-        before = self.state()
-        os.kill(self.master_pid(), signal.SIGUSR2)
+        before, loads = self.state(), self.loaded()
+        # A SIGUSR2 that comes soon after the start is sometimes taken and dropped by
+        # haproxy 2.6's master (seen here about every other time): ask again.
+        for _ in range(5):
+            os.kill(self.master_pid(), signal.SIGUSR2)
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda: self.loaded() > loads, "haproxy to reload", 2)
+                break
         self.reloaded(before)
 
     def ask(self, line: str) -> str:
