@@ -74,6 +74,9 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
     #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
     firewall_lock: Path = field(default_factory=default_path)
+    #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
+    #: Only for a backend's own record (a comment in a file); never part of the diff.
+    etag: str | None = None
 
 
 class Backend(abc.ABC, Generic[O, S]):
