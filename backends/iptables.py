@@ -36,13 +36,12 @@ from .iptables_legacy import LegacyIO, Writer
 from .iptables_nft import NftIO
 from .iptables_rules import (
     Settings,
-    Table,
     check_chain_name,
     check_parent,
     observe,
-    parse_save,
     port_slots,
 )
+from .iptables_save import Table, parse_save
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}

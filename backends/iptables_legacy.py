@@ -36,7 +36,8 @@ from cfallow.runner import Runner
 
 from .iptables_diff import Ops
 from .iptables_iptc import Moved
-from .iptables_rules import FAMILY, Table, explain, failure, parse_save
+from .iptables_rules import FAMILY
+from .iptables_save import Table, explain, failure, parse_save
 
 LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5

@@ -15,7 +15,7 @@ from cfallow.errors import BackendError
 from cfallow.runner import Runner
 
 from .iptables_diff import Ops
-from .iptables_rules import Table, failure, parse_save
+from .iptables_save import Table, failure, parse_save
 
 SAVE = {4: "iptables-nft-save", 6: "ip6tables-nft-save"}
 RESTORE = {4: "iptables-nft-restore", 6: "ip6tables-nft-restore"}
