@@ -234,6 +234,7 @@ class IptablesBackend(Backend[Seen, Step]):
             if managed != desired:
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
+            notes += self._uncovered(observed)
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
@@ -254,6 +255,27 @@ class IptablesBackend(Backend[Seen, Step]):
             self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
             steps=steps,
         )  # fmt: skip
+
+    def _uncovered(self, observed: Seen) -> list[str]:
+        """What a lockdown in this configuration leaves open (said on every plan)."""
+        s = self.settings
+        if s.mode != "lockdown":
+            return []
+        out = []
+        if 6 not in self.families:
+            out.append(
+                "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "
+                f"{s.protocol}/{','.join(map(str, s.ports))} unless something else drops them"
+            )
+        if s.parent == "INPUT" and any(
+            t.rules("DOCKER-USER") is not None for _, t in observed.tables
+        ):
+            out.append(
+                "Docker is here (DOCKER-USER exists): ports it publishes go through FORWARD, "
+                'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
+                "not the host's own ports)"
+            )
+        return out
 
     def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.
