@@ -21,13 +21,16 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Optional
 from importlib.util import find_spec
 
 from netaddr import IPNetwork
 
+from cfallow import hostfw
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, ValidationError
+from cfallow.hostfw_advice import iptables_allow
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
 
 from .iptables_diff import Ops, assess, assess_removal
@@ -73,7 +76,7 @@ class Step:
     script: str  # the transaction as planned (restore syntax), for logs and reports
 
 
-class IptablesBackend(Backend[None, Step]):
+class IptablesBackend(Backend[Optional[hostfw.Host], Step]):
     """Keeps an owned iptables chain (both families) equal to Cloudflare's ranges."""
 
     name = "iptables"
@@ -172,11 +175,11 @@ class IptablesBackend(Backend[None, Step]):
             raise
 
     # -- plan / apply ---------------------------------------------------------------
-    def read(self) -> None:
-        """Transitional: the reads still happen in :meth:`diff` (see ``_plan``)."""
-        return None
+    def read(self) -> hostfw.Host | None:
+        """The host's firewall (the owned chain's reads still happen in :meth:`diff`)."""
+        return hostfw.read(self.ctx.runner)
 
-    def diff(self, observed: None, desired: Networks | None) -> Plan[Step]:
+    def diff(self, observed: hostfw.Host | None, desired: Networks | None) -> Plan[Step]:
         """Read the owned chain and jumps of each family; the range diff plus any drift.
 
         ``None``: every jump into the chain and the chain itself, in each managed family.
@@ -185,6 +188,13 @@ class IptablesBackend(Backend[None, Step]):
             return self._plan(None)
         managed = frozenset(n for n in desired if n.version in self.families)
         extra = () if managed == desired else ("IPv6 ranges left alone (ipv6 = false)",)
+        s = self.settings
+        if observed is not None and s.mode == "allow" and s.parent == "INPUT":
+            # an accept here ends only iptables' own chain: refuse where another drops anyway
+            error, notes = iptables_allow(observed, self.families, s.protocol, s.ports, s.chain)
+            if error is not None:
+                raise BackendError(error)
+            extra += notes
         return self._plan(managed, extra)
 
     def _plan(self, desired: Networks | None, extra_notes: tuple[str, ...] = ()) -> Plan[Step]:

@@ -82,8 +82,11 @@ def chain_rules(s: Settings) -> dict[str, tuple[str, ...]]:
     def outside(v: int) -> str:
         return f"{SADDR[v]} != @{s.set_name(v)} {SADDR[v]} != @{also_name(v)} drop"
 
+    # Only a TCP SYN opens a connection: where conntrack starts with this table, a
+    # connection opened before it is picked up mid-stream as "new" and must not be cut.
+    syn = " tcp flags & (fin | syn | rst | ack) == syn" if s.protocol == "tcp" else ""
     inp = ['iif "lo" accept', "ct state established,related accept"]
-    inp += [f"meta nfproto {NFPROTO[v]} {dports} {outside(v)}" for v in s.families]
+    inp += [f"meta nfproto {NFPROTO[v]} {dports}{syn} {outside(v)}" for v in s.families]
     chains = {"input": tuple(inp)}
     if s.docker:
         fwd = ["ct state established,related accept"]

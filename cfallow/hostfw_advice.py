@@ -48,20 +48,30 @@ def iptables_allow(
     return None, tuple(notes)
 
 
+def _joined(found: list[tuple[int, str]], line: str) -> tuple[str, ...]:
+    """One line per distinct reason, naming the families it holds for."""
+    out: dict[str, list[str]] = {}
+    for version, why in found:
+        out.setdefault(why, []).append(FAMILY_NAME[version])
+    return tuple(line.format(why=why, fams=", ".join(fams)) for why, fams in out.items())
+
+
 def lockdown_notes(
     host: Host, families: Sequence[int], protocol: str, ports: Sequence[PortRange], table: str
 ) -> tuple[str, ...]:
     """nftables lockdown only restricts: say when nothing else accepts the ports at all."""
     fam, name = table.split(" ", 1)
-    notes = []
+    found = []
     for version in families:
         cf = outcome(host, version, protocol, ports, cloudflare=True, skip_tables={(fam, name)})
         if cf.verdict == "drop":
-            notes.append(
-                f"lockdown only restricts: {cf.why} drops {ports_text(protocol, ports)} "
-                f"from Cloudflare too ({FAMILY_NAME[version]}); accept the ports in your ruleset"
-            )
-    return tuple(notes)
+            found.append((version, cf.why))
+    what = ports_text(protocol, ports)
+    return _joined(
+        found,
+        "lockdown only restricts: {why} drops " + what + " from Cloudflare too ({fams}); "
+        "accept the ports in your own ruleset",
+    )
 
 
 def sets_notes(
@@ -72,22 +82,24 @@ def sets_notes(
     sets: Sequence[str],
 ) -> tuple[str, ...]:
     """nftables sets mode: say when the admin's rules do not let the set's sources in."""
-    notes = []
+    blocked, open_ = [], []
     for version in families:
         cf = outcome(host, version, protocol, ports, cloudflare=True, own_sets=sets)
         if cf.verdict == "drop":
-            notes.append(
-                f"sets mode: {cf.why} drops {ports_text(protocol, ports)} from Cloudflare "
-                f"({FAMILY_NAME[version]}); does a rule accept 'saddr @{sets[0]}'?"
-            )
+            blocked.append((version, cf.why))
         out = outcome(host, version, protocol, ports, cloudflare=False, own_sets=sets)
         if out.verdict == "accept":
-            notes.append(
-                f"sets mode: nothing drops {ports_text(protocol, ports)} from outsiders "
-                f"({FAMILY_NAME[version]}): the set restricts nothing; "
-                'mode = "lockdown" restricts'
-            )
-    return tuple(notes)
+            open_.append((version, "-"))
+    what = ports_text(protocol, ports)
+    return _joined(
+        blocked,
+        "sets mode: {why} drops " + what + f" from Cloudflare ({{fams}}); "
+        f"does a rule accept 'saddr @{sets[0]}'?",
+    ) + _joined(
+        open_,
+        "sets mode: nothing drops " + what + " from outsiders ({fams}): the sets restrict "
+        'nothing; mode = "lockdown" restricts',
+    )
 
 
 def describe(host: Host) -> list[str]:

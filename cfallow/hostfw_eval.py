@@ -126,6 +126,12 @@ def _match(m: Mapping[str, Json], p: Packet) -> Tri:
         return None
     if "payload" in left:
         return _payload(left["payload"], op, right, p)
+    if "&" in left:  # tcp flags & (fin | syn | rst | ack) == syn: a new connection is a SYN
+        inner = left["&"][0] if isinstance(left["&"], list) and left["&"] else None
+        if isinstance(inner, Mapping) and inner.get("payload", {}).get("field") == "flags":
+            if p.protocol != "tcp":
+                return False
+            return _op(op, _in("syn", right))
     return None
 
 
@@ -145,6 +151,8 @@ def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
             return False
         if fld == "dport":
             return _op(op, _in(p.port, right))
+        if fld == "flags" and proto == "tcp":
+            return _op(op, _in("syn", right))
         return None
     if proto in ("icmp", "icmpv6"):
         return False
