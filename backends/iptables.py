@@ -177,7 +177,8 @@ class IptablesBackend(Backend[Optional[hostfw.Host], Step]):
     # -- plan / apply ---------------------------------------------------------------
     def read(self) -> hostfw.Host | None:
         """The host's firewall (the owned chain's reads still happen in :meth:`diff`)."""
-        return hostfw.read(self.ctx.runner)
+        saves = dict(self._read_ahead)  # what check() read: not read twice
+        return hostfw.read(self.ctx.runner, variant=self._open().kind, saves=saves)
 
     def diff(self, observed: hostfw.Host | None, desired: Networks | None) -> Plan[Step]:
         """Read the owned chain and jumps of each family; the range diff plus any drift.

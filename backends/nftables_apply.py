@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfallow import hostfw
-from cfallow.errors import BackendError, CommandFailed, TargetMoved
+from cfallow.errors import BackendError, CommandFailed, CommandNotFound, TargetMoved, Unavailable
 from cfallow.files import ManagedFile
 from cfallow.hostfw import NftSet, parse_ruleset
 from cfallow.hostfw_eval import Chain
@@ -24,10 +24,10 @@ Basis = tuple[tuple[str, tuple[str, ...] | None], ...]
 class Seen:
     """What ``read`` found: the host, cfallow's table or sets, and the persistence file."""
 
-    host: hostfw.Host
+    host: hostfw.Host | None  # None: the host analysis is off (host_check = false)
     table: bool  # the table exists (cfallow's in lockdown, the admin's in sets mode)
     sets: tuple[NftSet, ...]  # the sets of interest (all of cfallow's table in lockdown)
-    chains: tuple[Chain, ...]  # cfallow's table's chains (lockdown)
+    chains: tuple[Chain, ...]  # the table's chains (with their rules)
     file: bytes | None
 
     def set(self, name: str) -> NftSet | None:
@@ -48,19 +48,36 @@ class Step:
     basis: Basis
 
 
-def read_seen(runner: Runner, s: render.Settings, file: ManagedFile) -> Seen:
-    """One ``nft -j list ruleset`` and the file."""
-    host = hostfw.read(runner, iptables=False)
-    if host.nft is None:
-        raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
+def _list(runner: Runner, *what: str) -> hostfw.Ruleset | None:
+    """``nft -j list WHAT...``; None when it does not exist."""
+    try:
+        return parse_ruleset(runner.run(["nft", "-j", "list", *what]).stdout)
+    except CommandFailed as exc:
+        if "No such file or directory" in exc.stderr:
+            return None
+        raise
+
+
+def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse: bool) -> Seen:
+    """cfallow's table (lockdown) or the admin's (sets mode), the host analysis, the file.
+
+    Sets mode reads the admin's whole table (references to the sets live there);
+    lockdown reads only its own table, plus the host analysis when ``analyse``.
+    """
     fam, name = s.table.split(" ")
-    ours = [st for st in host.nft.sets if (st.family, st.table) == (fam, name)]
+    try:
+        own = _list(runner, "table", fam, name)
+    except CommandNotFound:
+        raise Unavailable("nft: command not found (install the nftables package)") from None
+    host = hostfw.read(runner, iptables=False) if analyse else None
+    if host is not None and host.nft is None:
+        raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
+    sets = own.sets if own is not None else ()
     if s.mode == "sets":
         wanted = {s.set_name(v) for v in s.families}
-        ours = [st for st in ours if st.name in wanted]
-    chains = tuple(c for c in host.nft.chains if (c.family, c.table) == (fam, name))
-    table = (fam, name) in host.nft.tables
-    return Seen(host, table, tuple(ours), chains if s.mode == "lockdown" else (), file.read())
+        sets = tuple(st for st in sets if st.name in wanted)
+    chains = own.chains if own is not None else ()
+    return Seen(host, own is not None, sets, chains, file.read())
 
 
 def basis_of(seen: Seen, names: list[str]) -> Basis:
@@ -74,13 +91,10 @@ def basis_of(seen: Seen, names: list[str]) -> Basis:
 
 def references(seen: Seen, table: str, name: str) -> list[str]:
     """The rules of ``table`` that reference set ``name`` (``inet filter input (handle 5)``)."""
-    assert seen.host.nft is not None
-    fam, tname = table.split(" ")
     needle = json.dumps(f"@{name}")
     return [
         f"{c.where} (rule handle {r.handle})"
-        for c in seen.host.nft.chains
-        if (c.family, c.table) == (fam, tname)
+        for c in seen.chains
         for r in c.rules
         if needle in json.dumps(r.expr)
     ]

@@ -1,8 +1,9 @@
 """The host's firewall, read once (read-only), and what an allowlist can do on it.
 
 One analysis for every mode and backend: :func:`read` collects the ruleset
-through the Runner (``nft -j list ruleset``, the iptables variant, the legacy
-filter tables, firewalld, ufw and Docker as they show in those rulesets) into a
+through the Runner (``nft -j list chains``, the native tables hooked on input or
+forward, the iptables variant and its filter INPUT chain from ``iptables-save``;
+firewalld, ufw and Docker as they show in those) into a
 frozen :class:`Host`; the functions below are pure. An answer is ``accept``,
 ``drop`` (naming the table and chain) or ``unknown`` ("cannot tell"): never
 "ok" when the ruleset holds something the analysis does not understand.
@@ -11,7 +12,7 @@ frozen :class:`Host`; the functions below are pure. An answer is ``accept``,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from netaddr import IPNetwork, iprange_to_cidrs
@@ -22,7 +23,13 @@ from cfallow.hostfw_eval import Chain, Json, Outcome, Packet, Rule, combine
 from cfallow.runner import Runner
 
 IPTABLES_TABLES = frozenset({("ip", "filter"), ("ip6", "filter")})
-LEGACY_SAVE = {4: ("iptables-legacy-save", "iptables-save"), 6: ("ip6tables-legacy-save",)}
+SAVE_TOOLS = {
+    "nft": {4: ("iptables-nft-save", "iptables-save"), 6: ("ip6tables-nft-save", "ip6tables-save")},
+    "legacy": {
+        4: ("iptables-legacy-save", "iptables-save"),
+        6: ("ip6tables-legacy-save", "ip6tables-save"),
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -121,8 +128,12 @@ def parse_ruleset(text: str) -> Ruleset:
     return Ruleset(tuple(tables), chains, tuple(sets))
 
 
-def legacy_input(text: str, version: int) -> Chain | None:
-    """The legacy ``filter`` table's INPUT chain from ``iptables-save -t filter`` text."""
+def save_input(text: str, version: int) -> Chain | None:
+    """The ``filter`` table's INPUT chain from ``iptables-save -t filter`` text (either variant).
+
+    Rules become opaque matches (``xt``) with their verdict, so the analysis says
+    "cannot tell" for them unless they only jump somewhere (cfallow's own jump is skipped).
+    """
     policy, rules = None, []
     for n, line in enumerate(text.splitlines()):
         if line.startswith(":INPUT "):
@@ -137,7 +148,17 @@ def legacy_input(text: str, version: int) -> Chain | None:
     if policy is None:
         return None
     fam = "ip" if version == 4 else "ip6"
-    return Chain(fam, "filter (legacy)", "INPUT", "input", 0, policy, tuple(rules))
+    return Chain(fam, "filter", "INPUT", "input", 0, policy, tuple(rules))
+
+
+#: iptables-nft's own tables and base chains (upper case), as opposed to native ones.
+XT_TABLES = frozenset({"filter", "mangle", "raw", "security", "nat"})
+XT_CHAINS = frozenset({"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"})
+
+
+def is_xt(c: Chain) -> bool:
+    """Is ``c`` a base chain iptables(-nft) made (``ip filter INPUT``)?"""
+    return c.family in ("ip", "ip6") and c.table in XT_TABLES and c.name in XT_CHAINS
 
 
 @dataclass(frozen=True)
@@ -147,7 +168,7 @@ class Host:
     nft: Ruleset | None
     nft_error: str = ""
     iptables: str = ""  # "nft", "legacy" or "" (not installed / unknown)
-    legacy: tuple[Chain, ...] = ()
+    inputs: tuple[Chain, ...] = ()  # iptables' filter INPUT, from iptables-save
     firewalld: bool = False
     ufw: bool = False
     docker: bool = False
@@ -161,37 +182,80 @@ def _try(runner: Runner, argv: list[str]) -> str | None:
         return None
 
 
-def read(runner: Runner, *, iptables: bool = True) -> Host:
-    """Read the host's firewall through ``runner`` (read-only; missing tools are not errors)."""
+def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
+    """Chain heads (cheap), and the rules of every native table with an input/forward base chain.
+
+    iptables-nft's tables are not listed through ``nft`` (slow for big rulesets, and
+    their matches are opaque there): their INPUT chain comes from ``iptables-save``.
+    """
+    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout)
+    native = sorted({(c.family, c.table) for c in heads.chains
+                     if c.hook in ("input", "forward") and not is_xt(c)})  # fmt: skip
+    if not rules or not native:
+        return heads
+    chains = [c for c in heads.chains if (c.family, c.table) not in native]
+    sets: list[NftSet] = []
+    for fam, table in native:
+        full = parse_ruleset(runner.run(["nft", "-j", "list", "table", fam, table]).stdout)
+        chains += full.chains
+        sets += full.sets
+    tables = tuple(sorted({(c.family, c.table) for c in chains}))
+    return Ruleset(tables, tuple(chains), tuple(sets))
+
+
+def read(
+    runner: Runner,
+    *,
+    iptables: bool = True,
+    variant: str | None = None,
+    saves: Mapping[int, str] | None = None,
+    rules: bool = True,
+) -> Host:
+    """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
+
+    ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
+    filter`` per IP version), so nothing is read twice. ``rules=False``: chain heads only.
+    """
     ruleset: Ruleset | None = None
     error = ""
     try:
-        ruleset = parse_ruleset(runner.run(["nft", "-j", "list", "ruleset"]).stdout)
+        ruleset = read_nft(runner, rules=rules)
     except CommandNotFound:
         error = "nft is not installed"
     except BackendError as exc:
         error = str(exc)
-    variant, legacy = "", []
-    version_text = _try(runner, ["iptables", "--version"]) if iptables else None
-    if version_text is not None:
-        variant = "nft" if "nf_tables" in version_text else "legacy"
-    if variant == "legacy":
-        for version, tools in LEGACY_SAVE.items():
-            text = next((t for t in (_try(runner, [x, "-t", "filter"]) for x in tools) if t), "")
-            chain = legacy_input(text, version)
+    if variant is None and iptables:
+        version_text = _try(runner, ["iptables", "--version"])
+        if version_text is not None:
+            variant = "nft" if "nf_tables" in version_text else "legacy"
+    variant = variant or ""
+    inputs = []
+    if variant:
+        texts = dict(saves or {})
+        for version, tools in SAVE_TOOLS[variant].items():
+            if version not in texts:
+                texts[version] = next((t for t in (_try(runner, [x, "-t", "filter"])
+                                                   for x in tools) if t), "")  # fmt: skip
+            chain = save_input(texts[version], version)
             if chain is not None:
-                legacy.append(chain)
+                inputs.append(chain)
+        text = " ".join(texts.values())
+    else:
+        text = ""
     names = {c.name for c in ruleset.chains} if ruleset else set()
-    legacy_text = " ".join(str(r.expr) for c in legacy for r in c.rules)
+    if ruleset is not None and inputs:  # the save text stands for iptables' INPUT chains
+        keep = tuple(c for c in ruleset.chains if not (is_xt(c) and c.table == "filter"
+                                                       and c.name == "INPUT"))  # fmt: skip
+        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets)
     return Host(
         ruleset,
         error,
         variant,
-        tuple(legacy),
-        firewalld=ruleset is not None and ("inet", "firewalld") in ruleset.tables,
-        ufw=any(n.startswith("ufw-") or n.startswith("ufw6-") for n in names)
-        or "ufw-" in legacy_text,
-        docker=bool(names & {"DOCKER", "DOCKER-USER"}) or "DOCKER" in legacy_text,
+        tuple(inputs),
+        firewalld=("firewalld" in {c.table for c in ruleset.chains} if ruleset else False)
+        or "INPUT_direct" in text,
+        ufw=any(n.startswith(("ufw-", "ufw6-")) for n in names) or ":ufw-" in text or ":ufw6-" in text,
+        docker=bool(names & {"DOCKER", "DOCKER-USER"}) or ":DOCKER" in text,
     )
 
 
@@ -218,13 +282,14 @@ def outcome(
     hook: str = "input",
 ) -> Outcome:
     """What the host does with a new connection to each of ``ports`` (worst port wins)."""
-    if host.nft is None and not host.legacy:
+    if host.nft is None and not host.inputs:
         return Outcome("unknown", f"cannot read the nftables ruleset ({host.nft_error})")
     skip = set(skip_tables)
     chains = [c for c in (host.nft.base_chains(hook, version) if host.nft else [])
               if (c.family, c.table) not in skip]  # fmt: skip
     if hook == "input":
-        chains += [c for c in host.legacy if (c.family == "ip") == (version == 4)]
+        chains += [c for c in host.inputs
+                   if (c.family == "ip") == (version == 4) and (c.family, c.table) not in skip]  # fmt: skip
     every = host.nft.chain_map() if host.nft else {}
     worst: Outcome | None = None
     for port in sample_ports(ports):

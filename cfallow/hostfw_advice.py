@@ -21,7 +21,7 @@ def iptables_allow(
     chain: str,
 ) -> tuple[str | None, tuple[str, ...]]:
     """iptables allow mode: (the one-line error when its accept cannot take effect, notes)."""
-    own = IPTABLES_TABLES if host.iptables == "nft" else frozenset()
+    own = IPTABLES_TABLES  # where the accept goes (its INPUT chain comes from iptables-save)
     what = ports_text(protocol, ports)
     notes: list[str] = []
     open_to_all: list[str] = []
@@ -119,8 +119,8 @@ def describe(host: Host) -> list[str]:
                          f"policy {c.policy}, {len(c.rules)} rules)")  # fmt: skip
         if not native:
             lines.append("nftables: no native base chain on input or forward")
-    for c in host.legacy:
-        lines.append(f"iptables-legacy: {c.family} filter INPUT policy {c.policy}")
+    for c in host.inputs:
+        lines.append(f"iptables: {c.family} filter INPUT policy {c.policy}, {len(c.rules)} rules")
     lines.append(f"firewalld: {'running' if host.firewalld else 'not running'}")
     lines.append(f"ufw: {'active' if host.ufw else 'not active'}")
     lines.append(f"docker: {'present' if host.docker else 'not present'}")
