@@ -65,13 +65,17 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
     lockdown reads only its own table, plus the host analysis when ``analyse``.
     """
     fam, name = s.table.split(" ")
-    try:
-        own = _list(runner, "table", fam, name)
-    except CommandNotFound:
-        raise Unavailable("nft: command not found (install the nftables package)") from None
     host = hostfw.read(runner, iptables=False) if analyse else None
     if host is not None and host.nft is None:
+        if "not installed" in host.nft_error:
+            raise Unavailable("nft: command not found (install the nftables package)")
         raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
+    own = host.nft.table(fam, name) if host is not None and host.nft is not None else None
+    if own is None:  # not read whole by the analysis (no base chain on input): list it
+        try:
+            own = _list(runner, "table", fam, name)
+        except CommandNotFound:
+            raise Unavailable("nft: command not found (install the nftables package)") from None
     sets = own.sets if own is not None else ()
     if s.mode == "sets":
         wanted = {s.set_name(v) for v in s.families}

@@ -51,6 +51,18 @@ class Ruleset:
     tables: tuple[tuple[str, str], ...] = ()
     chains: tuple[Chain, ...] = ()
     sets: tuple[NftSet, ...] = ()
+    listed: tuple[tuple[str, str], ...] = ()  # tables read whole (rules, sets); others: heads
+
+    def table(self, family: str, name: str) -> Ruleset | None:
+        """A table read whole, as its own :class:`Ruleset` (None if it was not)."""
+        if (family, name) not in self.listed:
+            return None
+        return Ruleset(
+            ((family, name),),
+            tuple(c for c in self.chains if (c.family, c.table) == (family, name)),
+            tuple(s for s in self.sets if (s.family, s.table) == (family, name)),
+            ((family, name),),
+        )
 
     def chain_map(self) -> dict[tuple[str, str, str], Chain]:
         """``(family, table, name) -> Chain``."""
@@ -200,7 +212,7 @@ def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
         chains += full.chains
         sets += full.sets
     tables = tuple(sorted({(c.family, c.table) for c in chains}))
-    return Ruleset(tables, tuple(chains), tuple(sets))
+    return Ruleset(tables, tuple(chains), tuple(sets), tuple(native))
 
 
 def read(
@@ -246,7 +258,7 @@ def read(
     if ruleset is not None and inputs:  # the save text stands for iptables' INPUT chains
         keep = tuple(c for c in ruleset.chains if not (is_xt(c) and c.table == "filter"
                                                        and c.name == "INPUT"))  # fmt: skip
-        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets)
+        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed)
     return Host(
         ruleset,
         error,
