@@ -108,8 +108,8 @@ def parse_set(s: Json) -> NftSet:
     )
 
 
-def parse_ruleset(text: str) -> Ruleset:
-    """Parse ``nft -j list ruleset`` (or ``list table``) output."""
+def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
+    """Parse ``nft -j list ruleset`` (or ``list table``; ``whole=False``: ``list chains``)."""
     try:
         items = json.loads(text or '{"nftables": []}')["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -137,7 +137,8 @@ def parse_ruleset(text: str) -> Ruleset:
               tuple(rules.get(k, ())))
         for k, c in heads.items()
     )  # fmt: skip
-    return Ruleset(tuple(tables), chains, tuple(sets))
+    tables = tables or sorted({(c.family, c.table) for c in chains})
+    return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else ())
 
 
 def save_input(text: str, version: int) -> Chain | None:
@@ -147,16 +148,20 @@ def save_input(text: str, version: int) -> Chain | None:
     "cannot tell" for them unless they only jump somewhere (cfallow's own jump is skipped).
     """
     policy, rules = None, []
+    last: tuple[bool, str] | None = None
     for n, line in enumerate(text.splitlines()):
         if line.startswith(":INPUT "):
             policy = line.split()[1].lower()
         elif line.startswith("-A INPUT "):
-            words = line.split()
-            target = words[words.index("-j") + 1] if "-j" in words else ""
+            at = line.rfind(" -j ")
+            target = line[at + 4 :].split(" ", 1)[0] if at >= 0 else ""
+            key = (line == f"-A INPUT -j {target}", target)
+            if key == last:  # consecutive opaque rules with one verdict say no more
+                continue
+            last = key
             verdict: Json = {target.lower(): None} if target in ("ACCEPT", "DROP", "REJECT") else (
                 {"jump": {"target": target}} if target else {"counter": None})  # fmt: skip
-            matches = [] if line.strip() == f"-A INPUT -j {target}" else [{"xt": None}]
-            rules.append(Rule(n, (*matches, verdict)))
+            rules.append(Rule(n, (*(() if key[0] else ({"xt": None},)), verdict)))
     if policy is None:
         return None
     fam = "ip" if version == 4 else "ip6"
@@ -200,7 +205,7 @@ def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
     iptables-nft's tables are not listed through ``nft`` (slow for big rulesets, and
     their matches are opaque there): their INPUT chain comes from ``iptables-save``.
     """
-    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout)
+    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
     native = sorted({(c.family, c.table) for c in heads.chains
                      if c.hook in ("input", "forward") and not is_xt(c)})  # fmt: skip
     if not rules or not native:
@@ -302,8 +307,12 @@ def outcome(
     if hook == "input":
         chains += [c for c in host.inputs
                    if (c.family == "ip") == (version == 4) and (c.family, c.table) not in skip]  # fmt: skip
-    every = host.nft.chain_map() if host.nft else {}
+    full = set(host.nft.listed) if host.nft else set()
+    every = {k: c for k, c in (host.nft.chain_map() if host.nft else {}).items() if k[:2] in full}
     worst: Outcome | None = None
+    for c in chains:  # only its head was read (iptables' own mangle/raw/security tables)
+        if c.table != "filter" and (c.family, c.table) not in full and c.table != "nat":
+            worst = worst or Outcome("unknown", f"{c.where}: iptables rules not analysed")
     for port in sample_ports(ports):
         p = Packet(version, protocol, port, cloudflare, frozenset(own_sets), frozenset(skip_jumps))
         out = combine(chains, every, p)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import namespace
+from support import namespace, ns_exec, sh
 from support.nft_support import ADMIN_DROP, Nft
 
 from cfallow import hostfw
@@ -115,3 +115,18 @@ def test_read_without_nft_is_cannot_tell() -> None:
     host = hostfw.read(Runner(prefix=["/nonexistent-cfallow-wrapper"]))
     assert host.nft is None and host.nft_error == "nft is not installed"
     assert verdict(host)[0] == "unknown"
+
+
+def test_a_jump_into_a_chain_whose_rules_were_not_read_is_cannot_tell() -> None:
+    """iptables' own chains are read from iptables-save, not nft: a jump there is not "ok"."""
+    rules = "*filter\n:INPUT ACCEPT [0:0]\n:ADMIN - [0:0]\n-A INPUT -j ADMIN\n-A ADMIN -p tcp -j DROP\nCOMMIT\n"
+    with namespace("hfj") as ns:
+        sh(ns_exec(ns, "iptables-restore"), input=rules)
+        host = hostfw.read(Runner(prefix=ns_exec(ns)))
+    assert host.iptables == "nft" and host.inputs
+    assert verdict(host, cloudflare=False, skip_jumps={"CFALLOW"})[0] == "unknown"
+    _, notes = iptables_allow(host, (4, 6), "tcp", WEB, "CFALLOW")
+    assert notes == (
+        "allow mode: INPUT policy is ACCEPT and nothing later drops tcp/80,443 (IPv6) — "
+        'outsiders still get in; mode = "lockdown" restricts',
+    )
