@@ -58,6 +58,16 @@ def _list(runner: Runner, *what: str) -> hostfw.Ruleset | None:
         raise
 
 
+def _sets_only(runner: Runner, fam: str, name: str) -> hostfw.Ruleset | None:
+    """Sets mode without the host analysis: the table's sets, and whether it exists."""
+    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains", fam]).stdout, whole=False)
+    sets = parse_ruleset(runner.run(["nft", "-j", "list", "sets", fam]).stdout).sets
+    sets = tuple(st for st in sets if st.table == name)
+    if (fam, name) not in heads.tables and not sets:
+        return None
+    return hostfw.Ruleset(((fam, name),), (), sets)
+
+
 def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse: bool) -> Seen:
     """cfallow's table (lockdown) or the admin's (sets mode), the host analysis, the file.
 
@@ -71,7 +81,9 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
             raise Unavailable("nft: command not found (install the nftables package)")
         raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
     own = host.nft.table(fam, name) if host is not None and host.nft is not None else None
-    if own is None:  # not read whole by the analysis (no base chain on input): list it
+    if own is None and host is None and s.mode == "sets":
+        own = _sets_only(runner, fam, name)  # cheap: the admin's rules are not listed
+    elif own is None:  # not read whole by the analysis (no base chain on input): list it
         try:
             own = _list(runner, "table", fam, name)
         except CommandNotFound:
@@ -171,6 +183,14 @@ def apply_step(runner: Runner, s: render.Settings, file: ManagedFile, step: Step
         if _read_set(runner, s.table, name) != elements:
             raise TargetMoved(f"nftables: set {s.table} {name} changed since it was read")
     if step.script:
-        runner.run(["nft", "-f", "-"], input=step.script)
+        try:
+            runner.run(["nft", "-f", "-"], input=step.script)
+        except CommandFailed as exc:
+            if "Device or resource busy" not in exc.stderr:
+                raise
+            raise BackendError(
+                f"a set in {s.table} is still referenced by a rule: nothing changed; remove the "
+                "rule first (with host_check = true the set is emptied and the rule named)"
+            ) from None
     check = _check(runner, s)
     file.install(step.file, check_candidate=check if step.file is not None else None)  # type: ignore[arg-type]

@@ -178,3 +178,22 @@ def test_sets_mode_remove_says_what_still_references_the_set(tmp_path: Path) -> 
         assert nft.elements("inet", "filter", "cloudflare_v6") == frozenset()
         assert "cloudflare_v6" not in nft.ruleset()  # unreferenced: deleted
         assert not (tmp_path / "s.nft").exists()
+
+
+def test_without_host_check_a_referenced_set_is_one_clear_error(tmp_path: Path) -> None:
+    conf = f'[backends.nftables]\nmode = "sets"\nhost_check = false\nfile = "{tmp_path}/s.nft"\n'
+    with namespace("nfy") as ns:
+        nft = Nft(ns)
+        nft.load("table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
+                 "policy accept;\n\t}\n}\n")  # fmt: skip
+        assert cli(ns, tmp_path, conf, "sync", "--source", "bundled").returncode == 0
+        nft("add", "rule", "inet", "filter", "input", "ip", "saddr", "@cloudflare_v4", "accept")
+        before = nft.ruleset()
+        removed = cli(ns, tmp_path, conf, "remove")
+        assert removed.returncode == 1
+        assert removed.stderr.splitlines() == [
+            "cfallow: error: nftables: a set in inet filter is still referenced by a rule: nothing "
+            "changed; remove the rule first (with host_check = true the set is emptied and the "
+            "rule named)"
+        ]
+        assert nft.ruleset() == before

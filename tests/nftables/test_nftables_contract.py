@@ -26,3 +26,19 @@ class TestSetsContract(BackendContract):
     def harness(self, tmp_path: Path) -> Iterator[NftHarness]:
         with namespace("nfts") as ns:
             yield NftHarness(ns, tmp_path, "sets", table="inet filter")
+
+
+class TestSetsWithoutHostCheckContract(BackendContract):
+    """host_check = false: only the sets are listed, never the admin's rules."""
+
+    @pytest.fixture
+    def harness(self, tmp_path: Path) -> Iterator[NftHarness]:
+        with namespace("nftq") as ns:
+            yield NftHarness(ns, tmp_path, "sets", host_check=False)
+
+
+class TestLockdownWithoutHostCheckContract(BackendContract):
+    @pytest.fixture
+    def harness(self, tmp_path: Path) -> Iterator[NftHarness]:
+        with namespace("nftk") as ns:
+            yield NftHarness(ns, tmp_path, "lockdown", host_check=False)
