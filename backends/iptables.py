@@ -21,8 +21,8 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
 from importlib.util import find_spec
+from typing import Optional
 
 from netaddr import IPNetwork
 
@@ -188,7 +188,9 @@ class IptablesBackend(Backend[Optional[hostfw.Host], Step]):
         if desired is None:
             return self._plan(None)
         managed = frozenset(n for n in desired if n.version in self.families)
-        extra = () if managed == desired else ("IPv6 ranges left alone (ipv6 = false)",)
+        extra: tuple[str, ...] = ()
+        if managed != desired:
+            extra = ("IPv6 ranges left alone (ipv6 = false)",)
         s = self.settings
         if observed is not None and s.mode == "allow" and s.parent == "INPUT":
             # an accept here ends only iptables' own chain: refuse where another drops anyway

@@ -21,7 +21,7 @@ for the admin's ``/etc/nftables.conf`` to ``include``, so a reload with
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from cfallow import hostfw
@@ -101,8 +101,8 @@ class NftablesBackend(Backend[Seen, Step]):
         s = self.settings
         host = observed.host
         if desired is None:
-            steps, current, drift, notes = removal_steps(observed, s, self.file)
-            return make_plan(self.name, frozenset(), current, drift=drift, notes=notes,
+            steps, current, drift, gone = removal_steps(observed, s, self.file)
+            return make_plan(self.name, frozenset(), current, drift=drift, notes=gone,
                              steps=steps)  # fmt: skip
         split = by_family(desired)
         want = {v: split[v] for v in s.families}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from cfallow import hostfw
 from cfallow.errors import BackendError, CommandFailed, CommandNotFound, TargetMoved, Unavailable
@@ -17,7 +19,7 @@ from cfallow.runner import Runner
 
 from . import nftables_render as render
 
-Basis = tuple[tuple[str, tuple[str, ...] | None], ...]
+Basis = tuple[tuple[str, Optional[tuple[str, ...]]], ...]
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def _read_set(runner: Runner, table: str, name: str) -> tuple[str, ...] | None:
     return tuple(as_strings(sets[0].elements)) if sets else None
 
 
-def _check(runner: Runner, s: render.Settings) -> object:
+def _check(runner: Runner, s: render.Settings) -> Callable[[Path], None]:
     def check(candidate: Path) -> None:
         if s.mode == "lockdown":
             runner.run(["nft", "-c", "-f", str(candidate)])
@@ -193,4 +195,4 @@ def apply_step(runner: Runner, s: render.Settings, file: ManagedFile, step: Step
                 "rule first (with host_check = true the set is emptied and the rule named)"
             ) from None
     check = _check(runner, s)
-    file.install(step.file, check_candidate=check if step.file is not None else None)  # type: ignore[arg-type]
+    file.install(step.file, check_candidate=check if step.file is not None else None)

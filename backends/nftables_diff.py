@@ -97,7 +97,7 @@ def sets_steps(seen: Seen, s: render.Settings, want: Want, file: ManagedFile) ->
     """Sets mode: the admin's table must exist; sets are created if missing, never retyped."""
     if not seen.table:
         raise BackendError(
-            f"table {s.table} not found: mode = \"sets\" manages sets inside your own table "
+            f'table {s.table} not found: mode = "sets" manages sets inside your own table '
             "(create it in /etc/nftables.conf, see docs/nftables.md, or set table = ...)"
         )
     lines, drift = [], []

@@ -69,9 +69,13 @@ def admin_table(n: int) -> str:
     """The admin's ``inet filter`` with ``n`` unrelated rules (half in input, half in a chain)."""
     half = n // 2
     lines = ["table inet filter {", "\tchain admin {"]
-    lines += [f"\t\tip saddr 172.16.{i // 250}.{i % 250} tcp dport 22 accept" for i in range(n - half)]
+    lines += [
+        f"\t\tip saddr 172.16.{i // 250}.{i % 250} tcp dport 22 accept" for i in range(n - half)
+    ]
     lines += ["\t}", "\tchain input {", "\t\ttype filter hook input priority 0; policy accept;"]
-    lines += [f"\t\tip saddr 10.{i // 250}.{i % 250}.0/24 udp dport 5353 accept" for i in range(half)]
+    lines += [
+        f"\t\tip saddr 10.{i // 250}.{i % 250}.0/24 udp dport 5353 accept" for i in range(half)
+    ]
     lines += ["\t\tjump admin", "\t}", "}", ""]
     return "\n".join(lines)
 

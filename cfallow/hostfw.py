@@ -133,7 +133,7 @@ def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
         elif "set" in item:
             sets.append(parse_set(item["set"]))
     chains = tuple(
-        Chain(k[0], k[1], k[2], c.get("hook"), int(c.get("prio", 0)), str(c.get("policy", "accept")),
+        Chain(*k, c.get("hook"), int(c.get("prio", 0)), str(c.get("policy", "accept")),
               tuple(rules.get(k, ())))
         for k, c in heads.items()
     )  # fmt: skip
@@ -271,7 +271,9 @@ def read(
         tuple(inputs),
         firewalld=("firewalld" in {c.table for c in ruleset.chains} if ruleset else False)
         or "INPUT_direct" in text,
-        ufw=any(n.startswith(("ufw-", "ufw6-")) for n in names) or ":ufw-" in text or ":ufw6-" in text,
+        ufw=any(n.startswith(("ufw-", "ufw6-")) for n in names)
+        or ":ufw-" in text
+        or ":ufw6-" in text,
         docker=bool(names & {"DOCKER", "DOCKER-USER"}) or ":DOCKER" in text,
     )
 
@@ -305,8 +307,8 @@ def outcome(
     chains = [c for c in (host.nft.base_chains(hook, version) if host.nft else [])
               if (c.family, c.table) not in skip]  # fmt: skip
     if hook == "input":
-        chains += [c for c in host.inputs
-                   if (c.family == "ip") == (version == 4) and (c.family, c.table) not in skip]  # fmt: skip
+        fam = "ip" if version == 4 else "ip6"
+        chains += [c for c in host.inputs if c.family == fam and (c.family, c.table) not in skip]
     full = set(host.nft.listed) if host.nft else set()
     every = {k: c for k, c in (host.nft.chain_map() if host.nft else {}).items() if k[:2] in full}
     worst: Outcome | None = None

@@ -10,7 +10,9 @@ from cfallow.hostfw import IPTABLES_TABLES, Host, outcome, ports_text
 from cfallow.model import FAMILY_NAME
 
 DEFAULT_PORTS = (PortRange(80, 80), PortRange(443, 443))
-NFT_HINT = 'enable [backends.nftables] with mode = "sets" (your rule references the set) or "lockdown"'
+NFT_HINT = (
+    'enable [backends.nftables] with mode = "sets" (your rule references the set) or "lockdown"'
+)
 
 
 def iptables_allow(

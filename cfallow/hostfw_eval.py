@@ -140,14 +140,13 @@ def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
     if proto in ("ip", "ip6"):
         if (proto == "ip") != (p.version == 4):
             return False  # an ip match never matches an IPv6 packet (and vice versa)
-        if fld == "protocol" or fld == "nexthdr":
+        if fld in ("protocol", "nexthdr"):
             return _op(op, _in(p.protocol, right))
-        if fld == "saddr" and isinstance(right, str) and right.startswith("@"):
-            if right[1:] in p.own_sets:
-                return _op(op, p.cloudflare)
+        if fld == "saddr" and isinstance(right, str) and right[1:] in p.own_sets:
+            return _op(op, p.cloudflare) if right.startswith("@") else None
         return None
     if proto in ("tcp", "udp", "sctp", "dccp", "udplite", "th"):
-        if proto != "th" and proto != p.protocol:
+        if proto not in ("th", p.protocol):
             return False
         if fld == "dport":
             return _op(op, _in(p.port, right))
@@ -162,7 +161,7 @@ def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
 def _verdict(expr: Json) -> tuple[str, str | None] | None:
     if not isinstance(expr, Mapping) or len(expr) != 1:
         return None
-    (key, value), = expr.items()
+    ((key, value),) = expr.items()
     if key in ("jump", "goto") and isinstance(value, Mapping):
         return key, str(value.get("target"))
     if key in _TERMINAL:
@@ -189,7 +188,7 @@ def _rule(rule: Rule, p: Packet) -> tuple[Tri, tuple[str, str | None] | None]:
         if not isinstance(expr, Mapping) or len(expr) != 1:
             hit = None
             continue
-        (key, value), = expr.items()
+        ((key, value),) = expr.items()
         if key == "match" and isinstance(value, Mapping):
             m = _match(value, p)
             if m is False:

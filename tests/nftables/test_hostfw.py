@@ -8,7 +8,7 @@ from support.nft_support import ADMIN_DROP, Nft
 
 from cfallow import hostfw
 from cfallow.config import PortRange
-from cfallow.hostfw import Host, save_input, outcome, parse_ruleset
+from cfallow.hostfw import Host, outcome, parse_ruleset, save_input
 from cfallow.hostfw_advice import iptables_allow, recommend
 from cfallow.runner import Runner
 
@@ -23,7 +23,9 @@ def host_of(ruleset: str) -> Host:
         return Host(parse_ruleset(nft("-j", "list", "ruleset")), iptables="nft")
 
 
-def verdict(host: Host, version: int = 4, *, cloudflare: bool = True, **kw: object) -> tuple[str, str]:
+def verdict(
+    host: Host, version: int = 4, *, cloudflare: bool = True, **kw: object
+) -> tuple[str, str]:
     out = outcome(host, version, "tcp", WEB, cloudflare=cloudflare, **kw)  # type: ignore[arg-type]
     return out.verdict, out.why
 
@@ -88,7 +90,11 @@ def test_source_matches_decide_only_for_cfallows_sets() -> None:
 
 
 def test_what_it_does_not_understand_is_unknown_never_ok() -> None:
-    for body in ("\t\tmeta mark 0x1 drop\n", '\t\tiifname "eth0" drop\n', "\t\tfib daddr type local drop\n"):
+    for body in (
+        "\t\tmeta mark 0x1 drop\n",
+        '\t\tiifname "eth0" drop\n',
+        "\t\tfib daddr type local drop\n",
+    ):
         assert verdict(host_of(chain(body, "accept")))[0] == "unknown", body
 
 
@@ -100,7 +106,10 @@ def test_iptables_nft_tables_are_the_accepts_own() -> None:
 
 
 def test_legacy_filter_input_from_save_text() -> None:
-    text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW\nCOMMIT\n"
+    text = (
+        "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -m multiport --dports 80,443 "
+        "-m comment --comment cfallow -j CFALLOW\nCOMMIT\n"
+    )
     legacy = save_input(text, 4)
     assert legacy is not None and legacy.policy == "accept"
     host = Host(hostfw.Ruleset(), iptables="legacy", inputs=(legacy,))
@@ -119,7 +128,10 @@ def test_read_without_nft_is_cannot_tell() -> None:
 
 def test_a_jump_into_a_chain_whose_rules_were_not_read_is_cannot_tell() -> None:
     """iptables' own chains are read from iptables-save, not nft: a jump there is not "ok"."""
-    rules = "*filter\n:INPUT ACCEPT [0:0]\n:ADMIN - [0:0]\n-A INPUT -j ADMIN\n-A ADMIN -p tcp -j DROP\nCOMMIT\n"
+    rules = (
+        "*filter\n:INPUT ACCEPT [0:0]\n:ADMIN - [0:0]\n-A INPUT -j ADMIN\n"
+        "-A ADMIN -p tcp -j DROP\nCOMMIT\n"
+    )
     with namespace("hfj") as ns:
         sh(ns_exec(ns, "iptables-restore"), input=rules)
         host = hostfw.read(Runner(prefix=ns_exec(ns)))

@@ -137,7 +137,9 @@ def conf(h: NftHarness, body: str) -> Path:
 
 
 @pytest.mark.parametrize("mode", ["sets", "lockdown"])
-def test_reload_with_flush_ruleset_keeps_cfallows_part(lab: Pair, tmp_path: Path, mode: str) -> None:
+def test_reload_with_flush_ruleset_keeps_cfallows_part(
+    lab: Pair, tmp_path: Path, mode: str
+) -> None:
     """20 reloads (``systemctl reload nftables``) while both clients connect continuously.
 
     The outsider never gets in. A Cloudflare connect can fail now and then while the admin

@@ -48,7 +48,9 @@ def admin_ruleset(rules: str = "", include_sets: Path | None = None) -> str:
     """The admin's ``inet filter`` (optionally including cfallow's sets inside the block)."""
     text = ADMIN_DROP % rules
     if include_sets is not None:
-        text = text.replace("table inet filter {\n", f'table inet filter {{\n\tinclude "{include_sets}"\n', 1)
+        text = text.replace(
+            "table inet filter {\n", f'table inet filter {{\n\tinclude "{include_sets}"\n', 1
+        )
     return text
 
 
