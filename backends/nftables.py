@@ -52,6 +52,10 @@ class NftablesBackend(Backend[Seen, Step]):
         mode = section.get_choice("mode", "lockdown", ("lockdown", "sets"))
         table = " ".join(section.get_str("table", "inet filter").split())
         if mode == "lockdown":
+            if "table" in section.data:
+                raise ConfigError(
+                    f'[{where}] table: only for mode = "sets" (lockdown owns table inet cfallow)'
+                )
             table = "inet cfallow"
         fam = table.split(" ")[0]
         if len(table.split(" ")) != 2 or fam not in FAMILY_OF_TABLE:

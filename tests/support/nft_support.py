@@ -104,7 +104,7 @@ class NftHarness(Harness):
         self.mode = mode
         self.file = tmp / "cfallow.nft"
         self.runner = Runner(prefix=ns_exec(ns))
-        self.extra = extra
+        self.extra = {k: v for k, v in extra.items() if k != "table" or mode == "sets"}
         self.table = ("inet", "cfallow") if mode == "lockdown" else ("inet", "filter")
         self._stat: tuple[int, int] | None = None
         self._file_writes = 0
