@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cfallow import __version__, backend, config, engine, report, sources
+from cfallow import __version__, backend, config, engine, hostfw, report, sources
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
@@ -23,6 +23,7 @@ from cfallow.errors import (
     UsageError,
 )
 from cfallow.guard import check_growth, check_shrink
+from cfallow.hostfw_advice import describe
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
 from cfallow.runner import Runner
@@ -227,6 +228,9 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
         except Exception as exc:  # a broken plugin must not hide the others
             ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
         print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
+    print("host firewall:")
+    for line in describe(hostfw.read(ctx.runner)):
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -254,6 +258,9 @@ def _sync_like(
     verb: str,
 ) -> int:
     backends = _backends(cfg, args.backend, ctx)
+    if log.isEnabledFor(logging.DEBUG):
+        for line in describe(hostfw.read(ctx.runner)):
+            log.debug("host firewall: %s", line)
     try:
         ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
         if getattr(args, "verify", False):
@@ -267,6 +274,7 @@ def _sync_like(
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
+    ctx.etag = ranges.etag
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
     if record:
