@@ -108,6 +108,18 @@ def host(
         yield Host(ns, tmp, uplink)
 
 
+#: A blocklist in raw PREROUTING (before any filter chain, so cfallow's accept cannot undo it).
+IPSET_RULE = ["-t", "raw", "-A", "PREROUTING", "-p", "tcp", "-m", "set", "--match-set",
+              "cfv-blocked", "src", "-j", "DROP"]  # fmt: skip
+
+
+def ipset_host(h: Host) -> None:
+    """A Cloudflare range in an ipset blocklist in raw PREROUTING."""
+    sh(ns_exec(h.ns, "ipset", "create", "cfv-blocked", "hash:net"))
+    sh(ns_exec(h.ns, "ipset", "add", "cfv-blocked", "104.16.0.0/13"))
+    sh(ns_exec(h.ns, "iptables-nft", *IPSET_RULE))
+
+
 def scratch_namespaces() -> list[str]:
     """Every verify scratch namespace that exists right now."""
     try:

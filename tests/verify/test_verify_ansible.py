@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support import need_root, need_tool
-from support.verify_host import NFT_DROP, host
+from support.verify_host import host, ipset_host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -28,15 +28,17 @@ def _harness() -> ModuleType:
 
 def test_verify_true_fails_the_task_with_the_lines_and_changes_nothing(tmp_path: Path) -> None:
     need_root()
-    need_tool("nft", "iptables-nft")
+    need_tool("nft", "iptables-nft", "ipset")
     h = _harness()
     need_tool(str(h.BIN / "ansible-playbook"), str(h.BIN / "ansible-galaxy"))
     ansible = h.Ansible(tmp_path / "ansible")
     with host(tmp_path) as hst:
-        hst.nft(NFT_DROP)
+        ipset_host(hst)  # the admin's blocklist holds a Cloudflare range
         before = hst.ruleset()
         config = tmp_path / "config.toml"
-        config.write_text('[backends.iptables]\nports = [443]\nmode = "allow"\nvariant = "nft"\n')
+        config.write_text(
+            '[backends.iptables]\nports = [443]\nmode = "lockdown"\nvariant = "nft"\n'
+        )
         args: dict[str, Any] = {
             "config": str(config),
             "state_dir": str(tmp_path / "state"),
@@ -50,7 +52,7 @@ def test_verify_true_fails_the_task_with_the_lines_and_changes_nothing(tmp_path:
         assert res["rc"] == 5 and res["failed"] is True
         assert "verify did not hold, nothing changed" in res["msg"]
         assert res["verify_failures"]
-        assert all("inet filter input: policy drop" in line for line in res["verify_failures"])
+        assert all("ip raw PREROUTING" in line for line in res["verify_failures"])
         assert hst.ruleset() == before
         # the same module on an open host: the proof holds and the sync is applied
         hst.nft("flush ruleset\n")
