@@ -18,7 +18,7 @@ from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
-from cfallow.verify import sample, snapshot, trace
+from cfallow.verify import sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 
 __all__ = ["CannotVerify", "Expectation", "Probe", "Report", "run"]
@@ -207,23 +207,27 @@ def run(
             report.notes += before_probe(lab)
         inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
         inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
-        doc = {
-            "origin": lab.path("origin"),
-            "edge": lab.path("edge"),
-            "timeout": timeout,
-            "trace": True,
-            "probes": [{"version": p.version, "port": p.port, "source": p.source,
-                        "target": lab.targets[p.version]} for p in probes],
-        }  # fmt: skip
-        out = json.loads(
-            runner.run(
-                [sys.executable, "-m", "cfallow.verify.probe", "probe"], input=json.dumps(doc)
-            ).stdout
-        )
+
+        def probe_doc(*which: Probe, trace: bool = False) -> dict[str, object]:
+            return {"origin": lab.path("origin"), "edge": lab.path("edge"),
+                    "timeout": timeout, "trace": trace,
+                    "probes": [{"version": p.version, "port": p.port, "source": p.source,
+                                "target": lab.targets[p.version]} for p in which]}  # fmt: skip
+
+        doc = probe_doc(*probes, trace=True)
+        argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
+        out = json.loads(runner.run(argv, input=json.dumps(doc)).stdout)
+        _judge(probes, out, legacy=bool(snap.legacy))
+        for p in probes:
+            if not p.ok and p.decided.startswith("legacy x_tables"):
+                p.decided = xpath.attribute(inside, probe_doc(p), p.version)
     finally:
         lab.close()
+    return report
+
+
+def _judge(probes: list[Probe], out: dict[str, list[str]], *, legacy: bool) -> None:
     traced = trace.parse(out["trace"])
-    legacy = bool(snap.legacy)
     for probe, seen in zip(probes, out["verdicts"]):
         verdict = str(seen)
         pkt = traced.get((probe.source, probe.port))
@@ -234,7 +238,6 @@ def run(
             # TCP (LockDroppedIcmps): the traced rule says what the kernel did
             verdict = "reject"
         probe.verdict = verdict
-    return report
 
 
 def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:

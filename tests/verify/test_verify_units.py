@@ -7,7 +7,7 @@ from __future__ import annotations
 from netaddr import IPAddress, IPSet
 from support.cfdata import CURRENT
 
-from cfallow.verify import sample, trace
+from cfallow.verify import sample, trace, xpath
 
 # Lines as nft 1.0.6 prints them (from a probe through firewalld's ruleset, shortened).
 PKT = 'packet: iif "eth0" ip saddr 104.16.0.0 ip daddr 10.77.0.2 tcp sport 40000 tcp dport 80 tcp flags == syn'
@@ -64,3 +64,30 @@ def test_sources_are_both_ends_of_one_range_and_inside_others() -> None:
 def test_the_outsider_is_outside_every_range() -> None:
     for version in (4, 6):
         assert IPAddress(sample.outsider(CURRENT, version)) not in IPSet(CURRENT)
+
+
+BEFORE = """*filter
+:INPUT ACCEPT [10:600]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [4:240]
+:CFALLOW - [0:0]
+[5:300] -A INPUT -p tcp -m multiport --dports 443 -m comment --comment cfallow -j CFALLOW
+[2:120] -A CFALLOW -i lo -j RETURN
+[3:180] -A CFALLOW -s 2400:cb00::/32 -j RETURN
+[0:0] -A CFALLOW -j DROP
+COMMIT
+"""
+
+
+def test_the_legacy_path_is_every_rule_whose_counter_grew() -> None:
+    after = (
+        BEFORE.replace("[10:600]", "[11:680]")
+        .replace("[5:300]", "[6:380]")
+        .replace("[2:120]", "[3:200]")
+        .replace("[4:240]", "[5:320]")  # the SYN-ACK going out: OUTPUT's policy counts it too
+    )
+    assert xpath.grown(BEFORE, after, 6) == (
+        "ip6 filter: INPUT policy ACCEPT; "
+        "ip6 filter: -A INPUT -p tcp -m multiport --dports 443 -m comment --comment cfallow -j CFALLOW; "
+        "ip6 filter: -A CFALLOW -i lo -j RETURN"
+    )  # the reply's OUTPUT policy is left out
