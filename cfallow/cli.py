@@ -9,17 +9,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfallow import __version__, backend, config, engine, report, sources
+from cfallow import __version__, backend, config, engine, report, resolve, sources
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
     EXIT_OK,
+    EXIT_RANGES,
     CfallowError,
     RangesError,
     UsageError,
 )
-from cfallow.guard import check_shrink
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
 from cfallow.runner import Runner
@@ -81,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
     )
     source_opt(s)
+    s.add_argument(
+        "--offline",
+        action="store_true",
+        help="no network: the last-known-good list (else the bundled snapshot)",
+    )
+    s.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
+    )
     s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
     s.add_argument(
         "--lock-timeout",
@@ -94,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--backend", action="append", metavar="NAME")
     source_opt(st)
+    st.add_argument("--offline", action="store_true", help="compare with the last-known-good list")
 
     add("backends", "list installed backend plugins and whether each can run here")
 
@@ -128,30 +139,6 @@ def _backends(
     if not selected:
         raise UsageError("no backend is enabled in the configuration")
     return [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
-
-
-def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool) -> Ranges:
-    """The list to sync to: live (API, text, first-run snapshot) or bundled; then the guard."""
-    known = state.load()
-    if source == "bundled":
-        ranges = sources.bundled()
-    else:
-        try:
-            ranges = sources.fetch_live(cfg.source)
-        except CfallowError as exc:
-            if known is not None:
-                raise
-            ranges = sources.bundled()
-            taken = time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
-            log.warning(
-                "live fetch failed (%s); no last-known-good list yet, "
-                "using the bundled snapshot of %s",
-                exc,
-                taken,
-            )
-    if not force:
-        check_shrink(ranges, known, cfg.source.max_shrink)
-    return ranges
 
 
 def _emit(
@@ -220,23 +207,35 @@ def _sync_like(
 ) -> int:
     backends = _backends(cfg, args.backend, ctx)
     try:
-        ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+        got = resolve.resolve(
+            cfg,
+            state,
+            source=args.source,
+            offline=getattr(args, "offline", False),
+            scheduled=getattr(args, "scheduled", False),
+            force=getattr(args, "force", False),
+        )
     except RangesError:
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
+    ranges = got.ranges
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
-    if not dry_run and ranges.kind == "live":
-        state.save(ranges)
+    if not dry_run:
+        resolve.record(cfg, state, got)
     doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
     failed = any(r.error is not None for r in results)
     if not dry_run:
-        _write_metrics(cfg, doc, success=not failed)
+        _write_metrics(cfg, doc, success=not failed and got.held is None)
+    if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
+        say = log.warning if verb == "status" else log.error
+        say("%s", got.held)
+        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
     if failed:
         return EXIT_BACKEND
-    if verb == "status" and doc["changed"]:
-        return EXIT_DRIFT
-    return EXIT_OK
+    if verb == "status":
+        return EXIT_DRIFT if doc["changed"] else EXIT_OK
+    return EXIT_RANGES if got.held is not None else EXIT_OK
 
 
 def cmd_sync(

@@ -153,6 +153,8 @@ class SourceConfig:
     attempts: int = 4
     max_shrink: float = 0.5
     backoff: float = 0.25  # first retry wait in seconds; doubles, with jitter
+    refresh: float = 6 * 3600.0  # a scheduled run fetches when the known list is this old
+    retry: float = 300.0  # seconds between attempts after a failed fetch (config: minutes)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,21 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     backends: dict[str, dict[str, Any]] = field(default_factory=lambda: {"iptables": {}})
     metrics_file: Path | None = None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(s: Section, key: str, default: float) -> float:
+    """Seconds, or a string ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"``; at least 60 s."""
+    value = s.raw(key, default)
+    if isinstance(value, str) and value[:-1].isdigit() and value[-1:] in _UNITS:
+        value = int(value[:-1]) * _UNITS[value[-1]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 60:
+        raise ConfigError(
+            f'[{s.where}] {key}: expected seconds (at least 60) or "30m", "6h", "1d"; got {value!r}'
+        )
+    return float(value)
 
 
 def _source(data: Mapping[str, Any]) -> SourceConfig:
@@ -182,6 +199,8 @@ def _source(data: Mapping[str, Any]) -> SourceConfig:
         attempts=s.get_int("attempts", d.attempts, minimum=1),
         max_shrink=max_shrink,
         backoff=s.get_float("backoff", d.backoff),
+        refresh=_duration(s, "refresh", d.refresh),
+        retry=s.get_float("retry", d.retry / 60, minimum=0.1) * 60,
     )
     s.finish()
     return cfg

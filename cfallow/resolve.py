@@ -1,0 +1,153 @@
+"""Which list a run brings the backends to: live, last-known-good, bundled, offline.
+
+The kernel forgets (a reboot, a firewall reload); cfallow must not. The
+validated last-known-good list is the desired state whenever no newer valid
+list is at hand:
+
+* live (the default): fetch; a list the guard accepts is the new desired
+  state. A fetch that fails or is refused holds the backends at the
+  last-known-good list (the run still repairs them, then exits 4); without one,
+  a failed fetch falls back to the bundled snapshot, with a warning.
+* ``offline``: no network at all (``requests`` is not even imported): the
+  last-known-good list, else the bundled snapshot, with a warning.
+* ``scheduled`` (the timer): live only when a fetch is due (see
+  :mod:`cfallow.cadence`), offline otherwise.
+* ``bundled``: the shipped snapshot, through the guard like a fetched list.
+
+The state file is checked with the same rules as a fetched list before any use
+(:meth:`cfallow.state.State.load`): a hand-edited or planted file is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from cfallow import cadence, sources
+from cfallow.config import Config
+from cfallow.errors import GuardRefused, RangesError
+from cfallow.guard import check_shrink
+from cfallow.model import Networks, as_strings
+from cfallow.ranges import Ranges
+from cfallow.state import State
+
+log = logging.getLogger("cfallow")
+LKG = "last-known-good"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The list to bring the backends to, and how it was chosen."""
+
+    ranges: Ranges
+    attempted: bool = False  # a live fetch was tried this run
+    held: RangesError | None = None  # the fetch's failure or refusal (ranges: last-known-good)
+    added: Networks = frozenset()  # a fetched list against the last-known-good one
+    removed: Networks = frozenset()
+
+    @property
+    def fetched(self) -> bool:
+        """A live list was fetched and accepted (it becomes the last-known-good list)."""
+        return self.attempted and self.held is None and self.ranges.kind == "live"
+
+
+def day(ranges: Ranges) -> str:
+    """The list's date, ``YYYY-MM-DD`` (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
+
+
+def held_line(ranges: Ranges, verb: str = "held at") -> str:
+    """``backends held at the last-known-good list of 2026-12-01 (etag ...)``."""
+    return f"backends {verb} the last-known-good list of {day(ranges)} (etag {ranges.etag or '-'})"
+
+
+def change_line(added: Networks, removed: Networks) -> str:
+    """``cloudflare list changed: +104.16.0.0/13 +104.24.0.0/14 -104.16.0.0/12``."""
+    words = [f"+{n}" for n in as_strings(added)] + [f"-{n}" for n in as_strings(removed)]
+    return "cloudflare list changed: " + " ".join(words)
+
+
+def _as_known(ranges: Ranges) -> Ranges:
+    return dataclasses.replace(ranges, kind=LKG)
+
+
+def _without_network(known: Ranges | None) -> Ranges:
+    if known is not None:
+        return _as_known(known)
+    snap = sources.bundled()
+    log.warning("no last-known-good list yet; using the bundled snapshot of %s", day(snap))
+    return snap
+
+
+def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
+    try:
+        ranges = sources.fetch_live(cfg.source)
+        if not force:
+            check_shrink(ranges, known, cfg.source.max_shrink)
+    except RangesError as exc:
+        if known is not None:
+            return Resolved(_as_known(known), attempted=True, held=exc)
+        if isinstance(exc, GuardRefused):
+            raise
+        snap = sources.bundled()
+        log.warning(
+            "live fetch failed (%s); no last-known-good list yet, using the bundled snapshot of %s",
+            exc,
+            day(snap),
+        )
+        return Resolved(snap, attempted=True)
+    if known is None:
+        return Resolved(ranges, attempted=True)
+    added, removed = ranges.desired - known.desired, known.desired - ranges.desired
+    if added or removed:
+        log.warning("%s", change_line(added, removed))
+    return Resolved(ranges, attempted=True, added=added, removed=removed)
+
+
+def resolve(
+    cfg: Config,
+    state: State,
+    *,
+    source: str = "live",
+    offline: bool = False,
+    scheduled: bool = False,
+    force: bool = False,
+) -> Resolved:
+    """The list for this run (see the module docstring). Raises :class:`RangesError`
+    only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    known = state.load()
+    if source == "bundled":
+        ranges = sources.bundled()
+        if not force:
+            check_shrink(ranges, known, cfg.source.max_shrink)
+        return Resolved(ranges)
+    if offline:
+        return Resolved(_without_network(known))
+    if scheduled:
+        entry = cadence.read_log(state.dir)
+        due, why = cadence.fetch_due(
+            entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
+        )
+        log.debug("fetch %s: %s", "due" if due else "not due", why)
+        if not due:
+            return Resolved(_without_network(known))
+    return _live(cfg, known, force=force)
+
+
+def record(cfg: Config, state: State, resolved: Resolved) -> None:
+    """After a real run: save an accepted list, log the attempt (for the cadence)."""
+    if not resolved.attempted:
+        return
+    at = cadence.now()
+    previous = cadence.read_log(state.dir)
+    changed_at = previous.changed_at if previous else None
+    if resolved.fetched:
+        state.save(resolved.ranges)
+        if resolved.added or resolved.removed:
+            changed_at = at
+        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+    elif resolved.held is not None:
+        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.held))
+        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
