@@ -78,7 +78,8 @@ def write_log(state_dir: Path, entry: FetchLog) -> None:
 
 def failed_at(at: float, retry: float, error: str) -> FetchLog:
     """The log entry for a failed attempt at ``at``: retry after ``retry`` s plus jitter."""
-    return FetchLog(at, True, at + retry * (1 + random.uniform(0, JITTER)), error)
+    jitter = random.uniform(0, JITTER)  # noqa: S311 - spreading a fleet, not a secret
+    return FetchLog(at, True, at + retry * (1 + jitter), error)
 
 
 def fetch_due(

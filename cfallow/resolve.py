@@ -83,7 +83,8 @@ def _without_network(known: Ranges | None) -> Ranges:
 
 def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
     try:
-        ranges = sources.fetch_live(cfg.source)
+        # Stamped with the run's clock: the cadence measures the list's age by it.
+        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
         if not force:
             check_shrink(ranges, known, cfg.source.max_shrink)
     except RangesError as exc:
@@ -132,6 +133,8 @@ def resolve(
         )
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
+            if entry is not None and entry.failed and known is not None:
+                log.warning("%s; %s", why, held_line(known))
             return Resolved(_without_network(known))
     return _live(cfg, known, force=force)
 
