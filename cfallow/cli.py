@@ -133,12 +133,18 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _backends(
-    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context
+    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context, *, offline: bool = False
 ) -> list[backend.AnyBackend]:
     selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
     if not selected:
         raise UsageError("no backend is enabled in the configuration")
-    return [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+    built = [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+    if not offline:
+        return built
+    for b in built:
+        if getattr(b, "needs_network", False):
+            log.info("%s: skipped (needs the network; --offline)", b.name)
+    return [b for b in built if not getattr(b, "needs_network", False)]
 
 
 def _emit(
@@ -205,13 +211,14 @@ def _sync_like(
     dry_run: bool,
     verb: str,
 ) -> int:
-    backends = _backends(cfg, args.backend, ctx)
+    offline = getattr(args, "offline", False)
+    backends = _backends(cfg, args.backend, ctx, offline=offline)
     try:
         got = resolve.resolve(
             cfg,
             state,
             source=args.source,
-            offline=getattr(args, "offline", False),
+            offline=offline,
             scheduled=getattr(args, "scheduled", False),
             force=getattr(args, "force", False),
         )
