@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
-from cfallow.errors import BackendError, ConfigError
+from cfallow.errors import BackendError, ConfigError, Unavailable
 from cfallow.model import Networks, Plan, diff, make_plan
 
 from . import aws_groups as sg
@@ -38,6 +39,9 @@ from .aws_rules import (
     quota,
 )
 
+INSTALL_HINT = (
+    "install cfallow with its aws extra: pip install '<your cfallow wheel or checkout>[aws]'"
+)
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 # Prefix-list mode is no way to fit: AWS counts each reference as the list's
 # MaxEntries, never fewer than the ranges it holds.
@@ -48,7 +52,34 @@ FIT_HINT_LISTS = (
 )
 
 
-class AwsBackend(Backend[None, object]):
+@dataclass(frozen=True)
+class AwsSeen:
+    """What one read found: rules per group, unreadable groups, cfallow's prefix lists
+    (by family), and ``{list id: (family, MaxEntries)}`` of other referenced lists."""
+
+    rules: Mapping[str, list[Rule]]
+    failed: tuple[GroupUnreadable, ...]
+    lists: Mapping[str, pls.PrefixList]
+    sizes: Mapping[str, tuple[str, int]]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AwsWork:
+    """Everything one apply does, in its order: lists, groups, list deletions."""
+
+    lists: tuple[pls.ListChange, ...]
+    groups: tuple[GroupChange, ...]
+    unreadable: tuple[GroupUnreadable, ...]
+    deletes: tuple[pls.DeleteList, ...]
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write and nothing to report."""
+        return not (self.lists or self.groups or self.unreadable or self.deletes)
+
+
+class AwsBackend(Backend[AwsSeen, AwsWork]):
     """Keep Cloudflare's ranges in AWS security groups (``[backends.aws]``)."""
 
     name: ClassVar[str] = "aws"
@@ -85,13 +116,6 @@ class AwsBackend(Backend[None, object]):
             raise ConfigError(f"[{where}] prefix_list_max_entries: at most 1000 (AWS limit)")
         self._ec2: Ec2 | None = None
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        """boto3 must be importable."""
-        if importlib.util.find_spec("boto3") is None:
-            return False, "boto3 is not installed (pip install 'cfallow[aws]')"
-        return True, "ok"
-
     def set_client(self, client: Any) -> None:
         """Use this boto3 EC2 client (tests: a stubbed client; embedding)."""
         self._ec2 = Ec2(client, attempts=self.attempts, backoff=self.backoff)
@@ -105,63 +129,45 @@ class AwsBackend(Backend[None, object]):
 
     def check(self) -> None:
         """boto3, a region and credentials (no API call)."""
+        if importlib.util.find_spec("boto3") is None:
+            raise Unavailable(f"boto3 is not installed ({INSTALL_HINT})")
         self.ec2()
 
-    # -- planning ------------------------------------------------------------
+    # -- read and diff ---------------------------------------------------------
 
-    def _sizes(
-        self, reads: dict[str, list[Rule]], lists: dict[str, pls.PrefixList]
-    ) -> tuple[dict[str, tuple[str, int]], list[str]]:
-        known = {pl.list_id: (pl.family, pl.max_entries) for pl in lists.values()}
-        known.update({PENDING[f]: (f, self.max_entries) for f in FAMILIES})
-        foreign = {
+    def read(self) -> AwsSeen:
+        """Each group's rules (one paginated describe), cfallow's prefix lists, and the
+        sizes of the other prefix lists the groups reference (they count against the quota)."""
+        reads, failed = sg.read(self.ec2(), self.groups)
+        lists = pls.find_lists(self.ec2())
+        known = {pl.list_id for pl in lists.values()}
+        referenced = {
             r.key.target
             for rules in reads.values()
             for r in rules
-            if r.key.kind == "prefix-list" and r.key.target not in known
+            if r.key.kind == "prefix-list" and r.key.target not in known | set(PENDING.values())
         }
-        more, notes = pls.sizes(self.ec2(), foreign)
-        return {**known, **more}, notes
+        sizes, notes = pls.sizes(self.ec2(), referenced)
+        return AwsSeen(reads, tuple(failed), lists, sizes, tuple(notes))
 
-    def _wanted(self, desired: Networks, lists: dict[str, pls.PrefixList]) -> set[Key]:
-        if not self.prefix_lists:
-            targets = {str(n) for n in desired}
-        else:
-            families = {f"IPv{n.version}" for n in desired}
-            targets = {lists[f].list_id if f in lists else PENDING[f] for f in families}
-        return {Key(self.protocol, p.first, p.last, t) for p in self.ports for t in targets}
-
-    def read(self) -> None:
-        """Transitional: the reads still happen in :meth:`diff`."""
-        return None
-
-    def diff(self, observed: None, desired: Networks | None) -> Plan[object]:
-        """Read the groups (and cfallow's prefix lists); quota-check; no write."""
-        return self._removal() if desired is None else self._plan(desired)
-
-    def _plan(self, desired: Networks) -> Plan[object]:
-        reads, failed = sg.read(self.ec2(), self.groups)
-        lists = pls.find_lists(self.ec2()) if self.prefix_lists else {}
-        list_changes = pls.plan_lists(lists, desired, self.max_entries) if self.prefix_lists else []
+    def diff(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
+        """Quota-checked plan: lists first, then each group (authorize, then revoke)."""
+        if desired is None:
+            return self._removal(observed)
+        seen = observed
+        lists = seen.lists if self.prefix_lists else {}
         wanted = self._wanted(desired, lists)
         if self.prefix_lists:
             current = frozenset(IPNetwork(c) for pl in lists.values() for c in pl.entries)
             covered: Networks = frozenset()
         else:
-            current = _owned_cidrs(reads.values())
-            unowned = {g: {r.key for r in rules if not r.owned} for g, rules in reads.items()}
-            covered = frozenset(
-                n
-                for n in desired
-                if all(
-                    Key(self.protocol, p.first, p.last, str(n)) in unowned[g]
-                    for g in reads
-                    for p in self.ports
-                )
-            )
-        sized, notes = self._sizes(reads, lists)
-        changes, errors = [], []
-        for group, rules in reads.items():
+            current = _owned_cidrs(seen.rules.values())
+            covered = self._covered(seen, desired)
+        sized = {pl.list_id: (pl.family, pl.max_entries) for pl in seen.lists.values()}
+        sized.update({PENDING[f]: (f, self.max_entries) for f in FAMILIES})
+        sized.update(seen.sizes)
+        changes, errors, notes = [], [], list(seen.notes)
+        for group, rules in seen.rules.items():
             change, error = quota(
                 group_change(group, rules, wanted), rules, sized, self.rules_per_group
             )
@@ -175,69 +181,95 @@ class AwsBackend(Backend[None, object]):
             hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
             raise BackendError("; ".join(errors) + "; " + hint)
         add, remove = diff(desired, current, covered)
-        todo = [c for c in changes if c.authorize or c.revoke]
-        drift = explain(todo, add, remove) + [
-            f"{f.group}: cannot read rules ({f.code})" for f in failed
-        ]
-        steps: list[object] = [*list_changes, *todo, *failed]
+        todo = tuple(c for c in changes if c.authorize or c.revoke)
+        drift = explain(todo, add, remove) + _unreadable(seen.failed)
+        list_changes = pls.plan_lists(lists, desired, self.max_entries) if self.prefix_lists else []
+        work = AwsWork(tuple(list_changes), todo, seen.failed, ())
         return make_plan(
-            self.name, desired, current, covered=covered, drift=drift, notes=notes, steps=steps
+            self.name,
+            desired,
+            current,
+            covered=covered,
+            drift=drift,
+            notes=notes,
+            steps=[work] if not work.empty else [],
         )
 
-    def _removal(self) -> Plan[object]:
-        """Revoke every owned rule in the configured groups; delete cfallow's prefix lists."""
-        reads, failed = sg.read(self.ec2(), self.groups)
-        lists = pls.find_lists(self.ec2())
-        changes = [group_change(g, rules, ()) for g, rules in reads.items()]
-        todo = [c for c in changes if c.revoke]
-        current = _owned_cidrs(reads.values()) | frozenset(
-            IPNetwork(c) for pl in lists.values() for c in pl.entries
+    def _wanted(self, desired: Networks, lists: Mapping[str, pls.PrefixList]) -> set[Key]:
+        if not self.prefix_lists:
+            targets = {str(n) for n in desired}
+        else:
+            families = {f"IPv{n.version}" for n in desired}
+            targets = {lists[f].list_id if f in lists else PENDING[f] for f in families}
+        return {Key(self.protocol, p.first, p.last, t) for p in self.ports for t in targets}
+
+    def _covered(self, seen: AwsSeen, desired: Networks) -> Networks:
+        """Ranges every group already allows through a rule that is not cfallow's."""
+        unowned = {g: {r.key for r in rules if not r.owned} for g, rules in seen.rules.items()}
+        return frozenset(
+            n
+            for n in desired
+            if all(
+                Key(self.protocol, p.first, p.last, str(n)) in unowned[g]
+                for g in seen.rules
+                for p in self.ports
+            )
         )
-        deletes = [pls.DeleteList(pl.list_id) for pl in lists.values()]
+
+    def _removal(self, seen: AwsSeen) -> Plan[AwsWork]:
+        """Revoke every owned rule in the configured groups; delete cfallow's prefix lists."""
+        todo = tuple(c for c in (group_change(g, r, ()) for g, r in seen.rules.items()) if c.revoke)
+        current = _owned_cidrs(seen.rules.values()) | frozenset(
+            IPNetwork(c) for pl in seen.lists.values() for c in pl.entries
+        )
+        deletes = tuple(pls.DeleteList(pl.list_id) for pl in seen.lists.values())
         drift = (
             explain(todo, frozenset(), current)
             + [f"delete prefix list {d.list_id}" for d in deletes]
-            + [f"{f.group}: cannot read rules ({f.code})" for f in failed]
+            + _unreadable(seen.failed)
         )
-        steps: list[object] = [*todo, *failed, *deletes]
-        return Plan(self.name, current, frozenset(), current, tuple(drift), (), tuple(steps))
+        work = AwsWork((), todo, seen.failed, deletes)
+        return make_plan(
+            self.name, frozenset(), current, drift=drift, steps=[work] if not work.empty else []
+        )
 
-    # -- applying ------------------------------------------------------------
+    # -- apply -------------------------------------------------------------------
 
-    def apply(self, plan: Plan[object]) -> None:
+    def apply(self, plan: Plan[AwsWork]) -> None:
         """Lists first, then each group (authorize, then revoke), then list deletions.
 
         A failing group does not stop the others; every failure is named in
         one line at the end (group, AWS error code, operation).
         """
-        created: dict[str, str] = {}
-        for step in plan.steps:
-            if isinstance(step, pls.ListChange):
-                try:
-                    created[PENDING[step.family]] = pls.apply_change(
-                        self.ec2(), step, interval=self.poll_interval, timeout=self.poll_timeout
-                    )
-                except aws_errors() as exc:
-                    raise BackendError(
-                        f"{step.family} prefix list {step.list_id or '(new)'}: {error_code(exc)}"
-                        " (nothing changed in the groups)"
-                    ) from exc
-        failures = []
-        for step in plan.steps:
-            if isinstance(step, GroupUnreadable):
-                failures.append(f"{step.group}: {step.code} (describe)")
-            elif isinstance(step, GroupChange):
-                failure = self._apply_group(step, created)
+        failures: list[str] = []
+        for work in plan.steps:
+            created = self._apply_lists(work.lists)
+            failures += [f"{u.group}: {u.code} (describe)" for u in work.unreadable]
+            for change in work.groups:
+                failure = self._apply_group(change, created)
                 if failure:
                     failures.append(failure)
-        for step in plan.steps:
-            if isinstance(step, pls.DeleteList):
+            for delete in work.deletes:
                 try:
-                    pls.delete(self.ec2(), step.list_id)
+                    pls.delete(self.ec2(), delete.list_id)
                 except aws_errors() as exc:
-                    failures.append(f"{step.list_id}: {error_code(exc)} (delete prefix list)")
+                    failures.append(f"{delete.list_id}: {error_code(exc)} (delete prefix list)")
         if failures:
             raise BackendError("; ".join(failures))
+
+    def _apply_lists(self, changes: Iterable[pls.ListChange]) -> dict[str, str]:
+        created: dict[str, str] = {}
+        for change in changes:
+            try:
+                created[PENDING[change.family]] = pls.apply_change(
+                    self.ec2(), change, interval=self.poll_interval, timeout=self.poll_timeout
+                )
+            except aws_errors() as exc:
+                raise BackendError(
+                    f"{change.family} prefix list {change.list_id or '(new)'}: {error_code(exc)}"
+                    " (nothing changed in the groups)"
+                ) from exc
+        return created
 
     def _apply_group(self, change: GroupChange, created: dict[str, str]) -> str | None:
         keys = tuple(
@@ -258,6 +290,10 @@ class AwsBackend(Backend[None, object]):
             except aws_errors() as exc:
                 return f"{change.group}: {error_code(exc)} ({op})"
         return None
+
+
+def _unreadable(failed: Iterable[GroupUnreadable]) -> list[str]:
+    return [f"{f.group}: cannot read rules ({f.code})" for f in failed]
 
 
 def _owned_cidrs(reads: Iterable[list[Rule]]) -> Networks:

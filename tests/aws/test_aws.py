@@ -71,9 +71,12 @@ def test_first_sync_one_batch_per_group_then_nothing(world: World, ports: list[i
     assert again.error is None and not again.changed and not again.applied
     calls = [c for c in world.server.calls() if c.by_cfallow]
     assert [c for c in calls if c.mutating] == []
-    assert [c.action for c in calls] == ["DescribeSecurityGroups"] + [
-        "DescribeSecurityGroupRules"
-    ] * len(world.groups)
+    # Every read also looks for cfallow's own prefix lists (leftovers are removed by `remove`).
+    assert [c.action for c in calls] == [
+        "DescribeSecurityGroups",
+        *["DescribeSecurityGroupRules"] * len(world.groups),
+        "DescribeManagedPrefixLists",
+    ]
 
 
 def test_2021_change_adds_before_it_revokes_exactly_the_stale_rules(world: World) -> None:

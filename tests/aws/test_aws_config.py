@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from cfallow.backend import Context, build, load_class
-from cfallow.errors import BackendError, ConfigError
+from cfallow.backend import Context, build
+from cfallow.errors import BackendError, ConfigError, Unavailable
 
 GROUP = "sg-0123456789abcdef0"
 
@@ -99,9 +99,9 @@ def test_boto3_is_not_imported_until_the_backend_talks_to_aws() -> None:
         "import sys\n"
         "from cfallow.backend import Context, build, load_class\n"
         "import cfallow.cli\n"
-        "cls = load_class('aws'); ok, why = cls.available()\n"
+        "cls = load_class('aws')\n"
         f"b = build('aws', {{'security_group_ids': ['{GROUP}']}}, Context())\n"
-        "print(ok, sorted(m for m in ('boto3', 'botocore') if m in sys.modules))\n"
+        "print(cls is type(b), sorted(m for m in ('boto3', 'botocore') if m in sys.modules))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -109,14 +109,17 @@ def test_boto3_is_not_imported_until_the_backend_talks_to_aws() -> None:
     assert out.strip() == "True []"
 
 
-def test_available_says_how_to_install_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_says_how_to_install_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
     )
-    assert load_class("aws").available() == (
-        False,
-        "boto3 is not installed (pip install 'cfallow[aws]')",
+    backend = build("aws", {"security_group_ids": [GROUP]}, Context())
+    with pytest.raises(Unavailable) as err:
+        backend.check()
+    assert str(err.value) == (
+        "boto3 is not installed (install cfallow with its aws extra: "
+        "pip install '<your cfallow wheel or checkout>[aws]')"
     )

@@ -65,6 +65,12 @@ class Stubbed:
             {"Filters": [{"Name": "group-id", "Values": [group]}]},
         )
 
+    def no_lists(self) -> None:
+        """cfallow's own prefix lists: none (every read looks for them, to remove leftovers)."""
+        self.stub.add_response(
+            "describe_managed_prefix_lists", {"PrefixLists": []}, {"Filters": ANY}
+        )
+
     def ok(self, operation: str, params: dict[str, Any] | None = None) -> None:
         body = {"Return": True} if operation.endswith("_ingress") else {}
         self.stub.add_response(operation, body, params)
@@ -136,6 +142,7 @@ def test_forty_ipv4_and_forty_ipv6_rules_fit_a_quota_of_sixty() -> None:
     s = Stubbed()
     s.groups(G1)
     s.rules(G1, foreign_v4(25) + foreign_v6(33))  # + 15 and 7 of cfallow's: 40 and 40
+    s.no_lists()
     s.ok("authorize_security_group_ingress")
     result = run_backend(s.backend, CURRENT, dry_run=False)
     assert result.error is None, result.error
@@ -149,6 +156,7 @@ def test_one_rule_over_the_ipv4_quota_is_refused_before_any_write(others: int, l
     s = Stubbed(rules_per_group=limit)
     s.groups(G1)
     s.rules(G1, foreign_v4(others) + foreign_v6(50))
+    s.no_lists()
     for dry_run in (True, False):
         result = run_backend(s.backend, CURRENT, dry_run=dry_run)
         assert result.error == (
@@ -160,6 +168,8 @@ def test_one_rule_over_the_ipv4_quota_is_refused_before_any_write(others: int, l
             break
         s.groups(G1)
         s.rules(G1, foreign_v4(others) + foreign_v6(50))
+        s.no_lists()
+    s.no_lists()
     assert s.writes() == []
 
 
@@ -168,6 +178,7 @@ def test_a_prefix_list_reference_counts_as_its_max_entries(size: int, fits: bool
     s = Stubbed()
     s.groups(G1)
     s.rules(G1, [rule(1, FOREIGN)])
+    s.no_lists()
     s.stub.add_response(
         "describe_managed_prefix_lists",
         {
@@ -268,6 +279,7 @@ def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
     s.groups(G1)
     s.error("describe_security_group_rules", "Throttling", 400)
     s.rules(G1, [])
+    s.no_lists()
     s.error("authorize_security_group_ingress", "RequestLimitExceeded", 503)
     s.error("authorize_security_group_ingress", "RequestLimitExceeded", 503)
     s.ok("authorize_security_group_ingress")
@@ -278,6 +290,7 @@ def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
         "DescribeSecurityGroups",
         "DescribeSecurityGroupRules",
         "DescribeSecurityGroupRules",
+        "DescribeManagedPrefixLists",
         *["AuthorizeSecurityGroupIngress"] * 3,
     ]
     s.stub.assert_no_pending_responses()
@@ -288,6 +301,7 @@ def test_one_group_failing_does_not_stop_the_other_and_both_are_named() -> None:
     s.groups(G1, G2)
     s.rules(G1, [])
     s.rules(G2, [])
+    s.no_lists()
     s.error("authorize_security_group_ingress", "UnauthorizedOperation", 403)
     s.ok(
         "authorize_security_group_ingress",
@@ -304,6 +318,7 @@ def test_throttling_that_never_ends_names_the_group_and_code() -> None:
     s.groups(G1, G2)
     s.rules(G1, [])
     s.rules(G2, [])
+    s.no_lists()
     for _ in range(s.backend.attempts):  # type: ignore[attr-defined]
         s.error("authorize_security_group_ingress", "RequestLimitExceeded", 503)
     s.ok("authorize_security_group_ingress")
@@ -320,6 +335,7 @@ def test_at_the_quota_the_2021_change_revokes_first() -> None:
     s = Stubbed()
     s.groups(G1)
     s.rules(G1, owned + foreign_v4(45))
+    s.no_lists()
     stale = next(r["SecurityGroupRuleId"] for r in owned if r.get("CidrIpv4") == "104.16.0.0/12")
     s.ok("revoke_security_group_ingress", {"GroupId": G1, "SecurityGroupRuleIds": [stale]})
     s.ok("authorize_security_group_ingress")
@@ -349,6 +365,7 @@ def test_every_page_of_rules_is_read_before_deciding() -> None:
         {"SecurityGroupRules": owned[10:]},
         {**flt, "NextToken": "page-2"},
     )
+    s.no_lists()
     result = run_backend(s.backend, CURRENT, dry_run=False)
     assert result.error is None, result.error
     assert not result.changed and s.writes() == []
