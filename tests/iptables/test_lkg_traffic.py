@@ -100,7 +100,12 @@ class Lab:
         argv += ["--state-dir", str(self.tmp / "state"), *args]
         env = {**os.environ, "XTABLES_LOCKFILE": str(self.tmp / "xtables.lock")}
         return subprocess.run(
-            ns_exec(self.server, *argv), capture_output=True, text=True, env=env, timeout=120
+            ns_exec(self.server, *argv),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
         )
 
     def wipe(self) -> None:

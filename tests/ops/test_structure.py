@@ -73,4 +73,3 @@ def test_the_graph_is_real() -> None:
     assert "cfallow.backend" in graph["cfallow.engine"]
     assert "cfallow.backends.aws_rules" in graph["cfallow.backends.aws"]
     assert "cfallow.model" in graph["cfallow.backends.aws"]
-
