@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +77,8 @@ def write_log(state_dir: Path, entry: FetchLog) -> None:
 
 def failed_at(at: float, retry: float, error: str) -> FetchLog:
     """The log entry for a failed attempt at ``at``: retry after ``retry`` s plus jitter."""
+    import random  # only after a failure: not on every run's import path
+
     jitter = random.uniform(0, JITTER)  # noqa: S311 - spreading a fleet, not a secret
     return FetchLog(at, True, at + retry * (1 + jitter), error)
 
