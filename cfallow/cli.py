@@ -239,10 +239,16 @@ def _sync_like(
         say("%s", got.held)
         say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
     if failed:
-        return EXIT_BACKEND
-    if verb == "status":
-        return EXIT_DRIFT if doc["changed"] else EXIT_OK
-    return EXIT_RANGES if got.held is not None else EXIT_OK
+        code = EXIT_BACKEND
+    elif verb == "status":
+        code = EXIT_DRIFT if doc["changed"] else EXIT_OK
+    else:
+        code = EXIT_RANGES if got.held is not None else EXIT_OK
+    if not dry_run and cfg.notify_url is not None:
+        from cfallow import notify
+
+        notify.after_run(cfg.notify_url, cfg.notify_timeout, doc, code, got)
+    return code
 
 
 def cmd_sync(

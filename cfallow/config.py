@@ -165,6 +165,8 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     backends: dict[str, dict[str, Any]] = field(default_factory=lambda: {"iptables": {}})
     metrics_file: Path | None = None
+    notify_url: str | None = None
+    notify_timeout: float = 5.0
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -225,8 +227,18 @@ def parse(data: Mapping[str, Any], path: Path | None) -> Config:
     metrics = top.raw("metrics_file", None)
     if metrics is not None and not isinstance(metrics, str):
         raise ConfigError("metrics_file: expected a path string")
+    notify = top.raw("notify_url", None)
+    if notify is not None:
+        from cfallow.notify import check_url
+
+        if not isinstance(notify, str):
+            raise ConfigError("notify_url: expected a URL string")
+        check_url(notify)
+    notify_timeout = top.get_float("notify_timeout", 5.0, minimum=0.1)
     top.finish()
-    return Config(path, source, backends, Path(metrics) if metrics else None)
+    return Config(
+        path, source, backends, Path(metrics) if metrics else None, notify, notify_timeout
+    )
 
 
 def load(path: Path | None) -> Config:
