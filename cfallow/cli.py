@@ -154,8 +154,11 @@ def _emit(
     *,
     dry_run: bool,
     verb: str,
+    fetch: dict[str, object] | None = None,
 ) -> dict[str, object]:
     doc = report.to_json(ranges, results, dry_run=dry_run)
+    if fetch is not None:
+        doc["fetch"] = fetch
     if args.json:
         report.write_json(sys.stdout, doc)
         if ranges is not None:
@@ -230,7 +233,8 @@ def _sync_like(
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     if not dry_run:
         resolve.record(cfg, state, got)
-    doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
+    fetch = resolve.fetch_json(state, got)
+    doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb, fetch=fetch)
     failed = any(r.error is not None for r in results)
     if not dry_run:
         _write_metrics(cfg, doc, success=not failed and got.held is None)

@@ -154,3 +154,15 @@ def record(cfg: Config, state: State, resolved: Resolved) -> None:
     elif resolved.held is not None:
         entry = cadence.failed_at(at, cfg.source.retry, str(resolved.held))
         cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
+
+
+def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
+    """The ``fetch`` object of the JSON report: this run's attempt, and when Cloudflare's
+    list last changed (as far as this host has seen)."""
+    entry = cadence.read_log(state.dir)
+    return {
+        "attempted": resolved.attempted,
+        "ok": (resolved.held is None) if resolved.attempted else None,
+        "error": str(resolved.held) if resolved.held is not None else None,
+        "last_change": entry.changed_at if entry else None,
+    }

@@ -124,3 +124,41 @@ def test_notify_url_is_https_or_loopback_http(
     conf.write_text(f'notify_url = "{url}"\n')
     r = run_cli(capsys, "--config", str(conf), "sync", "--dry-run")
     assert r.rc == 2 and "notify_url: only https://" in r.err
+
+
+def test_metrics_keep_the_failed_fetch_and_the_successful_apply_apart(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    prom = env.tmp / "cfallow.prom"
+    env.config.write_text(f'metrics_file = "{prom}"\n' + env.config.read_text())
+
+    def samples() -> dict[str, float]:
+        fams = text_string_to_metric_families(prom.read_text())
+        return {s.name: s.value for fam in fams for s in fam.samples if not s.labels}
+
+    env.serve(fixture_text("api-ips-2021-03.json"))
+    assert env.sync().rc == 0
+    first = samples()
+    assert first["cfallow_source_fetch_success"] == 1 and first["cfallow_apply_success"] == 1
+    assert "cfallow_source_last_change_timestamp_seconds" not in first  # nothing seen yet
+
+    monkeypatch.setenv("CFALLOW_NOW", "1800000000")
+    env.serve(fixture_text("api-ips.json"))
+    assert env.sync().rc == 0
+    assert samples()["cfallow_source_last_change_timestamp_seconds"] == 1_800_000_000
+
+    monkeypatch.setenv("CFALLOW_NOW", "1800000600")
+    env.serve("", status=500)
+    assert env.sync().rc == 4
+    held = samples()
+    assert held["cfallow_source_fetch_success"] == 0  # the fetch failed
+    assert held["cfallow_apply_success"] == 1  # the backends are at the last-known-good list
+    assert held["cfallow_last_run_success"] == 0  # the run as a whole (exit 4)
+    assert held["cfallow_source_last_change_timestamp_seconds"] == 1_800_000_000
+
+    assert env.sync("--offline").rc == 0
+    offline = samples()
+    assert "cfallow_source_fetch_success" not in offline  # no fetch at all
+    assert offline["cfallow_last_run_success"] == 1
