@@ -226,6 +226,11 @@ class LegacyIO:
     @staticmethod
     def _modify(iptc: Any, table: Any, ops: Ops) -> None:
         lib = table._iptc  # python-iptables has no delete-by-number wrapper
+        if ops.create_parent:
+            table.create_chain(ops.parent)
+            iptc.Chain(table, "FORWARD").insert_rule(
+                _rule(iptc, ops.version, OwnRule(ops.parent)), 0
+            )
         for loc in sorted(ops.delete, key=lambda loc: (loc.chain, -loc.index)):
             if lib.iptc_delete_num_entry(loc.chain.encode(), loc.index, table._handle) != 1:
                 raise iptc.IPTCError(f"can't delete rule {loc.index + 1} of {loc.chain}")
