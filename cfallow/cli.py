@@ -157,6 +157,8 @@ def _emit(
     fetch: dict[str, object] | None = None,
 ) -> dict[str, object]:
     doc = report.to_json(ranges, results, dry_run=dry_run)
+    if ranges is not None:
+        doc["source"]["date"] = resolve.day(ranges)  # fetched_at as YYYY-MM-DD (UTC)
     if fetch is not None:
         doc["fetch"] = fetch
     if args.json:

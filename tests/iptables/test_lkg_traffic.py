@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -183,6 +184,7 @@ def test_offline_sync_with_no_upstream_at_all(lab: Lab) -> None:
     doc = json.loads(r.stdout)
     assert doc["source"]["kind"] == "last-known-good"
     assert doc["source"]["etag"] == "38f79d050aa027e3be3865e495dcc9bc"
+    assert doc["source"]["date"] == time.strftime("%Y-%m-%d", time.gmtime())
     assert lab.reach() == IN_STEP and lab.owned() == V4
 
 

@@ -251,8 +251,23 @@ def journal_order() -> list[str]:
     return [line for line in out.splitlines() if any(k in line for k in keep)]
 
 
+def entered(name: str) -> int:
+    """When ``name`` became active (µs, CLOCK_MONOTONIC), as systemd recorded it."""
+    out = sh("systemctl", "show", name, "-p", "ActiveEnterTimestampMonotonic").stdout
+    return int(out.strip().split("=", 1)[1] or 0)
+
+
 def second(res: dict[str, Any]) -> None:
     res["journal"] = journal_order()
+    res["entered"] = {
+        name: entered(name)
+        for name in (
+            "nftables.service",
+            "netfilter-persistent.service",
+            "cfallow-restore.service",
+            "network-pre.target",
+        )
+    }
     res["restore"] = unit("cfallow-restore.service")
     res["restore_log"] = sh(
         "journalctl", "-b", "-u", "cfallow-restore.service", "-o", "cat", "--no-pager"
