@@ -24,6 +24,7 @@ from cfallow.backend import Backend, Context
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, as_strings, parse_cidr
+from cfallow.trust import check_executable
 
 from . import fail2ban_dropin as dropin
 from .fail2ban_client import Client, ConfigDump, check_jail_name, entry_networks
@@ -89,6 +90,7 @@ class Fail2banBackend(Backend[None, object]):
             )
         self.jail_dir = jail_dir
         self.client_cmd = section.get_str("client", "fail2ban-client")
+        check_executable(self.client_cmd, f"[{where}] client")
         self.client = Client(ctx.runner, self.client_cmd, self.config_dir, self.socket)
 
     @property

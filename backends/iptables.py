@@ -23,21 +23,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 
-from netaddr import IPNetwork
+from netaddr import IPNetwork, IPSet
 
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, ValidationError
+from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
 
 from .iptables_diff import Ops, assess, assess_removal
 from .iptables_legacy import LegacyIO
 from .iptables_nft import NftIO
 from .iptables_rules import (
-    BUILTIN,
     Settings,
     Table,
     check_chain_name,
+    check_parent,
     observe,
     parse_save,
     port_slots,
@@ -87,12 +88,13 @@ class IptablesBackend(Backend[None, Step]):
             raise ConfigError(f"[{where}] ports: at most 15 ports (a range counts as two)")
         try:
             chain = check_chain_name(section.get_str("chain", "CFALLOW"), "chain")
-            parent = check_chain_name(section.get_str("parent", "INPUT"), "parent")
+            parent = section.get_str("parent", "INPUT")
+            if chain == parent:
+                raise ValueError(f"chain: {chain!r} is not a chain cfallow can own (the parent)")
+            parent = check_parent(check_chain_name(parent, "parent"))
             also = tuple(parse_cidr(c) for c in section.get_strings("also_allow", []))
         except (ValueError, ValidationError) as exc:
             raise ConfigError(f"[{where}] {exc}") from None
-        if chain in BUILTIN or chain == parent:
-            raise ConfigError(f"[{where}] chain: {chain!r} is not a chain cfallow can own")
         self.settings = Settings(
             chain=chain,
             parent=parent,
@@ -100,14 +102,40 @@ class IptablesBackend(Backend[None, Step]):
             ports=ports,
             mode=section.get_choice("mode", "allow", ("allow", "lockdown")),
             also_allow=tuple(sorted(set(also), key=lambda n: (n.version, n.value, n.prefixlen))),
+            adopt=section.get_bool("adopt_chain", False),
         )
+        self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
         self.writes = 0  # transactions written by this instance
         self._io: NftIO | LegacyIO | None = None
         self._notes: list[str] = []
         self._read_ahead: dict[int, str] = {}
-        self._planned: dict[int, Table] = {}
+
+    def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
+        """Refuse settings that silently undo the allowlist or lock the admin out."""
+        s = self.settings
+        for version, size in ((4, 2**32), (6, 2**128)):
+            if IPSet(n for n in s.also_allow if n.version == version).size == size:
+                raise ConfigError(
+                    f"[{where}] also_allow: covers every IPv{version} address, which turns "
+                    "the allowlist off (disable the iptables backend instead)"
+                )
+        if s.mode != "lockdown":
+            return
+        ssh = s.protocol == "tcp" and any(p.first <= 22 <= p.last for p in s.ports)
+        if ssh and not lockdown_ssh:
+            raise ConfigError(
+                f"[{where}] ports: lockdown on port 22 lets only Cloudflare reach SSH; "
+                "set lockdown_ssh = true if that is really wanted"
+            )
+        count = sum(p.last - p.first + 1 for p in s.ports)
+        if count > 1024:
+            self.ctx.log.warning(
+                "%s: lockdown on %d ports: every service on them answers only Cloudflare",
+                self.name,
+                count,
+            )
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -192,7 +220,6 @@ class IptablesBackend(Backend[None, Step]):
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
-        self._planned.clear()
         for version in self.families:
             obs = observe(self._parse(version), version, self.settings)
             if desired is None:
@@ -219,28 +246,26 @@ class IptablesBackend(Backend[None, Step]):
     def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.
 
-        The transaction is computed from a read of the table: on legacy hosts
-        always a fresh one under the xtables lock (rules are deleted by
-        position there); on nft hosts, the first apply after ``plan`` uses the
-        plan's own read, since an nft batch only deletes cfallow's rules by
-        their exact text, so a table that moved in between makes the batch
-        fail whole and change nothing. Any later apply reads again, so
-        ``apply`` is idempotent.
+        The transaction is computed from a fresh read of the table, taken
+        under the host-wide firewall lock (:mod:`cfallow.hostlock`) that is
+        held until the write: another cfallow run (another state directory)
+        cannot read the same table in between and insert a second jump. On
+        legacy hosts the xtables lock is held inside it too. Reading again
+        makes ``apply`` idempotent.
         """
         io = self._open()
-        for step in plan.steps:
-            if not isinstance(step, Step):
-                raise BackendError(f"not an iptables plan step: {step!r}")
-            basis = self._planned.pop(step.version, None)
-            if io.transact(step.version, _Compute(self.settings, step), basis):
-                self.writes += 1
-                self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
+        steps = list(plan.steps)
+        if not all(isinstance(step, Step) for step in steps):
+            raise BackendError(f"not an iptables plan: {steps!r}")
+        with firewall_lock(self.ctx.firewall_lock):
+            for step in steps:
+                assert isinstance(step, Step)
+                if io.transact(step.version, _Compute(self.settings, step)):
+                    self.writes += 1
+                    self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
     def _parse(self, version: int) -> Table:
-        table = parse_save(self._read(version))
-        if isinstance(self._io, NftIO):
-            self._planned[version] = table
-        return table
+        return parse_save(self._read(version))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from .iptables_rules import (
     Settings,
     accept,
     accept_source,
+    foreign_chain,
 )
 
 MAX_SHOWN = 5
@@ -162,6 +163,9 @@ def assess(
 ) -> tuple[list[str], Ops]:
     """Drift found in one family, and the transaction that brings it to ``desired``."""
     fam = FAMILY[obs.version]
+    refused = foreign_chain(obs, settings)
+    if refused:
+        raise BackendError(refused)
     create_parent = not obs.parent_exists and settings.parent == DOCKER_USER
     if not obs.parent_exists and not create_parent:
         raise BackendError(
@@ -207,6 +211,9 @@ def assess(
 def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
     """What removing cfallow from one family deletes (every jump, then the chain)."""
     fam = FAMILY[obs.version]
+    refused = foreign_chain(obs, settings)
+    if refused:
+        raise BackendError(refused)
     ops = Ops(
         obs.version,
         settings.chain,

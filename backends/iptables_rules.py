@@ -28,7 +28,20 @@ from cfallow.model import ordered, parse_cidr
 COMMENT = "cfallow"
 ALSO_COMMENT = "cfallow-also-allow"
 BUILTIN = ("INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING")
-VERDICTS = ("ACCEPT", "DROP", "RETURN", "REJECT", "QUEUE", "LOG")
+#: The chains a jump into cfallow's chain makes sense from: traffic to this host
+#: (INPUT) and to Docker's published ports (DOCKER-USER, limited to DNAT'ed
+#: connections). FORWARD is refused: a port-limited jump there would also
+#: catch the connections routed hosts make out to any web server.
+PARENTS = ("INPUT", "DOCKER-USER")
+#: Every xtables target name (the standard verdicts and the target extensions
+#: iptables 1.8 ships): a chain of that name would be ambiguous after ``-j``.
+_TARGET_NAMES = """
+ACCEPT DROP RETURN QUEUE REJECT LOG ULOG NFLOG NFQUEUE AUDIT CHECKSUM CLASSIFY CLUSTERIP
+CONNMARK CONNSECMARK CT DNAT DNPT DSCP ECN HL HMARK IDLETIMER LED MARK MASQUERADE NETMAP
+NOTRACK RATEEST REDIRECT SECMARK SET SNAT SNPT SYNPROXY TCPMSS TCPOPTSTRIP TEE TOS TPROXY
+TRACE TTL STANDARD ERROR
+"""
+TARGETS = frozenset(_TARGET_NAMES.split())
 CHAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,27}$")
 LOCKDOWN_TAIL = (
     "-i lo -j RETURN",
@@ -83,6 +96,7 @@ class Settings:
     ports: tuple[PortRange, ...] = (PortRange(80, 80), PortRange(443, 443))
     mode: str = "allow"
     also_allow: tuple[IPNetwork, ...] = ()
+    adopt: bool = False  # adopt_chain: take over an existing chain without cfallow's marks
 
     def jump(self) -> OwnRule:
         """The one jump from the parent chain, limited to the protocol and ports.
@@ -115,9 +129,23 @@ class Settings:
 
 
 def check_chain_name(name: str, key: str) -> str:
-    """Refuse a name iptables would refuse or that is not cfallow's to own."""
-    if not CHAIN_NAME.match(name) or name in VERDICTS:
+    """Refuse a name iptables would refuse, a target's name, or a built-in chain's."""
+    if not CHAIN_NAME.match(name):
         raise ValueError(f"{key}: not a usable chain name: {name!r}")
+    if name.upper() in TARGETS:
+        raise ValueError(f"{key}: not a usable chain name: {name!r} is an iptables target")
+    if key == "chain" and name in BUILTIN:
+        raise ValueError(f"chain: {name!r} is not a chain cfallow can own (a built-in chain)")
+    return name
+
+
+def check_parent(name: str) -> str:
+    """``parent`` must be one of :data:`PARENTS`."""
+    if name not in PARENTS:
+        raise ValueError(
+            f"parent: must be one of {', '.join(PARENTS)}, got {name!r} (a jump from "
+            f"{name} would not mean 'traffic to this host's web ports')"
+        )
     return name
 
 
@@ -218,6 +246,47 @@ class Observed:
         """The Cloudflare ranges the chain accepts now."""
         found = (accept_source(s, self.version, None) for s in self.chain or ())
         return frozenset(n for n in found if n is not None)
+
+
+def is_own_shape(spec: str, version: int) -> bool:
+    """A rule of a shape cfallow writes into its chain (a range, an also_allow, the tail)."""
+    return (
+        spec in LOCKDOWN_TAIL
+        or accept_source(spec, version, None) is not None
+        or accept_source(spec, version, ALSO_COMMENT) is not None
+    )
+
+
+def is_own_jump(spec: str) -> bool:
+    """A jump carrying cfallow's comment."""
+    tokens = spec.split()
+    return any(a == "--comment" and b == COMMENT for a, b in zip(tokens, tokens[1:]))
+
+
+def foreign_chain(obs: Observed, settings: Settings) -> str | None:
+    """Why an existing chain is not cfallow's to change (``None``: it is, or it is adopted).
+
+    cfallow's marks: a jump into the chain with the comment ``cfallow`` (cfallow
+    writes chain and jump in one transaction, so a chain it made has one), or,
+    with nothing jumping into the chain, rules all of the shapes cfallow
+    writes (an empty chain too): nothing of anyone else's is lost then, and a
+    jump the admin deleted by hand is put back.
+    """
+    if obs.chain is None or settings.adopt or any(is_own_jump(j.spec) for j in obs.jumps):
+        return None
+    others = [s for s in obs.chain if not is_own_shape(s, obs.version)]
+    if not obs.jumps and not others:
+        return None
+    what = [f"{len(obs.chain)} rule(s)"]
+    if others:
+        what.append(f"e.g. {others[0][:60]}")
+    if obs.jumps:
+        what.append(f"jumped to from {obs.jumps[0].chain} without the {COMMENT} comment")
+    return (
+        f"{FAMILY[obs.version]}: chain {settings.chain} exists and is not cfallow's "
+        f"({'; '.join(what)}): choose another chain name, or set adopt_chain = true "
+        "to let cfallow replace it"
+    )
 
 
 def observe(table: Table, version: int, settings: Settings) -> Observed:

@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
+from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 
@@ -70,6 +71,8 @@ class Context:
     runner: Runner = field(default_factory=Runner)
     state_dir: Path = Path("/var/lib/cfallow")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
+    #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
+    firewall_lock: Path = field(default_factory=default_path)
 
 
 class Backend(abc.ABC, Generic[O, S]):

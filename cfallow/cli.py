@@ -18,6 +18,7 @@ from cfallow.errors import (
     EXIT_RANGES,
     CfallowError,
     RangesError,
+    StateError,
     UsageError,
 )
 from cfallow.model import as_strings
@@ -200,11 +201,18 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
     return EXIT_OK
 
 
-def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> None:
-    if cfg.metrics_file is not None:
-        from cfallow import metrics
+def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> bool:
+    """Write the metrics file if one is configured; ``False`` (and one error line) if it fails."""
+    if cfg.metrics_file is None:
+        return True
+    from cfallow import metrics
 
+    try:
         metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=success)
+    except OSError as exc:
+        log.error("cannot write metrics_file %s: %s", cfg.metrics_file, exc.strerror or exc)
+        return False
+    return True
 
 
 def _sync_like(
@@ -227,19 +235,29 @@ def _sync_like(
             scheduled=getattr(args, "scheduled", False),
             force=getattr(args, "force", False),
         )
-    except RangesError:
+        record = not dry_run and got.fetched
+        if record:  # before any backend runs: a full state dir stops the run here
+            state.stage(got.ranges)
+    except (RangesError, StateError):
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
     ranges = got.ranges
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
+    state_error = None
     if not dry_run:
-        resolve.record(cfg, state, got)
-    fetch = resolve.fetch_json(state, got)
-    doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb, fetch=fetch)
-    failed = any(r.error is not None for r in results)
-    if not dry_run:
-        _write_metrics(cfg, doc, success=not failed and got.held is None)
+        try:
+            resolve.record(cfg, state, got, staged=record)
+        except StateError as exc:
+            state_error = str(exc)
+    doc = _emit(
+        args, ranges, results, dry_run=dry_run, verb=verb, fetch=resolve.fetch_json(state, got)
+    )
+    if state_error is not None:
+        log.error("%s", state_error)
+    failed = state_error is not None or any(r.error is not None for r in results)
+    if not dry_run and not _write_metrics(cfg, doc, success=not failed and got.held is None):
+        failed = True
     if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
         say = log.warning if verb == "status" else log.error
         say("%s", got.held)
@@ -262,6 +280,10 @@ def cmd_sync(
 ) -> int:
     if args.dry_run:
         return _sync_like(args, cfg, state, ctx, dry_run=True, verb="sync")
+    if cfg.metrics_file is not None:  # a config error (exit 2) before anything is touched
+        from cfallow import metrics
+
+        metrics.check_path(cfg.metrics_file)
     with state.lock(args.lock_timeout):
         return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
 

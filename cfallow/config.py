@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cfallow import trust
 from cfallow.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -152,6 +153,10 @@ class SourceConfig:
     timeout: float = 10.0
     attempts: int = 4
     max_shrink: float = 0.5
+    # 10x: Cloudflare's largest real step (2014, +104.16.0.0/12) was 4.9x its IPv4 coverage.
+    max_growth: float = 10.0
+    min_new_prefix_v4: int = 12
+    min_new_prefix_v6: int = 29
     backoff: float = 0.25  # first retry wait in seconds; doubles, with jitter
     refresh: float = 6 * 3600.0  # a scheduled run fetches when the known list is this old
     retry: float = 300.0  # seconds between attempts after a failed fetch (config: minutes)
@@ -184,6 +189,13 @@ def _duration(s: Section, key: str, default: float) -> float:
     return float(value)
 
 
+def _prefix(s: Section, key: str, default: int, bits: int) -> int:
+    value = s.get_int(key, default, minimum=0)
+    if value > bits:
+        raise ConfigError(f"[source] {key}: must be between 0 and {bits}, got {value}")
+    return value
+
+
 def _source(data: Mapping[str, Any]) -> SourceConfig:
     s = Section("source", data)
     d = SourceConfig()
@@ -200,6 +212,9 @@ def _source(data: Mapping[str, Any]) -> SourceConfig:
         timeout=s.get_float("timeout", d.timeout, minimum=0.1),
         attempts=s.get_int("attempts", d.attempts, minimum=1),
         max_shrink=max_shrink,
+        max_growth=s.get_float("max_growth", d.max_growth),
+        min_new_prefix_v4=_prefix(s, "min_new_prefix_v4", d.min_new_prefix_v4, 32),
+        min_new_prefix_v6=_prefix(s, "min_new_prefix_v6", d.min_new_prefix_v6, 128),
         backoff=s.get_float("backoff", d.backoff),
         refresh=_duration(s, "refresh", d.refresh),
         retry=s.get_float("retry", d.retry / 60, minimum=0.1) * 60,
@@ -242,11 +257,16 @@ def parse(data: Mapping[str, Any], path: Path | None) -> Config:
 
 
 def load(path: Path | None) -> Config:
-    """Load ``path``; ``None`` means the default file, or built-in defaults if it is absent."""
+    """Load ``path``; ``None`` means the default file, or built-in defaults if it is absent.
+
+    As root, the file, the commands it names and where it writes must be
+    root's alone to change (:mod:`cfallow.trust`).
+    """
     explicit = path is not None
     path = path or DEFAULT_CONFIG
     try:
         with open(path, "rb") as fh:
+            trust.check_open_file(fh.fileno(), path, "config file")
             data = tomllib.load(fh)
     except FileNotFoundError:
         if explicit:
@@ -256,4 +276,7 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"config file not readable: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    return parse(data, path)
+    cfg = parse(data, path)
+    if cfg.metrics_file is not None:
+        trust.check_output_dir(cfg.metrics_file.parent, "metrics_file directory")
+    return cfg

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.utils import get_environ_proxies
 from tenacity import (
     RetryError,
     Retrying,
@@ -21,9 +24,11 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from cfallow import __version__
-from cfallow.errors import FetchError
+from cfallow.errors import ConfigError, FetchError
 
 MAX_BODY = 1 << 20
 MAX_REDIRECTS = 5
@@ -46,30 +51,97 @@ class Response:
     location: str = ""
 
 
-def check_url(url: str) -> None:
-    """``https://`` only, except ``http://`` to a loopback address (tests, local mirror)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and parts.hostname:
-        host = parts.hostname
-        try:
-            if ipaddress.ip_address(host).is_loopback:
-                return
-        except ValueError:
-            if host == "localhost":
-                return
-    raise FetchError(f"refusing URL {url!r}: only https:// (or http:// to a loopback address)")
+@dataclass(frozen=True)
+class Target:
+    """A checked URL: what is sent, and where the HTTP library will connect."""
+
+    url: str  # the prepared URL: exactly what requests sends
+    scheme: str
+    host: str
+    port: int | None
+    loopback: bool
 
 
-def _read(session: requests.Session, url: str, timeout: float) -> Response:
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse(url: str, why: str) -> FetchError:
+    return FetchError(f"refusing URL {url!r}: {why}")
+
+
+def check_url(url: str, *, previous: Target | None = None) -> Target:
+    """Check one hop; ``previous`` is the hop that redirected here.
+
+    ``https://`` only, except ``http://`` to a loopback address (tests, local
+    mirror); never from ``https://`` down to ``http://``. The host is read with
+    the parser urllib3 itself connects with (on the URL requests prepares), and
+    must agree with :func:`urllib.parse.urlsplit`: a URL the two read
+    differently (``http://a:1\\@127.0.0.1/``) is refused, as are backslashes,
+    spaces, control or non-ASCII characters and credentials in the URL.
+    """
+    bad = next((c for c in url if not ("!" <= c <= "~") or c == "\\"), None)
+    if bad is not None:
+        raise _refuse(url, f"it contains {bad!r}")
+    try:
+        split = urlsplit(url)
+        split_port = split.port
+        prepared = requests.Request("GET", url).prepare().url or ""
+        lib = parse_url(prepared)
+    except (ValueError, requests.RequestException, LocationParseError):
+        raise _refuse(url, "cannot parse it") from None
+    if "@" in split.netloc or lib.auth is not None:
+        raise _refuse(url, "credentials in a URL are not supported")
+    host = (lib.host or "").strip("[]").lower()
+    scheme = lib.scheme or ""
+    if not host or (split.scheme, split.hostname, split_port) != (scheme, host, lib.port):
+        raise _refuse(url, "URL parsers disagree on where it points")
+    loopback = _is_loopback(host)
+    if not (scheme == "https" or (scheme == "http" and loopback)):
+        raise _refuse(url, "only https:// (or http:// to a loopback address)")
+    if previous is not None and previous.scheme == "https" and scheme != "https":
+        raise _refuse(url, f"a redirect from {previous.url} may not leave https://")
+    return Target(prepared, scheme, host, lib.port, loopback)
+
+
+def _ca_bundle() -> str | bool:
+    """``verify`` for requests: the environment's CA bundle (as requests reads it) or True."""
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        path = os.environ.get(var)
+        if path:
+            if not os.path.exists(path):
+                raise ConfigError(f"{var}={path}: no such file or directory (a CA bundle)")
+            return path
+    return True
+
+
+def _settings(target: Target) -> dict[str, Any]:
+    """Proxies and TLS settings for one hop, taken from the environment by hand.
+
+    The session ignores the environment (``trust_env`` off) so that a
+    loopback URL never goes through ``HTTP_PROXY``/``ALL_PROXY``: the request
+    to a local mirror would otherwise leave the host in cleartext. Other
+    hosts get the environment's proxies (``NO_PROXY`` honoured) as requests
+    would pick them.
+    """
+    proxies = {} if target.loopback else get_environ_proxies(target.url)
+    verify = _ca_bundle() if target.scheme == "https" else True
+    return {"proxies": proxies, "verify": verify}
+
+
+def _read(session: requests.Session, target: Target, url: str, timeout: float) -> Response:
     resp = session.get(
-        url,
+        target.url,
         timeout=timeout,
         stream=True,
         allow_redirects=False,
-        verify=True,
         headers={"User-Agent": USER_AGENT, "Accept": "application/json, text/plain"},
+        **_settings(target),
     )
     try:
         length = resp.headers.get("Content-Length", "")
@@ -93,7 +165,9 @@ def _read(session: requests.Session, url: str, timeout: float) -> Response:
         resp.close()
 
 
-def _read_within(session: requests.Session, url: str, remaining: float) -> Response | None:
+def _read_within(
+    session: requests.Session, target: Target, url: str, remaining: float
+) -> Response | None:
     """:func:`_read` in a daemon thread; ``None`` if it is not done within ``remaining``.
 
     A daemon thread, so a reader stuck past the deadline neither delays the
@@ -101,13 +175,13 @@ def _read_within(session: requests.Session, url: str, remaining: float) -> Respo
     """
     box: list[Response | BaseException] = []
 
-    def target() -> None:
+    def work() -> None:
         try:
-            box.append(_read(session, url, remaining))
+            box.append(_read(session, target, url, remaining))
         except BaseException as exc:
             box.append(exc)
 
-    thread = threading.Thread(target=target, name="cfallow-fetch", daemon=True)
+    thread = threading.Thread(target=work, name="cfallow-fetch", daemon=True)
     thread.start()
     thread.join(remaining)
     if not box:
@@ -121,14 +195,16 @@ def _get_once(url: str, timeout: float) -> Response:
     """Follow up to :data:`MAX_REDIRECTS` checked redirects within one deadline."""
     deadline = time.monotonic() + timeout
     session = requests.Session()
+    session.trust_env = False  # proxies and CA bundle: see _settings
+    target: Target | None = None
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url)
+            target = check_url(url, previous=target)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                resp = _read_within(session, url, remaining)
+                resp = _read_within(session, target, url, remaining)
             except requests.exceptions.SSLError as exc:
                 raise FetchError(f"{url}: TLS verification failed: {exc}") from None
             except (requests.ConnectionError, requests.Timeout) as exc:

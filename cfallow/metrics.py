@@ -30,11 +30,13 @@ Metrics (all gauges; ``backend`` and ``family`` labels)::
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cfallow.errors import ConfigError
 from cfallow.fs import write_atomic
 
 PREFIX = "cfallow_"
@@ -186,6 +188,22 @@ def _fetch_gauges(
             "When a fetched Cloudflare list last differed from the last-known-good one.",
             [({}, float(changed))],
         )
+
+
+def check_path(path: Path) -> None:
+    """Before a run changes anything: :class:`ConfigError` unless ``path`` can be written.
+
+    Its directory must exist and be writable (cfallow never creates it: a
+    missing one is usually a typo or an uninstalled collector), and the file,
+    if present, must be a regular file.
+    """
+    where = path.parent
+    if not where.is_dir():
+        raise ConfigError(f"metrics_file {path}: directory {where} does not exist")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"metrics_file {path}: not a regular file")
+    if not os.access(where, os.W_OK):
+        raise ConfigError(f"metrics_file {path}: directory {where} is not writable")
 
 
 def write_metrics(path: Path, report: dict[str, Any], *, now: float, success: bool) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from cfallow import cadence, sources
 from cfallow.config import Config
 from cfallow.errors import GuardRefused, RangesError
-from cfallow.guard import check_shrink
+from cfallow.guard import check_growth, check_shrink
 from cfallow.model import Networks, as_strings
 from cfallow.ranges import Ranges
 from cfallow.state import State
@@ -81,12 +81,30 @@ def _without_network(known: Ranges | None) -> Ranges:
     return snap
 
 
+def _growth_baseline(known: Ranges | None, bundled: Ranges) -> Ranges:
+    """What a new list may not grow too far beyond: the last-known-good list together
+    with the bundled snapshot, so returning to the shipped list after a forced shrink
+    is no growth."""
+    if known is None:
+        return bundled
+    return Ranges(known.ipv4 | bundled.ipv4, known.ipv6 | bundled.ipv6, known.kind)
+
+
+def guard(cfg: Config, ranges: Ranges, known: Ranges | None) -> None:
+    """The shrink and growth guards (:class:`GuardRefused`)."""
+    src = cfg.source
+    check_shrink(ranges, known, src.max_shrink)
+    baseline = _growth_baseline(known, sources.bundled())
+    prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
+    check_growth(ranges, baseline, src.max_growth, prefixes)
+
+
 def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
     try:
         # Stamped with the run's clock: the cadence measures the list's age by it.
         ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
         if not force:
-            check_shrink(ranges, known, cfg.source.max_shrink)
+            guard(cfg, ranges, known)
     except RangesError as exc:
         if known is not None:
             return Resolved(_as_known(known), attempted=True, held=exc)
@@ -122,7 +140,7 @@ def resolve(
     if source == "bundled":
         ranges = sources.bundled()
         if not force:
-            check_shrink(ranges, known, cfg.source.max_shrink)
+            guard(cfg, ranges, known)
         return Resolved(ranges)
     if offline:
         return Resolved(_without_network(known))
@@ -139,15 +157,19 @@ def resolve(
     return _live(cfg, known, force=force)
 
 
-def record(cfg: Config, state: State, resolved: Resolved) -> None:
-    """After a real run: save an accepted list, log the attempt (for the cadence)."""
+def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
+    """After a real run: record an accepted list (commit the candidate ``staged`` before
+    the backends ran, else save it), log the attempt (for the cadence)."""
     if not resolved.attempted:
         return
     at = cadence.now()
     previous = cadence.read_log(state.dir)
     changed_at = previous.changed_at if previous else None
     if resolved.fetched:
-        state.save(resolved.ranges)
+        if staged:
+            state.commit()
+        else:
+            state.save(resolved.ranges)
         if resolved.added or resolved.removed:
             changed_at = at
         cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))

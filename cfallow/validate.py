@@ -35,7 +35,11 @@ _SPECIAL_V6 = {
     "::/128": "unspecified",
     "::1/128": "loopback",
     "::ffff:0:0/96": "IPv4-mapped",
-    "64:ff9b:1::/48": "local-use NAT64",
+    # Transition space: addresses that stand for IPv4 hosts or tunnels, never a CDN edge.
+    "64:ff9b::/96": "NAT64 (well-known prefix) transition",
+    "64:ff9b:1::/48": "local-use NAT64 transition",
+    "2001::/32": "Teredo transition",
+    "2002::/16": "6to4 transition",
     "100::/64": "discard-only",
     "2001::/23": "IETF protocol assignments",
     "2001:db8::/32": "documentation",

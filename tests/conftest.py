@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 from support import namespace
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_firewall_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs (in-process and the CLI's subprocesses) take a lock private to this test session.
+
+    The tests' firewalls live in their own namespaces, so the host's
+    ``/run/cfallow.lock`` is not theirs to hold; a test of the lock itself
+    sets its own path.
+    """
+    key = "CFALLOW_FIREWALL_LOCK"
+    old = os.environ.get(key)
+    os.environ[key] = str(tmp_path_factory.mktemp("fwlock") / "cfallow.lock")
+    yield
+    if old is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = old
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ touched. ``fail = "check"|"plan"|"apply"`` makes it fail on purpose.
 
 Installed as a separate distribution so it loads through the
 ``cfallow.backends`` entry-point group exactly as a third-party plugin would.
+``after_apply = [ARGV...]`` runs that command (through the runner) right after
+a successful apply: tests use it to break something in the middle of a run.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class FakeBackend(Backend[Seen, Write]):
         super().__init__(section, ctx)
         self.path = Path(section.get_str("path", str(ctx.state_dir / "fake-target.json")))
         self.fail = section.get_choice("fail", "", ("", "check", "plan", "apply"))
+        self.after_apply = section.get_strings("after_apply", [])
 
     def check(self) -> None:
         if self.fail == "check":
@@ -91,6 +94,8 @@ class FakeBackend(Backend[Seen, Write]):
             data.update(owned=list(step.owned), writes=step.basis + 1)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, json.dumps(data, indent=1))
+        if self.after_apply:
+            self.ctx.runner.run(self.after_apply)
 
 
 class SecondFakeBackend(FakeBackend):

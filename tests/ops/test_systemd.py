@@ -108,6 +108,9 @@ def test_service_runs_sync_after_the_saved_rulesets_with_the_issue_hardening() -
     assert s["ProtectSystem"] == ["strict"]
     rw = set(words(s["ReadWritePaths"]))
     assert {"-/run/xtables.lock", "-/run/fail2ban", "-/etc/fail2ban/jail.d"} <= rw
+    # cfallow's host-wide firewall lock: made outside the sandbox, writable inside
+    assert "-/run/cfallow.lock" in rw
+    assert "/run/cfallow.lock" in words(s["ExecStartPre"])
     assert s["StateDirectory"] == ["cfallow"]
     assert set(words(s["RestrictAddressFamilies"])) == {
         "AF_UNIX",

@@ -118,7 +118,8 @@ class Fw:
     # -- the backend ----------------------------------------------------------------
     def backend(self, **section: Any) -> Backend:
         """A fresh, real iptables backend bound to this namespace."""
-        inner = build("iptables", dict(section), Context(runner=self.runner))
+        ctx = Context(runner=self.runner, firewall_lock=self.tmp / "cfallow.lock")
+        inner = build("iptables", dict(section), ctx)
         if self.variant == "nft":
             self.made.append(inner)
             return inner

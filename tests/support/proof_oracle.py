@@ -23,7 +23,8 @@ def _nets(*cidrs: str) -> tuple[Net, ...]:
 
 
 #: Must be refused: private, shared, loopback, link-local, multicast, reserved,
-#: documentation, benchmarking, "this network", protocol assignments (IANA).
+#: documentation, benchmarking, "this network", protocol assignments (IANA),
+#: and the IPv6 transition prefixes (NAT64, Teredo inside 2001::/23, 6to4).
 FORBIDDEN = _nets(
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -42,8 +43,11 @@ FORBIDDEN = _nets(
     "::/128",
     "::1/128",
     "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
     "100::/64",
     "2001::/23",
+    "2002::/16",
     "2001:db8::/32",
     "fc00::/7",
     "fe80::/10",
@@ -57,7 +61,6 @@ GREY = _nets(
     "192.52.193.0/24",
     "192.88.99.0/24",
     "192.175.48.0/24",
-    "2002::/16",
     "3fff::/20",
     "5f00::/16",
 )
