@@ -7,14 +7,18 @@ the configuration without the drop-in, so a range the admin lists (in the jail
 or in DEFAULT, whichever the jail uses) is never added, never removed, live or
 persisted. The drop-in is checked with ``fail2ban-client -t`` on a copy of the
 whole tree with the candidate in place before it is renamed into place; only
-then do the live lists change (one ``addignoreip`` per jail, one
-``delignoreip`` per stale range).
+then do the live lists change, over one connection to the server's socket (one
+``addignoreip`` per jail, one ``delignoreip`` per stale range). What cfallow
+added live is also kept in its own record in the state directory, so entries a
+stopped run left live are still found and removed (see ``fail2ban_record``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +27,15 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
-from cfallow.model import Networks, Plan, as_strings, parse_cidr
+from cfallow.model import Networks, Plan
 from cfallow.trust import check_executable
 
+from . import fail2ban_cache as cache
+from . import fail2ban_copy as copies
 from . import fail2ban_dropin as dropin
-from .fail2ban_client import Client, ConfigDump, check_jail_name, entry_networks
+from . import fail2ban_record as record
+from .fail2ban_client import Client, ConfigDump, check_jail_name, cidr, entry_networks, strs
+from .fail2ban_diff import Diff, LiveChange, RecordChange, usable
 
 DEFAULT_SOCKET = "/var/run/fail2ban/fail2ban.sock"
 DEFAULT_CONFIG_DIR = "/etc/fail2ban"
@@ -41,19 +49,6 @@ class DropInChange:
     new: str | None
     #: ``(jail, ranges)`` the new file must give each jail, checked on the candidate.
     expect: tuple[tuple[str, tuple[str, ...]], ...]
-
-
-@dataclass(frozen=True)
-class LiveChange:
-    """Plan step: one jail's live ignore list (validated CIDR strings)."""
-
-    jail: str
-    add: tuple[str, ...]
-    remove: tuple[str, ...]
-
-
-def _strs(nets: Networks) -> tuple[str, ...]:
-    return tuple(str(parse_cidr(c)) for c in as_strings(nets))
 
 
 def _union(sets: list[Networks]) -> Networks:
@@ -92,6 +87,7 @@ class Fail2banBackend(Backend[None, object]):
         self.client_cmd = section.get_str("client", "fail2ban-client")
         check_executable(self.client_cmd, f"[{where}] client")
         self.client = Client(ctx.runner, self.client_cmd, self.config_dir, self.socket)
+        self.record_path = record.path_in(ctx.state_dir)
 
     @property
     def path(self) -> Path:
@@ -124,13 +120,37 @@ class Fail2banBackend(Backend[None, object]):
         """Per jail: desired minus the admin's base list, against drop-in and live list."""
         return self._plan(desired)
 
-    def _admin(self) -> ConfigDump:
-        with dropin.config_copy(self.config_dir, None) as copy:
-            return self.client.dump(copy, self.config_dir)
+    def _admin(self, notes: list[str]) -> ConfigDump:
+        copies.sweep(copies.tmp_root(self.ctx.state_dir))
+        key = cache.fingerprint(self.config_dir, dropin.NAME, self.client_cmd)
+        path = self.ctx.state_dir / cache.NAME
+        known = cache.load(path, key) if key else None
+        if known is not None:
+            return known
+        with self._copy(None, notes) as copy:
+            dump = self.client.dump(copy, self.config_dir)
+        if key and key == cache.fingerprint(self.config_dir, dropin.NAME, self.client_cmd):
+            cache.save(path, key, dump)
+        return dump
 
-    def _managed(self, admin: ConfigDump) -> list[str]:
+    @contextlib.contextmanager
+    def _copy(self, candidate: str | None, notes: list[str]) -> Iterator[Path]:
+        root = copies.tmp_root(self.ctx.state_dir)
+        with copies.config_copy(self.config_dir, root, dropin.NAME, candidate) as copy:
+            if copy.skipped:
+                shown = ", ".join(copy.skipped[:3])
+                notes.append(f"{self.config_dir}: not copied for checks (not a file): {shown}")
+            yield copy.path
+
+    def _managed(self, admin: ConfigDump, notes: list[str]) -> list[str]:
         if not self.jails:
-            return admin.jails
+            for jail in admin.jails:
+                if not usable(jail):
+                    notes.append(
+                        f"jail {jail!r}: name cannot be written safely in {dropin.NAME} "
+                        "(use letters, digits and _.:@+-): skipped"
+                    )
+            return [j for j in admin.jails if usable(j)]
         missing = [j for j in self.jails if j not in admin.ignoreip]
         if missing:
             raise BackendError(
@@ -139,61 +159,51 @@ class Fail2banBackend(Backend[None, object]):
             )
         return list(self.jails)
 
-    def _plan(self, desired: Networks | None) -> Plan[object]:
-        old = dropin.read(self.path)
-        owned, problems = dropin.parse(old) if old is not None else ({}, [])
-        admin = self._admin()
-        managed = self._managed(admin) if desired is not None else []
+    def _running(self, admin: ConfigDump, managed: list[str], notes: list[str]) -> set[str]:
         jails, why = self.client.running_jails()
-        up = jails is not None
-        running = set(jails or ())
-        notes: list[str] = []
-        drift = [f"{dropin.NAME}: {p}" for p in problems[:3]]
-        if not up:
+        if jails is None:
             notes.append(
                 f"fail2ban server not answering ({why}): live ignore lists not updated "
                 "(the drop-in takes effect when fail2ban starts or reloads)"
             )
-        else:
-            for jail in sorted(running - set(admin.jails)):
-                notes.append(f"jail {jail} runs but is not in {self.config_dir}: skipped")
-            for jail in managed:
-                if jail not in running:
-                    notes.append(f"jail {jail} is not running: drop-in only")
+            return set()
+        running = set(jails)
+        for jail in sorted(running - set(admin.jails)):
+            notes.append(f"jail {jail} runs but is not in {self.config_dir}: skipped")
+        for jail in managed:
+            if jail not in running:
+                notes.append(f"jail {jail} is not running: drop-in only")
+        return running
 
-        new_owned: dict[str, Networks] = {}
-        adds: list[Networks] = []
-        removes: list[Networks] = []
-        live: list[LiveChange] = []
-        for jail in sorted(set(managed) | set(owned)):
-            check_jail_name(jail)
-            base = entry_networks(admin.ignoreip.get(jail, []))
-            want = desired - base if desired is not None and jail in managed else frozenset()
-            mine = owned.get(jail, frozenset())
-            new_owned[jail] = want
-            adds.append(want - mine)
-            removes.append(mine - want)
-            if want != mine:
-                notes.append(f"jail {jail}: +{len(want - mine)} -{len(mine - want)}")
-            if jail in running:
-                now = entry_networks(self.client.ignoreip(jail))
-                live_add = want - now
-                live_del = (mine - want - base) & now
-                lacking = live_add & mine
-                if lacking:
-                    drift.append(f"jail {jail}: live list lacks {len(lacking)} owned range(s)")
-                if live_add or live_del:
-                    live.append(LiveChange(jail, _strs(live_add), _strs(live_del)))
-
-        new = dropin.render(new_owned, admin.defined)
-        add, remove = _union(adds), _union(removes)
+    def _plan(self, desired: Networks | None) -> Plan[object]:
+        old = dropin.read(self.path)
+        owned, problems = dropin.parse(old) if old is not None else ({}, [])
+        recorded, rec_problem = record.load(self.record_path)
+        notes: list[str] = [rec_problem] if rec_problem else []
+        drift = [f"{dropin.NAME}: {p}" for p in problems[:3]]
+        admin = self._admin(notes)
+        managed = self._managed(admin, notes) if desired is not None else []
+        with self.client.session():
+            running = self._running(admin, managed, notes)
+            jails = sorted(j for j in set(managed) | set(owned) | set(recorded) if usable(j))
+            diff = Diff(desired, managed, owned, recorded, running)
+            lists = self.client.ignoreips([j for j in jails if j in running])
+            for jail in jails:
+                base = entry_networks(admin.ignoreip.get(jail, []))
+                now = entry_networks(lists[jail]) if jail in lists else None
+                diff.jail(jail, base, now, notes, drift)
+        new = dropin.render(diff.new_owned, admin.defined)
+        add, remove = _union(diff.adds), _union(diff.removes)
         steps: list[object] = []
         if new != old:
             if not (add or remove or drift):
                 drift.append(f"{dropin.NAME} differs from what cfallow writes")
-            expect = tuple((j, _strs(n)) for j, n in sorted(new_owned.items()) if n)
+            expect = tuple((j, strs(n)) for j, n in sorted(diff.new_owned.items()) if n)
             steps.append(DropInChange(old, new, expect))
-        steps.extend(live)
+        steps.extend(diff.live)
+        rec = diff.record_change(recorded)
+        if rec.before != rec.after or dict(rec.after) != recorded:
+            steps.append(rec)
         return Plan(
             self.name,
             current=_union(list(owned.values())),
@@ -205,16 +215,23 @@ class Fail2banBackend(Backend[None, object]):
         )
 
     def apply(self, plan: Plan[object]) -> None:
-        """Drop-in first (checked, renamed into place), then live: adds, then removals."""
+        """Record widened, drop-in (checked, renamed into place), live adds and removals,
+        record narrowed to what is live now."""
+        rec = next((s for s in plan.steps if isinstance(s, RecordChange)), None)
+        if rec is not None:
+            record.save(self.record_path, dict(rec.before))
         for step in plan.steps:
             if isinstance(step, DropInChange):
                 self._put(step)
-        changes = [s for s in plan.steps if isinstance(s, LiveChange)]
-        for change in changes:
-            self.client.add_ignore(change.jail, [parse_cidr(c) for c in change.add])
-        for change in changes:
-            for cidr in change.remove:
-                self.client.del_ignore(change.jail, parse_cidr(cidr))
+        changes = [
+            (s.jail, frozenset(map(cidr, s.add)), frozenset(map(cidr, s.remove)))
+            for s in plan.steps
+            if isinstance(s, LiveChange)
+        ]
+        with self.client.session():
+            self.client.change(changes)
+        if rec is not None:
+            record.save(self.record_path, dict(rec.after))
 
     def _put(self, step: DropInChange) -> None:
         if dropin.read(self.path) != step.old:
@@ -222,7 +239,7 @@ class Fail2banBackend(Backend[None, object]):
         if step.new is None:
             dropin.remove(self.path)
             return
-        with dropin.config_copy(self.config_dir, step.new) as copy:
+        with self._copy(step.new, []) as copy:
             message = self.client.test(copy, self.config_dir)
             if message is not None:
                 raise BackendError(
@@ -232,7 +249,7 @@ class Fail2banBackend(Backend[None, object]):
             effective = self.client.dump(copy, self.config_dir)
         for jail, cidrs in step.expect:
             got = entry_networks(effective.ignoreip.get(jail, []))
-            if not {parse_cidr(c) for c in cidrs} <= got:
+            if not {cidr(c) for c in cidrs} <= got:
                 raise BackendError(
                     f"with {dropin.NAME} in place jail {jail} still lacks cfallow's "
                     f"ranges (does a file read after {dropin.NAME} set its ignoreip?)"

@@ -10,10 +10,10 @@ one jump into it at position 1 of the parent chain (``INPUT``, or
 
 Every other rule, chain, counter and policy stays as it was. Each change is one
 transaction per family: ``iptables-nft-restore --noflush`` on nf_tables hosts,
-one python-iptables commit under the xtables lock on legacy hosts. An
-unchanged chain means no write at all. The variant is what ``iptables
---version`` says, so rules never land where the host neither shows nor
-enforces them.
+``iptables-legacy-restore --noflush`` under the xtables lock on legacy hosts
+(the same batch). An unchanged chain means no write at all. The variant is
+what ``iptables --version`` says, so rules land where the admin's own
+``iptables`` shows them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib.util import find_spec
 
 from netaddr import IPNetwork, IPSet
 
@@ -47,6 +46,8 @@ from .iptables_rules import (
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
 OLD_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
+LEGACY_RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
+OLD_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 
 
 def detect(version_text: str) -> tuple[str, bool]:
@@ -165,14 +166,17 @@ class IptablesBackend(Backend[None, Step]):
         if kind != detected:
             note = (
                 f"variant = {kind}, but this host's iptables is {detected} ({text.strip()}): "
-                f"rules in the {kind} tables are neither listed nor enforced there"
+                f"rules in the {kind} tables are enforced (their DROPs drop; their ACCEPTs "
+                f"cannot undo a DROP in the {detected} tables) but the admin's iptables "
+                "command does not list them"
             )
             self.ctx.log.warning("%s: %s", self.name, note)
             self._notes.append(note)
         if kind == "nft":
             self._io = NftIO(runner)
         else:
-            self._io = LegacyIO(runner, LEGACY_SAVE if legacy_tools else OLD_SAVE)
+            tools = (LEGACY_SAVE, LEGACY_RESTORE) if legacy_tools else (OLD_SAVE, OLD_RESTORE)
+            self._io = LegacyIO(runner, *tools, chain=self.settings.chain)
         return self._io
 
     def _read(self, version: int) -> str:
@@ -181,12 +185,7 @@ class IptablesBackend(Backend[None, Step]):
 
     def check(self) -> None:
         """Variant, tools, privileges, kernel support: one read per family (reused by ``plan``)."""
-        io = self._open()
-        if isinstance(io, LegacyIO) and find_spec("iptc") is None:
-            raise BackendError(
-                "python-iptables is not installed (pip install 'cfallow[iptables]'); "
-                "the legacy variant writes through it"
-            )
+        self._open()
         with ThreadPoolExecutor(len(self.families)) as pool:
             texts = pool.map(self._first_read, self.families)
             self._read_ahead = dict(zip(self.families, texts))
@@ -251,7 +250,8 @@ class IptablesBackend(Backend[None, Step]):
         held until the write: another cfallow run (another state directory)
         cannot read the same table in between and insert a second jump. On
         legacy hosts the xtables lock is held inside it too. Reading again
-        makes ``apply`` idempotent.
+        makes ``apply`` idempotent. On legacy hosts the read also carries the
+        built-in policies' counters, which the restore batch sets back.
         """
         io = self._open()
         steps = list(plan.steps)
@@ -265,7 +265,10 @@ class IptablesBackend(Backend[None, Step]):
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
     def _parse(self, version: int) -> Table:
-        return parse_save(self._read(version))
+        text = self._read(version)
+        if isinstance(self._io, LegacyIO):
+            return self._io.parse(version, text)
+        return parse_save(text)
 
 
 @dataclass(frozen=True)

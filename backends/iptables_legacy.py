@@ -1,50 +1,49 @@
-"""iptables-legacy I/O: read with ``*-save``, write with python-iptables, one commit per family.
+"""iptables-legacy I/O: read with ``*-save``, write one ``*-restore --noflush`` per family.
 
 A legacy table is replaced as a whole blob (one ``IPT_SO_SET_REPLACE``), so
-one python-iptables commit with autocommit off is atomic. python-iptables does
-not take the xtables lock itself: cfallow holds ``/run/xtables.lock`` (or
-``$XTABLES_LOCKFILE``, as iptables does) with ``flock`` around refresh, read,
-modify and commit, so the iptables tools wait for it instead of racing it. A
-writer that ignores the lock makes the kernel refuse the commit with EAGAIN;
-cfallow then starts over from a fresh read, a bounded number of times.
+one restore batch is atomic: ``ip(6)tables-legacy-restore --noflush`` reads
+the table, applies the lines and commits once, or changes nothing. The rules
+are then exactly what their text means to ``iptables`` (the former
+python-iptables writer got IPv6 interface masks wrong: :mod:`.iptables_iptc`).
+
+cfallow holds the xtables lock (``/run/xtables.lock``, or
+``$XTABLES_LOCKFILE`` as iptables does) with ``flock`` around its read, the
+diff and the restore, so no lock-honouring tool changes a rule or a policy in
+between. The restore itself is pointed at a private lock file: it would
+otherwise wait for cfallow's own lock. A writer that ignores the lock makes
+the kernel refuse the commit (EAGAIN; the restore says ``line N failed``):
+when a fresh read shows the table moved, cfallow starts over from it, a
+bounded number of times.
 
 libiptc's commit would leave the built-in chains' policy counters at what
-they gained since the read; cfallow sets them back to the values it read.
-
-Rules are deleted by position, so before any change the handle is checked
-against the text that was read: the chains it deletes from must hold the same
-targets in the same order, else the table moved and the attempt starts over.
+they gained since its read (``iptables-legacy -A`` does that too): the batch
+runs with ``-c`` and sets each built-in policy to the policy and counters
+cfallow read under the lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import importlib
-import importlib.util
 import os
-import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Protocol
 
 from cfallow.errors import BackendError, CommandError
 from cfallow.fs import flock_within
 from cfallow.runner import Runner
 
 from .iptables_diff import Ops
-from .iptables_rules import FAMILY, OwnRule, Table, explain, parse_save, target_of
+from .iptables_iptc import Moved
+from .iptables_rules import FAMILY, Table, explain, parse_save
 
 LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
 LOCK_WAIT = 30.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
-BUILTIN_FILTER = ("INPUT", "FORWARD", "OUTPUT")
-XTABLES_DIRS = ("/usr/lib64/xtables", "/usr/lib/xtables", "/usr/libexec/xtables")
 
-
-class Moved(Exception):
-    """The table changed between the read and the handle (or under the commit)."""
+__all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "xtables_lock"]
 
 
 @contextlib.contextmanager
@@ -62,87 +61,90 @@ def xtables_lock(path: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         os.close(fd)
 
 
-def _xtables_dir() -> str | None:
-    for path in (*sorted(glob.glob("/usr/lib/*-linux-*/xtables")), *XTABLES_DIRS):
-        if os.path.isdir(path):
-            return path
-    return None
+class Writer(Protocol):
+    """Writes one family's transaction; the caller holds the xtables lock."""
+
+    def write(self, version: int, ops: Ops, table: Table) -> None:
+        """Apply ``ops`` (computed from ``table``, read under the lock) atomically, or raise."""
 
 
-def load_iptc() -> Any:
-    """Import python-iptables (only when a legacy write happens).
+def policy_lines(table: Table) -> list[str]:
+    """``:CHAIN POLICY [p:b]`` of the built-in chains, as read (for a ``-c`` restore)."""
+    return [line for line in table.policies if line.endswith("]")]
 
-    Its import runs ``ldconfig -N -v`` unless ``XTABLES_LIBDIR`` names the
-    extension directory (libxtables reads it too), and compilers and linkers
-    to find its own helper library unless ``IPTABLES_LIBDIR`` names the
-    directory it is in: both are set here when unset (about 0.1 s).
+
+class RestoreWriter:
+    """``ip(6)tables-legacy-restore --noflush -c``: the same batch the nft path writes."""
+
+    def __init__(self, runner: Runner, restore: dict[int, str]) -> None:
+        self.runner = runner
+        self.restore = restore
+
+    def write(self, version: int, ops: Ops, table: Table) -> None:
+        """One restore batch (on failure the caller re-reads: a moved table, or an error)."""
+        head, _, rest = ops.restore_script().partition("\n")
+        script = "\n".join([head, *policy_lines(table), rest])
+        tool = self.restore[version]
+        fd, private = tempfile.mkstemp(prefix="cfallow-xtables-", suffix=".lock")
+        os.close(fd)
+        try:
+            self.runner.run(
+                [tool, "--noflush", "-c"], input=script, env={"XTABLES_LOCKFILE": private}
+            )
+        except CommandError as exc:
+            raise _Failed(explain(tool, exc.stderr, MODULE[version])) from None
+        except BackendError as exc:
+            if "command not found" in str(exc):
+                raise BackendError(
+                    f"{tool}: command not found (install the iptables package)"
+                ) from None
+            raise
+        finally:
+            os.unlink(private)
+
+
+class _Failed(BackendError):
+    """The restore refused the batch: the table moved, or a real error (decided by a re-read)."""
+
+
+def audited(version: int, table: Table, chain: str) -> Table:
+    """``table`` with each rule of ``chain`` whose kernel entry is not what its text says marked.
+
+    ``*-save`` prints a rule with a wrong interface mask exactly like a right
+    one; the former python-iptables writer left cfallow's IPv6
+    ``-i lo -j RETURN`` that way on hosts it ran on. The raw entries are read
+    only when the chain has an ``-i`` rule (lockdown), so an allow-mode run
+    never imports python-iptables. A marked rule is foreign to the diff, so
+    the chain is rewritten.
     """
-    if "iptc" in sys.modules:
-        return sys.modules["iptc"]
-    if "XTABLES_LIBDIR" not in os.environ:
-        found = _xtables_dir()
-        if found:
-            os.environ["XTABLES_LIBDIR"] = found
-    spec = importlib.util.find_spec("iptc")
-    if "IPTABLES_LIBDIR" not in os.environ and spec and spec.origin:
-        os.environ["IPTABLES_LIBDIR"] = os.path.dirname(os.path.dirname(spec.origin))
-    try:
-        return importlib.import_module("iptc")
-    except ModuleNotFoundError:
-        raise BackendError(
-            "python-iptables is not installed (pip install 'cfallow[iptables]'); "
-            "the legacy variant writes through it"
-        ) from None
-    except Exception as exc:  # python-iptables raises its own errors when libxtables is missing
-        raise BackendError(f"python-iptables cannot load libxtables/libiptc: {exc}") from None
+    specs = table.rules(chain)
+    if not specs or not any(" -i " in f" {s}" for s in specs):
+        return table
+    from .iptables_entries import wrong_masks
 
-
-def _targets(table: Any, chain: str) -> list[str]:
-    out = []
-    entry = table.first_rule(chain)
-    while entry:
-        name = table.get_target(entry)
-        out.append(name.decode() if name else "")
-        entry = table.next_rule(entry)
-    return out
-
-
-def _rule(iptc: Any, version: int, spec: OwnRule) -> Any:
-    rule = iptc.Rule6() if version == 6 else iptc.Rule()
-    if spec.source:
-        rule.src = spec.source
-    if spec.in_iface:
-        rule.in_interface = spec.in_iface
-    if spec.protocol:
-        rule.protocol = spec.protocol
-    # Matches in the order iptables-save prints them, so a re-read compares equal.
-    if spec.dports:
-        rule.create_match("multiport").dports = spec.dports
-    if spec.ctstate:
-        rule.create_match("conntrack").ctstate = spec.ctstate
-    if spec.comment:
-        rule.create_match("comment").comment = spec.comment
-    # Target(rule, "CHAIN") would open every table to find out CHAIN is a chain
-    # (creating nat, mangle, raw, security): start from a verdict and rename it.
-    target = iptc.Target(rule, "ACCEPT")
-    if spec.target != "ACCEPT":
-        target.standard_target = spec.target
-    rule.target = target
-    return rule
+    wrong = wrong_masks(version, chain, specs)
+    if not wrong:
+        return table
+    fixed = tuple(
+        f"{s} (kernel interface mask {wrong[i]}: matches more than the name)" if i in wrong else s
+        for i, s in enumerate(specs)
+    )
+    chains = tuple((n, fixed if n == chain else r) for n, r in table.chains)
+    return Table(chains, table.policies)
 
 
 class LegacyIO:
-    """Reads one family's filter table with the legacy save tool; writes it with python-iptables."""
+    """Reads one family's filter table with the legacy save tool; writes it through ``writer``."""
 
     kind = "legacy"
-    #: Test seam: called between modify and commit (races a writer that ignores the lock).
-    before_commit: Callable[[], None] | None = None
 
     def __init__(
         self,
         runner: Runner,
         save: dict[int, str],
+        restore: dict[int, str],
         *,
+        chain: str = "CFALLOW",
         lock_path: str | None = None,
         attempts: int = ATTEMPTS,
     ) -> None:
@@ -153,13 +155,16 @@ class LegacyIO:
             lock_path or env.get("XTABLES_LOCKFILE") or os.environ.get("XTABLES_LOCKFILE")
         ) or LOCK_PATH
         self.attempts = attempts
+        self.chain = chain
         self.retries = 0
+        #: The seam: what writes a batch (a test puts the former python-iptables writer here).
+        self.writer: Writer = RestoreWriter(runner, restore)
 
     def read(self, version: int) -> str:
-        """``iptables-legacy-save -t filter`` (it reads the kernel's table; it takes no lock)."""
+        """``iptables-legacy-save -c -t filter`` (it reads the kernel's table; it takes no lock)."""
         tool = self.save[version]
         try:
-            return self.runner.run([tool, "-t", "filter"]).stdout
+            return self.runner.run([tool, "-c", "-t", "filter"]).stdout
         except CommandError as exc:
             raise BackendError(explain(tool, exc.stderr, MODULE[version])) from None
         except BackendError as exc:
@@ -169,89 +174,39 @@ class LegacyIO:
                 ) from None
             raise
 
+    def parse(self, version: int, text: str) -> Table:
+        """Parse a read, with cfallow's own rules checked against the kernel's entries.
+
+        The entries are this process's namespace's: with a runner prefix
+        (``nsenter`` into another one) the check is left out.
+        """
+        table = parse_save(text)
+        return table if self.runner.prefix else audited(version, table, self.chain)
+
     def transact(
         self, version: int, compute: Callable[[Table], Ops], basis: Table | None = None
     ) -> bool:
-        """Under the xtables lock: read, compute, modify, commit once; False if nothing to do.
+        """Under the xtables lock: read, compute, write once; False if nothing to do.
 
-        ``basis`` is ignored: positions are only valid for a read under the lock.
+        ``basis`` is ignored: only a read under the lock is current.
         """
-        iptc = load_iptc()
         with xtables_lock(self.lock_path):
+            table = self.parse(version, self.read(version))
             for attempt in range(self.attempts):
-                table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)
+                ops = compute(table)
+                if ops.empty:
+                    return False
                 try:
-                    table.refresh()
-                    parsed = parse_save(self.read(version))
-                    ops = compute(parsed)
-                    if ops.empty:
-                        return False
-                    self._verify(table, parsed, ops)
-                    self._modify(iptc, table, ops)
-                    if self.before_commit is not None:
-                        self.before_commit()
-                    self._commit(iptc, table)
+                    self.writer.write(version, ops, table)
                     return True
-                except Moved:
+                except (Moved, _Failed) as exc:
+                    fresh = self.parse(version, self.read(version))
+                    if isinstance(exc, _Failed) and fresh.chains == table.chains:
+                        raise  # the table did not move: the batch itself failed
+                    table = fresh
                     self.retries += 1
                     time.sleep(0.01 * 2**attempt)
-                except iptc.IPTCError as exc:
-                    raise BackendError(f"python-iptables ({FAMILY[version]}): {exc}") from None
-                finally:
-                    table.close()
         raise BackendError(
             f"{FAMILY[version]}: the filter table changed under every one of {self.attempts} "
             "commits; something writes it without taking the xtables lock"
         )
-
-    @staticmethod
-    def _commit(iptc: Any, table: Any) -> None:
-        try:
-            table.commit()
-        except iptc.IPTCError as exc:
-            # EAGAIN: the kernel's table is not the one this handle was read from.
-            if "temporarily unavailable" in str(exc):
-                raise Moved() from None
-            raise
-
-    @staticmethod
-    def _verify(table: Any, parsed: Table, ops: Ops) -> None:
-        if bool(table.is_chain(ops.chain)) != (parsed.rules(ops.chain) is not None):
-            raise Moved()
-        for chain in {loc.chain for loc in ops.delete}:
-            want = [target_of(s) or "" for s in parsed.rules(chain) or ()]
-            if _targets(table, chain) != want:
-                raise Moved()
-
-    @staticmethod
-    def _modify(iptc: Any, table: Any, ops: Ops) -> None:
-        lib = table._iptc  # python-iptables has no delete-by-number wrapper
-        if ops.create_parent:
-            table.create_chain(ops.parent)
-            iptc.Chain(table, "FORWARD").insert_rule(
-                _rule(iptc, ops.version, OwnRule(ops.parent)), 0
-            )
-        for loc in sorted(ops.delete, key=lambda loc: (loc.chain, -loc.index)):
-            if lib.iptc_delete_num_entry(loc.chain.encode(), loc.index, table._handle) != 1:
-                raise iptc.IPTCError(f"can't delete rule {loc.index + 1} of {loc.chain}")
-        if ops.declare:
-            if table.is_chain(ops.chain):
-                table.flush_entries(ops.chain)
-            else:
-                table.create_chain(ops.chain)
-        chain = iptc.Chain(table, ops.chain)
-        for spec in ops.append:
-            chain.append_rule(_rule(iptc, ops.version, spec))
-        for i, spec in enumerate(ops.insert):
-            chain.insert_rule(_rule(iptc, ops.version, spec), i)
-        if ops.jump:
-            iptc.Chain(table, ops.parent).insert_rule(_rule(iptc, ops.version, ops.jump), 0)
-        if ops.drop_chain:
-            table.flush_entries(ops.chain)
-            table.delete_chain(ops.chain)
-        # libiptc's commit leaves a built-in chain's policy counters at what they
-        # gained since the read (iptables-legacy -A does the same): set them back.
-        for name in BUILTIN_FILTER:
-            if table.builtin_chain(name):
-                policy, counters = table.get_policy(name)
-                table.set_policy(name, policy, counters)

@@ -1,9 +1,9 @@
 """The iptables backend's pure part: render cfallow's chain and jump, read them back, diff.
 
 Both variants print a table the same way (``iptables-save`` format), so reading
-is one parser for both; writing is one :class:`Ops` value that the nft writer
-turns into an ``iptables-restore --noflush`` batch and the legacy writer into
-python-iptables calls. Nothing here runs a command.
+is one parser for both; writing is one :class:`Ops` value that both writers
+turn into the same ``iptables-restore --noflush`` batch. Nothing here runs a
+command.
 
 cfallow owns, per family, the chain ``settings.chain`` in ``filter`` and every
 rule that jumps into it; exactly one jump is wanted, at position 1 of the
@@ -159,9 +159,14 @@ def port_slots(ports: tuple[PortRange, ...]) -> int:
 
 @dataclass(frozen=True)
 class Table:
-    """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs."""
+    """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs.
+
+    ``policies`` holds the built-in chains' ``:CHAIN POLICY [packets:bytes]``
+    lines as printed (with ``-c``, the counters are the kernel's).
+    """
 
     chains: tuple[tuple[str, tuple[str, ...]], ...]
+    policies: tuple[str, ...] = ()
 
     def rules(self, chain: str) -> tuple[str, ...] | None:
         """The specs of ``chain`` in order, or None if there is no such chain."""
@@ -172,10 +177,13 @@ class Table:
 
 
 def parse_save(text: str) -> Table:
-    """Parse ``iptables-save -t filter`` output (comments and other tables ignored)."""
+    """Parse ``iptables-save [-c] -t filter`` output (comments, counters, other tables ignored)."""
     chains: dict[str, list[str]] = {}
+    policies: list[str] = []
     in_filter = False
-    for raw in text.split("\n"):
+    for line_read in text.split("\n"):
+        # ``-c``: "[packets:bytes] -A ..."
+        raw = line_read.partition("] ")[2] if line_read[:1] == "[" else line_read
         if raw[:3] == "-A ":  # nearly every line: the cheap test first
             if in_filter:
                 name, _, spec = raw[3:].partition(" ")
@@ -189,10 +197,13 @@ def parse_save(text: str) -> Table:
         elif not in_filter or line == "COMMIT":
             continue
         elif line[0] == ":":
-            chains.setdefault(line[1:].split()[0], [])
+            name, policy = [*line[1:].split(), "-"][:2]
+            chains.setdefault(name, [])
+            if policy != "-":
+                policies.append(line)
         else:
             raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
-    return Table(tuple((name, tuple(rules)) for name, rules in chains.items()))
+    return Table(tuple((name, tuple(rules)) for name, rules in chains.items()), tuple(policies))
 
 
 def target_of(spec: str) -> str | None:

@@ -42,19 +42,21 @@ class Runner:
         input: str | None = None,
         check: bool = True,
         timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
     ) -> Completed:
         """Run ``argv``; raise :class:`CommandFailed` on a non-zero exit when ``check``.
 
         A missing program is :class:`CommandNotFound`, a time-out
         :class:`CommandTimeout` (the process is killed).
+        ``env`` adds variables for this one command (over the runner's own).
         """
         if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a list of str, got {argv!r}")
         full = (*self.prefix, *argv)
         self.calls.append(tuple(argv))
-        env = dict(os.environ, LC_ALL="C")
-        if self.env:
-            env.update(self.env)
+        full_env = dict(os.environ, LC_ALL="C")
+        full_env.update(self.env or {})
+        full_env.update(env or {})
         try:
             proc = subprocess.run(
                 full,
@@ -62,7 +64,7 @@ class Runner:
                 capture_output=True,
                 text=True,
                 timeout=timeout,
-                env=env,
+                env=full_env,
                 check=False,
             )
         except FileNotFoundError as exc:

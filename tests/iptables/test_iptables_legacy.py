@@ -1,34 +1,95 @@
 """The legacy writer under concurrency: the xtables lock, EAGAIN retries, no lost rule.
 
-All of it runs inside a test namespace (python-iptables in a forked child that
-entered it), with an xtables lock file private to the test.
+All of it runs inside a test namespace (the backend in a forked child that
+entered it), with an xtables lock file private to the test. A racing write
+lands between the restore's own read of the table and its commit: the restore
+reads the table at ``*filter`` and commits at ``COMMIT``, so the test's runner
+feeds it everything but ``COMMIT``, waits until it blocks reading stdin, lets
+a writer that ignores the lock add a rule, then sends ``COMMIT``. The kernel
+refuses that commit (EAGAIN) exactly as it would on a real race.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import subprocess
+import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_legacy import LegacyIO, xtables_lock
-from support import namespace, need_tool
+from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.ipt_netns import NetnsBackend, in_netns
 from support.ipt_support import JUMP, Fw
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError
+from cfallow.errors import BackendError, CommandError
 from cfallow.model import as_strings
-from cfallow.runner import Runner
+from cfallow.runner import Completed, Runner
 
 pytestmark = pytest.mark.root
+
+
+def _waiting_on_stdin(proc: subprocess.Popen[str]) -> bool:
+    """Has ``proc`` read all its input so far and blocked in ``read(0, ...)``?"""
+    assert proc.stdin is not None
+    left = struct.unpack("i", fcntl.ioctl(proc.stdin, termios.FIONREAD, b"\0" * 4))[0]
+    with open(f"/proc/{proc.pid}/syscall") as f:
+        call = f.read().split()
+    return left == 0 and call[:2] == ["0", "0x0"]  # x86-64 read(2) on fd 0
+
+
+@dataclass
+class RacingRunner(Runner):
+    """The real runner, but a ``*-restore`` batch is held before ``COMMIT`` while ``race`` runs."""
+
+    race: Callable[[], None] = lambda: None
+    held: int = 0
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> Completed:
+        if not argv[0].endswith("-restore") or not input or not input.endswith("COMMIT\n"):
+            return super().run(argv, input=input, check=check, timeout=timeout, env=env)
+        self.calls.append(tuple(argv))
+        proc = subprocess.Popen(
+            [*self.prefix, *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "LC_ALL": "C", **(self.env or {}), **(env or {})},
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(input[: -len("COMMIT\n")])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 10
+        while not (
+            _waiting_on_stdin(proc) and time.sleep(0.02) is None and _waiting_on_stdin(proc)
+        ):
+            assert time.monotonic() < deadline, "the restore never waited for COMMIT"
+            time.sleep(0.005)
+        self.held += 1
+        self.race()
+        out, err = proc.communicate("COMMIT\n", timeout=timeout)
+        if check and proc.returncode != 0:
+            raise CommandError(list(argv), proc.returncode, err or out)
+        return Completed(tuple(argv), proc.returncode, out, err)
 
 
 @pytest.fixture
@@ -54,14 +115,13 @@ def racer(fw: Fw, rules: list[str]) -> object:
 
 def run_with_racer(fw: Fw, rules: list[str]) -> tuple[str | None, int]:
     """One sync in the namespace whose commit a lock-ignoring writer races ``len(rules)`` times."""
-    backend = fw.backend()
-    inner = backend.inner  # type: ignore[attr-defined]
+    runner = RacingRunner(env=fw.runner.env, race=racer(fw, rules))  # type: ignore[arg-type]
+    inner = build("iptables", {}, Context(runner=runner))
     assert isinstance(inner, IptablesBackend)
 
     def child() -> tuple[str | None, int]:
         io = inner._open()
         assert isinstance(io, LegacyIO)
-        io.before_commit = racer(fw, rules)  # type: ignore[assignment]
         result = run_backend(inner, CURRENT, dry_run=False)
         return result.error, io.retries
 
@@ -140,6 +200,13 @@ def test_an_explicit_variant_the_host_does_not_use_is_warned(fw: Fw) -> None:
     (note,) = result.plan.notes
     assert note.startswith("variant = legacy, but this host's iptables is nft (iptables v")
     assert note.endswith(
-        "(nf_tables)): rules in the legacy tables are neither listed nor enforced there"
+        "(nf_tables)): rules in the legacy tables are enforced (their DROPs drop; their "
+        "ACCEPTs cannot undo a DROP in the nft tables) but the admin's iptables command "
+        "does not list them"
     )
     assert fw.owned() == CURRENT  # read with iptables-legacy-save
+    # ... and the admin's usual command does not show them (that they are enforced:
+    # test_iptables_traffic, with traffic).
+    assert "CFALLOW" not in sh(ns_exec(fw.ns, "iptables-nft-save")) + sh(
+        ns_exec(fw.ns, "ip6tables-nft-save")
+    )

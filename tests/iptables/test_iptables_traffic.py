@@ -6,27 +6,32 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import namespace, ns_exec, sh
+from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
+from support.ipt_netns import NetnsBackend
 from support.ipt_support import VARIANTS, Fw
-from support.ipt_traffic import CF, LISTEN, OLD_ONLY, OTHER, OUTSIDE, PROCS, Pair, echo, pair
+from support.ipt_traffic import (
+    CF,
+    LISTEN,
+    OLD_ONLY,
+    OTHER,
+    OUTSIDE,
+    POLICY_DROP,
+    PROCS,
+    Pair,
+    echo,
+    pair,
+    reach,
+)
 
+from cfallow.backend import Context, build
 from cfallow.engine import BackendResult, run_backend
+from cfallow.runner import Runner
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
-
-#: The admin's firewall: policy DROP, loopback, established, ICMPv6 (neighbour discovery).
-POLICY_DROP = {
-    4: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
-    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
-    6: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
-    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
-    "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT\n",
-}
 
 #: What Docker sets up for a container publishing 443 (reduced to what matters here).
 DOCKER_NAT = """*nat
@@ -51,13 +56,6 @@ def sync(fw: Fw, desired: frozenset = CURRENT, **cfg: object) -> BackendResult: 
     result = run_backend(fw.backend(**cfg), desired, dry_run=False)
     assert result.error is None, result.error
     return result
-
-
-def reach(p: Pair) -> dict[str, bool]:
-    """Can each client address reach 443? (in parallel: a dropped SYN costs a timeout)"""
-    sources = (*CF, *OUTSIDE)
-    with ThreadPoolExecutor(len(sources)) as pool:
-        return dict(zip(sources, pool.map(p.can_connect, sources)))
 
 
 def test_allow_mode_under_policy_drop(lab: tuple[Pair, Fw]) -> None:
@@ -149,3 +147,18 @@ def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], 
         assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
         # The container's own connection to port 443 elsewhere is not a published port.
         assert out.can_connect("172.17.0.2", dst=OUTSIDE[0]), "lockdown cut outgoing HTTPS"
+
+
+def test_an_explicit_other_variant_is_enforced_but_not_listed(tmp_path: Path) -> None:
+    """``variant = "legacy"`` on this nf_tables host: its DROPs drop; ``iptables`` shows nothing."""
+    need_tool("iptables")
+    with pair() as p:
+        fw = Fw(p.server, "legacy", tmp_path)
+        inner = build("iptables", {"variant": "legacy", "mode": "lockdown"}, Context(Runner()))
+        backend = NetnsBackend(inner, p.server, {"XTABLES_LOCKFILE": fw.lock})
+        result = run_backend(backend, CURRENT, dry_run=False)
+        assert result.error is None and result.plan is not None
+        assert "are enforced" in result.plan.notes[0]
+        assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
+        listed = sh(ns_exec(p.server, "iptables", "-S")) + sh(ns_exec(p.server, "ip6tables", "-S"))
+        assert "CFALLOW" not in listed and "nf_tables" in sh(["iptables", "--version"])

@@ -351,6 +351,7 @@ DEPENDENCIES = (
     "certifi",
     "charset-normalizer",
     "netaddr",
+    "python-iptables",
     "tenacity",
 )
 _NOT_PACKED = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}

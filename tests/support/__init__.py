@@ -81,18 +81,23 @@ def namespace(tag: str = "t") -> Iterator[str]:
 
 @contextlib.contextmanager
 def namespace_pair(
-    server_addrs: Sequence[str], client_addrs: Sequence[str], tag: str = "p"
+    server_addrs: Sequence[str],
+    client_addrs: Sequence[str],
+    tag: str = "p",
+    server_if: str | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Two namespaces joined by a veth pair: ``(server, client)``.
 
     ``server_addrs``/``client_addrs`` are ``addr/prefix`` strings assigned
     inside the namespaces only (IPv6 with ``nodad``); each side gets an
     on-link route to the other's addresses, so nothing is routed anywhere
-    else.
+    else. ``server_if`` names the server's end (``eth0``, ``bond0``, ...:
+    it is created inside the server namespace, so the name is never the
+    host's).
     """
     with namespace(tag + "s") as srv, namespace(tag + "c") as cli:
         suffix = uuid.uuid4().hex[:6]
-        a, b = f"cfs{suffix}", f"cfc{suffix}"
+        a, b = server_if or f"cfs{suffix}", f"cfc{suffix}"
         sh(["ip", "link", "add", a, "netns", srv, "type", "veth", "peer", "name", b, "netns", cli])
         for ns, dev, addrs, peers in (
             (srv, a, server_addrs, client_addrs),

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cfallow.backends.iptables_legacy import load_iptc
+from cfallow.backends.iptables_iptc import load_iptc
 from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context, build

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,15 @@ OLD_ONLY = "104.28.0.10"  # only in 104.16.0.0/12, removed on 2021-04-08
 OUTSIDE = ("198.51.100.7", "2001:db8:ff::7")
 LISTEN, ECHO = 443, 80
 OTHER = 8080  # a port outside the jump's
+
+#: The admin's firewall: policy DROP, loopback, established, ICMPv6 (neighbour discovery).
+POLICY_DROP = {
+    4: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
+    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
+    6: "*filter\n:INPUT DROP [0:0]\n-A INPUT -i lo -j ACCEPT\n"
+    "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n"
+    "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT\n",
+}
 
 _ECHO_SERVER = """
 import socket, sys, threading
@@ -122,6 +132,13 @@ class Pair:
             stats.update(json.loads(out.strip().splitlines()[-1]))
 
 
+def reach(p: Pair) -> dict[str, bool]:
+    """Can each client address reach 443? (in parallel: a dropped SYN costs a timeout)"""
+    sources = (*CF, *OUTSIDE)
+    with ThreadPoolExecutor(len(sources)) as pool:
+        return dict(zip(sources, pool.map(p.can_connect, sources)))
+
+
 def echo(proc: subprocess.Popen[str], text: str) -> str:
     """Send one line through a :meth:`Pair.hold` connection; the reply (or the error)."""
     assert proc.stdin is not None and proc.stdout is not None
@@ -131,12 +148,16 @@ def echo(proc: subprocess.Popen[str], text: str) -> str:
 
 
 @contextlib.contextmanager
-def pair() -> Iterator[Pair]:
-    """Server and client namespaces joined by a veth pair, listeners on 443 and 80."""
+def pair(server_if: str | None = None) -> Iterator[Pair]:
+    """Server and client namespaces joined by a veth pair, listeners on 443 and 80.
+
+    ``server_if``: the name of the server's uplink (default: a random one).
+    """
     with namespace_pair(
         [f"{SERVER[0]}/32", f"{SERVER[1]}/128"],
         [f"{CF[0]}/32", f"{OLD_ONLY}/32", f"{OUTSIDE[0]}/32", f"{CF[1]}/128", f"{OUTSIDE[1]}/128"],
         tag="ipt",
+        server_if=server_if,
     ) as (srv, cli):
         p = Pair(srv, cli)
         try:
