@@ -107,6 +107,7 @@ JAIL = "[cftest]\nenabled = true\nfilter = sshd\nlogpath = /var/log/cftest.log\n
 
 def _prepare(m: Machine) -> None:
     m.install_cfallow()
+    m.unpack("netfilter-persistent", "iptables-persistent")
     m.write("/etc/cfallow/config.toml", CONFIG)
     m.write("/opt/probe/probe.py", (HERE / "boot_probe.py").read_text())
     m.write("/opt/probe/upstream.py", UPSTREAM)

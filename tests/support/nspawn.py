@@ -94,11 +94,50 @@ class Machine:
         os.chmod(path, mode)
         return path
 
+    def unpack(self, *packages: str) -> None:
+        """Unpack Debian packages into the container only (``dpkg-deb -x``, no scripts).
+
+        For packages the host must not have: netfilter-persistent conflicts with
+        ufw, which the host's other tests need. The .deb comes from apt's cache,
+        else ``apt-get download`` fetches it into this machine's temp dir.
+        """
+        need_tool("dpkg-deb", "apt-get", "tar")
+        for pkg in packages:
+            found = sorted(Path("/var/cache/apt/archives").glob(f"{pkg}_*.deb"))
+            if not found:
+                where = self.base / "debs"
+                where.mkdir(exist_ok=True)
+                subprocess.run(
+                    ["apt-get", "download", "-q", pkg], cwd=where, check=True, capture_output=True
+                )
+                found = sorted(where.glob(f"{pkg}_*.deb"))
+            need(bool(found), f"the Debian package {pkg}")
+            # Through tar, keeping the root's /lib -> usr/lib style links (merged /usr).
+            tarball = subprocess.run(
+                ["dpkg-deb", "--fsys-tarfile", str(found[-1])], check=True, capture_output=True
+            ).stdout
+            subprocess.run(
+                ["tar", "-x", "--keep-directory-symlink", "-C", str(self.root)],
+                input=tarball,
+                check=True,
+                capture_output=True,
+            )
+
     def systemctl(self, *args: str) -> None:
-        """``systemctl --root=ROOT ARGS`` (enable, disable, mask: before a boot)."""
-        subprocess.run(
-            ["systemctl", f"--root={self.root}", "--quiet", *args], check=True, capture_output=True
+        """``systemctl --root=ROOT ARGS`` (enable, disable, mask: before a boot).
+
+        SysV scripts are left alone (``SYSTEMCTL_SKIP_SYSV``): only the unit
+        symlinks matter to systemd, and update-rc.d need not exist.
+        """
+        env = {**os.environ, "SYSTEMCTL_SKIP_SYSV": "1"}
+        proc = subprocess.run(
+            ["systemctl", f"--root={self.root}", "--quiet", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
+        assert proc.returncode == 0, f"systemctl {' '.join(args)}: {proc.stderr}"
 
     def install_cfallow(self) -> None:
         """A virtualenv at /opt/cfallow on this run's packages, and the shipped units."""
