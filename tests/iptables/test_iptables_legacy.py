@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_legacy import LegacyIO, xtables_lock
+from cfallow.backends.iptables_legacy import xtables_lock
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.ipt_netns import NetnsBackend, in_netns
@@ -120,10 +120,8 @@ def run_with_racer(fw: Fw, rules: list[str]) -> tuple[str | None, int]:
     assert isinstance(inner, IptablesBackend)
 
     def child() -> tuple[str | None, int]:
-        io = inner._open()
-        assert isinstance(io, LegacyIO)
         result = run_backend(inner, CURRENT, dry_run=False)
-        return result.error, io.retries
+        return result.error, inner.retries
 
     return in_netns(fw.ns, child, {"XTABLES_LOCKFILE": fw.lock})
 
