@@ -87,12 +87,12 @@ def fetch_due(
     log: FetchLog | None, known_at: float | None, at: float, refresh: float
 ) -> tuple[bool, str]:
     """Whether a scheduled run at ``at`` fetches, and why (for the debug log)."""
-    if known_at is None:
-        return True, "no last-known-good list"
-    if log is not None and log.failed and log.attempted_at >= known_at:
+    if log is not None and log.failed and (known_at is None or log.attempted_at >= known_at):
         if log.next_retry is None or at >= log.next_retry:
             return True, "retrying the failed fetch"
         return False, f"last fetch failed; next retry in {log.next_retry - at:.0f} s"
+    if known_at is None:
+        return True, "no last-known-good list"
     age = at - known_at
     if age >= refresh:
         return True, f"last-known-good list is {age:.0f} s old (refresh {refresh:g} s)"

@@ -177,6 +177,24 @@ class Config:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def check_notify_url(url: str) -> str:
+    """``https://`` only, or ``http://`` to a loopback address; else :class:`ConfigError`."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http":
+        try:
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return url
+        except ValueError:
+            pass
+    raise ConfigError(f"notify_url: only https:// (or http:// to a loopback address), got {url!r}")
+
+
 def _duration(s: Section, key: str, default: float) -> float:
     """Seconds, or a string ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"``; at least 60 s."""
     value = s.raw(key, default)
@@ -244,11 +262,9 @@ def parse(data: Mapping[str, Any], path: Path | None) -> Config:
         raise ConfigError("metrics_file: expected a path string")
     notify = top.raw("notify_url", None)
     if notify is not None:
-        from cfallow.notify import check_url
-
         if not isinstance(notify, str):
             raise ConfigError("notify_url: expected a URL string")
-        check_url(notify)
+        check_notify_url(notify)
     notify_timeout = top.get_float("notify_timeout", 5.0, minimum=0.1)
     top.finish()
     return Config(

@@ -7,36 +7,19 @@ Standard library only (no ``requests`` import on a run that has nothing to say).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from cfallow.errors import EXIT_OK, ConfigError
+from cfallow.errors import EXIT_OK
 from cfallow.model import as_strings
 
 if TYPE_CHECKING:
     from cfallow.resolve import Resolved
 
 log = logging.getLogger("cfallow")
-
-
-def check_url(url: str) -> str:
-    """``https://`` only, or ``http://`` to a loopback address; else :class:`ConfigError`."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return url
-    if parts.scheme == "http":
-        try:
-            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
-                return url
-        except ValueError:
-            pass
-    raise ConfigError(f"notify_url: only https:// (or http:// to a loopback address), got {url!r}")
 
 
 def after_run(

@@ -44,6 +44,7 @@ class Resolved:
     ranges: Ranges
     attempted: bool = False  # a live fetch was tried this run
     held: RangesError | None = None  # the fetch's failure or refusal (ranges: last-known-good)
+    failed: RangesError | None = None  # the fetch's failure, whatever was used instead
     added: Networks = frozenset()  # a fetched list against the last-known-good one
     removed: Networks = frozenset()
 
@@ -107,7 +108,7 @@ def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
             guard(cfg, ranges, known)
     except RangesError as exc:
         if known is not None:
-            return Resolved(_as_known(known), attempted=True, held=exc)
+            return Resolved(_as_known(known), attempted=True, held=exc, failed=exc)
         if isinstance(exc, GuardRefused):
             raise
         snap = sources.bundled()
@@ -116,7 +117,7 @@ def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
             exc,
             day(snap),
         )
-        return Resolved(snap, attempted=True)
+        return Resolved(snap, attempted=True, failed=exc)
     if known is None:
         return Resolved(ranges, attempted=True)
     added, removed = ranges.desired - known.desired, known.desired - ranges.desired
@@ -173,8 +174,8 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
         if resolved.added or resolved.removed:
             changed_at = at
         cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
-    elif resolved.held is not None:
-        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.held))
+    elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
+        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
         cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
 
 
@@ -184,7 +185,7 @@ def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
     entry = cadence.read_log(state.dir)
     return {
         "attempted": resolved.attempted,
-        "ok": (resolved.held is None) if resolved.attempted else None,
-        "error": str(resolved.held) if resolved.held is not None else None,
+        "ok": (resolved.failed is None) if resolved.attempted else None,
+        "error": str(resolved.failed) if resolved.failed is not None else None,
         "last_change": entry.changed_at if entry else None,
     }

@@ -108,6 +108,20 @@ def test_scheduled_runs_fetch_exactly_when_refresh_or_retry_is_due(clock: Clock)
     assert clock.fetches() == 5
 
 
+def test_a_first_run_that_cannot_fetch_retries_on_the_retry_cadence(clock: Clock) -> None:
+    clock.answer(503)
+    r = clock.run(T0, "--scheduled", "--json")
+    assert r.rc == 0 and r.json()["source"]["kind"] == "bundled"  # the snapshot, warned
+    assert r.json()["fetch"]["ok"] is False
+    assert clock.fetches() == 1
+    retry = clock.next_retry()
+    assert clock.run(retry - 1, "--scheduled").rc == 0  # the timer's next runs: no stampede
+    assert clock.fetches() == 1
+    clock.answer(200)
+    assert clock.run(retry, "--scheduled").rc == 0
+    assert clock.fetches() == 2
+
+
 def test_a_manual_sync_always_fetches(clock: Clock) -> None:
     assert clock.run(T0).rc == 0
     assert clock.run(T0 + 1).rc == 0
