@@ -18,16 +18,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from netaddr import IPNetwork
-
 from cfallow.backend import Backend, Context
 from cfallow.config import Section
-from cfallow.errors import BackendError, ConfigError
-from cfallow.model import Networks, Plan
+from cfallow.errors import BackendError, ConfigError, TargetMoved, Unavailable
+from cfallow.files import ManagedFile
+from cfallow.model import Networks, Plan, combine
 from cfallow.trust import check_executable
 
 from . import fail2ban_cache as cache
@@ -43,7 +42,7 @@ DEFAULT_CONFIG_DIR = "/etc/fail2ban"
 
 @dataclass(frozen=True)
 class DropInChange:
-    """Plan step: replace the drop-in's text ``old`` by ``new`` (None: no file)."""
+    """Replace the drop-in's text ``old`` by ``new`` (None: no file)."""
 
     old: str | None
     new: str | None
@@ -51,14 +50,29 @@ class DropInChange:
     expect: tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def _union(sets: list[Networks]) -> Networks:
-    out: frozenset[IPNetwork] = frozenset()
-    for s in sets:
-        out |= s
-    return out
+@dataclass(frozen=True)
+class Seen:
+    """One read: the drop-in, cfallow's record, the admin's configuration, the live lists."""
+
+    dropin: str | None
+    recorded: Mapping[str, Networks]
+    admin: ConfigDump
+    running: frozenset[str] | None  # None: the server did not answer (``why``)
+    why: str
+    lists: Mapping[str, tuple[str, ...]]  # live ignore lists of the running jails read
+    notes: tuple[str, ...]
 
 
-class Fail2banBackend(Backend[None, object]):
+@dataclass(frozen=True)
+class Work:
+    """One apply: record widened, drop-in, live changes, record narrowed."""
+
+    dropin: DropInChange | None
+    live: tuple[LiveChange, ...]
+    record: RecordChange | None
+
+
+class Fail2banBackend(Backend[Seen, Work]):
     """Keeps Cloudflare's ranges in Fail2Ban jails' ``ignoreip`` (see module docstring)."""
 
     name = "fail2ban"
@@ -94,31 +108,38 @@ class Fail2banBackend(Backend[None, object]):
         """cfallow's drop-in."""
         return self.jail_dir / dropin.NAME
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        """fail2ban-client on PATH?"""
-        if shutil.which("fail2ban-client"):
-            return True, "ok"
-        return False, "fail2ban-client not found"
-
     def check(self) -> None:
-        """The client runs, the configuration is readable, jail.d is writable."""
+        """The client is installed, the configuration is there, jail.d is writable."""
         if not (shutil.which(self.client_cmd) or os.access(self.client_cmd, os.X_OK)):
-            raise BackendError(f"{self.client_cmd} not found")
+            raise Unavailable(f"{self.client_cmd} not found (install fail2ban)")
         if not self.config_dir.is_dir():
-            raise BackendError(f"configuration directory {self.config_dir} not found")
+            raise Unavailable(f"configuration directory {self.config_dir} not found")
         if not self.jail_dir.is_dir():
             raise BackendError(f"{self.jail_dir} not found")
         if not os.access(self.jail_dir, os.W_OK | os.X_OK):
             raise BackendError(f"{self.jail_dir} is not writable")
 
-    def read(self) -> None:
-        """Transitional: the reads still happen in :meth:`diff` (see ``_plan``)."""
-        return None
-
-    def diff(self, observed: None, desired: Networks | None) -> Plan[object]:
-        """Per jail: desired minus the admin's base list, against drop-in and live list."""
-        return self._plan(desired)
+    # -- read ------------------------------------------------------------------------
+    def read(self) -> Seen:
+        """The drop-in, the record, the admin's configuration (without the drop-in, from a
+        private copy, cached while the tree is unchanged), and the running jails' lists."""
+        notes: list[str] = []
+        recorded, problem = record.load(self.record_path)
+        if problem:
+            notes.append(problem)
+        admin = self._admin(notes)
+        old = self._dropin_text()
+        owned = dropin.parse(old)[0] if old is not None else {}
+        with self.client.session():
+            jails, why = self.client.running_jails()
+            running = frozenset(jails) if jails is not None else None
+            wanted = set(admin.jails) | set(self.jails) | set(owned) | set(recorded)
+            live = sorted(j for j in wanted if usable(j) and running and j in running)
+            lists = self.client.ignoreips(live) if live else {}
+        return Seen(
+            old, recorded, admin, running, why, {j: tuple(v) for j, v in lists.items()},
+            tuple(notes),
+        )  # fmt: skip
 
     def _admin(self, notes: list[str]) -> ConfigDump:
         copies.sweep(copies.tmp_root(self.ctx.state_dir))
@@ -142,6 +163,7 @@ class Fail2banBackend(Backend[None, object]):
                 notes.append(f"{self.config_dir}: not copied for checks (not a file): {shown}")
             yield copy.path
 
+    # -- diff (pure) ------------------------------------------------------------------
     def _managed(self, admin: ConfigDump, notes: list[str]) -> list[str]:
         if not self.jails:
             for jail in admin.jails:
@@ -159,86 +181,67 @@ class Fail2banBackend(Backend[None, object]):
             )
         return list(self.jails)
 
-    def _running(self, admin: ConfigDump, managed: list[str], notes: list[str]) -> set[str]:
-        jails, why = self.client.running_jails()
-        if jails is None:
+    def _running(self, seen: Seen, managed: list[str], notes: list[str]) -> set[str]:
+        if seen.running is None:
             notes.append(
-                f"fail2ban server not answering ({why}): live ignore lists not updated "
+                f"fail2ban server not answering ({seen.why}): live ignore lists not updated "
                 "(the drop-in takes effect when fail2ban starts or reloads)"
             )
             return set()
-        running = set(jails)
-        for jail in sorted(running - set(admin.jails)):
+        for jail in sorted(seen.running - set(seen.admin.jails)):
             notes.append(f"jail {jail} runs but is not in {self.config_dir}: skipped")
         for jail in managed:
-            if jail not in running:
+            if jail not in seen.running:
                 notes.append(f"jail {jail} is not running: drop-in only")
-        return running
+        return set(seen.running)
 
-    def _plan(self, desired: Networks | None) -> Plan[object]:
-        old = dropin.read(self.path)
-        owned, problems = dropin.parse(old) if old is not None else ({}, [])
-        recorded, rec_problem = record.load(self.record_path)
-        notes: list[str] = [rec_problem] if rec_problem else []
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Work]:
+        """Per jail: desired minus the admin's base list, against drop-in, record and live list."""
+        seen, notes = observed, list(observed.notes)
+        owned, problems = dropin.parse(seen.dropin) if seen.dropin is not None else ({}, [])
+        recorded = dict(seen.recorded)
         drift = [f"{dropin.NAME}: {p}" for p in problems[:3]]
-        admin = self._admin(notes)
-        managed = self._managed(admin, notes) if desired is not None else []
-        with self.client.session():
-            running = self._running(admin, managed, notes)
-            jails = sorted(j for j in set(managed) | set(owned) | set(recorded) if usable(j))
-            diff = Diff(desired, managed, owned, recorded, running)
-            lists = self.client.ignoreips([j for j in jails if j in running])
-            for jail in jails:
-                base = entry_networks(admin.ignoreip.get(jail, []))
-                now = entry_networks(lists[jail]) if jail in lists else None
-                diff.jail(jail, base, now, notes, drift)
-        new = dropin.render(diff.new_owned, admin.defined)
-        add, remove = _union(diff.adds), _union(diff.removes)
-        steps: list[object] = []
-        if new != old:
-            if not (add or remove or drift):
+        managed = self._managed(seen.admin, notes) if desired is not None else []
+        running = self._running(seen, managed, notes)
+        jails = sorted(j for j in set(managed) | set(owned) | set(recorded) if usable(j))
+        diff = Diff(desired, managed, owned, recorded, running)
+        for jail in jails:
+            base = entry_networks(seen.admin.ignoreip.get(jail, []))
+            now = entry_networks(seen.lists[jail]) if jail in seen.lists else None
+            diff.jail(jail, base, now, notes, drift)
+        new = dropin.render(diff.new_owned, seen.admin.defined)
+        change = None
+        if new != seen.dropin:
+            if not (any(p.changed for p in diff.parts) or drift):
                 drift.append(f"{dropin.NAME} differs from what cfallow writes")
             expect = tuple((j, strs(n)) for j, n in sorted(diff.new_owned.items()) if n)
-            steps.append(DropInChange(old, new, expect))
-        steps.extend(diff.live)
-        rec = diff.record_change(recorded)
-        if rec.before != rec.after or dict(rec.after) != recorded:
-            steps.append(rec)
-        return Plan(
-            self.name,
-            current=_union(list(owned.values())),
-            add=add,
-            remove=remove,
-            drift=tuple(drift),
-            notes=tuple(notes),
-            steps=tuple(steps),
-        )
+            change = DropInChange(seen.dropin, new, expect)
+        rec: RecordChange | None = diff.record_change(recorded)
+        if rec is not None and rec.before == rec.after and dict(rec.after) == recorded:
+            rec = None
+        work = Work(change, tuple(diff.live), rec)
+        steps = [work] if change or work.live or rec else []
+        return combine(self.name, diff.parts, drift=drift, notes=notes, steps=steps)
 
-    def apply(self, plan: Plan[object]) -> None:
-        """Record widened, drop-in (checked, renamed into place), live adds and removals,
-        record narrowed to what is live now."""
-        rec = next((s for s in plan.steps if isinstance(s, RecordChange)), None)
-        if rec is not None:
-            record.save(self.record_path, dict(rec.before))
-        for step in plan.steps:
-            if isinstance(step, DropInChange):
-                self._put(step)
-        changes = [
-            (s.jail, frozenset(map(cidr, s.add)), frozenset(map(cidr, s.remove)))
-            for s in plan.steps
-            if isinstance(s, LiveChange)
-        ]
-        with self.client.session():
-            self.client.change(changes)
-        if rec is not None:
-            record.save(self.record_path, dict(rec.after))
+    # -- validate / apply ----------------------------------------------------------------
+    def validate(self, plan: Plan[Work]) -> None:
+        """A new drop-in passes ``fail2ban-client -t`` on a private copy of the whole tree,
+        and gives each jail cfallow's ranges; the admin's tree is tested alone first, so a
+        configuration that already fails is reported as the admin's."""
+        for work in plan.steps:
+            if work.dropin is not None and work.dropin.new is not None:
+                self._check(work.dropin, baseline=True)
 
-    def _put(self, step: DropInChange) -> None:
-        if dropin.read(self.path) != step.old:
-            raise BackendError(f"{self.path} changed since it was read; run again")
-        if step.new is None:
-            dropin.remove(self.path)
-            return
+    def _check(self, step: DropInChange, *, baseline: bool) -> None:
+        assert step.new is not None
+        if baseline:
+            with self._copy(None, []) as copy:
+                message = self.client.test(copy, self.config_dir)
+            if message is not None:
+                raise BackendError(
+                    f"the Fail2Ban configuration in {self.config_dir} fails fail2ban-client -t "
+                    f"on its own, without cfallow's {dropin.NAME} (fix it first): {message}"
+                )
         with self._copy(step.new, []) as copy:
             message = self.client.test(copy, self.config_dir)
             if message is not None:
@@ -254,4 +257,39 @@ class Fail2banBackend(Backend[None, object]):
                     f"with {dropin.NAME} in place jail {jail} still lacks cfallow's "
                     f"ranges (does a file read after {dropin.NAME} set its ignoreip?)"
                 )
-        dropin.write_atomic(self.path, step.new)
+
+    def apply(self, plan: Plan[Work]) -> None:
+        """Record widened, drop-in (checked, renamed into place), live adds and removals,
+        record narrowed to what is live now."""
+        for work in plan.steps:
+            if work.record is not None:
+                record.save(self.record_path, dict(work.record.before))
+            if work.dropin is not None:
+                self._put(work.dropin)
+            changes = [
+                (s.jail, frozenset(map(cidr, s.add)), frozenset(map(cidr, s.remove)))
+                for s in work.live
+            ]
+            if changes:
+                with self.client.session():
+                    self.client.change(changes)
+            if work.record is not None:
+                record.save(self.record_path, dict(work.record.after))
+
+    def _dropin_text(self) -> str | None:
+        raw = ManagedFile(self.path).read()
+        try:
+            return raw.decode("utf-8") if raw is not None else None
+        except UnicodeDecodeError:
+            raise BackendError(f"cannot read {self.path}: not UTF-8 text") from None
+
+    def _put(self, step: DropInChange) -> None:
+        target = ManagedFile(self.path)
+        if self._dropin_text() != step.old:
+            raise TargetMoved(f"{self.path} changed since it was read")
+
+        def check(_: Path) -> None:
+            self._check(step, baseline=False)
+
+        data = step.new.encode("utf-8") if step.new is not None else None
+        target.install(data, check_candidate=check if step.new is not None else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cfallow.errors import BackendError
-from cfallow.model import Networks
+from cfallow.model import Networks, Plan, make_plan
 
 from . import fail2ban_record as record
 from .fail2ban_client import check_jail_name, strs
@@ -50,8 +50,7 @@ class Diff:
         self.desired, self.managed, self.owned = desired, set(managed), owned
         self.recorded, self.running = recorded, running
         self.new_owned: dict[str, Networks] = {}
-        self.adds: list[Networks] = []
-        self.removes: list[Networks] = []
+        self.parts: list[Plan[object]] = []  # one per jail: its drop-in entries
         self.live: list[LiveChange] = []
         self.widened: dict[str, Networks] = {}
         self.narrowed: dict[str, Networks] = {}
@@ -70,10 +69,10 @@ class Diff:
         mine = self.owned.get(jail, frozenset())
         rec = self.recorded.get(jail, frozenset())
         self.new_owned[jail] = want
-        self.adds.append(want - mine)
-        self.removes.append(mine - want)
-        if want != mine:
-            notes.append(f"jail {jail}: +{len(want - mine)} -{len(mine - want)}")
+        part: Plan[object] = make_plan(jail, want, mine)
+        self.parts.append(part)
+        if part.changed:
+            notes.append(f"jail {jail}: +{len(part.add)} -{len(part.remove)}")
         if now is None:
             if rec:  # not running: its live list, if it starts, comes from the files
                 self.widened[jail] = rec

@@ -15,12 +15,10 @@ error, so the file never has a DEFAULT section.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from pathlib import Path
 
 from netaddr import IPNetwork
 
-from cfallow import fs
-from cfallow.errors import BackendError, ValidationError
+from cfallow.errors import ValidationError
 from cfallow.model import Networks
 
 from .fail2ban_client import check_jail_name, cidr, strs
@@ -90,31 +88,3 @@ def parse(text: str) -> tuple[dict[str, Networks], list[str]]:
             except ValidationError:
                 problems.append(f"[{jail}] not a CIDR: {word!r}")
     return {j: frozenset(n) for j, n in owned.items()}, problems
-
-
-def read(path: Path) -> str | None:
-    """The drop-in's text, or None if there is none."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BackendError(f"cannot read {path}: {exc}") from exc
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by rename; the old file stays if anything fails before that."""
-    try:
-        fs.write_atomic(path, text, mode=0o644)
-    except OSError as exc:
-        raise BackendError(f"cannot write {path}: {exc}") from exc
-
-
-def remove(path: Path) -> None:
-    """Delete the drop-in (absent is fine)."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise BackendError(f"cannot remove {path}: {exc}") from exc

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfallow import __version__, backend, config, engine, report, resolve, sources
+from cfallow import __version__, backend, config, engine, hostfw, report, resolve, sources
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
@@ -21,6 +21,7 @@ from cfallow.errors import (
     StateError,
     UsageError,
 )
+from cfallow.hostfw_advice import describe
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
 from cfallow.runner import Runner
@@ -198,6 +199,9 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
         except Exception as exc:  # a broken plugin must not hide the others
             ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
         print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
+    print("host firewall:")
+    for line in describe(hostfw.read(ctx.runner)):
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -226,6 +230,9 @@ def _sync_like(
 ) -> int:
     offline = getattr(args, "offline", False)
     backends = _backends(cfg, args.backend, ctx, offline=offline)
+    if log.isEnabledFor(logging.DEBUG):
+        for line in describe(hostfw.read(ctx.runner)):
+            log.debug("host firewall: %s", line)
     try:
         got = resolve.resolve(
             cfg,
@@ -243,6 +250,7 @@ def _sync_like(
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
     ranges = got.ranges
+    ctx.etag = ranges.etag
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
     if not dry_run:

@@ -32,7 +32,7 @@ from support.ipt_support import JUMP, Fw
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError, CommandFailed
 from cfallow.model import as_strings
 from cfallow.runner import Completed, Runner
 
@@ -88,7 +88,7 @@ class RacingRunner(Runner):
         self.race()
         out, err = proc.communicate("COMMIT\n", timeout=timeout)
         if check and proc.returncode != 0:
-            raise CommandError(list(argv), proc.returncode, err or out)
+            raise CommandFailed(list(argv), proc.returncode, err or out)
         return Completed(tuple(argv), proc.returncode, out, err)
 
 
@@ -195,7 +195,7 @@ def test_an_explicit_variant_the_host_does_not_use_is_warned(fw: Fw) -> None:
     backend = NetnsBackend(inner, fw.ns, {"XTABLES_LOCKFILE": fw.lock})
     result = run_backend(backend, CURRENT, dry_run=False)
     assert result.error is None and result.plan is not None
-    (note,) = result.plan.notes
+    (note,) = [n for n in result.plan.notes if n.startswith("variant")]
     assert note.startswith("variant = legacy, but this host's iptables is nft (iptables v")
     assert note.endswith(
         "(nf_tables)): rules in the legacy tables are enforced (their DROPs drop; their "
