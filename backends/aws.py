@@ -83,6 +83,9 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
     """Keep Cloudflare's ranges in AWS security groups (``[backends.aws]``)."""
 
     name: ClassVar[str] = "aws"
+    #: Lives in AWS, not in this host's kernel: nothing to restore at boot, and
+    #: ``sync --offline`` (no network) leaves it out.
+    needs_network: ClassVar[bool] = True
     #: Retry and polling knobs (class attributes so tests can shorten them).
     attempts: ClassVar[int] = 6
     backoff: ClassVar[float] = 0.5

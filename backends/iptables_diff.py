@@ -34,6 +34,9 @@ from .iptables_rules import (
 MAX_SHOWN = 5
 
 
+DOCKER_USER = "DOCKER-USER"
+
+
 @dataclass(frozen=True)
 class Ops:
     """One family's transaction, in the order it runs.
@@ -54,6 +57,7 @@ class Ops:
     insert: tuple[OwnRule, ...] = ()
     jump: OwnRule | None = None
     drop_chain: bool = False
+    create_parent: bool = False
 
     @property
     def empty(self) -> bool:
@@ -65,11 +69,14 @@ class Ops:
             or self.insert
             or self.jump
             or self.drop_chain
+            or self.create_parent
         )
 
     def restore_script(self) -> str:
         """The transaction as ``iptables-restore --noflush`` input (a declared chain is flushed)."""
         lines = ["*filter"]
+        if self.create_parent:
+            lines += [f":{self.parent} - [0:0]", f"-I FORWARD 1 -j {self.parent}"]
         if self.declare:
             lines.append(f":{self.chain} - [0:0]")
         lines += [f"-D {loc.chain} {loc.spec}" for loc in self.delete]
@@ -159,15 +166,17 @@ def assess(
     refused = foreign_chain(obs, settings)
     if refused:
         raise BackendError(refused)
-    if not obs.parent_exists:
+    create_parent = not obs.parent_exists and settings.parent == DOCKER_USER
+    if not obs.parent_exists and not create_parent:
         raise BackendError(
             f"{fam}: parent chain {settings.parent} does not exist in the filter table"
-            + (" (is Docker running?)" if settings.parent == "DOCKER-USER" else "")
         )
     base = Ops(obs.version, settings.chain, settings.parent)
     chain_problems = _chain_problems(obs, settings) if obs.chain is not None else []
     jump_problems = _jump_problems(obs, settings)
     drift = [f"{fam}: {p}" for p in chain_problems + jump_problems]
+    if create_parent:
+        drift.append(f"{fam}: no {DOCKER_USER} chain yet (created, as Docker would)")
     delete: list[Located] = []
     append: tuple[OwnRule, ...] = ()
     insert: tuple[OwnRule, ...] = ()
@@ -194,6 +203,7 @@ def assess(
         append=append,
         insert=insert,
         jump=jump,
+        create_parent=create_parent,
     )
     return drift, ops
 

@@ -10,19 +10,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cfallow import __version__, backend, config, engine, hostfw, report, sources
+from cfallow import __version__, backend, config, engine, hostfw, report, resolve, sources
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
     EXIT_OK,
+    EXIT_RANGES,
     EXIT_VERIFY,
     CfallowError,
     RangesError,
     StateError,
     UsageError,
 )
-from cfallow.guard import check_growth, check_shrink
 from cfallow.hostfw_advice import describe
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
@@ -85,6 +85,16 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
     )
     source_opt(s)
+    s.add_argument(
+        "--offline",
+        action="store_true",
+        help="no network: the last-known-good list (else the bundled snapshot)",
+    )
+    s.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
+    )
     s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
     s.add_argument(
         "--verify",
@@ -104,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--backend", action="append", metavar="NAME")
     source_opt(st)
+    st.add_argument("--offline", action="store_true", help="compare with the last-known-good list")
 
     add("backends", "list installed backend plugins and whether each can run here")
 
@@ -138,49 +149,18 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _backends(
-    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context
+    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context, *, offline: bool = False
 ) -> list[backend.AnyBackend]:
     selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
     if not selected:
         raise UsageError("no backend is enabled in the configuration")
-    return [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
-
-
-def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool) -> Ranges:
-    """The list to sync to: live (API, text, first-run snapshot) or bundled; then the guard."""
-    known = state.load()
-    if source == "bundled":
-        ranges = sources.bundled()
-    else:
-        try:
-            ranges = sources.fetch_live(cfg.source)
-        except RangesError as exc:
-            if known is not None:
-                raise
-            ranges = sources.bundled()
-            taken = time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
-            log.warning(
-                "live fetch failed (%s); no last-known-good list yet, "
-                "using the bundled snapshot of %s",
-                exc,
-                taken,
-            )
-    if not force:
-        src = cfg.source
-        check_shrink(ranges, known, src.max_shrink)
-        baseline = _growth_baseline(known, sources.bundled())
-        prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
-        check_growth(ranges, baseline, src.max_growth, prefixes)
-    return ranges
-
-
-def _growth_baseline(known: Ranges | None, bundled: Ranges) -> Ranges:
-    """What a new list may not grow too far beyond: the last-known-good list together
-    with the bundled snapshot, so returning to the shipped list after a forced shrink
-    is no growth."""
-    if known is None:
-        return bundled
-    return Ranges(known.ipv4 | bundled.ipv4, known.ipv6 | bundled.ipv6, known.kind)
+    built = [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+    if not offline:
+        return built
+    for b in built:
+        if getattr(b, "needs_network", False):
+            log.info("%s: skipped (needs the network; --offline)", b.name)
+    return [b for b in built if not getattr(b, "needs_network", False)]
 
 
 def _emit(
@@ -190,8 +170,13 @@ def _emit(
     *,
     dry_run: bool,
     verb: str,
+    fetch: dict[str, object] | None = None,
 ) -> dict[str, object]:
     doc = report.to_json(ranges, results, dry_run=dry_run)
+    if ranges is not None:
+        doc["source"]["date"] = resolve.day(ranges)  # fetched_at as YYYY-MM-DD (UTC)
+    if fetch is not None:
+        doc["fetch"] = fetch
     if args.json:
         report.write_json(sys.stdout, doc)
         if ranges is not None:
@@ -257,42 +242,63 @@ def _sync_like(
     dry_run: bool,
     verb: str,
 ) -> int:
-    backends = _backends(cfg, args.backend, ctx)
+    offline = getattr(args, "offline", False)
+    backends = _backends(cfg, args.backend, ctx, offline=offline)
     if log.isEnabledFor(logging.DEBUG):
         for line in describe(hostfw.read(ctx.runner)):
             log.debug("host firewall: %s", line)
     try:
-        ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+        got = resolve.resolve(
+            cfg,
+            state,
+            source=args.source,
+            offline=offline,
+            scheduled=getattr(args, "scheduled", False),
+            force=getattr(args, "force", False),
+        )
         if getattr(args, "verify", False):
-            failed = _verify_first(args, cfg, ctx, backends, ranges)
+            failed = _verify_first(args, cfg, ctx, backends, got.ranges)
             if failed:
                 return failed
-        record = not dry_run and ranges.kind == "live"
+        record = not dry_run and got.fetched
         if record:  # before any backend runs: a full state dir stops the run here
-            state.stage(ranges)
+            state.stage(got.ranges)
     except (RangesError, StateError):
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
+    ranges = got.ranges
     ctx.etag = ranges.etag
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
-    if record:
+    if not dry_run:
         try:
-            state.commit()
+            resolve.record(cfg, state, got, staged=record)
         except StateError as exc:
             state_error = str(exc)
-    doc = _emit(args, ranges, results, dry_run=dry_run, verb=verb)
+    doc = _emit(
+        args, ranges, results, dry_run=dry_run, verb=verb, fetch=resolve.fetch_json(state, got)
+    )
     if state_error is not None:
         log.error("%s", state_error)
     failed = state_error is not None or any(r.error is not None for r in results)
-    if not dry_run and not _write_metrics(cfg, doc, success=not failed):
+    if not dry_run and not _write_metrics(cfg, doc, success=not failed and got.held is None):
         failed = True
+    if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
+        say = log.warning if verb == "status" else log.error
+        say("%s", got.held)
+        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
     if failed:
-        return EXIT_BACKEND
-    if verb == "status" and doc["changed"]:
-        return EXIT_DRIFT
-    return EXIT_OK
+        code = EXIT_BACKEND
+    elif verb == "status":
+        code = EXIT_DRIFT if doc["changed"] else EXIT_OK
+    else:
+        code = EXIT_RANGES if got.held is not None else EXIT_OK
+    if not dry_run and cfg.notify_url is not None:
+        from cfallow import notify
+
+        notify.after_run(cfg.notify_url, cfg.notify_timeout, doc, code, got)
+    return code
 
 
 def _verify_first(

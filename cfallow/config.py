@@ -158,6 +158,8 @@ class SourceConfig:
     min_new_prefix_v4: int = 12
     min_new_prefix_v6: int = 29
     backoff: float = 0.25  # first retry wait in seconds; doubles, with jitter
+    refresh: float = 6 * 3600.0  # a scheduled run fetches when the known list is this old
+    retry: float = 300.0  # seconds between attempts after a failed fetch (config: minutes)
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,41 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     backends: dict[str, dict[str, Any]] = field(default_factory=lambda: {"iptables": {}})
     metrics_file: Path | None = None
+    notify_url: str | None = None
+    notify_timeout: float = 5.0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def check_notify_url(url: str) -> str:
+    """``https://`` only, or ``http://`` to a loopback address; else :class:`ConfigError`."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http":
+        try:
+            if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+                return url
+        except ValueError:
+            pass
+    raise ConfigError(f"notify_url: only https:// (or http:// to a loopback address), got {url!r}")
+
+
+def _duration(s: Section, key: str, default: float) -> float:
+    """Seconds, or a string ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"``; at least 60 s."""
+    value = s.raw(key, default)
+    if isinstance(value, str) and value[:-1].isdigit() and value[-1:] in _UNITS:
+        value = int(value[:-1]) * _UNITS[value[-1]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 60:
+        raise ConfigError(
+            f'[{s.where}] {key}: expected seconds (at least 60) or "30m", "6h", "1d"; got {value!r}'
+        )
+    return float(value)
 
 
 def _prefix(s: Section, key: str, default: int, bits: int) -> int:
@@ -197,6 +234,8 @@ def _source(data: Mapping[str, Any]) -> SourceConfig:
         min_new_prefix_v4=_prefix(s, "min_new_prefix_v4", d.min_new_prefix_v4, 32),
         min_new_prefix_v6=_prefix(s, "min_new_prefix_v6", d.min_new_prefix_v6, 128),
         backoff=s.get_float("backoff", d.backoff),
+        refresh=_duration(s, "refresh", d.refresh),
+        retry=s.get_float("retry", d.retry / 60, minimum=0.1) * 60,
     )
     s.finish()
     return cfg
@@ -221,8 +260,16 @@ def parse(data: Mapping[str, Any], path: Path | None) -> Config:
     metrics = top.raw("metrics_file", None)
     if metrics is not None and not isinstance(metrics, str):
         raise ConfigError("metrics_file: expected a path string")
+    notify = top.raw("notify_url", None)
+    if notify is not None:
+        if not isinstance(notify, str):
+            raise ConfigError("notify_url: expected a URL string")
+        check_notify_url(notify)
+    notify_timeout = top.get_float("notify_timeout", 5.0, minimum=0.1)
     top.finish()
-    return Config(path, source, backends, Path(metrics) if metrics else None)
+    return Config(
+        path, source, backends, Path(metrics) if metrics else None, notify, notify_timeout
+    )
 
 
 def load(path: Path | None) -> Config:

@@ -19,6 +19,12 @@ Metrics (all gauges; ``backend`` and ``family`` labels)::
     cfallow_backend_changes_applied{backend,action}
                                              entries added/removed by the last run
     cfallow_backend_entries{backend}         entries cfallow owns after the run
+    cfallow_apply_success                    1 if every backend is in step with the list
+                                             synced to (also when held at last-known-good)
+    cfallow_source_fetch_success             1/0: this run's fetch (absent: no fetch)
+    cfallow_source_last_change_timestamp_seconds
+                                             when a fetched list last differed from the
+                                             last-known-good one (absent: not seen yet)
 """
 
 from __future__ import annotations
@@ -154,7 +160,34 @@ def render(
         "backend_changes_applied", "Entries the last run added or removed, per backend.", applied
     )
     out.gauge("backend_entries", "Entries cfallow owns in the backend after the last run.", entries)
+    _fetch_gauges(out, report, backends_ok=not any(v for _, v in failed), dry_run=dry_run)
     return out.text()
+
+
+def _fetch_gauges(
+    out: _Exposition, report: Mapping[str, Any], *, backends_ok: bool, dry_run: bool
+) -> None:
+    """The apply and the fetch, each on its own: held at last-known-good is 1 and 0."""
+    if report.get("backends") and not dry_run:
+        out.gauge(
+            "apply_success",
+            "1 if every backend was brought to the list of the last run, else 0.",
+            [({}, int(backends_ok))],
+        )
+    fetch = report.get("fetch") or {}
+    if fetch.get("attempted"):
+        out.gauge(
+            "source_fetch_success",
+            "1 if the last run's fetch from Cloudflare succeeded and was accepted, else 0.",
+            [({}, int(bool(fetch.get("ok"))))],
+        )
+    changed = fetch.get("last_change")
+    if isinstance(changed, (int, float)) and not isinstance(changed, bool):
+        out.gauge(
+            "source_last_change_timestamp_seconds",
+            "When a fetched Cloudflare list last differed from the last-known-good one.",
+            [({}, float(changed))],
+        )
 
 
 def check_path(path: Path) -> None:

@@ -6,14 +6,16 @@ import json
 import logging
 import time
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cfallow import http
 from cfallow.config import SourceConfig
 from cfallow.errors import FetchError, RangesError, ValidationError
 from cfallow.model import Networks
 from cfallow.ranges import Ranges
 from cfallow.validate import check_lists, parse_family, parse_text_list
+
+if TYPE_CHECKING:
+    from cfallow import http
 
 log = logging.getLogger("cfallow")
 
@@ -57,6 +59,8 @@ def parse_api(body: str, url: str, china_network: bool) -> tuple[Networks, Netwo
 
 
 def _get(url: str, cfg: SourceConfig) -> http.Response:
+    from cfallow import http  # requests only when something is fetched
+
     return http.get(url, timeout=cfg.timeout, attempts=cfg.attempts, backoff=cfg.backoff)
 
 

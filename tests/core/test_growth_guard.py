@@ -84,10 +84,13 @@ class Box:
         return set(json.loads(self.target.read_text())["owned"])
 
     def refused(self, r: Result, *expect: str) -> str:
-        """Exit 4, exactly one line on stderr, naming ``expect``; returns the line."""
+        """Exit 4, one line on stderr naming ``expect`` (and, when a last-known-good list
+        exists, the line saying the backends were held at it); returns the first line."""
         assert r.rc == 4, r.err
         assert "Traceback" not in r.err
-        (line,) = r.err.splitlines()
+        line, *held = r.err.splitlines()
+        assert len(held) <= 1, r.err
+        assert all("backends held at the last-known-good list of" in h for h in held), r.err
         for text in expect:
             assert text in line, line
         return line

@@ -25,6 +25,8 @@ from support import need, need_root, need_tool
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import Result, fixture_text, run_proc, write_config
 
+from cfallow.cadence import FETCH_LOG
+
 LKG = "last-known-good.json"
 
 
@@ -126,12 +128,12 @@ def test_a_full_state_dir_stops_a_changing_sync_before_anything_changes(
     box.serve("api-ips.json")  # Cloudflare changes the list
     r = box.sync()
     assert r.rc == 1
-    assert r.err.splitlines() == [
+    assert _errors(r) == [
         f"cfallow: error: cannot write state in {box.state}: No space left on device"
     ]
     assert box.target.read_bytes() == target, "a backend changed though the state cannot be kept"
     assert (box.state / LKG).read_bytes() == lkg
-    assert sorted(p.name for p in box.state.iterdir()) == [LKG, "lock"]
+    assert sorted(p.name for p in box.state.iterdir()) == [FETCH_LOG, LKG, "lock"]
     assert box.last_run_success() == 0
     (tiny_tmpfs / "filler").unlink()
     assert box.sync().rc == 0 and box.owned() == _strs(CURRENT)
@@ -175,7 +177,7 @@ def test_a_state_dir_that_breaks_after_applying_still_reports_what_was_done(
     assert box.sync().rc == 0
     saved = json.loads((immutable / LKG).read_text())
     assert set(saved["ipv4"]) | set(saved["ipv6"]) == _strs(CURRENT)
-    assert sorted(p.name for p in immutable.iterdir()) == [LKG, "lock"]
+    assert sorted(p.name for p in immutable.iterdir()) == [FETCH_LOG, LKG, "lock"]
 
 
 # -- state files: regular files only, no symlinks, 0600, bounded reads --------------------

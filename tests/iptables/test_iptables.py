@@ -191,11 +191,6 @@ def test_settings_changes_show_as_drift_and_apply(fw: Fw) -> None:
 
 
 def test_parent_docker_user(fw: Fw) -> None:
-    sync(fw)
-    missing = run_backend(fw.backend(parent="DOCKER-USER"), CURRENT, dry_run=False)
-    assert missing.error == (
-        "IPv4: parent chain DOCKER-USER does not exist in the filter table (is Docker running?)"
-    )
     for version in (4, 6):  # what Docker sets up
         fw.restore(version, "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\nCOMMIT\n")
     sync(fw, parent="DOCKER-USER")
@@ -205,6 +200,22 @@ def test_parent_docker_user(fw: Fw) -> None:
         assert fw.jumps(version) == [f"-A DOCKER-USER {jump}"]
         assert fw.chain(version, "DOCKER-USER") == [jump, "-j RETURN"]
     assert not sync(fw, parent="DOCKER-USER").changed
+
+
+def test_docker_user_before_docker_starts_is_created_and_docker_keeps_it(fw: Fw) -> None:
+    """At boot cfallow runs before dockerd: it creates DOCKER-USER (and FORWARD's jump
+    into it) as Docker would; Docker then keeps the chain and cfallow's jump in it."""
+    first = sync(fw, parent="DOCKER-USER")
+    assert first.plan is not None
+    assert "IPv4: no DOCKER-USER chain yet (created, as Docker would)" in first.plan.drift
+    jump = JUMP.replace("80,443 ", "80,443 -m conntrack --ctstate DNAT ")
+    for version in (4, 6):
+        assert fw.chain(version, "FORWARD") == ["-j DOCKER-USER"]
+        assert fw.chain(version, "DOCKER-USER") == [jump]
+        fw.docker_starts(version)
+        assert fw.chain(version, "FORWARD") == ["-j DOCKER-USER"]
+        assert fw.chain(version, "DOCKER-USER") == [jump, "-j RETURN"]
+    assert not sync(fw, parent="DOCKER-USER").changed  # nothing to repair after Docker
 
 
 def test_removal_restores_the_ruleset_exactly(fw: Fw) -> None:

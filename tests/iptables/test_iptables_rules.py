@@ -193,10 +193,19 @@ def test_jumps_anywhere_are_normalised_to_one_at_the_top() -> None:
 
 
 def test_a_missing_parent_is_an_error_a_missing_builtin_is_not() -> None:
-    with pytest.raises(BackendError, match=r"DOCKER-USER does not exist .*is Docker running"):
-        docker = Settings(parent="DOCKER-USER")
-        assess(observe(table(), 6, docker), docker, V4)
+    with pytest.raises(BackendError, match=r"parent chain WEB does not exist"):
+        web = Settings(parent="WEB")
+        assess(observe(table(), 6, web), web, V4)
     assert observe(parse_save(""), 4, Settings()).parent_exists  # nft: no table yet
+
+
+def test_a_missing_docker_user_is_created_in_the_same_transaction() -> None:
+    docker = Settings(parent="DOCKER-USER")
+    drift, ops = assess(observe(table(), 4, docker), docker, V4)
+    assert drift == ["IPv4: no DOCKER-USER chain yet (created, as Docker would)"]
+    script = ops.restore_script().splitlines()
+    assert script[:3] == ["*filter", ":DOCKER-USER - [0:0]", "-I FORWARD 1 -j DOCKER-USER"]
+    assert script[-2].startswith("-I DOCKER-USER 1 ") and script[-1] == "COMMIT"
 
 
 def test_removal_deletes_every_jump_then_the_chain() -> None:

@@ -28,7 +28,7 @@ from support.ipt_traffic import (
 )
 
 from cfallow.backend import Context, build
-from cfallow.engine import run_backend
+from cfallow.engine import BackendResult, run_backend
 from cfallow.runner import Runner
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -52,9 +52,10 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Pair, 
         yield p, Fw(p.server, request.param, tmp_path)
 
 
-def sync(fw: Fw, desired: frozenset = CURRENT, **cfg: object) -> None:  # type: ignore[type-arg]
+def sync(fw: Fw, desired: frozenset = CURRENT, **cfg: object) -> BackendResult:  # type: ignore[type-arg]
     result = run_backend(fw.backend(**cfg), desired, dry_run=False)
     assert result.error is None, result.error
+    return result
 
 
 def test_allow_mode_under_policy_drop(lab: tuple[Pair, Fw]) -> None:
@@ -112,8 +113,13 @@ def test_zero_failed_connections_during_50_syncs(lab: tuple[Pair, Fw]) -> None:
     assert gap["failed"] > 0, gap
 
 
-def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw]) -> None:
-    """A "container" namespace behind the server: a published 443, and its own outgoing HTTPS."""
+@pytest.mark.parametrize("boot", ["docker first", "cfallow first"])
+def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], boot: str) -> None:
+    """A "container" namespace behind the server: a published 443, and its own outgoing HTTPS.
+
+    "cfallow first" is a boot: cfallow-restore creates DOCKER-USER before dockerd
+    starts, then Docker does what it does with an existing one (``Fw.docker_starts``).
+    """
     p, fw = lab
     with namespace("ctr") as ctr:
         host_if, ctr_if = f"dk{uuid.uuid4().hex[:6]}", f"ct{uuid.uuid4().hex[:6]}"
@@ -125,13 +131,19 @@ def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw]) 
         sh(ns_exec(ctr, "ip", "link", "set", ctr_if, "up"))
         sh(ns_exec(ctr, "ip", "route", "add", "default", "via", "172.17.0.1"))
         sh(ns_exec(p.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
-        fw.restore(4, DOCKER_NAT)
-        fw.restore(4, DOCKER_FILTER)
         p.spawn(ctr, sys.executable, PROCS, "listen", str(LISTEN))  # the published port
         p.spawn(p.client, sys.executable, PROCS, "listen", str(LISTEN))  # somewhere on the web
         out = Pair(ctr, ctr)
-        assert p.can_connect(CF[0]) and p.can_connect(OUTSIDE[0])
-        sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False)
+        if boot == "cfallow first":
+            sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False)
+            fw.docker_starts(4)
+            fw.restore(4, DOCKER_NAT)  # the port is published only now
+            assert not sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False).changed
+        else:
+            fw.restore(4, DOCKER_NAT)
+            fw.restore(4, DOCKER_FILTER)
+            assert p.can_connect(CF[0]) and p.can_connect(OUTSIDE[0])
+            sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False)
         assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
         # The container's own connection to port 443 elsewhere is not a published port.
         assert out.can_connect("172.17.0.2", dst=OUTSIDE[0]), "lockdown cut outgoing HTTPS"

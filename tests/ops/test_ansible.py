@@ -329,7 +329,9 @@ def test_module_failures_name_the_backend_or_the_refusal(
 
     shrunk = r["shrunk"]
     assert shrunk["failed"] is True and shrunk["rc"] == 4
-    assert shrunk["msg"].startswith("cfallow sync: ranges unavailable or refused, nothing changed")
+    assert shrunk["msg"].startswith(
+        "cfallow sync: ranges unavailable or refused, backends held at the last-known-good list"
+    )
     assert "max_shrink" in shrunk["msg"] and "--force" in shrunk["msg"]
     kept = json.loads(base64.b64decode(r["kept"]["content"]))
     assert kept["owned"] == ALL and kept["writes"] == 1  # nothing changed

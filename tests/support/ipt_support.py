@@ -193,8 +193,9 @@ class Fw:
         )
         assert proc.returncode == 0, proc.stderr
 
-    def ipt(self, version: int, *args: str) -> str:
-        """One admin command with the variant's ``iptables`` (waits for the xtables lock)."""
+    def ipt(self, version: int, *args: str, check: bool = True) -> str | None:
+        """One admin command with the variant's ``iptables`` (waits for the xtables lock);
+        with ``check=False``, ``None`` when it exits non-zero."""
         env = dict(os.environ, XTABLES_LOCKFILE=self.lock)
         proc = subprocess.run(
             ns_exec(self.ns, tool(self.variant, version), "-w", "10", *args),
@@ -203,8 +204,23 @@ class Fw:
             env=env,
             check=False,
         )
+        if not check and proc.returncode != 0:
+            return None
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
+
+    def docker_starts(self, version: int) -> None:
+        """What dockerd does to DOCKER-USER when it starts, call for call as moby's
+        libnetwork ``arrangeUserFilterRule`` makes them: create the chain unless it
+        exists (an existing one and its rules are kept), append ``-j RETURN`` unless
+        present, and move ``-j DOCKER-USER`` to the top of FORWARD (delete, insert)."""
+        if self.ipt(version, "-n", "-L", "DOCKER-USER", check=False) is None:
+            self.ipt(version, "-N", "DOCKER-USER")
+        if self.ipt(version, "-C", "DOCKER-USER", "-j", "RETURN", check=False) is None:
+            self.ipt(version, "-A", "DOCKER-USER", "-j", "RETURN")
+        if self.ipt(version, "-C", "FORWARD", "-j", "DOCKER-USER", check=False) is not None:
+            self.ipt(version, "-D", "FORWARD", "-j", "DOCKER-USER")
+        self.ipt(version, "-I", "FORWARD", "-j", "DOCKER-USER")
 
     def other_variant(self) -> str:
         """Both families of the other variant, all tables (``*-save`` without ``-t``)."""

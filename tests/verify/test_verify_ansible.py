@@ -12,7 +12,7 @@ import pytest
 from support import need_root, need_tool
 from support.verify_host import host, ipset_host
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root, pytest.mark.slow]
 
 
 def _harness() -> ModuleType:

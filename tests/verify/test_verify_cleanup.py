@@ -12,7 +12,7 @@ import pytest
 from support import need_root, need_tool, ns_exec, sh
 from support.verify_host import NFT_DROP, host, scratch_namespaces, scratch_temp
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
 CONFIG = '[backends.iptables]\nports = [80, 443]\nmode = "lockdown"\nvariant = "nft"\n'
 

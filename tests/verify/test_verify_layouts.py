@@ -11,7 +11,7 @@ import pytest
 from support import need_root, need_tool, ns_exec, sh
 from support.verify_host import Host, host, scratch_namespaces
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "verify"
 MODES = ("allow", "lockdown")

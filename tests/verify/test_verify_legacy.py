@@ -18,7 +18,7 @@ from support.verify_host import failures, host, scratch_namespaces
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
 LOCKDOWN = '[backends.iptables]\nports = [443]\nmode = "lockdown"\nvariant = "legacy"\n'
 

@@ -9,7 +9,7 @@ import pytest
 from support import need, need_root, need_tool
 from support.verify_host import NFT_DROP, failures, host, ipset_host, scratch_namespaces
 
-pytestmark = [pytest.mark.root]
+pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
 ALLOW = '[backends.iptables]\nports = [80, 443]\nmode = "allow"\nvariant = "nft"\n'
 LOCKDOWN = '[backends.iptables]\nports = [80, 443]\nmode = "lockdown"\nvariant = "nft"\n'

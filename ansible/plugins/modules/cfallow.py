@@ -252,6 +252,10 @@ def main() -> None:
             f"{b['name']}: {b['error']}" for b in result["backends"] if b.get("error") is not None
         )
         module.fail_json(msg=f"cfallow {verb}: backend failed: {detail}", **result)
+    held = (doc or {}).get("fetch") or {}
+    if rc == 4 and held.get("error"):  # the backends were still brought to the known list
+        msg = "ranges unavailable or refused, backends held at the last-known-good list"
+        module.fail_json(msg=f"cfallow {verb}: {msg}: {held['error']}", **result)
     if rc != 0:
         meaning = EXIT_MEANING.get(rc, f"exit {rc}")
         module.fail_json(msg=f"cfallow {verb}: {meaning}: {error_line(err)}", **result)

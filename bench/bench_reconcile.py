@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Whole-process time of the runs the timer and the restore unit make (iptables nft).
+
+Run as root (it creates and deletes its own network namespace; the host's
+firewall is never touched)::
+
+    sudo .venv/bin/python bench/bench_reconcile.py [--runs 21]
+
+In a fresh namespace with a Cloudflare stand-in on its own 127.0.0.1, timed
+from process start to exit (``ip netns exec NS cfallow -q sync ...``):
+
+* offline no-change: ``sync --offline``, the chain already in step (what
+  cfallow-restore.service and most timer runs do): target 0.06 s median;
+* online no-change: ``sync``, fetch + validate + plan, nothing to write;
+* first sync: a fresh state directory and an empty ruleset each run.
+
+Also prints which of requests, urllib3, boto3 and iptc an offline run imports
+(none should be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "cloudflare" / "api-ips.json"
+CFALLOW = str(Path(sys.executable).parent / "cfallow")
+TARGET = 0.06
+HEAVY = ("requests", "urllib3", "boto3", "iptc")
+
+_SERVER = """
+import http.server, sys
+body = open(sys.argv[1], "rb").read()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+_IMPORTS = (
+    "import sys; from cfallow.cli import main; rc = main(sys.argv[1:]); "
+    f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or '-'); sys.exit(rc)"
+)
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[-4:])} exited {proc.returncode}: {proc.stderr.strip()}")
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=21)
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    ns = f"cfa-bench-{uuid.uuid4().hex[:8]}"
+    server = None
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        nsx = ["ip", "netns", "exec", ns]
+        subprocess.run([*nsx, "ip", "link", "set", "lo", "up"], check=True)
+        server = subprocess.Popen(
+            [*nsx, sys.executable, "-c", _SERVER, str(FIXTURE)], stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        with tempfile.TemporaryDirectory(prefix="cfallow-bench-") as tmp:
+            conf = Path(tmp) / "config.toml"
+            conf.write_text(
+                f'[source]\napi_url = "{url}/client/v4/ips"\n'
+                f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n'
+                '[backends.iptables]\nvariant = "nft"\n'
+            )
+
+            def argv(state: str, *args: str) -> list[str]:
+                base = [*nsx, CFALLOW, "--config", str(conf), "--state-dir", state, "-q"]
+                return [*base, "sync", *args]
+
+            first = []
+            for i in range(opts.runs):
+                subprocess.run([*nsx, "iptables-nft", "-F"], check=True)
+                subprocess.run([*nsx, "iptables-nft", "-X"], check=True)
+                subprocess.run([*nsx, "ip6tables-nft", "-F"], check=True)
+                subprocess.run([*nsx, "ip6tables-nft", "-X"], check=True)
+                first.append(timed(argv(f"{tmp}/first-{i}")))
+            state = f"{tmp}/state"
+            online = [timed(argv(state)) for _ in range(opts.runs)]
+            offline = [timed(argv(state, "--offline")) for _ in range(opts.runs)]
+            probe = [*nsx, sys.executable, "-c", _IMPORTS, "--config", str(conf)]
+            probe += ["--state-dir", state, "-q", "sync", "--offline"]
+            out = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+            heavy = out.strip().splitlines()[-1]
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    print(f"{'run':22} {'median':>8} {'max':>8}   ({opts.runs} runs, whole process, s)")
+    for name, times in (
+        ("offline no-change", offline),
+        ("online no-change", online),
+        ("first sync", first),
+    ):
+        print(f"{name:22} {statistics.median(times):8.3f} {max(times):8.3f}")
+    print(f"offline run imports of {', '.join(HEAVY)}: {heavy.strip()}")
+    met = statistics.median(offline) <= TARGET
+    print(f"target: offline no-change <= {TARGET} s median: {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

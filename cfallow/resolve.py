@@ -1,0 +1,191 @@
+"""Which list a run brings the backends to: live, last-known-good, bundled, offline.
+
+The kernel forgets (a reboot, a firewall reload); cfallow must not. The
+validated last-known-good list is the desired state whenever no newer valid
+list is at hand:
+
+* live (the default): fetch; a list the guard accepts is the new desired
+  state. A fetch that fails or is refused holds the backends at the
+  last-known-good list (the run still repairs them, then exits 4); without one,
+  a failed fetch falls back to the bundled snapshot, with a warning.
+* ``offline``: no network at all (``requests`` is not even imported): the
+  last-known-good list, else the bundled snapshot, with a warning.
+* ``scheduled`` (the timer): live only when a fetch is due (see
+  :mod:`cfallow.cadence`), offline otherwise.
+* ``bundled``: the shipped snapshot, through the guard like a fetched list.
+
+The state file is checked with the same rules as a fetched list before any use
+(:meth:`cfallow.state.State.load`): a hand-edited or planted file is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from cfallow import cadence, sources
+from cfallow.config import Config
+from cfallow.errors import GuardRefused, RangesError
+from cfallow.guard import check_growth, check_shrink
+from cfallow.model import Networks, as_strings
+from cfallow.ranges import Ranges
+from cfallow.state import State
+
+log = logging.getLogger("cfallow")
+LKG = "last-known-good"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The list to bring the backends to, and how it was chosen."""
+
+    ranges: Ranges
+    attempted: bool = False  # a live fetch was tried this run
+    held: RangesError | None = None  # the fetch's failure or refusal (ranges: last-known-good)
+    failed: RangesError | None = None  # the fetch's failure, whatever was used instead
+    added: Networks = frozenset()  # a fetched list against the last-known-good one
+    removed: Networks = frozenset()
+
+    @property
+    def fetched(self) -> bool:
+        """A live list was fetched and accepted (it becomes the last-known-good list)."""
+        return self.attempted and self.held is None and self.ranges.kind == "live"
+
+
+def day(ranges: Ranges) -> str:
+    """The list's date, ``YYYY-MM-DD`` (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
+
+
+def held_line(ranges: Ranges, verb: str = "held at") -> str:
+    """``backends held at the last-known-good list of 2026-12-01 (etag ...)``."""
+    return f"backends {verb} the last-known-good list of {day(ranges)} (etag {ranges.etag or '-'})"
+
+
+def change_line(added: Networks, removed: Networks) -> str:
+    """``cloudflare list changed: +104.16.0.0/13 +104.24.0.0/14 -104.16.0.0/12``."""
+    words = [f"+{n}" for n in as_strings(added)] + [f"-{n}" for n in as_strings(removed)]
+    return "cloudflare list changed: " + " ".join(words)
+
+
+def _as_known(ranges: Ranges) -> Ranges:
+    return dataclasses.replace(ranges, kind=LKG)
+
+
+def _without_network(known: Ranges | None) -> Ranges:
+    if known is not None:
+        return _as_known(known)
+    snap = sources.bundled()
+    log.warning("no last-known-good list yet; using the bundled snapshot of %s", day(snap))
+    return snap
+
+
+def _growth_baseline(known: Ranges | None, bundled: Ranges) -> Ranges:
+    """What a new list may not grow too far beyond: the last-known-good list together
+    with the bundled snapshot, so returning to the shipped list after a forced shrink
+    is no growth."""
+    if known is None:
+        return bundled
+    return Ranges(known.ipv4 | bundled.ipv4, known.ipv6 | bundled.ipv6, known.kind)
+
+
+def guard(cfg: Config, ranges: Ranges, known: Ranges | None) -> None:
+    """The shrink and growth guards (:class:`GuardRefused`)."""
+    src = cfg.source
+    check_shrink(ranges, known, src.max_shrink)
+    baseline = _growth_baseline(known, sources.bundled())
+    prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
+    check_growth(ranges, baseline, src.max_growth, prefixes)
+
+
+def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
+    try:
+        # Stamped with the run's clock: the cadence measures the list's age by it.
+        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
+        if not force:
+            guard(cfg, ranges, known)
+    except RangesError as exc:
+        if known is not None:
+            return Resolved(_as_known(known), attempted=True, held=exc, failed=exc)
+        if isinstance(exc, GuardRefused):
+            raise
+        snap = sources.bundled()
+        log.warning(
+            "live fetch failed (%s); no last-known-good list yet, using the bundled snapshot of %s",
+            exc,
+            day(snap),
+        )
+        return Resolved(snap, attempted=True, failed=exc)
+    if known is None:
+        return Resolved(ranges, attempted=True)
+    added, removed = ranges.desired - known.desired, known.desired - ranges.desired
+    if added or removed:
+        log.warning("%s", change_line(added, removed))
+    return Resolved(ranges, attempted=True, added=added, removed=removed)
+
+
+def resolve(
+    cfg: Config,
+    state: State,
+    *,
+    source: str = "live",
+    offline: bool = False,
+    scheduled: bool = False,
+    force: bool = False,
+) -> Resolved:
+    """The list for this run (see the module docstring). Raises :class:`RangesError`
+    only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    known = state.load()
+    if source == "bundled":
+        ranges = sources.bundled()
+        if not force:
+            guard(cfg, ranges, known)
+        return Resolved(ranges)
+    if offline:
+        return Resolved(_without_network(known))
+    if scheduled:
+        entry = cadence.read_log(state.dir)
+        due, why = cadence.fetch_due(
+            entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
+        )
+        log.debug("fetch %s: %s", "due" if due else "not due", why)
+        if not due:
+            if entry is not None and entry.failed and known is not None:
+                log.warning("%s; %s", why, held_line(known))
+            return Resolved(_without_network(known))
+    return _live(cfg, known, force=force)
+
+
+def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
+    """After a real run: record an accepted list (commit the candidate ``staged`` before
+    the backends ran, else save it), log the attempt (for the cadence)."""
+    if not resolved.attempted:
+        return
+    at = cadence.now()
+    previous = cadence.read_log(state.dir)
+    changed_at = previous.changed_at if previous else None
+    if resolved.fetched:
+        if staged:
+            state.commit()
+        else:
+            state.save(resolved.ranges)
+        if resolved.added or resolved.removed:
+            changed_at = at
+        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+    elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
+        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
+        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
+
+
+def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
+    """The ``fetch`` object of the JSON report: this run's attempt, and when Cloudflare's
+    list last changed (as far as this host has seen)."""
+    entry = cadence.read_log(state.dir)
+    return {
+        "attempted": resolved.attempted,
+        "ok": (resolved.failed is None) if resolved.attempted else None,
+        "error": str(resolved.failed) if resolved.failed is not None else None,
+        "last_change": entry.changed_at if entry else None,
+    }

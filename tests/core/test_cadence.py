@@ -1,0 +1,155 @@
+"""Fetch cadence: a clock the test sets (``CFALLOW_NOW``) drives ``sync --scheduled``
+through refresh, failure and retry; a local server counts the fetches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pytest_httpserver import HTTPServer
+from support.cli_helpers import Result, fixture_text, run_cli, write_config
+
+from cfallow import cadence
+from cfallow.config import ConfigError, Section, _duration
+
+API = "/client/v4/ips"
+T0 = 1_800_000_000.0
+HOUR = 3600.0
+
+
+class Clock:
+    def __init__(
+        self,
+        tmp: Path,
+        server: HTTPServer,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        self.server, self.capsys, self.monkeypatch = server, capsys, monkeypatch
+        self.state = tmp / "state"
+        self.earlier = 0  # fetches before the server's log was last cleared
+        self.config = write_config(
+            tmp / "config.toml",
+            server.url_for("").rstrip("/"),
+            backends=f'[backends.fake]\npath = "{tmp / "target.json"}"\n',
+            attempts=1,
+            refresh="6h",
+            retry=5,
+        )
+        self.answer(200)
+
+    def answer(self, status: int, body: str | None = None) -> None:
+        self.earlier = self.fetches()
+        self.server.clear()
+        if body is None:
+            body = fixture_text("api-ips.json") if status == 200 else ""
+        self.server.expect_request(API).respond_with_data(body, status=status)
+        self.server.expect_request("/ips-v4").respond_with_data("", status=404)
+
+    def fetches(self) -> int:
+        return self.earlier + sum(1 for req, _ in self.server.log if req.path == API)
+
+    def run(self, at: float, *args: str) -> Result:
+        self.monkeypatch.setenv("CFALLOW_NOW", repr(at))
+        base = ("--config", str(self.config), "--state-dir", str(self.state))
+        return run_cli(self.capsys, *base, "sync", *args)
+
+    def next_retry(self) -> float:
+        doc = json.loads((self.state / cadence.FETCH_LOG).read_text())
+        return float(doc["next_retry"])
+
+
+@pytest.fixture
+def clock(
+    tmp_path: Path,
+    httpserver: HTTPServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Clock:
+    return Clock(tmp_path, httpserver, capsys, monkeypatch)
+
+
+def test_scheduled_runs_fetch_exactly_when_refresh_or_retry_is_due(clock: Clock) -> None:
+    def scheduled(at: float, rc: int = 0) -> Result:
+        r = clock.run(at, "--scheduled", "--json")
+        assert r.rc == rc, r.err
+        return r
+
+    assert scheduled(T0).json()["source"]["kind"] == "live"  # no list yet: fetch
+    assert clock.fetches() == 1
+    for at in (T0 + 240, T0 + 6 * HOUR - 1):  # the timer's runs: reconcile, no fetch
+        assert scheduled(at).json()["source"]["kind"] == "last-known-good"
+    assert clock.fetches() == 1
+    scheduled(T0 + 6 * HOUR)  # refresh reached
+    assert clock.fetches() == 2
+
+    clock.answer(500)
+    failed_at = T0 + 12 * HOUR
+    r = scheduled(failed_at, rc=4)
+    assert clock.fetches() == 3 and "HTTP 500" in r.err
+    retry = clock.next_retry()
+    assert failed_at + 300 <= retry <= failed_at + 300 * (1 + cadence.JITTER)
+    r = scheduled(retry - 1)  # held, no fetch, and it says so
+    assert clock.fetches() == 3
+    assert "last fetch failed; next retry in 1 s" in r.err
+    assert "backends held at the last-known-good list of" in r.err
+    scheduled(retry, rc=4)  # retry due: fetches, fails again
+    assert clock.fetches() == 4
+    second = clock.next_retry()
+    assert second >= retry + 300
+
+    clock.answer(200)
+    scheduled(second - 1)
+    assert clock.fetches() == 4
+    scheduled(second)  # Cloudflare is back
+    assert clock.fetches() == 5
+    scheduled(second + 6 * HOUR - 1)  # refresh counts from that fetch
+    assert clock.fetches() == 5
+
+
+def test_a_first_run_that_cannot_fetch_retries_on_the_retry_cadence(clock: Clock) -> None:
+    clock.answer(503)
+    r = clock.run(T0, "--scheduled", "--json")
+    assert r.rc == 0 and r.json()["source"]["kind"] == "bundled"  # the snapshot, warned
+    assert r.json()["fetch"]["ok"] is False
+    assert clock.fetches() == 1
+    retry = clock.next_retry()
+    assert clock.run(retry - 1, "--scheduled").rc == 0  # the timer's next runs: no stampede
+    assert clock.fetches() == 1
+    clock.answer(200)
+    assert clock.run(retry, "--scheduled").rc == 0
+    assert clock.fetches() == 2
+
+
+def test_a_manual_sync_always_fetches(clock: Clock) -> None:
+    assert clock.run(T0).rc == 0
+    assert clock.run(T0 + 1).rc == 0
+    assert clock.fetches() == 2
+    assert clock.run(T0 + 2, "--scheduled").rc == 0
+    assert clock.fetches() == 2
+
+
+def test_a_refused_list_is_retried_like_a_failed_fetch(clock: Clock) -> None:
+    assert clock.run(T0, "--scheduled").rc == 0
+    doc = json.loads(fixture_text("api-ips.json"))
+    doc["result"]["ipv4_cidrs"] = doc["result"]["ipv4_cidrs"][:2]  # the shrink guard refuses
+    clock.answer(200, json.dumps(doc))
+    r = clock.run(T0 + 6 * HOUR, "--scheduled")
+    assert r.rc == 4 and "would disappear" in r.err
+    assert clock.fetches() == 2
+    assert clock.run(clock.next_retry() - 1, "--scheduled").rc == 0
+    assert clock.fetches() == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("6h", 21600), ("30m", 1800), ("1d", 86400), (900, 900), ("90s", 90)]
+)
+def test_refresh_accepts_seconds_or_a_unit(value: object, seconds: float) -> None:
+    assert _duration(Section("source", {"refresh": value}), "refresh", 1.0) == seconds
+
+
+@pytest.mark.parametrize("value", ["6 hours", "10s", 30, True, "h", -5])
+def test_refresh_refuses_nonsense_in_one_line(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"\[source\] refresh: expected seconds"):
+        _duration(Section("source", {"refresh": value}), "refresh", 1.0)

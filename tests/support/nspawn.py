@@ -1,0 +1,195 @@
+"""Real systemd as PID 1: boot this machine's own file system in ``systemd-nspawn``.
+
+The container's root is an overlayfs with ``lowerdir=/`` and the upper and
+work directories in a test's temp dir, so nothing of the host's changes; a
+second :meth:`Machine.boot` of the same upper dir is a faithful reboot (files
+kept, a fresh network namespace, so a fresh kernel ruleset). Every boot runs
+with ``--private-network``: the container sees only its own loopback and the
+veth pairs it creates itself. cfallow is installed under ``/opt/cfallow``
+(a virtualenv on this test run's packages; units with ``PrivateTmp=yes``
+cannot exec anything under ``/tmp``) and linked to ``/usr/local/bin/cfallow``.
+The overlay is always unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import site
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from support import need, need_root, need_tool
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+# Units the host has enabled that have no business in these boots.
+MASK = (
+    "apache2.service",
+    "caddy.service",
+    "firewalld.service",
+    "haproxy.service",
+    "nginx.service",
+    "postgresql.service",
+    "ufw.service",
+    "e2scrub_reap.service",
+    "systemd-timesyncd.service",
+    "getty@tty1.service",
+    "console-getty.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "fstrim.timer",
+    "man-db.timer",
+)
+
+
+def need_nspawn() -> None:
+    """Root, systemd-nspawn and overlayfs."""
+    need_root()
+    need_tool("systemd-nspawn", "systemctl", "mount", "umount")
+    with open("/proc/filesystems") as fh:
+        need("overlay" in fh.read(), "overlayfs in the kernel")
+
+
+class Machine:
+    """An overlay of ``/`` under ``base`` and the boots of it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.upper, self.work, self.root = base / "upper", base / "work", base / "root"
+        self.boots = 0
+
+    @contextlib.contextmanager
+    def mounted(self) -> Iterator[Machine]:
+        """Mount the overlay for the duration; always unmount."""
+        for d in (self.upper, self.work, self.root):
+            d.mkdir(parents=True, exist_ok=True)
+        opts = f"lowerdir=/,upperdir={self.upper},workdir={self.work}"
+        subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", opts, str(self.root)],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield self
+        finally:
+            if subprocess.run(["umount", str(self.root)], check=False).returncode != 0:
+                time.sleep(1)
+                subprocess.run(["umount", "-l", str(self.root)], check=False)
+
+    def path(self, inside: str) -> Path:
+        """A path inside the container, through the mounted overlay."""
+        return self.root / inside.lstrip("/")
+
+    def write(self, inside: str, text: str, mode: int = 0o644) -> Path:
+        """Write a file inside the container (creating its directory)."""
+        path = self.path(inside)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+        return path
+
+    def unpack(self, *packages: str) -> None:
+        """Unpack Debian packages into the container only (``dpkg-deb -x``, no scripts).
+
+        For packages the host must not have: netfilter-persistent conflicts with
+        ufw, which the host's other tests need. The .deb comes from apt's cache,
+        else ``apt-get download`` fetches it into this machine's temp dir.
+        """
+        need_tool("dpkg-deb", "apt-get", "tar")
+        for pkg in packages:
+            found = sorted(Path("/var/cache/apt/archives").glob(f"{pkg}_*.deb"))
+            if not found:
+                where = self.base / "debs"
+                where.mkdir(exist_ok=True)
+                subprocess.run(
+                    ["apt-get", "download", "-q", pkg], cwd=where, check=True, capture_output=True
+                )
+                found = sorted(where.glob(f"{pkg}_*.deb"))
+            need(bool(found), f"the Debian package {pkg}")
+            # Through tar, keeping the root's /lib -> usr/lib style links (merged /usr).
+            tarball = subprocess.run(
+                ["dpkg-deb", "--fsys-tarfile", str(found[-1])], check=True, capture_output=True
+            ).stdout
+            subprocess.run(
+                ["tar", "-x", "--keep-directory-symlink", "-C", str(self.root)],
+                input=tarball,
+                check=True,
+                capture_output=True,
+            )
+
+    def systemctl(self, *args: str) -> None:
+        """``systemctl --root=ROOT ARGS`` (enable, disable, mask: before a boot).
+
+        SysV scripts are left alone (``SYSTEMCTL_SKIP_SYSV``): only the unit
+        symlinks matter to systemd, and update-rc.d need not exist.
+        """
+        env = {**os.environ, "SYSTEMCTL_SKIP_SYSV": "1"}
+        proc = subprocess.run(
+            ["systemctl", f"--root={self.root}", "--quiet", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        assert proc.returncode == 0, f"systemctl {' '.join(args)}: {proc.stderr}"
+
+    def install_cfallow(self) -> None:
+        """A virtualenv at /opt/cfallow on this run's packages, and the shipped units."""
+        venv = self.path("/opt/cfallow")
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+        (pyver,) = (venv / "lib").iterdir()
+        ours = site.getsitepackages()[0]
+        (venv / "lib" / pyver.name / "site-packages" / "zz-cfallow-test.pth").write_text(
+            f"import site; site.addsitedir({ours!r})\n"
+        )
+        self.write(
+            "/opt/cfallow/bin/cfallow",
+            "#!/opt/cfallow/bin/python\nimport sys\nfrom cfallow.cli import main\n"
+            "sys.exit(main())\n",
+            0o755,
+        )
+        link = self.path("/usr/local/bin/cfallow")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink("/opt/cfallow/bin/cfallow", link)
+        for unit in sorted(UNITS.glob("cfallow*")):
+            self.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
+        self.systemctl("mask", *MASK)
+
+    def boot(self, timeout: float = 240) -> str:
+        """Boot once, until the container powers itself off; its console output.
+
+        A boot that does not end within ``timeout`` is killed (the process
+        group this call started) and fails the test.
+        """
+        self.boots += 1
+        console = self.base / f"console-{self.boots}.log"
+        argv = ["systemd-nspawn", "-q", "-D", str(self.root), "--register=no", "--keep-unit"]
+        with open(console, "w") as out:
+            proc = subprocess.Popen(
+                [*argv, "--private-network", "-b"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                rc = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise AssertionError(
+                    f"boot {self.boots} did not power off within {timeout:g} s: "
+                    + console.read_text()[-2000:]
+                ) from None
+        text = console.read_text()
+        assert rc == 0, f"systemd-nspawn exited {rc}: {text[-2000:]}"
+        return text
