@@ -117,7 +117,13 @@ def render(
         [({}, now if success else (last_success or 0))],
     )
 
-    source = report.get("source") or {}
+    _source_gauges(out, report.get("source") or {}, now)
+    failed = _backend_gauges(out, list(report.get("backends") or []), bool(report.get("dry_run")))
+    _fetch_gauges(out, report, backends_ok=not failed, dry_run=bool(report.get("dry_run")))
+    return out.text()
+
+
+def _source_gauges(out: _Exposition, source: Mapping[str, Any], now: float) -> None:
     if source:
         out.gauge(
             "ranges",
@@ -139,8 +145,9 @@ def render(
                 [({}, max(0.0, now - float(fetched)))],
             )
 
-    backends = list(report.get("backends") or [])
-    dry_run = bool(report.get("dry_run"))
+
+def _backend_gauges(out: _Exposition, backends: list[Any], dry_run: bool) -> bool:
+    """Per-backend gauges; True if any backend failed."""
     failed: list[Sample] = []
     applied: list[Sample] = []
     entries: list[Sample] = []
@@ -160,8 +167,7 @@ def render(
         "backend_changes_applied", "Entries the last run added or removed, per backend.", applied
     )
     out.gauge("backend_entries", "Entries cfallow owns in the backend after the last run.", entries)
-    _fetch_gauges(out, report, backends_ok=not any(v for _, v in failed), dry_run=dry_run)
-    return out.text()
+    return any(v for _, v in failed)
 
 
 def _fetch_gauges(
