@@ -28,7 +28,7 @@ from netaddr import IPNetwork, IPSet
 from cfallow import hostfw
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
-from cfallow.errors import BackendError, CommandNotFound, ConfigError, Unavailable, ValidationError
+from cfallow.errors import BackendError, ConfigError, Unavailable, ValidationError
 from cfallow.hostfw_advice import iptables_allow
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
@@ -44,37 +44,11 @@ from .iptables_rules import (
     port_slots,
 )
 from .iptables_save import Table, parse_save
+from .iptables_variant import Variant, detect, io_for, probe
+
+__all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
-LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
-OLD_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
-LEGACY_RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
-OLD_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
-
-
-def detect(version_text: str) -> tuple[str, bool]:
-    """``iptables --version`` -> (``nft``|``legacy``, whether the ``*-legacy-*`` tools exist)."""
-    text = version_text.strip()
-    if "(nf_tables)" in text:
-        return "nft", False
-    if "(legacy)" in text:
-        return "legacy", True
-    try:
-        major, minor = (int(x) for x in text.split(" v", 1)[1].split(".")[:2])
-    except (IndexError, ValueError):
-        raise BackendError(f"cannot tell the iptables variant from {text!r}") from None
-    if (major, minor) < (1, 8):
-        return "legacy", False
-    raise BackendError(f"cannot tell the iptables variant from {text!r}")
-
-
-@dataclass(frozen=True)
-class Variant:
-    """Which iptables this host uses, and how cfallow reads and writes it."""
-
-    kind: str  # "nft" or "legacy"
-    legacy_tools: bool  # legacy hosts of iptables >= 1.8 have the *-legacy-* names
-    note: str | None = None  # an explicit variant the host's own iptables does not use
 
 
 @dataclass(frozen=True)
@@ -165,43 +139,12 @@ class IptablesBackend(Backend[Seen, Step]):
         if self.variant == "auto" and shutil.which("iptables", path=path) is None:
             raise Unavailable("no iptables command found (install the iptables package)")
 
-    # -- variant ------------------------------------------------------------------
     def _variant(self) -> Variant:
-        try:
-            text = self.ctx.runner.run(["iptables", "--version"]).stdout
-            detected, legacy_tools = detect(text)
-        except CommandNotFound:
-            if self.variant == "auto":
-                raise Unavailable(
-                    "no iptables command found (install the iptables package)"
-                ) from None
-            text, detected, legacy_tools = "", self.variant, True
-        except BackendError:
-            if self.variant == "auto":
-                raise
-            text, detected, legacy_tools = "", self.variant, True
-        kind = detected if self.variant == "auto" else self.variant
-        legacy_tools = legacy_tools or detected != "legacy"  # pre-1.8 hosts have no *-legacy-*
-        note = None
-        if kind != detected:
-            note = (
-                f"variant = {kind}, but this host's iptables is {detected} ({text.strip()}): "
-                f"rules in the {kind} tables are enforced (their DROPs drop; their ACCEPTs "
-                f"cannot undo a DROP in the {detected} tables) but the admin's iptables "
-                "command does not list them"
-            )
-            self.ctx.log.warning("%s: %s", self.name, note)
-        return Variant(kind, legacy_tools, note)
+        return probe(self.ctx.runner, self.variant, self.ctx.log)
 
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
-        if variant.kind == "nft":
-            return NftIO(self.ctx.runner)
-        tools = (LEGACY_SAVE, LEGACY_RESTORE) if variant.legacy_tools else (OLD_SAVE, OLD_RESTORE)
-        io = LegacyIO(self.ctx.runner, *tools, chain=self.settings.chain)
-        if self.legacy_writer is not None:
-            io.writer = self.legacy_writer
-        return io
+        return io_for(self.ctx.runner, variant, self.settings.chain, self.legacy_writer)
 
     # -- read / diff / apply --------------------------------------------------------
     def read(self) -> Seen:
