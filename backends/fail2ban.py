@@ -105,6 +105,10 @@ class Fail2banBackend(Backend[None, object]):
             return True, "ok"
         return False, "fail2ban-client not found"
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """The drop-in directory and the server's socket directory."""
+        return (self.jail_dir, self.socket.parent)
+
     def check(self) -> None:
         """The client runs, the configuration is readable, jail.d is writable."""
         if not (shutil.which(self.client_cmd) or os.access(self.client_cmd, os.X_OK)):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
@@ -144,6 +145,10 @@ class IptablesBackend(Backend[None, Step]):
         if shutil.which("iptables") is None:
             return False, "iptables is not installed"
         return True, "iptables found"
+
+    def write_paths(self) -> tuple[Path, ...]:
+        """cfallow's firewall lock and the legacy xtables lock."""
+        return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
 
     # -- variant ------------------------------------------------------------------
     def _open(self) -> NftIO | LegacyIO:

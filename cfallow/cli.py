@@ -16,6 +16,7 @@ from cfallow.errors import (
     EXIT_DRIFT,
     EXIT_OK,
     CfallowError,
+    ConfigError,
     RangesError,
     StateError,
     UsageError,
@@ -98,6 +99,21 @@ def _parser() -> argparse.ArgumentParser:
 
     add("backends", "list installed backend plugins and whether each can run here")
 
+    ck = add(
+        "check",
+        "check the config, each backend's preflight and the paths a run writes "
+        "(read-only; exit 0 or 2)",
+    )
+    ck.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
+    ck.add_argument(
+        "--unit",
+        type=Path,
+        default=Path("/etc/systemd/system/cfallow.service"),
+        metavar="FILE",
+        help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
+    )
+    ck.add_argument("--json", action="store_true")
+
     rm = add("remove", "remove everything cfallow owns from the backends")
     rm.add_argument("--backend", action="append", metavar="NAME")
     rm.add_argument("--dry-run", action="store_true")
@@ -125,10 +141,16 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _backends(
     cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context
 ) -> list[backend.AnyBackend]:
-    selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
-    if not selected:
-        raise UsageError("no backend is enabled in the configuration")
-    return [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+    """Build every configured backend (the whole config is checked before anything
+    runs, whatever ``--backend`` selects), then return the selected ones."""
+    try:
+        built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
+        selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
+        if not selected:
+            raise UsageError("no backend is enabled in the configuration")
+        return [built[n] if n in built else backend.build(n, {}, ctx) for n in selected]
+    except ConfigError as exc:
+        raise config.in_file(cfg.path, exc) from None
 
 
 def resolve_ranges(source: str, cfg: config.Config, state: State, *, force: bool) -> Ranges:
@@ -177,17 +199,20 @@ def _emit(
     verb: str,
 ) -> dict[str, object]:
     doc = report.to_json(ranges, results, dry_run=dry_run)
-    if args.json:
+    if args.json:  # the document on stdout; each backend's line (its error too) on stderr
         report.write_json(sys.stdout, doc)
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
-            log.info("%s", report.summary(r))
-    else:
+            if r.error is not None:
+                log.error("%s: %s", r.name, r.error)
+            else:
+                log.info("%s", report.summary(r, verb=verb))
+    elif getattr(args, "quiet", False):
+        for r in results:
+            print(report.summary(r, verb=verb))
+    else:  # a backend's error is its summary line, printed once, here
         report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
-    for r in results:
-        if r.error is not None:
-            log.error("%s: %s", r.name, r.error)
     return doc
 
 
@@ -239,7 +264,7 @@ def _sync_like(
     dry_run: bool,
     verb: str,
 ) -> int:
-    backends = _backends(cfg, args.backend, ctx)
+    backends: list[backend.AnyBackend] = args.built
     try:
         ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
         record = not dry_run and ranges.kind == "live"
@@ -291,7 +316,7 @@ def cmd_status(
 def cmd_remove(
     args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
 ) -> int:
-    backends = _backends(cfg, args.backend, ctx)
+    backends: list[backend.AnyBackend] = args.built
 
     def run() -> int:
         results = engine.run(backends, None, dry_run=args.dry_run).results
@@ -304,11 +329,22 @@ def cmd_remove(
         return run()
 
 
+def _fail(exc: CfallowError, want_json: bool) -> int:
+    """One error line on stderr; with ``--json`` also a document on stdout."""
+    log.error("%s", exc)
+    if want_json:
+        report.write_json(sys.stdout, {"error": str(exc), "exit_code": exc.exit_code})
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     _setup_logging(0, False)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in raw  # also for a command line argparse refuses
     try:
-        args = _parser().parse_args(argv)
+        args = _parser().parse_args(raw)
+        want_json = bool(getattr(args, "json", False))
         _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         cfg = config.load(getattr(args, "config", None))
         state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
@@ -317,11 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ranges(args, cfg)
         if args.command == "backends":
             return cmd_backends(args, cfg, ctx)
+        # the whole config, every backend section included, before any lock or state dir
+        args.built = _backends(cfg, getattr(args, "backend", None), ctx)
+        if args.command == "check":
+            from cfallow import check
+
+            return check.run(args, cfg, state, ctx, args.built)
         command = {"sync": cmd_sync, "status": cmd_status, "remove": cmd_remove}[args.command]
         return command(args, cfg, state, ctx)
     except CfallowError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+        return _fail(exc, want_json)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
