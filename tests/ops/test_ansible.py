@@ -420,7 +420,7 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     for d in ("bin", "systemd", "metrics"):
         (root / d).mkdir(parents=True)
     role_vars = {
-        "cfallow_pip_spec": "cfallow",
+        "cfallow_pip_spec": str(next(house.glob("cfallow-*.whl"))),
         "cfallow_pip_args": f"--no-index --find-links {house}",
         "cfallow_python": sys._base_executable,  # type: ignore[attr-defined]
         "cfallow_venv": str(root / "venv"),
@@ -465,3 +465,34 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert second_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == 0
     assert second_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
     assert second_metrics[("cfallow_last_run_success", ())] == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "cfallow",
+        "cfallow[aws]",
+        "cfallow==0.1.0",
+        "https://example.invalid/cfallow-0.1.0-py3-none-any.whl",  # no hash
+        "relative/cfallow-0.1.0-py3-none-any.whl",
+    ],
+)
+def test_role_refuses_a_spec_an_index_could_answer(
+    ansible: Ansible, tmp_path: Path, spec: str
+) -> None:
+    """Nothing is installed from a bare name: cfallow is on no package index."""
+    venv = tmp_path / "venv"
+    role_vars = {
+        "cfallow_pip_spec": spec,
+        "cfallow_venv": str(venv),
+        "cfallow_systemd": False,
+        "cfallow_sync_now": False,
+    }
+    run = ansible.play(
+        [{"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}}],
+        play_vars=role_vars,
+    )
+    assert run.rc != 0 and run.failed == 1, run.stdout
+    assert "cfallow_pip_spec must name exactly what to install" in run.stdout
+    assert not venv.exists(), "the role installed something before refusing the spec"
