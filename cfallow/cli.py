@@ -199,20 +199,21 @@ def _emit(
     verb: str,
 ) -> dict[str, object]:
     doc = report.to_json(ranges, results, dry_run=dry_run)
-    if args.json:  # the document on stdout; each backend's line (its error too) on stderr
+    if args.json:  # the document on stdout; one line per backend on stderr
         report.write_json(sys.stdout, doc)
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
-            if r.error is not None:
-                log.error("%s: %s", r.name, r.error)
-            else:
+            if r.error is None:
                 log.info("%s", report.summary(r, verb=verb))
     elif getattr(args, "quiet", False):
         for r in results:
-            print(report.summary(r, verb=verb))
-    else:  # a backend's error is its summary line, printed once, here
+            print(report.summary(r, verb=verb, error=False))
+    else:
         report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
+    for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
+        if r.error is not None:
+            log.error("%s: %s", r.name, r.error)
     return doc
 
 

@@ -47,14 +47,15 @@ def source_line(ranges: Ranges) -> str:
     )
 
 
-def summary(result: BackendResult, *, verb: str = "sync") -> str:
-    """``iptables: +2 -1 =20`` or ``iptables: error: ...``.
+def summary(result: BackendResult, *, verb: str = "sync", error: bool = True) -> str:
+    """``iptables: +2 -1 =20`` or ``iptables: error: ...`` (``iptables: failed`` without
+    ``error``: the text report leaves the message to the one line on stderr).
 
     For ``remove`` what a plan deletes beyond entries is what removal means,
     not drift: ``iptables: -22 (IPv4: delete 1 jump(s) and chain CFALLOW (22 rules))``.
     """
     if result.error is not None:
-        return f"{result.name}: error: {result.error}"
+        return f"{result.name}: error: {result.error}" if error else f"{result.name}: failed"
     plan = result.plan
     assert plan is not None
     if verb == "remove":
@@ -92,7 +93,7 @@ def write_text(
                 out.write(f"  {mark} {item}\n")
         for note in plan.notes if plan else ():
             out.write(f"  note: {note}\n")
-        out.write(summary(r, verb=verb) + "\n")
+        out.write(summary(r, verb=verb, error=False) + "\n")
 
 
 def write_json(out: TextIO, doc: dict[str, Any]) -> None:

@@ -141,6 +141,8 @@ def test_a_backend_error_appears_once_in_text_mode(lab: Lab) -> None:
     assert r.rc == 1
     both = r.out + r.err
     assert both.count("apply failed on purpose") == 1, both
+    assert "cfallow: error: fake: fake: apply failed on purpose" in r.err
+    assert "fake: failed" in r.out.splitlines()
 
 
 def test_quiet_prints_only_the_summary_lines(lab: Lab) -> None:
