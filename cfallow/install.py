@@ -1,6 +1,6 @@
 """How to add an optional dependency to the install the user actually has.
 
-cfallow is not on a public package index, so ``pip install 'cfallow[aws]'``
+cfallow is not on a public package index, so installing it by name with an extra
 would install whatever someone else publishes under that name. The hint names
 this interpreter's own pip and the extra's real requirement instead, or the
 wheel or checkout the user installed from.
