@@ -35,6 +35,7 @@ from .iptables_diff import Ops, assess, assess_removal
 from .iptables_legacy import LegacyIO
 from .iptables_nft import NftIO
 from .iptables_rules import (
+    Observed,
     Settings,
     Table,
     check_chain_name,
@@ -224,8 +225,13 @@ class IptablesBackend(Backend[None, Step]):
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
+        notes: list[str] = []
         for version in self.families:
             obs = observe(self._parse(version), version, self.settings)
+            if desired is not None and _no_docker_ipv6(obs, self.settings):
+                notes.append(DOCKER_NO_IPV6)
+                desired = frozenset(n for n in desired if n.version != version)
+                continue
             if desired is None:
                 found, ops = assess_removal(obs, self.settings)
                 target: tuple[str, ...] | None = None
@@ -243,7 +249,7 @@ class IptablesBackend(Backend[None, Step]):
             frozenset(current),
             drift=drift,
             # after the loop: opening the variant may have added a note
-            notes=[*self._notes, *extra_notes],
+            notes=[*self._notes, *extra_notes, *notes],
             steps=steps,
         )
 
@@ -274,6 +280,18 @@ class IptablesBackend(Backend[None, Step]):
         if isinstance(self._io, LegacyIO):
             return self._io.parse(version, text)
         return parse_save(text)
+
+
+DOCKER_NO_IPV6 = (
+    "IPv6: ip6tables has no DOCKER-USER chain (Docker runs without IPv6, its default), "
+    "so no IPv6 traffic reaches a container and IPv6 is left alone; "
+    "set ipv6 = false to say so"
+)
+
+
+def _no_docker_ipv6(obs: Observed, settings: Settings) -> bool:
+    """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only."""
+    return obs.version == 6 and settings.parent == "DOCKER-USER" and not obs.parent_exists
 
 
 @dataclass(frozen=True)
