@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,17 +41,27 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         default=argparse.SUPPRESS,
         help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
     )
     common.add_argument(
         "--state-dir",
         type=Path,
+        metavar="DIR",
         default=argparse.SUPPRESS,
         help=f"state directory (default {config.DEFAULT_STATE_DIR})",
     )
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines on stderr"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only each backend's summary line (and warnings, errors on stderr)",
+    )
 
     p = _Parser(
         prog="cfallow",
@@ -74,11 +85,19 @@ def _parser() -> argparse.ArgumentParser:
 
     r = add("ranges", "print the validated Cloudflare list")
     source_opt(r)
-    r.add_argument("--json", action="store_true")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
 
     s = add("sync", "bring every configured backend in step with the list")
     s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
-    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
     s.add_argument(
         "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
     )
@@ -93,8 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     st = add("status", "compare every backend with the list (read-only; exit 3 on drift)")
-    st.add_argument("--json", action="store_true")
-    st.add_argument("--backend", action="append", metavar="NAME")
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    st.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
     source_opt(st)
 
     add("backends", "list installed backend plugins and whether each can run here")
@@ -112,13 +135,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
     )
-    ck.add_argument("--json", action="store_true")
+    ck.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
 
     rm = add("remove", "remove everything cfallow owns from the backends")
-    rm.add_argument("--backend", action="append", metavar="NAME")
-    rm.add_argument("--dry-run", action="store_true")
-    rm.add_argument("--json", action="store_true")
-    rm.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
+    rm.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
+    rm.add_argument("--dry-run", action="store_true", help="show what would go; remove nothing")
+    rm.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    rm.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for another run's lock (default 60)",
+    )
     return p
 
 
@@ -330,6 +367,18 @@ def cmd_remove(
         return run()
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion, when argcomplete is installed (the ``completion`` extra) and the
+    shell asks (``eval "$(register-python-argcomplete cfallow)"``); exits after answering."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
 def _fail(exc: CfallowError, want_json: bool) -> int:
     """One error line on stderr; with ``--json`` also a document on stdout."""
     log.error("%s", exc)
@@ -344,7 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in raw  # also for a command line argparse refuses
     try:
-        args = _parser().parse_args(raw)
+        parser = _parser()
+        _complete(parser)
+        args = parser.parse_args(raw)
         want_json = bool(getattr(args, "json", False))
         _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         cfg = config.load(getattr(args, "config", None))
