@@ -14,19 +14,14 @@ error, so the file never has a DEFAULT section.
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-import tempfile
-from collections.abc import Collection, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Collection, Mapping
 
 from netaddr import IPNetwork
 
-from cfallow import fs
-from cfallow.errors import BackendError, ValidationError
-from cfallow.model import Networks, as_strings, parse_cidr
+from cfallow.errors import ValidationError
+from cfallow.model import Networks
 
-from .fail2ban_client import check_jail_name
+from .fail2ban_client import check_jail_name, cidr, strs
 
 NAME = "zz-cfallow.local"
 KNOWN = "%(known/ignoreip)s"
@@ -50,7 +45,7 @@ def render(owned: Mapping[str, Networks], extend: Collection[str]) -> str | None
         nets = owned[jail]
         if not nets:
             continue
-        lines = "".join(f"    {parse_cidr(c)}\n" for c in as_strings(nets))
+        lines = "".join(f"    {c}\n" for c in strs(nets))
         known = f" {KNOWN}" if jail in extend else ""
         parts.append(f"\n[{check_jail_name(jail)}]\nignoreip ={known}\n{lines}")
     return "".join(parts) if len(parts) > 1 else None
@@ -89,63 +84,7 @@ def parse(text: str) -> tuple[dict[str, Networks], list[str]]:
             continue
         for word in words:
             try:
-                owned[jail].add(parse_cidr(word.strip(",")))
+                owned[jail].add(cidr(word.strip(",")))
             except ValidationError:
                 problems.append(f"[{jail}] not a CIDR: {word!r}")
     return {j: frozenset(n) for j, n in owned.items()}, problems
-
-
-def read(path: Path) -> str | None:
-    """The drop-in's text, or None if there is none."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BackendError(f"cannot read {path}: {exc}") from exc
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by rename; the old file stays if anything fails before that."""
-    try:
-        fs.write_atomic(path, text, mode=0o644)
-    except OSError as exc:
-        raise BackendError(f"cannot write {path}: {exc}") from exc
-
-
-def remove(path: Path) -> None:
-    """Delete the drop-in (absent is fine)."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise BackendError(f"cannot remove {path}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def config_copy(config_dir: Path, candidate: str | None) -> Iterator[Path]:
-    """A private copy of the configuration tree with ``candidate`` as the drop-in.
-
-    ``candidate`` None leaves cfallow's drop-in out (the admin's configuration
-    alone). The copy is deleted on exit; the real tree is never written.
-    """
-
-    def skip(directory: str, names: list[str]) -> list[str]:
-        if Path(directory).name != "jail.d":
-            return []
-        return [n for n in names if n == NAME or n.startswith(f".{NAME}.")]
-
-    top = Path(tempfile.mkdtemp(prefix="cfallow-f2b-"))
-    try:
-        copy = top / "conf"
-        try:
-            shutil.copytree(config_dir, copy, ignore=skip, ignore_dangling_symlinks=True)
-        except (OSError, shutil.Error) as exc:
-            raise BackendError(f"cannot copy {config_dir} for checking: {exc}") from exc
-        if candidate is not None:
-            (copy / "jail.d").mkdir(exist_ok=True)
-            (copy / "jail.d" / NAME).write_text(candidate, encoding="utf-8")
-        yield copy
-    finally:
-        shutil.rmtree(top, ignore_errors=True)

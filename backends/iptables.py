@@ -18,6 +18,7 @@ what ``iptables --version`` says, so rules land where the admin's own
 
 from __future__ import annotations
 
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,23 +28,22 @@ from netaddr import IPNetwork, IPSet
 
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
-from cfallow.errors import BackendError, ConfigError, ValidationError
+from cfallow.errors import BackendError, CommandNotFound, ConfigError, Unavailable, ValidationError
 from cfallow.hostlock import firewall_lock
-from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
+from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 
 from .iptables_diff import Ops, assess, assess_removal
-from .iptables_legacy import LegacyIO
+from .iptables_legacy import LegacyIO, Writer
 from .iptables_nft import NftIO
 from .iptables_rules import (
     Observed,
     Settings,
-    Table,
     check_chain_name,
     check_parent,
     observe,
-    parse_save,
     port_slots,
 )
+from .iptables_save import Table, parse_save
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
@@ -69,15 +69,33 @@ def detect(version_text: str) -> tuple[str, bool]:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Which iptables this host uses, and how cfallow reads and writes it."""
+
+    kind: str  # "nft" or "legacy"
+    legacy_tools: bool  # legacy hosts of iptables >= 1.8 have the *-legacy-* names
+    note: str | None = None  # an explicit variant the host's own iptables does not use
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One read: the variant and each managed family's filter table."""
+
+    variant: Variant
+    tables: tuple[tuple[int, Table], ...]
+
+
+@dataclass(frozen=True)
 class Step:
     """Plan step: bring one family to ``target`` (CIDR strings), or remove it (``None``)."""
 
     version: int
     target: tuple[str, ...] | None
     script: str  # the transaction as planned (restore syntax), for logs and reports
+    variant: Variant
 
 
-class IptablesBackend(Backend[None, Step]):
+class IptablesBackend(Backend[Seen, Step]):
     """Keeps an owned iptables chain (both families) equal to Cloudflare's ranges."""
 
     name = "iptables"
@@ -104,16 +122,16 @@ class IptablesBackend(Backend[None, Step]):
             protocol=section.get_choice("protocol", "tcp", PROTOCOLS),
             ports=ports,
             mode=section.get_choice("mode", "allow", ("allow", "lockdown")),
-            also_allow=tuple(sorted(set(also), key=lambda n: (n.version, n.value, n.prefixlen))),
+            also_allow=tuple(ordered(set(also))),
             adopt=section.get_bool("adopt_chain", False),
         )
         self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
-        self.writes = 0  # transactions written by this instance
-        self._io: NftIO | LegacyIO | None = None
-        self._notes: list[str] = []
-        self._read_ahead: dict[int, str] = {}
+        self.writes = 0  # transactions this instance wrote (tests count them)
+        self.retries = 0  # legacy commits started again because the table moved
+        #: The seam for legacy writes (tests put the former python-iptables writer here).
+        self.legacy_writer: Writer | None = None
 
     def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
         """Refuse settings that silently undo the allowlist or lock the admin out."""
@@ -140,35 +158,34 @@ class IptablesBackend(Backend[None, Step]):
                 count,
             )
 
-    @classmethod
-    def available(cls) -> tuple[bool, str]:
-        """Is an iptables binary on PATH?"""
-        if shutil.which("iptables") is None:
-            return False, "iptables is not installed"
-        return True, "iptables found"
+    def check(self) -> None:
+        """An iptables command is installed (the variant and the tables come with ``read``)."""
+        path = (self.ctx.runner.env or {}).get("PATH") or os.environ.get("PATH")
+        if self.variant == "auto" and shutil.which("iptables", path=path) is None:
+            raise Unavailable("no iptables command found (install the iptables package)")
 
     def write_paths(self) -> tuple[Path, ...]:
         """cfallow's firewall lock and the legacy xtables lock."""
         return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
 
     # -- variant ------------------------------------------------------------------
-    def _open(self) -> NftIO | LegacyIO:
-        if self._io is not None:
-            return self._io
-        runner = self.ctx.runner
+    def _variant(self) -> Variant:
         try:
-            text = runner.run(["iptables", "--version"]).stdout
+            text = self.ctx.runner.run(["iptables", "--version"]).stdout
             detected, legacy_tools = detect(text)
-        except BackendError as exc:
+        except CommandNotFound:
             if self.variant == "auto":
-                if any(s in str(exc).lower() for s in ("command not found", "no such file")):
-                    raise BackendError(
-                        "no iptables command found (install the iptables package)"
-                    ) from None
+                raise Unavailable(
+                    "no iptables command found (install the iptables package)"
+                ) from None
+            text, detected, legacy_tools = "", self.variant, True
+        except BackendError:
+            if self.variant == "auto":
                 raise
             text, detected, legacy_tools = "", self.variant, True
         kind = detected if self.variant == "auto" else self.variant
         legacy_tools = legacy_tools or detected != "legacy"  # pre-1.8 hosts have no *-legacy-*
+        note = None
         if kind != detected:
             note = (
                 f"variant = {kind}, but this host's iptables is {detected} ({text.strip()}): "
@@ -177,57 +194,57 @@ class IptablesBackend(Backend[None, Step]):
                 "command does not list them"
             )
             self.ctx.log.warning("%s: %s", self.name, note)
-            self._notes.append(note)
-        if kind == "nft":
-            self._io = NftIO(runner)
-        else:
-            tools = (LEGACY_SAVE, LEGACY_RESTORE) if legacy_tools else (OLD_SAVE, OLD_RESTORE)
-            self._io = LegacyIO(runner, *tools, chain=self.settings.chain)
-        return self._io
+        return Variant(kind, legacy_tools, note)
 
-    def _read(self, version: int) -> str:
-        text = self._read_ahead.pop(version, None)
-        return text if text is not None else self._open().read(version)
+    def io(self, variant: Variant) -> NftIO | LegacyIO:
+        """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
+        if variant.kind == "nft":
+            return NftIO(self.ctx.runner)
+        tools = (LEGACY_SAVE, LEGACY_RESTORE) if variant.legacy_tools else (OLD_SAVE, OLD_RESTORE)
+        io = LegacyIO(self.ctx.runner, *tools, chain=self.settings.chain)
+        if self.legacy_writer is not None:
+            io.writer = self.legacy_writer
+        return io
 
-    def check(self) -> None:
-        """Variant, tools, privileges, kernel support: one read per family (reused by ``plan``)."""
-        self._open()
+    # -- read / diff / apply --------------------------------------------------------
+    def read(self) -> Seen:
+        """The variant, then each managed family's filter table (read side by side)."""
+        variant = self._variant()
+        io = self.io(variant)
+
+        def one(version: int) -> str:
+            try:
+                return io.read(version)
+            except BackendError as exc:
+                if version == 6 and "kernel support" in str(exc):
+                    raise BackendError(f"{exc} (no IPv6 on this host? set ipv6 = false)") from None
+                raise
+
         with ThreadPoolExecutor(len(self.families)) as pool:
-            texts = pool.map(self._first_read, self.families)
-            self._read_ahead = dict(zip(self.families, texts))
+            texts = list(pool.map(one, self.families))
+        # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
+        tables = tuple(
+            (v, io.parse(v, text) if isinstance(io, LegacyIO) else parse_save(text))
+            for v, text in zip(self.families, texts)
+        )
+        return Seen(variant, tables)
 
-    def _first_read(self, version: int) -> str:
-        try:
-            return self._open().read(version)
-        except BackendError as exc:
-            if version == 6 and "kernel support" in str(exc):
-                raise BackendError(f"{exc} (no IPv6 on this host? set ipv6 = false)") from None
-            raise
-
-    # -- plan / apply ---------------------------------------------------------------
-    def read(self) -> None:
-        """Transitional: the reads still happen in :meth:`diff` (see ``_plan``)."""
-        return None
-
-    def diff(self, observed: None, desired: Networks | None) -> Plan[Step]:
-        """Read the owned chain and jumps of each family; the range diff plus any drift.
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
+        """Per family: observe the owned chain and jumps, assess towards ``desired``.
 
         ``None``: every jump into the chain and the chain itself, in each managed family.
         """
-        if desired is None:
-            return self._plan(None)
-        managed = frozenset(n for n in desired if n.version in self.families)
-        extra = () if managed == desired else ("IPv6 ranges left alone (ipv6 = false)",)
-        return self._plan(managed, extra)
-
-    def _plan(self, desired: Networks | None, extra_notes: tuple[str, ...] = ()) -> Plan[Step]:
-        """Per family: observe, then assess towards ``desired`` (``None``: removal)."""
+        notes = [observed.variant.note] if observed.variant.note else []
+        if desired is not None:
+            managed = frozenset(n for n in desired if n.version in self.families)
+            if managed != desired:
+                notes.append("IPv6 ranges left alone (ipv6 = false)")
+            desired = managed
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
-        notes: list[str] = []
-        for version in self.families:
-            obs = observe(self._parse(version), version, self.settings)
+        for version, table in observed.tables:
+            obs = observe(table, version, self.settings)
             if desired is not None and _no_docker_ipv6(obs, self.settings):
                 notes.append(DOCKER_NO_IPV6)
                 desired = frozenset(n for n in desired if n.version != version)
@@ -236,22 +253,17 @@ class IptablesBackend(Backend[None, Step]):
                 found, ops = assess_removal(obs, self.settings)
                 target: tuple[str, ...] | None = None
             else:
-                want = frozenset(n for n in desired if n.version == version)
+                want = family(desired, version)
                 found, ops = assess(obs, self.settings, want)
                 target = tuple(as_strings(want))
             current |= obs.current
             drift += found
             if not ops.empty:
-                steps.append(Step(version, target, ops.restore_script()))
+                steps.append(Step(version, target, ops.restore_script(), observed.variant))
         return make_plan(
-            self.name,
-            desired or frozenset(),
-            frozenset(current),
-            drift=drift,
-            # after the loop: opening the variant may have added a note
-            notes=[*self._notes, *extra_notes, *notes],
+            self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
             steps=steps,
-        )
+        )  # fmt: skip
 
     def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.
@@ -260,26 +272,20 @@ class IptablesBackend(Backend[None, Step]):
         under the host-wide firewall lock (:mod:`cfallow.hostlock`) that is
         held until the write: another cfallow run (another state directory)
         cannot read the same table in between and insert a second jump. On
-        legacy hosts the xtables lock is held inside it too. Reading again
-        makes ``apply`` idempotent. On legacy hosts the read also carries the
-        built-in policies' counters, which the restore batch sets back.
+        legacy hosts the xtables lock is held inside it too, and the read
+        carries the built-in policies' counters, which the batch sets back.
+        Reading again makes ``apply`` idempotent.
         """
-        io = self._open()
-        steps = list(plan.steps)
-        if not all(isinstance(step, Step) for step in steps):
-            raise BackendError(f"not an iptables plan: {steps!r}")
         with firewall_lock(self.ctx.firewall_lock):
-            for step in steps:
-                assert isinstance(step, Step)
-                if io.transact(step.version, _Compute(self.settings, step)):
+            for step in plan.steps:
+                io = self.io(step.variant)
+                try:
+                    wrote = io.transact(step.version, _Compute(self.settings, step))
+                finally:
+                    self.retries += getattr(io, "retries", 0)
+                if wrote:
                     self.writes += 1
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
-
-    def _parse(self, version: int) -> Table:
-        text = self._read(version)
-        if isinstance(self._io, LegacyIO):
-            return self._io.parse(version, text)
-        return parse_save(text)
 
 
 DOCKER_NO_IPV6 = (

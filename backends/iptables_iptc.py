@@ -22,7 +22,8 @@ from typing import Any
 from cfallow.errors import BackendError
 
 from .iptables_diff import Ops
-from .iptables_rules import FAMILY, OwnRule, Table, target_of
+from .iptables_rules import FAMILY, OwnRule
+from .iptables_save import Table, target_of
 
 XTABLES_DIRS = ("/usr/lib64/xtables", "/usr/lib/xtables", "/usr/libexec/xtables")
 BUILTIN_FILTER = ("INPUT", "FORWARD", "OUTPUT")

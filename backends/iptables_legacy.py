@@ -30,13 +30,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError, CommandFailed
 from cfallow.fs import flock_within
 from cfallow.runner import Runner
 
 from .iptables_diff import Ops
 from .iptables_iptc import Moved
-from .iptables_rules import FAMILY, Table, explain, parse_save
+from .iptables_rules import FAMILY
+from .iptables_save import Table, explain, failure, parse_save
 
 LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
@@ -91,14 +92,10 @@ class RestoreWriter:
             self.runner.run(
                 [tool, "--noflush", "-c"], input=script, env={"XTABLES_LOCKFILE": private}
             )
-        except CommandError as exc:
+        except CommandFailed as exc:
             raise _Failed(explain(tool, exc.stderr, MODULE[version])) from None
         except BackendError as exc:
-            if "command not found" in str(exc):
-                raise BackendError(
-                    f"{tool}: command not found (install the iptables package)"
-                ) from None
-            raise
+            raise failure(tool, exc, MODULE[version]) from None
         finally:
             os.unlink(private)
 
@@ -165,14 +162,8 @@ class LegacyIO:
         tool = self.save[version]
         try:
             return self.runner.run([tool, "-c", "-t", "filter"]).stdout
-        except CommandError as exc:
-            raise BackendError(explain(tool, exc.stderr, MODULE[version])) from None
         except BackendError as exc:
-            if "command not found" in str(exc):
-                raise BackendError(
-                    f"{tool}: command not found (install the iptables package)"
-                ) from None
-            raise
+            raise failure(tool, exc, MODULE[version]) from None
 
     def parse(self, version: int, text: str) -> Table:
         """Parse a read, with cfallow's own rules checked against the kernel's entries.

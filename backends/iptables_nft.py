@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError
 from cfallow.runner import Runner
 
 from .iptables_diff import Ops
-from .iptables_rules import Table, explain, parse_save
+from .iptables_save import Table, failure, parse_save
 
 SAVE = {4: "iptables-nft-save", 6: "ip6tables-nft-save"}
 RESTORE = {4: "iptables-nft-restore", 6: "ip6tables-nft-restore"}
@@ -23,11 +23,7 @@ MODULE = "nf_tables"
 
 
 def _failed(tool: str, exc: BackendError) -> BackendError:
-    if isinstance(exc, CommandError):
-        return BackendError(explain(tool, exc.stderr, MODULE))
-    if "command not found" in str(exc):
-        return BackendError(f"{tool}: command not found (install the iptables package)")
-    return exc
+    return failure(tool, exc, MODULE)
 
 
 class NftIO:

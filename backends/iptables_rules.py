@@ -15,15 +15,18 @@ loopback and established returns and the final DROP.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netaddr import IPNetwork
 
 from cfallow.config import PortRange
-from cfallow.errors import BackendError, ValidationError
+from cfallow.errors import (
+    ValidationError,
+)
 from cfallow.model import ordered, parse_cidr
+
+from .iptables_save import Table, target_of
 
 COMMENT = "cfallow"
 ALSO_COMMENT = "cfallow-also-allow"
@@ -157,70 +160,6 @@ def port_slots(ports: tuple[PortRange, ...]) -> int:
 # -- reading -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Table:
-    """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs.
-
-    ``policies`` holds the built-in chains' ``:CHAIN POLICY [packets:bytes]``
-    lines as printed (with ``-c``, the counters are the kernel's).
-    """
-
-    chains: tuple[tuple[str, tuple[str, ...]], ...]
-    policies: tuple[str, ...] = ()
-
-    def rules(self, chain: str) -> tuple[str, ...] | None:
-        """The specs of ``chain`` in order, or None if there is no such chain."""
-        for name, rules in self.chains:
-            if name == chain:
-                return rules
-        return None
-
-
-def parse_save(text: str) -> Table:
-    """Parse ``iptables-save [-c] -t filter`` output (comments, counters, other tables ignored)."""
-    chains: dict[str, list[str]] = {}
-    policies: list[str] = []
-    in_filter = False
-    for line_read in text.split("\n"):
-        # ``-c``: "[packets:bytes] -A ..."
-        raw = line_read.partition("] ")[2] if line_read[:1] == "[" else line_read
-        if raw[:3] == "-A ":  # nearly every line: the cheap test first
-            if in_filter:
-                name, _, spec = raw[3:].partition(" ")
-                chains.setdefault(name, []).append(spec.strip())
-            continue
-        line = raw.strip()
-        if not line or line[0] == "#":
-            continue
-        if line[0] == "*":
-            in_filter = line == "*filter"
-        elif not in_filter or line == "COMMIT":
-            continue
-        elif line[0] == ":":
-            name, policy = [*line[1:].split(), "-"][:2]
-            chains.setdefault(name, [])
-            if policy != "-":
-                policies.append(line)
-        else:
-            raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
-    return Table(tuple((name, tuple(rules)) for name, rules in chains.items()), tuple(policies))
-
-
-def target_of(spec: str) -> str | None:
-    """The ``-j``/``-g`` target of a rule spec."""
-    if '"' in spec or "'" in spec or "\\" in spec:
-        try:
-            tokens = shlex.split(spec)
-        except ValueError:
-            return None
-    else:
-        tokens = spec.split()  # the common case, and many times faster
-    for flag, value in zip(tokens, tokens[1:]):
-        if flag in ("-j", "-g", "--jump", "--goto"):
-            return value
-    return None
-
-
 def accept_source(spec: str, version: int, comment: str | None) -> IPNetwork | None:
     tokens = spec.split()
     want = ["-m", "comment", "--comment", comment] if comment else []
@@ -310,20 +249,3 @@ def observe(table: Table, version: int, settings: Settings) -> Observed:
     )
     parent_exists = table.rules(settings.parent) is not None or settings.parent in BUILTIN
     return Observed(version, table.rules(settings.chain), jumps, parent_exists)
-
-
-def explain(tool: str, stderr: str, module: str) -> str:
-    """One line for a failed iptables tool: privileges, kernel support, or its own message."""
-    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    detail = lines[-1] if lines else "no message"
-    low = stderr.lower()
-    if "exec of" in low and "no such file" in low:  # a wrapper (ip netns exec) did not find it
-        return f"{tool}: command not found (install the iptables package)"
-    if "permission denied" in low or "must be root" in low or "not permitted" in low:
-        return f"{tool}: permission denied (needs root, or CAP_NET_ADMIN and CAP_NET_RAW)"
-    if any(
-        s in low
-        for s in ("protocol not supported", "does not exist", "insmod", "modprobe", "not supported")
-    ):
-        return f"{tool}: kernel support missing (module {module}?): {detail}"
-    return f"{tool}: {detail}"

@@ -9,6 +9,7 @@ plan steps (``S``, frozen values)::
     backend.check()                        # preflight: raises Unavailable / BackendError
     observed = backend.read()              # all the I/O of a plan; writes nothing
     plan = backend.diff(observed, desired) # pure: no I/O at all; desired None = removal
+    backend.validate(plan)                 # a changed plan checked without writing (dry runs too)
     backend.apply(plan)                    # the only method that writes
 
 The engine (:mod:`cfallow.engine`) owns the order (check and plan every
@@ -73,6 +74,9 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
     #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
     firewall_lock: Path = field(default_factory=default_path)
+    #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
+    #: Only for a backend's own record (a comment in a file); never part of the diff.
+    etag: str | None = None
 
 
 class Backend(abc.ABC, Generic[O, S]):
@@ -101,6 +105,15 @@ class Backend(abc.ABC, Generic[O, S]):
     @abc.abstractmethod
     def diff(self, observed: O, desired: Networks | None) -> Plan[S]:
         """Pure: the plan from ``observed`` to ``desired`` (``None``: remove all cfallow owns)."""
+
+    def validate(self, plan: Plan[S]) -> None:
+        """Check a changed plan against the real target without writing it (a config test
+        of a candidate in a private copy, say): raise a
+        :class:`~cfallow.errors.BackendError` that names whose configuration fails.
+
+        The engine calls it for every changed plan, in dry runs too, so a dry
+        run predicts the real run.
+        """
 
     @abc.abstractmethod
     def apply(self, plan: Plan[S]) -> None:

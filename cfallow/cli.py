@@ -312,6 +312,7 @@ def _sync_like(
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
+    ctx.etag = ranges.etag
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
     if record:

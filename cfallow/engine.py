@@ -68,6 +68,8 @@ def _plan(backend: AnyBackend, desired: Networks | None) -> BackendResult:
     try:
         backend.check()
         result.plan = backend.diff(backend.read(), desired)
+        if result.plan.changed:
+            backend.validate(result.plan)
     except Exception as exc:
         result.error = _failure(backend, exc, "planning")
     return result
@@ -89,12 +91,14 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
                 result.plan = backend.diff(backend.read(), desired)
                 if not result.plan.changed:
                     return
+                backend.validate(result.plan)
     except Exception as exc:
         result.error = _failure(backend, exc, "applying")
 
 
 def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bool) -> RunResult:
-    """check -> read -> diff for every backend, then apply the changed plans (unless ``dry_run``).
+    """check -> read -> diff -> validate for every backend, then apply the changed plans
+    (unless ``dry_run``).
 
     ``desired is None`` plans the removal of everything cfallow owns. Every
     backend is planned before any is applied, so a backend that cannot even

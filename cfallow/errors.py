@@ -96,10 +96,6 @@ class CommandFailed(BackendError):
         super().__init__(f"{argv[0]} exited {returncode}: {detail}")
 
 
-#: The former name of :class:`CommandFailed`.
-CommandError = CommandFailed
-
-
 class LockTimeout(CfallowError):
     """Another cfallow run holds the state lock."""
 

@@ -152,3 +152,29 @@ def make_plan(
     """Diff ``desired`` against ``current`` and wrap the result in a :class:`Plan`."""
     add, remove = diff(desired, current, covered)
     return Plan(backend, frozenset(current), add, remove, tuple(drift), tuple(notes), tuple(steps))
+
+
+def combine(
+    backend: str,
+    parts: Iterable[Plan[object]],
+    *,
+    drift: Iterable[str] = (),
+    notes: Iterable[str] = (),
+    steps: Iterable[S] = (),
+) -> Plan[S]:
+    """One plan from per-target plans (a jail, a group), each made by :func:`make_plan`.
+
+    For a backend whose targets each want their own part of the list: the
+    entries are the unions of the parts', the steps the backend's own.
+    """
+    current: set[IPNetwork] = set()
+    add: set[IPNetwork] = set()
+    remove: set[IPNetwork] = set()
+    for part in parts:
+        current |= part.current
+        add |= part.add
+        remove |= part.remove
+    return Plan(
+        backend, frozenset(current), frozenset(add), frozenset(remove),
+        tuple(drift), tuple(notes), tuple(steps),
+    )  # fmt: skip

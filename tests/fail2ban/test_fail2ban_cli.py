@@ -80,3 +80,36 @@ def test_sync_status_remove(f2b: F2bServer, tmp_path: Path, httpserver: HTTPServ
     assert not f2b.dropin.exists()
     for jail in JAILS:
         assert f2b.live(jail) == BASE[jail]
+
+
+def test_an_admin_config_that_fails_on_its_own_is_blamed_not_the_dropin(
+    f2b: F2bServer, tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    """Debian's stock case: an enabled jail whose log file does not exist fails ``-t``
+    without cfallow's drop-in; the dry run says so as the real run does, nothing written."""
+    config = write_config(
+        tmp_path / "config.toml",
+        httpserver.url_for("").rstrip("/"),
+        backends=(
+            f'[backends.fail2ban]\nsocket = "{f2b.socket}"\nconfig_dir = "{f2b.conf}"\n'
+            'jails = ["alpha"]\n'
+        ),
+    )
+    httpserver.expect_request("/client/v4/ips").respond_with_data(
+        fixture_text("api-ips.json"), content_type="application/json"
+    )
+    f2b.write_jail_local(
+        extra=f"\n[sshd-stock]\nenabled = true\nfilter = cfa-test\nlogpath = {tmp_path}/gone.log\n"
+    )
+    common = ("--config", str(config), "--state-dir", str(tmp_path / "state"))
+    for verb in (("sync", "--dry-run"), ("sync",)):
+        r = run_proc(*common, *verb)
+        assert r.rc == 1, (verb, r.out, r.err)
+        errors = [ln for ln in r.err.splitlines() if "error" in ln]
+        assert len(errors) == 1, r.err
+        assert (
+            "fails fail2ban-client -t on its own, without cfallow's zz-cfallow.local" in errors[0]
+        )
+        assert "Traceback" not in r.err
+        assert not f2b.dropin.exists()
+    assert f2b.live("alpha") == BASE["alpha"]

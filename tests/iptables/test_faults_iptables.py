@@ -33,7 +33,8 @@ def _need_iptables_backend(variant: str) -> None:
     need_root()
     need_tool("ip", *(f"{t}{s}" for t in ("iptables-", "ip6tables-") for s in (variant,)))
     try:
-        ok, why = backend.load_class("iptables").available()
+        backend.build("iptables", {}, backend.Context()).check()
+        ok, why = True, "ok"
     except Exception as exc:  # not installed yet: a missing component
         ok, why = False, str(exc)
     need(ok, f"the iptables backend ({why})")

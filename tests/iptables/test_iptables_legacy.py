@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_legacy import LegacyIO, xtables_lock
+from cfallow.backends.iptables_legacy import xtables_lock
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.ipt_netns import NetnsBackend, in_netns
@@ -32,7 +32,7 @@ from support.ipt_support import JUMP, Fw
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
-from cfallow.errors import BackendError, CommandError
+from cfallow.errors import BackendError, CommandFailed
 from cfallow.model import as_strings
 from cfallow.runner import Completed, Runner
 
@@ -88,7 +88,7 @@ class RacingRunner(Runner):
         self.race()
         out, err = proc.communicate("COMMIT\n", timeout=timeout)
         if check and proc.returncode != 0:
-            raise CommandError(list(argv), proc.returncode, err or out)
+            raise CommandFailed(list(argv), proc.returncode, err or out)
         return Completed(tuple(argv), proc.returncode, out, err)
 
 
@@ -120,10 +120,8 @@ def run_with_racer(fw: Fw, rules: list[str]) -> tuple[str | None, int]:
     assert isinstance(inner, IptablesBackend)
 
     def child() -> tuple[str | None, int]:
-        io = inner._open()
-        assert isinstance(io, LegacyIO)
         result = run_backend(inner, CURRENT, dry_run=False)
-        return result.error, io.retries
+        return result.error, inner.retries
 
     return in_netns(fw.ns, child, {"XTABLES_LOCKFILE": fw.lock})
 

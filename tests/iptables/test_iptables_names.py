@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_iptc import IptcWriter
-from cfallow.backends.iptables_legacy import LegacyIO
 from support.cfdata import CURRENT
 from support.ipt_netns import in_netns
 from support.ipt_support import VARIANTS, Fw
@@ -68,9 +67,7 @@ def test_the_former_writer_let_every_ipv6_outsider_in_on_bond0(tmp_path: Path, n
         assert isinstance(inner, IptablesBackend)
 
         def child() -> Any:
-            io = inner._open()
-            assert isinstance(io, LegacyIO)
-            io.writer = IptcWriter()
+            inner.legacy_writer = IptcWriter()
             return run_backend(inner, CURRENT, dry_run=False).error
 
         assert in_netns(fw.ns, child, {"XTABLES_LOCKFILE": fw.lock}) is None

@@ -25,7 +25,6 @@ import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_entries import Entries, differences, read_entries
 from cfallow.backends.iptables_iptc import IptcWriter
-from cfallow.backends.iptables_legacy import LegacyIO
 from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT, OLD
@@ -101,10 +100,7 @@ class Oracle:
         assert isinstance(inner, IptablesBackend)
 
         def child() -> str | None:
-            io = inner._open()
-            assert isinstance(io, LegacyIO)
-            if writer is not None:
-                io.writer = writer
+            inner.legacy_writer = writer
             return run_backend(inner, nets, dry_run=False).error
 
         error = in_netns(self.fw.ns, child, {"XTABLES_LOCKFILE": self.fw.lock})

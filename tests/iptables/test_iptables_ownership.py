@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_diff import assess, assess_removal
-from cfallow.backends.iptables_rules import Settings, Table, observe, parse_save
+from cfallow.backends.iptables_rules import Settings, observe
+from cfallow.backends.iptables_save import Table, parse_save
 from support import namespace, ns_exec
 from support.cfdata import CURRENT
 from support.ipt_support import VARIANTS, Fw, legacy_bin

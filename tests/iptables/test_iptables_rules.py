@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from cfallow.backends.iptables import IptablesBackend, detect
 from cfallow.backends.iptables_diff import Ops, assess, assess_removal
-from cfallow.backends.iptables_rules import Settings, Table, explain, observe, parse_save
+from cfallow.backends.iptables_rules import Settings, observe
+from cfallow.backends.iptables_save import Table, explain, parse_save
 from support.cfdata import CURRENT
 
 from cfallow.backend import Context, build

@@ -298,3 +298,24 @@ def test_aws_backend_works_under_the_unit_sandbox(
     cfallow_sync(sandbox, None, tmp_path, config)
     cidrs = {r.get("CidrIpv4") or r.get("CidrIpv6") for r in world.rules(group)}
     assert cidrs >= set(as_strings(CURRENT))
+
+
+@pytest.mark.parametrize("server", ["nginx", "apache", "haproxy", "caddy"])
+def test_realip_backends_work_under_the_unit_sandbox(
+    sandbox: Sandbox, tmp_path: Path, server: str
+) -> None:
+    """Each web server's test, reload (or runtime socket) from inside the sandbox;
+    the private server itself runs outside it, on 127.0.0.1."""
+    from support.realip_apache import Apache
+    from support.realip_caddy import Caddy
+    from support.realip_haproxy import Haproxy
+    from support.realip_lab import running, toml_section
+    from support.realip_nginx import Nginx
+
+    need_backend(server)
+    kinds = {"nginx": Nginx, "apache": Apache, "haproxy": Haproxy, "caddy": Caddy}
+    with running(kinds[server](tmp_path / server)) as srv:
+        cfallow_sync(sandbox, None, tmp_path, toml_section(server, srv.section()))
+        text = srv.list_path.read_text()
+        assert all(c in text for c in as_strings(CURRENT))
+        assert srv.get() is not None

@@ -26,7 +26,8 @@ def nft_lab() -> Iterator[Lab]:
     need_root()
     need_tool("ip", "iptables-nft", "ip6tables-nft")
     try:
-        ok, why = backend.load_class("iptables").available()
+        backend.build("iptables", {}, backend.Context()).check()
+        ok, why = True, "ok"
     except Exception as exc:
         ok, why = False, str(exc)
     need(ok, f"the iptables backend ({why})")

@@ -36,6 +36,7 @@ class F2bHarness(Harness):
         self.srv = srv
         self.state_dir = state_dir
         self.runner = Runner()
+        self.built: list[Backend] = []
         self._stat = self._dropin_stat()
         self._file_writes = 0
 
@@ -44,7 +45,13 @@ class F2bHarness(Harness):
 
     def backend(self, **extra: Any) -> Backend:
         ctx = Context(runner=self.runner, state_dir=self.state_dir)
-        return build("fail2ban", self.config(**extra), ctx)
+        backend = build("fail2ban", self.config(**extra), ctx)
+        self.built.append(backend)
+        return backend
+
+    def sent(self) -> list[tuple[str, ...]]:
+        """Every command the backends built here sent over the server's socket."""
+        return [c for b in self.built for c in b.client.sent]  # type: ignore[attr-defined]
 
     def owned(self) -> Nets:
         union: Nets = frozenset()
@@ -87,4 +94,10 @@ class F2bHarness(Harness):
         return self._file_writes + len(self.live_writes())
 
     def live_writes(self) -> list[tuple[str, ...]]:
-        return [c for c in self.runner.calls if MUTATING & set(c)]
+        return [c for c in self.sent() if MUTATING & set(c)]
+
+    def clear(self) -> None:
+        """Forget the commands recorded so far (subprocesses and socket)."""
+        self.runner.calls.clear()
+        for b in self.built:
+            b.client.sent.clear()  # type: ignore[attr-defined]

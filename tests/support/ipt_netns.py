@@ -38,7 +38,7 @@ def enter_netns(ns: str) -> None:
 
 
 def _portable(exc: BaseException) -> BaseException:
-    """An exception that survives pickling (CommandError's __init__ takes three args)."""
+    """An exception that survives pickling (CommandFailed's __init__ takes three args)."""
     if isinstance(exc, CfallowError):
         try:
             pickle.loads(pickle.dumps(exc))

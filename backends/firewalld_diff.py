@@ -1,0 +1,214 @@
+"""The ordered calls of one firewalld plan (pure); see firewalld_plan for the rules."""
+
+from __future__ import annotations
+
+from cfallow.errors import BackendError
+from cfallow.model import Networks, as_strings
+
+from .firewalld_bus import CONFIG, NAME, ROOT
+from .firewalld_plan import (
+    IPSET,
+    ZONE,
+    Call,
+    Want,
+    bridge_for,
+    check_owned,
+    create_calls,
+    our_rules,
+    runtime_entries,
+    sources_of,
+    wanted_sets,
+)
+from .firewalld_state import SETS, Seen, ZoneState, zone_settings
+
+CONFIG_ZONE = NAME + ".config.zone"
+
+
+def target_zone(seen: Seen, want: Want) -> str:
+    """Restrict mode: the admin's zone that gets the rules (configured, else the default)."""
+    return want.zone or seen.default_zone
+
+
+def _rt(what: str, iface: str, method: str, sig: str, *args: object) -> Call:
+    return Call(what, ROOT, iface, method, sig, tuple(args))
+
+
+def _shape(z: ZoneState) -> tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[str]]:
+    return z.sources, z.ports, z.services
+
+
+def _want_shape(want: Want) -> tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[str]]:
+    ports = frozenset((str(p), "tcp") for p in want.ports)
+    return sources_of(want), ports, frozenset(want.services)
+
+
+def _rules_wanted(want: Want, zone: str, target: str, keep: bool) -> frozenset[str]:
+    return (
+        want.restrict_rules if keep and want.mode == "restrict" and zone == target else frozenset()
+    )
+
+
+def _permanent_updates(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]]) -> list[Call]:
+    """One ``setEntries`` per changed ipset; one ``update2`` when cfallow's zone changed shape."""
+    calls = []
+    for name, (_, nets) in sets.items():
+        s = seen.perm_sets.get(name)
+        if s is not None and (s.entries != nets or s.unreadable):
+            path, args = seen.set_paths[name], (as_strings(nets),)
+            ipset = NAME + ".config.ipset"
+            calls.append(
+                Call(f"permanent {name}", path, ipset, "setEntries", "as", args, entries=True)
+            )
+    our_zone = want.zone if want.mode == "zone" and sets else ""
+    z = seen.perm_zones.get(our_zone) if our_zone else None
+    if z is not None and _shape(z) != _want_shape(want):
+        settings = (zone_settings(sources_of(want), want.ports, want.services),)
+        path = seen.zone_paths[our_zone]
+        what = f"zone {our_zone}: sources and ports"
+        calls.append(Call(what, path, CONFIG_ZONE, "update2", "a{sv}", settings))
+    return calls
+
+
+def permanent_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]]) -> list[Call]:
+    """Creations, entry and zone updates, rule changes, then deletions (references first)."""
+    calls = create_calls(seen, want, sets) + _permanent_updates(seen, want, sets)
+    our_zone = want.zone if want.mode == "zone" and sets else ""
+    target = target_zone(seen, want)
+    removals: list[Call] = []
+    for zname, zone in sorted(seen.perm_zones.items()):
+        mine = our_rules(zone.rules)
+        wanted = _rules_wanted(want, zname, target, bool(sets))
+        path = seen.zone_paths[zname]
+        for rule in sorted(wanted - mine):
+            calls.append(Call(f"{zname}: add rule", path, CONFIG_ZONE, "addRichRule", "s", (rule,)))
+        for rule in sorted(mine - wanted):
+            what = f"{zname}: remove rule"
+            removals.append(Call(what, path, CONFIG_ZONE, "removeRichRule", "s", (rule,)))
+        if zone.ours and zname != our_zone:
+            removals.append(Call(f"delete zone {zname}", path, CONFIG_ZONE, "remove"))
+    for name in SETS.values():
+        if name in seen.perm_sets and name not in sets:
+            path = seen.set_paths[name]
+            removals.append(Call(f"delete ipset {name}", path, NAME + ".config.ipset", "remove"))
+    return calls + removals
+
+
+def _our_zone_runtime(seen: Seen, want: Want, zone: str) -> tuple[list[Call], list[Call]]:
+    """cfallow's zone at runtime: what to add first, what to take away last."""
+    have = seen.run_zones[zone]
+    srcs, ports, svcs = _want_shape(want)
+    first = [
+        _rt(f"{zone}: +{s}", ZONE, "addSource", "ss", zone, s) for s in sorted(srcs - have.sources)
+    ]
+    first += [
+        _rt(f"{zone}: +{p}/{q}", ZONE, "addPort", "sssi", zone, p, q, 0)
+        for p, q in sorted(ports - have.ports)
+    ]
+    first += [
+        _rt(f"{zone}: +{s}", ZONE, "addService", "ssi", zone, s, 0)
+        for s in sorted(svcs - have.services)
+    ]
+    last = [
+        _rt(f"{zone}: -{p}/{q}", ZONE, "removePort", "sss", zone, p, q)
+        for p, q in sorted(have.ports - ports)
+    ]
+    last += [
+        _rt(f"{zone}: -{s}", ZONE, "removeService", "ss", zone, s)
+        for s in sorted(have.services - svcs)
+    ]
+    last += [
+        _rt(f"{zone}: -{s}", ZONE, "removeSource", "ss", zone, s)
+        for s in sorted(have.sources - srcs)
+    ]
+    return first, last
+
+
+def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]]) -> list[Call]:
+    """Additions, gapless entry changes, restrict rules, then what goes away."""
+    target = target_zone(seen, want)
+    our_zone = want.zone if want.mode == "zone" and sets else ""
+    first, last = _our_zone_runtime(seen, want, our_zone) if our_zone else ([], [])
+    bridge = bridge_for(want, target)
+    for name, (version, nets) in sets.items():
+        first += runtime_entries(name, version, seen.run_sets[name], nets, bridge)
+    removals: list[Call] = []
+    for zname, zone in sorted(seen.run_zones.items()):
+        mine = our_rules(zone.rules)
+        wanted = _rules_wanted(want, zname, target, bool(sets))
+        first += [
+            _rt(f"{zname}: add rule", ZONE, "addRichRule", "ssi", zname, r, 0)
+            for r in sorted(wanted - mine)
+        ]
+        removals += [
+            _rt(f"{zname}: remove rule", ZONE, "removeRichRule", "ss", zname, r)
+            for r in sorted(mine - wanted)
+        ]
+        if zone.ours and zname != our_zone:
+            removals += [
+                _rt(f"{zname}: -{s}", ZONE, "removeSource", "ss", zname, s)
+                for s in sorted(zone.sources)
+            ]
+    for name in SETS.values():
+        s = seen.run_sets.get(name)
+        if s is not None and name not in sets and (s.entries or s.unreadable):
+            removals.append(_rt(f"empty {name}", IPSET, "setEntries", "sas", name, []))
+    return first + last + removals
+
+
+def check_target(seen: Seen, target: str) -> None:
+    """Restrict mode: the zone must exist and take traffic, else its rules restrict nothing."""
+    if target not in seen.run_zones or target not in seen.perm_zones:
+        raise BackendError(f"firewalld: zone {target} (to restrict) does not exist")
+    zone = seen.run_zones[target]
+    if target != seen.default_zone and not zone.interfaces and not zone.sources:
+        raise BackendError(
+            f"firewalld: zone {target} has no interface or source and is not the default zone: "
+            "restricting it would change nothing (set zone to the zone of the public interface)"
+        )
+
+
+_SERVICE_PORT = {"https": "443", "http": "80"}
+
+
+def unrestricted(seen: Seen, want: Want) -> list[str]:
+    """Restrict mode: other zones taking traffic that open a configured port to everyone."""
+    target = target_zone(seen, want)
+    ports = {str(p) for p in want.ports}
+    notes = []
+    for name, zone in sorted(seen.run_zones.items()):
+        active = zone.interfaces or zone.sources or name == seen.default_zone
+        if name == target or zone.ours or not active:
+            continue
+        opened = {p for p, q in zone.ports if q == "tcp"} | {
+            _SERVICE_PORT.get(s, "") for s in zone.services
+        }
+        if ports & opened or set(want.services) & zone.services:
+            notes.append(f"zone {name} also opens a configured port to everyone (not restricted)")
+    return notes
+
+
+def plan_calls(seen: Seen, want: Want, desired: Networks | None) -> list[Call]:
+    """Every call of the plan, in order; empty when the target already matches."""
+    if seen.state != "RUNNING":
+        raise BackendError(
+            f"firewalld is in state {seen.state}, not RUNNING: nothing changed "
+            "(see its log; firewall-cmd --check-config)"
+        )
+    check_owned(seen, want)
+    sets = wanted_sets(want, desired)
+    target = target_zone(seen, want)
+    if want.mode == "restrict" and sets:
+        check_target(seen, target)
+    missing = [n for n in sets if n not in seen.run_sets]
+    if want.mode == "zone" and sets and want.zone not in seen.run_zones:
+        missing.append(want.zone)
+    perm = permanent_calls(seen, want, sets)
+    if missing:
+        return [
+            *perm,
+            Call(f"reload firewalld (to load {', '.join(missing)})", ROOT, NAME, "reload"),
+        ]
+    return runtime_calls(seen, want, sets) + perm
+
+
+__all__ = ["CONFIG", "plan_calls", "target_zone", "unrestricted"]
