@@ -58,10 +58,13 @@ options:
     type: path
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
+    description:
+      - Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode),
+        when in diff mode.
     support: full
     details: One before/after pair per backend, the entries cfallow owns, one CIDR a line.
 author:
