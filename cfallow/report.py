@@ -52,14 +52,14 @@ def summary(result: BackendResult, *, verb: str = "sync", error: bool = True) ->
     ``error``: the text report leaves the message to the one line on stderr).
 
     For ``remove`` what a plan deletes beyond entries is what removal means,
-    not drift: ``iptables: -22 (IPv4: delete 1 jump(s) and chain CFALLOW (22 rules))``.
+    not drift: ``iptables: +0 -22 =0 (IPv4: delete 1 jump(s) and chain CFALLOW (22 rules))``.
     """
     if result.error is not None:
         return f"{result.name}: error: {result.error}" if error else f"{result.name}: failed"
     plan = result.plan
     assert plan is not None
     if verb == "remove":
-        line = f"{plan.backend}: -{len(plan.remove)}"
+        line = f"{plan.backend}: +{len(plan.add)} -{len(plan.remove)} ={len(plan.kept)}"
         return line + (" (" + "; ".join(plan.drift) + ")" if plan.drift else "")
     return plan.summary()
 

@@ -192,3 +192,11 @@ def test_check_compares_the_units_read_write_paths(lab: Lab, tmp_path: Path) -> 
     r = lab.cli("check", "--unit", str(unit))
     assert "metrics_file directory" not in r.out, r.out
     assert r.rc == 0, r.out
+
+
+def test_remove_does_not_call_its_deletions_drift(lab: Lab) -> None:
+    assert lab.cli("sync").rc == 0
+    r = lab.cli("remove")
+    assert r.rc == 0, r.err
+    assert "fake: removed" in r.out and "drift" not in r.out
+    assert r.out.splitlines()[-1] == "fake: +0 -22 =0"
