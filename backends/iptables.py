@@ -26,9 +26,11 @@ from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
+from cfallow import hostfw
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, CommandNotFound, ConfigError, Unavailable, ValidationError
+from cfallow.hostfw_advice import iptables_allow
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 
@@ -83,6 +85,7 @@ class Seen:
 
     variant: Variant
     tables: tuple[tuple[int, Table], ...]
+    host: hostfw.Host | None = None  # read for allow mode in INPUT only
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,12 @@ class IptablesBackend(Backend[Seen, Step]):
             (v, io.parse(v, text) if isinstance(io, LegacyIO) else parse_save(text))
             for v, text in zip(self.families, texts)
         )
-        return Seen(variant, tables)
+        host = None
+        if self.settings.mode == "allow" and self.settings.parent == "INPUT":
+            host = hostfw.read(
+                self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
+            )
+        return Seen(variant, tables, host)
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Per family: observe the owned chain and jumps, assess towards ``desired``.
@@ -240,6 +248,8 @@ class IptablesBackend(Backend[Seen, Step]):
             if managed != desired:
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
+            notes += self._uncovered(observed)
+            notes += self._allow_takes_effect(observed)
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
@@ -264,6 +274,37 @@ class IptablesBackend(Backend[Seen, Step]):
             self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
             steps=steps,
         )  # fmt: skip
+
+    def _allow_takes_effect(self, observed: Seen) -> list[str]:
+        """An accept here ends only iptables' own chain: refuse where another table drops."""
+        s = self.settings
+        if observed.host is None:
+            return []
+        error, notes = iptables_allow(observed.host, self.families, s.protocol, s.ports, s.chain)
+        if error is not None:
+            raise BackendError(error)
+        return list(notes)
+
+    def _uncovered(self, observed: Seen) -> list[str]:
+        """What a lockdown in this configuration leaves open (said on every plan)."""
+        s = self.settings
+        if s.mode != "lockdown":
+            return []
+        out = []
+        if 6 not in self.families:
+            out.append(
+                "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "
+                f"{s.protocol}/{','.join(map(str, s.ports))} unless something else drops them"
+            )
+        if s.parent == "INPUT" and any(
+            t.rules("DOCKER-USER") is not None for _, t in observed.tables
+        ):
+            out.append(
+                "Docker is here (DOCKER-USER exists): ports it publishes go through FORWARD, "
+                'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
+                "not the host's own ports)"
+            )
+        return out
 
     def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.

@@ -36,6 +36,7 @@ from cfallow.config import Section
 from cfallow.errors import BackendError, CommandFailed, TargetMoved, Unavailable, ValidationError
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
+from cfallow.trust import check_executable
 
 ETAG_LINE = "# source etag: "
 _ERROR_RE = re.compile(r"alert|emerg|error|fail|invalid|unknown|could not|cannot", re.I)
@@ -100,6 +101,13 @@ class RealIpBackend(Backend[Seen, Write]):
         self.configure(section)
         self.test_command = section.get_strings("test_command", []) or self.default_test()
         self.reload_command = section.get_strings("reload_command", []) or self.default_reload()
+        # Root runs these: only programs nobody but root can replace (cfallow.trust).
+        for what, argv in (
+            ("test_command", self.test_command),
+            ("reload_command", self.reload_command),
+        ):
+            if argv:
+                check_executable(argv[0], f"[{section.where}] {what}")
 
     def write_paths(self) -> tuple[Path, ...]:
         """The directory of the trust list (written by rename), and of the header file."""

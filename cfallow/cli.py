@@ -9,13 +9,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from cfallow import __version__, backend, config, engine, report, sources
+from cfallow import __version__, backend, config, engine, hostfw, report, sources
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
     EXIT_OK,
+    EXIT_VERIFY,
     CfallowError,
     ConfigError,
     RangesError,
@@ -23,6 +25,7 @@ from cfallow.errors import (
     UsageError,
 )
 from cfallow.guard import check_growth, check_shrink
+from cfallow.hostfw_advice import describe
 from cfallow.model import as_strings
 from cfallow.ranges import Ranges
 from cfallow.runner import Runner
@@ -104,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     source_opt(s)
     s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
     s.add_argument(
+        "--verify",
+        action="store_true",
+        help="apply the plan in a scratch copy of this host's firewall first; "
+        "touch the host only if Cloudflare gets in there (else exit 5)",
+    )
+    s.add_argument(
         "--lock-timeout",
         type=float,
         default=60.0,
@@ -140,6 +149,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the report as one JSON document on stdout (failures too)",
     )
+
+    v = add("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)")
+    v.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    v.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
+    v.add_argument("--uplink", metavar="IFACE", help="the interface traffic arrives on")
+    v.add_argument("--timeout", type=float, default=0.5, metavar="S", help="wait for a dropped SYN")
 
     rm = add("remove", "remove everything cfallow owns from the backends")
     rm.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
@@ -276,6 +295,9 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
         except Exception as exc:  # a broken plugin must not hide the others
             ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
         print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
+    print("host firewall:")
+    for line in describe(hostfw.read(ctx.runner)):
+        print(f"  {line}")
     return EXIT_OK
 
 
@@ -303,8 +325,15 @@ def _sync_like(
     verb: str,
 ) -> int:
     backends: list[backend.AnyBackend] = args.built
+    if log.isEnabledFor(logging.DEBUG):
+        for line in describe(hostfw.read(ctx.runner)):
+            log.debug("host firewall: %s", line)
     try:
         ranges = resolve_ranges(args.source, cfg, state, force=getattr(args, "force", False))
+        if getattr(args, "verify", False):
+            failed = _verify_first(args, cfg, ctx, backends, ranges)
+            if failed:
+                return failed
         record = not dry_run and ranges.kind == "live"
         if record:  # before any backend runs: a full state dir stops the run here
             state.stage(ranges)
@@ -331,6 +360,57 @@ def _sync_like(
     if verb == "status" and doc["changed"]:
         return EXIT_DRIFT
     return EXIT_OK
+
+
+def _verify_first(
+    args: argparse.Namespace,
+    cfg: config.Config,
+    ctx: backend.Context,
+    backends: list[backend.AnyBackend],
+    ranges: Ranges,
+) -> int:
+    """``sync --verify``: the plan applied and probed in a scratch copy; non-zero to stop."""
+    from cfallow.verify import command as verify
+
+    wants, notes = verify.expectations(backends)
+    probed = [b for b in backends if b.name in {w.backend for w in wants}]
+    with verify.scratch_dir() as tmp:
+        before = verify.scratch_apply(probed, cfg.backends, ctx, ranges.desired, tmp)
+        rep = verify.verify_ranges(
+            ctx.runner, ranges.desired, wants, uplink=None, timeout=0.5, before=before
+        )
+    rep.notes[:0] = notes
+    return _verify_out(args, rep, quiet_ok=True)
+
+
+def _verify_out(args: argparse.Namespace, rep: Any, *, quiet_ok: bool = False) -> int:
+    from cfallow.verify import command as verify
+
+    if args.json and not (quiet_ok and rep.ok):
+        report.write_json(sys.stdout, {"verify": rep.to_json()})
+    elif not args.json:
+        verify.write_text(sys.stdout, rep)
+    for line in rep.failures():
+        log.error("verify: %s", line)
+    if rep.ok:
+        log.info("verify: ok (%d probes)", len(rep.probes))
+    return EXIT_OK if rep.ok else EXIT_VERIFY
+
+
+def cmd_verify(
+    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
+) -> int:
+    """``verify``: probe the host's own ruleset (a copy of it) with the last-known-good list."""
+    from cfallow.verify import command as verify
+
+    backends: list[backend.AnyBackend] = args.built
+    ranges = state.load() or sources.bundled()
+    wants, notes = verify.expectations(backends)
+    rep = verify.verify_ranges(
+        ctx.runner, ranges.desired, wants, uplink=args.uplink, timeout=args.timeout
+    )
+    rep.notes[:0] = notes
+    return _verify_out(args, rep)
 
 
 def cmd_sync(
@@ -412,7 +492,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cfallow import check
 
             return check.run(args, cfg, state, ctx, args.built)
-        command = {"sync": cmd_sync, "status": cmd_status, "remove": cmd_remove}[args.command]
+        command = {
+            "sync": cmd_sync,
+            "status": cmd_status,
+            "remove": cmd_remove,
+            "verify": cmd_verify,
+        }[args.command]
         return command(args, cfg, state, ctx)
     except CfallowError as exc:
         return _fail(exc, want_json)

@@ -12,6 +12,7 @@ EXIT_BACKEND = 1
 EXIT_USAGE = 2
 EXIT_DRIFT = 3
 EXIT_RANGES = 4
+EXIT_VERIFY = 5
 
 
 class CfallowError(Exception):
@@ -106,3 +107,9 @@ class StateError(CfallowError):
     """The state directory cannot be read or written."""
 
     exit_code = EXIT_BACKEND
+
+
+class VerifyFailed(CfallowError):
+    """``verify`` could not prove the promise (or could not run the proof): exit 5."""
+
+    exit_code = EXIT_VERIFY

@@ -168,3 +168,18 @@ def test_a_sticky_root_directory_like_tmp_is_trusted_above_a_root_file(lab: Lab)
     lab.write(where=sticky / "config.toml")
     rc, _ = lab.status(sticky / "config.toml")
     assert rc == 1 and lab.marker.exists()  # trusted: the (trusted) client ran
+
+
+@pytest.mark.parametrize(
+    ("backend", "key"),
+    [("nginx", "reload_command"), ("apache", "test_command"), ("caddy", "reload_command")],
+)
+def test_a_web_servers_command_owned_by_nobody(lab: Lab, backend: str, key: str) -> None:
+    """The real-IP backends run their test and reload commands as root too."""
+    os.chown(lab.evil, NOBODY, NOBODY)
+    lab.config.write_text(
+        f'[backends.{backend}]\npath = "{lab.top / "list"}"\n{key} = ["{lab.evil}"]\n'
+    )
+    lab.config.chmod(0o644)
+    msg = refused(lab)
+    assert msg.startswith(f"cfallow: error: [backends.{backend}] {key} {lab.evil} is owned by")

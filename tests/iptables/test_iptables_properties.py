@@ -112,3 +112,18 @@ def test_plan_applied_to_the_read_gives_exactly_the_desired_chain(
     gone, _ = step(backend, after, version, None)
     assert "CFALLOW" not in dict(gone.chains)
     assert dict(gone.chains)["INPUT"] == tuple(admin)
+
+
+def test_a_lockdown_says_what_it_leaves_open() -> None:
+    docker = Table((("INPUT", ()), ("FORWARD", ()), ("OUTPUT", ()), ("DOCKER-USER", ())))
+    v4_only: Any = build("iptables", {"mode": "lockdown", "ipv6": False}, Context())
+    notes = v4_only.diff(Seen(NFT, ((4, docker),)), CURRENT).notes
+    assert any(n.startswith("lockdown covers IPv4 only (ipv6 = false)") for n in notes), notes
+    assert any("ports it publishes go through FORWARD" in n for n in notes), notes
+    both: Any = build("iptables", {"mode": "lockdown", "parent": "DOCKER-USER"}, Context())
+    plain = Table((("INPUT", ()), ("FORWARD", ()), ("OUTPUT", ()), ("DOCKER-USER", ())))
+    assert both.diff(Seen(NFT, ((4, plain), (6, plain))), CURRENT).notes == ()
+    allow: Any = build("iptables", {"ipv6": False}, Context())
+    assert allow.diff(Seen(NFT, ((4, docker),)), CURRENT).notes == (
+        "IPv6 ranges left alone (ipv6 = false)",
+    )

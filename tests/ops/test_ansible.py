@@ -204,6 +204,7 @@ def test_module_documentation_parses(ansible: Ansible) -> None:
         "source",
         "lock_timeout",
         "executable",
+        "verify",
     }
 
 

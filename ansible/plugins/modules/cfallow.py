@@ -51,6 +51,16 @@ options:
   lock_timeout:
     description: Seconds to wait for another cfallow run's lock (C(--lock-timeout)).
     type: float
+  verify:
+    description:
+      - Run C(cfallow sync --verify) - apply the plan to a scratch copy of the host's
+        firewall first and change the host only if Cloudflare gets in there (and, in
+        lockdown, nobody else does).
+      - When the proof fails (exit 5) the task fails with one line per failed probe
+        in C(msg) and C(verify_failures); nothing was changed.
+      - Only with O(state=synced).
+    type: bool
+    default: false
   executable:
     description:
       - Path of the C(cfallow) program.
@@ -167,13 +177,19 @@ cmd:
   type: list
   elements: str
 rc:
-  description: Its exit status (0 ok, 1 a backend failed, 2 usage or config, 4 ranges refused).
+  description: Its exit status (0 ok, 1 a backend failed, 2 usage or config, 4 ranges refused,
+    5 the verify did not hold).
   returned: always
   type: int
 stdout:
   description: What cfallow printed on stdout (the JSON report).
   returned: always
   type: str
+verify_failures:
+  description: With O(verify=true), the failed probes (one line each, naming the deciding rule).
+  returned: when the verify did not hold
+  type: list
+  elements: str
 stderr:
   description: Its log (one summary line per backend, warnings, errors).
   returned: always
@@ -189,6 +205,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 EXIT_MEANING = {
     2: "usage or configuration error",
     4: "ranges unavailable or refused, nothing changed",
+    5: "verify did not hold, nothing changed",
 }
 
 
@@ -221,6 +238,8 @@ def command(params: dict[str, Any], executable: str, check_mode: bool) -> list[s
         argv += ["sync", "--json", "--source", params["source"]]
         if params["force"]:
             argv.append("--force")
+        if params["verify"]:
+            argv.append("--verify")
     else:
         argv += ["remove", "--json"]
     for name in params["backends"] or ():
@@ -251,6 +270,7 @@ def main() -> None:
             "source": {"type": "str", "choices": ["live", "bundled"], "default": "live"},
             "lock_timeout": {"type": "float"},
             "executable": {"type": "path"},
+            "verify": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -276,6 +296,13 @@ def main() -> None:
             msg = f"cfallow printed no JSON report (exit {rc})"
             module.fail_json(msg=msg, **result)
     failed: list[str] = []
+    if doc is not None and "verify" in doc and rc == 5:
+        lines = [str(x) for x in doc["verify"].get("failures") or []]
+        result["verify_failures"] = lines
+        msg = "cfallow sync --verify: verify did not hold, nothing changed: " + "; ".join(
+            lines or [error_line(err)]
+        )
+        module.fail_json(msg=msg, **result)
     if doc is not None:
         backends = list(doc.get("backends") or [])
         failed = [str(b.get("name")) for b in backends if b.get("error") is not None]

@@ -1,0 +1,276 @@
+"""Pure evaluation of nftables base chains for one kind of packet (no I/O).
+
+The question is always the same: a *new* connection (not from ``lo``) of one
+protocol to one port and one IP version, from either a Cloudflare source or an
+outsider. Each base chain on the hook is walked in order; a match this module
+does not understand makes the outcome "cannot tell" (never "ok" when unsure).
+Drop is final across tables, so the packet passes only if no base chain drops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+Json = Any
+MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: its handle and the ``expr`` list of ``nft -j`` output."""
+
+    handle: int
+    expr: tuple[Json, ...]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One chain (``hook`` is None for a regular chain)."""
+
+    family: str
+    table: str
+    name: str
+    hook: str | None
+    priority: int
+    policy: str
+    rules: tuple[Rule, ...]
+
+    @property
+    def where(self) -> str:
+        """``inet filter input``."""
+        return f"{self.family} {self.table} {self.name}"
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A new connection to ``port`` over ``protocol``, IPv4 or IPv6.
+
+    ``cloudflare``: the source is inside the allowlist, so a match on one of
+    ``own_sets`` is true (false for an outsider); any other source match is unknown.
+    """
+
+    version: int
+    protocol: str
+    port: int
+    cloudflare: bool
+    own_sets: frozenset[str] = frozenset()
+    skip_jumps: frozenset[str] = frozenset()  # rules jumping here are cfallow's own: skipped
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """``verdict``: ``accept``, ``drop`` or ``unknown``; ``why``: where that was decided."""
+
+    verdict: str
+    why: str
+
+
+# A tri-state: True, False, or None (cannot tell).
+Tri = Optional[bool]
+_PASSIVE = {"counter", "log", "comment"}  # statements that neither match nor decide
+_TERMINAL = {"accept", "drop", "reject", "jump", "goto", "return", "queue"}
+
+
+def _in(value: object, right: Json) -> Tri:
+    """Is ``value`` (a port or a name) in the right-hand side of a match?"""
+    if isinstance(right, Mapping) and "set" in right:
+        items = right["set"]
+        results = [_in(value, item) for item in items]
+        if any(r is True for r in results):
+            return True
+        return None if any(r is None for r in results) else False
+    if isinstance(right, Mapping) and "range" in right and isinstance(value, int):
+        lo, hi = right["range"]
+        return bool(isinstance(lo, int) and isinstance(hi, int) and lo <= value <= hi)
+    if isinstance(right, list):
+        return _in(value, {"set": right})
+    if isinstance(right, (int, str)):
+        return value == right
+    return None
+
+
+def _op(op: str, hit: Tri) -> Tri:
+    if hit is None:
+        return None
+    if op in ("==", "in"):
+        return hit
+    if op == "!=":
+        return not hit
+    return None
+
+
+def _match(m: Mapping[str, Json], p: Packet) -> Tri:
+    left, right, op = m.get("left"), m.get("right"), str(m.get("op", "=="))
+    if not isinstance(left, Mapping):
+        return None
+    if "meta" in left:
+        key = left["meta"].get("key")
+        if key in ("iif", "iifname"):
+            # the packet comes from a real interface: only a match on "lo" is known not to hit
+            return False if op == "==" and right == "lo" else None
+        if key == "l4proto":
+            return _op(op, _in(p.protocol, right))
+        if key == "nfproto":
+            return _op(op, _in("ipv4" if p.version == 4 else "ipv6", right))
+        return None
+    if "ct" in left:
+        key, direction = left["ct"].get("key"), left["ct"].get("dir")
+        if key == "state":
+            return _op(op, _in("new", right))
+        if key == "status" and _in("dnat", right) is True:
+            return None
+        if key == "proto-dst" and direction == "original":
+            return _op(op, _in(p.port, right))
+        return None
+    if "payload" in left:
+        return _payload(left["payload"], op, right, p)
+    if "&" in left:  # tcp flags & (fin | syn | rst | ack) == syn: a new connection is a SYN
+        inner = left["&"][0] if isinstance(left["&"], list) and left["&"] else None
+        if isinstance(inner, Mapping) and inner.get("payload", {}).get("field") == "flags":
+            if p.protocol != "tcp":
+                return False
+            return _op(op, _in("syn", right))
+    return None
+
+
+def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
+    proto, fld = pl.get("protocol"), pl.get("field")
+    if proto in ("ip", "ip6"):
+        if (proto == "ip") != (p.version == 4):
+            return False  # an ip match never matches an IPv6 packet (and vice versa)
+        if fld in ("protocol", "nexthdr"):
+            return _op(op, _in(p.protocol, right))
+        if fld == "saddr" and isinstance(right, str) and right[1:] in p.own_sets:
+            return _op(op, p.cloudflare) if right.startswith("@") else None
+        return None
+    if proto in ("tcp", "udp", "sctp", "dccp", "udplite", "th"):
+        if proto not in ("th", p.protocol):
+            return False
+        if fld == "dport":
+            return _op(op, _in(p.port, right))
+        if fld == "flags" and proto == "tcp":
+            return _op(op, _in("syn", right))
+        return None
+    if proto in ("icmp", "icmpv6"):
+        return False
+    return None
+
+
+def _verdict(expr: Json) -> tuple[str, str | None] | None:
+    if not isinstance(expr, Mapping) or len(expr) != 1:
+        return None
+    ((key, value),) = expr.items()
+    if key in ("jump", "goto") and isinstance(value, Mapping):
+        return key, str(value.get("target"))
+    if key in _TERMINAL:
+        return key, None
+    return None
+
+
+@dataclass
+class _Walk:
+    maybe_accept: bool = False
+    maybe_drop: bool = False
+    note: str = ""
+
+
+def _rule(rule: Rule, p: Packet) -> tuple[Tri, tuple[str, str | None] | None]:
+    """Does ``rule`` match ``p`` (tri-state), and its verdict (None: no verdict)."""
+    hit: Tri = True
+    verdict = None
+    for expr in rule.expr:
+        v = _verdict(expr)
+        if v is not None:
+            verdict = v
+            continue
+        if not isinstance(expr, Mapping) or len(expr) != 1:
+            hit = None
+            continue
+        ((key, value),) = expr.items()
+        if key == "match" and isinstance(value, Mapping):
+            m = _match(value, p)
+            if m is False:
+                return False, verdict
+            if m is None:
+                hit = None
+        elif key not in _PASSIVE:
+            hit = None  # an expression we do not model (xt, fib, limit, ...)
+    return hit, verdict
+
+
+def walk(
+    chain: Chain, chains: Mapping[tuple[str, str, str], Chain], p: Packet, depth: int = 0
+) -> tuple[str, _Walk, str]:
+    """Walk ``chain``: (``accept``|``drop``|``continue``, uncertainty, where decided)."""
+    state = _Walk()
+    if depth > MAX_DEPTH:
+        state.maybe_accept = state.maybe_drop = True
+        return "continue", state, f"{chain.where}: chains nested too deep"
+    for rule in chain.rules:
+        hit, verdict = _rule(rule, p)
+        if hit is False or verdict is None:
+            continue
+        kind, target = verdict
+        if kind in ("jump", "goto") and target in p.skip_jumps:
+            continue
+        where = f"{chain.where}: rule handle {rule.handle} ({kind}{' ' + target if target else ''})"
+        if kind in ("jump", "goto"):
+            sub = chains.get((chain.family, chain.table, target or ""))
+            if sub is None:
+                result, inner, why = "continue", _Walk(True, True), f"{where}: unknown chain"
+            else:
+                result, inner, why = walk(sub, chains, p, depth + 1)
+            if hit is None:
+                inner.maybe_accept = inner.maybe_accept or result == "accept"
+                inner.maybe_drop = inner.maybe_drop or result == "drop"
+                result = "continue"
+            state.maybe_accept |= inner.maybe_accept
+            state.maybe_drop |= inner.maybe_drop
+            if result != "continue":
+                return result, state, why
+            if kind == "goto":
+                return "continue", state, where
+            continue
+        if kind == "return":
+            if hit is None:
+                state.maybe_accept = state.maybe_drop = True
+                continue
+            return "continue", state, where
+        final = "accept" if kind == "accept" else "drop" if kind in ("drop", "reject") else "?"
+        if final == "?":
+            state.maybe_accept = state.maybe_drop = True
+            continue
+        if hit is None:
+            setattr(state, "maybe_" + final, True)
+            continue
+        return final, state, where
+    return "continue", state, chain.where
+
+
+def base_outcome(chain: Chain, chains: Mapping[tuple[str, str, str], Chain], p: Packet) -> Outcome:
+    """What one base chain does with ``p``."""
+    result, state, where = walk(chain, chains, p)
+    if result == "continue":
+        result = "drop" if chain.policy == "drop" else "accept"
+        where = f"{chain.where}: policy {chain.policy}"
+    if result == "accept" and state.maybe_drop:
+        return Outcome("unknown", f"{chain.where}: a rule this analysis does not understand")
+    if result == "drop" and state.maybe_accept:
+        return Outcome("unknown", f"{chain.where}: a rule this analysis does not understand")
+    return Outcome(result, where)
+
+
+def combine(
+    chains: Sequence[Chain], every: Mapping[tuple[str, str, str], Chain], p: Packet
+) -> Outcome:
+    """All base chains on the hook: any drop wins; else any unknown; else accept."""
+    unknown: Outcome | None = None
+    for chain in sorted(chains, key=lambda c: c.priority):
+        out = base_outcome(chain, every, p)
+        if out.verdict == "drop":
+            return out
+        if out.verdict == "unknown" and unknown is None:
+            unknown = out
+    return unknown or Outcome("accept", "no base chain drops it")

@@ -1,0 +1,256 @@
+"""``cfallow verify``: prove with the real kernel, in scratch namespaces, what the host lets in.
+
+:func:`run` snapshots the host (read-only), builds a scratch origin/edge pair
+(:mod:`.lab`), loads the snapshot, optionally applies a plan there first (for
+``sync --verify``), probes every port and family from Cloudflare and outsider
+sources (:mod:`.probe`) and names the rule that decided each probe
+(:mod:`.trace`). The host itself is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cfallow.errors import CommandFailed
+from cfallow.model import Networks
+from cfallow.runner import Runner
+from cfallow.verify import lab as labmod
+from cfallow.verify import sample, snapshot, trace, xpath
+from cfallow.verify.lab import CannotVerify, Lab
+
+__all__ = ["CannotVerify", "Expectation", "Probe", "Report", "run"]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What one backend promises: its mode on its ports and families."""
+
+    backend: str
+    mode: str  # "allow" | "lockdown"
+    ports: tuple[int, ...]
+    families: tuple[int, ...]
+
+
+@dataclass
+class Probe:
+    """One connection attempt and what came of it."""
+
+    version: int
+    port: int
+    source: str
+    kind: str  # "cloudflare" | "outsider"
+    want: str  # "accept" | "refuse" | "any"
+    verdict: str = ""
+    decided: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Did the kernel do what the mode promises?"""
+        if self.want == "accept":
+            return self.verdict == "accept"
+        if self.want == "refuse":
+            return self.verdict in ("drop", "reject")
+        return True
+
+    def to_json(self) -> dict[str, object]:
+        """One probe in the ``--json`` report."""
+        return {
+            "family": f"ipv{self.version}",
+            "port": self.port,
+            "source": self.source,
+            "kind": self.kind,
+            "expected": self.want,
+            "verdict": self.verdict,
+            "decided_by": self.decided,
+            "ok": self.ok,
+        }
+
+
+@dataclass
+class Report:
+    """The outcome of one verify."""
+
+    probes: list[Probe] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    expectations: list[Expectation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Did every probe come out as promised?"""
+        return all(p.ok for p in self.probes)
+
+    def failures(self) -> list[str]:
+        """One line per failed probe, naming what decided."""
+        out = []
+        for p in self.probes:
+            if not p.ok:
+                want = "accepted" if p.want == "accept" else "refused"
+                out.append(
+                    f"IPv{p.version} port {p.port} from {p.source} ({p.kind}): {p.verdict}, "
+                    f"should be {want}; decided by {p.decided}"
+                )
+        return out
+
+    def to_json(self) -> dict[str, object]:
+        """The ``--json`` document."""
+        return {
+            "ok": self.ok,
+            "expectations": [e.__dict__ for e in self.expectations],
+            "probes": [p.to_json() for p in self.probes],
+            "failures": self.failures(),
+            "notes": self.notes,
+        }
+
+
+def _probes(
+    desired: Networks, wants: list[Expectation]
+) -> tuple[list[Probe], dict[int, list[str]]]:
+    probes: list[Probe] = []
+    sources: dict[int, list[str]] = {}
+    for version in sorted({v for e in wants for v in e.families}):
+        cf = sample.cloudflare_sources(desired, version)
+        out = sample.outsider(desired, version)
+        sources[version] = [*cf, out]
+        for port in sorted({p for e in wants if version in e.families for p in e.ports}):
+            covering = [e for e in wants if version in e.families and port in e.ports]
+            lock = any(e.mode == "lockdown" for e in covering)
+            probes += [Probe(version, port, s, "cloudflare", "accept") for s in cf]
+            probes.append(Probe(version, port, out, "outsider", "refuse" if lock else "any"))
+    return probes, sources
+
+
+def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
+    inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
+    if snap.ipsets.strip():
+        try:
+            inside.run(["ipset", "restore"], input=snap.ipsets)
+        except CommandFailed as exc:
+            raise CannotVerify(f"cannot verify: the host's ipsets do not load: {exc}") from None
+    if snap.ruleset.strip():
+        try:
+            inside.run(["nft", "-f", "-"], input=snap.ruleset)
+        except CommandFailed as exc:
+            _load_split(inside, snap, snapshot.xt_nft(runner), exc)
+    if snap.legacy:
+        doc = {"tables": [b.to_json() for b in snap.legacy]}
+        try:
+            inside.run(
+                [sys.executable, "-m", "cfallow.verify.probe", "xt-load"], input=json.dumps(doc)
+            )
+        except CommandFailed as exc:
+            raise CannotVerify(
+                f"cannot verify: the legacy x_tables do not load: {exc.stderr.strip()}"
+            ) from None
+
+
+def _load_split(
+    inside: Runner, snap: snapshot.Snapshot, saved: dict[int, str], first: CommandFailed
+) -> None:
+    """The ruleset did not load as a whole: iptables-nft's tables through its own restore."""
+    xt = {v: text for v, text in saved.items() if text.strip()}
+    why = first.stderr.strip()
+    if not xt:
+        raise CannotVerify(f"cannot verify: the host's ruleset does not load here: {why}")
+    owned = {(f, line[1:].strip()) for v, text in xt.items() for f in [("ip", "ip6")[v == 6]]
+             for line in text.splitlines() if line.startswith("*")}  # fmt: skip
+    rest = _without_tables(snap.ruleset, owned)
+    try:
+        if rest.strip():
+            inside.run(["nft", "-f", "-"], input=rest)
+        for version, text in xt.items():
+            inside.run(
+                [("iptables-nft-restore", "ip6tables-nft-restore")[version == 6]], input=text
+            )
+    except CommandFailed as exc:
+        raise CannotVerify(f"cannot verify: the host's ruleset does not load here: {why}; "
+                           f"and split: {exc.stderr.strip()}") from None  # fmt: skip
+
+
+def _without_tables(ruleset: str, drop: set[tuple[str, str]]) -> str:
+    out, skip = [], False
+    for line in ruleset.splitlines():
+        if line.startswith("table "):
+            parts = line.split()
+            skip = (parts[1], parts[2]) in drop
+        if not skip:
+            out.append(line)
+        if line.startswith("}"):
+            skip = False
+    return "\n".join(out) + "\n"
+
+
+def run(
+    runner: Runner,
+    desired: Networks,
+    wants: list[Expectation],
+    *,
+    uplink: str | None = None,
+    timeout: float = 0.5,
+    before_probe: Callable[[Lab], list[str]] | None = None,
+) -> Report:
+    """Snapshot, build, load, (``before_probe``: apply a plan in the scratch), probe, report."""
+    labmod.delete(runner, labmod.leftovers())
+    snap = snapshot.read(runner, uplink)
+    probes, sources = _probes(desired, wants)
+    report = Report(probes=probes, expectations=wants)
+    if not probes:
+        report.notes.append("nothing to probe: no host firewall backend is configured")
+        return report
+    lab = labmod.create(runner, snap.net, sources)
+    try:
+        report.notes += lab.notes
+        _load(runner, lab, snap)
+        if before_probe is not None:
+            report.notes += before_probe(lab)
+        inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
+        inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
+
+        def probe_doc(*which: Probe, trace: bool = False) -> dict[str, object]:
+            return {"origin": lab.path("origin"), "edge": lab.path("edge"),
+                    "timeout": timeout, "trace": trace,
+                    "probes": [{"version": p.version, "port": p.port, "source": p.source,
+                                "target": lab.targets[p.version]} for p in which]}  # fmt: skip
+
+        doc = probe_doc(*probes, trace=True)
+        argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
+        out = json.loads(runner.run(argv, input=json.dumps(doc)).stdout)
+        _judge(probes, out, legacy=bool(snap.legacy))
+        for p in probes:
+            if not p.ok and p.decided.startswith("legacy x_tables"):
+                p.decided = xpath.attribute(inside, probe_doc(p), p.version)
+    finally:
+        lab.close()
+    return report
+
+
+def _judge(probes: list[Probe], out: dict[str, list[str]], *, legacy: bool) -> None:
+    traced = trace.parse(out["trace"])
+    for probe, seen in zip(probes, out["verdicts"]):
+        verdict = str(seen)
+        pkt = traced.get((probe.source, probe.port))
+        probe.decided = _decided(pkt, verdict, legacy)
+        found = pkt.decided() if pkt else None
+        if verdict == "drop" and found and found[2] == "drop" and "reject" in found[1]:
+            # an ICMPv6 error that lands while connect() holds the socket is dropped by
+            # TCP (LockDroppedIcmps): the traced rule says what the kernel did
+            verdict = "reject"
+        probe.verdict = verdict
+
+
+def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:
+    """Name what decided: the nftables rule or policy, or the legacy x_tables."""
+    found = pkt.decided() if pkt else None
+    text = f"{found[0]}: {found[1]}" if found else ""
+    if found is not None and found[2] == "drop":
+        return text
+    if legacy:
+        seen = f" (nftables: {text})" if text else ""
+        return f"legacy x_tables (iptables-legacy){seen}"
+    if pkt is None:
+        return "not traced"
+    if verdict == "accept":
+        return text or "no nftables base chain on the path"
+    return f"not an nftables rule (after {text})" if text else "not an nftables rule"

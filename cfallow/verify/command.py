@@ -1,0 +1,191 @@
+"""What the CLI calls: expectations from the configured backends, the scratch apply, the report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from cfallow import backend, engine
+from cfallow.errors import VerifyFailed
+from cfallow.model import Networks
+from cfallow.runner import Runner
+from cfallow.verify import Expectation, Report, run
+from cfallow.verify.lab import PREFIX, CannotVerify, Lab, alive
+
+TMP_PREFIX = PREFIX
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind so every scratch namespace is deleted on the way out."""
+
+
+class Stopped(VerifyFailed):
+    """SIGTERM stopped the verify (the scratch namespaces were deleted on the way out)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+    def __init__(self) -> None:
+        super().__init__("verify: terminated; the scratch namespaces were removed")
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration (cleanup runs in ``finally``)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+#: Modes that promise "only Cloudflare" (iptables/nftables lockdown, firewalld restrict).
+LOCKDOWN_MODES = ("lockdown", "restrict")
+#: Backends that change the firewall only through the Runner's commands, so a Runner
+#: prefixed with ``ip netns exec ORIGIN`` confines them to the scratch (firewalld talks
+#: D-Bus to the host's daemon, in-process: never built against the scratch).
+SCRATCH_SAFE = ("iptables", "nftables")
+#: firewalld service names of the web ports, for a backend configured with ``services``.
+SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
+
+
+def _shape(b: backend.AnyBackend) -> Any:
+    """The backend's configured shape (``settings``, or firewalld's ``want``), if it has one."""
+    for attr in ("settings", "want"):
+        s = getattr(b, attr, None)
+        if s is not None and hasattr(s, "mode") and hasattr(s, "ports"):
+            return s
+    return None
+
+
+def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
+    """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
+    wants, notes = [], []
+    for b in backends:
+        s = _shape(b)
+        if s is None:
+            notes.append(f"{b.name}: not a firewall on this host: not probed")
+            continue
+        if getattr(s, "protocol", "tcp") != "tcp":
+            notes.append(f"{b.name}: protocol {s.protocol}: only TCP is probed")
+            continue
+        ports = {q for p in s.ports for q in (p.first, p.last)}
+        for service in getattr(s, "services", ()):
+            ports |= set(SERVICE_PORTS.get(service, ()))
+        if not ports:
+            notes.append(f"{b.name}: no TCP port to probe")
+            continue
+        fams = (getattr(s, "families", None) or getattr(s, "versions", None)
+                or getattr(b, "families", None) or (4, 6))  # fmt: skip
+        mode = "lockdown" if s.mode in LOCKDOWN_MODES else "allow"
+        wants.append(Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams)))
+    return wants, notes
+
+
+def clean_temp_leftovers() -> None:
+    """Temp dirs of killed runs (``cfverify-PID-*`` with a dead PID)."""
+    tmp = Path(tempfile.gettempdir())
+    for path in tmp.glob(f"{TMP_PREFIX}*"):
+        pid = path.name[len(TMP_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def scratch_apply(
+    hosts: Sequence[backend.AnyBackend], sections: dict[str, dict[str, object]],
+    ctx: backend.Context, desired: Networks, tmp: str,
+) -> Any:  # fmt: skip
+    """A ``before_probe`` for :func:`cfallow.verify.run`: the plan applied in the scratch origin.
+
+    The backends are built again on a runner that runs every command inside the
+    scratch origin; a file a backend keeps (``file``) goes to a temp dir, never
+    to the host's.
+    """
+
+    def apply(lab: Lab) -> list[str]:
+        runner = Runner(prefix=lab.exec_prefix(), env=ctx.runner.env)
+        sctx = replace(ctx, runner=runner, state_dir=Path(tmp) / "state")
+        (Path(tmp) / "state").mkdir(exist_ok=True)
+        built = []
+        for host in hosts:
+            name = host.name
+            if name not in SCRATCH_SAFE:
+                raise CannotVerify(
+                    f"cannot verify: {name} cannot be applied to a scratch copy "
+                    "(it does not write through commands alone); run cfallow verify after sync"
+                )
+            section = dict(sections.get(name, {}))
+            if hasattr(host, "file"):
+                section["file"] = os.path.join(tmp, f"{name}.file")
+            built.append(backend.build(name, section, sctx))
+        results = engine.run(built, desired, dry_run=False).results
+        failed = [f"{r.name}: {r.error}" for r in results if r.error is not None]
+        if failed:
+            raise CannotVerify(
+                "cannot verify: the plan fails in the scratch copy: " + "; ".join(failed)
+            )
+        return [f"{r.name}: plan applied in the scratch copy ({_count(r)})" for r in results]
+
+    return apply
+
+
+def _count(r: engine.BackendResult) -> str:
+    if r.plan is None or not r.plan.changed:
+        return "no change"
+    return f"+{len(r.plan.add)} -{len(r.plan.remove)}"
+
+
+def verify_ranges(
+    runner: Runner, desired: Networks, wants: list[Expectation], *, uplink: str | None,
+    timeout: float, before: Any = None,
+) -> Report:  # fmt: skip
+    """:func:`cfallow.verify.run` with SIGTERM unwinding and leftovers of killed runs removed."""
+    try:
+        with sigterm_unwinds():
+            clean_temp_leftovers()
+            return run(runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before)
+    except Terminated:
+        raise Stopped() from None
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[str]:
+    """A private temp dir named so a killed run's is recognised; always removed."""
+    path = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_text(out: TextIO, report: Report) -> None:
+    """The text report: one line per probe, then the verdict."""
+    for e in report.expectations:
+        ports = ",".join(str(p) for p in e.ports)
+        fams = "+".join(f"IPv{v}" for v in e.families)
+        out.write(f"{e.backend}: {e.mode} on TCP {ports} ({fams})\n")
+    out.write(
+        f"{'family':<6} {'port':>5}  {'source':<40} {'kind':<10} {'verdict':<7}  decided by\n"
+    )
+    for p in report.probes:
+        mark = "" if p.ok else "  <- FAIL"
+        out.write(
+            f"IPv{p.version:<3} {p.port:>5}  {p.source:<40} {p.kind:<10} {p.verdict:<7}  "
+            f"{p.decided}{mark}\n"
+        )
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+    out.write(
+        "verify: ok\n" if report.ok else f"verify: FAILED ({len(report.failures())} probes)\n"
+    )

@@ -1,0 +1,57 @@
+"""Which legacy x_tables rules a probe went through: counters before and after one re-probe.
+
+nftables tracing does not see x_tables, so a probe that failed on a host with
+legacy tables is sent once more, alone, and ``ip(6)tables-legacy-save -c`` in
+the scratch origin is read before and after: the rules (and policies) whose
+packet counter grew are the probe's path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from cfallow.runner import Runner
+
+SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
+#: The reply (SYN-ACK, RST) passes these too: not the probe's path.
+REPLY_SIDE = ("-A OUTPUT ", "OUTPUT policy", "-A POSTROUTING ", "POSTROUTING policy")
+_RULE = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*)$")
+_POLICY = re.compile(r"^:(\S+) (\S+) \[(\d+):\d+\]$")
+
+
+def counters(text: str) -> dict[tuple[str, int, str], int]:
+    """(table, position, rule or policy text) -> packets, from ``*-save -c`` output."""
+    out: dict[tuple[str, int, str], int] = {}
+    table = ""
+    for pos, line in enumerate(text.splitlines()):
+        if line.startswith("*"):
+            table = line[1:]
+        elif m := _RULE.match(line):
+            out[(table, pos, m.group(2))] = int(m.group(1))
+        elif (p := _POLICY.match(line)) and p.group(2) != "-":
+            out[(table, pos, f"{p.group(1)} policy {p.group(2)}")] = int(p.group(3))
+    return out
+
+
+def grown(before: str, after: str, version: int) -> str:
+    """The rules whose counters grew, in order, as one line (``""`` if none)."""
+    old = counters(before)
+    fam = "ip6" if version == 6 else "ip"
+    path = [
+        f"{fam} {k[0]}: {k[2]}"
+        for k, v in counters(after).items()
+        if v > old.get(k, 0) and not k[2].startswith(REPLY_SIDE)
+    ]
+    return "; ".join(path)
+
+
+def attribute(inside: Runner, doc: dict[str, object], version: int) -> str:
+    """Re-send one probe (``doc``, for the helper) and name its legacy x_tables path."""
+    before = inside.run([SAVE[version], "-c"]).stdout
+    argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
+    Runner(env=inside.env).run(argv, input=json.dumps(doc))
+    after = inside.run([SAVE[version], "-c"]).stdout
+    path = grown(before, after, version)
+    return f"legacy x_tables: {path}" if path else "legacy x_tables: no rule counted it"

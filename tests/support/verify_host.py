@@ -1,0 +1,140 @@
+"""A test "host" for ``cfallow verify``: a namespace with an uplink, addresses and a ruleset.
+
+The verify runs inside it (``nsenter --net=/run/netns/HOST cfallow ...``), so
+what it snapshots as "the host" is this namespace. ``nsenter`` switches only
+the network namespace: the scratch namespaces' ``/run/netns`` entries land
+in the test's own mount namespace, where a leftover would be seen (``ip netns
+exec`` would give the run a private mount namespace that hides them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from support import namespace, ns_exec, sh
+
+CFALLOW = str(Path(sys.executable).with_name("cfallow"))
+HOST_ADDRS = ("10.77.0.2/24", "2001:db8:77::2/64")
+NFT_DROP = """table inet filter {
+    chain input {
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iif "lo" accept
+        meta l4proto ipv6-icmp accept
+        tcp dport 22 accept
+    }
+}
+"""
+
+
+@dataclass
+class Host:
+    """One test host namespace and a temp dir for its config and state."""
+
+    ns: str
+    tmp: Path
+    uplink: str
+
+    def nft(self, text: str) -> None:
+        """Load an nft ruleset into the host."""
+        sh(ns_exec(self.ns, "nft", "-f", "-"), input=text)
+
+    def ruleset(self) -> str:
+        """``nft list ruleset`` of the host."""
+        return sh(ns_exec(self.ns, "nft", "list", "ruleset"))
+
+    def cfallow(
+        self, config: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI inside the host with ``config`` (TOML text), ``env`` added."""
+        cfg = self.tmp / "config.toml"
+        cfg.write_text(config)
+        argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
+        return subprocess.run(
+            enter(self.ns, *argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **(env or {})},
+        )
+
+    def popen(self, config: str, *args: str) -> subprocess.Popen[str]:
+        """Start the CLI inside the host (for kill tests)."""
+        cfg = self.tmp / "config.toml"
+        cfg.write_text(config)
+        argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
+        return subprocess.Popen(
+            enter(self.ns, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+
+def enter(ns: str, *argv: str) -> list[str]:
+    """argv run in ``ns``'s network namespace only."""
+    return ["nsenter", f"--net=/run/netns/{ns}", *argv]
+
+
+@contextlib.contextmanager
+def host(
+    tmp: Path, uplink: str = "eth0", extra: Sequence[tuple[str, Sequence[str]]] = ()
+) -> Iterator[Host]:
+    """A host namespace: ``uplink`` with :data:`HOST_ADDRS` and a default route, plus ``extra``
+    interfaces (name, addresses). Each interface is one end of a veth pair inside the host."""
+    with namespace("vh") as ns:
+        for i, (name, addrs) in enumerate(((uplink, HOST_ADDRS), *extra)):
+            sh(ns_exec(ns, "ip", "link", "add", name, "type", "veth", "peer", "name", f"vhp{i}"))
+            for addr in addrs:
+                sh(
+                    ns_exec(
+                        ns,
+                        "ip",
+                        "addr",
+                        "add",
+                        addr,
+                        "dev",
+                        name,
+                        *(["nodad"] if ":" in addr else []),
+                    )
+                )
+            sh(ns_exec(ns, "ip", "link", "set", name, "up"))
+            sh(ns_exec(ns, "ip", "link", "set", f"vhp{i}", "up"))
+        sh(ns_exec(ns, "ip", "route", "add", "default", "via", "10.77.0.1", "dev", uplink))
+        yield Host(ns, tmp, uplink)
+
+
+#: A blocklist in raw PREROUTING (before any filter chain, so cfallow's accept cannot undo it).
+IPSET_RULE = ["-t", "raw", "-A", "PREROUTING", "-p", "tcp", "-m", "set", "--match-set",
+              "cfv-blocked", "src", "-j", "DROP"]  # fmt: skip
+
+
+def ipset_host(h: Host) -> None:
+    """A Cloudflare range in an ipset blocklist in raw PREROUTING."""
+    sh(ns_exec(h.ns, "ipset", "create", "cfv-blocked", "hash:net"))
+    sh(ns_exec(h.ns, "ipset", "add", "cfv-blocked", "104.16.0.0/13"))
+    sh(ns_exec(h.ns, "iptables-nft", *IPSET_RULE))
+
+
+def scratch_namespaces() -> list[str]:
+    """Every verify scratch namespace that exists right now."""
+    try:
+        return sorted(n for n in os.listdir("/run/netns") if n.startswith("cfverify-"))
+    except FileNotFoundError:
+        return []
+
+
+def scratch_temp() -> list[str]:
+    """Every verify temp dir that exists right now."""
+    import tempfile
+
+    return sorted(p.name for p in Path(tempfile.gettempdir()).glob("cfverify-*"))
+
+
+def failures(err: str) -> list[str]:
+    """The ``verify:`` failure lines of stderr."""
+    return [line for line in err.splitlines() if line.startswith("cfallow: error: verify: ")]

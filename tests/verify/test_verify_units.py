@@ -1,0 +1,93 @@
+"""The pure parts: probe sources, and reading which rule decided from trace lines."""
+
+# ruff: noqa: E501 - trace lines are kept whole, as nft prints them
+
+from __future__ import annotations
+
+from netaddr import IPAddress, IPSet
+from support.cfdata import CURRENT
+
+from cfallow.verify import sample, trace, xpath
+
+# Lines as nft 1.0.6 prints them (from a probe through firewalld's ruleset, shortened).
+PKT = 'packet: iif "eth0" ip saddr 104.16.0.0 ip daddr 10.77.0.2 tcp sport 40000 tcp dport 80 tcp flags == syn'
+LINES = [
+    f"trace id aa inet cfallow_verify_trace pre {PKT}",
+    "trace id aa inet cfallow_verify_trace pre rule tcp flags & (fin | syn | rst | ack) == syn meta nftrace set 1 (verdict continue)",
+    f"trace id aa ip filter INPUT {PKT}",
+    "trace id aa ip filter INPUT rule meta l4proto tcp counter packets 0 bytes 0 jump CFALLOW (verdict jump CFALLOW)",
+    "trace id aa ip filter CFALLOW rule ip saddr 104.16.0.0/13 counter packets 3 bytes 180 accept (verdict accept)",
+    f"trace id aa inet filter input {PKT}",
+    "trace id aa inet filter input policy drop",
+    f"trace id bb ip filter INPUT {PKT.replace('104.16.0.0', '198.51.100.7')}",
+    "trace id bb ip filter INPUT policy accept",
+    "trace id bb inet firewalld filter_IN_public_allow rule tcp dport 80 accept (verdict accept)",
+    "trace id bb ip nat INPUT policy accept",
+]  # fmt: skip
+
+
+def test_a_drop_in_a_later_table_decides_over_an_earlier_accept() -> None:
+    pkt = trace.parse(LINES)[("104.16.0.0", 80)]
+    assert pkt.decided() == ("inet filter input", "policy drop", "drop")
+
+
+def test_an_accepted_packet_is_named_by_the_last_rule_not_a_later_policy() -> None:
+    pkt = trace.parse(LINES)[("198.51.100.7", 80)]
+    assert pkt.decided() == (
+        "inet firewalld filter_IN_public_allow",
+        "rule tcp dport 80 accept",
+        "accept",
+    )
+
+
+def test_counters_and_the_verdict_suffix_are_left_out_of_the_rule() -> None:
+    lines = [LINES[0], LINES[4]]
+    assert trace.parse(lines)[("104.16.0.0", 80)].decided() == (
+        "ip filter CFALLOW",
+        "rule ip saddr 104.16.0.0/13 accept",
+        "accept",
+    )
+
+
+def test_sources_are_both_ends_of_one_range_and_inside_others() -> None:
+    for version in (4, 6):
+        cf = sample.cloudflare_sources(CURRENT, version)
+        nets = [n for n in CURRENT if n.version == version]
+        assert len(cf) >= 3 and all(IPAddress(a) in IPSet(nets) for a in cf)
+        first = next(n for n in nets if IPAddress(cf[0]) in n)
+        assert IPAddress(cf[0]) == IPAddress(first.first) and IPAddress(cf[1]) == IPAddress(
+            first.last
+        )
+        assert len({n for n in nets for a in cf if IPAddress(a) in n}) >= 3
+
+
+def test_the_outsider_is_outside_every_range() -> None:
+    for version in (4, 6):
+        assert IPAddress(sample.outsider(CURRENT, version)) not in IPSet(CURRENT)
+
+
+BEFORE = """*filter
+:INPUT ACCEPT [10:600]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [4:240]
+:CFALLOW - [0:0]
+[5:300] -A INPUT -p tcp -m multiport --dports 443 -m comment --comment cfallow -j CFALLOW
+[2:120] -A CFALLOW -i lo -j RETURN
+[3:180] -A CFALLOW -s 2400:cb00::/32 -j RETURN
+[0:0] -A CFALLOW -j DROP
+COMMIT
+"""
+
+
+def test_the_legacy_path_is_every_rule_whose_counter_grew() -> None:
+    after = (
+        BEFORE.replace("[10:600]", "[11:680]")
+        .replace("[5:300]", "[6:380]")
+        .replace("[2:120]", "[3:200]")
+        .replace("[4:240]", "[5:320]")  # the SYN-ACK going out: OUTPUT's policy counts it too
+    )
+    assert xpath.grown(BEFORE, after, 6) == (
+        "ip6 filter: INPUT policy ACCEPT; "
+        "ip6 filter: -A INPUT -p tcp -m multiport --dports 443 -m comment --comment cfallow -j CFALLOW; "
+        "ip6 filter: -A CFALLOW -i lo -j RETURN"
+    )  # the reply's OUTPUT policy is left out
