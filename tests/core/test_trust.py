@@ -182,4 +182,6 @@ def test_a_web_servers_command_owned_by_nobody(lab: Lab, backend: str, key: str)
     )
     lab.config.chmod(0o644)
     msg = refused(lab)
-    assert msg.startswith(f"cfallow: error: [backends.{backend}] {key} {lab.evil} is owned by")
+    assert msg.startswith(
+        f"cfallow: error: {lab.config}: [backends.{backend}] {key} {lab.evil} is owned by"
+    )
