@@ -22,6 +22,7 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, Unavailable
+from cfallow.install import extra_hint
 from cfallow.model import Networks, Plan, diff, make_plan
 
 from . import aws_groups as sg
@@ -39,9 +40,7 @@ from .aws_rules import (
     quota,
 )
 
-INSTALL_HINT = (
-    "install cfallow with its aws extra: pip install '<your cfallow wheel or checkout>[aws]'"
-)
+INSTALL_HINT = extra_hint("aws", "boto3>=1.28")
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 # Prefix-list mode is no way to fit: AWS counts each reference as the list's
 # MaxEntries, never fewer than the ranges it holds.

@@ -25,6 +25,7 @@ from tenacity import (
 
 import cfallow
 from cfallow.errors import BackendError
+from cfallow.install import extra_hint
 
 #: Error codes worth another try: throttling, then transient server faults.
 RETRIED = frozenset(
@@ -84,7 +85,7 @@ def make_client(region: str, endpoint_url: str) -> Any:
         import boto3
         from botocore.config import Config
     except ImportError as exc:
-        raise BackendError("boto3 is not installed (pip install 'cfallow[aws]')") from exc
+        raise BackendError(f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})") from exc
     session = boto3.session.Session(region_name=region or None)
     if not session.region_name:
         raise BackendError("no AWS region: set region in [backends.aws] or AWS_DEFAULT_REGION")

@@ -108,6 +108,10 @@ class Fail2banBackend(Backend[Seen, Work]):
         """cfallow's drop-in."""
         return self.jail_dir / dropin.NAME
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """The drop-in directory and the server's socket directory."""
+        return (self.jail_dir, self.socket.parent)
+
     def check(self) -> None:
         """The client is installed, the configuration is there, jail.d is writable."""
         if not (shutil.which(self.client_cmd) or os.access(self.client_cmd, os.X_OK)):

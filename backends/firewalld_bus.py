@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cfallow.errors import BackendError, Unavailable
+from cfallow.install import extra_hint
 
 NAME = "org.fedoraproject.FirewallD1"
 ROOT = "/org/fedoraproject/FirewallD1"
@@ -39,7 +40,7 @@ class Bus:
         except ImportError as exc:
             raise Unavailable(
                 "firewalld: the Python package jeepney is missing "
-                "(pip install 'cfallow[firewalld]')"
+                f"({extra_hint('firewalld', 'jeepney>=0.8')})"
             ) from exc
         self.address = address
         self.timeout = timeout

@@ -22,6 +22,7 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
@@ -37,6 +38,7 @@ from .iptables_diff import Ops, assess, assess_removal
 from .iptables_legacy import LegacyIO, Writer
 from .iptables_nft import NftIO
 from .iptables_rules import (
+    Observed,
     Settings,
     check_chain_name,
     check_parent,
@@ -139,6 +141,10 @@ class IptablesBackend(Backend[Seen, Step]):
         if self.variant == "auto" and shutil.which("iptables", path=path) is None:
             raise Unavailable("no iptables command found (install the iptables package)")
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """cfallow's firewall lock and the legacy xtables lock."""
+        return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
+
     def _variant(self) -> Variant:
         return probe(self.ctx.runner, self.variant, self.ctx.log)
 
@@ -192,6 +198,10 @@ class IptablesBackend(Backend[Seen, Step]):
         steps: list[Step] = []
         for version, table in observed.tables:
             obs = observe(table, version, self.settings)
+            if desired is not None and _no_docker_ipv6(obs, self.settings, observed):
+                notes.append(DOCKER_NO_IPV6)
+                desired = frozenset(n for n in desired if n.version != version)
+                continue
             if desired is None:
                 found, ops = assess_removal(obs, self.settings)
                 target: tuple[str, ...] | None = None
@@ -260,6 +270,25 @@ class IptablesBackend(Backend[Seen, Step]):
                 if wrote:
                     self.writes += 1
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
+
+
+DOCKER_NO_IPV6 = (
+    "IPv6: ip6tables has no DOCKER-USER chain (Docker runs without IPv6, its default), "
+    "so no IPv6 traffic reaches a container and IPv6 is left alone; "
+    "set ipv6 = false to say so"
+)
+
+
+def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen) -> bool:
+    """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
+    family has it yet (a boot before dockerd), cfallow creates both, as Docker would."""
+    docker_v4 = any(v == 4 and t.rules("DOCKER-USER") is not None for v, t in seen.tables)
+    return (
+        obs.version == 6
+        and settings.parent == "DOCKER-USER"
+        and not obs.parent_exists
+        and docker_v4
+    )
 
 
 @dataclass(frozen=True)

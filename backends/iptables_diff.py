@@ -152,7 +152,7 @@ def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
         if j.chain != settings.parent:
             problems.append(f"stray jump in {j.chain}: {j.spec}")
         elif j.spec != want.spec:
-            problems.append(f"jump differs from config: {j.spec}")
+            problems.append(f"jump differs from config: is {j.spec}; config wants {want.spec}")
         elif j.index != 0:
             problems.append(f"jump at position {j.index + 1} of {j.chain}, not 1")
     return _shown(problems)

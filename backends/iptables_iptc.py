@@ -61,7 +61,8 @@ def load_iptc() -> Any:
         return importlib.import_module("iptc")
     except ModuleNotFoundError:
         raise BackendError(
-            "python-iptables is not installed (pip install python-iptables)"
+            "python-iptables is not installed (a dependency of cfallow: "
+            f"{sys.executable} -m pip install 'python-iptables>=1.0')"
         ) from None
     except Exception as exc:  # python-iptables raises its own errors when libxtables is missing
         raise BackendError(f"python-iptables cannot load libxtables/libiptc: {exc}") from None

@@ -91,6 +91,10 @@ class NftablesBackend(Backend[Seen, Step]):
         self.file = ManagedFile(Path(section.get_str("file", DEFAULT_FILE)))
         self.host_check = section.get_bool("host_check", True)
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """The directory of cfallow's include file, and cfallow's firewall lock."""
+        return (self.file.path.parent, self.ctx.firewall_lock)
+
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""
         if shutil.which("nft") is None and not self.ctx.runner.prefix:

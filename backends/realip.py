@@ -109,6 +109,11 @@ class RealIpBackend(Backend[Seen, Write]):
             if argv:
                 check_executable(argv[0], f"[{section.where}] {what}")
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """The directory of the trust list (written by rename), and of the header file."""
+        dirs = [self.path.parent] + ([self.header_path.parent] if self.header_path else [])
+        return tuple(dict.fromkeys(dirs))
+
     # -- what a server module fills in ---------------------------------------------------
 
     def configure(self, section: Section) -> None:

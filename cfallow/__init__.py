@@ -1,3 +1,5 @@
 """cfallow: keep origin-server allowlists in step with Cloudflare's published IP ranges."""
 
-__version__ = "0.1.0"
+from cfallow._version import installed as _installed
+
+__version__ = _installed()

@@ -54,7 +54,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from cfallow.config import Section
+from cfallow.config import Section, suggest
 from cfallow.errors import BackendError, ConfigError
 from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
@@ -123,6 +123,11 @@ class Backend(abc.ABC, Generic[O, S]):
         when the target no longer is what the plan was computed from.
         """
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """Files and directories a real run writes or locks (for ``cfallow check``,
+        which compares them with the systemd unit's ``ReadWritePaths``)."""
+        return ()
+
     def plan(self, desired: Networks | None) -> Plan[S]:
         """``diff(read(), desired)``."""
         return self.diff(self.read(), desired)
@@ -168,7 +173,7 @@ def load_class(name: str) -> type[AnyBackend]:
     eps = _entry_points()
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
-        raise ConfigError(f"unknown backend {name!r} (installed: {known})")
+        raise ConfigError(f"unknown backend {name!r}{suggest(name, eps)} (installed: {known})")
     cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
         raise ConfigError(f"backend {name!r} ({eps[name].value}) is not a cfallow Backend")

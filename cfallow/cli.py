@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from cfallow.errors import (
     EXIT_RANGES,
     EXIT_VERIFY,
     CfallowError,
+    ConfigError,
     RangesError,
     StateError,
     UsageError,
@@ -42,17 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         default=argparse.SUPPRESS,
         help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
     )
     common.add_argument(
         "--state-dir",
         type=Path,
+        metavar="DIR",
         default=argparse.SUPPRESS,
         help=f"state directory (default {config.DEFAULT_STATE_DIR})",
     )
-    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines on stderr"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only each backend's summary line (and warnings, errors on stderr)",
+    )
 
     p = _Parser(
         prog="cfallow",
@@ -76,11 +88,19 @@ def _parser() -> argparse.ArgumentParser:
 
     r = add("ranges", "print the validated Cloudflare list")
     source_opt(r)
-    r.add_argument("--json", action="store_true")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
 
     s = add("sync", "bring every configured backend in step with the list")
     s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
-    s.add_argument("--json", action="store_true")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
     s.add_argument(
         "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
     )
@@ -111,24 +131,61 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     st = add("status", "compare every backend with the list (read-only; exit 3 on drift)")
-    st.add_argument("--json", action="store_true")
-    st.add_argument("--backend", action="append", metavar="NAME")
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    st.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
     source_opt(st)
     st.add_argument("--offline", action="store_true", help="compare with the last-known-good list")
 
     add("backends", "list installed backend plugins and whether each can run here")
 
+    ck = add(
+        "check",
+        "check the config, each backend's preflight and the paths a run writes "
+        "(read-only; exit 0 or 2)",
+    )
+    ck.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
+    ck.add_argument(
+        "--unit",
+        type=Path,
+        default=Path("/etc/systemd/system/cfallow.service"),
+        metavar="FILE",
+        help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
+    )
+    ck.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+
     v = add("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)")
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--backend", action="append", metavar="NAME")
+    v.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    v.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
     v.add_argument("--uplink", metavar="IFACE", help="the interface traffic arrives on")
     v.add_argument("--timeout", type=float, default=0.5, metavar="S", help="wait for a dropped SYN")
 
     rm = add("remove", "remove everything cfallow owns from the backends")
-    rm.add_argument("--backend", action="append", metavar="NAME")
-    rm.add_argument("--dry-run", action="store_true")
-    rm.add_argument("--json", action="store_true")
-    rm.add_argument("--lock-timeout", type=float, default=60.0, metavar="SECONDS")
+    rm.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
+    rm.add_argument("--dry-run", action="store_true", help="show what would go; remove nothing")
+    rm.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+    rm.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for another run's lock (default 60)",
+    )
     return p
 
 
@@ -151,16 +208,22 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def _backends(
     cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context, *, offline: bool = False
 ) -> list[backend.AnyBackend]:
-    selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
-    if not selected:
-        raise UsageError("no backend is enabled in the configuration")
-    built = [backend.build(n, cfg.backends.get(n, {}), ctx) for n in selected]
+    """Build every configured backend (the whole config is checked before anything
+    runs, whatever ``--backend`` selects), then return the selected ones."""
+    try:
+        built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
+        selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
+        if not selected:
+            raise UsageError("no backend is enabled in the configuration")
+        chosen = [built[n] if n in built else backend.build(n, {}, ctx) for n in selected]
+    except ConfigError as exc:
+        raise config.in_file(cfg.path, exc) from None
     if not offline:
-        return built
-    for b in built:
+        return chosen
+    for b in chosen:
         if getattr(b, "needs_network", False):
             log.info("%s: skipped (needs the network; --offline)", b.name)
-    return [b for b in built if not getattr(b, "needs_network", False)]
+    return [b for b in chosen if not getattr(b, "needs_network", False)]
 
 
 def _emit(
@@ -177,15 +240,19 @@ def _emit(
         doc["source"]["date"] = resolve.day(ranges)  # fetched_at as YYYY-MM-DD (UTC)
     if fetch is not None:
         doc["fetch"] = fetch
-    if args.json:
+    if args.json:  # the document on stdout; one line per backend on stderr
         report.write_json(sys.stdout, doc)
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
-            log.info("%s", report.summary(r))
+            if r.error is None:
+                log.info("%s", report.summary(r, verb=verb))
+    elif getattr(args, "quiet", False):
+        for r in results:
+            print(report.summary(r, verb=verb, error=False))
     else:
         report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
-    for r in results:
+    for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
     return doc
@@ -243,7 +310,7 @@ def _sync_like(
     verb: str,
 ) -> int:
     offline = getattr(args, "offline", False)
-    backends = _backends(cfg, args.backend, ctx, offline=offline)
+    backends: list[backend.AnyBackend] = args.built  # --offline: those that need no network
     if log.isEnabledFor(logging.DEBUG):
         for line in describe(hostfw.read(ctx.runner)):
             log.debug("host firewall: %s", line)
@@ -342,7 +409,7 @@ def cmd_verify(
     """``verify``: probe the host's own ruleset (a copy of it) with the last-known-good list."""
     from cfallow.verify import command as verify
 
-    backends = _backends(cfg, args.backend, ctx)
+    backends: list[backend.AnyBackend] = args.built
     ranges = state.load() or sources.bundled()
     wants, notes = verify.expectations(backends)
     rep = verify.verify_ranges(
@@ -374,7 +441,7 @@ def cmd_status(
 def cmd_remove(
     args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
 ) -> int:
-    backends = _backends(cfg, args.backend, ctx)
+    backends: list[backend.AnyBackend] = args.built
 
     def run() -> int:
         results = engine.run(backends, None, dry_run=args.dry_run).results
@@ -387,11 +454,36 @@ def cmd_remove(
         return run()
 
 
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion, when argcomplete is installed (the ``completion`` extra) and the
+    shell asks (``eval "$(register-python-argcomplete cfallow)"``); exits after answering."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
+
+
+def _fail(exc: CfallowError, want_json: bool) -> int:
+    """One error line on stderr; with ``--json`` also a document on stdout."""
+    log.error("%s", exc)
+    if want_json:
+        report.write_json(sys.stdout, {"error": str(exc), "exit_code": exc.exit_code})
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     _setup_logging(0, False)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    want_json = "--json" in raw  # also for a command line argparse refuses
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        _complete(parser)
+        args = parser.parse_args(raw)
+        want_json = bool(getattr(args, "json", False))
         _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
         cfg = config.load(getattr(args, "config", None))
         state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
@@ -400,6 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ranges(args, cfg)
         if args.command == "backends":
             return cmd_backends(args, cfg, ctx)
+        # the whole config, every backend section included, before any lock or state dir
+        args.built = _backends(
+            cfg, getattr(args, "backend", None), ctx, offline=getattr(args, "offline", False)
+        )
+        if args.command == "check":
+            from cfallow import check
+
+            return check.run(args, cfg, state, ctx, args.built)
         command = {
             "sync": cmd_sync,
             "status": cmd_status,
@@ -408,8 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return command(args, cfg, state, ctx)
     except CfallowError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+        return _fail(exc, want_json)
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -5,8 +5,9 @@ An unknown key anywhere is a :class:`ConfigError` (exit 2) naming the key.
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,20 @@ DEFAULT_STATE_DIR = Path("/var/lib/cfallow")
 API_URL = "https://api.cloudflare.com/client/v4/ips"
 TEXT_URLS = ("https://www.cloudflare.com/ips-v4", "https://www.cloudflare.com/ips-v6")
 _MISSING = object()
+
+
+def suggest(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean ports?)`` for the closest of ``known``, or ``""``."""
+    close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def in_file(path: Path | None, exc: ConfigError) -> ConfigError:
+    """``exc`` with the config file's name in front (once), so every config error names it."""
+    text = str(exc)
+    if path is None or text.startswith(f"{path}:"):
+        return exc
+    return ConfigError(f"{path}: {text}")
 
 
 class Section:
@@ -99,7 +114,9 @@ class Section:
         """Raise :class:`ConfigError` for keys no getter asked for."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise ConfigError(f"[{self.where}] unknown key: {unknown[0]}")
+            raise ConfigError(
+                f"[{self.where}] unknown key: {unknown[0]}{suggest(unknown[0], self.used)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -292,7 +309,10 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"config file not readable: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    cfg = parse(data, path)
-    if cfg.metrics_file is not None:
-        trust.check_output_dir(cfg.metrics_file.parent, "metrics_file directory")
+    try:
+        cfg = parse(data, path)
+        if cfg.metrics_file is not None:
+            trust.check_output_dir(cfg.metrics_file.parent, "metrics_file directory")
+    except ConfigError as exc:
+        raise in_file(path, exc) from None
     return cfg

@@ -47,12 +47,21 @@ def source_line(ranges: Ranges) -> str:
     )
 
 
-def summary(result: BackendResult) -> str:
-    """``iptables: +2 -1 =20`` or ``iptables: error: ...``."""
+def summary(result: BackendResult, *, verb: str = "sync", error: bool = True) -> str:
+    """``iptables: +2 -1 =20`` or ``iptables: error: ...`` (``iptables: failed`` without
+    ``error``: the text report leaves the message to the one line on stderr).
+
+    For ``remove`` what a plan deletes beyond entries is what removal means,
+    not drift: ``iptables: +0 -22 =0 (IPv4: delete 1 jump(s) and chain CFALLOW (22 rules))``.
+    """
     if result.error is not None:
-        return f"{result.name}: error: {result.error}"
-    assert result.plan is not None
-    return result.plan.summary()
+        return f"{result.name}: error: {result.error}" if error else f"{result.name}: failed"
+    plan = result.plan
+    assert plan is not None
+    if verb == "remove":
+        line = f"{plan.backend}: +{len(plan.add)} -{len(plan.remove)} ={len(plan.kept)}"
+        return line + (" (" + "; ".join(plan.drift) + ")" if plan.drift else "")
+    return plan.summary()
 
 
 def write_text(
@@ -72,16 +81,19 @@ def write_text(
             state = "would change (dry run)" if dry_run else "changed"
             if verb == "status":
                 state = "differs from the desired list"
+            elif verb == "remove":
+                state = "would remove (dry run)" if dry_run else "removed"
             out.write(f"{r.name}: {state}\n")
             for net in as_strings(plan.add):
                 out.write(f"  + {net}\n")
             for net in as_strings(plan.remove):
                 out.write(f"  - {net}\n")
+            mark = "x" if verb == "remove" else "~"  # removal deletes; it does not drift
             for item in plan.drift:
-                out.write(f"  ~ {item}\n")
+                out.write(f"  {mark} {item}\n")
         for note in plan.notes if plan else ():
             out.write(f"  note: {note}\n")
-        out.write(summary(r) + "\n")
+        out.write(summary(r, verb=verb, error=False) + "\n")
 
 
 def write_json(out: TextIO, doc: dict[str, Any]) -> None:

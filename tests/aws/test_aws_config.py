@@ -119,7 +119,13 @@ def test_check_says_how_to_install_boto3(monkeypatch: pytest.MonkeyPatch) -> Non
     backend = build("aws", {"security_group_ids": [GROUP]}, Context())
     with pytest.raises(Unavailable) as err:
         backend.check()
+    import shlex
+    import sys
+
+    # this interpreter's own pip and the extra's real requirement: never "cfallow[aws]"
+    # from an index, where cfallow is not published
     assert str(err.value) == (
-        "boto3 is not installed (install cfallow with its aws extra: "
-        "pip install '<your cfallow wheel or checkout>[aws]')"
+        "boto3 is not installed (add the aws extra to this install: "
+        f"{shlex.quote(sys.executable)} -m pip install 'boto3>=1.28' (or reinstall the "
+        "cfallow wheel or checkout you installed from as 'PATH[aws]'))"
     )

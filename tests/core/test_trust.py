@@ -110,7 +110,9 @@ def test_a_client_owned_by_nobody(lab: Lab) -> None:
     lab.write()
     os.chown(lab.evil, NOBODY, NOBODY)
     msg = refused(lab)
-    assert msg.startswith(f"cfallow: error: [backends.fail2ban] client {lab.evil} is owned by")
+    assert msg.startswith(
+        f"cfallow: error: {lab.config}: [backends.fail2ban] client {lab.evil} is owned by"
+    )
 
 
 def test_a_client_in_a_world_writable_directory(lab: Lab) -> None:
@@ -180,4 +182,6 @@ def test_a_web_servers_command_owned_by_nobody(lab: Lab, backend: str, key: str)
     )
     lab.config.chmod(0o644)
     msg = refused(lab)
-    assert msg.startswith(f"cfallow: error: [backends.{backend}] {key} {lab.evil} is owned by")
+    assert msg.startswith(
+        f"cfallow: error: {lab.config}: [backends.{backend}] {key} {lab.evil} is owned by"
+    )

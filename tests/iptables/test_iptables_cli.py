@@ -131,3 +131,27 @@ def test_missing_privileges(variant: str, tmp_path: Path) -> None:
     assert result.error == (
         f"{save}: permission denied (needs root, or CAP_NET_ADMIN and CAP_NET_RAW)"
     )
+
+
+def test_remove_lists_what_it_deletes_not_drift(fw: Fw) -> None:
+    conf = "[backends.iptables]\n"
+    assert cli(fw, conf, "sync", "--source", "bundled").returncode == 0
+    removed = cli(fw, conf, "remove")
+    assert removed.returncode == 0, removed.stderr
+    lines = removed.stdout.splitlines()
+    assert "iptables: removed" in lines
+    assert "  x IPv4: delete 1 jump(s) and chain CFALLOW (15 rules)" in lines
+    assert "drift" not in removed.stdout and "  ~ " not in removed.stdout
+    assert lines[-1].startswith("iptables: +0 -22 =0 (IPv4: delete")
+
+
+def test_a_jump_with_other_ports_names_the_wanted_ports(fw: Fw) -> None:
+    assert (
+        cli(fw, "[backends.iptables]\nports = [443]\n", "sync", "--source", "bundled").returncode
+        == 0
+    )
+    status = cli(fw, "[backends.iptables]\nports = [80, 443]\n", "status", "--source", "bundled")
+    assert status.returncode == 3
+    line = next(ln for ln in status.stdout.splitlines() if ln.startswith("  ~ IPv4: jump differs"))
+    assert "is -p tcp -m multiport --dports 443 " in line
+    assert "config wants -p tcp -m multiport --dports 80,443 " in line

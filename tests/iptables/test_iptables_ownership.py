@@ -146,7 +146,8 @@ def test_adopt_chain_takes_it_over() -> None:
     drift, ops = assess(observe(table(INPUT=[F2B_JUMP], f2b_sshd=BANS), 4, adopt), adopt, V4)
     assert ops.declare and ops.jump == adopt.jump()
     assert [d.spec for d in ops.delete] == [F2B_JUMP]
-    assert "IPv4: jump differs from config: " + F2B_JUMP in drift
+    wants = adopt.jump().spec()
+    assert f"IPv4: jump differs from config: is {F2B_JUMP}; config wants {wants}" in drift
 
 
 # -- a real Fail2Ban-style chain ---------------------------------------------------------

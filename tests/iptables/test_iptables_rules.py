@@ -185,7 +185,7 @@ def test_jumps_anywhere_are_normalised_to_one_at_the_top() -> None:
     assert drift == [
         "IPv4: 3 jumps into CFALLOW, one wanted",
         "IPv4: jump at position 2 of INPUT, not 1",
-        f"IPv4: jump differs from config: {JUMP.replace('80,443', '443')}",
+        f"IPv4: jump differs from config: is {JUMP.replace('80,443', '443')}; config wants {JUMP}",
         "IPv4: stray jump in FORWARD: -g CFALLOW",
     ]
     assert [(d.chain, d.index) for d in ops.delete] == [("INPUT", 1), ("INPUT", 2), ("FORWARD", 0)]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
 import sys
 import time
 import uuid
@@ -12,7 +16,7 @@ import pytest
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.ipt_netns import NetnsBackend
-from support.ipt_support import VARIANTS, Fw
+from support.ipt_support import VARIANTS, Fw, legacy_bin
 from support.ipt_traffic import (
     CF,
     LISTEN,
@@ -113,14 +117,11 @@ def test_zero_failed_connections_during_50_syncs(lab: tuple[Pair, Fw]) -> None:
     assert gap["failed"] > 0, gap
 
 
-@pytest.mark.parametrize("boot", ["docker first", "cfallow first"])
-def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], boot: str) -> None:
-    """A "container" namespace behind the server: a published 443, and its own outgoing HTTPS.
-
-    "cfallow first" is a boot: cfallow-restore creates DOCKER-USER before dockerd
-    starts, then Docker does what it does with an existing one (``Fw.docker_starts``).
-    """
-    p, fw = lab
+@contextlib.contextmanager
+def container(p: Pair, fw: Fw, *, docker: bool = True) -> Iterator[str]:
+    """A "container" namespace behind the server with a published 443, as Docker makes
+    it without IPv6: DNAT and DOCKER-USER in the IPv4 tables only (``docker`` False: the
+    namespace alone, Docker's rules not yet there)."""
     with namespace("ctr") as ctr:
         host_if, ctr_if = f"dk{uuid.uuid4().hex[:6]}", f"ct{uuid.uuid4().hex[:6]}"
         veth = ["ip", "link", "add", host_if, "netns", p.server, "type", "veth"]
@@ -131,8 +132,23 @@ def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], 
         sh(ns_exec(ctr, "ip", "link", "set", ctr_if, "up"))
         sh(ns_exec(ctr, "ip", "route", "add", "default", "via", "172.17.0.1"))
         sh(ns_exec(p.server, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+        if docker:
+            fw.restore(4, DOCKER_NAT)
+            fw.restore(4, DOCKER_FILTER)
         p.spawn(ctr, sys.executable, PROCS, "listen", str(LISTEN))  # the published port
         p.spawn(p.client, sys.executable, PROCS, "listen", str(LISTEN))  # somewhere on the web
+        yield ctr
+
+
+@pytest.mark.parametrize("boot", ["docker first", "cfallow first"])
+def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], boot: str) -> None:
+    """A "container" namespace behind the server: a published 443, and its own outgoing HTTPS.
+
+    "cfallow first" is a boot: cfallow-restore creates DOCKER-USER before dockerd
+    starts, then Docker does what it does with an existing one (``Fw.docker_starts``).
+    """
+    p, fw = lab
+    with container(p, fw, docker=False) as ctr:
         out = Pair(ctr, ctr)
         if boot == "cfallow first":
             sync(fw, mode="lockdown", parent="DOCKER-USER", ipv6=False)
@@ -147,6 +163,40 @@ def test_docker_user_lockdown_guards_published_ports_only(lab: tuple[Pair, Fw], 
         assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
         # The container's own connection to port 443 elsewhere is not a published port.
         assert out.can_connect("172.17.0.2", dst=OUTSIDE[0]), "lockdown cut outgoing HTTPS"
+
+
+def test_docker_without_ipv6_applies_ipv4_and_says_so(lab: tuple[Pair, Fw]) -> None:
+    """Docker's default (no IPv6): DOCKER-USER exists for IPv4 only. The CLI used to exit 1
+    and apply nothing at all; now IPv4 is applied and the report says why IPv6 is not."""
+    p, fw = lab
+    conf = fw.tmp / "config.toml"
+    conf.write_text('[backends.iptables]\nmode = "lockdown"\nparent = "DOCKER-USER"\n')
+    path = os.environ["PATH"]
+    if fw.variant == "legacy":
+        path = f"{legacy_bin(fw.tmp / 'legacy-bin')}:{path}"
+    argv = ["/usr/bin/env", f"PATH={path}", f"XTABLES_LOCKFILE={fw.lock}", sys.executable]
+    argv += ["-m", "cfallow", "--config", str(conf), "--state-dir", str(fw.tmp / "state")]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ns_exec(p.server, *argv, *args), capture_output=True, text=True, check=False
+        )
+
+    with container(p, fw):
+        assert p.can_connect(CF[0]) and p.can_connect(OUTSIDE[0])
+        done = cli("sync", "--source", "bundled")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "note: IPv6: ip6tables has no DOCKER-USER chain" in done.stdout
+        assert "set ipv6 = false" in done.stdout
+        assert "iptables: +15 -0 =0" in done.stdout.splitlines(), done.stdout
+        assert "Traceback" not in done.stdout + done.stderr
+        assert p.can_connect(CF[0]) and not p.can_connect(OUTSIDE[0])
+        status = cli("status", "--source", "bundled", "--json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        (report,) = json.loads(status.stdout)["backends"]
+        assert not report["changed"] and "IPv6: ip6tables has no DOCKER-USER" in report["notes"][0]
+        assert cli("remove").returncode == 0
+        assert p.can_connect(OUTSIDE[0])
 
 
 def test_an_explicit_other_variant_is_enforced_but_not_listed(tmp_path: Path) -> None:

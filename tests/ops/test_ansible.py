@@ -12,15 +12,11 @@ taken between the steps.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +25,7 @@ from netaddr import IPNetwork
 from prometheus_client.parser import text_string_to_metric_families
 from support import need, need_tool, ns_exec, sh
 from support.cfdata import CURRENT
+from support.wheels import wheelhouse
 
 from cfallow import config
 from cfallow.backend import load_class
@@ -347,72 +344,6 @@ def test_module_failures_name_the_backend_or_the_refusal(
     assert (run.failed, run.ignored) == (0, 2)  # the two expected failures, nothing else
 
 
-DEPENDENCIES = (
-    "requests",
-    "urllib3",
-    "idna",
-    "certifi",
-    "charset-normalizer",
-    "netaddr",
-    "python-iptables",
-    "tenacity",
-)
-_NOT_PACKED = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
-
-
-def repack(name: str, house: Path) -> None:
-    """The installed distribution ``name`` as a wheel again, file for file."""
-    dist = metadata.distribution(name)
-    tags = [
-        line.split(":", 1)[1].strip().split("-")
-        for line in (dist.read_text("WHEEL") or "").splitlines()
-        if line.startswith("Tag:")
-    ]
-    tag = "-".join(".".join(sorted({t[i] for t in tags})) for i in range(3))
-    norm = dist.metadata["Name"].replace("-", "_")
-    info_dir = f"{norm}-{dist.version}.dist-info"
-    record: list[str] = []
-    with zipfile.ZipFile(house / f"{norm}-{dist.version}-{tag}.whl", "w") as zf:
-        for f in dist.files or []:
-            rel = str(f)
-            if rel.startswith("..") or "__pycache__" in rel:
-                continue  # scripts (pip makes them again) and bytecode
-            if rel.startswith(info_dir + "/") and f.name in _NOT_PACKED:
-                continue
-            data = Path(str(f.locate())).read_bytes()
-            zf.writestr(rel, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
-            record.append(f"{rel},sha256={digest.decode()},{len(data)}")
-        record.append(f"{info_dir}/RECORD,,")
-        zf.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
-
-
-def wheelhouse(dest: Path) -> Path:
-    """An offline wheelhouse: cfallow built from this checkout (pip wheel), and
-    its dependencies as installed in this environment, repacked file for file.
-
-    The role installs from it with ``--no-index --find-links``, the way an
-    air-gapped fleet would; tests never reach a package index.
-    """
-    src, house = dest / "src", dest / "wheels"
-    src.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
-    for pkg in ("cfallow", "backends"):
-        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    proc = subprocess.run(
-        [*pip, "--no-index", str(src), "-w", str(house)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    need(proc.returncode == 0, f"an offline cfallow wheel build (pip wheel): {proc.stderr}")
-    for name in DEPENDENCIES:
-        repack(name, house)
-    return house
-
-
 def test_role_installs_configures_syncs_and_is_idempotent(
     ansible: Ansible, netns: str, tmp_path: Path
 ) -> None:
@@ -423,7 +354,7 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     for d in ("bin", "systemd", "metrics"):
         (root / d).mkdir(parents=True)
     role_vars = {
-        "cfallow_pip_spec": "cfallow",
+        "cfallow_pip_spec": str(next(house.glob("cfallow-*.whl"))),
         "cfallow_pip_args": f"--no-index --find-links {house}",
         "cfallow_python": sys._base_executable,  # type: ignore[attr-defined]
         "cfallow_venv": str(root / "venv"),
@@ -468,3 +399,34 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert second_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == 0
     assert second_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
     assert second_metrics[("cfallow_last_run_success", ())] == 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "cfallow",
+        "cfallow[aws]",
+        "cfallow==0.1.0",
+        "https://example.invalid/cfallow-0.1.0-py3-none-any.whl",  # no hash
+        "relative/cfallow-0.1.0-py3-none-any.whl",
+    ],
+)
+def test_role_refuses_a_spec_an_index_could_answer(
+    ansible: Ansible, tmp_path: Path, spec: str
+) -> None:
+    """Nothing is installed from a bare name: cfallow is on no package index."""
+    venv = tmp_path / "venv"
+    role_vars = {
+        "cfallow_pip_spec": spec,
+        "cfallow_venv": str(venv),
+        "cfallow_systemd": False,
+        "cfallow_sync_now": False,
+    }
+    run = ansible.play(
+        [{"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}}],
+        play_vars=role_vars,
+    )
+    assert run.rc != 0 and run.failed == 1, run.stdout
+    assert "cfallow_pip_spec must name exactly what to install" in run.stdout
+    assert not venv.exists(), "the role installed something before refusing the spec"

@@ -68,12 +68,17 @@ options:
     type: path
 attributes:
   check_mode:
+    description:
+      - Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode),
+        when in diff mode.
     support: full
     details: One before/after pair per backend, the entries cfallow owns, one CIDR a line.
 author:
-  - cfallow developers
+  - cfallow developers (@cfallow)
 """
 
 EXAMPLES = r"""
@@ -97,6 +102,36 @@ backends:
   returned: when cfallow produced a report
   type: list
   elements: dict
+  contains:
+    name:
+      description: The backend.
+      type: str
+    changed:
+      description: Changed (or, in check mode, would change).
+      type: bool
+    current:
+      description: The entries cfallow owned before the run.
+      type: list
+      elements: str
+    add:
+      description: Entries added (or to add).
+      type: list
+      elements: str
+    remove:
+      description: Entries removed (or to remove).
+      type: list
+      elements: str
+    drift:
+      description: Settings that differed from the config (ports, mode, a hand edit).
+      type: list
+      elements: str
+    notes:
+      description: What the backend wants the operator to know.
+      type: list
+      elements: str
+    error:
+      description: The backend's error, or null.
+      type: str
   sample:
     - name: iptables
       changed: true
@@ -110,6 +145,27 @@ source:
     - Null for O(state=absent).
   returned: when cfallow produced a report
   type: dict
+  contains:
+    kind:
+      description: C(live) or C(bundled).
+      type: str
+    url:
+      description: The URL the list came from (null for the snapshot).
+      type: str
+    etag:
+      description: Cloudflare's etag of the list.
+      type: str
+    ipv4:
+      description: The IPv4 ranges.
+      type: list
+      elements: str
+    ipv6:
+      description: The IPv6 ranges.
+      type: list
+      elements: str
+    fetched_at:
+      description: When the list was fetched (seconds since the epoch).
+      type: float
 failed_backends:
   description: Names of the backends that failed.
   returned: always
@@ -125,6 +181,10 @@ rc:
     5 the verify did not hold).
   returned: always
   type: int
+stdout:
+  description: What cfallow printed on stdout (the JSON report).
+  returned: always
+  type: str
 verify_failures:
   description: With O(verify=true), the failed probes (one line each, naming the deciding rule).
   returned: when the verify did not hold
@@ -221,14 +281,20 @@ def main() -> None:
     argv = command(params, executable, module.check_mode)
     rc, out, err = module.run_command(argv)
 
-    result: dict[str, Any] = {"changed": False, "cmd": argv, "rc": rc, "stderr": err}
+    result: dict[str, Any] = {
+        "changed": False,
+        "cmd": argv,
+        "rc": rc,
+        "stdout": out,
+        "stderr": err,
+    }
     doc: dict[str, Any] | None = None
     if out.strip():
         try:
             doc = json.loads(out)
         except ValueError:
             msg = f"cfallow printed no JSON report (exit {rc})"
-            module.fail_json(msg=msg, stdout=out, **result)
+            module.fail_json(msg=msg, **result)
     failed: list[str] = []
     if doc is not None and "verify" in doc and rc == 5:
         lines = [str(x) for x in doc["verify"].get("failures") or []]
