@@ -8,17 +8,16 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
-from cfallow import __version__, backend, config, engine, hostfw, report, resolve, sources
+from cfallow import backend, config, engine, hostfw, report, resolve, sources
+from cfallow.cli_args import parser as _parser
+from cfallow.cli_verify import cmd_verify, verify_first
 from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
     EXIT_OK,
     EXIT_RANGES,
-    EXIT_VERIFY,
     CfallowError,
     ConfigError,
     RangesError,
@@ -32,161 +31,6 @@ from cfallow.runner import Runner
 from cfallow.state import State
 
 log = logging.getLogger("cfallow")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        default=argparse.SUPPRESS,
-        help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
-    )
-    common.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        default=argparse.SUPPRESS,
-        help=f"state directory (default {config.DEFAULT_STATE_DIR})",
-    )
-    common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines on stderr"
-    )
-    common.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="only each backend's summary line (and warnings, errors on stderr)",
-    )
-
-    p = _Parser(
-        prog="cfallow",
-        parents=[common],
-        description="Keep allowlists in step with Cloudflare's published IP ranges.",
-    )
-    p.add_argument("--version", action="version", version=f"cfallow {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    def add(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[common], description=help)
-
-    def source_opt(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--source",
-            choices=("live", "bundled"),
-            default="live",
-            help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot",
-        )
-
-    r = add("ranges", "print the validated Cloudflare list")
-    source_opt(r)
-    r.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-
-    s = add("sync", "bring every configured backend in step with the list")
-    s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
-    s.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-    s.add_argument(
-        "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
-    )
-    source_opt(s)
-    s.add_argument(
-        "--offline",
-        action="store_true",
-        help="no network: the last-known-good list (else the bundled snapshot)",
-    )
-    s.add_argument(
-        "--scheduled",
-        action="store_true",
-        help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
-    )
-    s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
-    s.add_argument(
-        "--verify",
-        action="store_true",
-        help="apply the plan in a scratch copy of this host's firewall first; "
-        "touch the host only if Cloudflare gets in there (else exit 5)",
-    )
-    s.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to wait for another run's lock (default 60)",
-    )
-
-    st = add("status", "compare every backend with the list (read-only; exit 3 on drift)")
-    st.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-    st.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
-    source_opt(st)
-    st.add_argument("--offline", action="store_true", help="compare with the last-known-good list")
-
-    add("backends", "list installed backend plugins and whether each can run here")
-
-    ck = add(
-        "check",
-        "check the config, each backend's preflight and the paths a run writes "
-        "(read-only; exit 0 or 2)",
-    )
-    ck.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
-    ck.add_argument(
-        "--unit",
-        type=Path,
-        default=Path("/etc/systemd/system/cfallow.service"),
-        metavar="FILE",
-        help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
-    )
-    ck.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-
-    v = add("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)")
-    v.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-    v.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
-    v.add_argument("--uplink", metavar="IFACE", help="the interface traffic arrives on")
-    v.add_argument("--timeout", type=float, default=0.5, metavar="S", help="wait for a dropped SYN")
-
-    rm = add("remove", "remove everything cfallow owns from the backends")
-    rm.add_argument("--backend", action="append", metavar="NAME", help="only this backend")
-    rm.add_argument("--dry-run", action="store_true", help="show what would go; remove nothing")
-    rm.add_argument(
-        "--json",
-        action="store_true",
-        help="the report as one JSON document on stdout (failures too)",
-    )
-    rm.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long to wait for another run's lock (default 60)",
-    )
-    return p
 
 
 class _Formatter(logging.Formatter):
@@ -324,7 +168,7 @@ def _sync_like(
             force=getattr(args, "force", False),
         )
         if getattr(args, "verify", False):
-            failed = _verify_first(args, cfg, ctx, backends, got.ranges)
+            failed = verify_first(args, cfg, ctx, backends, got.ranges)
             if failed:
                 return failed
         record = not dry_run and got.fetched
@@ -351,16 +195,7 @@ def _sync_like(
     failed = state_error is not None or any(r.error is not None for r in results)
     if not dry_run and not _write_metrics(cfg, doc, success=not failed and got.held is None):
         failed = True
-    if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
-        say = log.warning if verb == "status" else log.error
-        say("%s", got.held)
-        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
-    if failed:
-        code = EXIT_BACKEND
-    elif verb == "status":
-        code = EXIT_DRIFT if doc["changed"] else EXIT_OK
-    else:
-        code = EXIT_RANGES if got.held is not None else EXIT_OK
+    code = _exit_code(got, ranges, failed, verb=verb, changed=bool(doc["changed"]))
     if not dry_run and cfg.notify_url is not None:
         from cfallow import notify
 
@@ -368,55 +203,19 @@ def _sync_like(
     return code
 
 
-def _verify_first(
-    args: argparse.Namespace,
-    cfg: config.Config,
-    ctx: backend.Context,
-    backends: list[backend.AnyBackend],
-    ranges: Ranges,
+def _exit_code(
+    got: resolve.Resolved, ranges: Ranges, failed: bool, *, verb: str, changed: bool
 ) -> int:
-    """``sync --verify``: the plan applied and probed in a scratch copy; non-zero to stop."""
-    from cfallow.verify import command as verify
-
-    wants, notes = verify.expectations(backends)
-    probed = [b for b in backends if b.name in {w.backend for w in wants}]
-    with verify.scratch_dir() as tmp:
-        before = verify.scratch_apply(probed, cfg.backends, ctx, ranges.desired, tmp)
-        rep = verify.verify_ranges(
-            ctx.runner, ranges.desired, wants, uplink=None, timeout=0.5, before=before
-        )
-    rep.notes[:0] = notes
-    return _verify_out(args, rep, quiet_ok=True)
-
-
-def _verify_out(args: argparse.Namespace, rep: Any, *, quiet_ok: bool = False) -> int:
-    from cfallow.verify import command as verify
-
-    if args.json and not (quiet_ok and rep.ok):
-        report.write_json(sys.stdout, {"verify": rep.to_json()})
-    elif not args.json:
-        verify.write_text(sys.stdout, rep)
-    for line in rep.failures():
-        log.error("verify: %s", line)
-    if rep.ok:
-        log.info("verify: ok (%d probes)", len(rep.probes))
-    return EXIT_OK if rep.ok else EXIT_VERIFY
-
-
-def cmd_verify(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    """``verify``: probe the host's own ruleset (a copy of it) with the last-known-good list."""
-    from cfallow.verify import command as verify
-
-    backends: list[backend.AnyBackend] = args.built
-    ranges = state.load() or sources.bundled()
-    wants, notes = verify.expectations(backends)
-    rep = verify.verify_ranges(
-        ctx.runner, ranges.desired, wants, uplink=args.uplink, timeout=args.timeout
-    )
-    rep.notes[:0] = notes
-    return _verify_out(args, rep)
+    """The run's exit code; a list held at last-known-good says so on stderr."""
+    if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
+        say = log.warning if verb == "status" else log.error
+        say("%s", got.held)
+        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
+    if failed:
+        return EXIT_BACKEND
+    if verb == "status":
+        return EXIT_DRIFT if changed else EXIT_OK
+    return EXIT_RANGES if got.held is not None else EXIT_OK
 
 
 def cmd_sync(

@@ -1,4 +1,4 @@
-"""The code's shape, checked: imports one way (backends -> core), no cycles."""
+"""The code's shape, checked: imports one way (backends -> core), no cycles, small modules."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+#: "no module over ~300 lines, no function over ~50": the limits with that "~" in them.
+MAX_MODULE_LINES = 330
+MAX_FUNCTION_LINES = 60
 
 
 def _modules() -> dict[str, Path]:
@@ -81,3 +84,17 @@ def test_the_graph_is_real() -> None:
     assert any(m.startswith("cfallow.verify.") for m in graph["cfallow.verify"]) or any(
         n.startswith("cfallow.verify.") for n in graph
     )
+
+
+def test_modules_and_functions_stay_small() -> None:
+    big: list[str] = []
+    for name, path in _modules().items():
+        lines = path.read_text().count("\n")
+        if lines > MAX_MODULE_LINES:
+            big.append(f"{name}: {lines} lines")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    big.append(f"{name}.{node.name}: {length} lines")
+    assert big == [], "too big: " + "; ".join(big)

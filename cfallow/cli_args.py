@@ -1,0 +1,161 @@
+"""The command line's grammar: every subcommand and option, each repeated option defined once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cfallow import __version__, config
+from cfallow.errors import UsageError
+
+Sub = argparse.ArgumentParser
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are :class:`UsageError` (exit 2, one line)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _common() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+        help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
+    )  # fmt: skip
+    common.add_argument(
+        "--state-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS,
+        help=f"state directory (default {config.DEFAULT_STATE_DIR})",
+    )  # fmt: skip
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines on stderr"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+        help="only each backend's summary line (and warnings, errors on stderr)",
+    )  # fmt: skip
+    return common
+
+
+def json_opt(sp: Sub) -> None:
+    """``--json``."""
+    sp.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as one JSON document on stdout (failures too)",
+    )
+
+
+def backend_opt(sp: Sub) -> None:
+    """``--backend NAME`` (repeatable)."""
+    sp.add_argument(
+        "--backend", action="append", metavar="NAME", help="only this backend (repeatable)"
+    )
+
+
+def source_opt(sp: Sub) -> None:
+    """``--source live|bundled``."""
+    sp.add_argument(
+        "--source", choices=("live", "bundled"), default="live",
+        help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot",
+    )  # fmt: skip
+
+
+def lock_opt(sp: Sub) -> None:
+    """``--lock-timeout SECONDS``."""
+    sp.add_argument(
+        "--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="how long to wait for another run's lock (default 60)",
+    )  # fmt: skip
+
+
+def _sync(s: Sub) -> None:
+    s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
+    json_opt(s)
+    backend_opt(s)
+    source_opt(s)
+    s.add_argument(
+        "--offline", action="store_true",
+        help="no network: the last-known-good list (else the bundled snapshot)",
+    )  # fmt: skip
+    s.add_argument(
+        "--scheduled", action="store_true",
+        help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
+    )  # fmt: skip
+    s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
+    s.add_argument(
+        "--verify", action="store_true",
+        help="apply the plan in a scratch copy of this host's firewall first; "
+        "touch the host only if Cloudflare gets in there (else exit 5)",
+    )  # fmt: skip
+    lock_opt(s)
+
+
+def _status(st: Sub) -> None:
+    json_opt(st)
+    backend_opt(st)
+    source_opt(st)
+    st.add_argument("--offline", action="store_true", help="compare with the last-known-good list")
+
+
+def _check(ck: Sub) -> None:
+    backend_opt(ck)
+    ck.add_argument(
+        "--unit", type=Path, default=Path("/etc/systemd/system/cfallow.service"), metavar="FILE",
+        help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
+    )  # fmt: skip
+    json_opt(ck)
+
+
+def _verify(v: Sub) -> None:
+    json_opt(v)
+    backend_opt(v)
+    v.add_argument("--uplink", metavar="IFACE", help="the interface traffic arrives on")
+    v.add_argument("--timeout", type=float, default=0.5, metavar="S", help="wait for a dropped SYN")
+
+
+def _remove(rm: Sub) -> None:
+    backend_opt(rm)
+    rm.add_argument("--dry-run", action="store_true", help="show what would go; remove nothing")
+    json_opt(rm)
+    lock_opt(rm)
+
+
+def _ranges(r: Sub) -> None:
+    source_opt(r)
+    json_opt(r)
+
+
+COMMANDS = (
+    ("ranges", "print the validated Cloudflare list", _ranges),
+    ("sync", "bring every configured backend in step with the list", _sync),
+    ("status", "compare every backend with the list (read-only; exit 3 on drift)", _status),
+    ("backends", "list installed backend plugins and whether each can run here", None),
+    (
+        "check",
+        "check the config, each backend's preflight and the paths a run writes "
+        "(read-only; exit 0 or 2)",
+        _check,
+    ),
+    ("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)", _verify),
+    ("remove", "remove everything cfallow owns from the backends", _remove),
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    common = _common()
+    p = Parser(
+        prog="cfallow",
+        parents=[common],
+        description="Keep allowlists in step with Cloudflare's published IP ranges.",
+    )
+    p.add_argument("--version", action="version", version=f"cfallow {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    for name, text, fill in COMMANDS:
+        sp = sub.add_parser(name, help=text, parents=[common], description=text)
+        if fill is not None:
+            fill(sp)
+    return p
