@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import site
 import subprocess
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from support import need, need_root, need_tool
 
-UNITS = Path(__file__).resolve().parents[2] / "systemd"
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
 # Units the host has enabled that have no business in these boots.
 MASK = (
     "apache2.service",
@@ -145,9 +147,13 @@ class Machine:
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
         (pyver,) = (venv / "lib").iterdir()
-        ours = site.getsitepackages()[0]
+        # Units with PrivateTmp see a /tmp of their own, and this checkout (and its venv)
+        # may live under /tmp: cfallow goes in as a wheel under /opt, its dependencies come
+        # from this run's site-packages bind-mounted read-only at /opt/cfallow-site.
+        self._install_wheel(self.path("/opt/cfallow-pkg"))
         (venv / "lib" / pyver.name / "site-packages" / "zz-cfallow-test.pth").write_text(
-            f"import site; site.addsitedir({ours!r})\n"
+            "import site, sys; site.addsitedir('/opt/cfallow-site'); "
+            "sys.path.insert(0, '/opt/cfallow-pkg')\n"
         )
         self.write(
             "/opt/cfallow/bin/cfallow",
@@ -164,6 +170,28 @@ class Machine:
             self.write(f"/etc/systemd/system/{unit.name}", unit.read_text())
         self.systemctl("mask", *MASK)
 
+    def _install_wheel(self, target: Path) -> None:
+        """This checkout as a wheel, installed (no dependencies) into ``target``."""
+        work = self.base / "wheel"
+        src = work / "src"
+        src.mkdir(parents=True, exist_ok=True)
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            shutil.copy(REPO / name, src / name)
+        for pkg in ("cfallow", "backends"):
+            shutil.rmtree(src / pkg, ignore_errors=True)
+            shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+        pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+        subprocess.run(
+            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(src),
+             "-w", str(work / "dist")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        (wheel,) = (work / "dist").glob("cfallow-*.whl")
+        subprocess.run(
+            [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
     def boot(self, timeout: float = 240) -> str:
         """Boot once, until the container powers itself off; its console output.
 
@@ -173,6 +201,7 @@ class Machine:
         self.boots += 1
         console = self.base / f"console-{self.boots}.log"
         argv = ["systemd-nspawn", "-q", "-D", str(self.root), "--register=no", "--keep-unit"]
+        argv.append(f"--bind-ro={site.getsitepackages()[0]}:/opt/cfallow-site")
         with open(console, "w") as out:
             proc = subprocess.Popen(
                 [*argv, "--private-network", "-b"],
