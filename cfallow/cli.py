@@ -102,14 +102,27 @@ def _emit(
     return doc
 
 
-def cmd_ranges(args: argparse.Namespace, cfg: config.Config) -> int:
-    ranges = sources.bundled() if args.source == "bundled" else sources.fetch_live(cfg.source)
+def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
+    if args.source == "last-known-good":
+        known = state.load()
+        if known is None:
+            raise RangesError(
+                f"no last-known-good list in {state.dir}: this host has not fetched one "
+                "(a sync on the bundled snapshot says so every run)"
+            )
+        ranges = known
+    elif args.source == "bundled":
+        ranges = sources.bundled()
+    else:
+        ranges = sources.fetch_live(cfg.source)
     if args.json:
-        report.write_json(sys.stdout, {"source": ranges.to_json()})
+        doc = ranges.to_json()
+        doc["date"] = resolve.day(ranges)
+        report.write_json(sys.stdout, {"source": doc})
     else:
         for net in as_strings(ranges.ipv4 | ranges.ipv6):
             print(net)
-        log.info("%s", report.source_line(ranges))
+        log.info("%s (of %s)", report.source_line(ranges), resolve.day(ranges))
     return EXIT_OK
 
 
@@ -288,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
         ctx = backend.Context(runner=Runner(), state_dir=state.dir, log=log)
         if args.command == "ranges":
-            return cmd_ranges(args, cfg)
+            return cmd_ranges(args, cfg, state)
         if args.command == "backends":
             return cmd_backends(args, cfg, ctx)
         # the whole config, every backend section included, before any lock or state dir

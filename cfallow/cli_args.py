@@ -123,7 +123,11 @@ def _remove(rm: Sub) -> None:
 
 
 def _ranges(r: Sub) -> None:
-    source_opt(r)
+    r.add_argument(
+        "--source", choices=("live", "bundled", "last-known-good"), default="live",
+        help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot; "
+        "last-known-good: the list this host runs on (with its date and etag)",
+    )  # fmt: skip
     json_opt(r)
 
 

@@ -59,6 +59,12 @@ def day(ranges: Ranges) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
 
 
+def snapshot_age(snap: Ranges) -> str:
+    """``the bundled snapshot of DATE (N days old)``: said on every run that uses it."""
+    days = max(0, int((time.time() - (snap.fetched_at or 0)) // 86400))
+    return f"the bundled snapshot of {day(snap)} ({days} days old)"
+
+
 def held_line(ranges: Ranges, verb: str = "held at") -> str:
     """``backends held at the last-known-good list of 2026-12-01 (etag ...)``."""
     return f"backends {verb} the last-known-good list of {day(ranges)} (etag {ranges.etag or '-'})"
@@ -78,7 +84,7 @@ def _without_network(known: Ranges | None) -> Ranges:
     if known is not None:
         return _as_known(known)
     snap = sources.bundled()
-    log.warning("no last-known-good list yet; using the bundled snapshot of %s", day(snap))
+    log.warning("no last-known-good list yet; using %s", snapshot_age(snap))
     return snap
 
 
@@ -113,9 +119,10 @@ def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
             raise
         snap = sources.bundled()
         log.warning(
-            "live fetch failed (%s); no last-known-good list yet, using the bundled snapshot of %s",
+            "live fetch failed (%s); no last-known-good list yet (Cloudflare never reached "
+            "from this host), using %s",
             exc,
-            day(snap),
+            snapshot_age(snap),
         )
         return Resolved(snap, attempted=True, failed=exc)
     if known is None:

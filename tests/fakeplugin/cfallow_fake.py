@@ -1,14 +1,7 @@
-"""A test-only backend whose target is a JSON file: the whole backend shape in a page.
-
-The file holds ``{"owned": [...], "foreign": [...], "writes": N}``. ``foreign``
-entries belong to "the admin": they cover a desired entry and are never
-touched. ``fail = "check"|"plan"|"apply"`` makes it fail on purpose.
-
-Installed as a separate distribution so it loads through the
-``cfallow.backends`` entry-point group exactly as a third-party plugin would.
-``after_apply = [ARGV...]`` runs that command (through the runner) right after
-a successful apply: tests use it to break something in the middle of a run.
-"""
+"""A test-only backend, a separate distribution loaded through the entry-point group like
+any plugin. Its target: a JSON file ``{"owned": [...], "foreign": [...], "writes": N}``
+(``foreign``: the admin's entries). ``fail`` = check|plan|apply fails on purpose;
+``after_apply = [ARGV...]`` runs a command after a successful apply."""
 
 from __future__ import annotations
 
