@@ -114,7 +114,7 @@ class IptablesBackend(Backend[Seen, Step]):
         """Refuse settings that silently undo the allowlist or lock the admin out."""
         s = self.settings
         for version, size in ((4, 2**32), (6, 2**128)):
-            if IPSet(n for n in s.also_allow if n.version == version).size == size:
+            if IPSet(family(s.also_allow, version)).size == size:
                 raise ConfigError(
                     f"[{where}] also_allow: covers every IPv{version} address, which turns "
                     "the allowlist off (disable the iptables backend instead)"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from netaddr import IPNetwork
 
 from cfallow.errors import BackendError
-from cfallow.model import ordered
+from cfallow.model import family, ordered
 
 from .iptables_rules import (
     ALSO_COMMENT,
@@ -117,7 +117,7 @@ def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
         problems.append("lockdown rules incomplete or out of order")
     found_also = [accept_source(s, obs.version, ALSO_COMMENT) for s in rest]
     have = {n for n in found_also if n is not None}
-    wanted = {n for n in settings.also_allow if n.version == obs.version}
+    wanted = set(family(settings.also_allow, obs.version))
     if have != wanted:
         problems.append(
             "also_allow: chain has "

@@ -24,7 +24,7 @@ from cfallow.config import PortRange
 from cfallow.errors import (
     ValidationError,
 )
-from cfallow.model import ordered, parse_cidr
+from cfallow.model import family, ordered, parse_cidr
 
 from .iptables_save import Table, target_of
 
@@ -117,7 +117,7 @@ class Settings:
 
     def tail(self, version: int) -> tuple[OwnRule, ...]:
         """The rules after the Cloudflare accepts, for one family."""
-        rules = [accept(n, ALSO_COMMENT) for n in ordered(self.also_allow) if n.version == version]
+        rules = [accept(n, ALSO_COMMENT) for n in ordered(family(self.also_allow, version))]
         if self.mode == "lockdown":
             rules += [
                 OwnRule("RETURN", in_iface="lo"),

@@ -6,7 +6,7 @@ from netaddr import IPNetwork
 
 from cfallow.errors import BackendError
 from cfallow.files import ManagedFile
-from cfallow.model import Networks
+from cfallow.model import Networks, family
 
 from . import nftables_render as render
 from .nftables_apply import Seen, Step, basis_of
@@ -44,7 +44,7 @@ def _structure(seen: Seen, s: render.Settings) -> list[str]:
         drift.append(f"sets not cfallow's in {s.table}: {', '.join(extra)}")
     for v in s.families:
         st = seen.set(render.also_name(v))
-        if st is not None and st.elements != frozenset(n for n in s.also_allow if n.version == v):
+        if st is not None and st.elements != family(s.also_allow, v):
             drift.append(f"also_allow (IPv{v}) differs from config")
     tags = render.chain_tags(s)
     for c in seen.chains:

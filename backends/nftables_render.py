@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from netaddr import IPNetwork
 
 from cfallow.config import PortRange
-from cfallow.model import as_strings
+from cfallow.model import as_strings, family
 
 SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
@@ -109,7 +109,7 @@ def lockdown_table(s: Settings, want: dict[int, frozenset[IPNetwork]]) -> str:
     body = ""
     for v in s.families:
         body += set_block(s.set_name(v), v, want.get(v, ()))
-        body += set_block(also_name(v), v, (n for n in s.also_allow if n.version == v))
+        body += set_block(also_name(v), v, family(s.also_allow, v))
     for name, rules in chain_rules(s).items():
         body += (
             f"\tchain {name} {{\n\t\ttype filter hook {name} priority {s.priority}; "

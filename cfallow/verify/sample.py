@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from netaddr import IPAddress, IPSet
 
-from cfallow.model import Networks
+from cfallow.model import Networks, family
 
 OUTSIDERS = {4: ("198.51.100.7", "203.0.113.7", "100.64.0.7"), 6: ("2001:db8::7", "fd00:dead::7")}
 
 
 def cloudflare_sources(desired: Networks, version: int, count: int = 3) -> list[str]:
     """Both ends of the largest range, and the middle of up to ``count - 1`` others."""
-    nets = sorted(
-        (n for n in desired if n.version == version), key=lambda n: (n.prefixlen, n.value)
-    )
+    nets = sorted(family(desired, version), key=lambda n: (n.prefixlen, n.value))
     if not nets:
         return []
     first = nets[0]
