@@ -185,7 +185,7 @@ class RealIpBackend(Backend[Seen, Write]):
                 nets.update(parse_cidr(t) for t in texts)
             except ValidationError:
                 texts = []
-            if not texts:
+            if found is None or (found and not texts):  # "": a list line with no entries
                 problems.append(f"line not written by cfallow in {self.path}: {line[:60]!r}")
         return frozenset(nets), etag, tuple(problems)
 

@@ -62,7 +62,7 @@ class CaddyBackend(RealIpBackend):
         if not words or words[0] != "trusted_proxies":
             return None
         rest = words[2:] if self.style == "servers" and words[1:2] == ["static"] else words[1:]
-        return " ".join(rest) if rest else None
+        return " ".join(rest)
 
     def default_test(self) -> list[str]:
         return [
