@@ -377,7 +377,7 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert first.changed > 0
     assert owned(first.results["saved"]) == set(ALL)
     assert (root / "bin" / "cfallow").resolve() == (root / "venv" / "bin" / "cfallow").resolve()
-    for unit in ("cfallow.service", "cfallow.timer"):
+    for unit in ("cfallow.service", "cfallow.timer", "cfallow-restore.service"):
         assert (root / "systemd" / unit).read_bytes() == (ROOT / "systemd" / unit).read_bytes()
 
     cfg = config.load(root / "etc" / "cfallow" / "config.toml")

@@ -57,7 +57,7 @@ def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 def test_no_symlink_leaves_the_collection() -> None:
     for path in (ROOT / "ansible").rglob("*"):
         assert not path.is_symlink(), path
-    for unit in ("cfallow.service", "cfallow.timer"):
+    for unit in ("cfallow.service", "cfallow.timer", "cfallow-restore.service"):
         role_copy = ROOT / "ansible" / "roles" / "cfallow" / "files" / unit
         assert role_copy.read_bytes() == (ROOT / "systemd" / unit).read_bytes(), unit
 
