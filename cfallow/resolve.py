@@ -119,8 +119,8 @@ def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
             raise
         snap = sources.bundled()
         log.warning(
-            "live fetch failed (%s); no last-known-good list yet (Cloudflare never reached "
-            "from this host), using %s",
+            "live fetch failed (%s); no last-known-good list yet, using %s; "
+            "Cloudflare never reached from this host",
             exc,
             snapshot_age(snap),
         )

@@ -199,7 +199,18 @@ if __name__ == "__main__":
 CFALLOW = str(BIN / "cfallow")
 
 
-def cfallow_sync(sandbox: Sandbox, ns: str | None, tmp: Path, config: str) -> str:
+#: Denied with EPERM by the unit and harmless to the program that tries: Go's runtime (caddy)
+#: raises RLIMIT_NOFILE at start-up and ignores a failure; the run's success is asserted.
+TOLERATED = {"caddy": {"setrlimit"}}
+
+
+def cfallow_sync(
+    sandbox: Sandbox,
+    ns: str | None,
+    tmp: Path,
+    config: str,
+    tolerated: frozenset[str] = frozenset(),
+) -> str:
     """``cfallow sync`` under the sandbox; asserts success and a clean trace; the log."""
     path = tmp / "config.toml"
     path.write_text(config)
@@ -208,7 +219,7 @@ def cfallow_sync(sandbox: Sandbox, ns: str | None, tmp: Path, config: str) -> st
     proc = sandbox.run(ns, [*argv, "--source", "bundled"], trace)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls, families = sandbox.violations(trace, CFALLOW)
-    assert calls == set(), f"system calls outside SystemCallFilter: {sorted(calls)}"
+    assert calls - tolerated == set(), f"system calls outside SystemCallFilter: {sorted(calls)}"
     assert families == set(), f"socket families outside RestrictAddressFamilies: {families}"
     return proc.stderr
 
@@ -270,7 +281,8 @@ def test_realip_backends_work_under_the_unit_sandbox(
     need_backend(server)
     kinds = {"nginx": Nginx, "apache": Apache, "haproxy": Haproxy, "caddy": Caddy}
     with running(kinds[server](tmp_path / server)) as srv:
-        cfallow_sync(sandbox, None, tmp_path, toml_section(server, srv.section()))
+        tolerated = frozenset(TOLERATED.get(server, ()))
+        cfallow_sync(sandbox, None, tmp_path, toml_section(server, srv.section()), tolerated)
         text = srv.list_path.read_text()
         assert all(c in text for c in as_strings(CURRENT))
         assert srv.get() is not None
