@@ -84,6 +84,8 @@ class Backend(abc.ABC, Generic[O, S]):
 
     #: The entry-point name, also the config section ``[backends.NAME]``.
     name: ClassVar[str]
+    #: A backend that talks to a remote API (``sync --offline`` leaves it out).
+    needs_network: ClassVar[bool] = False
 
     def __init__(self, section: Section, ctx: Context) -> None:
         """Read the config section (every key through ``section``'s getters).

@@ -65,9 +65,9 @@ def _backends(
     if not offline:
         return chosen
     for b in chosen:
-        if getattr(b, "needs_network", False):
+        if b.needs_network:
             log.info("%s: skipped (needs the network; --offline)", b.name)
-    return [b for b in chosen if not getattr(b, "needs_network", False)]
+    return [b for b in chosen if not b.needs_network]
 
 
 def _emit(
