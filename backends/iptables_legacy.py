@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -86,6 +85,8 @@ class RestoreWriter:
         head, _, rest = ops.restore_script().partition("\n")
         script = "\n".join([head, *policy_lines(table), rest])
         tool = self.restore[version]
+        import tempfile  # only when writing
+
         fd, private = tempfile.mkstemp(prefix="cfallow-xtables-", suffix=".lock")
         os.close(fd)
         try:

@@ -14,6 +14,17 @@ from process start to exit (``ip netns exec NS cfallow -q sync ...``):
 * online no-change: ``sync``, fetch + validate + plan, nothing to write;
 * first sync: a fresh state directory and an empty ruleset each run.
 
+cfallow runs as it does on an origin server: this checkout built as a wheel,
+installed (not editable: an editable install's import hook alone costs ~16
+ms a run) into a fresh virtualenv in a temp dir, byte-compiled, the console
+script ``cfallow`` as pip writes it; its dependencies come from the running
+interpreter's site-packages (a plain path entry). ``PYTHONDONTWRITEBYTECODE``
+is dropped, as a timer run has it.
+
+The floor beside it: the same interpreter doing nothing, and importing only
+what this design cannot do without (argparse, tomllib, json, subprocess,
+logging, dataclasses, pathlib and netaddr).
+
 Also prints which of requests, urllib3, boto3 and iptc an offline run imports
 (none should be).
 """
@@ -32,7 +43,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "cloudflare" / "api-ips.json"
-CFALLOW = str(Path(sys.executable).parent / "cfallow")
 TARGET = 0.06
 HEAVY = ("requests", "urllib3", "boto3", "iptc")
 
@@ -59,9 +69,43 @@ _IMPORTS = (
 )
 
 
+FLOOR = "import argparse, dataclasses, json, logging, pathlib, subprocess, tomllib, netaddr"
+SCRIPT = (
+    "#!{python}\nimport sys\nfrom cfallow.cli import main\n"
+    "if __name__ == '__main__':\n    sys.exit(main())\n"
+)
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+def install(tmp: Path) -> tuple[str, str]:
+    """This checkout as a wheel in a fresh virtualenv under ``tmp``: (python, cfallow script)."""
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").iterdir()) / "site-packages"
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT),
+         "-w", str(tmp / "dist")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp / "dist").glob("cfallow-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    deps = next(p for p in sys.path if p.endswith("site-packages"))
+    (site / "zz-cfallow-deps.pth").write_text(deps + "\n")
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "compileall", "-q", str(site)], check=True, env=ENV)
+    script = venv / "bin" / "cfallow"
+    script.write_text(SCRIPT.format(python=python))
+    script.chmod(0o755)
+    return python, str(script)
+
+
 def timed(argv: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=ENV, cwd="/")
     took = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[-4:])} exited {proc.returncode}: {proc.stderr.strip()}")
@@ -87,6 +131,7 @@ def main() -> int:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{int(server.stdout.readline())}"
         with tempfile.TemporaryDirectory(prefix="cfallow-bench-") as tmp:
+            python, cfallow = install(Path(tmp))
             conf = Path(tmp) / "config.toml"
             conf.write_text(
                 f'[source]\napi_url = "{url}/client/v4/ips"\n'
@@ -95,7 +140,7 @@ def main() -> int:
             )
 
             def argv(state: str, *args: str) -> list[str]:
-                base = [*nsx, CFALLOW, "--config", str(conf), "--state-dir", state, "-q"]
+                base = [*nsx, cfallow, "--config", str(conf), "--state-dir", state, "-q"]
                 return [*base, "sync", *args]
 
             first = []
@@ -108,9 +153,14 @@ def main() -> int:
             state = f"{tmp}/state"
             online = [timed(argv(state)) for _ in range(opts.runs)]
             offline = [timed(argv(state, "--offline")) for _ in range(opts.runs)]
-            probe = [*nsx, sys.executable, "-c", _IMPORTS, "--config", str(conf)]
+            bare = [timed([python, "-c", "pass"]) for _ in range(opts.runs)]
+            floor = [timed([python, "-c", FLOOR]) for _ in range(opts.runs)]
+            alone = [timed([python, "-c", "import netaddr"]) for _ in range(opts.runs)]
+            probe = [*nsx, python, "-c", _IMPORTS, "--config", str(conf)]
             probe += ["--state-dir", state, "-q", "sync", "--offline"]
-            out = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                probe, capture_output=True, text=True, check=True, env=ENV, cwd="/"
+            ).stdout
             heavy = out.strip().splitlines()[-1]
     finally:
         if server is not None:
@@ -122,6 +172,9 @@ def main() -> int:
         ("offline no-change", offline),
         ("online no-change", online),
         ("first sync", first),
+        ("floor: python -c pass", bare),
+        ("floor: import netaddr", alone),
+        ("floor: + the imports", floor),
     ):
         print(f"{name:22} {statistics.median(times):8.3f} {max(times):8.3f}")
     print(f"offline run imports of {', '.join(HEAVY)}: {heavy.strip()}")

@@ -48,12 +48,11 @@ from __future__ import annotations
 
 import abc
 import logging
-import sys
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from cfallow import plugins
 from cfallow.config import Section, suggest
 from cfallow.errors import BackendError, ConfigError
 from cfallow.hostlock import default_path
@@ -142,27 +141,18 @@ class Backend(abc.ABC, Generic[O, S]):
 AnyBackend = Backend[Any, Any]
 
 
-def _entry_points() -> dict[str, metadata.EntryPoint]:
-    if sys.version_info >= (3, 10):
-        eps = list(metadata.entry_points(group=GROUP))
-    else:  # pragma: no cover - Python 3.9
-        eps = list(metadata.entry_points().get(GROUP, []))
-    found: dict[str, metadata.EntryPoint] = {}
-    for ep in eps:
+def _entry_points() -> dict[str, plugins.EntryPoint]:
+    found: dict[str, plugins.EntryPoint] = {}
+    for ep in plugins.entry_points(GROUP):
         other = found.get(ep.name)
         if other is not None and other.value != ep.value:
             raise ConfigError(
                 f"two installed plugins register the backend {ep.name!r}: "
-                f"{_dist(other)} ({other.value}) and {_dist(ep)} ({ep.value}); "
+                f"{other.dist} ({other.value}) and {ep.dist} ({ep.value}); "
                 "uninstall one of them"
             )
         found[ep.name] = ep
     return found
-
-
-def _dist(ep: metadata.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return str(dist.name) if dist is not None else "an unknown distribution"
 
 
 def installed() -> list[str]:

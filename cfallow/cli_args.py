@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cfallow import __version__, config
+from cfallow import config
 from cfallow.errors import UsageError
 
 Sub = argparse.ArgumentParser
@@ -147,6 +147,18 @@ COMMANDS = (
 )
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed version, read only when asked for."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import sys
+
+        import cfallow
+
+        sys.stdout.write(f"cfallow {cfallow.__version__}\n")
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     """The whole command line."""
     common = _common()
@@ -155,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Keep allowlists in step with Cloudflare's published IP ranges.",
     )
-    p.add_argument("--version", action="version", version=f"cfallow {__version__}")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, text, fill in COMMANDS:

@@ -5,7 +5,6 @@ An unknown key anywhere is a :class:`ConfigError` (exit 2) naming the key.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ _MISSING = object()
 
 def suggest(word: str, known: Iterable[str]) -> str:
     """`` (did you mean ports?)`` for the closest of ``known``, or ``""``."""
+    import difflib  # only for a typo's suggestion
+
     close = difflib.get_close_matches(word, sorted(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 

@@ -6,7 +6,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +15,8 @@ __all__ = ["flock_within", "write_atomic"]
 def write_atomic(path: Path, text: str | bytes, mode: int = 0o644) -> None:
     """Write ``text`` (UTF-8) to ``path`` via a temp file in the same directory, fsync, rename."""
     data = text.encode("utf-8") if isinstance(text, str) else text
+    import tempfile  # only writers pay for it (random, shutil): a no-change run writes nothing
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from cfallow.config import SourceConfig
@@ -107,6 +106,8 @@ def fetch_live(cfg: SourceConfig) -> Ranges:
 
 def bundled() -> Ranges:
     """The snapshot shipped in the package (with its date)."""
+    from importlib import resources  # zipfile, tempfile: only on a first run
+
     raw: dict[str, Any] = json.loads(
         resources.files("cfallow").joinpath("data/snapshot.json").read_text("utf-8")
     )

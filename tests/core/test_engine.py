@@ -73,14 +73,37 @@ def test_dry_run_never_calls_apply(tmp_path: Path) -> None:
     assert not (tmp_path / "fake.json").exists()
 
 
-def test_two_plugins_with_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = metadata.entry_points
-
-    def doubled(**kw: Any) -> Any:
-        eps = list(real(**kw))
-        clash = metadata.EntryPoint("fake", "someone_else:Backend", backend_mod.GROUP)
-        return [*eps, clash]
-
-    monkeypatch.setattr(metadata, "entry_points", doubled)
-    with pytest.raises(ConfigError, match="two installed plugins register the backend 'fake'"):
+def test_two_plugins_with_one_name_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A second installed distribution (a real dist-info on the path) registering "fake".
+    info = tmp_path / "someone_else-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: someone-else\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[cfallow.backends]\nfake = someone_else:Backend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="two installed plugins register the backend 'fake'") as e:
         backend_mod.installed()
+    assert "someone_else (someone_else:Backend)" in str(e.value)
+    assert "cfallow_fake_backend (cfallow_fake:FakeBackend)" in str(e.value)
+
+
+def test_entry_points_match_importlib_metadata() -> None:
+    """The fast reader finds exactly what importlib.metadata finds for the group."""
+    from cfallow import plugins
+
+    want = {(e.name, e.value) for e in metadata.entry_points().select(group=backend_mod.GROUP)}
+    got = {(e.name, e.value) for e in plugins.entry_points(backend_mod.GROUP)}
+    assert got == want and len(got) >= 10
+
+
+def test_entry_points_first_distribution_on_the_path_wins(tmp_path: Path) -> None:
+    from cfallow import plugins
+
+    for where, target in (("a", "first:Cls"), ("b", "second:Cls")):
+        info = tmp_path / where / "Some.Plugin-1.0.dist-info"
+        info.mkdir(parents=True)
+        text = f"# comment\n[other]\nx = y:z\n\n[cfallow.backends]\n  p = {target} [extra]\n"
+        (info / "entry_points.txt").write_text(text)
+    eps = plugins.entry_points(backend_mod.GROUP, [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [(e.name, e.value, e.dist) for e in eps] == [("p", "first:Cls [extra]", "Some.Plugin")]
