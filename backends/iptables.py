@@ -198,7 +198,7 @@ class IptablesBackend(Backend[Seen, Step]):
         steps: list[Step] = []
         for version, table in observed.tables:
             obs = observe(table, version, self.settings)
-            if desired is not None and _no_docker_ipv6(obs, self.settings, observed):
+            if desired is not None and _no_docker_ipv6(obs, self.settings, observed, table):
                 notes.append(DOCKER_NO_IPV6)
                 desired = frozenset(n for n in desired if n.version != version)
                 continue
@@ -279,15 +279,19 @@ DOCKER_NO_IPV6 = (
 )
 
 
-def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen) -> bool:
+def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:
     """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
-    family has it yet (a boot before dockerd), cfallow creates both, as Docker would."""
+    family has it yet (a boot before dockerd), cfallow creates both, as Docker would.
+    Docker 20.10 with ``ip6tables`` makes its IPv6 chains but no DOCKER-USER there:
+    its published IPv6 ports are open, so cfallow creates DOCKER-USER for IPv6 too."""
     docker_v4 = any(v == 4 and t.rules("DOCKER-USER") is not None for v, t in seen.tables)
+    docker_v6 = any(table.rules(c) is not None for c in ("DOCKER", "DOCKER-ISOLATION-STAGE-1"))
     return (
         obs.version == 6
         and settings.parent == "DOCKER-USER"
         and not obs.parent_exists
         and docker_v4
+        and not docker_v6
     )
 
 

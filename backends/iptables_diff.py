@@ -5,7 +5,10 @@ config and the desired ranges and returns the drift it found and the
 :class:`Ops` of one transaction. A well-formed chain gets only the range diff
 (kept rules keep their counters); a chain edited by hand is rewritten whole;
 any jump that is not exactly the configured one at position 1 of the parent is
-deleted and the right one inserted, in the same transaction.
+deleted and the right one inserted, in the same transaction. With parent
+``DOCKER-USER``, FORWARD's ``-j DOCKER-USER`` must be its rule 1 too, which
+Docker ensures on start for IPv4 but Docker 20.10 not for IPv6 (its own
+IPv6 rules are inserted above it): it is moved there the same way.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class Ops:
     jump: OwnRule | None = None
     drop_chain: bool = False
     create_parent: bool = False
+    forward_deletes: int = 0
+    forward_jump: bool = False
 
     @property
     def empty(self) -> bool:
@@ -70,13 +75,17 @@ class Ops:
             or self.jump
             or self.drop_chain
             or self.create_parent
+            or self.forward_jump
         )
 
     def restore_script(self) -> str:
         """The transaction as ``iptables-restore --noflush`` input (a declared chain is flushed)."""
         lines = ["*filter"]
         if self.create_parent:
-            lines += [f":{self.parent} - [0:0]", f"-I FORWARD 1 -j {self.parent}"]
+            lines.append(f":{self.parent} - [0:0]")
+        lines += [f"-D FORWARD -j {self.parent}"] * self.forward_deletes
+        if self.forward_jump:
+            lines.append(f"-I FORWARD 1 -j {self.parent}")
         if self.declare:
             lines.append(f":{self.chain} - [0:0]")
         lines += [f"-D {loc.chain} {loc.spec}" for loc in self.delete]
@@ -158,6 +167,16 @@ def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
     return _shown(problems)
 
 
+def _forward_problems(obs: Observed, settings: Settings, create_parent: bool) -> list[str]:
+    """Parent DOCKER-USER: FORWARD must jump there first (what Docker does on start)."""
+    if settings.parent != DOCKER_USER or create_parent or obs.forward == (0,):
+        return []
+    if not obs.forward:
+        return [f"no jump from FORWARD to {DOCKER_USER} (inserted at the top, as Docker does)"]
+    at = ", ".join(str(i + 1) for i in obs.forward)
+    return [f"FORWARD jumps to {DOCKER_USER} at position {at}, not 1 (moved to the top)"]
+
+
 def assess(
     obs: Observed, settings: Settings, desired: frozenset[IPNetwork]
 ) -> tuple[list[str], Ops]:
@@ -174,7 +193,8 @@ def assess(
     base = Ops(obs.version, settings.chain, settings.parent)
     chain_problems = _chain_problems(obs, settings) if obs.chain is not None else []
     jump_problems = _jump_problems(obs, settings)
-    drift = [f"{fam}: {p}" for p in chain_problems + jump_problems]
+    forward_problems = _forward_problems(obs, settings, create_parent)
+    drift = [f"{fam}: {p}" for p in chain_problems + jump_problems + forward_problems]
     if create_parent:
         drift.append(f"{fam}: no {DOCKER_USER} chain yet (created, as Docker would)")
     delete: list[Located] = []
@@ -204,6 +224,8 @@ def assess(
         insert=insert,
         jump=jump,
         create_parent=create_parent,
+        forward_deletes=len(obs.forward) if forward_problems else 0,
+        forward_jump=create_parent or bool(forward_problems),
     )
     return drift, ops
 

@@ -190,6 +190,8 @@ class Observed:
     chain: tuple[str, ...] | None  # the owned chain's specs; None: no such chain
     jumps: tuple[Located, ...]  # every rule in the table that jumps into it
     parent_exists: bool
+    #: parent DOCKER-USER: where FORWARD has ``-j DOCKER-USER`` (0-based positions)
+    forward: tuple[int, ...] = ()
 
     @property
     def current(self) -> frozenset[IPNetwork]:
@@ -248,4 +250,8 @@ def observe(table: Table, version: int, settings: Settings) -> Observed:
         if settings.chain in spec and target_of(spec) == settings.chain  # cheap test first
     )
     parent_exists = table.rules(settings.parent) is not None or settings.parent in BUILTIN
-    return Observed(version, table.rules(settings.chain), jumps, parent_exists)
+    forward: tuple[int, ...] = ()
+    if settings.parent == "DOCKER-USER":
+        into = f"-j {settings.parent}"
+        forward = tuple(i for i, spec in enumerate(table.rules("FORWARD") or ()) if spec == into)
+    return Observed(version, table.rules(settings.chain), jumps, parent_exists, forward)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend, detect
+from cfallow.backends.iptables import IptablesBackend, Seen, Variant, detect
 from cfallow.backends.iptables_diff import Ops, assess, assess_removal
 from cfallow.backends.iptables_rules import Settings, observe
 from cfallow.backends.iptables_save import Table, explain, parse_save
@@ -17,6 +17,7 @@ from cfallow.model import parse_cidr
 
 JUMP = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
 V4 = frozenset(n for n in CURRENT if n.version == 4)
+NFT = Variant("nft", False)
 
 
 def backend(**section: Any) -> IptablesBackend:
@@ -206,6 +207,62 @@ def test_a_missing_docker_user_is_created_in_the_same_transaction() -> None:
     script = ops.restore_script().splitlines()
     assert script[:3] == ["*filter", ":DOCKER-USER - [0:0]", "-I FORWARD 1 -j DOCKER-USER"]
     assert script[-2].startswith("-I DOCKER-USER 1 ") and script[-1] == "COMMIT"
+
+
+#: Docker 20.10.24's IPv6 FORWARD after a start with ip6tables: its own rules above the
+#: DOCKER-USER jump cfallow had made (seen with the real dockerd, tests/iptables/test_docker.py).
+DOCKER20_V6_FORWARD = [
+    "-j DOCKER-ISOLATION-STAGE-1",
+    "-o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "-o docker0 -j DOCKER",
+    "-i docker0 ! -o docker0 -j ACCEPT",
+    "-i docker0 -o docker0 -j ACCEPT",
+    "-j DOCKER-USER",
+]
+
+
+def test_forward_must_jump_to_docker_user_first() -> None:
+    """Docker 20.10 inserts its IPv6 rules above FORWARD's jump to DOCKER-USER (and never
+    moves it back up): the lockdown there is skipped; cfallow moves the jump to the top."""
+    docker = Settings(parent="DOCKER-USER")
+    own = docker.jump().spec()
+    t = table(FORWARD=DOCKER20_V6_FORWARD, DOCKER=[], DOCKER_USER=[own], CFALLOW=ranges(V4))
+    drift, ops = assess(observe(t, 4, docker), docker, V4)
+    assert drift == ["IPv4: FORWARD jumps to DOCKER-USER at position 6, not 1 (moved to the top)"]
+    assert ops.restore_script().splitlines() == [
+        "*filter",
+        "-D FORWARD -j DOCKER-USER",
+        "-I FORWARD 1 -j DOCKER-USER",
+        "COMMIT",
+    ]
+    first = table(
+        FORWARD=["-j DOCKER-USER", *DOCKER20_V6_FORWARD[:-1]], DOCKER_USER=[own], CFALLOW=[]
+    )
+    assert assess(observe(first, 6, docker), docker, frozenset())[0] == []
+    lost = table(FORWARD=DOCKER20_V6_FORWARD[:-1], DOCKER_USER=[own], CFALLOW=[])
+    drift, ops = assess(observe(lost, 4, docker), docker, frozenset())
+    assert drift == [
+        "IPv4: no jump from FORWARD to DOCKER-USER (inserted at the top, as Docker does)"
+    ]
+    assert ops.restore_script().splitlines()[1:] == ["-I FORWARD 1 -j DOCKER-USER", "COMMIT"]
+    # Only with parent DOCKER-USER: FORWARD is nobody's business otherwise.
+    drift = assess(observe(lost, 4, Settings()), Settings(), frozenset())[0]
+    assert not any("FORWARD" in d for d in drift), drift
+
+
+def test_docker_20_with_ip6tables_gets_an_ipv6_docker_user() -> None:
+    """Docker 20.10 with ip6tables makes DOCKER and the isolation chains for IPv6 but no
+    DOCKER-USER: not "Docker without IPv6" (its published IPv6 ports are open), so
+    cfallow creates DOCKER-USER for IPv6 too and applies the lockdown there."""
+    ipt = backend(mode="lockdown", parent="DOCKER-USER")
+    v4 = table(FORWARD=["-j DOCKER-USER"], DOCKER_USER=["-j RETURN"])
+    v6 = table(FORWARD=DOCKER20_V6_FORWARD[:-1], DOCKER=[], DOCKER_ISOLATION_STAGE_1=[])
+    plan = ipt.diff(Seen(NFT, ((4, v4), (6, v6))), CURRENT)
+    assert "IPv6: no DOCKER-USER chain yet (created, as Docker would)" in plan.drift
+    assert not plan.notes, plan.notes
+    assert {s.version for s in plan.steps} == {4, 6}
+    no_v6 = ipt.diff(Seen(NFT, ((4, v4), (6, table()))), CURRENT)
+    assert no_v6.notes and "Docker runs without IPv6" in no_v6.notes[0]
 
 
 def test_removal_deletes_every_jump_then_the_chain() -> None:
