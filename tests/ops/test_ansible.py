@@ -363,6 +363,7 @@ def test_role_installs_configures_syncs_and_is_idempotent(
         "cfallow_state_dir": str(root / "state"),
         "cfallow_systemd_dir": str(root / "systemd"),
         "cfallow_systemd": False,
+        "cfallow_docker_dropin": True,
         "cfallow_metrics_file": str(root / "metrics" / "cfallow.prom"),
         "cfallow_source": {"attempts": 2, "max_shrink": 0.5},
         "cfallow_backends": {"iptables": {"ports": [80, 443, "8000-8080"]}},
@@ -379,6 +380,8 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert (root / "bin" / "cfallow").resolve() == (root / "venv" / "bin" / "cfallow").resolve()
     for unit in ("cfallow.service", "cfallow.timer", "cfallow-restore.service"):
         assert (root / "systemd" / unit).read_bytes() == (ROOT / "systemd" / unit).read_bytes()
+    dropin = "docker.service.d/cfallow.conf"
+    assert (root / "systemd" / dropin).read_bytes() == (ROOT / "systemd" / dropin).read_bytes()
 
     cfg = config.load(root / "etc" / "cfallow" / "config.toml")
     assert cfg.backends == {"iptables": {"ports": [80, 443, "8000-8080"]}}

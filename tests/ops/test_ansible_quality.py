@@ -60,6 +60,10 @@ def test_no_symlink_leaves_the_collection() -> None:
     for unit in ("cfallow.service", "cfallow.timer", "cfallow-restore.service"):
         role_copy = ROOT / "ansible" / "roles" / "cfallow" / "files" / unit
         assert role_copy.read_bytes() == (ROOT / "systemd" / unit).read_bytes(), unit
+    dropin = ROOT / "ansible" / "roles" / "cfallow" / "files" / "docker-cfallow.conf"
+    assert (
+        dropin.read_bytes() == (ROOT / "systemd" / "docker.service.d" / "cfallow.conf").read_bytes()
+    )
 
 
 def test_ansible_test_sanity(layout: tuple[Path, dict[str, str]]) -> None:

@@ -32,6 +32,9 @@ UNITS = REPO / "systemd"
 MASK = (
     "apache2.service",
     "caddy.service",
+    "containerd.service",
+    "docker.service",
+    "docker.socket",
     "firewalld.service",
     "haproxy.service",
     "nginx.service",
