@@ -69,6 +69,10 @@ class FirewalldBackend(Backend[Seen, Step]):
         self.address = bus_address(section.get_str("bus", ""), ctx.runner.env)
         self.config_dir = Path(section.get_str("config_dir", "/etc/firewalld"))
 
+    def write_paths(self) -> tuple[Path, ...]:
+        """firewalld's .old backups cfallow deletes (firewalld writes its files itself)."""
+        return (self.config_dir / "ipsets", self.config_dir / "zones")
+
     def _bus(self) -> Bus:
         return Bus(self.address)
 

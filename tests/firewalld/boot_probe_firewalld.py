@@ -3,10 +3,12 @@
 Stage ``first``: firewalld is the host firewall; the hardened cfallow.service
 runs the firewalld backend once (first run: one reload), then
 cfallow-restore.service (offline, no change); the units' security scores.
-Stage ``second`` (a reboot, no cfallow unit enabled, the stand-in gone): when
-firewalld and network-pre.target became active, the sets at network-pre,
-traffic from a namespace behind a veth pair, ``firewall-cmd --reload`` and
-``systemctl restart firewalld`` (seconds until the allowlist is back).
+Stage ``second`` (a reboot, the stand-in gone, only cfallow-restore.service
+enabled): when firewalld, cfallow-restore and network-pre.target became
+active, the sets at network-pre, traffic from a namespace behind a veth pair;
+then, cfallow-restore stopped (no cfallow run from there on), ``firewall-cmd
+--reload`` and ``systemctl restart firewalld`` (seconds until the allowlist is
+back).
 
 Reuses boot_probe.py (copied next to this file) for the traffic and unit helpers.
 """
@@ -82,26 +84,41 @@ def back_after(action: tuple[str, ...], want: list[str]) -> dict[str, Any]:
     }
 
 
+def runs() -> dict[str, str]:
+    """When each cfallow unit last started (µs, CLOCK_MONOTONIC; "0": never this boot)."""
+    key = "ExecMainStartTimestampMonotonic"
+    return {
+        name: bp.sh("systemctl", "show", name, "-p", key).stdout.strip().split("=", 1)[-1]
+        for name in ("cfallow.service", "cfallow-restore.service")
+    }
+
+
 def second(res: dict[str, Any]) -> None:
     res["entered"] = {
         name: bp.entered(name)
-        for name in ("dbus.service", "firewalld.service", "network-pre.target")
+        for name in (
+            "dbus.service",
+            "firewalld.service",
+            "cfallow-restore.service",
+            "network-pre.target",
+        )
     }
     res["prenet"] = json.loads((OUT / "prenet.json").read_text())
+    res["restore"] = bp.unit("cfallow-restore.service")
+    res["restore_log"] = bp.sh(
+        "journalctl", "-b", "-u", "cfallow-restore.service", "-o", "cat"
+    ).stdout
     res["state_boot"] = state()
     res["allowlist"] = want = allowlist()
     bp.listen()
     bp.client_namespace()
     res["traffic_boot"] = bp.traffic()
+    # From here on no cfallow run at all: restart would propagate to it (PartOf=).
+    bp.sh("systemctl", "stop", "cfallow-restore.service", check=True)
+    res["runs_before"] = runs()
     res["reload"] = back_after(("firewall-cmd", "--reload"), want)
     res["restart"] = back_after(("systemctl", "restart", "firewalld.service"), want)
-    res["cfallow_runs"] = {
-        name: bp.unit(name).get("ExecMainExitTimestampMonotonic", "")
-        for name in ("cfallow.service", "cfallow-restore.service")
-    }
-    res["cfallow_journal"] = bp.sh(
-        "journalctl", "-b", "-u", "cfallow.service", "-u", "cfallow-restore.service", "-o", "cat"
-    ).stdout
+    res["runs_after"] = runs()
 
 
 def main() -> None:
