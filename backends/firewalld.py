@@ -32,13 +32,16 @@ from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, TargetMoved
 from cfallow.model import Networks, Plan, by_family, make_plan
 
+from .firewalld_admin import describe, read_admin
+from .firewalld_builtin import restore_builtin
 from .firewalld_bus import Bus, bus_address
-from .firewalld_diff import plan_calls, unrestricted
-from .firewalld_plan import Call, Expect, Step, Tidy, Want
+from .firewalld_diff import emptied_zones, leftover_note, plan_calls, unrestricted
+from .firewalld_plan import Call, Defaults, Expect, Step, Tidy, Want
 from .firewalld_state import SETS, Seen, element, restrict_rules, set_state, zone_state
 
 #: How long firewalld may take to come back from a reload before it counts as failed.
 RELOAD_WAIT = 30.0
+SAFE = "checked to lose nothing (the runtime holds nothing the permanent config lacks)"
 
 
 class FirewalldBackend(Backend[Seen, Step]):
@@ -65,6 +68,10 @@ class FirewalldBackend(Backend[Seen, Step]):
         )
         self.address = bus_address(section.get_str("bus", ""), ctx.runner.env)
         self.config_dir = Path(section.get_str("config_dir", "/etc/firewalld"))
+
+    def write_paths(self) -> tuple[Path, ...]:
+        """firewalld's .old backups cfallow deletes (firewalld writes its files itself)."""
+        return (self.config_dir / "ipsets", self.config_dir / "zones")
 
     def _bus(self) -> Bus:
         return Bus(self.address)
@@ -99,15 +106,22 @@ class FirewalldBackend(Backend[Seen, Step]):
             notes = unrestricted(observed, self.want)
             if 6 not in self.want.versions:
                 notes.append("ipv6 = false: IPv6 to the ports stays open to everyone")
-        if any(c.method == "reload" for c in calls):
-            notes.append(
-                "firewalld reloads once to load new ipsets/zone (runtime-only changes are lost)"
-            )
+        notes += [
+            f"firewalld reloads once {c.what[len('reload firewalld ') :]}: {SAFE}"
+            for c in calls
+            if c.method == "reload"
+        ]
+        left = leftover_note(observed, self.want, desired)
+        notes += [left] if left else []
         plan: Plan[Step] = make_plan(self.name, wanted, current, drift=drift, notes=notes)
         if calls and not plan.changed:
             plan = replace(plan, drift=("runtime and permanent entries differ",))
         if not plan.changed:
             return plan
+        return replace(plan, steps=self._steps(observed, calls, desired))
+
+    def _steps(self, seen: Seen, calls: list[Call], desired: Networks | None) -> tuple[Step, ...]:
+        """Expect, the calls, built-in zones back to their defaults, the reload, the tidy-up."""
         backups = tuple(
             str(
                 self.config_dir
@@ -116,10 +130,13 @@ class FirewalldBackend(Backend[Seen, Step]):
             )
             for c in calls
             if c.method == "remove"
-            for n in [_object_name(observed, c.path)]
+            for n in [_object_name(seen, c.path)]
         )
         tidy = (Tidy(backups),) if backups else ()
-        return replace(plan, steps=(Expect(observed), *calls, *tidy))
+        defaults = [Defaults(z, p) for z, p in emptied_zones(seen, self.want, desired)]
+        body = [c for c in calls if c.method != "reload"]
+        reload = [c for c in calls if c.method == "reload"]
+        return (Expect(seen), *body, *defaults, *reload, *tidy)
 
     def apply(self, plan: Plan[Step]) -> None:
         if not plan.steps:
@@ -131,6 +148,9 @@ class FirewalldBackend(Backend[Seen, Step]):
                     for path in step.paths:
                         with contextlib.suppress(FileNotFoundError):
                             Path(path).unlink()
+                    continue
+                if isinstance(step, Defaults):
+                    restore_builtin(bus, step.path)
                     continue
                 if isinstance(step, Expect):
                     if read_all(bus) != step.seen:
@@ -145,6 +165,12 @@ class FirewalldBackend(Backend[Seen, Step]):
                 created += step.creates
 
     def _call(self, bus: Bus, step: Call) -> None:
+        if step.method == "reload":
+            admin = read_admin(bus)  # again: the admin may have changed something since the read
+            if not admin.safe:
+                if step.optional:
+                    return
+                raise BackendError(f"a reload would now {describe(admin)}")
         bus.write(step.path, step.iface, step.method, step.sig, step.args)
         state = wait_state(bus) if step.method == "reload" else bus.state()
         if state != "RUNNING":
@@ -206,5 +232,13 @@ def read_all(bus: Bus) -> Seen:
         zone_paths[zone] = path = bus.config_path("getZoneByName", zone)
         perm_zones[zone] = zone_state(bus.config_zone(path))
     return Seen(
-        state, bus.default_zone(), run_sets, perm_sets, set_paths, run_zones, perm_zones, zone_paths
+        state,
+        bus.default_zone(),
+        run_sets,
+        perm_sets,
+        set_paths,
+        run_zones,
+        perm_zones,
+        zone_paths,
+        read_admin(bus),
     )

@@ -19,6 +19,7 @@ NAME = "org.fedoraproject.FirewallD1"
 ROOT = "/org/fedoraproject/FirewallD1"
 CONFIG = ROOT + "/config"
 SYSTEM_BUS = "unix:path=/run/dbus/system_bus_socket"
+PROPS = "org.freedesktop.DBus.Properties"
 
 #: An ipset's permanent settings: (version, short, description, type, options, entries).
 IPSetSettings = tuple[str, str, str, str, dict[str, str], list[str]]
@@ -63,12 +64,19 @@ class Bus:
         self.close()
 
     def call(
-        self, path: str, iface: str, method: str, sig: str = "", args: Sequence[Any] = ()
+        self,
+        path: str,
+        iface: str,
+        method: str,
+        sig: str = "",
+        args: Sequence[Any] = (),
+        *,
+        dest: str = NAME,
     ) -> tuple[Any, ...]:
         """One method call; the reply body, or a one-line :class:`BackendError`."""
         from jeepney import DBusAddress, MessageType, new_method_call
 
-        addr = DBusAddress(path, bus_name=NAME, interface=iface)
+        addr = DBusAddress(path, bus_name=dest, interface=iface)
         msg = new_method_call(addr, method, sig or None, tuple(args))
         try:
             reply = self._conn.send_and_get_reply(msg, timeout=self.timeout)
@@ -94,11 +102,17 @@ class Bus:
         self.writes += 1
         return self.call(path, iface, method, sig, args)
 
+    def name_has_owner(self, name: str) -> bool:
+        """Whether some process owns ``name`` on this bus (the bus daemon's answer)."""
+        bus = "org.freedesktop.DBus"
+        reply = self.call("/org/freedesktop/DBus", bus, "NameHasOwner", "s", (name,), dest=bus)
+        return bool(reply[0])
+
     # -- runtime ---------------------------------------------------------
 
     def state(self) -> str:
         """``RUNNING``, ``FAILED`` or ``INIT``."""
-        (value,) = self.call(ROOT, "org.freedesktop.DBus.Properties", "Get", "ss", (NAME, "state"))
+        (value,) = self.call(ROOT, PROPS, "Get", "ss", (NAME, "state"))
         return str(value[1])
 
     def default_zone(self) -> str:
@@ -163,6 +177,15 @@ class Bus:
     def config_zone(self, path: str) -> dict[str, Any]:
         (raw,) = self.call(path, NAME + ".config.zone", "getSettings2")
         return {k: v[1] for k, v in raw.items()}
+
+    def config_zone_file(self, path: str) -> dict[str, Any]:
+        """A permanent zone's ``name``, ``filename``, ``path``, ``default``, ``builtin``."""
+        (raw,) = self.call(path, PROPS, "GetAll", "s", (NAME + ".config.zone",))
+        return {str(k): v[1] for k, v in raw.items()}
+
+    def config_zone_load_defaults(self, path: str) -> None:
+        """Back to the built-in zone: firewalld renames its /etc copy to ``.old``."""
+        self.write(path, NAME + ".config.zone", "loadDefaults")
 
     def config_add_zone(self, zone: str, settings: dict[str, tuple[str, Any]]) -> None:
         self.write(CONFIG, NAME + ".config", "addZone2", "sa{sv}", (zone, settings))

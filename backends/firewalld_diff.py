@@ -5,6 +5,7 @@ from __future__ import annotations
 from cfallow.errors import BackendError
 from cfallow.model import Networks, as_strings
 
+from .firewalld_admin import describe
 from .firewalld_bus import CONFIG, NAME, ROOT
 from .firewalld_plan import (
     IPSET,
@@ -19,7 +20,7 @@ from .firewalld_plan import (
     sources_of,
     wanted_sets,
 )
-from .firewalld_state import SETS, Seen, ZoneState, zone_settings
+from .firewalld_state import SETS, Admin, Seen, ZoneState, zone_settings
 
 CONFIG_ZONE = NAME + ".config.zone"
 
@@ -204,11 +205,70 @@ def plan_calls(seen: Seen, want: Want, desired: Networks | None) -> list[Call]:
         missing.append(want.zone)
     perm = permanent_calls(seen, want, sets)
     if missing:
-        return [
-            *perm,
-            Call(f"reload firewalld (to load {', '.join(missing)})", ROOT, NAME, "reload"),
-        ]
-    return runtime_calls(seen, want, sets) + perm
+        if not seen.admin.safe:
+            raise BackendError(refusal(seen.admin, missing))
+        return [*perm, reload_call(f"to load {', '.join(missing)}")]
+    calls = runtime_calls(seen, want, sets) + perm
+    left = leftovers(seen, want, sets)
+    if left and seen.admin.safe:
+        calls.append(reload_call(f"to drop the emptied {', '.join(left)}", optional=True))
+    return calls
 
 
-__all__ = ["CONFIG", "plan_calls", "target_zone", "unrestricted"]
+def reload_call(why: str, optional: bool = False) -> Call:
+    """One reload of firewalld; ``apply`` checks again right before it that it loses nothing."""
+    return Call(f"reload firewalld ({why})", ROOT, NAME, "reload", optional=optional)
+
+
+def refusal(admin: Admin, missing: list[str]) -> str:
+    """The one line of a first run that would need a reload that changes the admin's config."""
+    return (
+        f"firewalld: creating {', '.join(missing)} needs a reload, and a reload would "
+        f"{describe(admin)}: nothing changed; keep runtime changes with "
+        "firewall-cmd --runtime-to-permanent, or reload yourself (firewall-cmd --reload), "
+        "then run cfallow again"
+    )
+
+
+def leftovers(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]]) -> list[str]:
+    """cfallow's objects this plan deletes that firewalld keeps, emptied, in the runtime."""
+    our_zone = want.zone if want.mode == "zone" and sets else ""
+    zones = [
+        f"zone {z}"
+        for z, s in sorted(seen.run_zones.items())
+        if s.ours and z != our_zone and z in seen.perm_zones
+    ]
+    ipsets = [
+        f"ipset {n}"
+        for n, s in sorted(seen.run_sets.items())
+        if s.ours and n not in sets and n in seen.perm_sets
+    ]
+    return zones + ipsets
+
+
+def leftover_note(seen: Seen, want: Want, desired: Networks | None) -> str:
+    """The note of a plan that leaves emptied objects in the runtime (a reload not safe)."""
+    sets = wanted_sets(want, desired)
+    left = leftovers(seen, want, sets)
+    if not left or seen.admin.safe:
+        return ""
+    return (
+        f"not reloading (it would {describe(seen.admin)}): the emptied {', '.join(left)} "
+        "stay in the runtime, matching nothing, until the next firewall-cmd --reload"
+    )
+
+
+def emptied_zones(seen: Seen, want: Want, desired: Networks | None) -> list[tuple[str, str]]:
+    """The admin's zones (name, config path) this plan takes all of cfallow's rules out of."""
+    sets = wanted_sets(want, desired)
+    target = target_zone(seen, want)
+    return [
+        (name, seen.zone_paths[name])
+        for name, zone in sorted(seen.perm_zones.items())
+        if not zone.ours
+        and our_rules(zone.rules)
+        and not _rules_wanted(want, name, target, bool(sets))
+    ]
+
+
+__all__ = ["CONFIG", "emptied_zones", "leftover_note", "plan_calls", "target_zone", "unrestricted"]

@@ -55,6 +55,7 @@ class Call:
     args: tuple[Any, ...] = ()
     creates: tuple[tuple[str, str], ...] = ()
     entries: bool = False  # an entry change (not drift)
+    optional: bool = False  # a reload that is skipped if it would change the admin's config
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,15 @@ class Tidy:
     paths: tuple[str, ...]
 
 
-Step = Union[Expect, Call, Tidy]
+@dataclass(frozen=True)
+class Defaults:
+    """Put a built-in zone back to firewalld's defaults if its /etc copy equals them."""
+
+    zone: str
+    path: str
+
+
+Step = Union[Expect, Call, Defaults, Tidy]
 
 
 @dataclass(frozen=True)

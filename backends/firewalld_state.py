@@ -51,10 +51,34 @@ class ZoneState:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """The admin's config as items, each layer; ``lost``/``applied``: what a reload changes."""
+
+    runtime: frozenset[str] = field(default_factory=frozenset)
+    permanent: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def lost(self) -> list[str]:
+        """Runtime-only items (a reload drops them)."""
+        return sorted(self.runtime - self.permanent)
+
+    @property
+    def applied(self) -> list[str]:
+        """Permanent-only items (a reload puts them in force)."""
+        return sorted(self.permanent - self.runtime)
+
+    @property
+    def safe(self) -> bool:
+        """A reload changes nothing of the admin's."""
+        return self.runtime == self.permanent
+
+
+@dataclass(frozen=True)
 class Seen:
     """Everything a plan needs: firewalld's state, ipsets and zones, both layers.
 
-    ``*_paths`` map permanent names to their D-Bus config object paths.
+    ``*_paths`` map permanent names to their D-Bus config object paths; ``admin``: the
+    admin's own config, both layers (what a reload would change).
     """
 
     state: str
@@ -65,6 +89,7 @@ class Seen:
     run_zones: Mapping[str, ZoneState] = field(default_factory=dict)
     perm_zones: Mapping[str, ZoneState] = field(default_factory=dict)
     zone_paths: Mapping[str, str] = field(default_factory=dict)
+    admin: Admin = field(default_factory=Admin)
 
 
 def set_state(

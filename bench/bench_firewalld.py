@@ -9,7 +9,10 @@ For each mode (zone; restrict with the admin's zone opening https to all):
 * a whole ``cfallow -q sync --source bundled`` process with nothing to change;
 * connections refused from a Cloudflare address while firewalld does what
   cfallow avoids: 10 ``firewall-cmd --reload``, and 50 runtime ``setEntries``
-  (flush + refill), against 50 changing cfallow syncs.
+  (flush + refill), against 50 changing cfallow syncs;
+* connections refused by the one reload of a first run and of a ``remove``
+  (the admin's zone opens https to all, so every refusal is the reload's), RUNS
+  rounds of first run + remove.
 """
 
 from __future__ import annotations
@@ -95,8 +98,26 @@ def bench(mode: str, runs: int) -> None:
             print(f"  refused during {what:30s} {st['failed']} of {st['attempts']}")
 
 
+def bench_reloads(mode: str, runs: int) -> None:
+    with lab((("--zone=public", "--add-service=https"),)) as lb:
+        h = FwHarness(lb.fw, lb.monitor, mode)
+        first, remove = [], []
+        for _ in range(runs):
+            first.append(refused(lb, lambda i: timed(h, CURRENT), 1))
+            remove.append(refused(lb, lambda i: timed(h, None), 1))
+        print(f"firewalld backend, mode {mode}, {runs} rounds, refused per reload:")
+        for what, stats in (("first run", first), ("remove", remove)):
+            failed = [st["failed"] for st in stats]
+            total = sum(st["attempts"] for st in stats)
+            print(f"  {what:10s} {failed} of {total} attempts in all")
+
+
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 11
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 11
+    for mode in ("zone", "restrict"):
+        bench_reloads(mode, runs)
+    if "--reloads-only" in sys.argv:
+        return
     for mode in ("zone", "restrict"):
         bench(mode, runs)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from cfallow.backends.firewalld_admin import keep_over_reload, settings_items
 from cfallow.backends.firewalld_diff import plan_calls
-from cfallow.backends.firewalld_state import Seen, SetState, ZoneState
+from cfallow.backends.firewalld_plan import Defaults
+from cfallow.backends.firewalld_state import Admin, Seen, SetState, ZoneState
 from netaddr import IPNetwork
 from support.cfdata import CURRENT, OLD
 
@@ -93,7 +95,67 @@ def test_removal_takes_references_out_before_deleting_ipsets() -> None:
     assert zone_gone < methods.index(("remove", "/p/ipset/1"))
     assert zone_gone < methods.index(("remove", "/p/ipset/2"))
     runtime = [c.method for c in calls if c.path == "/org/fedoraproject/FirewallD1"]
-    assert runtime == ["removeSource", "removeSource", "setEntries", "setEntries"]
+    # the emptied zone and ipsets stay in the runtime until a reload: one, last, optional
+    assert runtime == ["removeSource", "removeSource", "setEntries", "setEntries", "reload"]
+    assert calls[-1].optional
+
+
+def test_a_reload_that_would_change_the_admins_runtime_is_refused_or_skipped() -> None:
+    b = backend(ports=[443])
+    port = "zone public ports 8443/tcp"
+    lost = Admin(frozenset({port}), frozenset())
+    fresh = seen(frozenset(), run_sets={}, perm_sets={}, set_paths={}, admin=lost)
+    with pytest.raises(
+        BackendError, match=r"runtime-only zone public ports 8443/tcp.*--runtime-to"
+    ):
+        plan_calls(fresh, b.want, CURRENT)
+    removal = b.diff(seen(CURRENT, admin=lost), None)
+    assert "reload" not in [getattr(s, "method", "") for s in removal.steps]
+    (note,) = [n for n in removal.notes if "not reloading" in n]
+    assert "zone cloudflare, ipset cloudflare-v4, ipset cloudflare-v6" in note
+    assert "next firewall-cmd --reload" in note and "\n" not in note
+    pending = Admin(frozenset(), frozenset({port}))
+    with pytest.raises(BackendError, match="apply permanent-only zone public ports 8443/tcp"):
+        plan_calls(dict_replace(fresh, admin=pending), b.want, CURRENT)
+
+
+def dict_replace(s: Seen, **kw: object) -> Seen:
+    from dataclasses import replace
+
+    return replace(s, **kw)  # type: ignore[arg-type]
+
+
+def test_admin_items_leave_cfallows_own_out_and_what_a_reload_keeps() -> None:
+    rule = 'rule family="ipv4" source NOT ipset="cloudflare-v4" port port="443" protocol="tcp" drop'
+    items = settings_items(
+        "zone",
+        "public",
+        {"short": "Public", "ports": [("8443", "tcp")], "rules_str": [rule], "forward": True,
+         "masquerade": False, "target": "default", "interfaces": ["eth0"]},
+    )  # fmt: skip
+    assert items == {
+        "zone public ports 8443/tcp",
+        "zone public forward=True",
+        "zone public interfaces eth0",
+    }
+    kept = keep_over_reload(items | {"ipset x entry 1.2.3.4", "direct rule a"}, False, False)
+    assert kept == {"zone public ports 8443/tcp", "zone public forward=True"}
+    assert keep_over_reload(items, True, True) == items - {"zone public interfaces eth0"}
+
+
+def test_a_remove_in_restrict_mode_puts_emptied_builtin_zones_back() -> None:
+    b = backend(ports=[443], mode="restrict")
+    rules = b.want.restrict_rules
+    public = ZoneState("Public", services=frozenset({"https"}), rules=rules)
+    zones = {"public": public}
+    s = seen(CURRENT, run_zones=zones, perm_zones=zones, zone_paths={"public": "/p/zone/0"})
+    steps = b.diff(s, None).steps
+    kinds = [type(x).__name__ for x in steps]
+    assert kinds.index("Defaults") > max(
+        i for i, k in enumerate(kinds) if k == "Call" and steps[i].method == "removeRichRule"
+    )  # type: ignore[union-attr]
+    assert [x for x in steps if isinstance(x, Defaults)] == [Defaults("public", "/p/zone/0")]
+    assert not any(isinstance(x, Defaults) for x in b.diff(s, CURRENT).steps)
 
 
 def test_restrict_rules_come_after_the_entries_and_go_first() -> None:
