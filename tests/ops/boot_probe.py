@@ -39,7 +39,11 @@ MOTO_PORT = 5055
 def sh(*argv: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{argv}: {proc.returncode} {proc.stderr}")
+        why = f"{argv}: {proc.returncode} {proc.stderr}"
+        if argv[0] == "systemctl":  # what systemd saw, for a failure that shows only under load
+            log = ["journalctl", "-b", "-n", "80", "-o", "short-monotonic", "--no-pager"]
+            why += "\n" + subprocess.run(log, capture_output=True, text=True, check=False).stdout
+        raise RuntimeError(why)
     return proc
 
 
