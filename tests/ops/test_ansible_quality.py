@@ -60,6 +60,8 @@ def test_no_symlink_leaves_the_collection() -> None:
     for unit in ("cfallow.service", "cfallow.timer", "cfallow-restore.service"):
         role_copy = ROOT / "ansible" / "roles" / "cfallow" / "files" / unit
         assert role_copy.read_bytes() == (ROOT / "systemd" / unit).read_bytes(), unit
+    hook = ROOT / "ansible" / "roles" / "cfallow" / "files" / "ufw-after.init"
+    assert hook.read_bytes() == (ROOT / "contrib" / "ufw" / "after.init").read_bytes()
 
 
 def test_ansible_test_sanity(layout: tuple[Path, dict[str, str]]) -> None:
