@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from cfallow.backend import load_class
 from cfallow.model import as_strings
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Stands in for ufw's stock /usr/share/ufw/after.init (the role replaces only that, or its own).
+UFW_STOCK = "#!/bin/sh\n# after.init: if executable, called by ufw-init.\nexit 0\n"
 BIN = Path(sys.executable).parent
 CFALLOW = BIN / "cfallow"
 ALL = as_strings(CURRENT)
@@ -351,8 +354,11 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     need_tool("iptables-save")
     house = wheelhouse(tmp_path / "build")
     root = tmp_path / "root"
-    for d in ("bin", "systemd", "metrics"):
+    for d in ("bin", "systemd", "metrics", "ufw"):
         (root / d).mkdir(parents=True)
+    stock = root / "ufw-stock-after.init"  # ufw's stock hook: the role replaces it
+    stock.write_text(UFW_STOCK)
+    shutil.copy(stock, root / "ufw" / "after.init")
     role_vars = {
         "cfallow_pip_spec": str(next(house.glob("cfallow-*.whl"))),
         "cfallow_pip_args": f"--no-index --find-links {house}",
@@ -364,6 +370,8 @@ def test_role_installs_configures_syncs_and_is_idempotent(
         "cfallow_systemd_dir": str(root / "systemd"),
         "cfallow_systemd": False,
         "cfallow_docker_dropin": True,
+        "cfallow_ufw_dir": str(root / "ufw"),
+        "cfallow_ufw_stock": str(stock),
         "cfallow_metrics_file": str(root / "metrics" / "cfallow.prom"),
         "cfallow_source": {"attempts": 2, "max_shrink": 0.5},
         "cfallow_backends": {"iptables": {"ports": [80, 443, "8000-8080"]}},
@@ -382,6 +390,9 @@ def test_role_installs_configures_syncs_and_is_idempotent(
         assert (root / "systemd" / unit).read_bytes() == (ROOT / "systemd" / unit).read_bytes()
     dropin = "docker.service.d/cfallow.conf"
     assert (root / "systemd" / dropin).read_bytes() == (ROOT / "systemd" / dropin).read_bytes()
+    hook = root / "ufw" / "after.init"
+    assert hook.read_bytes() == (ROOT / "contrib" / "ufw" / "after.init").read_bytes()
+    assert hook.stat().st_mode & 0o777 == 0o755
 
     cfg = config.load(root / "etc" / "cfallow" / "config.toml")
     assert cfg.backends == {"iptables": {"ports": [80, 443, "8000-8080"]}}
@@ -424,6 +435,7 @@ def test_role_refuses_a_spec_an_index_could_answer(
         "cfallow_pip_spec": spec,
         "cfallow_venv": str(venv),
         "cfallow_systemd": False,
+        "cfallow_ufw_hook": False,
         "cfallow_sync_now": False,
     }
     run = ansible.play(

@@ -64,6 +64,8 @@ def test_no_symlink_leaves_the_collection() -> None:
     assert (
         dropin.read_bytes() == (ROOT / "systemd" / "docker.service.d" / "cfallow.conf").read_bytes()
     )
+    hook = ROOT / "ansible" / "roles" / "cfallow" / "files" / "ufw-after.init"
+    assert hook.read_bytes() == (ROOT / "contrib" / "ufw" / "after.init").read_bytes()
 
 
 def test_ansible_test_sanity(layout: tuple[Path, dict[str, str]]) -> None:

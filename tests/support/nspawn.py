@@ -53,6 +53,45 @@ MASK = (
 )
 
 
+def _cgroups(name: str) -> list[Path]:
+    """``name`` below this process's cgroup in the name=systemd and unified hierarchies."""
+    mounts = {"name=systemd": Path("/sys/fs/cgroup/systemd"), "": Path("/sys/fs/cgroup")}
+    if Path("/sys/fs/cgroup/unified/cgroup.procs").exists():
+        mounts[""] = Path("/sys/fs/cgroup/unified")
+    out = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        root = mounts.get(controllers)
+        if root is not None and (root / "cgroup.procs").exists():
+            out.append(root / rel.lstrip("/") / name)
+    return out
+
+
+_ENTER = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1"; shift; n=$((n-1)); done; exec "$@"'
+
+
+@contextlib.contextmanager
+def own_cgroups(name: str) -> Iterator[list[Path]]:
+    """Cgroups of one boot's own (removed afterwards, bottom up).
+
+    With ``--keep-unit`` the container's systemd takes the cgroup of the
+    process that started it as its root. Two containers booted from the same
+    cgroup (two xdist workers on a host whose PID 1 is not systemd) would then
+    build their ``system.slice`` in the same place and kill each other's units
+    (``219/CGROUP``, "Failed to kill control group"): each boot gets its own.
+    """
+    made = _cgroups(name)
+    for d in made:
+        d.mkdir(exist_ok=True)
+    try:
+        yield made
+    finally:
+        for d in made:
+            for sub, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(sub)
+
+
 def need_nspawn() -> None:
     """Root, systemd-nspawn and overlayfs."""
     need_root()
@@ -205,9 +244,13 @@ class Machine:
         console = self.base / f"console-{self.boots}.log"
         argv = ["systemd-nspawn", "-q", "-D", str(self.root), "--register=no", "--keep-unit"]
         argv.append(f"--bind-ro={site.getsitepackages()[0]}:/opt/cfallow-site")
-        with open(console, "w") as out:
+        cgroup = f"cfallow-nspawn-{os.getpid()}-{self.boots}"
+        with open(console, "w") as out, own_cgroups(cgroup) as cgroups:
+            # sh moves itself into this boot's cgroups, then becomes systemd-nspawn.
+            enter = ["sh", "-c", _ENTER, "sh", str(len(cgroups))]
+            enter += [str(d / "cgroup.procs") for d in cgroups]
             proc = subprocess.Popen(
-                [*argv, "--private-network", "-b"],
+                [*enter, *argv, "--private-network", "-b"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
