@@ -37,6 +37,7 @@ from .aws_rules import (
     Rule,
     explain,
     group_change,
+    open_to_all,
     quota,
 )
 
@@ -137,7 +138,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
     def read(self) -> AwsSeen:
         """Each group's rules (one paginated describe), cfallow's prefix lists, and the
         sizes of the other prefix lists the groups reference (they count against the quota)."""
-        reads, failed = sg.read(self.ec2(), self.groups)
+        reads, failed, attach_notes = sg.read(self.ec2(), self.groups)
         lists = pls.find_lists(self.ec2())
         known = {pl.list_id for pl in lists.values()}
         referenced = {
@@ -147,7 +148,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             if r.key.kind == "prefix-list" and r.key.target not in known | set(PENDING.values())
         }
         sizes, notes = pls.sizes(self.ec2(), referenced)
-        return AwsSeen(reads, tuple(failed), lists, sizes, tuple(notes))
+        return AwsSeen(reads, tuple(failed), lists, sizes, (*attach_notes, *notes))
 
     def diff(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
         """Quota-checked plan: lists first, then each group (authorize, then revoke)."""
@@ -176,6 +177,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             left = sum(1 for r in rules if not r.owned and r.key in wanted)
             if left:
                 notes.append(f"{group}: {left} wanted rule(s) already present, not cfallow's")
+            notes += open_to_all(group, rules, self.protocol, self.ports)
         if errors:
             hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
             raise BackendError("; ".join(errors) + "; " + hint)

@@ -29,8 +29,39 @@ def describe(ec2: Ec2, group: str) -> list[dict[str, Any]]:
     )
 
 
-def read(ec2: Ec2, groups: Sequence[str]) -> tuple[dict[str, list[Rule]], list[GroupUnreadable]]:
-    """The ingress rules of each readable group, and the groups that could not be read.
+def unattached(ec2: Ec2, groups: Iterable[str]) -> list[str]:
+    """Notes for groups no network interface uses: their rules admit no one (yet).
+
+    One paginated ``describe_network_interfaces``; a refusal (an IAM policy from
+    before this check, without ``ec2:DescribeNetworkInterfaces``) is a note, not a failure.
+    """
+    wanted = sorted(groups)
+    if not wanted:
+        return []
+    try:
+        enis = ec2.pages(
+            "describe_network_interfaces",
+            "NetworkInterfaces",
+            Filters=[{"Name": "group-id", "Values": wanted}],
+        )
+    except aws_errors() as exc:
+        return [
+            f"cannot tell whether the groups are attached to anything: {error_code(exc)} "
+            "(allow ec2:DescribeNetworkInterfaces, see docs/aws.md)"
+        ]
+    used = {g.get("GroupId") for eni in enis for g in eni.get("Groups") or []}
+    return [
+        f"{g}: attached to no network interface: its rules admit no one until it is"
+        for g in wanted
+        if g not in used
+    ]
+
+
+def read(
+    ec2: Ec2, groups: Sequence[str]
+) -> tuple[dict[str, list[Rule]], list[GroupUnreadable], list[str]]:
+    """The ingress rules of each readable group, the groups that could not be read, and
+    notes on the groups no network interface uses.
 
     Raises :class:`BackendError` when no group at all can be read.
     """
@@ -46,6 +77,7 @@ def read(ec2: Ec2, groups: Sequence[str]) -> tuple[dict[str, list[Rule]], list[G
         }
     except aws_errors() as exc:
         raise BackendError(f"cannot list the security groups: {error_code(exc)}") from exc
+    notes = unattached(ec2, (g for g in groups if g in found))
     reads: dict[str, list[Rule]] = {}
     failed = [GroupUnreadable(g, "InvalidGroup.NotFound") for g in groups if g not in found]
     for group in (g for g in groups if g in found):
@@ -55,7 +87,7 @@ def read(ec2: Ec2, groups: Sequence[str]) -> tuple[dict[str, list[Rule]], list[G
             failed.append(GroupUnreadable(group, error_code(exc)))
     if not reads:
         raise BackendError("; ".join(f"{f.group}: {f.code} (describe)" for f in failed))
-    return reads, failed
+    return reads, failed, notes
 
 
 def authorize(ec2: Ec2, group: str, keys: Iterable[Key]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPNetwork
 
+from cfallow.config import PortRange
 from cfallow.model import Networks
 
 TAG_KEY = "managed-by"
@@ -117,6 +118,33 @@ def parse_rules(raw_rules: Iterable[Mapping[str, Any]]) -> list[Rule]:
         )
         rules.append(Rule(str(raw["SecurityGroupRuleId"]), key, is_owned(raw)))
     return rules
+
+
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+def open_to_all(
+    group: str, rules: Iterable[Rule], protocol: str, ports: Iterable[PortRange]
+) -> list[str]:
+    """Notes for rules not cfallow's that open a managed port to every address.
+
+    Security groups only allow, so such a rule (AWS's "HTTPS from anywhere")
+    lets everyone in beside Cloudflare: the allowlist does not hold.
+    """
+    spans = [(p.first, p.last) for p in ports]
+    notes = []
+    for r in rules:
+        k = r.key
+        if r.owned or k.target not in WORLD or k.protocol not in (protocol, "-1"):
+            continue
+        every_port = k.protocol == "-1" or (k.from_port, k.to_port) == (-1, -1)
+        if every_port or any(k.from_port <= last and first <= k.to_port for first, last in spans):
+            what = "all traffic" if k.protocol == "-1" else k.port
+            notes.append(
+                f"{group}: {what} is open to {k.target} by rule {r.rule_id}, not cfallow's: "
+                "anyone reaches the port, not only Cloudflare"
+            )
+    return notes
 
 
 def group_change(group: str, rules: Iterable[Rule], wanted: Iterable[Key]) -> GroupChange:

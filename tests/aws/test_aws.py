@@ -74,6 +74,7 @@ def test_first_sync_one_batch_per_group_then_nothing(world: World, ports: list[i
     # Every read also looks for cfallow's own prefix lists (leftovers are removed by `remove`).
     assert [c.action for c in calls] == [
         "DescribeSecurityGroups",
+        "DescribeNetworkInterfaces",
         *["DescribeSecurityGroupRules"] * len(world.groups),
         "DescribeManagedPrefixLists",
     ]
@@ -210,3 +211,39 @@ def test_a_port_range_and_udp_make_one_rule_per_range(world: World) -> None:
         assert world.owned(g) == {("udp", 8000, 8080, str(n)) for n in CURRENT}
     again = run_backend(world.backend(ports=["8000-8080"], protocol="udp"), CURRENT, dry_run=True)
     assert not again.changed
+
+
+def _attached_notes(notes: tuple[str, ...]) -> set[str]:
+    return {n.split(":")[0] for n in notes if "attached to no network interface" in n}
+
+
+def test_a_group_no_interface_uses_is_named_until_one_does(world: World) -> None:
+    """Rules in a group nothing uses admit no one: the plan says so, per group."""
+    first = run_backend(world.backend(), CURRENT, dry_run=False)
+    assert first.error is None and first.plan is not None
+    assert _attached_notes(first.plan.notes) == set(world.groups)
+    vpc = world.ec2.describe_security_groups(GroupIds=[world.groups[0]])["SecurityGroups"][0]
+    subnet = world.ec2.create_subnet(VpcId=vpc["VpcId"], CidrBlock="10.0.1.0/24")["Subnet"]
+    world.ec2.create_network_interface(SubnetId=subnet["SubnetId"], Groups=[world.groups[0]])
+    plan = world.backend().plan(CURRENT)
+    assert not plan.changed
+    assert _attached_notes(plan.notes) == {world.groups[1]}
+
+
+def test_an_admin_rule_open_to_everyone_on_a_managed_port_is_named(world: World) -> None:
+    """Security groups only allow: "HTTPS from anywhere" beside cfallow's rules lets all in."""
+    g0 = world.groups[0]
+    world.authorize(g0, 443, "0.0.0.0/0", "HTTPS from anywhere")
+    world.authorize(g0, 80, "::/0", "HTTP from anywhere")
+    world.authorize(g0, 22, "0.0.0.0/0", "SSH")  # not a managed port: not cfallow's business
+    result = run_backend(world.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None
+    world_open = sorted(n for n in result.plan.notes if "anyone reaches the port" in n)
+    assert [n.split(" by rule ")[0] for n in world_open] == [
+        f"{g0}: tcp/443 is open to 0.0.0.0/0",
+        f"{g0}: tcp/80 is open to ::/0",
+    ]
+    # Said, never touched: the admin's rules stay, and cfallow's are all in place.
+    targets = {(r.get("FromPort"), r.get("CidrIpv4") or r.get("CidrIpv6")) for r in world.rules(g0)}
+    assert {(443, "0.0.0.0/0"), (80, "::/0"), (22, "0.0.0.0/0")} <= targets
+    assert world.owned(g0) == expected_rules(CURRENT, [80, 443])

@@ -57,6 +57,12 @@ class Stubbed:
             {"SecurityGroups": [{"GroupId": g, "GroupName": g} for g in groups]},
             {"Filters": [{"Name": "group-id", "Values": list(groups)}]},
         )
+        # Each group in use by one network interface (else a note says it admits no one).
+        self.stub.add_response(
+            "describe_network_interfaces",
+            {"NetworkInterfaces": [{"Groups": [{"GroupId": g} for g in groups]}]},
+            {"Filters": [{"Name": "group-id", "Values": sorted(groups)}]},
+        )
 
     def rules(self, group: str, rules: list[dict[str, Any]]) -> None:
         self.stub.add_response(
@@ -288,6 +294,7 @@ def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
     assert s.names() == [
         "DescribeSecurityGroups",
         "DescribeSecurityGroups",
+        "DescribeNetworkInterfaces",
         "DescribeSecurityGroupRules",
         "DescribeSecurityGroupRules",
         "DescribeManagedPrefixLists",
@@ -370,4 +377,25 @@ def test_every_page_of_rules_is_read_before_deciding() -> None:
     assert result.error is None, result.error
     assert not result.changed and s.writes() == []
     assert result.plan is not None and result.plan.current == CURRENT
+    s.stub.assert_no_pending_responses()
+
+
+def test_no_permission_to_describe_interfaces_is_a_note_not_a_failure() -> None:
+    """An IAM policy from before the attachment check: the sync goes on, and says why not."""
+    s = Stubbed()
+    s.stub.add_response(
+        "describe_security_groups",
+        {"SecurityGroups": [{"GroupId": G1, "GroupName": G1}]},
+        {"Filters": [{"Name": "group-id", "Values": [G1]}]},
+    )
+    s.error("describe_network_interfaces", "UnauthorizedOperation", 403)
+    s.rules(G1, [])
+    s.no_lists()
+    s.ok("authorize_security_group_ingress")
+    result = run_backend(s.backend, CURRENT, dry_run=False)
+    assert result.error is None and result.applied and result.plan is not None
+    assert any(
+        "cannot tell whether the groups are attached to anything: UnauthorizedOperation" in n
+        for n in result.plan.notes
+    ), result.plan.notes
     s.stub.assert_no_pending_responses()
