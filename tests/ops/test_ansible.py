@@ -414,6 +414,15 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert second_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
     assert second_metrics[("cfallow_last_run_success", ())] == 1
 
+    # An after.init with the admin's own commands is theirs: left alone, with a message.
+    own = "#!/bin/sh\n# the admin's own hook\nlogger ufw-hook-ran\nexit 0\n"
+    hook.write_text(own)
+    third = ansible.play(tasks, ns=netns, play_vars=role_vars)
+    assert third.rc == 0 and third.failed == 0, third.stdout
+    assert third.changed == 0, third.stdout
+    assert hook.read_text() == own
+    assert "after.init has your own commands" in third.stdout, third.stdout
+
 
 @pytest.mark.parametrize(
     "spec",
