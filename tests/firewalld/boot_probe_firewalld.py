@@ -16,10 +16,8 @@ Reuses boot_probe.py (copied next to this file) for the traffic and unit helpers
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +63,7 @@ def first(res: dict[str, Any]) -> None:
     res["restore"] = {"rc": proc.returncode, "unit": bp.unit("cfallow-restore.service")}
     res["restore"]["log"] = log.stdout
     for name in ("cfallow.service", "cfallow-restore.service"):
-        out = bp.sh("systemd-analyze", "security", "--no-pager", name).stdout
-        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
-        res[f"security {name}"] = float(m.group(1)) if m else out[-500:]
+        res[f"security {name}"] = bp.exposure(name)
     res["state_end"] = state()
 
 
@@ -123,16 +119,7 @@ def second(res: dict[str, Any]) -> None:
 
 def main() -> None:
     stage = (OUT / "stage").read_text().strip()
-    res: dict[str, Any] = {"stage": stage}
-    try:
-        res["system"] = bp.sh("systemctl", "is-system-running", "--wait", timeout=180).stdout
-        {"first": first, "second": second}[stage](res)
-    except BaseException:
-        res["error"] = traceback.format_exc()
-    finally:
-        res["failed_units"] = bp.sh("systemctl", "--failed", "--no-legend", "--plain").stdout
-        (OUT / f"result-{stage}.json").write_text(json.dumps(res, indent=1, default=str))
-        bp.sh("systemctl", "poweroff", "--no-block")
+    bp.record(stage, {"first": first, "second": second}[stage], {"stage": stage})
 
 
 if __name__ == "__main__":

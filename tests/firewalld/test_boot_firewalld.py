@@ -17,14 +17,12 @@ cfallow run. The probe (boot_probe_firewalld.py) records and powers off.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.cfdata import CURRENT
-from support.nspawn import Machine, need_nspawn
+from support.nspawn import PROBE_UNIT, SOURCE, UPSTREAM_UNIT, Machine, need_nspawn, probe_unit
 
 from cfallow.model import as_strings
 
@@ -34,29 +32,7 @@ HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 CF_ALL = sorted(as_strings(CURRENT))
 
-CONFIG = """\
-[source]
-api_url = "http://127.0.0.1:8080/client/v4/ips"
-text_urls = ["http://127.0.0.1:8080/ips-v4", "http://127.0.0.1:8080/ips-v6"]
-attempts = 1
-timeout = 2
-
-[backends.firewalld]
-mode = "zone"
-ports = [443]
-"""
-
-UPSTREAM = """\
-import http.server, pathlib
-BODY = pathlib.Path("/opt/probe/api-ips.json").read_bytes()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ok = self.path == "/client/v4/ips"
-        self.send_response(200 if ok else 404)
-        self.end_headers()
-        self.wfile.write(BODY if ok else b"")
-http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
-"""
+CONFIG = SOURCE + '\n[backends.firewalld]\nmode = "zone"\nports = [443]\n'
 
 PRENET = """\
 import json, sys, time
@@ -67,24 +43,9 @@ open("/opt/probe/prenet.json", "w").write(json.dumps(out))
 """
 
 UNITS = {
-    "cfallow-test-upstream.service": """\
-[Unit]
-Description=Cloudflare API stand-in on 127.0.0.1:8080
-Before=cfallow.service
-[Service]
-ExecStart=/opt/cfallow/bin/python /opt/probe/upstream.py
-[Install]
-WantedBy=multi-user.target
-""",
-    "cfallow-test-probe.service": """\
-[Unit]
-Description=Record what the boot did, then power off
-After=basic.target firewalld.service
-[Service]
-ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py
-[Install]
-WantedBy=multi-user.target
-""",
+    PROBE_UNIT: probe_unit(
+        "Record what the boot did, then power off", "basic.target firewalld.service"
+    ),
     "cfallow-test-prenet.service": """\
 [Unit]
 Description=The allowlist in the kernel when network-pre.target is reached
@@ -101,9 +62,6 @@ WantedBy=multi-user.target
 
 #: What the host has enabled that these boots do not need (on top of nspawn.MASK).
 LEAN = (
-    "docker.service",
-    "docker.socket",
-    "containerd.service",
     "fail2ban.service",
     "machines.target",
     "remote-fs.target",
@@ -115,15 +73,14 @@ LEAN = (
 
 def _prepare(m: Machine) -> None:
     m.install_cfallow()
+    m.add_upstream()
     m.systemctl("unmask", "firewalld.service")
     m.systemctl("mask", *LEAN)
     m.write("/etc/cfallow/config.toml", CONFIG)
     m.write("/opt/probe/probe.py", (HERE / "boot_probe_firewalld.py").read_text())
     m.write("/opt/probe/boot_probe_firewalld.py", (HERE / "boot_probe_firewalld.py").read_text())
     m.write("/opt/probe/boot_probe.py", (TESTS / "ops" / "boot_probe.py").read_text())
-    m.write("/opt/probe/upstream.py", UPSTREAM)
     m.write("/opt/probe/prenet.py", PRENET)
-    shutil.copy(TESTS / "fixtures" / "cloudflare" / "api-ips.json", m.path("/opt/probe/"))
     for name, text in UNITS.items():
         m.write(f"/etc/systemd/system/{name}", text)
     m.systemctl("enable", "firewalld.service", *UNITS)
@@ -132,7 +89,7 @@ def _prepare(m: Machine) -> None:
 
 def _reboot(m: Machine) -> None:
     """Cloudflare unreachable; of cfallow's units only the boot-time restore is enabled."""
-    m.systemctl("disable", "cfallow-test-upstream.service")
+    m.systemctl("disable", UPSTREAM_UNIT)
     m.systemctl("enable", "cfallow-restore.service")
 
 
@@ -147,11 +104,7 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             if stage == "second":
                 _reboot(m)
             m.write("/opt/probe/stage", stage)
-            out[f"console {stage}"] = m.boot()
-            result = m.path(f"/opt/probe/result-{stage}.json")
-            assert result.exists(), out[f"console {stage}"][-3000:]
-            out[stage] = json.loads(result.read_text())
-            assert "error" not in out[stage], out[stage]["error"]
+            out[stage] = m.boot_probe(stage)
     return out
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,29 @@ def sh(*argv: str, check: bool = False, timeout: float = 120) -> subprocess.Comp
             why += "\n" + subprocess.run(log, capture_output=True, text=True, check=False).stdout
         raise RuntimeError(why)
     return proc
+
+
+def exposure(name: str) -> float | str:
+    """``systemd-analyze security`` of the loaded unit: its score, or the output's tail."""
+    out = sh("systemd-analyze", "security", "--no-pager", name).stdout
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+    return float(m.group(1)) if m else out[-500:]
+
+
+def record(name: str, run: Callable[[dict[str, Any]], None], res: dict[str, Any]) -> None:
+    """Once the system is up, ``run(res)``; write /opt/probe/result-NAME.json, power off.
+
+    Whatever ``run`` raises is recorded as ``res["error"]``; the container always powers off.
+    """
+    try:
+        res["system"] = sh("systemctl", "is-system-running", "--wait", timeout=180).stdout.strip()
+        run(res)
+    except BaseException:
+        res["error"] = traceback.format_exc()
+    finally:
+        res["failed_units"] = sh("systemctl", "--failed", "--no-legend", "--plain").stdout
+        (OUT / f"result-{name}.json").write_text(json.dumps(res, indent=1, default=str))
+        sh("systemctl", "poweroff", "--no-block")
 
 
 def unit(name: str) -> dict[str, str]:
@@ -189,9 +213,7 @@ def first(res: dict[str, Any]) -> None:
     res["lkg"] = json.loads(Path("/var/lib/cfallow/last-known-good.json").read_text())
     res["owned_nft"] = owned() + owned("ip6tables-save")
     for name in ("cfallow.service", "cfallow-restore.service"):
-        out = sh("systemd-analyze", "security", "--no-pager", name).stdout
-        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
-        res[f"security {name}"] = float(m.group(1)) if m else out[-500:]
+        res[f"security {name}"] = exposure(name)
     base = CONFIG.read_text()
 
     res["legacy"] = start_service(base.replace('variant = "nft"', 'variant = "legacy"'))
@@ -306,16 +328,7 @@ def second(res: dict[str, Any]) -> None:
 
 def main() -> None:
     stage = (OUT / "stage").read_text().strip()
-    res: dict[str, Any] = {"stage": stage}
-    try:
-        res["system"] = sh("systemctl", "is-system-running", "--wait", timeout=180).stdout.strip()
-        {"first": first, "second": second}[stage](res)
-    except BaseException:
-        res["error"] = traceback.format_exc()
-    finally:
-        res["failed_units"] = sh("systemctl", "--failed", "--no-legend", "--plain").stdout
-        (OUT / f"result-{stage}.json").write_text(json.dumps(res, indent=1, default=str))
-        sh("systemctl", "poweroff", "--no-block")
+    record(stage, {"first": first, "second": second}[stage], {"stage": stage})
 
 
 if __name__ == "__main__":

@@ -13,9 +13,6 @@ Everything goes to /opt/probe/result-realip.json; the probe always powers off.
 from __future__ import annotations
 
 import itertools
-import json
-import re
-import subprocess
 import sys
 import time
 import traceback
@@ -23,7 +20,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, "/opt/probe")
-from boot_probe import CF, OUTSIDE, SERVER, client_namespace, sh, start_service, unit
+from boot_probe import (
+    CF,
+    OUTSIDE,
+    SERVER,
+    client_namespace,
+    exposure,
+    record,
+    sh,
+    start_service,
+    unit,
+)
 
 OUT = Path("/opt/probe")
 CLAIM = "203.0.113.9"
@@ -126,12 +133,6 @@ def one(server: str) -> dict[str, Any]:
     return rec
 
 
-def security(res: dict[str, Any]) -> None:
-    out = sh("systemd-analyze", "security", "--no-pager", "cfallow.service").stdout
-    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
-    res["security"] = float(m.group(1)) if m else out[-500:]
-
-
 def run(res: dict[str, Any]) -> None:
     client_namespace()
     for server in SERVERS:
@@ -139,20 +140,11 @@ def run(res: dict[str, Any]) -> None:
             res[server] = one(server)
         except Exception:  # the other servers still run
             res[server] = {"error": traceback.format_exc()}
-    security(res)
+    res["security"] = exposure("cfallow.service")
 
 
 def main() -> None:
-    res: dict[str, Any] = {}
-    try:
-        res["system"] = sh("systemctl", "is-system-running", "--wait", timeout=180).stdout.strip()
-        run(res)
-    except BaseException:
-        res["error"] = traceback.format_exc()
-    finally:
-        res["failed_units"] = sh("systemctl", "--failed", "--no-legend", "--plain").stdout
-        (OUT / "result-realip.json").write_text(json.dumps(res, indent=1, default=str))
-        subprocess.run(["systemctl", "poweroff", "--no-block"], check=False)
+    record("realip", run, {})
 
 
 if __name__ == "__main__":

@@ -14,18 +14,16 @@ Everything goes to /opt/probe/result-ufw.json; the probe always powers off.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, "/opt/probe")
-from boot_probe import CF, CONFIG, OUTSIDE, client_namespace, listen, reach, sh
+from boot_probe import CF, CONFIG, OUTSIDE, client_namespace, listen, reach, record, sh
 
 OUT = Path("/opt/probe")
 HOOK = Path("/etc/ufw/after.init")
@@ -129,16 +127,7 @@ def run(res: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    res: dict[str, Any] = {}
-    try:
-        res["system"] = sh("systemctl", "is-system-running", "--wait", timeout=180).stdout.strip()
-        run(res)
-    except BaseException:
-        res["error"] = traceback.format_exc()
-    finally:
-        res["failed_units"] = sh("systemctl", "--failed", "--no-legend", "--plain").stdout
-        (OUT / "result-ufw.json").write_text(json.dumps(res, indent=1, default=str))
-        sh("systemctl", "poweroff", "--no-block")
+    record("ufw", run, {})
 
 
 if __name__ == "__main__":

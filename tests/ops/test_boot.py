@@ -21,15 +21,20 @@ The probe (boot_probe.py) records into /opt/probe and powers the container off.
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.cfdata import CURRENT
-from support.nspawn import Machine, need_nspawn
+from support.nspawn import (
+    PROBE_UNIT,
+    SOURCE,
+    UPSTREAM_UNIT,
+    Machine,
+    need_nspawn,
+    probe_unit,
+)
 
 from cfallow.model import as_strings
 
@@ -37,52 +42,18 @@ HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures" / "cloudflare"
 SUPPORT = HERE.parent / "support"
 
-CONFIG = """\
-[source]
-api_url = "http://127.0.0.1:8080/client/v4/ips"
-text_urls = ["http://127.0.0.1:8080/ips-v4", "http://127.0.0.1:8080/ips-v6"]
-attempts = 1
-timeout = 2
-
+CONFIG = (
+    SOURCE
+    + """
 [backends.iptables]
 variant = "nft"
 mode = "lockdown"
 ports = [443]
 """
-
-UPSTREAM = """\
-import http.server, pathlib
-BODY = pathlib.Path("/opt/probe/api-ips.json").read_bytes()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        ok = self.path == "/client/v4/ips"
-        self.send_response(200 if ok else 404)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(BODY if ok else b"")
-http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
-"""
+)
 
 UNITS = {
-    "cfallow-test-upstream.service": """\
-[Unit]
-Description=Cloudflare API stand-in on 127.0.0.1:8080
-Before=cfallow.service
-[Service]
-ExecStart=/opt/cfallow/bin/python /opt/probe/upstream.py
-[Install]
-WantedBy=multi-user.target
-""",
-    "cfallow-test-probe.service": """\
-[Unit]
-Description=Record what the boot did, then power off
-After=basic.target
-[Service]
-Type=simple
-ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py
-[Install]
-WantedBy=multi-user.target
-""",
+    PROBE_UNIT: probe_unit("Record what the boot did, then power off"),
     "cfallow-test-prenet.service": """\
 [Unit]
 Description=The ruleset when network-pre.target is reached
@@ -107,12 +78,11 @@ JAIL = "[cftest]\nenabled = true\nfilter = sshd\nlogpath = /var/log/cftest.log\n
 
 def _prepare(m: Machine) -> None:
     m.install_cfallow()
+    m.add_upstream()
     m.unpack("netfilter-persistent", "iptables-persistent")
     m.write("/etc/cfallow/config.toml", CONFIG)
     m.write("/opt/probe/probe.py", (HERE / "boot_probe.py").read_text())
-    m.write("/opt/probe/upstream.py", UPSTREAM)
     m.write("/opt/probe/moto_server.py", (SUPPORT / "aws_moto_server.py").read_text())
-    shutil.copy(FIXTURES / "api-ips.json", m.path("/opt/probe/api-ips.json"))
     m.write("/etc/iptables/rules.v4", RULES_V4)
     m.write("/etc/iptables/rules.v6", RULES_V6)
     m.write("/etc/fail2ban/jail.d/defaults-debian.conf", "[sshd]\nenabled = false\n")
@@ -137,14 +107,10 @@ def boots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         _prepare(m)
         for stage in ("first", "second"):
             if stage == "second":  # Cloudflare unreachable from now on
-                m.systemctl("disable", "cfallow-test-upstream.service")
+                m.systemctl("disable", UPSTREAM_UNIT)
                 out["lkg_kept"] = m.path("/var/lib/cfallow/last-known-good.json").exists()
             m.write("/opt/probe/stage", stage)
-            out[f"console {stage}"] = m.boot()
-            result = m.path(f"/opt/probe/result-{stage}.json")
-            assert result.exists(), out[f"console {stage}"][-3000:]
-            out[stage] = json.loads(result.read_text())
-            assert "error" not in out[stage], out[stage]["error"]
+            out[stage] = m.boot_probe(stage)
     return out
 
 

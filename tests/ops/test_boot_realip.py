@@ -20,13 +20,12 @@ IPv6.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.cfdata import CURRENT
-from support.nspawn import Machine, need_nspawn
+from support.nspawn import PROBE_UNIT, Machine, need_nspawn, probe_unit
 
 from cfallow.model import as_strings
 
@@ -38,16 +37,7 @@ SERVERS = ("nginx", "apache", "haproxy", "caddy")
 CF, OUTSIDE = ("104.16.0.10", "2400:cb00::10"), ("198.51.100.7", "2001:db8:ff::7")
 CLAIM = "203.0.113.9"
 UNITS = {
-    "cfallow-test-probe.service": """\
-[Unit]
-Description=Run the real-IP backends under cfallow.service, record, power off
-After=basic.target
-[Service]
-Type=simple
-ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py
-[Install]
-WantedBy=multi-user.target
-""",
+    PROBE_UNIT: probe_unit("Run the real-IP backends under cfallow.service, record, power off"),
     "cfallow-test-xff.service": """\
 [Unit]
 Description=The application behind Caddy: logs the first X-Forwarded-For entry
@@ -107,12 +97,7 @@ def realip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     m = Machine(tmp_path_factory.mktemp("nspawn-realip"))
     with m.mounted():
         _prepare(m)
-        console = m.boot()
-        result = m.path("/opt/probe/result-realip.json")
-        assert result.exists(), console[-3000:]
-        res: dict[str, Any] = json.loads(result.read_text())
-    assert "error" not in res, res["error"]
-    return res
+        return m.boot_probe("realip")
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -24,26 +24,15 @@ refuses the outsider. No cfallow.timer here: nothing else repairs the chain.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.nspawn import REPO, Machine, need_nspawn
+from support.nspawn import PROBE_UNIT, REPO, Machine, need_nspawn, probe_unit
 
 HERE = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.xdist_group("boot-ufw"), pytest.mark.root, pytest.mark.slow]
 
-PROBE_UNIT = """\
-[Unit]
-Description=Run ufw's reload paths, record, power off
-After=basic.target
-[Service]
-Type=simple
-ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py
-[Install]
-WantedBy=multi-user.target
-"""
 V4 = (
     "### tuple ### allow tcp 22 0.0.0.0/0 any 0.0.0.0/0 in\n"
     "-A ufw-user-input -p tcp --dport 22 -j ACCEPT\n"
@@ -65,9 +54,10 @@ def _prepare(m: Machine) -> None:
     m.write("/etc/ufw/after.init", (REPO / "contrib/ufw/after.init").read_text(), 0o644)
     m.write("/opt/probe/boot_probe.py", (HERE / "boot_probe.py").read_text())
     m.write("/opt/probe/probe.py", (HERE / "boot_probe_ufw.py").read_text())
-    m.write("/etc/systemd/system/cfallow-test-probe.service", PROBE_UNIT)
+    probe = probe_unit("Run ufw's reload paths, record, power off")
+    m.write(f"/etc/systemd/system/{PROBE_UNIT}", probe)
     m.systemctl("disable", "fail2ban.service")
-    m.systemctl("enable", "ufw.service", "cfallow-restore.service", "cfallow-test-probe.service")
+    m.systemctl("enable", "ufw.service", "cfallow-restore.service", PROBE_UNIT)
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +66,7 @@ def ufw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     m = Machine(tmp_path_factory.mktemp("nspawn-ufw"))
     with m.mounted():
         _prepare(m)
-        console = m.boot()
-        result = m.path("/opt/probe/result-ufw.json")
-        assert result.exists(), console[-3000:]
-        res: dict[str, Any] = json.loads(result.read_text())
-    assert "error" not in res, res["error"]
-    return res
+        return m.boot_probe("ufw")
 
 
 def _first_is_cfallow(snap: dict[str, Any]) -> bool:

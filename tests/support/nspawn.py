@@ -14,6 +14,7 @@ The overlay is always unmounted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from support import need, need_root, need_tool
 
@@ -90,6 +92,48 @@ def own_cgroups(name: str) -> Iterator[list[Path]]:
             for sub, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(sub)
+
+
+#: ``[source]`` of a config that fetches from :meth:`Machine.add_upstream`'s stand-in.
+SOURCE = """\
+[source]
+api_url = "http://127.0.0.1:8080/client/v4/ips"
+text_urls = ["http://127.0.0.1:8080/ips-v4", "http://127.0.0.1:8080/ips-v6"]
+attempts = 1
+timeout = 2
+"""
+UPSTREAM_UNIT = "cfallow-test-upstream.service"
+_UPSTREAM = """\
+import http.server, pathlib
+BODY = pathlib.Path("/opt/probe/api-ips.json").read_bytes()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/client/v4/ips"
+        self.send_response(200 if ok else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(BODY if ok else b"")
+http.server.HTTPServer(("127.0.0.1", 8080), H).serve_forever()
+"""
+_UPSTREAM_UNIT = """\
+[Unit]
+Description=Cloudflare API stand-in on 127.0.0.1:8080
+Before=cfallow.service
+[Service]
+ExecStart=/opt/cfallow/bin/python /opt/probe/upstream.py
+[Install]
+WantedBy=multi-user.target
+"""
+PROBE_UNIT = "cfallow-test-probe.service"
+
+
+def probe_unit(description: str, after: str = "basic.target") -> str:
+    """The unit that runs /opt/probe/probe.py once the boot is up (it powers off)."""
+    return (
+        f"[Unit]\nDescription={description}\nAfter={after}\n[Service]\nType=simple\n"
+        "ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
 
 
 def need_nspawn() -> None:
@@ -233,6 +277,24 @@ class Machine:
             [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
             check=True, capture_output=True,
         )  # fmt: skip
+
+    def add_upstream(self) -> None:
+        """A Cloudflare API stand-in on the container's 127.0.0.1:8080, enabled
+        (:data:`UPSTREAM_UNIT`; disable it to make Cloudflare unreachable)."""
+        self.write("/opt/probe/upstream.py", _UPSTREAM)
+        shutil.copy(REPO / "tests" / "fixtures" / "cloudflare" / "api-ips.json",
+                    self.path("/opt/probe/api-ips.json"))  # fmt: skip
+        self.write(f"/etc/systemd/system/{UPSTREAM_UNIT}", _UPSTREAM_UNIT)
+        self.systemctl("enable", UPSTREAM_UNIT)
+
+    def boot_probe(self, name: str) -> dict[str, Any]:
+        """Boot once; what the probe recorded in /opt/probe/result-NAME.json (no error)."""
+        console = self.boot()
+        result = self.path(f"/opt/probe/result-{name}.json")
+        assert result.exists(), console[-3000:]
+        res: dict[str, Any] = json.loads(result.read_text())
+        assert "error" not in res, res["error"]
+        return res
 
     def boot(self, timeout: float = 240) -> str:
         """Boot once, until the container powers itself off; its console output.
