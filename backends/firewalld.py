@@ -32,7 +32,7 @@ from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, TargetMoved
 from cfallow.model import Networks, Plan, by_family, make_plan
 
-from .firewalld_admin import describe, read_admin
+from .firewalld_admin import describe, read_admin, read_zones
 from .firewalld_builtin import restore_builtin
 from .firewalld_bus import Bus, bus_address
 from .firewalld_diff import emptied_zones, leftover_note, plan_calls, unrestricted
@@ -226,11 +226,9 @@ def read_all(bus: Bus) -> Seen:
         if name in perm_names:
             set_paths[name] = path = bus.config_path("getIPSetByName", name)
             perm_sets[name] = set_state(bus.config_ipset(path), version)
-    run_zones = {z: zone_state(bus.runtime_zone(z)) for z in bus.runtime_zones()}
-    perm_zones, zone_paths = {}, {}
-    for zone in bus.config_names("getZoneNames"):
-        zone_paths[zone] = path = bus.config_path("getZoneByName", zone)
-        perm_zones[zone] = zone_state(bus.config_zone(path))
+    run_raw, perm_raw, zone_paths = read_zones(bus)  # once: for cfallow's view and the admin's
+    run_zones = {z: zone_state(s) for z, s in run_raw.items()}
+    perm_zones = {z: zone_state(s) for z, s in perm_raw.items()}
     return Seen(
         state,
         bus.default_zone(),
@@ -240,5 +238,5 @@ def read_all(bus: Bus) -> Seen:
         run_zones,
         perm_zones,
         zone_paths,
-        read_admin(bus),
+        read_admin(bus, (run_raw, perm_raw)),
     )

@@ -79,18 +79,25 @@ def _unwrap(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v[1] for k, v in raw.items()}
 
 
-def _zones(bus: Bus) -> tuple[set[str], set[str]]:
-    run: set[str] = set()
-    for zone in bus.runtime_zones():
-        settings = bus.runtime_zone(zone)
-        if settings.get("short") != OWNER:
-            run |= settings_items("zone", zone, settings)
-    perm: set[str] = set()
-    for zone in bus.config_names("getZoneNames"):
-        settings = bus.config_zone(bus.config_path("getZoneByName", zone))
-        if settings.get("short") != OWNER:
-            perm |= settings_items("zone", zone, settings)
-    return run, perm
+Zones = Mapping[str, Mapping[str, Any]]
+
+
+def read_zones(bus: Bus) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Every zone's settings, runtime and permanent, and the permanent ones' object paths."""
+    run = {z: bus.runtime_zone(z) for z in bus.runtime_zones()}
+    paths = {z: bus.config_path("getZoneByName", z) for z in bus.config_names("getZoneNames")}
+    return run, {z: bus.config_zone(p) for z, p in paths.items()}, paths
+
+
+def _zones(run_zones: Zones, perm_zones: Zones) -> tuple[set[str], set[str]]:
+    layers = []
+    for zones in (run_zones, perm_zones):
+        items: set[str] = set()
+        for zone, settings in zones.items():
+            if settings.get("short") != OWNER:
+                items |= settings_items("zone", zone, settings)
+        layers.append(items)
+    return layers[0], layers[1]
 
 
 def _policies(bus: Bus) -> tuple[set[str], set[str]]:
@@ -130,11 +137,14 @@ def _direct(bus: Bus) -> tuple[set[str], set[str]]:
     return direct_items(chains, rules, passes), direct_items(*perm)
 
 
-def read_admin(bus: Bus) -> Admin:
-    """Both layers of the admin's zones, policies, ipsets and direct rules."""
-    run: set[str] = set()
-    perm: set[str] = set()
-    for part in (_zones, _policies, _ipsets, _direct):
+def read_admin(bus: Bus, zones: tuple[Zones, Zones] | None = None) -> Admin:
+    """Both layers of the admin's zones, policies, ipsets and direct rules.
+
+    ``zones``: the runtime and permanent zone settings when the caller has just read them.
+    """
+    run_zones, perm_zones = zones if zones is not None else read_zones(bus)[:2]
+    run, perm = _zones(run_zones, perm_zones)
+    for part in (_policies, _ipsets, _direct):
         r, p = part(bus)
         run |= r
         perm |= p
