@@ -118,10 +118,15 @@ def one(server: str) -> dict[str, Any]:
     wait_up(server)
     rec["before"] = processes(spec["unit"])
     rec["run"] = start_service(SOURCE + f"[backends.{server}]\n")
-    if server in ("nginx", "apache"):  # a graceful reload starts new workers
-        deadline = time.monotonic() + 5
+    if server in ("nginx", "apache"):
+        # A graceful reload starts new workers, then tells the old ones to stop;
+        # until they have, an old worker can still take a connection with the old
+        # list (a few ms: this probe's first request once lost that race).
+        old = set(rec["before"]["pids"])
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if set(processes(spec["unit"])["pids"]) - set(rec["before"]["pids"]):
+            now = set(processes(spec["unit"])["pids"])
+            if now - old and not now & old:
                 break
             time.sleep(0.1)
     rec["after"] = processes(spec["unit"])

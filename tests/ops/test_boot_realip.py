@@ -123,6 +123,7 @@ def test_the_running_server_took_the_list_in_the_same_process(
     assert before["main"] == after["main"] != "0", (before, after)
     if server in ("nginx", "apache"):  # a graceful reload: new workers, same master
         assert set(after["pids"]) - set(before["pids"]), (before, after)
+        assert not set(after["pids"]) & set(before["pids"]), (before, after)  # old ones ended
 
 
 @pytest.mark.parametrize("server", SERVERS)
