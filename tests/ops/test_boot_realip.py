@@ -113,6 +113,8 @@ def test_hardened_unit_writes_the_trust_list_into_the_servers_etc(
     assert rec["list"] is not None
     assert all(c in rec["list"] for c in as_strings(CURRENT)), rec["list"]
     assert rec["server_unit"]["ActiveState"] == "active", rec["server_unit"]
+    # nginx: the sandboxed unit saw the master start new workers (the reload is confirmed).
+    assert "not confirmed" not in run["log"], run["log"]
 
 
 @pytest.mark.parametrize("server", SERVERS)

@@ -8,6 +8,8 @@ Cloudflare address, from an outside address and from a WARP address
 
 from __future__ import annotations
 
+import logging
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +25,16 @@ from support.realip_lab import (
     OUT_SRC6,
     WARP_SRC,
     ServerHarness,
+    check_sync_returns_with_new_workers,
     cli_config,
     in_pair,
     opened_during,
+    port_in_use,
     running,
     sig,
     sync,
+    synced_to_old,
+    wait_for,
 )
 from support.realip_nginx import Nginx
 
@@ -217,3 +223,62 @@ def test_challenge_page_never_reaches_the_file(
     assert result.rc == 4, result.err
     assert nginx.list_path.read_bytes() == before
     assert nginx.reloads() == reloads
+
+
+def test_sync_returns_once_the_new_workers_run(nginx: Nginx) -> None:
+    check_sync_returns_with_new_workers(nginx)
+
+
+def test_reload_the_master_refuses_is_an_error_and_the_old_list_stays(nginx: Nginx) -> None:
+    # nginx -T tolerates "address in use"; the master's reload does not: it logs
+    # the bind error, keeps its old workers, and `nginx -s reload` still exits 0.
+    old, state = synced_to_old(nginx)
+    with port_in_use() as port:
+        admin = nginx.root / "conf.d" / "admin.conf"
+        admin.write_text(f"server {{ listen 127.0.0.1:{port}; return 204; }}\n")
+        result = sync(nginx, CURRENT, reload_wait=1.0)
+    assert result.error is not None, result
+    assert "did not take the new configuration" in result.error
+    assert f"parent process (pid {state[0]}) started no new worker within 1 s" in result.error
+    assert "Address already in use" in (nginx.root / "error.log").read_text()
+    assert nginx.list_path.read_bytes() == old
+    assert nginx.state() == state
+    assert nginx.seen_as("127.0.0.1") == "127.0.0.1"
+
+
+def test_master_started_with_another_config_is_refused_before_any_reload(
+    nginx: Nginx,
+) -> None:
+    # Same pid file, but the running master reads a file without conf.d: a
+    # reload would load that, and cfallow's list would never be in effect.
+    other = nginx.root / "other.conf"
+    other.write_text(nginx.conf.read_text().replace(f"include {nginx.root}/conf.d/*.conf;", ""))
+    nginx.stop()
+    argv = ["nginx", "-p", str(nginx.root), "-c", str(other), "-e", str(nginx.root / "error.log")]
+    subprocess.run(argv, check=True, capture_output=True)
+    wait_for(nginx.ready, "nginx on other.conf")
+    state, reloads = nginx.state(), nginx.reloads()
+    result = sync(nginx, CURRENT)
+    assert result.error is not None, result
+    assert f"the running nginx (pid {state[0]}) reads {other}, but cfallow tests" in result.error
+    assert f'options = ["-c", "{other}"]' in result.error
+    assert not nginx.list_path.exists() and not nginx.header_path.exists()
+    assert (nginx.state(), nginx.reloads()) == (state, reloads)
+
+
+def test_reload_nobody_can_confirm_warns_and_succeeds(
+    nginx: Nginx, caplog: pytest.LogCaptureFixture
+) -> None:
+    # nginx elsewhere (a container, say): a custom reload command, no pid file here.
+    pid_file = nginx.root / "nginx.pid"
+    pid = nginx.master_pid()
+    hidden = pid_file.with_name("nginx.pid.moved")
+    pid_file.rename(hidden)
+    try:
+        reload = ["/bin/kill", "-HUP", str(pid)]
+        result = sync(nginx, CURRENT, reload_command=reload, log=logging.getLogger("test.realip"))
+    finally:
+        hidden.rename(pid_file)
+    assert result.error is None and result.applied
+    said = "reload sent, not confirmed: cannot see nginx's parent process and its workers"
+    assert f"{said} (no pid in {pid_file})" in caplog.text

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import itertools
 import json
+import logging
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ from cfallow.engine import BackendResult, run_backend
 from cfallow.runner import Runner
 from cfallow.testing import Harness
 from support import need_root, need_tool, ns_exec
+from support.cfdata import CURRENT, OLD
 
 #: Client addresses for the traffic tests (all assigned inside the client namespace only).
 CF_SRC = "173.245.48.5"  # in 173.245.48.0/20: a Cloudflare edge
@@ -278,9 +280,20 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def sync(server: Server, desired: frozenset[IPNetwork] | None, **extra: Any) -> BackendResult:
-    """One engine run of ``server``'s backend (the test's private server)."""
-    backend = build(server.name, {**server.section(), **extra}, Context(etag="test-etag"))
+def sync(
+    server: Server,
+    desired: frozenset[IPNetwork] | None,
+    *,
+    log: logging.Logger | None = None,
+    **extra: Any,
+) -> BackendResult:
+    """One engine run of ``server``'s backend (the test's private server).
+
+    ``log``: the backend's logger (the CLI's own "cfallow" logger does not
+    propagate to pytest's caplog once a CLI test has run).
+    """
+    ctx = Context(etag="test-etag") if log is None else Context(etag="test-etag", log=log)
+    backend = build(server.name, {**server.section(), **extra}, ctx)
     return run_backend(backend, desired, dry_run=False)
 
 
@@ -315,3 +328,28 @@ def opened_during(fn: Any) -> tuple[Any, list[str]]:
         return fn(), list(_opened[-1])
     finally:
         _opened.pop()
+
+
+@contextlib.contextmanager
+def port_in_use() -> Iterator[int]:
+    """A loopback port another process (this test) listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
+
+
+def synced_to_old(server: Server) -> tuple[bytes, tuple[int, frozenset[int]]]:
+    """Sync the pre-2021 list and wait for the reload: the list's bytes and the generation."""
+    gen = server.state()
+    assert sync(server, OLD).applied
+    server.reloaded(gen)
+    return server.list_path.read_bytes(), server.state()
+
+
+def check_sync_returns_with_new_workers(server: Server) -> None:
+    """A changing sync returns only once the same parent runs new workers."""
+    pid, workers = server.state()
+    assert sync(server, CURRENT).applied
+    assert children(pid) - workers  # at once: no waiting for the server after the sync
+    assert server.master_pid() == pid
