@@ -20,6 +20,7 @@ from typing import Any
 from pytest_httpserver import HTTPServer
 
 from cfallow.backend import Context, build
+from cfallow.cli import main
 from support.cli_helpers import Result, fixture_text, run_proc
 from support.realip_lab import Server, cli_config, wait_for
 
@@ -53,6 +54,12 @@ class Runs:
         self.config = cli_config(self.top, base, server, **extra)
         self.state = self.top / "state"
 
+    @property
+    def pending(self) -> Path:
+        """The pending-reload record next to the server's list."""
+        path = self.server.list_path
+        return path.with_name(f".{path.name}.cfallow-reload")
+
     def _gate_env(self) -> list[str]:
         paths = {"GATE": self.gate, "READY": self.ready, "LIST": self.server.list_path}
         return [f"{k}={v}" for k, v in paths.items()]
@@ -68,7 +75,12 @@ class Runs:
         return [sys.executable, "-m", "cfallow", *common, *args]
 
     def cli(self, *args: str) -> Result:
+        """The CLI as its own process."""
         return run_proc(*self.argv(*args)[3:], timeout=120)
+
+    def inproc(self, *args: str) -> int:
+        """The same CLI entry point in this process (no interpreter start: many runs)."""
+        return main(self.argv(*args)[3:])
 
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         """A ``cfallow sync`` in its own session (its commands can be waited for)."""
