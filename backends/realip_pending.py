@@ -50,8 +50,7 @@ class PendingReload:
         """The drift line ``status`` shows while the record exists."""
         return (
             f"the running {self.server} has not been confirmed to load {self.list_path} "
-            f"(a run stopped or a reload failed after it changed; {self.path} says so): "
-            "sync reloads it"
+            "(a run stopped, or a reload failed, after it changed): sync reloads it"
         )
 
     def set(self) -> None:
