@@ -145,9 +145,12 @@ def running_with(program: str, config: str) -> int | None:
             if Path(f"/proc/{pid}/comm").read_text().strip() != program:
                 continue
             raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:  # hidden (not dumpable, a sandbox): absolute paths still match
+            cwd = "/"
         args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
         if _config_named(args, cwd, config):
             return pid
