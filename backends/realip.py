@@ -10,7 +10,11 @@ how its whole configuration is tested and how it reloads::
            source etag in a comment) and compare bytes; a hand edit is drift
     apply  ManagedFile: candidate next to the target -> rename -> test the
            whole server config with the file in place -> reload; the previous
-           bytes come back if the test or the reload fails
+           bytes come back if the test or the reload fails. A pending-reload
+           record (:mod:`.realip_pending`) is written before the rename and
+           removed once the reload is confirmed: a run stopped in between
+           leaves it, and the next run shows drift and finishes the reload.
+           Signals wait until the apply is done.
 
 An optional second file (nginx's ``real_ip_header``, Apache's
 ``RemoteIPHeader``) is written once when missing and never rewritten: it is
