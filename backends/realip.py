@@ -10,7 +10,11 @@ how its whole configuration is tested and how it reloads::
            source etag in a comment) and compare bytes; a hand edit is drift
     apply  ManagedFile: candidate next to the target -> rename -> test the
            whole server config with the file in place -> reload; the previous
-           bytes come back if the test or the reload fails
+           bytes come back if the test or the reload fails. A pending-reload
+           record (:mod:`.realip_pending`) is written before the rename and
+           removed once the reload is confirmed: a run stopped in between
+           leaves it, and the next run shows drift and finishes the reload.
+           Signals wait until the apply is done.
 
 An optional second file (nginx's ``real_ip_header``, Apache's
 ``RemoteIPHeader``) is written once when missing and never rewritten: it is
@@ -27,7 +31,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Union
 
 from netaddr import IPNetwork
 
@@ -37,6 +41,8 @@ from cfallow.errors import BackendError, CommandFailed, TargetMoved, Unavailable
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
 from cfallow.trust import check_executable
+
+from .realip_pending import PendingReload, signals_held
 
 ETAG_LINE = "# source etag: "
 _ERROR_RE = re.compile(r"alert|emerg|error|fail|invalid|unknown|could not|cannot", re.I)
@@ -55,6 +61,8 @@ class Seen:
     etag: str | None
     problems: tuple[str, ...]
     header: bool
+    #: Why the running server may not hold the file's bytes (None: it does, as far as known).
+    unloaded: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,17 @@ class Write:
     new: bytes | None
     #: A removal of the header file: skipped (the file kept) if it is not ``old`` any more.
     keep_if_edited: bool = False
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Plan step: the list file stays ``data``, but the running server must load it."""
+
+    path: str
+    data: bytes | None
+
+
+Step = Union[Write, Reload]
 
 
 def quote(text: str, lines: int = 3) -> str:
@@ -83,7 +102,7 @@ def etag_or_none(etag: str | None) -> str:
     return etag if etag is not None and _ETAG_RE.match(etag) else "none"
 
 
-class RealIpBackend(Backend[Seen, Write]):
+class RealIpBackend(Backend[Seen, Step]):
     """A server's trust list in one file cfallow owns; subclasses fill in the server's syntax."""
 
     #: The server's name in messages ("nginx").
@@ -101,11 +120,13 @@ class RealIpBackend(Backend[Seen, Write]):
         self.configure(section)
         self.test_command = section.get_strings("test_command", []) or self.default_test()
         self.reload_command = section.get_strings("reload_command", []) or self.default_reload()
+        self.pending = PendingReload(self.path, self.server)
         # Root runs these: only programs nobody but root can replace (cfallow.trust).
-        for what, argv in (
-            ("test_command", self.test_command),
-            ("reload_command", self.reload_command),
-        ):
+        # Every one the config names, before anything runs (nginx's -V runs even with
+        # a custom test_command and reload_command).
+        programs = {what: [prog] for what, prog in self.executables().items()}
+        programs.update(test_command=self.test_command, reload_command=self.reload_command)
+        for what, argv in programs.items():
             if argv:
                 check_executable(argv[0], f"[{section.where}] {what}")
 
@@ -122,6 +143,10 @@ class RealIpBackend(Backend[Seen, Write]):
     def program(self) -> str:
         """The binary ``check`` looks for."""
         return self.test_command[0]
+
+    def executables(self) -> dict[str, str]:
+        """The server's own programs named in config (key -> name or path), e.g. ``nginx``."""
+        return {}
 
     def render_body(self, cidrs: Sequence[str]) -> str:
         """The entries in the server's syntax (one CIDR a line unless overridden)."""
@@ -146,9 +171,18 @@ class RealIpBackend(Backend[Seen, Write]):
     def verify(self, output: str) -> None:
         """After a passing test: raise if its output shows the file is not in effect."""
 
-    def activate(self, plan: Plan[Write]) -> None:
+    def activate(self, plan: Plan[Step]) -> None:
         """Make the running server use the new file (default: the reload command)."""
         self.run(self.reload_command, "reload")
+
+    def records_reloads(self) -> bool:
+        """Does :class:`PendingReload` stand for what the server holds? (HAProxy's
+        runtime API is read back instead.)"""
+        return True
+
+    def unloaded(self, nets: Networks) -> str | None:
+        """Why the running server may not hold the file's entries ``nets`` (None: it does)."""
+        return self.pending.drift() if self.pending.exists() else None
 
     # -- the shared cycle ----------------------------------------------------------------
 
@@ -193,12 +227,12 @@ class RealIpBackend(Backend[Seen, Write]):
         data = ManagedFile(self.path).read()
         nets, etag, problems = self.parse(data) if data is not None else (frozenset(), None, ())
         header = self.header_path is not None and os.path.lexists(self.header_path)
-        return Seen(data, nets, etag, problems, header)
+        return Seen(data, nets, etag, problems, header, self.unloaded(nets))
 
-    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Write]:
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         want = desired if desired is not None else frozenset()
         drift = list(observed.problems)
-        steps: list[Write] = []
+        steps: list[Step] = []
         new: bytes | None = None
         if desired is not None:
             etag = observed.etag if want == observed.owned else self.ctx.etag
@@ -208,6 +242,10 @@ class RealIpBackend(Backend[Seen, Write]):
             if want == observed.owned and not drift:
                 what = "is cfallow's" if new is None else "differs from what cfallow writes"
                 drift.append(f"{self.path} {what}")
+        elif observed.unloaded is not None:
+            steps.append(Reload(str(self.path), observed.data))
+        if observed.unloaded is not None:
+            drift.append(observed.unloaded)
         if self.header_path is not None:
             hdr = self.header_text().encode()
             if desired is not None and not observed.header:
@@ -218,10 +256,21 @@ class RealIpBackend(Backend[Seen, Write]):
                 drift.append(f"{self.header_path} goes too, unless you edited it")
         return make_plan(self.name, want, observed.owned, drift=drift, steps=tuple(steps))
 
-    def apply(self, plan: Plan[Write]) -> None:
-        steps = []
+    def apply(self, plan: Plan[Step]) -> None:
+        # A signal waits: the apply finishes (or rolls back) before the process ends.
+        with signals_held():
+            self._apply(plan)
+
+    def _apply(self, plan: Plan[Step]) -> None:
+        steps: list[Write] = []
+        owed = False
         for step in plan.steps:
             now = ManagedFile(Path(step.path)).read()
+            if isinstance(step, Reload):
+                if now != step.data:
+                    raise TargetMoved(f"{step.path} changed since it was read")
+                owed = True
+                continue
             if now != step.old and step.keep_if_edited:
                 if now is not None:
                     self.ctx.log.warning("%s: kept %s: it was edited", self.name, step.path)
@@ -230,10 +279,38 @@ class RealIpBackend(Backend[Seen, Write]):
                 raise TargetMoved(f"{step.path} changed since it was read")
             steps.append(step)
         if not steps:
+            if owed:
+                self._finish_reload(plan)
             return
         if steps[0].old is not None:
             self._baseline()
-        self._install(steps, lambda: self.activate(plan))
+        if not self.records_reloads():
+            self._install(steps, lambda: self.activate(plan))
+            return
+        # The record goes first: from the rename on, a stopped run leaves it behind.
+        owed_before = self.pending.exists()
+        started = False
+
+        def activate() -> None:
+            nonlocal started
+            started = True
+            self.activate(plan)
+
+        self.pending.set()
+        try:
+            self._install(steps, activate)
+        except BaseException:
+            if not started and not owed_before:
+                self.pending.clear()  # the old bytes are back, and the server never left them
+            raise
+        self.pending.clear()
+
+    def _finish_reload(self, plan: Plan[Step]) -> None:
+        # The bytes on disk are already right; the running server has not loaded them.
+        self.test()
+        self.activate(plan)
+        if self.records_reloads():
+            self.pending.clear()
 
     def _baseline(self) -> None:
         # A configuration already broken without cfallow's change is the admin's to fix.

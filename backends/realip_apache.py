@@ -10,10 +10,15 @@ cfallow owns two files:
   has both lines). It needs ``a2enmod remoteip``: without the module Apache
   rejects the file, and cfallow takes it back and says so.
 
-The test is ``apache2ctl -t -D DUMP_INCLUDES``: Apache opens and parses the
-list file there, and the list of included files shows whether one of them
-names the list (a list Apache never reads is an error, not a silent
-success). The reload is ``apache2ctl graceful``.
+The test is ``apache2ctl -t -D DUMP_INCLUDES -D DUMP_RUN_CFG``: Apache opens
+and parses the list file there, the list of included files shows whether one
+of them names the list (a list Apache never reads is an error, not a silent
+success), and the run-time settings name the main error log and the pid
+file. The reload is ``apache2ctl graceful``, confirmed by the parent's
+``AH00489 ... resuming normal operations`` notice in that log
+(:mod:`.realip_proc`): ``graceful`` exits 0 even when the parent then exits
+on a configuration it cannot bind, so without it a sync would report success
+while the site is down.
 """
 
 from __future__ import annotations
@@ -23,10 +28,16 @@ from pathlib import Path
 
 from cfallow.config import Section
 from cfallow.errors import BackendError
+from cfallow.model import Plan
 
-from .realip import RealIpBackend
+from . import realip_proc as proc
+from .realip import RealIpBackend, Step
 
 _INCLUDED = re.compile(r"^\s+\([^)]*\)\s+(/.+?)\s*$")
+_ERROR_LOG = re.compile(r'^Main ErrorLog: "(.*)"\s*$', re.M)
+_PID_FILE = re.compile(r'^PidFile: "(.*)"\s*$', re.M)
+#: What Apache's parent logs once a (graceful) restart has loaded the configuration.
+RESUMED = "AH00489"
 
 
 def _text(path: Path) -> str:
@@ -47,6 +58,12 @@ class ApacheBackend(RealIpBackend):
 
     def configure(self, section: Section) -> None:
         self.apachectl = section.get_str("apachectl", "apache2ctl")
+        #: Seconds to wait for the parent's AH00489 notice after the reload.
+        self.reload_wait = section.get_float("reload_wait", 10.0, minimum=0.1)
+        self._dump = ""
+
+    def executables(self) -> dict[str, str]:
+        return {"apachectl": self.apachectl}
 
     def header_text(self) -> str:
         if any(c.isspace() or c == '"' for c in str(self.path)):
@@ -60,9 +77,10 @@ class ApacheBackend(RealIpBackend):
         )
 
     def default_test(self) -> list[str]:
-        return [self.apachectl, "-t", "-D", "DUMP_INCLUDES"]
+        return [self.apachectl, "-t", "-D", "DUMP_INCLUDES", "-D", "DUMP_RUN_CFG"]
 
     def verify(self, output: str) -> None:
+        self._dump = output
         if "Included configuration files:" not in output or not self.path.exists():
             return  # a custom test command that does not list them, or a removal
         used = re.compile(
@@ -79,3 +97,18 @@ class ApacheBackend(RealIpBackend):
 
     def default_reload(self) -> list[str]:
         return [self.apachectl, "graceful"]
+
+    def activate(self, plan: Plan[Step]) -> None:
+        found = _ERROR_LOG.search(self._dump)
+        log_file = Path(found.group(1)) if found and found.group(1).startswith("/") else None
+        found = _PID_FILE.search(self._dump)
+        proc.confirmed_by_log(
+            lambda: self.run(self.reload_command, "reload"),
+            log_file,
+            Path(found.group(1)) if found else None,
+            notice=RESUMED,
+            server=self.server,
+            name=self.name,
+            wait=self.reload_wait,
+            log=self.ctx.log,
+        )

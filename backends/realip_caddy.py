@@ -50,6 +50,9 @@ class CaddyBackend(RealIpBackend):
         self.address = section.get_str("address", "")
         self.style = section.get_choice("style", "reverse_proxy", ("reverse_proxy", "servers"))
 
+    def executables(self) -> dict[str, str]:
+        return {"caddy": self.caddy}
+
     def program(self) -> str:
         return self.caddy
 

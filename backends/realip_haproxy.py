@@ -21,14 +21,19 @@ running) the file is written for its next start and a warning says so.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 
 from cfallow.config import Section
-from cfallow.errors import BackendError
-from cfallow.model import Plan, as_strings, parse_cidr
+from cfallow.errors import BackendError, ValidationError
+from cfallow.model import Networks, Plan, as_strings, parse_cidr
 
-from .realip import RealIpBackend, Write, quote
+from . import realip_proc as proc
+from .realip import RealIpBackend, Step, quote
+
+_STATS_SOCKET = re.compile(r"^\s*stats\s+socket\s+(?:unix@)?(\S+)", re.M)
 
 NOT_LOADED = "Unknown ACL identifier"
 
@@ -82,6 +87,18 @@ class Runtime:
             raise BackendError(f"the running haproxy has no ACL loaded from {file}")
         return [ln.split()[1] for ln in answer.splitlines() if len(ln.split()) == 2]
 
+    def live(self, file: str) -> Networks | None:
+        """The running ACL as networks; None when no ACL is loaded from ``file``."""
+        answer = self.ask(f"show acl {file}")
+        if NOT_LOADED in answer:
+            return None
+        try:
+            return frozenset(
+                parse_cidr(ln.split()[1]) for ln in answer.splitlines() if len(ln.split()) == 2
+            )
+        except ValidationError as exc:
+            raise BackendError(f"haproxy: show acl {file}: {exc}") from None
+
 
 class HaproxyBackend(RealIpBackend):
     """HAProxy's ``src -f`` ACL of Cloudflare's ranges, on disk and live."""
@@ -95,6 +112,9 @@ class HaproxyBackend(RealIpBackend):
         self.config = section.get_str("config", "/etc/haproxy/haproxy.cfg")
         self.socket = section.get_str("socket", "/run/haproxy/admin.sock")
 
+    def executables(self) -> dict[str, str]:
+        return {"haproxy": self.haproxy}
+
     def program(self) -> str:
         return self.haproxy
 
@@ -104,7 +124,44 @@ class HaproxyBackend(RealIpBackend):
     def default_reload(self) -> list[str]:
         return []  # the runtime API
 
-    def activate(self, plan: Plan[Write]) -> None:
+    def records_reloads(self) -> bool:
+        return bool(self.reload_command)  # else the live ACL itself says what runs
+
+    def unloaded(self, nets: Networks) -> str | None:
+        if self.reload_command:
+            return super().unloaded(nets)
+        try:
+            live = Runtime(self.socket, self.timeout).live(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._not_answering(exc)
+            return None
+        except OSError as exc:
+            raise BackendError(f"haproxy: stats socket {self.socket}: {exc}") from None
+        if live is None or live == nets:
+            return None  # not loaded (an error at apply) or the same
+        return (
+            f"the running haproxy's ACL for {self.path} is not the file's "
+            f"({len(live)} live entries, {len(nets)} in the file; a run stopped before "
+            "the runtime update): sync updates it"
+        )
+
+    def _not_answering(self, exc: OSError) -> None:
+        """No stats socket: an error if an HAProxy for this config runs, else nothing."""
+        pid = proc.running_with("haproxy", self.config)
+        if pid is None:
+            return
+        try:
+            named = _STATS_SOCKET.findall(Path(self.config).read_text(errors="replace"))
+        except OSError:
+            named = []
+        hint = f" ({self.config} names {', '.join(named)})" if named else ""
+        raise BackendError(
+            f"haproxy (pid {pid}) runs {self.config} but its stats socket {self.socket} "
+            f"does not answer ({exc.strerror or exc}): set [backends.{self.name}] socket "
+            f"to its `stats socket ... level admin` path{hint}"
+        )
+
+    def activate(self, plan: Plan[Step]) -> None:
         if self.reload_command:
             self.run(self.reload_command, "reload")
             return
@@ -115,9 +172,12 @@ class HaproxyBackend(RealIpBackend):
                 return  # removed after the admin dropped the acl line: nothing live to empty
             runtime.replace_acl(str(self.path), wanted)
             live = runtime.entries(str(self.path))
-        except (FileNotFoundError, ConnectionRefusedError):
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            self._not_answering(exc)
             self.ctx.log.warning(
-                "haproxy: no running haproxy on %s; %s is in place for its next start",
+                "haproxy: no running haproxy for %s (no answer on %s); %s is in place "
+                "for its next start",
+                self.config,
                 self.socket,
                 self.path,
             )

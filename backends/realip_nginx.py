@@ -28,7 +28,7 @@ from cfallow.model import Plan
 
 from . import realip_nginx_master as master
 from . import realip_proc as proc
-from .realip import RealIpBackend, Write
+from .realip import RealIpBackend, Step
 
 HEADER = (
     "# Written once by cfallow: take the client address from Cloudflare's header, for\n"
@@ -54,6 +54,9 @@ class NginxBackend(RealIpBackend):
         #: Seconds to wait for the master's new workers after the reload.
         self.reload_wait = section.get_float("reload_wait", 10.0, minimum=0.1)
         self._dump = ""
+
+    def executables(self) -> dict[str, str]:
+        return {"nginx": self.nginx}
 
     def program(self) -> str:
         return self.nginx
@@ -88,7 +91,7 @@ class NginxBackend(RealIpBackend):
 
     # -- the reload, confirmed on the running master ---------------------------------------
 
-    def activate(self, plan: Plan[Write]) -> None:
+    def activate(self, plan: Plan[Step]) -> None:
         pid_file = self._pid_file()
         pid = proc.read_pid(pid_file)
         if pid is not None and proc.alive(pid):

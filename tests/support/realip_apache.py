@@ -61,7 +61,16 @@ class Apache(Server):
         return {
             "path": str(self.list_path),
             "header_file": str(self.header_path),
-            "test_command": ["apache2", "-f", str(self.conf), "-t", "-D", "DUMP_INCLUDES"],
+            "test_command": [
+                "apache2",
+                "-f",
+                str(self.conf),
+                "-t",
+                "-D",
+                "DUMP_INCLUDES",
+                "-D",
+                "DUMP_RUN_CFG",
+            ],
             "reload_command": [str(self.reload_script)],
         }
 
