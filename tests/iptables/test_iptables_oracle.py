@@ -63,8 +63,14 @@ def rule_text(version: int, shape: tuple[Any, ...], nets: Networks) -> list[str]
     ascending = sorted(ports, key=lambda p: int(str(p).split("-")[0]))  # as the config sorts them
     dports = ",".join(str(p).replace("-", ":") for p in ascending)
     dnat = "-m conntrack --ctstate DNAT " if parent == "DOCKER-USER" else ""
-    jump = f"-p {protocol} -m multiport --dports {dports} {dnat}-m comment --comment cfallow"
-    lines = [f"-A {parent} {jump} -j CFALLOW"]
+    own = "-m comment --comment cfallow -j CFALLOW"
+    if parent == "DOCKER-USER":
+        lines = [f"-A {parent} -p {protocol} -m multiport --dports {dports} {dnat}{own}"]
+    else:  # one per port, on the port before NAT; then untracked packets on their port
+        lines = [f"-A {parent} -p {protocol} -m conntrack --ctorigdstport {p} {own}"
+                 for p in dports.split(",")]  # fmt: skip
+        untracked = "-m conntrack --ctstate UNTRACKED"
+        lines.append(f"-A {parent} -p {protocol} -m multiport --dports {dports} {untracked} {own}")
     mine = sorted((n for n in nets if n.version == version), key=lambda n: (n.value, n.prefixlen))
     lines += [f"-A CFALLOW -s {n} -j ACCEPT" for n in mine]
     extra = sorted(
