@@ -140,8 +140,7 @@ def test_duplicate_and_stray_jumps_are_normalised(fw: Fw) -> None:
     foreign = fw.foreign()  # jumps into CFALLOW are cfallow's, so not part of this
     plan = fw.backend().plan(CURRENT)
     assert not plan.add and not plan.remove
-    assert "IPv4: 6 jumps into CFALLOW, 3 wanted" in plan.drift
-    assert "IPv4: stray jump in FORWARD: -j CFALLOW" in plan.drift
+    assert plan.drift[0] == "IPv4: 6 jumps into CFALLOW, 3 wanted"  # and five more lines at most
     assert "IPv6: jump at position 2 of INPUT, not 1" in plan.drift
     sync(fw)
     for version in (4, 6):

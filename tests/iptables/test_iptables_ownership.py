@@ -29,7 +29,6 @@ from cfallow.backend import Context, build
 from cfallow.errors import BackendError, ConfigError
 
 V4 = frozenset(n for n in CURRENT if n.version == 4)
-JUMP = JUMPS[1]
 F2B = Settings(chain="f2b-sshd")
 F2B_JUMP = "-p tcp -m multiport --dports 22 -j f2b-sshd"
 BANS = [
@@ -139,7 +138,7 @@ def test_unmarked_chains_are_refused(chains: dict[str, list[str]]) -> None:
     [
         {"CFALLOW": []},  # empty and unreferenced: nothing to lose
         {"CFALLOW": [f"-s {n} -j ACCEPT" for n in V4][:3]},  # cfallow's shapes, jump deleted
-        {"INPUT": [JUMP], "CFALLOW": ["-s 1.2.3.0/24 -j LOG"]},  # marked jump: a hand edit
+        {"INPUT": list(JUMPS), "CFALLOW": ["-s 1.2.3.0/24 -j LOG"]},  # marked jumps: a hand edit
     ],
 )
 def test_chains_with_cfallows_marks_are_taken(chains: dict[str, list[str]]) -> None:

@@ -139,7 +139,7 @@ def test_fresh_table_creates_chain_and_jump_without_drift() -> None:
     assert drift == []
     script = ops.restore_script().splitlines()
     assert script[:2] == ["*filter", ":CFALLOW - [0:0]"]
-    assert script[2:-2] == [f"-A CFALLOW {r}" for r in ranges(V4)]
+    assert script[2:-4] == [f"-A CFALLOW {r}" for r in ranges(V4)]
     assert script[-4:] == [*(f"-I INPUT {i} {j}" for i, j in enumerate(JUMPS, 1)), "COMMIT"]
 
 
@@ -185,18 +185,20 @@ def test_hand_edits_are_drift_and_rewrite_the_chain(chain: list[str], problem: s
 def test_jumps_anywhere_are_normalised_to_the_configured_ones_at_the_top() -> None:
     old = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
     t = table(
-        INPUT=["-j LOG", JUMP, old],
+        INPUT=["-j LOG", JUMP, old, JUMP],
         FORWARD=["-g CFALLOW"],
         CFALLOW=ranges(V4),
     )
     drift, ops = assess(observe(t, 4, Settings()), Settings(), V4)
     assert drift == [
-        "IPv4: 3 jumps into CFALLOW, 3 wanted",
+        "IPv4: 4 jumps into CFALLOW, 3 wanted",
         "IPv4: jump at position 2 of INPUT, not 1",
         f"IPv4: jump differs from config: is {old}; config wants {' and '.join(JUMPS)}",
+        "IPv4: jump at position 4 of INPUT, not 1",
         "IPv4: stray jump in FORWARD: -g CFALLOW",
     ]
-    assert [(d.chain, d.index) for d in ops.delete] == [("INPUT", 1), ("INPUT", 2), ("FORWARD", 0)]
+    deleted = [(d.chain, d.index) for d in ops.delete]
+    assert deleted == [("INPUT", 1), ("INPUT", 2), ("INPUT", 3), ("FORWARD", 0)]
     assert ops.jumps == Settings().jumps() and not ops.declare
 
 
