@@ -185,6 +185,8 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
     except (BackendError, CommandNotFound, ValueError, KeyError):
         pass
     for ip_version, tools in SAVE_TOOLS.get(variant, {}).items():
+        if variant == "legacy" and not _has_legacy_nat(runner, ip_version):
+            continue
         for tool in tools:
             try:
                 text = runner.run([tool, "-t", "nat"]).stdout
@@ -193,6 +195,19 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
             rules += parse_save(text, ip_version)
             break
     return tuple(rules)
+
+
+#: The legacy tables a namespace has; asking ``iptables-legacy-save -t nat`` for one it
+#: does not have creates it (checked here), so ask only for one that is listed.
+NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
+
+
+def _has_legacy_nat(runner: Runner, version: int) -> bool:
+    try:
+        names = runner.run(["cat", NAMES_FILE[version]]).stdout
+    except (BackendError, CommandNotFound):
+        return False
+    return "nat" in names.split()
 
 
 def _overlap(a: Iterable[PortRange], b: Iterable[PortRange]) -> bool:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from support import namespace, need_tool, ns_exec, sh
+
 from cfallow.config import PortRange
-from cfallow.hostfw_nat import NatRule, nat_tables, notes, parse_nft, parse_save
+from cfallow.hostfw_nat import NatRule, nat_tables, notes, parse_nft, parse_save, read
+from cfallow.runner import Runner
 
 LOCKED = (PortRange(80, 80), PortRange(443, 443))
 HINT = "docker = true guards DNAT'ed connections in the forward hook"
@@ -86,3 +90,19 @@ def test_lines_for_onto_off_and_forwarded() -> None:
         f"to another host never reach the input hook; {HINT}",
     )
     assert notes([off], (6,), "tcp", LOCKED, forward_hint=HINT) == ()  # not a family it locks
+
+
+@pytest.mark.root
+def test_reading_a_legacy_host_creates_no_nat_table() -> None:
+    """``iptables-legacy-save -t nat`` creates the table it is asked for: it is asked only
+    where the table is listed, and then its rules are read."""
+    need_tool("iptables-legacy", "iptables-legacy-save")
+    with namespace("natr") as ns:
+        runner = Runner(prefix=ns_exec(ns))
+        names = ["cat", "/proc/net/ip_tables_names"]
+        assert read(runner, "legacy") == ()
+        assert "nat" not in sh(ns_exec(ns, *names)).split()
+        sh(ns_exec(ns, "iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
+                   "--dport", "443", "-j", "REDIRECT", "--to-ports", "8443"))  # fmt: skip
+        (rule,) = read(runner, "legacy")
+        assert (rule.where, rule.to_port) == ("ip nat PREROUTING", (PortRange(8443, 8443),))
