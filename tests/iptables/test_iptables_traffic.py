@@ -244,3 +244,13 @@ def test_lockdown_names_a_redirect_onto_a_locked_port(lab: tuple[Pair, Fw]) -> N
     assert result.plan is not None
     notes = [n for n in result.plan.notes if n.startswith("NAT:")]
     assert len(notes) == 2 and all("onto locked port 443" in n for n in notes), notes
+
+
+def test_lockdown_covers_connections_conntrack_does_not_follow(lab: tuple[Pair, Fw]) -> None:
+    """The admin's NOTRACK on 443: no original tuple, so the port itself is matched."""
+    p, fw = lab
+    for version in (4, 6):
+        fw.restore(version, "*raw\n:PREROUTING ACCEPT [0:0]\n"
+                   "-A PREROUTING -p tcp -m tcp --dport 443 -j NOTRACK\nCOMMIT\n")  # fmt: skip
+    sync(fw, mode="lockdown")
+    assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}

@@ -257,3 +257,13 @@ def test_lockdown_without_ipv6_says_ipv6_stays_open(lab: Pair, tmp_path: Path) -
     assert reach(lab) == {**ONLY_CF, OUTSIDE[1]: True}  # the IPv6 outsider gets in
     assert "ipv6 = false: IPv6 to tcp/80,443 stays open to everyone" in result.plan.notes[0]
     assert not any("left alone" in n for n in result.plan.notes)
+
+
+def test_lockdown_covers_connections_conntrack_does_not_follow(lab: Pair, tmp_path: Path) -> None:
+    """The admin's notrack on 443: no original tuple, so the port itself is matched."""
+    h = NftHarness(lab.server, tmp_path, "lockdown")
+    notrack = ("table inet raw {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw;\n"
+               "\t\ttcp dport 443 notrack\n\t}\n}\n")  # fmt: skip
+    h.nft.load("flush ruleset\n" + admin_ruleset(OPEN_443) + notrack)
+    sync(h)
+    assert reach(lab) == ONLY_CF
