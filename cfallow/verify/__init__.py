@@ -230,8 +230,9 @@ def run(
         out = json.loads(runner.run(argv, input=json.dumps(doc)).stdout)
         _judge(probes, out, legacy=bool(snap.legacy))
         # nft monitor can lose events when hundreds of probes fly at once (its netlink
-        # socket's buffer): the probes it missed are sent once more, together
-        again = [p for p in probes if p.decided == "not traced"]
+        # socket's buffer): the probes it missed, wholly or after some chain, are sent
+        # once more, together
+        again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
         if again:
             doc = probe_doc(*again, trace=True)
             _judge(again, json.loads(runner.run(argv, input=json.dumps(doc)).stdout),
