@@ -1,10 +1,14 @@
 """Backend ``iptables``: Cloudflare's ranges in an owned ``CFALLOW`` chain, IPv4 and IPv6.
 
-cfallow owns, per family, the chain ``CFALLOW`` in the filter table and exactly
-one jump into it at position 1 of the parent chain (``INPUT``, or
-``DOCKER-USER``), limited to the configured protocol and ports::
+cfallow owns, per family, the chain ``CFALLOW`` in the filter table and the
+jumps into it at the top of the parent chain (``INPUT``, or ``DOCKER-USER``),
+limited to the configured protocol and ports (from INPUT, the port the client
+connected to, before any NAT; then untracked packets on their port)::
 
-    -A INPUT -p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW
+    -A INPUT -p tcp -m conntrack --ctorigdstport 80 -m comment --comment cfallow -j CFALLOW
+    -A INPUT -p tcp -m conntrack --ctorigdstport 443 -m comment --comment cfallow -j CFALLOW
+    -A INPUT -p tcp -m multiport --dports 80,443 -m conntrack --ctstate UNTRACKED -m comment \
+--comment cfallow -j CFALLOW
     -A CFALLOW -s 173.245.48.0/20 -j ACCEPT
     ...
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
-from cfallow import hostfw
+from cfallow import hostfw, hostfw_nat
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, Unavailable, ValidationError
@@ -60,6 +64,7 @@ class Seen:
     variant: Variant
     tables: tuple[tuple[int, Table], ...]
     host: hostfw.Host | None = None  # read for allow mode in INPUT only
+    nat: tuple[hostfw_nat.NatRule, ...] = ()  # the host's DNAT (lockdown in INPUT only)
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,10 @@ class IptablesBackend(Backend[Seen, Step]):
             host = hostfw.read(
                 self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
             )
-        return Seen(variant, tables, host)
+        nat: tuple[hostfw_nat.NatRule, ...] = ()
+        if self.settings.mode == "lockdown" and self.settings.parent == "INPUT":
+            nat = hostfw_nat.read(self.ctx.runner, variant.kind)
+        return Seen(variant, tables, host, nat)
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Per family: observe the owned chain and jumps, assess towards ``desired``.
@@ -233,7 +241,10 @@ class IptablesBackend(Backend[Seen, Step]):
         s = self.settings
         if s.mode != "lockdown":
             return []
-        out = []
+        out = list(hostfw_nat.notes(
+            observed.nat, self.families, s.protocol, s.ports,
+            forward_hint='parent = "DOCKER-USER" guards forwarded connections',
+        ))  # fmt: skip
         if 6 not in self.families:
             out.append(
                 "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "

@@ -4,8 +4,9 @@
 config and the desired ranges and returns the drift it found and the
 :class:`Ops` of one transaction. A well-formed chain gets only the range diff
 (kept rules keep their counters); a chain edited by hand is rewritten whole;
-any jump that is not exactly the configured one at position 1 of the parent is
-deleted and the right one inserted, in the same transaction. With parent
+unless the jumps into the chain are exactly the configured ones at the top of
+the parent, in order, they are all deleted and the right ones inserted, in the
+same transaction. With parent
 ``DOCKER-USER``, FORWARD's ``-j DOCKER-USER`` must be its rule 1 too, which
 Docker ensures on start for IPv4 but Docker 20.10 not for IPv6 (its own
 IPv6 rules are inserted above it): it is moved there the same way.
@@ -47,7 +48,7 @@ class Ops:
     ``declare`` creates the chain or flushes it (inside the transaction);
     ``delete`` removes rules found in the table (jumps anywhere, ranges in the
     chain); ``append`` and ``insert`` fill the chain (inserts go to the top, in
-    order); ``jump`` goes to position 1 of the parent; ``drop_chain`` flushes
+    order); ``jumps`` go to the top of the parent, in order; ``drop_chain`` flushes
     and deletes the chain once nothing jumps into it.
     """
 
@@ -58,7 +59,7 @@ class Ops:
     delete: tuple[Located, ...] = ()
     append: tuple[OwnRule, ...] = ()
     insert: tuple[OwnRule, ...] = ()
-    jump: OwnRule | None = None
+    jumps: tuple[OwnRule, ...] = ()
     drop_chain: bool = False
     create_parent: bool = False
     forward_deletes: int = 0
@@ -72,7 +73,7 @@ class Ops:
             or self.delete
             or self.append
             or self.insert
-            or self.jump
+            or self.jumps
             or self.drop_chain
             or self.create_parent
             or self.forward_jump
@@ -91,8 +92,7 @@ class Ops:
         lines += [f"-D {loc.chain} {loc.spec}" for loc in self.delete]
         lines += [f"-A {self.chain} {rule.spec()}" for rule in self.append]
         lines += [f"-I {self.chain} {i} {rule.spec()}" for i, rule in enumerate(self.insert, 1)]
-        if self.jump:
-            lines.append(f"-I {self.parent} 1 {self.jump.spec()}")
+        lines += [f"-I {self.parent} {i} {j.spec()}" for i, j in enumerate(self.jumps, 1)]
         if self.drop_chain:
             lines += [f"-F {self.chain}", f"-X {self.chain}"]
         lines.append("COMMIT")
@@ -149,22 +149,26 @@ def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
 
 
 def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
-    want = Located(settings.parent, 0, settings.jump().spec())
-    if obs.jumps == (want,):
+    want = tuple(Located(settings.parent, i, j.spec()) for i, j in enumerate(settings.jumps()))
+    if obs.jumps == want:
         return []
     if not obs.jumps:
         return [f"no jump from {settings.parent}"] if obs.chain is not None else []
     problems: list[str] = []
-    if len(obs.jumps) > 1:
-        problems.append(f"{len(obs.jumps)} jumps into {settings.chain}, one wanted")
+    if len(obs.jumps) != len(want):
+        problems.append(f"{len(obs.jumps)} jumps into {settings.chain}, {len(want)} wanted")
+    specs = [w.spec for w in want]
     for j in obs.jumps:
         if j.chain != settings.parent:
             problems.append(f"stray jump in {j.chain}: {j.spec}")
-        elif j.spec != want.spec:
-            problems.append(f"jump differs from config: is {j.spec}; config wants {want.spec}")
-        elif j.index != 0:
-            problems.append(f"jump at position {j.index + 1} of {j.chain}, not 1")
-    return _shown(problems)
+        elif j.spec not in specs:
+            problems.append(f"jump differs from config: is {j.spec}; config wants "
+                            + " and ".join(specs))  # fmt: skip
+        elif j.index != specs.index(j.spec):
+            problems.append(
+                f"jump at position {j.index + 1} of {j.chain}, not {specs.index(j.spec) + 1}"
+            )
+    return _shown(problems or ["jumps out of order"])
 
 
 def _forward_problems(obs: Observed, settings: Settings, create_parent: bool) -> list[str]:
@@ -210,10 +214,10 @@ def assess(
             if net is not None and net not in desired:
                 delete.append(Located(settings.chain, i, spec))
         insert = tuple(accept(n) for n in ordered(desired - current))
-    jump = None
+    jumps: tuple[OwnRule, ...] = ()
     if jump_problems or not obs.jumps:
         delete += obs.jumps
-        jump = settings.jump()
+        jumps = settings.jumps()
     ops = Ops(
         obs.version,
         base.chain,
@@ -222,7 +226,7 @@ def assess(
         delete=tuple(delete),
         append=append,
         insert=insert,
-        jump=jump,
+        jumps=jumps,
         create_parent=create_parent,
         forward_deletes=len(obs.forward) if forward_problems else 0,
         forward_jump=create_parent or bool(forward_problems),

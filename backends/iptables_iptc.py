@@ -90,6 +90,8 @@ def _rule(iptc: Any, version: int, spec: OwnRule) -> Any:
         rule.create_match("multiport").dports = spec.dports
     if spec.ctstate:
         rule.create_match("conntrack").ctstate = spec.ctstate
+    if spec.origport:
+        rule.create_match("conntrack").ctorigdstport = spec.origport
     if spec.comment:
         rule.create_match("comment").comment = spec.comment
     # Target(rule, "CHAIN") would open every table to find out CHAIN is a chain
@@ -154,8 +156,8 @@ class IptcWriter:
             chain.append_rule(_rule(iptc, ops.version, spec))
         for i, spec in enumerate(ops.insert):
             chain.insert_rule(_rule(iptc, ops.version, spec), i)
-        if ops.jump:
-            iptc.Chain(handle, ops.parent).insert_rule(_rule(iptc, ops.version, ops.jump), 0)
+        for i, jump in enumerate(ops.jumps):
+            iptc.Chain(handle, ops.parent).insert_rule(_rule(iptc, ops.version, jump), i)
         if ops.drop_chain:
             handle.flush_entries(ops.chain)
             handle.delete_chain(ops.chain)

@@ -7,8 +7,10 @@ command.
 
 cfallow owns, per family, the chain ``settings.chain`` in ``filter`` and every
 rule that jumps into it; exactly one jump is wanted, at position 1 of the
-parent chain. The chain holds one ``-s CIDR -j ACCEPT`` per Cloudflare range
-(in any order), then the tail: ``also_allow`` accepts and, in lockdown, the
+parent chain. The jumps (from INPUT one per configured port, matched on the
+port the client connected to, before NAT, and one for untracked packets) are
+the parent's first rules. The chain holds one ``-s CIDR -j ACCEPT`` per
+Cloudflare range (in any order), then the tail: ``also_allow`` accepts and, in lockdown, the
 loopback and established returns and the final DROP.
 """
 
@@ -64,6 +66,7 @@ class OwnRule:
     protocol: str | None = None
     dports: str | None = None
     ctstate: str | None = None
+    origport: str | None = None  # conntrack's original destination port (before NAT)
     comment: str | None = None
 
     def spec(self) -> str:
@@ -79,6 +82,8 @@ class OwnRule:
             parts += ["-m", "multiport", "--dports", self.dports]
         if self.ctstate:
             parts += ["-m", "conntrack", "--ctstate", self.ctstate]
+        if self.origport:
+            parts += ["-m", "conntrack", "--ctorigdstport", self.origport]
         if self.comment:
             parts += ["-m", "comment", "--comment", self.comment]
         return " ".join([*parts, "-j", self.target])
@@ -101,19 +106,35 @@ class Settings:
     also_allow: tuple[IPNetwork, ...] = ()
     adopt: bool = False  # adopt_chain: take over an existing chain without cfallow's marks
 
-    def jump(self) -> OwnRule:
-        """The one jump from the parent chain, limited to the protocol and ports.
+    def jumps(self) -> tuple[OwnRule, ...]:
+        """The jumps from the parent chain (the first rules of it, in this order).
 
-        From DOCKER-USER (in FORWARD) it is also limited to connections that
+        From INPUT: one per port (or range) the client connected to, matched on
+        conntrack's original destination (``--ctorigdstport``), so an admin's
+        NAT (``--dport 443 -j REDIRECT --to-ports 8443``) cannot take a locked
+        port out of the chain; then one for packets conntrack does not follow
+        (the admin's ``NOTRACK``), which have no original tuple, on their port.
+        From DOCKER-USER (in FORWARD) one jump limited to connections that
         came in through a published port (``--ctstate DNAT``): without that,
         lockdown would drop the containers' own outgoing connections to port
         443 elsewhere.
         """
         dports = ",".join(str(p).replace("-", ":") for p in self.ports)
-        ctstate = "DNAT" if self.parent == "DOCKER-USER" else None
-        return OwnRule(
-            self.chain, protocol=self.protocol, dports=dports, ctstate=ctstate, comment=COMMENT
-        )
+        if self.parent == "DOCKER-USER":
+            return (
+                OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="DNAT",
+                        comment=COMMENT),
+            )  # fmt: skip
+        own = [
+            OwnRule(self.chain, protocol=self.protocol, origport=str(p).replace("-", ":"),
+                    comment=COMMENT)
+            for p in self.ports
+        ]  # fmt: skip
+        own.append(
+            OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="UNTRACKED",
+                    comment=COMMENT)
+        )  # fmt: skip
+        return tuple(own)
 
     def tail(self, version: int) -> tuple[OwnRule, ...]:
         """The rules after the Cloudflare accepts, for one family."""

@@ -24,7 +24,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from cfallow import hostfw
+from cfallow import hostfw, hostfw_nat
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
 from cfallow.errors import BackendError, ConfigError, Unavailable, ValidationError
@@ -116,12 +116,20 @@ class NftablesBackend(Backend[Seen, Step]):
         want = {v: split[v] for v in s.families}
         managed = frozenset().union(*want.values())
         notes: tuple[str, ...] = ()
-        if managed != desired:
+        if s.mode == "lockdown" and 6 not in s.families:
+            what = hostfw.ports_text(s.protocol, s.ports)
+            notes = (f"ipv6 = false: IPv6 to {what} stays open to everyone (the lockdown "
+                     "drops IPv4 outsiders only)",)  # fmt: skip
+        elif managed != desired:
             notes = ("IPv6 ranges left alone (ipv6 = false or an ip table)",)
         if s.mode == "lockdown":
             steps, current, drift = lockdown_steps(observed, s, want, self.file)
             if host is not None:
                 notes += lockdown_notes(host, s.families, s.protocol, s.ports, s.table)
+            hint = ("the forward chain (docker = true) guards them" if s.docker else
+                    "docker = true guards DNAT'ed connections in the forward hook")  # fmt: skip
+            notes += hostfw_nat.notes(observed.nat, s.families, s.protocol, s.ports,
+                                      forward_hint=hint)  # fmt: skip
         else:
             steps, current, drift = sets_steps(observed, s, want, self.file)
             sets = [s.set_name(v) for v in s.families]

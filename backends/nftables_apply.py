@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cfallow import hostfw
+from cfallow import hostfw, hostfw_nat
 from cfallow.errors import BackendError, CommandFailed, CommandNotFound, TargetMoved, Unavailable
 from cfallow.files import ManagedFile
 from cfallow.hostfw import NftSet, parse_ruleset
 from cfallow.hostfw_eval import Chain
+from cfallow.hostfw_nat import NatRule
 from cfallow.model import Networks, as_strings
 from cfallow.runner import Runner
 
@@ -31,6 +32,7 @@ class Seen:
     sets: tuple[NftSet, ...]  # the sets of interest (all of cfallow's table in lockdown)
     chains: tuple[Chain, ...]  # the table's chains (with their rules)
     file: bytes | None
+    nat: tuple[NatRule, ...] = ()  # the host's DNAT/redirect rules (lockdown's analysis)
 
     def set(self, name: str) -> NftSet | None:
         """The set ``name`` of the table, if read."""
@@ -95,7 +97,8 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
         wanted = {s.set_name(v) for v in s.families}
         sets = tuple(st for st in sets if st.name in wanted)
     chains = own.chains if own is not None else ()
-    return Seen(host, own is not None, sets, chains, file.read())
+    nat = hostfw_nat.read(runner, None) if analyse and s.mode == "lockdown" else ()
+    return Seen(host, own is not None, sets, chains, file.read(), nat)
 
 
 def basis_of(seen: Seen, names: list[str]) -> Basis:

@@ -78,23 +78,32 @@ def chain_rules(s: Settings) -> dict[str, tuple[str, ...]]:
     proto = f"meta l4proto {s.protocol}"
     dports = f"{s.protocol} dport {s.port_list}" if s.protocol in ("tcp", "udp", "sctp") else (
         f"{proto} th dport {s.port_list}")  # fmt: skip
+    # The port the client connected to, before any prerouting NAT: an admin's
+    # "dport 443 redirect to :8443" must not take 443 out of the lockdown. One rule
+    # per port: nft 1.0.6 lists an anonymous set of ct proto-dst as "0x50 [invalid
+    # type]", which no "nft list ruleset > file" could load again. The protocol goes
+    # first ("tcp flags" for tcp: nft prints "meta l4proto tcp" away when a tcp match
+    # follows, and "ct original proto-dst 80" alone does not load again).
+    flags = "tcp flags & (fin | syn | rst | ack) == syn"
+    first = flags if s.protocol == "tcp" else proto
+    originals = [f"{first} ct original proto-dst {p}" for p in s.ports]
 
     def outside(v: int) -> str:
         return f"{SADDR[v]} != @{s.set_name(v)} {SADDR[v]} != @{also_name(v)} drop"
 
     # Only a TCP SYN opens a connection: where conntrack starts with this table, a
     # connection opened before it is picked up mid-stream as "new" and must not be cut.
-    syn = " tcp flags & (fin | syn | rst | ack) == syn" if s.protocol == "tcp" else ""
+    syn = f" {flags}" if s.protocol == "tcp" else ""
     inp = ['iif "lo" accept', "ct state established,related accept"]
-    inp += [f"meta nfproto {NFPROTO[v]} {dports}{syn} {outside(v)}" for v in s.families]
+    for v in s.families:
+        inp += [f"meta nfproto {NFPROTO[v]} {o} {outside(v)}" for o in originals]
+        # a packet conntrack does not follow (the admin's notrack) has no original tuple
+        inp.append(f"meta nfproto {NFPROTO[v]} ct state untracked {dports}{syn} {outside(v)}")
     chains = {"input": tuple(inp)}
     if s.docker:
         fwd = ["ct state established,related accept"]
-        fwd += [
-            f"ct status dnat meta nfproto {NFPROTO[v]} {proto} ct original proto-dst "
-            f"{s.port_list} {outside(v)}"
-            for v in s.families
-        ]
+        fwd += [f"ct status dnat meta nfproto {NFPROTO[v]} {proto} ct original proto-dst {p} "
+                f"{outside(v)}" for v in s.families for p in s.ports]  # fmt: skip
         chains["forward"] = tuple(fwd)
     return chains
 

@@ -89,7 +89,10 @@ def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectati
         fams = (getattr(s, "families", None) or getattr(s, "versions", None)
                 or getattr(b, "families", None) or (4, 6))  # fmt: skip
         mode = "lockdown" if s.mode in LOCKDOWN_MODES else "allow"
-        wants.append(Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams)))
+        also = tuple(str(n) for n in getattr(s, "also_allow", ()))
+        wants.append(
+            Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams), also)
+        )
     return wants, notes
 
 

@@ -1,6 +1,7 @@
 """The helper process the verify runs through the Runner (``python -m cfallow.verify.probe``).
 
-``probe``: listeners on every port in the scratch origin namespace, then every
+``probe``: listeners on every port in the scratch origin namespace (and on
+every port the host's NAT sends connections to: ``listen``), then every
 probe connects from its source address in the scratch edge namespace, all at
 once; a connection is ``accept``, a refusal (RST or ICMP error; the listener
 is there, so it came from a rule) ``reject``, silence until the timeout
@@ -145,7 +146,8 @@ def probe(doc: dict[str, Any]) -> dict[str, Any]:
     """Listen in the origin, connect from the edge; ``{"verdicts": [...], "trace": [...]}``."""
     _setns(doc["origin"])
     families = sorted({p["version"] for p in doc["probes"]})
-    listeners = _listeners(sorted({p["port"] for p in doc["probes"]}), families)
+    ports = {p["port"] for p in doc["probes"]} | set(doc.get("listen", ()))
+    listeners = _listeners(sorted(ports), families)
     monitor = _monitor() if doc.get("trace") else None
     try:
         _setns(doc["edge"])

@@ -1,32 +1,53 @@
-"""Probe sources: addresses inside Cloudflare's ranges, and one outside every range."""
+"""Probe sources: both ends of every Cloudflare range, and public addresses outside them all.
+
+Cloudflare's side covers every published range (its first and last address):
+a firewall that blocks a subset of the ranges (intermittent 520s) fails the
+probe that names that range. Outsiders are public addresses, never
+documentation space (a host's bogon filter drops 198.51.100.0/24 and
+2001:db8::/32, which would make a lockdown that is not there look in place):
+the addresses just below and just above each block of ranges, and a few
+well-known public ones.
+"""
 
 from __future__ import annotations
 
-from netaddr import IPAddress, IPSet
+import ipaddress
+
+from netaddr import IPAddress, IPNetwork, IPSet
 
 from cfallow.model import Networks, family
 
-OUTSIDERS = {4: ("198.51.100.7", "203.0.113.7", "100.64.0.7"), 6: ("2001:db8::7", "fd00:dead::7")}
+#: Public, routable, outside every Cloudflare range (Quad9, Google DNS, a root server).
+PUBLIC = {
+    4: ("9.9.9.9", "8.8.4.4", "193.0.14.129"),
+    6: ("2620:fe::9", "2001:4860:4860::8844", "2001:7fd::1"),
+}
 
 
-def cloudflare_sources(desired: Networks, version: int, count: int = 3) -> list[str]:
-    """Both ends of the largest range, and the middle of up to ``count - 1`` others."""
-    nets = sorted(family(desired, version), key=lambda n: (n.prefixlen, n.value))
-    if not nets:
-        return []
-    first = nets[0]
-    out = [str(IPAddress(first.first, version)), str(IPAddress(first.last, version))]
-    rest = nets[1:]
-    step = max(1, len(rest) // max(1, count - 1))
-    for n in rest[::step][: count - 1]:
-        out.append(str(IPAddress(n.first + n.size // 2, version)))
+def cloudflare_sources(desired: Networks, version: int) -> list[tuple[str, IPNetwork]]:
+    """The first and the last address of every range of ``version``, with its range."""
+    out: list[tuple[str, IPNetwork]] = []
+    for net in sorted(family(desired, version), key=lambda n: (n.value, n.prefixlen)):
+        for value in dict.fromkeys((net.first, net.last)):
+            out.append((str(IPAddress(value, version)), net))
     return out
 
 
-def outsider(desired: Networks, version: int, avoid: Networks = frozenset()) -> str:
-    """An address no Cloudflare range (nor ``avoid``) covers."""
+def _public(value: int, version: int) -> bool:
+    addr = ipaddress.ip_address(str(IPAddress(value, version)))
+    return addr.is_global and not addr.is_multicast
+
+
+def outsiders(desired: Networks, version: int, avoid: Networks = frozenset()) -> list[str]:
+    """Public addresses no range (nor ``avoid``) covers: each block's neighbours, and PUBLIC."""
     covered = IPSet(desired) | IPSet(avoid)
-    for candidate in OUTSIDERS[version]:
-        if IPAddress(candidate) not in covered:
-            return candidate
-    raise ValueError(f"no IPv{version} outsider address is free")  # pragma: no cover
+    top = 2 ** (32 if version == 4 else 128) - 1
+    values: list[int] = []
+    for block in IPSet(family(desired, version)).iter_ipranges():
+        values += [v for v in (block.first - 1, block.last + 1) if 0 <= v <= top]
+    values += [int(IPAddress(a)) for a in PUBLIC[version]]
+    out = []
+    for value in dict.fromkeys(values):
+        if IPAddress(value, version) not in covered and _public(value, version):
+            out.append(str(IPAddress(value, version)))
+    return out

@@ -96,7 +96,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 def test_dockerd_keeps_the_docker_user_chain_cfallow_made_before_it(lab: Lab) -> None:
     """What the real dockerd does with a DOCKER-USER that already exists, per family."""
     assert lab.boot is not None and lab.boot.changed
-    jump = lab.fw.backend(**CONFIG).settings.jump().spec()  # type: ignore[attr-defined]
+    (jump,) = (j.spec() for j in lab.fw.backend(**CONFIG).settings.jumps())  # type: ignore[attr-defined]
     for version in (4, 6):
         assert lab.seen["before dockerd"][version] == {"FORWARD": [FIRST], "DOCKER-USER": [jump]}
     for stage in ("dockerd started", "port published"):

@@ -140,7 +140,7 @@ def test_remove_lists_what_it_deletes_not_drift(fw: Fw) -> None:
     assert removed.returncode == 0, removed.stderr
     lines = removed.stdout.splitlines()
     assert "iptables: removed" in lines
-    assert "  x IPv4: delete 1 jump(s) and chain CFALLOW (15 rules)" in lines
+    assert "  x IPv4: delete 3 jump(s) and chain CFALLOW (15 rules)" in lines
     assert "drift" not in removed.stdout and "  ~ " not in removed.stdout
     assert lines[-1].startswith("iptables: +0 -22 =0 (IPv4: delete")
 
@@ -153,5 +153,6 @@ def test_a_jump_with_other_ports_names_the_wanted_ports(fw: Fw) -> None:
     status = cli(fw, "[backends.iptables]\nports = [80, 443]\n", "status", "--source", "bundled")
     assert status.returncode == 3
     line = next(ln for ln in status.stdout.splitlines() if ln.startswith("  ~ IPv4: jump differs"))
-    assert "is -p tcp -m multiport --dports 443 " in line
-    assert "config wants -p tcp -m multiport --dports 80,443 " in line
+    assert "is -p tcp -m multiport --dports 443 -m conntrack --ctstate UNTRACKED " in line
+    assert "config wants -p tcp -m conntrack --ctorigdstport 80 " in line
+    assert "-p tcp -m multiport --dports 80,443 -m conntrack --ctstate UNTRACKED " in line

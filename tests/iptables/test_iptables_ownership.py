@@ -23,13 +23,12 @@ from cfallow.backends.iptables_rules import Settings, observe
 from cfallow.backends.iptables_save import Table, parse_save
 from support import namespace, ns_exec
 from support.cfdata import CURRENT
-from support.ipt_support import VARIANTS, Fw, legacy_bin
+from support.ipt_support import JUMPS, VARIANTS, Fw, legacy_bin
 
 from cfallow.backend import Context, build
 from cfallow.errors import BackendError, ConfigError
 
 V4 = frozenset(n for n in CURRENT if n.version == 4)
-JUMP = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
 F2B = Settings(chain="f2b-sshd")
 F2B_JUMP = "-p tcp -m multiport --dports 22 -j f2b-sshd"
 BANS = [
@@ -139,12 +138,12 @@ def test_unmarked_chains_are_refused(chains: dict[str, list[str]]) -> None:
     [
         {"CFALLOW": []},  # empty and unreferenced: nothing to lose
         {"CFALLOW": [f"-s {n} -j ACCEPT" for n in V4][:3]},  # cfallow's shapes, jump deleted
-        {"INPUT": [JUMP], "CFALLOW": ["-s 1.2.3.0/24 -j LOG"]},  # marked jump: a hand edit
+        {"INPUT": list(JUMPS), "CFALLOW": ["-s 1.2.3.0/24 -j LOG"]},  # marked jumps: a hand edit
     ],
 )
 def test_chains_with_cfallows_marks_are_taken(chains: dict[str, list[str]]) -> None:
     _, ops = assess(observe(table(**chains), 4, Settings()), Settings(), V4)
-    assert (ops.jump == Settings().jump()) != ops.declare  # the jump put back, or a rewrite
+    assert (ops.jumps == Settings().jumps()) != ops.declare  # the jumps put back, or a rewrite
     assert not ops.empty
     removal = assess_removal(observe(table(**chains), 4, Settings()), Settings())[1]
     assert removal.drop_chain
@@ -153,9 +152,9 @@ def test_chains_with_cfallows_marks_are_taken(chains: dict[str, list[str]]) -> N
 def test_adopt_chain_takes_it_over() -> None:
     adopt = Settings(chain="f2b-sshd", adopt=True)
     drift, ops = assess(observe(table(INPUT=[F2B_JUMP], f2b_sshd=BANS), 4, adopt), adopt, V4)
-    assert ops.declare and ops.jump == adopt.jump()
+    assert ops.declare and ops.jumps == adopt.jumps()
     assert [d.spec for d in ops.delete] == [F2B_JUMP]
-    wants = adopt.jump().spec()
+    wants = " and ".join(j.spec() for j in adopt.jumps())
     assert f"IPv4: jump differs from config: is {F2B_JUMP}; config wants {wants}" in drift
 
 

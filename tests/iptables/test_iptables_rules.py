@@ -10,12 +10,14 @@ from cfallow.backends.iptables_diff import Ops, assess, assess_removal
 from cfallow.backends.iptables_rules import Settings, observe
 from cfallow.backends.iptables_save import Table, explain, parse_save
 from support.cfdata import CURRENT
+from support.ipt_support import jumps_for
 
 from cfallow.backend import Context, build
 from cfallow.errors import BackendError, ConfigError
 from cfallow.model import parse_cidr
 
-JUMP = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
+JUMPS = jumps_for()
+JUMP = JUMPS[0]
 V4 = frozenset(n for n in CURRENT if n.version == 4)
 NFT = Variant("nft", False)
 
@@ -60,7 +62,7 @@ def test_detect_refuses_to_guess(text: str) -> None:
 def test_defaults() -> None:
     s = backend().settings
     assert s == Settings()
-    assert s.jump().spec() == JUMP
+    assert tuple(j.spec() for j in s.jumps()) == JUMPS
     assert backend().families == (4, 6) and backend().variant == "auto"
 
 
@@ -76,9 +78,13 @@ def test_settings_from_config() -> None:
         variant="legacy",
     )
     s = b.settings
-    assert s.jump().spec() == (
+    assert [j.spec() for j in s.jumps()] == [
         "-p udp -m multiport --dports 443,8000:8080,8443 -m conntrack --ctstate DNAT "
         "-m comment --comment cfallow -j CF_IN"
+    ]
+    inp = backend(ports=[8443, "8000-8080"], protocol="udp", chain="CF_IN").settings
+    assert tuple(j.spec() for j in inp.jumps()) == tuple(
+        j.replace("CFALLOW", "CF_IN") for j in jumps_for("8000:8080,8443", "udp")
     )
     assert [r.spec() for r in s.tail(4)] == [
         "-s 192.0.2.0/24 -m comment --comment cfallow-also-allow -j ACCEPT",
@@ -133,12 +139,12 @@ def test_fresh_table_creates_chain_and_jump_without_drift() -> None:
     assert drift == []
     script = ops.restore_script().splitlines()
     assert script[:2] == ["*filter", ":CFALLOW - [0:0]"]
-    assert script[2:-2] == [f"-A CFALLOW {r}" for r in ranges(V4)]
-    assert script[-2:] == [f"-I INPUT 1 {JUMP}", "COMMIT"]
+    assert script[2:-4] == [f"-A CFALLOW {r}" for r in ranges(V4)]
+    assert script[-4:] == [*(f"-I INPUT {i} {j}" for i, j in enumerate(JUMPS, 1)), "COMMIT"]
 
 
 def test_in_step_means_no_ops() -> None:
-    obs = observe(table(INPUT=[JUMP, "-j ACCEPT"], CFALLOW=ranges(V4)), 4, Settings())
+    obs = observe(table(INPUT=[*JUMPS, "-j ACCEPT"], CFALLOW=ranges(V4)), 4, Settings())
     assert obs.current == V4
     drift, ops = assess(obs, Settings(), V4)
     assert drift == [] and ops.empty
@@ -147,9 +153,9 @@ def test_in_step_means_no_ops() -> None:
 def test_range_diff_is_deletes_and_inserts_only() -> None:
     chain = ["-s 104.16.0.0/12 -j ACCEPT", *ranges(V4 - {parse_cidr("104.16.0.0/13")})]
     chain.remove("-s 104.24.0.0/14 -j ACCEPT")
-    obs = observe(table(INPUT=[JUMP], CFALLOW=chain), 4, Settings())
+    obs = observe(table(INPUT=[*JUMPS], CFALLOW=chain), 4, Settings())
     drift, ops = assess(obs, Settings(), V4)
-    assert drift == [] and not ops.declare and ops.jump is None
+    assert drift == [] and not ops.declare and ops.jumps == ()
     assert ops.restore_script().splitlines()[1:-1] == [
         "-D CFALLOW -s 104.16.0.0/12 -j ACCEPT",
         "-I CFALLOW 1 -s 104.16.0.0/13 -j ACCEPT",
@@ -170,27 +176,40 @@ def test_range_diff_is_deletes_and_inserts_only() -> None:
     ],
 )
 def test_hand_edits_are_drift_and_rewrite_the_chain(chain: list[str], problem: str) -> None:
-    obs = observe(table(INPUT=[JUMP], CFALLOW=chain), 4, Settings())
+    obs = observe(table(INPUT=[*JUMPS], CFALLOW=chain), 4, Settings())
     drift, ops = assess(obs, Settings(), V4)
     assert any(d.startswith(f"IPv4: {problem}") for d in drift), drift
     assert ops.declare and ops.append == Settings().chain_rules(4, V4) and not ops.delete
 
 
-def test_jumps_anywhere_are_normalised_to_one_at_the_top() -> None:
+def test_jumps_anywhere_are_normalised_to_the_configured_ones_at_the_top() -> None:
+    old = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
     t = table(
-        INPUT=["-j LOG", JUMP, JUMP.replace("80,443", "443")],
+        INPUT=["-j LOG", JUMP, old, JUMP],
         FORWARD=["-g CFALLOW"],
         CFALLOW=ranges(V4),
     )
     drift, ops = assess(observe(t, 4, Settings()), Settings(), V4)
     assert drift == [
-        "IPv4: 3 jumps into CFALLOW, one wanted",
+        "IPv4: 4 jumps into CFALLOW, 3 wanted",
         "IPv4: jump at position 2 of INPUT, not 1",
-        f"IPv4: jump differs from config: is {JUMP.replace('80,443', '443')}; config wants {JUMP}",
+        f"IPv4: jump differs from config: is {old}; config wants {' and '.join(JUMPS)}",
+        "IPv4: jump at position 4 of INPUT, not 1",
         "IPv4: stray jump in FORWARD: -g CFALLOW",
     ]
-    assert [(d.chain, d.index) for d in ops.delete] == [("INPUT", 1), ("INPUT", 2), ("FORWARD", 0)]
-    assert ops.jump == Settings().jump() and not ops.declare
+    deleted = [(d.chain, d.index) for d in ops.delete]
+    assert deleted == [("INPUT", 1), ("INPUT", 2), ("INPUT", 3), ("FORWARD", 0)]
+    assert ops.jumps == Settings().jumps() and not ops.declare
+
+
+def test_jumps_out_of_order_are_put_back_in_order() -> None:
+    t = table(INPUT=[JUMPS[1], JUMPS[0], JUMPS[2]], CFALLOW=ranges(V4))
+    drift, ops = assess(observe(t, 4, Settings()), Settings(), V4)
+    assert drift == [
+        "IPv4: jump at position 1 of INPUT, not 2",
+        "IPv4: jump at position 2 of INPUT, not 1",
+    ]
+    assert ops.jumps == Settings().jumps() and len(ops.delete) == 3
 
 
 def test_a_missing_parent_is_an_error_a_missing_builtin_is_not() -> None:
@@ -225,7 +244,7 @@ def test_forward_must_jump_to_docker_user_first() -> None:
     """Docker 20.10 inserts its IPv6 rules above FORWARD's jump to DOCKER-USER (and never
     moves it back up): the lockdown there is skipped; cfallow moves the jump to the top."""
     docker = Settings(parent="DOCKER-USER")
-    own = docker.jump().spec()
+    (own,) = (j.spec() for j in docker.jumps())
     t = table(FORWARD=DOCKER20_V6_FORWARD, DOCKER=[], DOCKER_USER=[own], CFALLOW=ranges(V4))
     drift, ops = assess(observe(t, 4, docker), docker, V4)
     assert drift == ["IPv4: FORWARD jumps to DOCKER-USER at position 6, not 1 (moved to the top)"]

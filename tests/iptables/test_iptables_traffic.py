@@ -212,3 +212,45 @@ def test_an_explicit_other_variant_is_enforced_but_not_listed(tmp_path: Path) ->
         assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
         listed = sh(ns_exec(p.server, "iptables", "-S")) + sh(ns_exec(p.server, "ip6tables", "-S"))
         assert "CFALLOW" not in listed and "nf_tables" in sh(["iptables", "--version"])
+
+
+def redirect(fw: Fw, from_port: int, to_port: int) -> None:
+    """The admin's port redirect in the nat table, both families, the variant's own tool."""
+    for version in (4, 6):
+        fw.restore(version, f"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -m tcp "
+                   f"--dport {from_port} -j REDIRECT --to-ports {to_port}\nCOMMIT\n")  # fmt: skip
+
+
+def test_lockdown_holds_behind_the_admins_port_redirect(lab: tuple[Pair, Fw]) -> None:
+    """443 -> 8443 in PREROUTING: the lockdown matches the port the client connected to."""
+    p, fw = lab
+    p.spawn(p.server, sys.executable, PROCS, "listen", "8443")
+    redirect(fw, 443, 8443)
+    assert all(reach(p).values())  # the redirect works: everybody lands on 8443
+    result = sync(fw, mode="lockdown")
+    assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
+    assert p.can_connect(OUTSIDE[0], port=8443)  # 8443 itself is not a locked port
+    assert result.plan is not None
+    notes = [n for n in result.plan.notes if n.startswith("NAT:")]
+    assert len(notes) == 2 and all("443" in n and "8443" in n for n in notes), notes
+
+
+def test_lockdown_names_a_redirect_onto_a_locked_port(lab: tuple[Pair, Fw]) -> None:
+    """8443 -> 443: connections to 8443 are not the lockdown's; the plan names the rule."""
+    p, fw = lab
+    redirect(fw, 8443, 443)
+    result = sync(fw, mode="lockdown")
+    assert p.can_connect(OUTSIDE[0], port=8443) and not p.can_connect(OUTSIDE[0])
+    assert result.plan is not None
+    notes = [n for n in result.plan.notes if n.startswith("NAT:")]
+    assert len(notes) == 2 and all("onto locked port 443" in n for n in notes), notes
+
+
+def test_lockdown_covers_connections_conntrack_does_not_follow(lab: tuple[Pair, Fw]) -> None:
+    """The admin's NOTRACK on 443: no original tuple, so the port itself is matched."""
+    p, fw = lab
+    for version in (4, 6):
+        fw.restore(version, "*raw\n:PREROUTING ACCEPT [0:0]\n"
+                   "-A PREROUTING -p tcp -m tcp --dport 443 -j NOTRACK\nCOMMIT\n")  # fmt: skip
+    sync(fw, mode="lockdown")
+    assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}

@@ -219,3 +219,60 @@ def test_remove_leaves_the_ruleset_byte_identical(tmp_path: Path, mode: str) -> 
         assert removal.error is None, removal.error
         assert h.nft.ruleset() == before
         assert not h.file.exists()
+
+
+#: The admin's port redirect: clients connect to 443, the server listens on 8443.
+REDIRECT_443 = """table inet adminnat {
+	chain prerouting {
+		type nat hook prerouting priority dstnat;
+		tcp dport 443 redirect to :8443
+	}
+}
+"""
+#: The reverse: clients connect to 8443, the server on the locked 443 answers.
+REDIRECT_8443 = REDIRECT_443.replace("dport 443 redirect to :8443", "dport 8443 redirect to :443")
+
+
+def test_lockdown_holds_behind_the_admins_port_redirect(lab: Pair, tmp_path: Path) -> None:
+    """443 -> 8443 in prerouting: the lockdown matches the port the client connected to."""
+    lab.spawn(lab.server, sys.executable, PROCS, "listen", "8443")
+    h = NftHarness(lab.server, tmp_path, "lockdown")
+    h.nft.load("flush ruleset\n" + admin_ruleset("\t\ttcp dport 8443 accept\n") + REDIRECT_443)
+    assert all(reach(lab).values())  # the redirect works: everybody lands on 8443
+    result = run_backend(h.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None
+    assert reach(lab) == ONLY_CF  # v4 and v6: outsiders refused, Cloudflare connects
+    (note,) = [n for n in result.plan.notes if n.startswith("NAT:")]
+    assert "inet adminnat prerouting" in note and "443" in note and "8443" in note
+
+
+def test_lockdown_names_a_redirect_onto_a_locked_port(lab: Pair, tmp_path: Path) -> None:
+    """8443 -> 443: connections to 8443 are not the lockdown's; the plan names the rule."""
+    h = NftHarness(lab.server, tmp_path, "lockdown")
+    h.nft.load("flush ruleset\n" + admin_ruleset(OPEN_443) + REDIRECT_8443)
+    result = run_backend(h.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None
+    assert lab.can_connect(OUTSIDE[0], port=8443) and not lab.can_connect(OUTSIDE[0])
+    (note,) = [n for n in result.plan.notes if n.startswith("NAT:")]
+    assert "inet adminnat prerouting" in note and "onto locked port 443" in note
+
+
+def test_lockdown_without_ipv6_says_ipv6_stays_open(lab: Pair, tmp_path: Path) -> None:
+    """ipv6 = false: the plan says what the kernel does, IPv6 on the ports open to everyone."""
+    h = NftHarness(lab.server, tmp_path, "lockdown", ipv6=False)
+    h.nft.load("flush ruleset\n" + admin_ruleset(OPEN_443))
+    result = run_backend(h.backend(), CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None
+    assert reach(lab) == {**ONLY_CF, OUTSIDE[1]: True}  # the IPv6 outsider gets in
+    assert "ipv6 = false: IPv6 to tcp/80,443 stays open to everyone" in result.plan.notes[0]
+    assert not any("left alone" in n for n in result.plan.notes)
+
+
+def test_lockdown_covers_connections_conntrack_does_not_follow(lab: Pair, tmp_path: Path) -> None:
+    """The admin's notrack on 443: no original tuple, so the port itself is matched."""
+    h = NftHarness(lab.server, tmp_path, "lockdown")
+    notrack = ("table inet raw {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw;\n"
+               "\t\ttcp dport 443 notrack\n\t}\n}\n")  # fmt: skip
+    h.nft.load("flush ruleset\n" + admin_ruleset(OPEN_443) + notrack)
+    sync(h)
+    assert reach(lab) == ONLY_CF

@@ -34,7 +34,18 @@ from support import need, need_tool, ns_exec, sh
 
 VARIANTS = ("nft", "legacy")
 CHAIN = "CFALLOW"
-JUMP = "-p tcp -m multiport --dports 80,443 -m comment --comment cfallow -j CFALLOW"
+
+
+def jumps_for(ports: str = "80,443", protocol: str = "tcp") -> tuple[str, ...]:
+    """The jumps from INPUT for ``ports`` (one per port, on the port before NAT; untracked)."""
+    tail = "-m comment --comment cfallow -j CFALLOW"
+    own = [f"-p {protocol} -m conntrack --ctorigdstport {p} {tail}" for p in ports.split(",")]
+    untracked = "-m conntrack --ctstate UNTRACKED"
+    own.append(f"-p {protocol} -m multiport --dports {ports} {untracked} {tail}")
+    return tuple(own)
+
+
+JUMPS = jumps_for()
 _ACCEPT = re.compile(r"^-A CFALLOW -s (\S+) -j ACCEPT$")
 
 #: The admin's own ruleset: a rule in INPUT (same port, another source; and a

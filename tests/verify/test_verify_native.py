@@ -29,7 +29,7 @@ def test_iptables_allow_under_inet_policy_drop_is_exit_5_naming_the_policy(tmp_p
         assert res.returncode == 5, res.stderr
         lines = failures(res.stderr)
         assert lines and all("inet filter input: policy drop" in line for line in lines)
-        assert any("(cloudflare): drop, should be accepted" in line for line in lines)
+        assert any("(cloudflare 104.16.0.0/13): drop, should be accepted" in line for line in lines)
         doc = json.loads(h.cfallow(ALLOW, "verify", "--json").stdout)["verify"]
         assert doc["ok"] is False
         cf = [p for p in doc["probes"] if p["kind"] == "cloudflare"]

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from netaddr import IPAddress, IPSet
+from netaddr import IPAddress, IPNetwork, IPSet
 from support.cfdata import CURRENT
 
 from cfallow.verify import sample, trace, xpath
@@ -49,21 +49,31 @@ def test_counters_and_the_verdict_suffix_are_left_out_of_the_rule() -> None:
     )
 
 
-def test_sources_are_both_ends_of_one_range_and_inside_others() -> None:
+def test_sources_are_both_ends_of_every_range() -> None:
     for version in (4, 6):
         cf = sample.cloudflare_sources(CURRENT, version)
         nets = [n for n in CURRENT if n.version == version]
-        assert len(cf) >= 3 and all(IPAddress(a) in IPSet(nets) for a in cf)
-        first = next(n for n in nets if IPAddress(cf[0]) in n)
-        assert IPAddress(cf[0]) == IPAddress(first.first) and IPAddress(cf[1]) == IPAddress(
-            first.last
-        )
-        assert len({n for n in nets for a in cf if IPAddress(a) in n}) >= 3
+        assert {n for _, n in cf} == set(nets) and len(cf) == 2 * len(nets)
+        assert all(IPAddress(a) in n for a, n in cf)
+        assert {IPAddress(a) for a, _ in cf} == {
+            IPAddress(x) for n in nets for x in (n.first, n.last)
+        }
 
 
-def test_the_outsider_is_outside_every_range() -> None:
+def test_outsiders_are_public_and_outside_every_range() -> None:
+    import ipaddress
+
     for version in (4, 6):
-        assert IPAddress(sample.outsider(CURRENT, version)) not in IPSet(CURRENT)
+        out = sample.outsiders(CURRENT, version)
+        assert len(out) >= 10
+        assert all(IPAddress(a) not in IPSet(CURRENT) for a in out)
+        assert all(ipaddress.ip_address(a).is_global for a in out)  # no documentation space
+        nets = [n for n in CURRENT if n.version == version]
+        # just below and just above a range that has no published neighbour
+        lone = min(nets, key=lambda n: n.value)
+        assert {str(IPAddress(lone.first - 1)), str(IPAddress(lone.last + 1))} <= set(out)
+    also = frozenset({IPNetwork("9.9.9.0/24")})
+    assert "9.9.9.9" not in sample.outsiders(CURRENT, 4, also)
 
 
 BEFORE = """*filter
