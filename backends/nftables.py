@@ -95,6 +95,10 @@ class NftablesBackend(Backend[Seen, Step]):
         """The directory of cfallow's include file, and cfallow's firewall lock."""
         return (self.file.path.parent, self.ctx.firewall_lock)
 
+    def own_dirs(self) -> tuple[Path, ...]:
+        """The include file's directory (``/etc/nftables.d`` is not there on a fresh host)."""
+        return (self.file.path.parent,)
+
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""
         if shutil.which("nft") is None and not self.ctx.runner.prefix:
