@@ -9,11 +9,14 @@ packages in its cache, as on a host with a local mirror.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import need_tool
 from support.fresh import FreshServer
 from support.fresh_deb import build_deb, deb_layer
 
@@ -184,3 +187,16 @@ def test_deb_remove_and_purge_leave_no_broken_include_or_unit(
         assert third["steps"]["nftables"]["show"]["ActiveState"] == "active"
         assert ok(third, "table").split() == ["present"]
         assert not {u for u in server.enabled_units() if u.startswith("cfallow")}
+
+
+def test_deb_is_lintian_clean(deb: Path) -> None:
+    """Debian's package checker finds no error and no warning (overrides: see build-deb)."""
+    need_tool("lintian")
+    proc = subprocess.run(
+        ["lintian", "--tag-display-limit", "0", str(deb)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tags = [ln for ln in proc.stdout.splitlines() if re.match(r"[EW]: ", ln)]
+    assert proc.returncode == 0 and tags == [], proc.stdout + proc.stderr
