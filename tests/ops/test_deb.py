@@ -137,6 +137,10 @@ def test_deb_remove_and_purge_leave_no_broken_include_or_unit(
         nft_conf.write_text(nft_conf.read_text() + INCLUDE)
         server.path("/etc/nftables.d").mkdir(exist_ok=True)
         server.systemctl("enable", "nftables.service", "cfallow-restore.service", "cfallow.timer")
+        dropin = "/etc/systemd/system/docker.service.d/cfallow.conf"  # as README.Debian says
+        server.write(
+            dropin, server.path("/usr/share/cfallow/docker.service.d/cfallow.conf").read_text()
+        )
         has_table = "nft list table inet cfallow >/dev/null && echo present || echo absent"
         first = server.boot_steps(
             "admin",
@@ -160,6 +164,7 @@ def test_deb_remove_and_purge_leave_no_broken_include_or_unit(
         kept = ok(first, "after_remove").split()
         assert kept == ["present", "cfallow.nft", "config.toml"], kept  # no dangling link
         assert not server.path("/usr/bin/cfallow").exists()
+        assert not server.path(dropin).exists()  # it wanted a unit that is gone
 
         second = server.boot_steps(
             "removed",
