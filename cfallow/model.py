@@ -64,6 +64,9 @@ def parse_cidr(text: str, version: int | None = None) -> IPNetwork:
     want = version or (6 if ":" in addr else 4)
     if want == 4 and (addr.count(".") != 3 or ":" in addr):
         raise ValidationError(f"not an IPv4 CIDR: {text!r}")
+    if want == 4 and any(len(octet) > 1 and octet.startswith("0") for octet in addr.split(".")):
+        # netaddr 1.x refuses these; Debian 12's netaddr 0.8 (the .deb's) reads them as decimal.
+        raise ValidationError(f"not a CIDR: {text!r}")
     if want == 6 and ":" not in addr:
         raise ValidationError(f"not an IPv6 CIDR: {text!r}")
     try:

@@ -93,15 +93,20 @@ class Ansible:
         *,
         ns: str | None = None,
         play_vars: dict[str, Any] | None = None,
+        check: bool = False,
     ) -> Run:
-        """Run ``tasks`` (each may ``register``) as one play against localhost."""
+        """Run ``tasks`` (each may ``register``) as one play against localhost
+        (``check``: the whole run with ``--check``)."""
         self.count += 1
         out = self.tmp / f"results-{self.count}.json"
         names = [t["register"] for t in tasks if "register" in t]
         dump = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} | to_json }}"
         # The harness's own bookkeeping does not count as a change.
         record = {"content": dump, "dest": str(out)}
-        tasks = [*tasks, {"ansible.builtin.copy": record, "changed_when": False}]
+        tasks = [
+            *tasks,
+            {"ansible.builtin.copy": record, "changed_when": False, "check_mode": False},
+        ]
         play = {
             "hosts": "localhost",
             "connection": "local",
@@ -113,6 +118,7 @@ class Ansible:
         book = self.tmp / f"play-{self.count}.yml"
         book.write_text(json.dumps([play], indent=2))
         argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", str(book)]
+        argv += ["--check"] if check else []
         return self._run(ns_exec(ns, *argv) if ns else argv, out)
 
     def tool(self, name: str, *args: str) -> str:
@@ -359,6 +365,7 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     stock = root / "ufw-stock-after.init"  # ufw's stock hook: the role replaces it
     stock.write_text(UFW_STOCK)
     shutil.copy(stock, root / "ufw" / "after.init")
+    (root / "ufw" / "ufw.conf").write_text("# ufw.conf\nENABLED=yes\nLOGLEVEL=low\n")
     role_vars = {
         "cfallow_pip_spec": str(next(house.glob("cfallow-*.whl"))),
         "cfallow_pip_args": f"--no-index --find-links {house}",
@@ -377,10 +384,16 @@ def test_role_installs_configures_syncs_and_is_idempotent(
         "cfallow_backends": {"iptables": {"ports": [80, 443, "8000-8080"]}},
         "cfallow_sync_source": "bundled",
     }
-    tasks = [
-        {"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}},
-        save_task("saved"),
-    ]
+    role = [{"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}}]
+    tasks = [*role, save_task("saved")]
+    # --check on a host without cfallow: would change, fails nowhere, writes nothing.
+    preview = ansible.play(role, ns=netns, play_vars=role_vars, check=True)
+    assert preview.rc == 0 and preview.failed == 0, preview.stdout
+    assert preview.changed > 0
+    assert not (root / "venv").exists() and not (root / "etc").exists()
+    assert sorted(p.name for p in (root / "systemd").iterdir()) == []
+    assert (root / "ufw" / "after.init").read_text() == UFW_STOCK
+
     first = ansible.play(tasks, ns=netns, play_vars=role_vars)
     assert first.rc == 0 and first.failed == 0, first.stdout
     assert first.changed > 0
@@ -391,7 +404,9 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     dropin = "docker.service.d/cfallow.conf"
     assert (root / "systemd" / dropin).read_bytes() == (ROOT / "systemd" / dropin).read_bytes()
     hook = root / "ufw" / "after.init"
-    assert hook.read_bytes() == (ROOT / "contrib" / "ufw" / "after.init").read_bytes()
+    shipped = (ROOT / "contrib" / "ufw" / "after.init").read_text()
+    link = root / "bin" / "cfallow"
+    assert hook.read_text() == shipped.replace("/usr/local/bin/cfallow", str(link))
     assert hook.stat().st_mode & 0o777 == 0o755
 
     cfg = config.load(root / "etc" / "cfallow" / "config.toml")
@@ -404,6 +419,11 @@ def test_role_installs_configures_syncs_and_is_idempotent(
     assert first_metrics[("cfallow_backend_changes_applied", ("add", "iptables"))] == len(ALL)
     assert first_metrics[("cfallow_backend_entries", ("iptables",))] == len(ALL)
     assert first_metrics[("cfallow_ranges", ("ipv4",))] == len(V4)
+
+    # --check where all is in place: nothing would change (the pip install included).
+    again = ansible.play(role, ns=netns, play_vars=role_vars, check=True)
+    assert again.rc == 0 and again.failed == 0, again.stdout
+    assert again.changed == 0, again.stdout
 
     second = ansible.play(tasks, ns=netns, play_vars=role_vars)
     assert second.rc == 0 and second.failed == 0, second.stdout
@@ -433,6 +453,10 @@ def test_role_installs_configures_syncs_and_is_idempotent(
         "cfallow==0.1.0",
         "https://example.invalid/cfallow-0.1.0-py3-none-any.whl",  # no hash
         "relative/cfallow-0.1.0-py3-none-any.whl",
+        # ansible.builtin.pip splits on commas: the second item would be a bare name
+        "/srv/wheels/cfallow-0.1.0-py3-none-any.whl,cfallow",
+        "/srv/wheels/cfallow-0.1.0-py3-none-any.whl cfallow",
+        "https://example.invalid/cfallow.whl#sha256=" + "0" * 64 + ",cfallow",
     ],
 )
 def test_role_refuses_a_spec_an_index_could_answer(
@@ -454,3 +478,39 @@ def test_role_refuses_a_spec_an_index_could_answer(
     assert run.rc != 0 and run.failed == 1, run.stdout
     assert "cfallow_pip_spec must name exactly what to install" in run.stdout
     assert not venv.exists(), "the role installed something before refusing the spec"
+
+
+def test_role_installs_the_ufw_hook_only_where_ufw_is_enabled(
+    ansible: Ansible, tmp_path: Path
+) -> None:
+    """ufw installed but not enabled: its stock after.init stays; enabled: cfallow's hook."""
+    ufw = tmp_path / "ufw"
+    ufw.mkdir()
+    stock = tmp_path / "stock-after.init"
+    stock.write_text(UFW_STOCK)
+    shutil.copy(stock, ufw / "after.init")
+    conf = ufw / "ufw.conf"
+    conf.write_text("ENABLED=no\nLOGLEVEL=low\n")
+    (tmp_path / "systemd").mkdir()
+    role_vars = {
+        "cfallow_install": "none",
+        "cfallow_executable": str(CFALLOW),
+        "cfallow_link": "",
+        "cfallow_config_path": str(tmp_path / "etc" / "config.toml"),
+        "cfallow_systemd_dir": str(tmp_path / "systemd"),
+        "cfallow_systemd": False,
+        "cfallow_ufw_dir": str(ufw),
+        "cfallow_ufw_stock": str(stock),
+        "cfallow_sync_now": False,
+    }
+    role = [{"ansible.builtin.include_role": {"name": "cfallow.cfallow.cfallow"}}]
+    off = ansible.play(role, play_vars=role_vars)
+    assert off.rc == 0 and off.failed == 0, off.stdout
+    assert (ufw / "after.init").read_text() == UFW_STOCK
+    assert "has your own commands" not in off.stdout
+
+    conf.write_text("ENABLED=yes\nLOGLEVEL=low\n")
+    on = ansible.play(role, play_vars=role_vars)
+    assert on.rc == 0 and on.failed == 0, on.stdout
+    hook = (ufw / "after.init").read_text()
+    assert "from cfallow" in hook and f"CFALLOW={CFALLOW}\n" in hook

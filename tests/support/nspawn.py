@@ -127,11 +127,13 @@ WantedBy=multi-user.target
 PROBE_UNIT = "cfallow-test-probe.service"
 
 
-def probe_unit(description: str, after: str = "basic.target") -> str:
-    """The unit that runs /opt/probe/probe.py once the boot is up (it powers off)."""
+def probe_unit(
+    description: str, after: str = "basic.target", python: str = "/opt/cfallow/bin/python"
+) -> str:
+    """The unit that runs /opt/probe/probe.py with ``python`` once the boot is up (powers off)."""
     return (
         f"[Unit]\nDescription={description}\nAfter={after}\n[Service]\nType=simple\n"
-        "ExecStart=/opt/cfallow/bin/python /opt/probe/probe.py\n"
+        f"ExecStart={python} /opt/probe/probe.py\n"
         "[Install]\nWantedBy=multi-user.target\n"
     )
 
@@ -296,6 +298,11 @@ class Machine:
         assert "error" not in res, res["error"]
         return res
 
+    def boot_options(self) -> list[str]:
+        """Extra ``systemd-nspawn`` options of every boot: this run's site-packages at
+        /opt/cfallow-site (what :meth:`install_cfallow`'s virtualenv imports)."""
+        return [f"--bind-ro={site.getsitepackages()[0]}:/opt/cfallow-site"]
+
     def boot(self, timeout: float = 240) -> str:
         """Boot once, until the container powers itself off; its console output.
 
@@ -305,7 +312,7 @@ class Machine:
         self.boots += 1
         console = self.base / f"console-{self.boots}.log"
         argv = ["systemd-nspawn", "-q", "-D", str(self.root), "--register=no", "--keep-unit"]
-        argv.append(f"--bind-ro={site.getsitepackages()[0]}:/opt/cfallow-site")
+        argv += self.boot_options()
         cgroup = f"cfallow-nspawn-{os.getpid()}-{self.boots}"
         with open(console, "w") as out, own_cgroups(cgroup) as cgroups:
             # sh moves itself into this boot's cgroups, then becomes systemd-nspawn.
