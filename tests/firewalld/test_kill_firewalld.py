@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from support import need_root
 from support.cfdata import CURRENT, OLD
-from support.fwd_harness import FwHarness, Lab, owned
+from support.fwd_harness import FwHarness, Lab, kernel_set, owned
 from support.fwd_harness import lab as make_lab
 from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE
 from support.kill_points import KILLS, Killer
 
 from cfallow.engine import run_backend
+from cfallow.model import family
 
 pytestmark = pytest.mark.root
 ADMIN = {"zone": (), "restrict": (("--zone=public", "--add-service=https"),)}
@@ -86,8 +87,19 @@ def cli_argv(h: FwHarness, tmp: Path) -> list[str]:
     section = "".join(f"{k} = {_toml(v)}\n" for k, v in h.config().items())
     cfg.write_text("[backends.firewalld]\n" + section)
     state = str(tmp / "state")
-    return [sys.executable, "-m", "cfallow", "--config", str(cfg), "--state-dir", state,
-            "-q", "sync", "--source", "bundled"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "cfallow",
+        "--config",
+        str(cfg),
+        "--state-dir",
+        state,
+        "-q",
+        "sync",
+        "--source",
+        "bundled",
+    ]
 
 
 def _toml(v: object) -> str:
@@ -108,8 +120,14 @@ def test_sigkill_mid_change_then_the_next_run_converges(
     for i in range(KILLS):
         reset()
         killer.kill_one(argv, env)
+        left = kernel_set(clean.fw, "cloudflare-v4")
+        killer.landed(
+            "old" if left == family(OLD, 4) else "new" if left == family(CURRENT, 4) else "between"
+        )
         assert clean.fw.state() == "running", clean.fw.log_tail()
-        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120,
-                              check=False)  # fmt: skip
+        done = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=120, check=False
+        )
         assert done.returncode == 0, f"{killer.where(i)}: {done.stderr}"
         assert_converged(harness, clean, killer.where(i))
+    killer.summary()

@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT
 from support.nft_support import Nft, cli
-
-from netaddr import IPNetwork
 
 pytestmark = pytest.mark.root
 
@@ -49,8 +48,11 @@ def test_the_admins_unmarked_set_is_refused_and_kept(tmp_path: Path, host_check:
         nft.load(ADMIN)
         before = nft.ruleset()
         c = conf(tmp_path, f"host_check = {host_check}\n")
-        for args in (("sync", "--source", "bundled"), ("sync", "--dry-run", "--source",
-                     "bundled"), ("remove",)):  # fmt: skip
+        for args in (
+            ("sync", "--source", "bundled"),
+            ("sync", "--dry-run", "--source", "bundled"),
+            ("remove",),
+        ):
             result = cli(ns, tmp_path, c, *args)
             assert result.returncode == 1, (args, result.stdout)
             assert result.stderr.splitlines() == [REFUSED], args
@@ -63,8 +65,9 @@ def test_adopt_set_takes_it_and_the_mark_follows(tmp_path: Path) -> None:
     with namespace("nfa") as ns:
         nft = Nft(ns)
         nft.load(ADMIN)
-        taken = cli(ns, tmp_path, conf(tmp_path, "adopt_set = true\n"), "sync", "--source",
-                    "bundled")  # fmt: skip
+        taken = cli(
+            ns, tmp_path, conf(tmp_path, "adopt_set = true\n"), "sync", "--source", "bundled"
+        )
         assert taken.returncode == 0, taken.stderr
         v4 = frozenset(n for n in CURRENT if n.version == 4)
         assert nft.elements("inet", "filter", "cloudflare_v4") == v4
@@ -79,8 +82,10 @@ def test_adopt_set_takes_it_and_the_mark_follows(tmp_path: Path) -> None:
 def test_a_set_cfallow_created_is_its_own(tmp_path: Path) -> None:
     with namespace("nfm") as ns:
         nft = Nft(ns)
-        nft.load("table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
-                 "policy accept;\n\t}\n}\n")  # fmt: skip
+        nft.load(
+            "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
+            "policy accept;\n\t}\n}\n"
+        )
         assert cli(ns, tmp_path, conf(tmp_path), "sync", "--source", "bundled").returncode == 0
         (tmp_path / "s.nft").unlink()  # even without its file: the mark on the set is enough
         again = cli(ns, tmp_path, conf(tmp_path), "sync", "--source", "bundled")
