@@ -154,8 +154,11 @@ def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]])
         if s is not None and name not in sets and (s.entries or s.unreadable):
             removals.append(_rt(f"empty {name}", IPSET, "setEntries", "sas", name, []))
     # a leftover bridge is removed by its own bridge-off call above: not a second time
-    done = {(c.method, c.args) for c in first}
-    return first + [c for c in last + removals if (c.method, c.args) not in done]
+    undo = ("removeSource", "removeRichRule")
+    done = {(c.method, c.args) for c in first if c.method in undo}
+    return first + [
+        c for c in last + removals if c.method not in undo or (c.method, c.args) not in done
+    ]
 
 
 def _present(seen: Seen, want: Want, target: str, our_zone: str) -> frozenset[str]:

@@ -51,6 +51,7 @@ def test_the_admins_unmarked_set_is_refused_and_kept(tmp_path: Path, host_check:
         for args in (
             ("sync", "--source", "bundled"),
             ("sync", "--dry-run", "--source", "bundled"),
+            ("status", "--source", "bundled"),
             ("remove",),
         ):
             result = cli(ns, tmp_path, c, *args)

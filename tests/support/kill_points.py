@@ -36,7 +36,7 @@ class Killer:
         """The window, from a dry run's and a full run's times (start-up, read, plan, writes).
 
         Both are timed on a shared machine, so the window is wide: from 0.6 x the
-        shorter (still starting up or reading) to 1.2 x the longer (done).
+        shorter (still starting up) to 1.1 x the longer (done).
         """
         times = []
         for args in (("--dry-run",), ()):
@@ -47,7 +47,7 @@ class Killer:
             )
             times.append(time.monotonic() - start)
             assert proc.returncode == 0, proc.stderr
-        self.lo, self.hi = 0.6 * min(times), 1.2 * max(times)
+        self.lo, self.hi = 0.3 * min(times), 1.1 * max(times)
         print(f"{self.what}: dry run {times[0]:.2f} s, sync {times[1]:.2f} s")
 
     def landed(self, state: str) -> None:
