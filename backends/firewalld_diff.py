@@ -129,7 +129,7 @@ def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]])
     target = target_zone(seen, want)
     our_zone = want.zone if want.mode == "zone" and sets else ""
     first, last = _our_zone_runtime(seen, want, our_zone) if our_zone else ([], [])
-    bridge = bridge_for(want, target)
+    bridge = bridge_for(want, target, _present(seen, want, target, our_zone))
     for name, (version, nets) in sets.items():
         first += runtime_entries(name, version, seen.run_sets[name], nets, bridge)
     removals: list[Call] = []
@@ -153,7 +153,20 @@ def runtime_calls(seen: Seen, want: Want, sets: dict[str, tuple[int, Networks]])
         s = seen.run_sets.get(name)
         if s is not None and name not in sets and (s.entries or s.unreadable):
             removals.append(_rt(f"empty {name}", IPSET, "setEntries", "sas", name, []))
-    return first + last + removals
+    # a leftover bridge is removed by its own bridge-off call above: not a second time
+    undo = ("removeSource", "removeRichRule")
+    done = {(c.method, c.args) for c in first if c.method in undo}
+    return first + [
+        c for c in last + removals if c.method not in undo or (c.method, c.args) not in done
+    ]
+
+
+def _present(seen: Seen, want: Want, target: str, our_zone: str) -> frozenset[str]:
+    """What a bridge may already be: our zone's runtime sources, or the target's rules."""
+    zone = seen.run_zones.get(our_zone if want.mode == "zone" else target)
+    if zone is None:
+        return frozenset()
+    return zone.sources if want.mode == "zone" else zone.rules
 
 
 def check_target(seen: Seen, target: str) -> None:

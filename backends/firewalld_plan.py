@@ -155,10 +155,18 @@ def runtime_entries(
     return calls
 
 
-def bridge_for(want: Want, target: str) -> Any:
-    """The bridge factory of the mode: a zone source, or priority accept rules."""
+def bridge_for(want: Want, target: str, present: frozenset[str] = frozenset()) -> Any:
+    """The bridge factory of the mode: a zone source, or priority accept rules.
+
+    ``present``: the runtime sources of cfallow's zone (zone mode) or rules of the
+    target zone (restrict mode). A bridge already there was left by a run that
+    was stopped mid-change: it is taken as this plan's own (not added twice,
+    which firewalld refuses with ZONE_ALREADY_SET / ALREADY_ENABLED), and removed.
+    """
 
     def zone(net: str, version: int, on: bool) -> list[Call]:
+        if on and net in present:
+            return []
         method = "addSource" if on else "removeSource"
         return [_rt(f"bridge {net}", ZONE, method, "ss", want.zone, net, entries=True)]
 
@@ -166,6 +174,8 @@ def bridge_for(want: Want, target: str) -> Any:
         out = []
         for elem in want.elements:
             rule = bridge_rule(net, version, elem)
+            if on and rule in present:
+                continue
             if on:
                 out.append(_rt(f"bridge {net}", ZONE, "addRichRule", "ssi", target, rule, 0))
             else:

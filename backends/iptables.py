@@ -258,6 +258,8 @@ class IptablesBackend(Backend[Seen, Step]):
                 'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
                 "not the host's own ports)"
             )
+        if s.parent == "DOCKER-USER" and 6 in self.families and _docker20_ipv6(observed):
+            out.append(DOCKER20_IPV6)
         return out
 
     def apply(self, plan: Plan[Step]) -> None:
@@ -288,6 +290,27 @@ DOCKER_NO_IPV6 = (
     "so no IPv6 traffic reaches a container and IPv6 is left alone; "
     "set ipv6 = false to say so"
 )
+
+
+DOCKER20_IPV6 = (
+    "IPv6: this Docker (before 23.0) puts its FORWARD rules above -j DOCKER-USER on every "
+    "start: a published IPv6 port accepts everyone until cfallow runs again (~1.3 s with the "
+    'docker.service drop-in); [backends.nftables] mode = "lockdown" with docker = true has '
+    "no such window"
+)
+
+
+def _docker20_ipv6(seen: Seen) -> bool:
+    """Docker runs with IPv6 and its IPv6 DOCKER-USER has no ``-j RETURN`` of its own.
+
+    Docker 23.0 and later arrange DOCKER-USER for IPv6 as for IPv4 (first in FORWARD,
+    ``-j RETURN`` appended, moby PR 44825); 20.10 does neither for IPv6, and moves
+    its own FORWARD rules above the jump on every start.
+    """
+    v6 = next((t for v, t in seen.tables if v == 6), None)
+    if v6 is None or all(v6.rules(c) is None for c in ("DOCKER", "DOCKER-ISOLATION-STAGE-1")):
+        return False
+    return "-j RETURN" not in (v6.rules("DOCKER-USER") or ())
 
 
 def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:

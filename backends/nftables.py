@@ -10,6 +10,8 @@ says); loopback and established connections are never cut. With
 
 ``mode = "sets"``: only the sets ``cloudflare_v4``/``cloudflare_v6`` inside the
 admin's table (``table = "inet filter"``); the admin's own rules reference them.
+cfallow's sets carry ``comment "cfallow"``; a set of that name without it is the
+admin's and is refused (``adopt_set = true`` takes it over).
 
 Changes are element adds/deletes in one ``nft -f -`` transaction; an unchanged
 plan writes nothing. The exact state applied is kept in one file cfallow owns
@@ -34,7 +36,7 @@ from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
 
 from . import nftables_render as render
 from .nftables_apply import Seen, Step, apply_step, read_seen, removal_steps
-from .nftables_diff import lockdown_steps, sets_steps
+from .nftables_diff import lockdown_steps, refuse_foreign_sets, sets_steps
 
 DEFAULT_FILE = "/etc/nftables.d/cfallow.nft"
 DEFAULT_CONF = "/etc/nftables.conf"
@@ -86,7 +88,10 @@ class NftablesBackend(Backend[Seen, Step]):
             also_allow=tuple(sorted(set(also), key=lambda n: (n.version, n.value, n.prefixlen))),
             docker=section.get_bool("docker", False),
             priority=section.get_int("priority", -10),
+            adopt_set=section.get_bool("adopt_set", False),
         )
+        if self.settings.adopt_set and mode != "sets":
+            raise ConfigError(f'[{where}] adopt_set: only for mode = "sets"')
         if self.settings.docker and mode == "sets":
             raise ConfigError(f'[{where}] docker: only for mode = "lockdown"')
         self.file = ManagedFile(Path(section.get_str("file", DEFAULT_FILE)))
@@ -115,6 +120,8 @@ class NftablesBackend(Backend[Seen, Step]):
         """Element diff per set, drift of cfallow's chains/sets/file; removal when ``None``."""
         s = self.settings
         host = observed.host
+        if s.mode == "sets":
+            refuse_foreign_sets(observed, s)
         if desired is None:
             steps, current, drift, gone = removal_steps(observed, s, self.file)
             return make_plan(self.name, frozenset(), current, drift=drift, notes=gone,

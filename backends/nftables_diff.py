@@ -93,6 +93,31 @@ def _elements(seen: Seen, name: str) -> frozenset[IPNetwork]:
     return st.elements if st is not None else frozenset()
 
 
+def _written_by_cfallow(seen: Seen, name: str) -> bool:
+    # a set created before sets carried the mark: cfallow's own include file declares it
+    text = (seen.file or b"").decode(errors="replace")
+    return text.startswith(render.HEADER) and f"\nset {name} {{\n" in f"\n{text}"
+
+
+def refuse_foreign_sets(seen: Seen, s: render.Settings) -> None:
+    """Sets mode: a set of the configured name that is not cfallow's is an error (unless adopted).
+
+    cfallow's sets carry ``comment "cfallow"``; one without it is the admin's, and a
+    sync would replace its elements (``remove`` would empty or delete it).
+    """
+    if s.adopt_set:
+        return
+    for v in s.families:
+        st = seen.set(s.set_name(v))
+        if st is None or st.comment == render.SET_MARK or _written_by_cfallow(seen, st.name):
+            continue
+        raise BackendError(
+            f"set {s.table} {st.name} exists and is not cfallow's (no comment "
+            f'"{render.SET_MARK}"; {len(st.elements)} element(s)): name another with '
+            "set_v4/set_v6, or set adopt_set = true to let cfallow take it over"
+        )
+
+
 def sets_steps(seen: Seen, s: render.Settings, want: Want, file: ManagedFile) -> Result:
     """Sets mode: the admin's table must exist; sets are created if missing, never retyped."""
     if not seen.table:

@@ -20,6 +20,8 @@ SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 SADDR = {4: "ip saddr", 6: "ip6 saddr"}
 HEADER = "# Managed by cfallow: rewritten on every change; do not edit.\n"
+#: The comment on every set cfallow creates in the admin's table (sets mode): its mark.
+SET_MARK = "cfallow"
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Settings:
     also_allow: tuple[IPNetwork, ...]
     docker: bool
     priority: int
+    adopt_set: bool = False  # sets mode: take a set of the configured name without the mark
 
     def set_name(self, version: int) -> str:
         """The Cloudflare set of IPv``version``."""
@@ -63,11 +66,18 @@ def _elements(nets: Iterable[IPNetwork], indent: str) -> str:
     return f"{indent}elements = {{ " + f",\n{indent}             ".join(items) + " }\n"
 
 
-def set_block(name: str, version: int, nets: Iterable[IPNetwork], indent: str = "\t") -> str:
-    """``set NAME { type ...; flags interval; elements = {...} }`` (never ``auto-merge``)."""
+def set_block(
+    name: str, version: int, nets: Iterable[IPNetwork], indent: str = "\t", *, mark: bool = False
+) -> str:
+    """``set NAME { type ...; flags interval; elements = {...} }`` (never ``auto-merge``).
+
+    ``mark``: with ``comment "cfallow"`` (sets mode: how a later read knows the set is cfallow's).
+    """
     inner = indent + "\t"
+    comment = f'{inner}comment "{SET_MARK}"\n' if mark else ""
     return (
         f"{indent}set {name} {{\n{inner}type {SET_TYPE[version]}\n{inner}flags interval\n"
+        + comment
         + _elements(nets, inner)
         + f"{indent}}}\n"
     )
@@ -133,7 +143,9 @@ def lockdown_table(s: Settings, want: dict[int, frozenset[IPNetwork]]) -> str:
 
 def sets_include(s: Settings, want: dict[int, frozenset[IPNetwork]]) -> str:
     """Sets mode: the set definitions to ``include`` inside the admin's table block."""
-    return HEADER + "".join(set_block(s.set_name(v), v, want.get(v, ()), "") for v in s.families)
+    return HEADER + "".join(
+        set_block(s.set_name(v), v, want.get(v, ()), "", mark=True) for v in s.families
+    )
 
 
 def element_ops(
@@ -150,8 +162,11 @@ def element_ops(
 
 
 def add_set(table: str, name: str, version: int) -> str:
-    """Create an empty interval set."""
-    return f"add set {table} {name} {{ type {SET_TYPE[version]}; flags interval; }}"
+    """Create an empty interval set, with cfallow's mark."""
+    return (
+        f"add set {table} {name} {{ type {SET_TYPE[version]}; flags interval; "
+        f'comment "{SET_MARK}"; }}'
+    )
 
 
 def script(lines: Sequence[str]) -> str:

@@ -42,6 +42,7 @@ class NftSet:
     type: str
     flags: tuple[str, ...]
     elements: frozenset[IPNetwork]
+    comment: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def parse_set(s: Json) -> NftSet:
         str(s.get("type")),
         tuple(sorted([flags] if isinstance(flags, str) else flags)),
         frozenset(elements),
+        str(s.get("comment", "")),
     )
 
 

@@ -150,7 +150,9 @@ def test_sets_mode_errors_are_one_clear_line(tmp_path: Path) -> None:
         ]
         # "add set" with other flags on an existing set succeeds and keeps the old flags:
         # the set is read back, and a wrong one is refused, not "fixed" in silence
-        Nft(ns).load("table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; }\n}\n")
+        Nft(ns).load(
+            'table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; comment "cfallow"; }\n}\n'
+        )
         wrong = cli(ns, tmp_path, conf, "sync", "--source", "bundled")
         assert wrong.returncode == 1
         assert (

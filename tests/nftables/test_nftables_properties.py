@@ -23,7 +23,7 @@ LINE = re.compile(r"^(add|delete) element inet filter (cloudflare_v[46]) \{ (.*)
 
 def _seen(v4: frozenset[IPNetwork], v6: frozenset[IPNetwork]) -> Seen:
     def one(name: str, kind: str, nets: frozenset[IPNetwork]) -> NftSet:
-        return NftSet("inet", "filter", name, kind, ("interval",), nets)
+        return NftSet("inet", "filter", name, kind, ("interval",), nets, "cfallow")  # its mark
 
     sets = (one("cloudflare_v4", "ipv4_addr", v4), one("cloudflare_v6", "ipv6_addr", v6))
     return Seen(None, True, sets, (), None)
