@@ -27,7 +27,7 @@ from pathlib import Path
 from cfallow import hostfw
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
-from cfallow.errors import BackendError, ConfigError, Unavailable, ValidationError
+from cfallow.errors import BackendError, CommandFailed, ConfigError, Unavailable, ValidationError
 from cfallow.files import ManagedFile
 from cfallow.hostfw_advice import lockdown_notes, sets_notes
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
@@ -37,6 +37,7 @@ from .nftables_apply import Seen, Step, apply_step, read_seen, removal_steps
 from .nftables_diff import lockdown_steps, sets_steps
 
 DEFAULT_FILE = "/etc/nftables.d/cfallow.nft"
+DEFAULT_CONF = "/etc/nftables.conf"
 FAMILY_OF_TABLE = {"inet": (4, 6), "ip": (4,), "ip6": (6,)}
 
 
@@ -89,11 +90,17 @@ class NftablesBackend(Backend[Seen, Step]):
         if self.settings.docker and mode == "sets":
             raise ConfigError(f'[{where}] docker: only for mode = "lockdown"')
         self.file = ManagedFile(Path(section.get_str("file", DEFAULT_FILE)))
+        #: The admin's ruleset that nftables.service loads (and may include ``file``).
+        self.conf = Path(section.get_str("conf", DEFAULT_CONF))
         self.host_check = section.get_bool("host_check", True)
 
     def write_paths(self) -> tuple[Path, ...]:
         """The directory of cfallow's include file, and cfallow's firewall lock."""
         return (self.file.path.parent, self.ctx.firewall_lock)
+
+    def own_dirs(self) -> tuple[Path, ...]:
+        """The include file's directory (``/etc/nftables.d`` is not there on a fresh host)."""
+        return (self.file.path.parent,)
 
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""
@@ -135,7 +142,53 @@ class NftablesBackend(Backend[Seen, Step]):
         for step in plan.steps:
             if not isinstance(step, Step):
                 raise BackendError(f"not an nftables plan step: {step!r}")
+            if step.file is None:
+                self._remove_file()
             apply_step(self.ctx.runner, self.settings, self.file, step)
+
+    def _remove_file(self) -> None:
+        """Remove the include file first, and only if the admin's ruleset loads without it.
+
+        ``nft`` refuses a ruleset that includes a missing file by its exact
+        name: ``systemctl reload nftables`` would fail, and at the next boot
+        none of the admin's ruleset would load. ``nft -c -f CONF`` (a check,
+        nothing committed) decides; the file comes back if it fails, and
+        nothing is removed. A glob include (``"/etc/nftables.d/*.nft"``)
+        accepts no match.
+        """
+        if self.file.read() is None:
+            return
+        conf = str(self.conf)
+
+        def loads() -> None:
+            self.ctx.runner.run(["nft", "-c", "-f", conf])
+
+        if not self.conf.is_file():
+            self.file.install(None)
+            return
+        try:
+            loads()
+        except CommandFailed as exc:
+            raise BackendError(
+                f"{conf} does not load even with {self.file.path} (not cfallow's file: "
+                f"{_nft_error(exc)}); fix it first: nothing removed"
+            ) from None
+        try:
+            self.file.install(None, test=loads)
+        except CommandFailed as exc:
+            glob = self.file.path.parent / "*.nft"
+            raise BackendError(
+                f"{conf} would not load without {self.file.path} ({_nft_error(exc)}): delete "
+                f'that include (or include a glob, include "{glob}", which matches nothing '
+                "without the file) and what uses cfallow's sets, then remove again; "
+                "nothing removed"
+            ) from None
+
+
+def _nft_error(exc: CommandFailed) -> str:
+    """nft's error line and the source line it points at, as one line."""
+    lines = [ln.strip() for ln in exc.stderr.strip().splitlines() if ln.strip() and "^" not in ln]
+    return ": ".join(lines[:2]) if lines else str(exc)
 
 
 __all__ = ["NftablesBackend", "hostfw"]

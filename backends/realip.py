@@ -114,6 +114,10 @@ class RealIpBackend(Backend[Seen, Write]):
         dirs = [self.path.parent] + ([self.header_path.parent] if self.header_path else [])
         return tuple(dict.fromkeys(dirs))
 
+    def own_dirs(self) -> tuple[Path, ...]:
+        """The same directories: cfallow creates them when it writes a file there."""
+        return self.write_paths()
+
     # -- what a server module fills in ---------------------------------------------------
 
     def configure(self, section: Section) -> None:

@@ -129,6 +129,15 @@ class Backend(abc.ABC, Generic[O, S]):
         which compares them with the systemd unit's ``ReadWritePaths``)."""
         return ()
 
+    def own_dirs(self) -> tuple[Path, ...]:
+        """Directories a run creates itself when missing (where the files it owns go).
+
+        ``cfallow prepare`` creates them (when their parent exists) before a
+        sandboxed run: systemd drops a ``-`` ``ReadWritePaths=`` entry whose
+        path does not exist, which would leave a new directory read-only.
+        """
+        return ()
+
     def plan(self, desired: Networks | None) -> Plan[S]:
         """``diff(read(), desired)``."""
         return self.diff(self.read(), desired)

@@ -3,9 +3,17 @@
 The config (already parsed, every backend section built, when this runs),
 each selected backend's preflight (``check()``), the paths a real run writes
 (state directory, ``metrics_file``, what the backends name in ``write_paths()``)
-and, when the systemd unit is installed, whether its sandbox lets the run
-write them (``ReadWritePaths=``, ``StateDirectory=``, drop-ins included).
-Exit 0 when all is well, 2 otherwise.
+and, for each installed systemd unit (``cfallow.service`` and
+``cfallow-restore.service``), whether its sandbox lets the run write them
+(``ReadWritePaths=``, ``StateDirectory=``, drop-ins included). systemd
+silently drops a ``-`` ``ReadWritePaths=`` entry whose path does not exist
+when the unit starts (the path then stays read-only): such an entry counts
+only if the unit creates the path first (``ExecStartPre=+`` running
+``cfallow prepare``, ``touch`` or ``mkdir``). Exit 0 when all is well, 2 otherwise.
+
+:func:`prepare` (``cfallow prepare``) is what the units run outside their
+sandbox before the run: it creates the directories the configured backends
+write their own files into.
 """
 
 from __future__ import annotations
@@ -20,6 +28,12 @@ from pathlib import Path
 from cfallow import backend, config, report
 from cfallow.errors import EXIT_OK, EXIT_USAGE, CfallowError
 from cfallow.state import State
+
+#: The installed units ``cfallow check`` compares by default (``--unit``: others).
+UNITS = (
+    Path("/etc/systemd/system/cfallow.service"),
+    Path("/etc/systemd/system/cfallow-restore.service"),
+)
 
 
 @dataclass(frozen=True)
@@ -47,12 +61,40 @@ def _writable(path: Path) -> str | None:
     return None
 
 
-def _unit_paths(unit: Path) -> tuple[list[Path], bool]:
-    """The writable paths the unit (and its ``.d`` drop-ins) grant, and whether
-    ``ProtectSystem=strict`` makes everything else read-only."""
+@dataclass(frozen=True)
+class UnitGrants:
+    """What one unit (with its drop-ins) lets a run write."""
+
+    #: ``ReadWritePaths=`` entries (with ``optional``: ``-``-prefixed) and ``StateDirectory=``
+    paths: tuple[tuple[Path, bool], ...]
+    #: ``ProtectSystem=strict``: everything else is read-only
+    strict: bool
+    #: paths its ``ExecStartPre=+`` commands create outside the sandbox (``touch``, ``mkdir``)
+    created: tuple[Path, ...]
+    #: an ``ExecStartPre=+`` runs ``cfallow prepare`` (creates the backends' own directories)
+    prepares: bool
+
+
+def _exec_pre(value: str, created: list[Path]) -> bool:
+    """Note what one ``ExecStartPre=`` creates; True if it runs ``cfallow prepare``."""
+    prefix = value[: len(value) - len(value.lstrip("-+!@:|"))]
+    if "+" not in prefix:
+        return False  # inside the sandbox: it cannot create what the sandbox forbids
+    argv = value[len(prefix) :].split()
+    if not argv:
+        return False
+    tool = Path(argv[0]).name
+    if tool in ("touch", "mkdir"):
+        created += [Path(a) for a in argv[1:] if a.startswith("/")]
+    return tool.startswith("cfallow") and "prepare" in argv[1:]
+
+
+def unit_grants(unit: Path) -> UnitGrants:
+    """Parse ``unit`` and its ``.d`` drop-ins (later assignments add, an empty one resets)."""
     files = [unit, *sorted((unit.parent / f"{unit.name}.d").glob("*.conf"))]
-    paths: list[Path] = []
-    strict = False
+    paths: list[tuple[Path, bool]] = []
+    created: list[Path] = []
+    strict = prepares = False
     for f in files:
         for line in f.read_text(encoding="utf-8").splitlines():
             key, sep, value = line.strip().partition("=")
@@ -62,16 +104,17 @@ def _unit_paths(unit: Path) -> tuple[list[Path], bool]:
             if key == "ReadWritePaths":
                 if not value:  # an empty assignment resets the list (systemd.exec)
                     paths = []
-                paths += [Path(v.lstrip("-+")) for v in value.split()]
-            elif key == "StateDirectory":
-                paths += [Path("/var/lib") / v.split(":")[0] for v in value.split()]
+                paths += [(Path(v.lstrip("-+")), v.startswith("-")) for v in value.split()]
+            elif key == "StateDirectory":  # systemd creates it
+                paths += [(Path("/var/lib") / v.split(":")[0], False) for v in value.split()]
             elif key == "ProtectSystem":
                 strict = value == "strict"
-    return paths, strict
-
-
-def _granted(path: Path, grants: Iterable[Path]) -> bool:
-    return any(path == g or g in path.parents for g in grants)
+            elif key == "ExecStartPre":
+                if not value:
+                    created, prepares = [], False
+                else:
+                    prepares = _exec_pre(value, created) or prepares
+    return UnitGrants(tuple(paths), strict, tuple(created), prepares)
 
 
 def _needs(
@@ -86,9 +129,9 @@ def _needs(
 
 
 def findings(
-    cfg: config.Config, state: State, built: list[backend.AnyBackend], unit: Path
+    cfg: config.Config, state: State, built: list[backend.AnyBackend], units: Iterable[Path]
 ) -> list[Finding]:
-    """Every check, in order: config, backends, paths, unit."""
+    """Every check, in order: config, backends, paths, units."""
     out = [Finding("config", True, str(cfg.path or "built-in defaults (no config file)"))]
     for b in built:
         try:
@@ -108,8 +151,37 @@ def findings(
         if what != "metrics_file directory":  # checked above: cfallow never creates it
             why = _writable(path)
             out.append(Finding(f"{what} {path}", why is None, why or "writable"))
-    out += _unit_findings(cfg, state, built, unit)
+    for unit in units:
+        out += _unit_findings(cfg, state, built, unit)
     return out
+
+
+def prepare(built: list[backend.AnyBackend]) -> list[Path]:
+    """Create the configured backends' missing own directories whose parent exists.
+
+    Run as root outside the units' sandbox (``ExecStartPre=+``), so the run's
+    ``ReadWritePaths=`` finds them. A directory whose parent is missing is left
+    alone (e.g. ``/etc/nginx/conf.d`` without nginx): the backend says why.
+    """
+    made = []
+    for b in built:
+        for d in b.own_dirs():
+            if not d.exists() and d.parent.is_dir():
+                try:
+                    d.mkdir()
+                    d.chmod(0o755)  # what an admin's mkdir makes, whatever the unit's UMask=
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise CfallowError(f"cannot create {d}: {exc.strerror or exc}") from None
+                made.append(d)
+    return made
+
+
+def _will_exist(path: Path, grants: UnitGrants, own: set[Path]) -> bool:
+    if path.exists() or path in grants.created:
+        return True
+    return grants.prepares and path in own and path.parent.is_dir()
 
 
 def _unit_findings(
@@ -117,22 +189,35 @@ def _unit_findings(
 ) -> list[Finding]:
     if not unit.is_file():
         return [Finding("unit", True, f"{unit} not installed: sandbox not checked")]
-    grants, strict = _unit_paths(unit)
-    if not strict:
+    grants = unit_grants(unit)
+    if not grants.strict:
         return [Finding("unit", True, f"{unit}: no ProtectSystem=strict, every path writable")]
+    own = {d for b in built for d in b.own_dirs()}
     out = []
     for what, path in _needs(cfg, state, built):
-        if _granted(path, grants):
-            continue
-        out.append(
-            Finding(
-                "unit",
-                False,
-                f"{what} {path} is not in {unit.name}'s ReadWritePaths: the run cannot "
-                f"write it under systemd (add ReadWritePaths=-{path} with "
-                f"`systemctl edit {unit.name}`)",
+        covering = [(g, opt) for g, opt in grants.paths if path == g or g in path.parents]
+        if not covering:
+            out.append(
+                Finding(
+                    "unit",
+                    False,
+                    f"{what} {path} is not in {unit.name}'s ReadWritePaths: the run cannot "
+                    f"write it under systemd (add ReadWritePaths=-{path} with "
+                    f"`systemctl edit {unit.name}`)",
+                )
             )
-        )
+        elif all(opt and not _will_exist(g, grants, own) for g, opt in covering):
+            g = covering[0][0]
+            out.append(
+                Finding(
+                    "unit",
+                    False,
+                    f"{unit.name}: ReadWritePaths=-{g} does not exist, so systemd drops it and "
+                    f"the run cannot write {what} {path}: create it "
+                    f"({'touch' if g.suffix == '.lock' else 'mkdir -p'} {g}), or install "
+                    f"the shipped unit (its ExecStartPre=+ runs `cfallow prepare`)",
+                )
+            )
     return out or [Finding("unit", True, f"{unit}: ReadWritePaths cover every path")]
 
 
@@ -144,7 +229,7 @@ def run(
     built: list[backend.AnyBackend],
 ) -> int:
     """Print every finding; exit 0 if all passed, 2 if any failed."""
-    found = findings(cfg, state, built, args.unit)
+    found = findings(cfg, state, built, args.unit or UNITS)
     ok = all(f.ok for f in found)
     if getattr(args, "json", False):
         doc = {
@@ -162,3 +247,10 @@ def run(
         bad = sum(not f.ok for f in found)
         print(f"check: {'all passed' if ok else f'{bad} problem(s)'}")
     return EXIT_OK if ok else EXIT_USAGE
+
+
+def run_prepare(built: list[backend.AnyBackend]) -> int:
+    """``cfallow prepare``: one line per directory created; exit 0."""
+    for d in prepare(built):
+        print(f"created {d}")
+    return EXIT_OK

@@ -312,6 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cfallow import check
 
             return check.run(args, cfg, state, ctx, args.built)
+        if args.command == "prepare":
+            from cfallow import check
+
+            return check.run_prepare(args.built)
         command = {
             "sync": cmd_sync,
             "status": cmd_status,

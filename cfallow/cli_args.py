@@ -102,8 +102,9 @@ def _status(st: Sub) -> None:
 def _check(ck: Sub) -> None:
     backend_opt(ck)
     ck.add_argument(
-        "--unit", type=Path, default=Path("/etc/systemd/system/cfallow.service"), metavar="FILE",
-        help="the installed systemd unit whose ReadWritePaths to compare (skipped if absent)",
+        "--unit", type=Path, action="append", metavar="FILE",
+        help="an installed systemd unit whose sandbox to compare (repeatable; default: "
+        "/etc/systemd/system/cfallow.service and cfallow-restore.service; absent: skipped)",
     )  # fmt: skip
     json_opt(ck)
 
@@ -141,6 +142,12 @@ COMMANDS = (
         "check the config, each backend's preflight and the paths a run writes "
         "(read-only; exit 0 or 2)",
         _check,
+    ),
+    (
+        "prepare",
+        "create the directories the configured backends write into (the systemd units "
+        "run this outside their sandbox before each run)",
+        None,
     ),
     ("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)", _verify),
     ("remove", "remove everything cfallow owns from the backends", _remove),

@@ -75,6 +75,125 @@ def test_the_wheel_carries_the_license_and_the_data(built: tuple[Path, str]) -> 
     assert {"cfallow/data/snapshot.json", "cfallow/py.typed"} <= set(names)
 
 
+def _source_files() -> set[str]:
+    """Every file of the source tree as the wheel must name it (backends/ -> cfallow/backends/)."""
+    out = set()
+    for top, dest in (("cfallow", "cfallow"), ("backends", "cfallow/backends")):
+        for f in (ROOT / top).rglob("*"):
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                out.add(f"{dest}/{f.relative_to(ROOT / top).as_posix()}")
+    return out
+
+
+def _source_modules() -> list[str]:
+    names = []
+    for path in sorted(_source_files()):
+        if path.endswith(".py"):
+            parts = path[: -len(".py")].split("/")
+            names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_pyproject_names_every_package_of_the_tree() -> None:
+    """setuptools cannot discover the backends/ -> cfallow.backends mapping: the list is
+    explicit, so every directory of cfallow/ and backends/ holding files must be in it."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = {path.rsplit("/", 1)[0].replace("/", ".") for path in _source_files()}
+    assert dirs <= set(setup["packages"]), sorted(dirs - set(setup["packages"]))
+
+
+def test_the_wheel_and_the_sdist_hold_every_file_of_the_tree(built: tuple[Path, str]) -> None:
+    import tarfile
+    import zipfile
+
+    wheel, _ = built
+    (sdist,) = wheel.parent.glob("cfallow-*.tar.gz")
+    want = _source_files()
+    with zipfile.ZipFile(wheel) as zf:
+        in_wheel = {n for n in zf.namelist() if not n.split("/", 1)[0].endswith(".dist-info")}
+    assert want == in_wheel, (sorted(want - in_wheel), sorted(in_wheel - want))
+    with tarfile.open(sdist) as tf:
+        in_sdist = {m.name.split("/", 1)[1] for m in tf.getmembers() if m.isfile()}
+    as_sdist = {p.replace("cfallow/backends/", "backends/", 1) for p in want}
+    assert as_sdist <= in_sdist, sorted(as_sdist - in_sdist)
+
+
+_PROBE = """
+import importlib, json, sys
+from importlib import metadata
+mods = json.loads(sys.argv[1])
+for name in mods:
+    importlib.import_module(name)
+dist = metadata.distribution("cfallow")  # not the test venv's plugins (a broken one on purpose)
+group = [ep for ep in dist.entry_points if ep.group == "cfallow.backends"]
+eps = {ep.name: ep.load().__module__ for ep in group}
+import cfallow
+print(json.dumps({"file": cfallow.__file__, "dist": str(dist.locate_file("")), "eps": eps}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["wheel", "sdist"])
+def test_installed_from_the_wheel_and_the_sdist_every_module_imports(
+    built: tuple[Path, str], tmp_path: Path, kind: str
+) -> None:
+    """A fresh venv with only the built artifact (dependencies from the test venv, read-only):
+    every module of the tree is installed and imports, every entry point loads,
+    ``cfallow verify --help`` runs."""
+    import json
+    import site
+    import sysconfig
+
+    wheel, _ = built
+    artifact = wheel if kind == "wheel" else next(wheel.parent.glob("cfallow-*.tar.gz"))
+    venv = tmp_path / "venv"
+    sh([sys._base_executable, "-m", "venv", str(venv)])  # type: ignore[attr-defined]
+    py = str(venv / "bin" / "python")
+    purelib = Path(sh([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).strip())
+    # The dependencies (and setuptools for the sdist's build) from this test venv, after
+    # the new venv's own site-packages: the artifact is the only cfallow it can import.
+    ours = [p for p in (sysconfig.get_path("purelib"), *site.getsitepackages()) if p]
+    (purelib / "zz-test-deps.pth").write_text("\n".join(dict.fromkeys(ours)) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # Python < 3.12's venv brings an old setuptools that would build the sdist: use pyproject's.
+    sh([py, "-m", "pip", "uninstall", "-q", "-y", "setuptools"])
+    pip = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation"]
+    proc = subprocess.run(
+        [*pip, str(artifact)], capture_output=True, text=True, env=env, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    installed = {
+        p.relative_to(purelib).as_posix() for p in (purelib / "cfallow").rglob("*") if p.is_file()
+    }
+    want = _source_files()
+    assert want <= installed, sorted(want - installed)
+    mods = [m for m in _source_modules() if not m.endswith(".__main__")]  # it runs the CLI
+    proc = subprocess.run(
+        [py, "-c", _PROBE, json.dumps(mods)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,  # not the checkout: "-c" puts the working directory first on sys.path
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert Path(seen["file"]).is_relative_to(purelib), seen["file"]
+    assert Path(seen["dist"]) == purelib, seen["dist"]
+    assert set(seen["eps"]) >= {"iptables", "nftables", "nginx", "fail2ban", "aws"}, seen
+    assert all(m.startswith("cfallow.backends.") for m in seen["eps"].values()), seen
+    proc = subprocess.run(
+        [str(venv / "bin" / "cfallow"), "verify", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0 and "usage: cfallow verify" in proc.stdout, proc.stderr
+
+
 def test_changelog_and_license_exist() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
     changelog = (ROOT / "CHANGELOG.md").read_text()
