@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 CF = ("104.16.0.10", "2400:cb00::10")
 OUTSIDERS = ("198.51.100.7", "2001:db8:ff::7")
 
-#: The admin's own ruleset on a native nftables host: policy drop, 22 and 443 open,
+#: The admin's own ruleset on a native nftables host: policy drop, 22, 80 and 443 open,
 #: cfallow's file included as the README recommends (a glob: loads with no file too).
 ADMIN_NFT = """\
 #!/usr/sbin/nft -f
@@ -39,7 +39,7 @@ table inet filter {
 		iif lo accept
 		ct state established,related accept
 		meta l4proto ipv6-icmp accept
-		tcp dport { 22, 443 } accept
+		tcp dport { 22, 80, 443 } accept
 	}
 	chain forward {
 		type filter hook forward priority filter; policy drop;
