@@ -141,10 +141,8 @@ def _clean(res: dict[str, Any], step: str) -> None:
     """A oneshot unit that ran and succeeded (its journal otherwise)."""
     got = res["steps"][step]
     show = got["show"]
-    assert (show.get("Result"), show.get("ExecMainStatus")) == ("success", "0"), (
-        show,
-        got["log"][-3000:],
-    )
+    result = (show.get("Result"), show.get("ExecMainStatus"))
+    assert result == ("success", "0"), f"{step}: {show}\n{got['log'][-3000:]}"
 
 
 def test_readme_install_check_and_dry_run(boots: dict[str, Any]) -> None:
