@@ -16,9 +16,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cfallow.backends.iptables import IptablesBackend
+from cfallow.backends.iptables_entries import entry_fields, iface_mask, read_entries
+from cfallow.backends.iptables_iptc import IptcWriter
 from support import namespace, need, need_tool, ns_exec
+from support.cfdata import CURRENT
+from support.ipt_netns import in_netns
+from support.ipt_support import Fw
+
+from cfallow.backend import Context, build
+from cfallow.engine import run_backend
 
 pytestmark = pytest.mark.root
 
@@ -48,6 +58,7 @@ CF = {4: "104.16.0.0/13", 6: "2400:cb00::/32"}
 LIBIPTC = """
 import ctypes, json, sys
 from cfallow.backends.iptables_iptc import load_iptc
+from cfallow.backends.iptables import IptablesBackend
 from cfallow.backends.iptables_entries import Entries, differences, read_entries
 version = int(sys.argv[1])
 iptc = load_iptc()
@@ -153,3 +164,54 @@ def test_a_refused_raw_read_is_one_warning_and_the_sync_goes_on(tmp_path: Path) 
             ns_exec(ns, "ip6tables-legacy-save"), capture_output=True, text=True, check=True
         ).stdout
         assert "-A CFALLOW -i lo -j RETURN" in saved
+
+
+#: cfallow's CLI with python-iptables made unavailable (``import iptc`` fails).
+NO_IPTC = """
+import sys
+sys.modules["iptc"] = None
+from cfallow.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_python_iptables_a_wrong_mask_is_still_found_and_rewritten(
+    tmp_path: Path,
+) -> None:
+    """A legacy host upgraded from the former writer, and no python-iptables installed."""
+    need_tool("iptables-legacy-save", "ip6tables-legacy-restore")
+    with namespace("ent") as ns:
+        fw = Fw(ns, "legacy", tmp_path)
+        ctx = Context(runner=fw.runner, firewall_lock=tmp_path / "fw.lock")
+        inner = build("iptables", {"mode": "lockdown", "ports": [443]}, ctx)
+        assert isinstance(inner, IptablesBackend)
+
+        def old_writer() -> Any:
+            inner.legacy_writer = IptcWriter()
+            return run_backend(inner, CURRENT, dry_run=False).error
+
+        assert in_netns(ns, old_writer, {"XTABLES_LOCKFILE": fw.lock}) is None
+        conf = tmp_path / "config.toml"
+        conf.write_text(
+            '[backends.iptables]\nvariant = "legacy"\nmode = "lockdown"\nports = [443]\n'
+        )
+        argv = [sys.executable, "-c", NO_IPTC, "--config", str(conf), "--state-dir", str(tmp_path)]
+        env = ["env", f"CFALLOW_FIREWALL_LOCK={tmp_path}/fw.lock", f"XTABLES_LOCKFILE={fw.lock}"]
+        env.append(f"PATH={(fw.runner.env or {})['PATH']}")  # iptables is iptables-legacy here
+        run = subprocess.run(
+            ns_exec(ns, *env, *argv, "sync", "--source", "bundled"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == "", run.stderr  # no warning, no error
+        wrong = "-i lo -j RETURN (kernel interface mask 01 01 01 " + " ".join(["00"] * 13)
+        assert f"  ~ IPv6: foreign rule: {wrong}: matches more than the name)" in run.stdout
+
+        def masks() -> list[bytes]:
+            rules = dict(read_entries(6).chains)["CFALLOW"]
+            return [dict(entry_fields(6, raw))["iniface_mask"] for raw in rules]
+
+        assert iface_mask("lo") in in_netns(ns, masks)
+        assert b"\x01\x01\x01" + bytes(13) not in in_netns(ns, masks)
