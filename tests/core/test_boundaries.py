@@ -128,6 +128,12 @@ def test_the_shortest_prefix_is_accepted_one_bit_shorter_refused() -> None:
         parse_family(["2a00::/15"], 6, "t")
 
 
+@pytest.mark.parametrize("entries", ["45.0.0.0/8", None, {"45.0.0.0/8": 1}, 7])
+def test_a_family_that_is_not_a_list_is_refused_as_such(entries: object) -> None:
+    with pytest.raises(ValidationError, match=r"^t: expected a list of CIDRs$"):
+        parse_family(entries, 4, "t")  # type: ignore[arg-type]
+
+
 # -- the cadence: retry time, refresh age, jitter --------------------------------------
 
 T = 1_800_000_000.0
