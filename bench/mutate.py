@@ -12,6 +12,7 @@ the test files that concern the module run (``-x``: the first failure kills it),
 mutant within a time limit (a mutant that hangs counts as killed, and is named).
 
     .venv/bin/python bench/mutate.py [--jobs 2] [--only guard,cadence] [--timeout 300]
+    .venv/bin/python bench/mutate.py --pick cadence#12,model#40   # re-run some mutants
 
 Prints every surviving mutant (module:line, what changed) and the score per module.
 """
@@ -23,6 +24,7 @@ import ast
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -222,13 +224,23 @@ def _worker_dirs(jobs: int, top: Path) -> list[Path]:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the temp tree
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", default=",".join(TESTS))
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument(
+        "--pick",
+        default="",
+        help="only these mutants, as MODULE#INDEX,... (the index each result line shows)",
+    )
     args = ap.parse_args()
     modules = [m for m in args.only.split(",") if m]
     todo = [m for mod in modules for m in mutants(mod)]
+    if args.pick:
+        picked = set(args.pick.split(","))
+        todo = [m for m in todo if f"{m.module}#{m.index}" in picked]
+        modules = sorted({m.module for m in todo}, key=list(TESTS).index)
     start = time.monotonic()
     results: dict[Mutant, str] = {}
     with tempfile.TemporaryDirectory(prefix="cfallow-mutate-") as top:
@@ -252,7 +264,7 @@ def main() -> int:
             finally:
                 target.write_text(original)
                 free.append(work)
-            print(f"{m.module}:{m.line} {m.what}: {results[m]}", flush=True)
+            print(f"{m.module}#{m.index} {m.module}:{m.line} {m.what}: {results[m]}", flush=True)
 
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(one, todo))
@@ -269,7 +281,7 @@ def main() -> int:
     print("survivors:")
     for m, r in sorted(results.items(), key=lambda kv: (kv[0].module, kv[0].line)):
         if r == "survived":
-            print(f"  cfallow/{m.module}.py:{m.line}: {m.what}")
+            print(f"  cfallow/{m.module}.py:{m.line}: {m.what} ({m.module}#{m.index})")
     print(f"wall time: {wall:.0f} s with --jobs {args.jobs}")
     return 0
 

@@ -21,7 +21,17 @@ from support import need_root
 from cfallow import cadence, trust
 from cfallow.errors import ConfigError, GuardRefused, ValidationError
 from cfallow.guard import check_ceiling, check_growth, check_shrink
-from cfallow.model import Networks
+from cfallow.model import (
+    FAMILIES,
+    FAMILY_NAME,
+    Networks,
+    as_strings,
+    by_family,
+    combine,
+    family,
+    make_plan,
+    parse_cidr,
+)
 from cfallow.ranges import Ranges
 from cfallow.validate import MAX_ENTRIES, check_lists, parse_family
 
@@ -225,3 +235,82 @@ def test_a_file_replaced_while_it_was_read_is_refused(tmp_path: Path) -> None:
         os.replace(tmp_path / "new.toml", conf)
         with pytest.raises(ConfigError, match=r"config .*config\.toml changed while it was read"):
             trust.check_open_file(fh.fileno(), conf, "config")
+
+
+def test_a_stamp_exactly_now_is_not_in_the_future(caplog: pytest.LogCaptureFixture) -> None:
+    ok = cadence.FetchLog(T, False)
+    assert cadence.fetch_due(ok, T, T, 3600) == (
+        False,
+        "last-known-good list is 0 s old (refresh 3600 s)",
+    )
+    assert caplog.records == []
+    due, why = cadence.fetch_due(ok, T + 1, T, 3600)
+    assert due and why.startswith("the last-known-good list is stamped 1 s in the future")
+    due, why = cadence.fetch_due(cadence.FetchLog(T + 2, True, T + 302), T - 1, T, 3600)
+    assert due and why.startswith("the last fetch attempt is stamped 2 s in the future")
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+
+
+def test_a_fetch_log_with_wrong_types_keeps_what_it_can(tmp_path: Path) -> None:
+    (tmp_path / cadence.FETCH_LOG).write_text(
+        '{"attempted_at": 5, "failed": 1, "next_retry": "soon", "error": 7, "changed_at": "x"}'
+    )
+    assert cadence.read_log(tmp_path) == cadence.FetchLog(5.0, True, None, None, None)
+    (tmp_path / cadence.FETCH_LOG).write_text('{"failed": false}')
+    assert cadence.read_log(tmp_path) is None
+    (tmp_path / cadence.FETCH_LOG).write_text("[]")
+    assert cadence.read_log(tmp_path) is None
+
+
+def test_the_clock_is_the_wall_clock_unless_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.delenv("CFALLOW_NOW", raising=False)
+    before = time.time()
+    assert before <= cadence.now() <= time.time()
+    monkeypatch.setenv("CFALLOW_NOW", "12.5")
+    assert cadence.now() == 12.5
+
+
+# -- the model: CIDR parsing limits, ordering, families, plans ------------------------
+
+
+def test_a_three_digit_prefix_is_the_longest_spelling() -> None:
+    assert parse_cidr("2400:cb00::1/128") == IPNetwork("2400:cb00::1/128")
+    assert parse_cidr("45.0.0.0/8") == IPNetwork("45.0.0.0/8")  # version from the text
+    for text in ("45.0.0.0/0008", "45.0.0.0/-8", "45.0.0.0/", "45.0.0.0/\uff18", " 45.0.0.0/8"):
+        with pytest.raises(ValidationError, match=r"^not a CIDR: "):
+            parse_cidr(text)
+
+
+def test_each_family_is_spelled_its_own_way() -> None:
+    with pytest.raises(ValidationError, match=r"^not an IPv4 CIDR"):
+        parse_cidr("::ffff:1.2.3.0/120", 4)
+    with pytest.raises(ValidationError, match=r"^not an IPv4 CIDR"):
+        parse_cidr("1.2.3.0.0/24", 4)
+    with pytest.raises(ValidationError, match=r"^not an IPv6 CIDR"):
+        parse_cidr("1.2.3.0/24", 6)
+    assert parse_cidr("2400:cb00::/32", 6) == IPNetwork("2400:cb00::/32")
+    assert parse_cidr("2400:cb00::/32").version == 6
+
+
+def test_order_families_and_names() -> None:
+    mixed = [IPNetwork(c) for c in ("2400::/16", "45.0.0.0/16", "45.0.0.0/8", "9.0.0.0/8")]
+    assert as_strings(mixed) == ["9.0.0.0/8", "45.0.0.0/8", "45.0.0.0/16", "2400::/16"]
+    assert family(mixed, 6) == nets("2400::/16")
+    assert by_family(mixed) == {4: frozenset(mixed[1:]), 6: nets("2400::/16")}
+    assert by_family([]) == {4: frozenset(), 6: frozenset()}
+    assert FAMILIES == (4, 6) and FAMILY_NAME == {4: "IPv4", 6: "IPv6"}
+
+
+def test_plans_made_and_combined() -> None:
+    a, b, c = nets("45.0.0.0/16"), nets("46.0.0.0/16"), nets("47.0.0.0/16")
+    plan = make_plan("x", a | b, b | c, covered=a, notes=["n"], steps=["s"])
+    assert (plan.add, plan.remove, plan.kept, plan.after) == (frozenset(), c, b, b)
+    assert plan.changed and plan.notes == ("n",) and plan.steps == ("s",)
+    assert plan.summary() == "x: +0 -1 =1"
+    quiet = make_plan("x", b, b)
+    assert not quiet.changed and quiet.summary() == "x: +0 -0 =1"
+    both = combine("y", [plan, make_plan("z", a, frozenset())], drift=["d"], steps=[1])
+    assert (both.current, both.add, both.remove) == (b | c, a, c)
+    assert both.drift == ("d",) and both.steps == (1,) and both.backend == "y"
