@@ -314,3 +314,44 @@ def test_plans_made_and_combined() -> None:
     both = combine("y", [plan, make_plan("z", a, frozenset())], drift=["d"], steps=[1])
     assert (both.current, both.add, both.remove) == (b | c, a, c)
     assert both.drift == ("d",) and both.steps == (1,) and both.backend == "y"
+
+
+@pytest.fixture
+def rootdir(tmp_path: Path) -> Path:
+    need_root()
+    os.chown(tmp_path, 0, 0)
+    tmp_path.chmod(0o755)
+    return tmp_path
+
+
+def test_an_absent_output_directory_is_judged_by_the_nearest_existing_one(rootdir: Path) -> None:
+    trust.check_output_dir(rootdir / "a" / "b", "metrics_file")
+    (rootdir / "open").mkdir()
+    (rootdir / "open").chmod(0o775)  # group-writable, not sticky
+    with pytest.raises(ConfigError, match=r"metrics_file .*/open is writable by group or others"):
+        trust.check_output_dir(rootdir / "open" / "a" / "b", "metrics_file")
+    os.chown(rootdir / "open", 65534, 0)
+    (rootdir / "open").chmod(0o755)
+    with pytest.raises(ConfigError, match="owned by uid 65534, not root"):
+        trust.check_output_dir(rootdir / "open" / "a", "metrics_file")
+
+
+def test_the_error_names_the_file_or_the_directory_above_it(rootdir: Path) -> None:
+    tool = rootdir / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o775)
+    with pytest.raises(ConfigError, match=r"^client .*/bin/tool is writable by group or others"):
+        trust.check_executable(str(tool), "client")
+    tool.chmod(0o755)
+    trust.check_executable(str(tool), "client")
+    tool.parent.chmod(0o777)
+    with pytest.raises(ConfigError, match=r"^client .*/bin/tool: directory .*/bin is writable"):
+        trust.check_executable(str(tool), "client")
+    tool.parent.chmod(0o1777)  # sticky and root's: trusted above a root-owned file
+    trust.check_executable(str(tool), "client")
+
+
+def test_a_command_that_cannot_be_found_is_left_to_the_backend(rootdir: Path) -> None:
+    trust.check_executable("cfallow-no-such-command-anywhere", "client")
+    trust.check_executable(str(rootdir / "missing" / "tool"), "client")
