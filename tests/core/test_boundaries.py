@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -355,3 +356,30 @@ def test_the_error_names_the_file_or_the_directory_above_it(rootdir: Path) -> No
 def test_a_command_that_cannot_be_found_is_left_to_the_backend(rootdir: Path) -> None:
     trust.check_executable("cfallow-no-such-command-anywhere", "client")
     trust.check_executable(str(rootdir / "missing" / "tool"), "client")
+
+
+def test_not_running_as_root_checks_nothing(rootdir: Path) -> None:
+    loose = rootdir / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    conf = loose / "config.toml"
+    conf.write_text("")
+    conf.chmod(0o666)
+    with conf.open("rb") as fh:
+        os.seteuid(65534)
+        try:
+            assert not trust.running_as_root()
+            trust.check_open_file(fh.fileno(), conf, "config")
+            trust.check_executable(str(conf), "client")
+            trust.check_output_dir(loose, "metrics_file")
+        finally:
+            os.seteuid(0)
+    assert trust.running_as_root()
+    with conf.open("rb") as fh, pytest.raises(ConfigError, match="writable by group or others"):
+        trust.check_open_file(fh.fileno(), conf, "config")
+
+
+def test_an_entry_that_is_not_a_string_is_named() -> None:
+    for entry in (5, None, ["45.0.0.0/8"]):
+        with pytest.raises(ValidationError, match=f"^t: entry {re.escape(repr(entry))} is not a"):
+            parse_family([entry], 4, "t")  # type: ignore[list-item]
