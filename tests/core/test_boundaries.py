@@ -9,6 +9,7 @@ creation could go, all without a failing test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -383,3 +384,13 @@ def test_an_entry_that_is_not_a_string_is_named() -> None:
     for entry in (5, None, ["45.0.0.0/8"]):
         with pytest.raises(ValidationError, match=f"^t: entry {re.escape(repr(entry))} is not a"):
             parse_family([entry], 4, "t")  # type: ignore[list-item]
+
+
+def test_the_fetch_log_and_the_plan_are_values() -> None:
+    entry = cadence.FetchLog(T, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.failed = True  # type: ignore[misc]
+    plan = make_plan("x", nets("45.0.0.0/16"), frozenset())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.add = frozenset()  # type: ignore[misc]
+    assert hash(plan) == hash(make_plan("x", nets("45.0.0.0/16"), frozenset()))
