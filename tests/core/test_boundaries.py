@@ -13,6 +13,7 @@ import dataclasses
 import os
 import random
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -359,25 +360,33 @@ def test_a_command_that_cannot_be_found_is_left_to_the_backend(rootdir: Path) ->
     trust.check_executable(str(rootdir / "missing" / "tool"), "client")
 
 
-def test_not_running_as_root_checks_nothing(rootdir: Path) -> None:
-    loose = rootdir / "loose"
-    loose.mkdir()
-    loose.chmod(0o777)
-    conf = loose / "config.toml"
-    conf.write_text("")
-    conf.chmod(0o666)
-    with conf.open("rb") as fh:
-        os.seteuid(65534)
-        try:
-            assert not trust.running_as_root()
-            trust.check_open_file(fh.fileno(), conf, "config")
-            trust.check_executable(str(conf), "client")
-            trust.check_output_dir(loose, "metrics_file")
-        finally:
-            os.seteuid(0)
-    assert trust.running_as_root()
-    with conf.open("rb") as fh, pytest.raises(ConfigError, match="writable by group or others"):
-        trust.check_open_file(fh.fileno(), conf, "config")
+def test_not_running_as_root_checks_nothing() -> None:
+    need_root()
+    # under /tmp itself, so the unprivileged user can reach it (pytest's tmp is root's 0700)
+    with tempfile.TemporaryDirectory(dir="/tmp") as top:
+        Path(top).chmod(0o755)
+        loose = Path(top) / "loose"
+        loose.mkdir()
+        loose.chmod(0o777)
+        conf = loose / "config.toml"
+        conf.write_text("")
+        conf.chmod(0o666)
+        with conf.open("rb") as fh:
+            os.seteuid(65534)
+            try:
+                assert not trust.running_as_root()
+                trust.check_open_file(fh.fileno(), conf, "config")
+                trust.check_executable(str(conf), "client")
+                trust.check_output_dir(loose, "metrics_file")
+            finally:
+                os.seteuid(0)
+        assert trust.running_as_root()
+        for check in (
+            lambda: trust.check_executable(str(conf), "client"),
+            lambda: trust.check_output_dir(loose, "metrics_file"),
+        ):
+            with pytest.raises(ConfigError, match="writable by group or others"):
+                check()
 
 
 def test_an_entry_that_is_not_a_string_is_named() -> None:
