@@ -83,7 +83,11 @@ def _sync(s: Sub) -> None:
         "--scheduled", action="store_true",
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
     )  # fmt: skip
-    s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a list the shrink or growth guard refuses (it becomes the accepted list)",
+    )
     s.add_argument(
         "--verify", action="store_true",
         help="apply the plan in a scratch copy of this host's firewall first; "
@@ -132,6 +136,12 @@ def _ranges(r: Sub) -> None:
     json_opt(r)
 
 
+def _accept(a: Sub) -> None:
+    source_opt(a)
+    a.add_argument("--dry-run", action="store_true", help="show the difference; record nothing")
+    lock_opt(a)
+
+
 COMMANDS = (
     ("ranges", "print the validated Cloudflare list", _ranges),
     ("sync", "bring every configured backend in step with the list", _sync),
@@ -151,6 +161,12 @@ COMMANDS = (
     ),
     ("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)", _verify),
     ("remove", "remove everything cfallow owns from the backends", _remove),
+    (
+        "accept",
+        "show the list against the accepted one and accept it: the growth guard's new anchor "
+        "(the ceiling still holds)",
+        _accept,
+    ),
 )
 
 

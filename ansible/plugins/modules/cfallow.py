@@ -40,7 +40,10 @@ options:
     description: State directory (C(--state-dir)); default C(/var/lib/cfallow).
     type: path
   force:
-    description: Accept a list that fails the shrink guard (C(--force)). Only with O(state=synced).
+    description:
+      - Accept a list that fails the shrink or growth guard (C(--force)); it becomes the
+        accepted list, the growth guard's anchor. The ceiling still holds.
+        Only with O(state=synced).
     type: bool
     default: false
   source:
