@@ -108,7 +108,9 @@ def _check(ck: Sub) -> None:
     ck.add_argument(
         "--unit", type=Path, action="append", metavar="FILE",
         help="an installed systemd unit whose sandbox to compare (repeatable; default: "
-        "/etc/systemd/system/cfallow.service and cfallow-restore.service; absent: skipped)",
+        "cfallow.service and cfallow-restore.service where systemd finds them, "
+        "/etc/systemd/system first, /lib/systemd/system last, with their drop-ins; "
+        "absent: skipped)",
     )  # fmt: skip
     json_opt(ck)
 
