@@ -1,4 +1,8 @@
-"""The code's shape, checked: imports one way (backends -> core), no cycles, small modules."""
+"""The code's shape, checked: imports one way (backends -> core), no cycles, short functions.
+
+Modules have no line cap: a cap split modules by count rather than by cohesion (and
+invited ``# fmt: skip`` packing); cohesion decides a module's size.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-#: "no module over ~300 lines, no function over ~50": the limits with that "~" in them.
-MAX_MODULE_LINES = 330
+#: "no function over ~50 lines": the limit with that "~" in it.
 MAX_FUNCTION_LINES = 60
 
 
@@ -86,12 +89,9 @@ def test_the_graph_is_real() -> None:
     )
 
 
-def test_modules_and_functions_stay_small() -> None:
+def test_functions_stay_short() -> None:
     big: list[str] = []
     for name, path in _modules().items():
-        lines = path.read_text().count("\n")
-        if lines > MAX_MODULE_LINES:
-            big.append(f"{name}: {lines} lines")
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1

@@ -94,9 +94,11 @@ def test_the_same_host_with_the_nftables_backend_in_sets_mode_is_proven(tmp_path
     from cfallow import backend
 
     need("nftables" in backend.installed(), "the nftables backend plugin")
+    # The admin declared the (empty) sets in their own ruleset: without cfallow's mark they
+    # are taken only with adopt_set (issue 23, point 12).
     sets = (
         '[backends.nftables]\nmode = "sets"\ntable = "inet filter"\nports = [80, 443]\n'
-        f'file = "{tmp_path / "cfallow.nft"}"\n'
+        f'adopt_set = true\nfile = "{tmp_path / "cfallow.nft"}"\n'
     )
     with host(tmp_path) as h:
         h.nft(SETS_RULESET)
