@@ -78,24 +78,24 @@ class Entries:
     chains: tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
-def read_entries(version: int) -> Entries:
-    """The filter table of this process's network namespace, entry by entry."""
+def read_entries(version: int, name: str = "filter") -> Entries:
+    """Table ``name`` of this process's network namespace, entry by entry."""
     iptc = load_iptc()
-    table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)
+    table = (iptc.Table6 if version == 6 else iptc.Table)(name, autocommit=False)
     try:
         table.refresh()
         chains, policies = [], []
         for chain in table.chains:
-            name = chain.name
-            if table.builtin_chain(name):
-                policy = table.get_policy(name)[0]
-                policies.append((name, str(getattr(policy, "name", policy))))
+            cname = chain.name
+            if table.builtin_chain(cname):
+                policy = table.get_policy(cname)[0]
+                policies.append((cname, str(getattr(policy, "name", policy))))
             raws = []
-            entry = table.first_rule(name)
+            entry = table.first_rule(cname)
             while entry:
                 raws.append(ctypes.string_at(ctypes.addressof(entry), entry.next_offset))
                 entry = table.next_rule(entry)
-            chains.append((name, tuple(raws)))
+            chains.append((cname, tuple(raws)))
         return Entries(version, tuple(policies), tuple(chains))
     finally:
         table.close()

@@ -48,6 +48,7 @@ LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
 LOCK_WAIT = 30.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
+NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
 __all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "xtables_lock"]
 
@@ -170,15 +171,22 @@ class LegacyIO:
 
     def read(self, version: int) -> str:
         """``iptables-legacy-save -c -t filter`` (it reads the kernel's table; it takes no
-        lock), then ``-t mangle`` when asked (that loads the mangle table if absent)."""
+        lock), then ``-t mangle`` when asked and the namespace has that table (asking for
+        one it does not have creates it; an absent one reads as empty)."""
         tool = self.save[version]
+        names = ["filter"]
+        if self.mangle and "mangle" in self._tables(version):
+            names.append("mangle")
         try:
-            return "".join(
-                self.runner.run([tool, "-c", "-t", name]).stdout
-                for name in ("filter", "mangle")[: 1 + self.mangle]
-            )
+            return "".join(self.runner.run([tool, "-c", "-t", name]).stdout for name in names)
         except BackendError as exc:
             raise failure(tool, exc, MODULE[version]) from None
+
+    def _tables(self, version: int) -> list[str]:
+        try:
+            return self.runner.run(["cat", NAMES_FILE[version]]).stdout.split()
+        except BackendError:
+            return []
 
     def parse(self, version: int, text: str) -> Table:
         """Parse a read, with cfallow's own rules checked against the kernel's entries.

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import namespace
+from support import namespace, ns_exec
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.ipt_support import JUMPS, VARIANTS, Fw, jumps_for
+from support.ipt_support import JUMPS, VARIANTS, Fw, jumps_for, tool
 
 from cfallow.engine import BackendResult, run_backend
 from cfallow.model import as_strings
@@ -280,6 +281,18 @@ def test_a_foreign_mangle_chain_of_that_name_is_refused(fw: Fw) -> None:
     assert result.error is not None
     assert str(result.error).startswith("mangle table: IPv6: chain CFALLOW exists and is not")
     assert fw.chain(6, "CFALLOW", "mangle") == ["-p udp -j MARK --set-xmark 0x7/0xffffffff"]
+
+
+def test_allow_in_docker_user_brings_no_mangle_table_into_being(fw: Fw) -> None:
+    """Allow mode restricts nothing, so it has no guard; reading for a leftover one does
+    not create the table (legacy: only a listed table is read)."""
+    sync(fw, parent="DOCKER-USER")
+    for version in (4, 6):
+        tables = subprocess.run(
+            ns_exec(fw.ns, tool(fw.variant, version, "-save")),
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "*filter" in tables and "*mangle" not in tables, tables
 
 
 def test_removal_restores_the_ruleset_exactly(fw: Fw) -> None:
