@@ -331,5 +331,5 @@ def _assess(
         found, ops = assess(obs, settings, want)
     forward = replace(settings, parent="FORWARD")
     mangle = None if table.mangle is None else observe(table.mangle, version, forward)
-    more, guard = assess_guard(mangle, settings, want)
+    more, guard = assess_guard(mangle, settings, want, first=obs.chain is None)
     return found + more, replace(ops, guard=guard)

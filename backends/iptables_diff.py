@@ -280,13 +280,18 @@ def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
 
 
 def assess_guard(
-    obs: Observed | None, settings: Settings, desired: frozenset[IPNetwork] | None
+    obs: Observed | None,
+    settings: Settings,
+    desired: frozenset[IPNetwork] | None,
+    *,
+    first: bool = False,
 ) -> tuple[list[str], Ops | None]:
     """The mangle part of one family's transaction (``obs``: the mangle table's view).
 
     Wanted in lockdown with parent ``DOCKER-USER`` (``desired`` not ``None``);
     else whatever cfallow left there is removed. ``obs`` is ``None`` where the
-    mangle table was not read (parent ``INPUT``).
+    mangle table was not read (parent ``INPUT``). ``first``: the filter chain
+    is new too (a first sync), so a missing guard is no drift.
     """
     if obs is None:
         return [], None
@@ -301,7 +306,7 @@ def assess_guard(
         raise BackendError(f"mangle table: {exc}") from None
     where = f"{fam} mangle: "
     drift = [where + f.removeprefix(f"{fam}: ") for f in found]
-    if guard is not None and desired is not None and obs.chain is None:
+    if guard is not None and desired is not None and obs.chain is None and not first:
         drift.append(
             f"{where}no {settings.chain} chain guarding FORWARD (added: Docker cannot reorder it)"
         )
