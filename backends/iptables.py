@@ -38,7 +38,7 @@ from netaddr import IPNetwork, IPSet
 from cfallow import hostfw, hostfw_nat
 from cfallow.backend import Backend, Context
 from cfallow.config import Section, parse_ports
-from cfallow.errors import BackendError, ConfigError, Unavailable, ValidationError
+from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
 from cfallow.hostfw_advice import iptables_allow
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
@@ -54,8 +54,8 @@ from .iptables_rules import (
     observe,
     port_slots,
 )
-from .iptables_save import Table
-from .iptables_variant import Variant, detect, io_for, probe
+from .iptables_save import Table, parse_save
+from .iptables_variant import EMPTY_FILTER, MISSING, NONE, Variant, detect, io_for, probe
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
@@ -148,9 +148,12 @@ class IptablesBackend(Backend[Seen, Step]):
 
     def check(self) -> None:
         """An iptables command is installed (the variant and the tables come with ``read``)."""
+        if not self._installed():
+            raise NotInstalled(MISSING)
+
+    def _installed(self) -> bool:
         path = (self.ctx.runner.env or {}).get("PATH") or os.environ.get("PATH")
-        if self.variant == "auto" and shutil.which("iptables", path=path) is None:
-            raise Unavailable("no iptables command found (install the iptables package)")
+        return self.variant != "auto" or shutil.which("iptables", path=path) is not None
 
     def write_paths(self) -> tuple[Path, ...]:
         """cfallow's firewall lock and the legacy xtables lock."""
@@ -169,6 +172,8 @@ class IptablesBackend(Backend[Seen, Step]):
     # -- read / diff / apply --------------------------------------------------------
     def read(self) -> Seen:
         """The variant, then each managed family's filter table (read side by side)."""
+        if not self._installed():  # nothing of cfallow's can be there; apply() refuses
+            return Seen(NONE, tuple((v, parse_save(EMPTY_FILTER)) for v in self.families))
         variant = self._variant()
         io = self.io(variant)
 
@@ -273,6 +278,8 @@ class IptablesBackend(Backend[Seen, Step]):
         carries the built-in policies' counters, which the batch sets back.
         Reading again makes ``apply`` idempotent.
         """
+        if any(step.variant.kind == NONE.kind for step in plan.steps):
+            raise NotInstalled(MISSING)
         with firewall_lock(self.ctx.firewall_lock):
             for step in plan.steps:
                 io = self.io(step.variant)

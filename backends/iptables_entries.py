@@ -3,25 +3,26 @@
 ``iptables-legacy-save`` prints a rule from its entry but cannot show
 everything that decides a match (an interface mask of ``0x01`` bytes prints
 as the same ``-i lo`` as one of ``0xff`` bytes). This reads the entries
-themselves: python-iptables opens a libiptc handle (one
-``IPT_SO_GET_ENTRIES``), and each rule's bytes are libiptc's verbatim copy of
-the kernel's entry. :func:`differences` compares two tables field by field
-(``iniface_mask``, ``proto``, ``match 1 (multiport rev 1) data``, ...),
-leaving out the packet counters. The field layout is the kernel's UAPI
-(``linux/netfilter_ipv4/ip_tables.h``, ``netfilter_ipv6/ip6_tables.h``,
-``x_tables.h``), written out here rather than taken from python-iptables.
+themselves: the kernel's table blob (one ``IPT_SO_GET_ENTRIES`` getsockopt,
+:func:`cfallow.xtables.read_table`, through ctypes: no compiler, no
+python-iptables), cut into chains the way libiptc does. :func:`differences`
+compares two tables field by field (``iniface_mask``, ``proto``,
+``match 1 (multiport rev 1) data``, ...), leaving out the packet counters.
+The field layout is the kernel's UAPI (``linux/netfilter_ipv4/ip_tables.h``,
+``netfilter_ipv6/ip6_tables.h``, ``x_tables.h``), written out here.
 
-It works on the calling process's own network namespace. Used by the
-byte-level oracle test (``tests/iptables/test_iptables_oracle.py``).
+It works on the calling process's own network namespace and needs
+``CAP_NET_RAW`` (as ``iptables-legacy-save`` does). Used by the legacy
+backend's mask check, and by the byte-level oracle test
+(``tests/iptables/test_iptables_oracle.py``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 
-from .iptables_iptc import load_iptc
+from cfallow.xtables import read_table
 
 #: (field, offset, size) of ``struct ipt_entry`` / ``struct ip6t_entry``, header only.
 HEADER = {
@@ -78,27 +79,61 @@ class Entries:
     chains: tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
-def read_entries(version: int, name: str = "filter") -> Entries:
-    """Table ``name`` of this process's network namespace, entry by entry."""
-    iptc = load_iptc()
-    table = (iptc.Table6 if version == 6 else iptc.Table)(name, autocommit=False)
-    try:
-        table.refresh()
-        chains, policies = [], []
-        for chain in table.chains:
-            cname = chain.name
-            if table.builtin_chain(cname):
-                policy = table.get_policy(cname)[0]
-                policies.append((cname, str(getattr(policy, "name", policy))))
-            raws = []
-            entry = table.first_rule(cname)
-            while entry:
-                raws.append(ctypes.string_at(ctypes.addressof(entry), entry.next_offset))
-                entry = table.next_rule(entry)
-            chains.append((cname, tuple(raws)))
-        return Entries(version, tuple(policies), tuple(chains))
-    finally:
-        table.close()
+#: Netfilter hook numbers of the built-in chains (``NF_INET_*``).
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+#: A standard target's verdict for a built-in policy (``-NF_<VERDICT> - 1``).
+VERDICTS = {-1: "DROP", -2: "ACCEPT", -4: "QUEUE"}
+OFFSETS_AT = {4: 88, 6: 140}  # target_offset, next_offset in the entry header
+
+
+def read_entries(version: int, table: str = "filter") -> Entries:
+    """Table ``table`` (filter; mangle for the guard) of this process's network namespace,
+    entry by entry.
+
+    A built-in chain runs from its hook entry to its underflow entry (the
+    policy); a user chain from the entry after its ``ERROR`` head (whose data
+    is the chain's name) to the one before its ``RETURN`` tail; the table ends
+    with an ``ERROR`` entry named ``ERROR``. Raises ``OSError`` when the kernel
+    refuses the read.
+    """
+    blob = read_table(version, table)
+    valid = [h for h in range(len(HOOKS)) if blob.valid_hooks & (1 << h)]
+    starts = {blob.hook_entry[h]: HOOKS[h] for h in valid}
+    ends = {blob.underflow[h] for h in valid}
+    data = blob.entries
+    chains: list[tuple[str, tuple[bytes, ...]]] = []
+    policies: list[tuple[str, str]] = []
+    name: str | None = None
+    user = False
+    rules: list[bytes] = []
+
+    def close() -> None:
+        if name is not None:
+            chains.append((name, tuple(rules[:-1] if user else rules)))  # not the RETURN tail
+
+    pos = 0
+    while pos < len(data):
+        target_offset, next_offset = struct.unpack_from("=HH", data, pos + OFFSETS_AT[version])
+        raw = data[pos : pos + next_offset]
+        target = _cstr(raw[target_offset + 2 : target_offset + 31])
+        if pos in starts:
+            close()
+            name, user, rules = starts[pos], False, []
+        if target == "ERROR":
+            close()
+            label = _cstr(raw[target_offset + 32 : target_offset + 64])
+            if label == "ERROR":
+                break
+            name, user, rules = label, True, []
+        elif pos in ends and name is not None and not user:
+            verdict = struct.unpack_from("=i", raw, target_offset + 32)[0]
+            policies.append((name, VERDICTS.get(verdict, str(verdict))))
+            close()
+            name = None
+        else:
+            rules.append(raw)
+        pos += next_offset
+    return Entries(version, tuple(policies), tuple(chains))
 
 
 def _cstr(raw: bytes) -> str:

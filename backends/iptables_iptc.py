@@ -6,8 +6,10 @@ ldx/python-iptables issue 244), so an IPv6 ``-i lo`` also matches ``bond0``,
 ``tun0``, ``veth0``, ... :class:`IptcWriter` is that writer, kept only behind
 the :class:`~.iptables_legacy.LegacyIO` ``writer`` seam, so a test (the
 byte-level oracle, ``tests/iptables/test_iptables_oracle.py``) can put it
-back and show that the oracle catches it. python-iptables stays in use for
-reading the kernel's raw entries (:mod:`.iptables_entries`).
+back and show that the oracle catches it. The kernel's raw entries are read
+without it (:mod:`.iptables_entries`): python-iptables is published only as
+a source distribution with a C extension, so it is no dependency of cfallow
+(the ``test`` extra brings it for those tests).
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ def load_iptc() -> Any:
         return importlib.import_module("iptc")
     except ModuleNotFoundError:
         raise BackendError(
-            "python-iptables is not installed (a dependency of cfallow: "
-            f"{sys.executable} -m pip install 'python-iptables>=1.0')"
+            "python-iptables is not installed (only the former writer, kept for tests, uses it: "
+            f"apt install python3-iptables, or {sys.executable} -m pip install "
+            "'python-iptables>=1.0' with a C compiler)"
         ) from None
     except Exception as exc:  # python-iptables raises its own errors when libxtables is missing
         raise BackendError(f"python-iptables cannot load libxtables/libiptc: {exc}") from None

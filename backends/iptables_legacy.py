@@ -30,6 +30,7 @@ atomic steps, filter first, and each alone is a whole lockdown.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,8 @@ MODULE = {4: "ip_tables", 6: "ip6_tables"}
 NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
 __all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "xtables_lock"]
+
+log = logging.getLogger("cfallow")
 
 
 @contextlib.contextmanager
@@ -129,7 +132,11 @@ def audited(version: int, table: Table, chain: str) -> Table:
         return table
     from .iptables_entries import wrong_masks
 
-    wrong = wrong_masks(version, chain, specs)
+    try:
+        wrong = wrong_masks(version, chain, specs)
+    except OSError as exc:
+        _unchecked(version, chain, exc)
+        return table
     if not wrong:
         return table
     fixed = tuple(
@@ -138,6 +145,25 @@ def audited(version: int, table: Table, chain: str) -> Table:
     )
     chains = tuple((n, fixed if n == chain else r) for n, r in table.chains)
     return Table(chains, table.policies, table.mangle)
+
+
+_warned: set[int] = set()
+
+
+def _unchecked(version: int, chain: str, exc: OSError) -> None:
+    """Say once per family and process that the mask check could not run (the run goes on)."""
+    if version in _warned:
+        return
+    _warned.add(version)
+    log.warning(
+        "iptables: %s: cannot read the kernel's raw filter entries (%s; needs CAP_NET_RAW, as "
+        "iptables-legacy-save does): the interface masks of %s's -i rules are not checked, so "
+        "a rule whose mask matches more than its name (as the former python-iptables writer "
+        "left them) would be kept",
+        FAMILY[version],
+        exc.strerror or exc,
+        chain,
+    )
 
 
 class LegacyIO:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from cfallow.errors import BackendError, CommandNotFound, Unavailable
+from cfallow.errors import BackendError, CommandNotFound, NotInstalled
 from cfallow.runner import Runner
 
 from .iptables_legacy import LegacyIO, Writer
@@ -33,13 +33,28 @@ def detect(version_text: str) -> tuple[str, bool]:
     raise BackendError(f"cannot tell the iptables variant from {text!r}")
 
 
+MISSING = "no iptables command found (install the iptables package)"
+#: A host without iptables: its tables are empty to cfallow, which cannot write them.
+EMPTY_FILTER = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
 @dataclass(frozen=True)
 class Variant:
     """Which iptables this host uses, and how cfallow reads and writes it."""
 
-    kind: str  # "nft" or "legacy"
+    kind: str  # "nft", "legacy", or "none" (not installed: plans only, see NONE)
     legacy_tools: bool  # legacy hosts of iptables >= 1.8 have the *-legacy-* names
     note: str | None = None  # an explicit variant the host's own iptables does not use
+
+
+#: No iptables on this host (``variant = "auto"``): a plan against empty tables, no write
+#: (the backend's read uses it when its check finds no ``iptables`` command).
+NONE = Variant(
+    "none",
+    False,
+    "no iptables command here: planned against an empty ruleset; "
+    "a real sync needs the iptables package installed first",
+)
 
 
 def probe(runner: Runner, wanted: str, log: logging.Logger) -> Variant:
@@ -50,7 +65,7 @@ def probe(runner: Runner, wanted: str, log: logging.Logger) -> Variant:
         detected, legacy_tools = detect(text)
     except CommandNotFound:
         if wanted == "auto":
-            raise Unavailable("no iptables command found (install the iptables package)") from None
+            raise NotInstalled(MISSING) from None
         text, detected, legacy_tools = "", wanted, True
     except BackendError:
         if wanted == "auto":
@@ -80,6 +95,8 @@ def io_for(
 ) -> NftIO | LegacyIO:
     """A reader/writer for ``variant`` (``writer``: the legacy writer seam; ``mangle``:
     read the mangle table beside filter)."""
+    if variant.kind == NONE.kind:
+        raise NotInstalled(MISSING)
     if variant.kind == "nft":
         return NftIO(runner, mangle=mangle)
     tools = (LEGACY_SAVE, LEGACY_RESTORE) if variant.legacy_tools else (OLD_SAVE, OLD_RESTORE)

@@ -12,12 +12,14 @@ last attempt.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cfallow.fs import write_atomic
 
+_log = logging.getLogger("cfallow")
 FETCH_LOG = "fetch.json"
 JITTER = 0.2
 
@@ -86,7 +88,25 @@ def failed_at(at: float, retry: float, error: str) -> FetchLog:
 def fetch_due(
     log: FetchLog | None, known_at: float | None, at: float, refresh: float
 ) -> tuple[bool, str]:
-    """Whether a scheduled run at ``at`` fetches, and why (for the debug log)."""
+    """Whether a scheduled run at ``at`` fetches, and why (for the debug log).
+
+    A list or an attempt stamped in the future (the clock was ahead when it was
+    recorded) makes a fetch due, with a warning: otherwise every later run would say
+    "not due" until the clock caught up, and never fetch again.
+    """
+    future = [
+        (what, stamp)
+        for what, stamp in (
+            ("last-known-good list", known_at),
+            ("last fetch attempt", log.attempted_at if log is not None else None),
+        )
+        if stamp is not None and stamp > at
+    ]
+    if future:
+        what, stamp = future[0]
+        why = f"the {what} is stamped {stamp - at:.0f} s in the future (the clock was ahead)"
+        _log.warning("%s; fetching now", why)
+        return True, why
     if log is not None and log.failed and (known_at is None or log.attempted_at >= known_at):
         if log.next_retry is None or at >= log.next_retry:
             return True, "retrying the failed fetch"

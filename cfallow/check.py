@@ -29,11 +29,43 @@ from cfallow import backend, config, report
 from cfallow.errors import EXIT_OK, EXIT_USAGE, CfallowError
 from cfallow.state import State
 
-#: The installed units ``cfallow check`` compares by default (``--unit``: others).
-UNITS = (
-    Path("/etc/systemd/system/cfallow.service"),
-    Path("/etc/systemd/system/cfallow-restore.service"),
+#: The units ``cfallow check`` compares by default (``--unit``: others).
+UNIT_NAMES = ("cfallow.service", "cfallow-restore.service")
+#: systemd's system unit search path, highest priority first (systemd.unit(5)): the
+#: Debian package installs into /lib/systemd/system, an admin's copy or ``systemctl
+#: edit`` drop-in into /etc/systemd/system.
+UNIT_DIRS = (
+    Path("/etc/systemd/system"),
+    Path("/run/systemd/system"),
+    Path("/usr/local/lib/systemd/system"),
+    Path("/usr/lib/systemd/system"),
+    Path("/lib/systemd/system"),
 )
+
+
+def installed_units(dirs: Iterable[Path] | None = None) -> tuple[Path, ...]:
+    """Each of :data:`UNIT_NAMES` where systemd finds it (the first directory of
+    ``dirs``, default :data:`UNIT_DIRS`, that has it); one not installed anywhere is
+    named under the first directory."""
+    dirs = tuple(UNIT_DIRS if dirs is None else dirs)
+    found = []
+    for name in UNIT_NAMES:
+        hits = [d / name for d in dirs if (d / name).is_file()]
+        found.append(hits[0] if hits else dirs[0] / name)
+    return tuple(found)
+
+
+def _dropins(unit: Path, dirs: Iterable[Path] | None) -> list[Path]:
+    """``unit``'s ``.d/*.conf`` drop-ins from its own directory, or from every directory of
+    the search path when it is installed in one (same file name: the earlier directory
+    wins), in file-name order as systemd applies them."""
+    dirs = tuple(UNIT_DIRS if dirs is None else dirs)
+    where = dirs if unit.parent in dirs else (unit.parent,)
+    by_name: dict[str, Path] = {}
+    for d in where:
+        for f in sorted((d / f"{unit.name}.d").glob("*.conf")):
+            by_name.setdefault(f.name, f)
+    return [by_name[n] for n in sorted(by_name)]
 
 
 @dataclass(frozen=True)
@@ -89,9 +121,9 @@ def _exec_pre(value: str, created: list[Path]) -> bool:
     return tool.startswith("cfallow") and "prepare" in argv[1:]
 
 
-def unit_grants(unit: Path) -> UnitGrants:
+def unit_grants(unit: Path, dirs: Iterable[Path] | None = None) -> UnitGrants:
     """Parse ``unit`` and its ``.d`` drop-ins (later assignments add, an empty one resets)."""
-    files = [unit, *sorted((unit.parent / f"{unit.name}.d").glob("*.conf"))]
+    files = [unit, *_dropins(unit, dirs)]
     paths: list[tuple[Path, bool]] = []
     created: list[Path] = []
     strict = prepares = False
@@ -229,7 +261,7 @@ def run(
     built: list[backend.AnyBackend],
 ) -> int:
     """Print every finding; exit 0 if all passed, 2 if any failed."""
-    found = findings(cfg, state, built, args.unit or UNITS)
+    found = findings(cfg, state, built, args.unit or installed_units())
     ok = all(f.ok for f in found)
     if getattr(args, "json", False):
         doc = {

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
 
-from cfallow import backend, config, engine, hostfw, report, resolve, sources
+from cfallow import backend, cadence, config, engine, hostfw, report, resolve, sources
 from cfallow.cli_args import parser as _parser
 from cfallow.cli_verify import cmd_verify, verify_first
 from cfallow.engine import BackendResult
@@ -250,6 +251,25 @@ def cmd_status(
     return _sync_like(args, cfg, state, ctx, dry_run=True, verb="status")
 
 
+def cmd_accept(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
+    """Show the list against the accepted one; unless ``--dry-run``, record it as accepted
+    (the growth guard's anchor). The ceiling still holds."""
+    if args.source == "bundled":
+        ranges = sources.bundled()
+    else:
+        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
+    resolve.ceiling(cfg, ranges)
+    for line in resolve.accept_lines(state.load_anchor(), ranges):
+        print(line)
+    if args.dry_run:
+        log.info("not recorded (--dry-run)")
+        return EXIT_OK
+    with state.lock(args.lock_timeout):
+        state.save_anchor(ranges)
+    log.info("recorded as the accepted list in %s; the next sync may apply it", state.dir)
+    return EXIT_OK
+
+
 def cmd_remove(
     args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
 ) -> int:
@@ -304,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ranges(args, cfg, state)
         if args.command == "backends":
             return cmd_backends(args, cfg, ctx)
+        if args.command == "accept":
+            return cmd_accept(args, cfg, state)
         # the whole config, every backend section included, before any lock or state dir
         args.built = _backends(
             cfg, getattr(args, "backend", None), ctx, offline=getattr(args, "offline", False)

@@ -83,7 +83,11 @@ def _sync(s: Sub) -> None:
         "--scheduled", action="store_true",
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
     )  # fmt: skip
-    s.add_argument("--force", action="store_true", help="accept a list that fails the shrink guard")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a list the shrink or growth guard refuses (it becomes the accepted list)",
+    )
     s.add_argument(
         "--verify", action="store_true",
         help="apply the plan in a scratch copy of this host's firewall first; "
@@ -104,7 +108,9 @@ def _check(ck: Sub) -> None:
     ck.add_argument(
         "--unit", type=Path, action="append", metavar="FILE",
         help="an installed systemd unit whose sandbox to compare (repeatable; default: "
-        "/etc/systemd/system/cfallow.service and cfallow-restore.service; absent: skipped)",
+        "cfallow.service and cfallow-restore.service where systemd finds them, "
+        "/etc/systemd/system first, /lib/systemd/system last, with their drop-ins; "
+        "absent: skipped)",
     )  # fmt: skip
     json_opt(ck)
 
@@ -132,6 +138,12 @@ def _ranges(r: Sub) -> None:
     json_opt(r)
 
 
+def _accept(a: Sub) -> None:
+    source_opt(a)
+    a.add_argument("--dry-run", action="store_true", help="show the difference; record nothing")
+    lock_opt(a)
+
+
 COMMANDS = (
     ("ranges", "print the validated Cloudflare list", _ranges),
     ("sync", "bring every configured backend in step with the list", _sync),
@@ -151,6 +163,12 @@ COMMANDS = (
     ),
     ("verify", "prove in scratch namespaces that Cloudflare gets in (exit 5 if not)", _verify),
     ("remove", "remove everything cfallow owns from the backends", _remove),
+    (
+        "accept",
+        "show the list against the accepted one and accept it: the growth guard's new anchor "
+        "(the ceiling still holds)",
+        _accept,
+    ),
 )
 
 

@@ -175,6 +175,10 @@ class SourceConfig:
     max_growth: float = 10.0
     min_new_prefix_v4: int = 12
     min_new_prefix_v6: int = 29
+    # The most a list may cover, whatever was accepted: one /8 (11x Cloudflare's IPv4
+    # today), one /24 (18x its IPv6).
+    ceiling_prefix_v4: int = 8
+    ceiling_prefix_v6: int = 24
     backoff: float = 0.25  # first retry wait in seconds; doubles, with jitter
     refresh: float = 6 * 3600.0  # a scheduled run fetches when the known list is this old
     retry: float = 300.0  # seconds between attempts after a failed fetch (config: minutes)
@@ -251,6 +255,8 @@ def _source(data: Mapping[str, Any]) -> SourceConfig:
         max_growth=s.get_float("max_growth", d.max_growth),
         min_new_prefix_v4=_prefix(s, "min_new_prefix_v4", d.min_new_prefix_v4, 32),
         min_new_prefix_v6=_prefix(s, "min_new_prefix_v6", d.min_new_prefix_v6, 128),
+        ceiling_prefix_v4=_prefix(s, "ceiling_prefix_v4", d.ceiling_prefix_v4, 32),
+        ceiling_prefix_v6=_prefix(s, "ceiling_prefix_v6", d.ceiling_prefix_v6, 128),
         backoff=s.get_float("backoff", d.backoff),
         refresh=_duration(s, "refresh", d.refresh),
         retry=s.get_float("retry", d.retry / 60, minimum=0.1) * 60,

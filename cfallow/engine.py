@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cfallow.backend import AnyBackend
-from cfallow.errors import CfallowError, TargetMoved
+from cfallow.errors import CfallowError, NotInstalled, TargetMoved
 from cfallow.model import Networks, Plan
 
 log = logging.getLogger("cfallow")
@@ -66,7 +66,10 @@ def _failure(backend: AnyBackend, exc: Exception, what: str) -> str:
 def _plan(backend: AnyBackend, desired: Networks | None) -> BackendResult:
     result = BackendResult(backend.name)
     try:
-        backend.check()
+        try:
+            backend.check()
+        except NotInstalled as exc:  # nothing of cfallow's there: plan against the empty target
+            log.debug("%s: %s; planning against an empty target", backend.name, exc)
         result.plan = backend.diff(backend.read(), desired)
         if result.plan.changed:
             backend.validate(result.plan)

@@ -61,6 +61,17 @@ class Unavailable(BackendError):
     """A backend cannot run on this host (tool, module, privilege or service missing)."""
 
 
+class NotInstalled(Unavailable):
+    """The program a backend drives is not installed on this host.
+
+    Raised by ``check()``. cfallow owns nothing on a target whose tool is not
+    even installed, so the engine still plans such a backend (its ``read``
+    sees an empty target and its plan says what is missing): a dry run shows
+    what a sync would do once the tool is there. ``apply`` raises it again,
+    so a real sync fails, naming the package.
+    """
+
+
 class TargetMoved(BackendError):
     """The target changed between a backend's read and its write.
 

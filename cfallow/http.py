@@ -24,7 +24,7 @@ from tenacity import (
     stop_after_attempt,
     wait_random_exponential,
 )
-from urllib3.exceptions import LocationParseError
+from urllib3.exceptions import HTTPError, LocationParseError
 from urllib3.util import parse_url
 
 from cfallow import __version__
@@ -207,9 +207,15 @@ def _get_once(url: str, timeout: float) -> Response:
                 resp = _read_within(session, target, url, remaining)
             except requests.exceptions.SSLError as exc:
                 raise FetchError(f"{url}: TLS verification failed: {exc}") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise RetryableError(f"{url}: {_short(exc)}") from None
-            except requests.RequestException as exc:
+            except (requests.RequestException, HTTPError, OSError) as exc:
+                # The socket's own timeout is the deadline too: where it hit (connect,
+                # headers, body) and whether it beat the join must not change the message.
+                if _short(exc) == "timed out":
+                    break
+                if isinstance(
+                    exc, (requests.ConnectionError, requests.Timeout, HTTPError, OSError)
+                ):
+                    raise RetryableError(f"{url}: {_short(exc)}") from None
                 raise FetchError(f"{url}: {_short(exc)}") from None
             if resp is None:
                 break

@@ -40,9 +40,25 @@ def after_run(
     return send(url, body, timeout)
 
 
+def _loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def send(url: str, body: dict[str, Any], timeout: float) -> bool:
     """POST ``body`` as JSON, at most ``timeout`` s in all; ``False`` (and a warning) on
-    any failure. Redirects are not followed."""
+    any failure. Redirects are not followed.
+
+    The fetch's proxy policy: a loopback URL never goes through the environment's
+    proxy (``http_proxy`` would carry the hook's URL and its secret off the host in
+    cleartext); any other host gets the environment's proxies, ``no_proxy`` honoured.
+    """
     import urllib.request
 
     class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -57,7 +73,9 @@ def send(url: str, body: dict[str, Any], timeout: float) -> bool:
 
     def post() -> None:
         try:
-            with urllib.request.build_opener(_NoRedirect).open(req, timeout=timeout) as resp:
+            proxies = urllib.request.ProxyHandler({} if _loopback(url) else None)
+            opener = urllib.request.build_opener(proxies, _NoRedirect)
+            with opener.open(req, timeout=timeout) as resp:
                 resp.read(65536)
             outcome.append(None)
         except Exception as exc:  # a notification must never fail the run

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from cfallow import cadence, sources
 from cfallow.config import Config
 from cfallow.errors import GuardRefused, RangesError
-from cfallow.guard import check_growth, check_shrink
+from cfallow.guard import check_ceiling, check_growth, check_shrink
 from cfallow.model import Networks, as_strings
 from cfallow.ranges import Ranges
 from cfallow.state import State
@@ -47,6 +47,7 @@ class Resolved:
     failed: RangesError | None = None  # the fetch's failure, whatever was used instead
     added: Networks = frozenset()  # a fetched list against the last-known-good one
     removed: Networks = frozenset()
+    forced: bool = False  # accepted with --force: it becomes the accepted list too
 
     @property
     def fetched(self) -> bool:
@@ -88,30 +89,53 @@ def _without_network(known: Ranges | None) -> Ranges:
     return snap
 
 
-def _growth_baseline(known: Ranges | None, bundled: Ranges) -> Ranges:
-    """What a new list may not grow too far beyond: the last-known-good list together
-    with the bundled snapshot, so returning to the shipped list after a forced shrink
-    is no growth."""
-    if known is None:
+def _growth_baseline(anchor: Ranges | None, bundled: Ranges) -> Ranges:
+    """What a new list may not grow too far beyond: the list an operator last accepted
+    together with the bundled snapshot (a newer snapshot after an upgrade counts at
+    once; returning to the shipped list after a forced shrink is no growth). Never the
+    last-known-good list: growth through it would ratchet, each fetch a little more."""
+    if anchor is None:
         return bundled
-    return Ranges(known.ipv4 | bundled.ipv4, known.ipv6 | bundled.ipv6, known.kind)
+    return Ranges(anchor.ipv4 | bundled.ipv4, anchor.ipv6 | bundled.ipv6, "accepted")
 
 
-def guard(cfg: Config, ranges: Ranges, known: Ranges | None) -> None:
-    """The shrink and growth guards (:class:`GuardRefused`)."""
+def ceiling(cfg: Config, ranges: Ranges) -> None:
+    """The fixed ceiling (:class:`GuardRefused`): no ``--force`` or acceptance lifts it."""
+    check_ceiling(ranges, {4: cfg.source.ceiling_prefix_v4, 6: cfg.source.ceiling_prefix_v6})
+
+
+def guard(cfg: Config, ranges: Ranges, known: Ranges | None, anchor: Ranges | None) -> None:
+    """The shrink guard (against the last-known-good list), the growth guard (against
+    the accepted list with the snapshot) and the ceiling (:class:`GuardRefused`)."""
     src = cfg.source
     check_shrink(ranges, known, src.max_shrink)
-    baseline = _growth_baseline(known, sources.bundled())
+    baseline = _growth_baseline(anchor, sources.bundled())
     prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
     check_growth(ranges, baseline, src.max_growth, prefixes)
+    ceiling(cfg, ranges)
 
 
-def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
+def _known(cfg: Config, state: State) -> Ranges | None:
+    """The last-known-good list, unless it is over the ceiling (then ignored, warned)."""
+    known = state.load()
+    if known is None:
+        return None
+    try:
+        ceiling(cfg, known)
+    except GuardRefused as exc:
+        log.warning("ignoring the last-known-good list in %s: %s", state.dir, exc)
+        return None
+    return known
+
+
+def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Resolved:
     try:
         # Stamped with the run's clock: the cadence measures the list's age by it.
         ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
-        if not force:
-            guard(cfg, ranges, known)
+        if force:
+            ceiling(cfg, ranges)
+        else:
+            guard(cfg, ranges, known, state.load_anchor())
     except RangesError as exc:
         if known is not None:
             return Resolved(_as_known(known), attempted=True, held=exc, failed=exc)
@@ -126,11 +150,11 @@ def _live(cfg: Config, known: Ranges | None, *, force: bool) -> Resolved:
         )
         return Resolved(snap, attempted=True, failed=exc)
     if known is None:
-        return Resolved(ranges, attempted=True)
+        return Resolved(ranges, attempted=True, forced=force)
     added, removed = ranges.desired - known.desired, known.desired - ranges.desired
     if added or removed:
         log.warning("%s", change_line(added, removed))
-    return Resolved(ranges, attempted=True, added=added, removed=removed)
+    return Resolved(ranges, attempted=True, added=added, removed=removed, forced=force)
 
 
 def resolve(
@@ -144,11 +168,13 @@ def resolve(
 ) -> Resolved:
     """The list for this run (see the module docstring). Raises :class:`RangesError`
     only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
-    known = state.load()
+    known = _known(cfg, state)
     if source == "bundled":
         ranges = sources.bundled()
-        if not force:
-            guard(cfg, ranges, known)
+        if force:
+            ceiling(cfg, ranges)
+        else:
+            guard(cfg, ranges, known, state.load_anchor())
         return Resolved(ranges)
     if offline:
         return Resolved(_without_network(known))
@@ -162,7 +188,26 @@ def resolve(
             if entry is not None and entry.failed and known is not None:
                 log.warning("%s; %s", why, held_line(known))
             return Resolved(_without_network(known))
-    return _live(cfg, known, force=force)
+    return _live(cfg, state, known, force=force)
+
+
+def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
+    """What ``cfallow accept`` shows: ``ranges`` against the accepted list (else the
+    bundled snapshot), per family in addresses, then every entry added or removed."""
+    from netaddr import IPSet
+
+    base = anchor if anchor is not None else sources.bundled()
+    what = f"the accepted list of {day(base)}" if anchor is not None else snapshot_age(base)
+    lines = [f"against {what}:"]
+    for fam, old, cur in (("IPv4", base.ipv4, ranges.ipv4), ("IPv6", base.ipv6, ranges.ipv6)):
+        have, now, grown = IPSet(old).size, IPSet(cur).size, (IPSet(cur) - IPSet(old)).size
+        times = f" ({grown / have:,.1f} times the accepted coverage)" if have else ""
+        lines.append(f"  {fam}: {have:,} -> {now:,} addresses, {grown:,} new{times}")
+    added, removed = ranges.desired - base.desired, base.desired - ranges.desired
+    lines += [f"  +{n}" for n in as_strings(added)] + [f"  -{n}" for n in as_strings(removed)]
+    if not added and not removed:
+        lines.append("  no change")
+    return lines
 
 
 def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
@@ -178,6 +223,8 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
             state.commit()
         else:
             state.save(resolved.ranges)
+        if resolved.forced:  # --force is an operator's explicit acceptance
+            state.save_anchor(resolved.ranges)
         if resolved.added or resolved.removed:
             changed_at = at
         cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))

@@ -21,6 +21,7 @@ log = logging.getLogger("cfallow")
 LKG_FILE = "last-known-good.json"
 LOCK_FILE = "lock"
 CANDIDATE_FILE = "last-known-good.json.new"
+ANCHOR_FILE = "accepted.json"  # the list an operator last accepted (--force, cfallow accept)
 MAX_FILE = 1 << 20  # the same cap as a response (http.MAX_BODY)
 
 
@@ -90,7 +91,28 @@ class State:
 
     def load(self) -> Ranges | None:
         """The last-known-good list, or ``None`` (absent, or unreadable: warned)."""
-        path = self.dir / LKG_FILE
+        return self._load(LKG_FILE, "no last-known-good list")
+
+    def load_anchor(self) -> Ranges | None:
+        """The list an operator last accepted, or ``None`` (none yet, as in a state
+        directory from before there was one, or unreadable: warned): the bundled
+        snapshot is then the anchor."""
+        return self._load(ANCHOR_FILE, "the bundled snapshot is the accepted list")
+
+    def save_anchor(self, ranges: Ranges) -> None:
+        """Record ``ranges`` as the accepted list (atomically)."""
+        doc = ranges.to_json()
+        doc.pop("kind")
+        try:
+            self.dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            write_atomic(self.dir / ANCHOR_FILE, json.dumps(doc, indent=2) + "\n", mode=0o600)
+        except OSError as exc:
+            raise StateError(
+                f"cannot record the accepted list in {self.dir}: {exc.strerror or exc}"
+            ) from None
+
+    def _load(self, name: str, instead: str) -> Ranges | None:
+        path = self.dir / name
         try:
             dir_fd = self._open_dir(create=False)
         except FileNotFoundError:
@@ -98,7 +120,7 @@ class State:
         except OSError as exc:
             raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
         try:
-            raw = json.loads(read_capped(LKG_FILE, dir_fd).decode("utf-8"))
+            raw = json.loads(read_capped(name, dir_fd).decode("utf-8"))
             return _ranges(raw, path)
         except FileNotFoundError:
             return None
@@ -115,9 +137,7 @@ class State:
             ValidationError,
             UnicodeDecodeError,
         ) as exc:
-            log.warning(
-                "ignoring unreadable state file %s (%s); no last-known-good list", path, exc
-            )
+            log.warning("ignoring unreadable state file %s (%s); %s", path, exc, instead)
             return None
         finally:
             os.close(dir_fd)

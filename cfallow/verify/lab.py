@@ -81,6 +81,12 @@ class Lab:
         delete(self.runner, [self.origin, self.edge])
 
 
+ACCEPT_DAD = (
+    "/proc/sys/net/ipv6/conf/all/accept_dad",
+    "/proc/sys/net/ipv6/conf/default/accept_dad",
+)
+
+
 def _batch(runner: Runner, ns: str | None, lines: list[str]) -> None:
     if not lines:
         return
@@ -95,10 +101,9 @@ def create(runner: Runner, net: HostNet, sources: dict[int, list[str]]) -> Lab:
     try:
         _batch(runner, None, [f"netns add {lab.origin}", f"netns add {lab.edge}"])
         for ns in (lab.origin, lab.edge):
-            runner.run(
-                ["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
-                 "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
-            )  # fmt: skip
+            # tee (coreutils, on every server) rather than sysctl (procps: not on a
+            # minimal Debian): the namespace's own /proc/sys once inside it.
+            runner.run(["ip", "netns", "exec", ns, "tee", *ACCEPT_DAD], input="0\n")
         _wire(runner, lab, net, sources)
     except BaseException:
         lab.close()

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from cfallow.verify import xtables
+from cfallow import xtables
 
 CLONE_NEWNET = 0x40000000
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from cfallow import xtables
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.runner import Runner
-from cfallow.verify import xtables
 
 
 @dataclass(frozen=True)

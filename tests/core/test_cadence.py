@@ -153,3 +153,28 @@ def test_refresh_accepts_seconds_or_a_unit(value: object, seconds: float) -> Non
 def test_refresh_refuses_nonsense_in_one_line(value: object) -> None:
     with pytest.raises(ConfigError, match=r"\[source\] refresh: expected seconds"):
         _duration(Section("source", {"refresh": value}), "refresh", 1.0)
+
+
+YEAR = 365 * 24 * HOUR
+
+
+def test_a_list_stamped_in_the_future_is_due_with_a_warning(clock: Clock) -> None:
+    r = clock.run(T0 + YEAR, "--scheduled")  # one run with the clock a year ahead
+    assert r.rc == 0 and clock.fetches() == 1
+    r = clock.run(T0, "--scheduled")  # the clock put right: due at once, and said so
+    assert r.rc == 0, r.err
+    assert clock.fetches() == 2
+    assert "warning: the last-known-good list is stamped 31536000 s in the future" in r.err
+    assert clock.run(T0 + 240, "--scheduled").rc == 0  # stamped by the right clock now
+    assert clock.fetches() == 2
+
+
+def test_a_failed_attempt_stamped_in_the_future_is_due_with_a_warning(clock: Clock) -> None:
+    assert clock.run(T0, "--scheduled").rc == 0
+    clock.answer(500)
+    assert clock.run(T0 + YEAR, "--scheduled").rc == 4  # its retry is a year ahead
+    clock.answer(200)
+    r = clock.run(T0 + 6 * HOUR, "--scheduled")
+    assert r.rc == 0, r.err
+    assert clock.fetches() == 3
+    assert "warning: the last fetch attempt is stamped" in r.err

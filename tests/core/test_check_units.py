@@ -146,3 +146,43 @@ def test_unit_parsing(tmp_path: Path) -> None:
     )
     g = unit_grants(unit)
     assert (g.paths, g.created, g.prepares, g.strict) == (((Path("/srv"), True),), (), False, False)
+
+
+def test_the_default_units_are_found_where_systemd_finds_them(
+    host: Host, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Debian package installs its units in /lib/systemd/system; the admin's drop-ins
+    (``systemctl edit``) live in /etc/systemd/system: check reads both, as systemd does."""
+    etc, lib = host.tmp / "etc-system", host.tmp / "lib-system"
+    for d in (etc, lib):
+        d.mkdir()
+    monkeypatch.setattr("cfallow.check.UNIT_DIRS", (etc, lib))
+    for name in ("cfallow.service", "cfallow-restore.service"):
+        (lib / name).write_text((UNITS / name).read_text())
+    r = host.cli(capsys, "check")
+    assert r.rc == 2, r.out  # the shipped units do not grant the test's temp paths
+    assert "is not in cfallow.service's ReadWritePaths" in r.out
+    assert "not installed" not in r.out
+    for name in ("cfallow.service", "cfallow-restore.service"):
+        dropin = etc / f"{name}.d"
+        dropin.mkdir()
+        (dropin / "override.conf").write_text(
+            f"[Service]\nReadWritePaths=-{host.state} -{host.lock} -{host.nftd}\n"
+        )
+    r = host.cli(capsys, "check")
+    assert r.rc == 0, r.out
+    for name in ("cfallow.service", "cfallow-restore.service"):
+        assert f"ok    unit: {lib / name}: ReadWritePaths cover every path" in r.out
+    # An admin's full copy in /etc wins over the package's, with the same drop-ins.
+    (etc / "cfallow.service").write_text((UNITS / "cfallow.service").read_text())
+    assert f"ok    unit: {etc / 'cfallow.service'}: ReadWritePaths" in host.cli(capsys, "check").out
+
+
+def test_no_installed_unit_is_said_not_skipped_silently(
+    host: Host, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = host.tmp / "etc-system"
+    etc.mkdir()
+    monkeypatch.setattr("cfallow.check.UNIT_DIRS", (etc,))
+    r = host.cli(capsys, "check")
+    assert f"{etc / 'cfallow.service'} not installed: sandbox not checked" in r.out

@@ -1,8 +1,8 @@
 """The growth guard and the transition-space refusals, end to end through the CLI.
 
 A hostile list that only adds (215 public /8s, 84 % of IPv4) passes validation
-and the shrink guard; the growth guard refuses it against the last-known-good
-list, or against the bundled snapshot on a first run. Cloudflare's real changes
+and the shrink guard; the growth guard refuses it against the accepted list (the
+bundled snapshot until an operator accepts another: see test_ratchet.py). Cloudflare's real changes
 pass with the defaults: the 2021-04-08 change (fixtures) both ways, and the
 older steps. The lists before 2021 other than the fixtures are the ones public
 code of the time carried (2013: 14 IPv4 ranges; 2014: + 104.16.0.0/12).
@@ -174,7 +174,7 @@ def test_cloudflares_real_changes_pass_with_the_defaults(box: Box) -> None:
 
 
 def test_max_growth_is_configurable(box: Box) -> None:
-    # The baseline is the last-known-good list together with the bundled snapshot
+    # The baseline is the accepted list (none yet) together with the bundled snapshot
     # (1,524,736 IPv4 addresses): seven new /12s add 4.8 times that.
     seven = [f"45.{16 * i}.0.0/12" for i in range(7)]
     grown = api([*CURRENT["ipv4_cidrs"], *seven], CURRENT["ipv6_cidrs"])

@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
-from support.cli_helpers import Result, fixture_text, run_cli, write_config
+from support.cli_helpers import Result, fixture_text, run_cli, run_proc, write_config
 
 API = "/client/v4/ips"
 
@@ -162,3 +164,43 @@ def test_metrics_keep_the_failed_fetch_and_the_successful_apply_apart(
     offline = samples()
     assert "cfallow_source_fetch_success" not in offline  # no fetch at all
     assert offline["cfallow_last_run_success"] == 1
+
+
+def test_a_loopback_hook_never_goes_through_the_environments_proxy(env: Env) -> None:
+    contacted: list[bytes] = []
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+
+    def stand_in() -> None:  # a proxy that records whoever connects, answers nothing
+        while True:
+            try:
+                conn, _ = proxy.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    contacted.append(conn.recv(4096))
+                except OSError:
+                    contacted.append(b"")
+
+    thread = threading.Thread(target=stand_in, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    proxied = {k: url for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY")}
+    proxied |= {"all_proxy": url, "ALL_PROXY": url, "no_proxy": "", "NO_PROXY": ""}
+    try:
+        env.serve(fixture_text("api-ips.json"))
+        base = ("--config", str(env.config), "--state-dir", str(env.tmp / "state"))
+        r = run_proc(*base, "sync", env=proxied)
+        assert r.rc == 0, r.err
+        assert "notify_url" not in r.err
+        (post,) = env.posts()
+        assert post["changed"] is True
+    finally:
+        with contextlib.suppress(OSError):
+            proxy.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        proxy.close()
+        thread.join(5)
+    assert contacted == []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -117,38 +117,77 @@ def slow_server() -> Iterator[HTTPServer]:
         server.stop()
 
 
-def _slow(delay: float) -> object:
+def _held(release: threading.Event) -> object:
+    """A handler that answers only once the test releases it (at most 60 s)."""
+
     def handler(_: Request) -> Response:
-        time.sleep(delay)
+        release.wait(60)
         return Response(fixture_text("api-ips.json"))
 
     return handler
 
 
+DEADLINE = r"no complete response within 0\.5 s"
+
+
 def test_timeout_is_total_per_request(slow_server: HTTPServer) -> None:
-    # The answer would take 4 s; the 0.5 s deadline ends the request long before (the
-    # wide margin is for a loaded machine: the point is "cut at the deadline", not speed).
-    slow_server.expect_request(API).respond_with_handler(_slow(4.0))  # type: ignore[arg-type]
-    start = time.monotonic()
-    with pytest.raises(FetchError, match=r"no complete response within 0\.5 s"):
-        sources.fetch_api(cfg(slow_server, timeout=0.5, attempts=1))
-    assert time.monotonic() - start < 3.0
+    # The server answers only when released, after the fetch has returned: the fetch can
+    # only have ended at its deadline, with the deadline's message, however loaded the
+    # machine (no timing in the assertion).
+    release = threading.Event()
+    slow_server.expect_request(API).respond_with_handler(_held(release))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(FetchError, match=DEADLINE):
+            sources.fetch_api(cfg(slow_server, timeout=0.5, attempts=1))
+        assert not release.is_set() and len(slow_server.log) == 0  # no answer was sent
+    finally:
+        release.set()
 
 
 def test_a_dripping_server_cannot_stretch_the_deadline(slow_server: HTTPServer) -> None:
+    release = threading.Event()
+
     def drip(_: Request) -> Response:
         def body() -> Iterator[bytes]:
-            for _ in range(40):  # 4 s of dripping, each byte well within any read timeout
+            while not release.wait(0.05):  # a byte well within any read timeout, until released
                 yield b" "
-                time.sleep(0.1)
 
         return Response(body(), content_type="application/json")
 
     slow_server.expect_request(API).respond_with_handler(drip)
-    start = time.monotonic()
-    with pytest.raises(FetchError, match="no complete response"):
-        sources.fetch_api(cfg(slow_server, timeout=0.6, attempts=1))
-    assert time.monotonic() - start < 3.0
+    try:
+        with pytest.raises(FetchError, match=DEADLINE):
+            sources.fetch_api(cfg(slow_server, timeout=0.5, attempts=1))
+        assert not release.is_set()  # the body was still dripping when the fetch ended
+    finally:
+        release.set()
+
+
+def test_the_deadline_message_is_the_same_at_connect() -> None:
+    # A listener whose accept queue is full: the kernel drops the next SYN, so the
+    # connection never completes and the deadline hits in connect.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        queued = []
+        try:
+            for _ in range(8):  # fill the queue (its length is not the backlog exactly)
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", port))
+                queued.append(c)
+            c = SourceConfig(
+                api_url=f"http://127.0.0.1:{port}/x",
+                text_urls=(f"http://127.0.0.1:{port}/a", f"http://127.0.0.1:{port}/b"),
+                timeout=0.5,
+                attempts=1,
+            )
+            with pytest.raises(FetchError, match=DEADLINE):
+                sources.fetch_api(c)
+        finally:
+            for q in queued:
+                q.close()
 
 
 def test_connection_refused_is_a_fetch_error() -> None:

@@ -115,8 +115,29 @@ def test_missing_iptables_behind_a_wrapper(tmp_path: Path) -> None:
     """``ip netns exec`` reports a missing command itself: still the same one line."""
     with namespace("ipw") as ns:
         runner = Runner(prefix=["/usr/sbin/ip", "netns", "exec", ns], env={"PATH": str(tmp_path)})
-        result = run_backend(build("iptables", {}, Context(runner=runner)), CURRENT, dry_run=True)
+        result = run_backend(build("iptables", {}, Context(runner=runner)), CURRENT, dry_run=False)
     assert result.error == "no iptables command found (install the iptables package)"
+
+
+def test_without_iptables_a_dry_run_plans_and_names_the_package(fw: Fw) -> None:
+    """A fresh server has no iptables: the dry run shows the whole plan (exit 0) and says
+    what a real sync needs; the real sync fails on that one line and writes nothing."""
+    empty = fw.tmp / "empty-bin"
+    empty.mkdir()
+    conf = "[backends.iptables]\n"
+    dry = cli(fw, conf, "sync", "--source", "bundled", "--dry-run", "--json", path=str(empty))
+    assert dry.returncode == 0, dry.stderr
+    (report,) = json.loads(dry.stdout)["backends"]
+    assert report["error"] is None
+    assert set(report["add"]) == set(as_strings(CURRENT)) and report["current"] == []
+    assert report["notes"] == [
+        "no iptables command here: planned against an empty ruleset; "
+        "a real sync needs the iptables package installed first"
+    ]
+    real = cli(fw, conf, "sync", "--source", "bundled", path=str(empty))
+    assert real.returncode == 1
+    assert "install the iptables package" in real.stderr
+    assert "CFALLOW" not in fw.both()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

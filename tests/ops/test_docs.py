@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+from support.fresh import readme_block
+
 from cfallow.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,3 +110,18 @@ def test_no_install_hint_points_at_a_package_index() -> None:
     }
     hits = [f"{name}: {m.group(0)}" for name, text in texts.items() for m in bad.finditer(text)]
     assert hits == []
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The quick start's test command is what CI runs: .ci/run's last line, verbatim."""
+    (command,) = readme_block("run-tests").strip().splitlines()
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.strip()]
+    assert ci[-1] == command, (ci[-1], command)
+    assert "export CI=true" in ci
+
+
+def test_quick_start_installs_cfallow_alone() -> None:
+    """The first command installs nothing but cfallow (no bootstrap, no apt) and dry-runs."""
+    (command,) = readme_block("quick-start").strip().splitlines()
+    assert "bootstrap" not in command and "apt" not in command, command
+    assert command.endswith("cfallow sync --dry-run"), command

@@ -393,3 +393,21 @@ class FreshServer(Machine):
         assert "error" not in res, res["error"]
         res["console"] = console[-3000:]
         return res
+
+
+README = REPO / "README.md"
+
+
+def readme_block(name: str, readme: Path = README) -> str:
+    """The code block that follows ``<!-- tested: NAME ...-->`` in the README, verbatim.
+
+    Tests run the README's own commands, so the text cannot drift from what is
+    tested; a missing or doubled marker fails the test.
+    """
+    text = readme.read_text()
+    marker = f"<!-- tested: {name} "
+    assert text.count(marker) == 1, f"README.md: want exactly one {marker!r} marker"
+    after = text.split(marker, 1)[1].split("-->", 1)[1].lstrip("\n")
+    assert after.startswith("```"), f"README.md: no code block right after {marker!r}"
+    body = after.split("\n", 1)[1]
+    return body.split("\n```", 1)[0] + "\n"

@@ -22,7 +22,6 @@ DEPENDENCIES = (
     "certifi",
     "charset-normalizer",
     "netaddr",
-    "python-iptables",
     "tenacity",
 )
 _NOT_PACKED = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}

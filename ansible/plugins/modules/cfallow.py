@@ -15,8 +15,10 @@ description:
     whether anything would change and writes nothing, state included.
   - A backend that fails makes the task fail, naming the backend; the other
     backends still run (and may have changed), as with the CLI.
-  - Ranges that cannot be fetched or that the shrink guard refuses (exit 4)
-    make the task fail; nothing was changed anywhere.
+  - Ranges that cannot be fetched or that a guard refuses (exit 4) make the
+    task fail. With a last-known-good list on the target the backends were
+    still brought to that list (a lost chain restored, drift repaired;
+    C(changed) says whether anything did); without one nothing changed.
 options:
   state:
     description:
@@ -38,7 +40,10 @@ options:
     description: State directory (C(--state-dir)); default C(/var/lib/cfallow).
     type: path
   force:
-    description: Accept a list that fails the shrink guard (C(--force)). Only with O(state=synced).
+    description:
+      - Accept a list that fails the shrink or growth guard (C(--force)); it becomes the
+        accepted list, the growth guard's anchor. The ceiling still holds.
+        Only with O(state=synced).
     type: bool
     default: false
   source:
@@ -177,7 +182,8 @@ cmd:
   type: list
   elements: str
 rc:
-  description: Its exit status (0 ok, 1 a backend failed, 2 usage or config, 4 ranges refused,
+  description: Its exit status (0 ok, 1 a backend failed, 2 usage or config, 4 ranges
+    unavailable or refused (backends held at the last-known-good list, if any),
     5 the verify did not hold).
   returned: always
   type: int

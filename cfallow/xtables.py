@@ -7,6 +7,8 @@ save text would not be the host's ruleset. The blob the kernel holds
 (``IPT_SO_SET_REPLACE``): the scratch kernel then matches exactly what the
 host's matches, masks included.
 
+Used by ``cfallow verify`` (:mod:`cfallow.verify.snapshot`, :mod:`cfallow.verify.probe`)
+and by the iptables backend's legacy mask check (``cfallow.backends.iptables_entries``).
 Only tables the host already has are read (``/proc/net/ip_tables_names``):
 asking for another would make the kernel create it on the host.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import socket
 import struct
@@ -70,8 +73,9 @@ class Blob:
         )
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # find_library runs ldconfig
 
 
 def _getsockopt(
