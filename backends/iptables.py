@@ -12,6 +12,11 @@ connected to, before any NAT; then untracked packets on their port)::
     -A CFALLOW -s 173.245.48.0/20 -j ACCEPT
     ...
 
+With ``parent = "DOCKER-USER"`` in lockdown, the same chain is also kept in the
+``mangle`` table with the same jump first in mangle's ``FORWARD`` (the guard):
+Docker never touches mangle, so the lockdown holds while Docker 20.10 has its
+own IPv6 ``FORWARD`` rules above ``-j DOCKER-USER`` after each start.
+
 Every other rule, chain, counter and policy stays as it was. Each change is one
 transaction per family: ``iptables-nft-restore --noflush`` on nf_tables hosts,
 ``iptables-legacy-restore --noflush`` under the xtables lock on legacy hosts
@@ -25,7 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
@@ -38,7 +43,7 @@ from cfallow.hostfw_advice import iptables_allow
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 
-from .iptables_diff import Ops, assess, assess_removal
+from .iptables_diff import Ops, assess, assess_guard, assess_removal
 from .iptables_legacy import LegacyIO, Writer
 from .iptables_nft import NftIO
 from .iptables_rules import (
@@ -59,7 +64,8 @@ PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport take
 
 @dataclass(frozen=True)
 class Seen:
-    """One read: the variant and each managed family's filter table."""
+    """One read: the variant and each managed family's filter table (with its mangle table
+    where cfallow guards FORWARD there)."""
 
     variant: Variant
     tables: tuple[tuple[int, Table], ...]
@@ -158,7 +164,10 @@ class IptablesBackend(Backend[Seen, Step]):
 
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
-        return io_for(self.ctx.runner, variant, self.settings.chain, self.legacy_writer)
+        return io_for(
+            self.ctx.runner, variant, self.settings.chain, self.legacy_writer,
+            mangle=self.settings.parent == "DOCKER-USER",
+        )  # fmt: skip
 
     # -- read / diff / apply --------------------------------------------------------
     def read(self) -> Seen:
@@ -179,10 +188,7 @@ class IptablesBackend(Backend[Seen, Step]):
         with ThreadPoolExecutor(len(self.families)) as pool:
             texts = list(pool.map(one, self.families))
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
-        tables = tuple(
-            (v, io.parse(v, text) if isinstance(io, LegacyIO) else parse_save(text))
-            for v, text in zip(self.families, texts)
-        )
+        tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         host = None
         if self.settings.mode == "allow" and self.settings.parent == "INPUT":
             host = hostfw.read(
@@ -215,13 +221,9 @@ class IptablesBackend(Backend[Seen, Step]):
                 notes.append(DOCKER_NO_IPV6)
                 desired = frozenset(n for n in desired if n.version != version)
                 continue
-            if desired is None:
-                found, ops = assess_removal(obs, self.settings)
-                target: tuple[str, ...] | None = None
-            else:
-                want = family(desired, version)
-                found, ops = assess(obs, self.settings, want)
-                target = tuple(as_strings(want))
+            want = None if desired is None else family(desired, version)
+            found, ops = _assess(table, version, self.settings, want)
+            target = None if want is None else tuple(as_strings(want))
             current |= obs.current
             drift += found
             if not ops.empty:
@@ -263,8 +265,6 @@ class IptablesBackend(Backend[Seen, Step]):
                 'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
                 "not the host's own ports)"
             )
-        if s.parent == "DOCKER-USER" and 6 in self.families and _docker20_ipv6(observed):
-            out.append(DOCKER20_IPV6)
         return out
 
     def apply(self, plan: Plan[Step]) -> None:
@@ -299,27 +299,6 @@ DOCKER_NO_IPV6 = (
 )
 
 
-DOCKER20_IPV6 = (
-    "IPv6: this Docker (before 23.0) puts its FORWARD rules above -j DOCKER-USER on every "
-    "start: a published IPv6 port accepts everyone until cfallow runs again (~1.3 s with the "
-    'docker.service drop-in); [backends.nftables] mode = "lockdown" with docker = true has '
-    "no such window"
-)
-
-
-def _docker20_ipv6(seen: Seen) -> bool:
-    """Docker runs with IPv6 and its IPv6 DOCKER-USER has no ``-j RETURN`` of its own.
-
-    Docker 23.0 and later arrange DOCKER-USER for IPv6 as for IPv4 (first in FORWARD,
-    ``-j RETURN`` appended, moby PR 44825); 20.10 does neither for IPv6, and moves
-    its own FORWARD rules above the jump on every start.
-    """
-    v6 = next((t for v, t in seen.tables if v == 6), None)
-    if v6 is None or all(v6.rules(c) is None for c in ("DOCKER", "DOCKER-ISOLATION-STAGE-1")):
-        return False
-    return "-j RETURN" not in (v6.rules("DOCKER-USER") or ())
-
-
 def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:
     """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
     family has it yet (a boot before dockerd), cfallow creates both, as Docker would.
@@ -342,8 +321,22 @@ class _Compute:
     step: Step
 
     def __call__(self, table: Table) -> Ops:
-        obs = observe(table, self.step.version, self.settings)
-        if self.step.target is None:
-            return assess_removal(obs, self.settings)[1]
-        want = frozenset(parse_cidr(c, self.step.version) for c in self.step.target)
-        return assess(obs, self.settings, want)[1]
+        version, target = self.step.version, self.step.target
+        want = None if target is None else frozenset(parse_cidr(c, version) for c in target)
+        return _assess(table, version, self.settings, want)[1]
+
+
+def _assess(
+    table: Table, version: int, settings: Settings, want: frozenset[IPNetwork] | None
+) -> tuple[list[str], Ops]:
+    """Drift and the one batch for one family: the filter part, then the mangle guard
+    (``want`` ``None``: removal)."""
+    obs = observe(table, version, settings)
+    if want is None:
+        found, ops = assess_removal(obs, settings)
+    else:
+        found, ops = assess(obs, settings, want)
+    forward = replace(settings, parent="FORWARD")
+    mangle = None if table.mangle is None else observe(table.mangle, version, forward)
+    more, guard = assess_guard(mangle, settings, want, first=obs.chain is None)
+    return found + more, replace(ops, guard=guard)

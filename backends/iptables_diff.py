@@ -10,12 +10,19 @@ same transaction. With parent
 ``DOCKER-USER``, FORWARD's ``-j DOCKER-USER`` must be its rule 1 too, which
 Docker ensures on start for IPv4 but Docker 20.10 not for IPv6 (its own
 IPv6 rules are inserted above it): it is moved there the same way.
+
+With parent ``DOCKER-USER`` in lockdown, the same chain also lives in the
+``mangle`` table, jumped to first from mangle's ``FORWARD`` (:func:`assess_guard`):
+Docker never touches mangle, so the lockdown holds while Docker's own
+``FORWARD`` rules sit above ``-j DOCKER-USER`` (Docker 20.10, IPv6, after
+each start). It is written in the same restore batch, after the filter part.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from netaddr import IPNetwork
 
@@ -49,7 +56,8 @@ class Ops:
     ``delete`` removes rules found in the table (jumps anywhere, ranges in the
     chain); ``append`` and ``insert`` fill the chain (inserts go to the top, in
     order); ``jumps`` go to the top of the parent, in order; ``drop_chain`` flushes
-    and deletes the chain once nothing jumps into it.
+    and deletes the chain once nothing jumps into it. ``table`` is the table
+    the lines are for; ``guard`` is the mangle table's part of the same batch.
     """
 
     version: int
@@ -64,10 +72,16 @@ class Ops:
     create_parent: bool = False
     forward_deletes: int = 0
     forward_jump: bool = False
+    table: str = "filter"
+    guard: Ops | None = None
 
     @property
     def empty(self) -> bool:
         """Nothing to write."""
+        return self._empty and (self.guard is None or self.guard.empty)
+
+    @property
+    def _empty(self) -> bool:
         return not (
             self.declare
             or self.delete
@@ -79,9 +93,19 @@ class Ops:
             or self.forward_jump
         )
 
-    def restore_script(self) -> str:
-        """The transaction as ``iptables-restore --noflush`` input (a declared chain is flushed)."""
-        lines = ["*filter"]
+    def restore_script(self, policies: Mapping[str, Sequence[str]] | None = None) -> str:
+        """The transaction as ``iptables-restore --noflush`` input (a declared chain is flushed).
+
+        One section per table that changes (filter, then mangle); ``policies``:
+        lines to put right after a table's header (the legacy writer's counters).
+        """
+        parts = [] if self._empty else [self._section(policies or {})]
+        if self.guard is not None and not self.guard.empty:
+            parts.append(self.guard.restore_script(policies))
+        return "".join(parts)
+
+    def _section(self, policies: Mapping[str, Sequence[str]]) -> str:
+        lines = [f"*{self.table}", *policies.get(self.table, ())]
         if self.create_parent:
             lines.append(f":{self.parent} - [0:0]")
         lines += [f"-D FORWARD -j {self.parent}"] * self.forward_deletes
@@ -253,3 +277,37 @@ def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
     if obs.chain is not None:
         what.append(f"chain {settings.chain} ({len(obs.chain)} rules)")
     return ([f"{fam}: delete " + " and ".join(what)] if what else []), ops
+
+
+def assess_guard(
+    obs: Observed | None,
+    settings: Settings,
+    desired: frozenset[IPNetwork] | None,
+    *,
+    first: bool = False,
+) -> tuple[list[str], Ops | None]:
+    """The mangle part of one family's transaction (``obs``: the mangle table's view).
+
+    Wanted in lockdown with parent ``DOCKER-USER`` (``desired`` not ``None``);
+    else whatever cfallow left there is removed. ``obs`` is ``None`` where the
+    mangle table was not read (parent ``INPUT``). ``first``: the filter chain
+    is new too (a first sync), so a missing guard is no drift.
+    """
+    if obs is None:
+        return [], None
+    fam = FAMILY[obs.version]
+    guard = settings.guard()
+    try:
+        if desired is not None and guard is not None:
+            found, ops = assess(obs, guard, desired)
+        else:
+            found, ops = assess_removal(obs, replace(settings, parent="FORWARD"))
+    except BackendError as exc:
+        raise BackendError(f"mangle table: {exc}") from None
+    where = f"{fam} mangle: "
+    drift = [where + f.removeprefix(f"{fam}: ") for f in found]
+    if guard is not None and desired is not None and obs.chain is None and not first:
+        drift.append(
+            f"{where}no {settings.chain} chain guarding FORWARD (added: Docker cannot reorder it)"
+        )
+    return drift, replace(ops, table="mangle")

@@ -86,8 +86,9 @@ VERDICTS = {-1: "DROP", -2: "ACCEPT", -4: "QUEUE"}
 OFFSETS_AT = {4: 88, 6: 140}  # target_offset, next_offset in the entry header
 
 
-def read_entries(version: int) -> Entries:
-    """The filter table of this process's network namespace, entry by entry.
+def read_entries(version: int, table: str = "filter") -> Entries:
+    """Table ``table`` (filter; mangle for the guard) of this process's network namespace,
+    entry by entry.
 
     A built-in chain runs from its hook entry to its underflow entry (the
     policy); a user chain from the entry after its ``ERROR`` head (whose data
@@ -95,7 +96,7 @@ def read_entries(version: int) -> Entries:
     with an ``ERROR`` entry named ``ERROR``. Raises ``OSError`` when the kernel
     refuses the read.
     """
-    blob = read_table(version, "filter")
+    blob = read_table(version, table)
     valid = [h for h in range(len(HOOKS)) if blob.valid_hooks & (1 << h)]
     starts = {blob.hook_entry[h]: HOOKS[h] for h in valid}
     ends = {blob.underflow[h] for h in valid}

@@ -116,7 +116,8 @@ class IptcWriter:
     """
 
     def write(self, version: int, ops: Ops, table: Table) -> None:
-        """Apply ``ops`` (computed from ``table``) in one commit."""
+        """Apply ``ops`` (computed from ``table``) in one commit: the filter part only (this
+        former writer predates the mangle guard, which it leaves out)."""
         iptc = load_iptc()
         handle = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)
         try:

@@ -18,7 +18,13 @@ bounded number of times.
 libiptc's commit would leave the built-in chains' policy counters at what
 they gained since its read (``iptables-legacy -A`` does that too): the batch
 runs with ``-c`` and sets each built-in policy to the policy and counters
-cfallow read under the lock.
+cfallow read under the lock (the mangle table's too, when the batch has its
+guard section).
+
+With the mangle guard the batch holds ``*filter`` then ``*mangle``: libiptc
+replaces each table with its own commit at its ``COMMIT`` line (checked: a bad
+line in the mangle section leaves the filter part committed), so they are two
+atomic steps, filter first, and each alone is a whole lockdown.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from cfallow.runner import Runner
 from .iptables_diff import Ops
 from .iptables_iptc import Moved
 from .iptables_rules import FAMILY
-from .iptables_save import Table, explain, failure, parse_save
+from .iptables_save import Table, explain, failure, parse_tables
 
 LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
 LOCK_WAIT = 30.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
+NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
 __all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "xtables_lock"]
 
@@ -85,8 +92,10 @@ class RestoreWriter:
 
     def write(self, version: int, ops: Ops, table: Table) -> None:
         """One restore batch (on failure the caller re-reads: a moved table, or an error)."""
-        head, _, rest = ops.restore_script().partition("\n")
-        script = "\n".join([head, *policy_lines(table), rest])
+        policies = {"filter": policy_lines(table)}
+        if table.mangle is not None:
+            policies["mangle"] = policy_lines(table.mangle)
+        script = ops.restore_script(policies)
         tool = self.restore[version]
         import tempfile  # only when writing
 
@@ -135,7 +144,7 @@ def audited(version: int, table: Table, chain: str) -> Table:
         for i, s in enumerate(specs)
     )
     chains = tuple((n, fixed if n == chain else r) for n, r in table.chains)
-    return Table(chains, table.policies)
+    return Table(chains, table.policies, table.mangle)
 
 
 _warned: set[int] = set()
@@ -171,8 +180,10 @@ class LegacyIO:
         chain: str = "CFALLOW",
         lock_path: str | None = None,
         attempts: int = ATTEMPTS,
+        mangle: bool = False,
     ) -> None:
         self.runner = runner
+        self.mangle = mangle  # read the mangle table too (parent DOCKER-USER)
         self.save = save
         env = runner.env or {}
         self.lock_path = (
@@ -185,12 +196,23 @@ class LegacyIO:
         self.writer: Writer = RestoreWriter(runner, restore)
 
     def read(self, version: int) -> str:
-        """``iptables-legacy-save -c -t filter`` (it reads the kernel's table; it takes no lock)."""
+        """``iptables-legacy-save -c -t filter`` (it reads the kernel's table; it takes no
+        lock), then ``-t mangle`` when asked and the namespace has that table (asking for
+        one it does not have creates it; an absent one reads as empty)."""
         tool = self.save[version]
+        names = ["filter"]
+        if self.mangle and "mangle" in self._tables(version):
+            names.append("mangle")
         try:
-            return self.runner.run([tool, "-c", "-t", "filter"]).stdout
+            return "".join(self.runner.run([tool, "-c", "-t", name]).stdout for name in names)
         except BackendError as exc:
             raise failure(tool, exc, MODULE[version]) from None
+
+    def _tables(self, version: int) -> list[str]:
+        try:
+            return self.runner.run(["cat", NAMES_FILE[version]]).stdout.split()
+        except BackendError:
+            return []
 
     def parse(self, version: int, text: str) -> Table:
         """Parse a read, with cfallow's own rules checked against the kernel's entries.
@@ -198,7 +220,7 @@ class LegacyIO:
         The entries are this process's namespace's: with a runner prefix
         (``nsenter`` into another one) the check is left out.
         """
-        table = parse_save(text)
+        table = parse_tables(text, self.mangle)
         return table if self.runner.prefix else audited(version, table, self.chain)
 
     def transact(
@@ -219,7 +241,7 @@ class LegacyIO:
                     return True
                 except (Moved, _Failed) as exc:
                     fresh = self.parse(version, self.read(version))
-                    if isinstance(exc, _Failed) and fresh.chains == table.chains:
+                    if isinstance(exc, _Failed) and fresh.same_rules(table):
                         raise  # the table did not move: the batch itself failed
                     table = fresh
                     self.retries += 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netaddr import IPNetwork
 
@@ -120,7 +120,7 @@ class Settings:
         443 elsewhere.
         """
         dports = ",".join(str(p).replace("-", ":") for p in self.ports)
-        if self.parent == "DOCKER-USER":
+        if self.parent in ("DOCKER-USER", "FORWARD"):  # FORWARD: the mangle guard
             return (
                 OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="DNAT",
                         comment=COMMENT),
@@ -135,6 +135,15 @@ class Settings:
                     comment=COMMENT)
         )  # fmt: skip
         return tuple(own)
+
+    def guard(self) -> Settings | None:
+        """The same chain in the mangle table, jumped to from its FORWARD (lockdown in
+        DOCKER-USER only): Docker never reorders mangle, so the drop holds while
+        Docker's own FORWARD rules are above ``-j DOCKER-USER`` (20.10, IPv6). An
+        allow-mode chain restricts nothing, so it needs no guard."""
+        if self.parent != "DOCKER-USER" or self.mode != "lockdown":
+            return None
+        return replace(self, parent="FORWARD")
 
     def tail(self, version: int) -> tuple[OwnRule, ...]:
         """The rules after the Cloudflare accepts, for one family."""

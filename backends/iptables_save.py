@@ -1,4 +1,4 @@
-"""iptables-save text and tool failures: parse a filter table, name why a tool failed."""
+"""iptables-save text and tool failures: parse a filter or mangle table, say why a tool failed."""
 
 from __future__ import annotations
 
@@ -13,11 +13,20 @@ class Table:
     """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs.
 
     ``policies`` holds the built-in chains' ``:CHAIN POLICY [packets:bytes]``
-    lines as printed (with ``-c``, the counters are the kernel's).
+    lines as printed (with ``-c``, the counters are the kernel's). ``mangle``
+    is the same family's mangle table, read beside it where cfallow guards
+    FORWARD there (parent ``DOCKER-USER``), else ``None``.
     """
 
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     policies: tuple[str, ...] = ()
+    mangle: Table | None = None
+
+    def same_rules(self, other: Table) -> bool:
+        """The same chains and rules (counters aside), the mangle table's too."""
+        if self.chains != other.chains or (self.mangle is None) != (other.mangle is None):
+            return False
+        return self.mangle is None or other.mangle is None or self.mangle.same_rules(other.mangle)
 
     def rules(self, chain: str) -> tuple[str, ...] | None:
         """The specs of ``chain`` in order, or None if there is no such chain."""
@@ -27,10 +36,11 @@ class Table:
         return None
 
 
-def parse_save(text: str) -> Table:
-    """Parse ``iptables-save [-c] -t filter`` output (comments, counters, other tables ignored)."""
+def parse_save(text: str, which: str = "filter") -> Table:
+    """Parse ``iptables-save [-c]`` output: table ``which`` (comments, counters, others ignored)."""
     chains: dict[str, list[str]] = {}
     policies: list[str] = []
+    head = f"*{which}"
     in_filter = False
     for line_read in text.split("\n"):
         # ``-c``: "[packets:bytes] -A ..."
@@ -44,7 +54,7 @@ def parse_save(text: str) -> Table:
         if not line or line[0] == "#":
             continue
         if line[0] == "*":
-            in_filter = line == "*filter"
+            in_filter = line == head
         elif not in_filter or line == "COMMIT":
             continue
         elif line[0] == ":":
@@ -54,7 +64,15 @@ def parse_save(text: str) -> Table:
                 policies.append(line)
         else:
             raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
-    return Table(tuple((name, tuple(rules)) for name, rules in chains.items()), tuple(policies))
+    return Table(tuple((n, tuple(rules)) for n, rules in chains.items()), tuple(policies))
+
+
+def parse_tables(text: str, mangle: bool) -> Table:
+    """The filter table of a read, with the mangle table beside it when ``mangle``."""
+    table = parse_save(text)
+    if not mangle:
+        return table
+    return Table(table.chains, table.policies, parse_save(text, "mangle"))
 
 
 def target_of(spec: str) -> str | None:

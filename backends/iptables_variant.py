@@ -86,15 +86,21 @@ def probe(runner: Runner, wanted: str, log: logging.Logger) -> Variant:
 
 
 def io_for(
-    runner: Runner, variant: Variant, chain: str, writer: Writer | None = None
+    runner: Runner,
+    variant: Variant,
+    chain: str,
+    writer: Writer | None = None,
+    *,
+    mangle: bool = False,
 ) -> NftIO | LegacyIO:
-    """A reader/writer for ``variant`` (``writer``: the legacy writer seam)."""
+    """A reader/writer for ``variant`` (``writer``: the legacy writer seam; ``mangle``:
+    read the mangle table beside filter)."""
     if variant.kind == NONE.kind:
         raise NotInstalled(MISSING)
     if variant.kind == "nft":
-        return NftIO(runner)
+        return NftIO(runner, mangle=mangle)
     tools = (LEGACY_SAVE, LEGACY_RESTORE) if variant.legacy_tools else (OLD_SAVE, OLD_RESTORE)
-    io = LegacyIO(runner, *tools, chain=chain)
+    io = LegacyIO(runner, *tools, chain=chain, mangle=mangle)
     if writer is not None:
         io.writer = writer
     return io

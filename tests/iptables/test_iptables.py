@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import namespace
+from support import namespace, ns_exec
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.ipt_support import JUMPS, VARIANTS, Fw, jumps_for
+from support.ipt_support import JUMPS, VARIANTS, Fw, jumps_for, tool
 
 from cfallow.engine import BackendResult, run_backend
 from cfallow.model import as_strings
@@ -223,6 +224,80 @@ def test_docker_user_before_docker_starts_is_created_and_docker_keeps_it(fw: Fw)
         assert fw.chain(version, "FORWARD") == ["-j DOCKER-USER"]
         assert fw.chain(version, "DOCKER-USER") == [jump, "-j RETURN"]
     assert not sync(fw, parent="DOCKER-USER").changed  # nothing to repair after Docker
+
+
+GUARDED = {"parent": "DOCKER-USER", "mode": "lockdown"}
+
+
+def test_lockdown_in_docker_user_is_guarded_in_mangle_forward(fw: Fw) -> None:
+    """The same chain in the mangle table, jumped to first from mangle's FORWARD, written in
+    the same restore batch (one per family), read back and diffed like the filter part."""
+    for version in (4, 6):  # an admin's own mangle rule, kept where it is
+        fw.restore(version, "*mangle\n-A FORWARD -p udp -j MARK --set-mark 7\nCOMMIT\n")
+    mangle_before = [fw.save(v, counters=True, table="mangle") for v in (4, 6)]
+    writes = fw.writes()
+    sync(fw, **GUARDED)
+    assert fw.writes() - writes == 2  # filter and mangle together, one batch per family
+    for version in (4, 6):
+        assert fw.chain(version, "FORWARD", "mangle") == [
+            DOCKER_JUMP, "-p udp -j MARK --set-xmark 0x7/0xffffffff"
+        ]  # fmt: skip
+        assert fw.chain(version, "CFALLOW", "mangle") == fw.chain(version, "CFALLOW")
+        assert fw.chain(version, "CFALLOW")[-1] == "-j DROP"
+    writes = fw.writes()
+    assert not sync(fw, **GUARDED).changed
+    assert fw.writes() == writes  # the second sync writes nothing
+    # A lockdown without its guard (what an earlier cfallow wrote): drift, added.
+    for version in (4, 6):
+        fw.restore(version, f"*mangle\n-D FORWARD {DOCKER_JUMP}\n-F CFALLOW\n-X CFALLOW\nCOMMIT\n")
+    upgrade = sync(fw, **GUARDED)
+    assert upgrade.plan is not None and upgrade.plan.add == frozenset()
+    assert upgrade.plan.drift == tuple(
+        f"IPv{v} mangle: no CFALLOW chain guarding FORWARD (added: Docker cannot reorder it)"
+        for v in (4, 6)
+    )
+    # Edited by hand in mangle only: drift, put back.
+    fw.ipt(6, "-t", "mangle", "-D", "CFALLOW", "-j", "DROP")
+    fw.ipt(4, "-t", "mangle", "-D", "FORWARD", "1")
+    again = sync(fw, **GUARDED)
+    assert again.plan is not None and again.plan.add == frozenset() and again.changed
+    assert any(d.startswith("IPv6 mangle: lockdown rules") for d in again.plan.drift), again.plan
+    assert "IPv4 mangle: no jump from FORWARD" in again.plan.drift, again.plan.drift
+    for version in (4, 6):
+        assert fw.chain(version, "FORWARD", "mangle")[0] == DOCKER_JUMP
+        assert fw.chain(version, "CFALLOW", "mangle") == fw.chain(version, "CFALLOW")
+    # allow mode needs no guard (an accept restricts nothing): the guard goes.
+    allow = sync(fw, parent="DOCKER-USER")
+    assert allow.plan is not None
+    assert "IPv4 mangle: delete 1 jump(s) and chain CFALLOW (" in " ".join(allow.plan.drift)
+    for version in (4, 6):
+        assert "CFALLOW" not in fw.save(version, table="mangle")
+    sync(fw, **GUARDED)
+    removal = run_backend(fw.backend(**GUARDED), None, dry_run=False)
+    assert removal.error is None and removal.applied
+    mangle_after = [fw.save(v, counters=True, table="mangle") for v in (4, 6)]
+    assert mangle_after == mangle_before  # no trace in mangle, the admin's rule untouched
+    assert not run_backend(fw.backend(**GUARDED), None, dry_run=False).changed
+
+
+def test_a_foreign_mangle_chain_of_that_name_is_refused(fw: Fw) -> None:
+    fw.restore(6, "*mangle\n:CFALLOW - [0:0]\n-A CFALLOW -p udp -j MARK --set-mark 7\nCOMMIT\n")
+    result = run_backend(fw.backend(**GUARDED), CURRENT, dry_run=False)
+    assert result.error is not None
+    assert str(result.error).startswith("mangle table: IPv6: chain CFALLOW exists and is not")
+    assert fw.chain(6, "CFALLOW", "mangle") == ["-p udp -j MARK --set-xmark 0x7/0xffffffff"]
+
+
+def test_allow_in_docker_user_brings_no_mangle_table_into_being(fw: Fw) -> None:
+    """Allow mode restricts nothing, so it has no guard; reading for a leftover one does
+    not create the table (legacy: only a listed table is read)."""
+    sync(fw, parent="DOCKER-USER")
+    for version in (4, 6):
+        tables = subprocess.run(
+            ns_exec(fw.ns, tool(fw.variant, version, "-save")),
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "*filter" in tables and "*mangle" not in tables, tables
 
 
 def test_removal_restores_the_ruleset_exactly(fw: Fw) -> None:

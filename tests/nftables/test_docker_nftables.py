@@ -1,12 +1,13 @@
 """Docker 20.10's IPv6 window, closed: nftables lockdown with ``docker = true`` and a real dockerd.
 
 Docker 20.10 inserts its five IPv6 ``FORWARD`` rules above ``-j DOCKER-USER`` on
-every start, so with the iptables backend's ``parent = "DOCKER-USER"`` a
-published IPv6 port accepts everyone until the next cfallow run (~1.3 s with the
-docker.service drop-in). cfallow's own ``table inet cfallow`` hooks forward on
-its own; Docker never touches it, and a drop there is final whatever Docker's
-``ip6 filter`` accepts. The guard matches the published port by conntrack's
-original destination port, so it holds from the first packet after any start.
+every start, so from the filter table alone a published IPv6 port would accept
+everyone until the next cfallow run (the iptables backend's lockdown in
+``DOCKER-USER`` guards it in the mangle table for that reason). cfallow's own
+``table inet cfallow`` hooks forward on its own; Docker never touches it, and a
+drop there is final whatever Docker's ``ip6 filter`` accepts. The guard matches
+the published port by conntrack's original destination port, so it holds from
+the first packet after any start.
 """
 
 from __future__ import annotations

@@ -147,18 +147,19 @@ class Fw:
         return sum(int(getattr(b, "writes", 0)) for b in self.made)
 
     # -- reading the target -------------------------------------------------------------
-    def save(self, version: int, counters: bool = False) -> str:
-        """The filter table as the variant's own ``*-save`` prints it (comments dropped)."""
-        argv = [tool(self.variant, version, "-save"), "-t", "filter", *(["-c"] if counters else [])]
+    def save(self, version: int, counters: bool = False, table: str = "filter") -> str:
+        """A table as the variant's own ``*-save`` prints it (comments dropped)."""
+        argv = [tool(self.variant, version, "-save"), "-t", table, *(["-c"] if counters else [])]
         return rules_only(sh(ns_exec(self.ns, *argv)))
 
     def both(self, counters: bool = False) -> str:
         return self.save(4, counters) + self.save(6, counters)
 
-    def chain(self, version: int, name: str = CHAIN) -> list[str]:
+    def chain(self, version: int, name: str = CHAIN, table: str = "filter") -> list[str]:
         """The specs of ``name`` in order."""
         head = f"-A {name} "
-        return [ln[len(head) :] for ln in self.save(version).splitlines() if ln.startswith(head)]
+        lines = self.save(version, table=table).splitlines()
+        return [ln[len(head) :] for ln in lines if ln.startswith(head)]
 
     def owned(self) -> frozenset[IPNetwork]:
         """Sources of ``-s CIDR -j ACCEPT`` rules in cfallow's chain, both families."""
