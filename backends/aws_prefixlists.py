@@ -50,7 +50,6 @@ class ListChange:
     add: tuple[str, ...]
     remove: tuple[str, ...]
     max_entries: int
-    token: str
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,6 @@ def plan_lists(
                 tuple(sorted(target - current)),
                 tuple(sorted(current - target)),
                 size,
-                uuid.uuid4().hex,
             )
         )
     return changes
@@ -181,6 +179,8 @@ def _entry_list(cidrs: Iterable[str]) -> list[dict[str, str]]:
 def apply_change(ec2: Ec2, change: ListChange, *, interval: float, timeout: float) -> str:
     """Create or modify one list and wait for it; returns the list id."""
     if change.list_id is None:
+        # The idempotency token belongs to this apply, not to the plan: a plan is a pure
+        # value (the contract compares two diffs of the same state, steps included).
         created = ec2.call(
             "create_managed_prefix_list",
             PrefixListName=list_name(change.family),
@@ -190,7 +190,7 @@ def apply_change(ec2: Ec2, change: ListChange, *, interval: float, timeout: floa
             TagSpecifications=[
                 {"ResourceType": "prefix-list", "Tags": [{"Key": TAG_KEY, "Value": TAG_VALUE}]}
             ],
-            ClientToken=change.token,
+            ClientToken=uuid.uuid4().hex,
         )
         list_id = str(created["PrefixList"]["PrefixListId"])
         wait(ec2, list_id, interval=interval, timeout=timeout)

@@ -9,7 +9,7 @@ firewall needs (it is used for coverage checks instead).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from netaddr import AddrFormatError, IPNetwork, cidr_merge
@@ -117,7 +117,7 @@ class Plan(Generic[S]):
     remove: Networks = frozenset()
     drift: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    steps: tuple[S, ...] = field(default=(), compare=False)
+    steps: tuple[S, ...] = ()
 
     @property
     def changed(self) -> bool:

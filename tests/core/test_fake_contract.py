@@ -45,3 +45,38 @@ class TestFakeContract(BackendContract):
     @pytest.fixture
     def harness(self, tmp_path: Path) -> Harness:
         return FakeHarness(tmp_path)
+
+
+def test_a_plugin_whose_steps_are_not_deterministic_fails_the_contract(tmp_path: Path) -> None:
+    """Two diffs of the same state must be equal steps included: a plugin that puts a
+    clock or a random token in a step (the aws prefix lists' ClientToken did) fails."""
+    import itertools
+    from dataclasses import dataclass, replace
+
+    from cfallow_fake import FakeBackend, Write
+
+    from cfallow.config import Section
+
+    counter = itertools.count()
+
+    @dataclass(frozen=True)
+    class StampedWrite(Write):
+        stamp: int
+
+    class StampedFake(FakeBackend):
+        def diff(self, observed, desired):  # type: ignore[no-untyped-def]
+            plan = super().diff(observed, desired)
+            return replace(
+                plan, steps=tuple(StampedWrite(s.owned, s.basis, next(counter)) for s in plan.steps)
+            )
+
+    class StampedHarness(FakeHarness):
+        def backend(self) -> Backend:
+            section = Section("backends.fake", {"path": str(self.path)})
+            return StampedFake(section, Context(state_dir=self.path.parent))
+
+    contract = TestFakeContract()
+    with pytest.raises(AssertionError):
+        contract.test_read_writes_nothing_and_diff_is_pure(StampedHarness(tmp_path))
+    # The same contract test passes for the deterministic fake.
+    contract.test_read_writes_nothing_and_diff_is_pure(FakeHarness(tmp_path / "ok"))
