@@ -82,3 +82,24 @@ def test_parse_cidr_refuses_host_bits_and_wrong_family() -> None:
     with pytest.raises(ValidationError, match="IPv6"):
         parse_cidr("104.16.0.0/12", 6)
     assert parse_cidr("2400:CB00::/32") == N("2400:cb00::/32")
+
+
+@pytest.mark.parametrize("text", ["010.0.0.0/8", "01.2.3.0/24", "10.00.0.0/16", "1.2.3.00/32"])
+def test_a_leading_zero_octet_is_refused_whatever_netaddr_does(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Debian 12's netaddr 0.8 (the .deb runs on it) reads ``010.0.0.0/8`` as ``10.0.0.0/8``;
+    netaddr 1.x refuses it. The refusal is cfallow's own, so it holds on either."""
+    from netaddr import IPNetwork as RealNetwork
+
+    def lenient(value: str, version: int | None = None) -> RealNetwork:
+        addr, _, plen = value.partition("/")
+        if version == 4:
+            addr = ".".join(str(int(octet)) for octet in addr.split("."))
+        return RealNetwork(f"{addr}/{plen}", version=version)
+
+    monkeypatch.setattr("cfallow.model.IPNetwork", lenient)
+    assert parse_cidr("10.0.0.0/8") == RealNetwork("10.0.0.0/8")  # the stand-in parses
+    assert parse_cidr("2400:cb00::/32") == RealNetwork("2400:cb00::/32")
+    with pytest.raises(ValidationError, match="not a CIDR"):
+        parse_cidr(text)
