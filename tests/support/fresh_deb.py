@@ -16,8 +16,9 @@ from support import need_tool
 from support.fresh import FreshServer, shared_layer
 
 ROOT = Path(__file__).resolve().parents[2]
-#: Installed next to the package in the layer's apt cache (the remove/purge test uses it).
-EXTRA = ("nftables",)
+#: Downloaded next to the package into the layer's apt cache: the firewalls the
+#: remove/purge test and the fresh-server tests' lockdowns ``apt install``.
+EXTRA = ("nftables", "iptables")
 
 
 def build_deb(out: Path, *, release: bool = False) -> Path:
@@ -58,4 +59,5 @@ def deb_layer(factory: pytest.TempPathFactory, deb: Path) -> Path:
         )
         shutil.rmtree(server.path("/root/pkg"))
 
-    return shared_layer(factory.getbasetemp().parent, "deb-deps", setup)
+    # Named by EXTRA: a layer of an earlier run with other packages is not taken for this one.
+    return shared_layer(factory.getbasetemp().parent, "deb-deps-" + "-".join(EXTRA), setup)
