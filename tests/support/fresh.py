@@ -194,25 +194,16 @@ class FreshServer(Machine):
         self.layers = list(layers)
         self.include = tuple(include)
 
+    def lowerdir(self) -> str:
+        """The setup layers, then the fresh Debian root (built and cached on first use)."""
+        return ":".join(str(p) for p in [*self.layers, base_root(self.include)])
+
     @contextlib.contextmanager
     def mounted(self) -> Iterator[FreshServer]:
         """Mount the layers and this server's upper dir at ``base/root``; always unmount."""
         need_fresh()
-        lower = ":".join(str(p) for p in [*self.layers, base_root(self.include)])
-        for d in (self.upper, self.work, self.root):
-            d.mkdir(parents=True, exist_ok=True)
-        opts = f"lowerdir={lower},upperdir={self.upper},workdir={self.work}"
-        subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts, str(self.root)],
-            check=True,
-            capture_output=True,
-        )
-        try:
+        with super().mounted():
             yield self
-        finally:
-            if subprocess.run(["umount", str(self.root)], check=False).returncode != 0:
-                time.sleep(1)
-                subprocess.run(["umount", "-l", str(self.root)], check=False)
 
     def boot_options(self) -> list[str]:
         """Nothing of this machine's goes into a fresh server's boots."""

@@ -154,12 +154,16 @@ class Machine:
         self.upper, self.work, self.root = base / "upper", base / "work", base / "root"
         self.boots = 0
 
+    def lowerdir(self) -> str:
+        """The overlay's lower layers (``lowerdir=``): this machine's own ``/``."""
+        return "/"
+
     @contextlib.contextmanager
     def mounted(self) -> Iterator[Machine]:
         """Mount the overlay for the duration; always unmount."""
         for d in (self.upper, self.work, self.root):
             d.mkdir(parents=True, exist_ok=True)
-        opts = f"lowerdir=/,upperdir={self.upper},workdir={self.work}"
+        opts = f"lowerdir={self.lowerdir()},upperdir={self.upper},workdir={self.work}"
         subprocess.run(
             ["mount", "-t", "overlay", "overlay", "-o", opts, str(self.root)],
             check=True,
