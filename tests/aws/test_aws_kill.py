@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from support.aws_moto import REGION, World, aws_env, owned_by_cfallow, rule_key, shared_server
 from support.cfdata import CURRENT, OLD
-from support.kill_points import KILLS, Killer
+from support.kill_points import KILLS, Killer, sync_argv
 
 from cfallow.engine import run_backend
 
@@ -45,19 +44,7 @@ def test_sigkill_mid_change_then_the_next_run_converges(world: World, tmp_path: 
         f'[backends.aws]\nregion = "{REGION}"\nsecurity_group_ids = [{groups}]\n'
         f'ports = [80, 443]\nendpoint_url = "{world.server.url}"\n'
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "cfallow",
-        "--config",
-        str(cfg),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "-q",
-        "sync",
-        "--source",
-        "bundled",
-    ]
+    argv = sync_argv(cfg, tmp_path / "state")
     env = dict(os.environ)
     killer = Killer("aws")
 

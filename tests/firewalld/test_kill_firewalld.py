@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from support.cfdata import CURRENT, OLD
 from support.fwd_harness import FwHarness, Lab, kernel_set, owned
 from support.fwd_harness import lab as make_lab
 from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE
-from support.kill_points import KILLS, Killer
+from support.kill_points import KILLS, Killer, sync_argv
 
 from cfallow.engine import run_backend
 from cfallow.model import family
@@ -86,20 +85,7 @@ def cli_argv(h: FwHarness, tmp: Path) -> list[str]:
     cfg = tmp / "config.toml"
     section = "".join(f"{k} = {_toml(v)}\n" for k, v in h.config().items())
     cfg.write_text("[backends.firewalld]\n" + section)
-    state = str(tmp / "state")
-    return [
-        sys.executable,
-        "-m",
-        "cfallow",
-        "--config",
-        str(cfg),
-        "--state-dir",
-        state,
-        "-q",
-        "sync",
-        "--source",
-        "bundled",
-    ]
+    return sync_argv(cfg, tmp / "state")
 
 
 def _toml(v: object) -> str:

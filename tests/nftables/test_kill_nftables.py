@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from support import ns_exec
 from support.cfdata import CURRENT, OLD
 from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE, Pair, pair
-from support.kill_points import KILLS, Killer
+from support.kill_points import KILLS, Killer, sync_argv
 from support.nft_support import SET_RULES, NftHarness, admin_ruleset
 
 from cfallow.engine import run_backend
@@ -39,20 +38,7 @@ def test_sigkill_mid_change_then_the_next_run_converges(lab: Pair, tmp_path: Pat
     h.nft.load("flush ruleset\n" + admin_ruleset(SET_RULES, include_sets=h.file))
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[backends.nftables]\nmode = "sets"\nfile = "{h.file}"\n')
-    argv = ns_exec(
-        lab.server,
-        sys.executable,
-        "-m",
-        "cfallow",
-        "--config",
-        str(cfg),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "-q",
-        "sync",
-        "--source",
-        "bundled",
-    )
+    argv = ns_exec(lab.server, *sync_argv(cfg, tmp_path / "state"))
     killer = Killer("nftables sets")
     killer.measure(reset, argv, dict(os.environ))
     for i in range(KILLS):

@@ -10,10 +10,20 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 KILLS = int(os.environ.get("CFALLOW_KILLS", "6"))
+
+
+def sync_argv(config: Path, state_dir: Path) -> list[str]:
+    """The real CLI's quiet sync of the bundled list: the run the kill tests signal."""
+    return [
+        *(sys.executable, "-m", "cfallow", "--config", str(config)),
+        *("--state-dir", str(state_dir), "-q", "sync", "--source", "bundled"),
+    ]
 
 
 class Killer:
