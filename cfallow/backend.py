@@ -64,18 +64,18 @@ O = TypeVar("O")  # noqa: E741 - what a backend reads
 S = TypeVar("S")  # one plan step
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """What the core hands every backend."""
+    """What the core hands every backend (the same for the whole run).
+
+    The list's etag is not here: it travels with the desired list
+    (:func:`cfallow.model.etag_of`)."""
 
     runner: Runner = field(default_factory=Runner)
     state_dir: Path = Path("/var/lib/cfallow")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
     #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
     firewall_lock: Path = field(default_factory=default_path)
-    #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
-    #: Only for a backend's own record (a comment in a file); never part of the diff.
-    etag: str | None = None
 
 
 class Backend(abc.ABC, Generic[O, S]):

@@ -196,7 +196,6 @@ def _sync_like(
             _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
         raise
     ranges = got.ranges
-    ctx.etag = ranges.etag
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
     if not dry_run:
