@@ -14,7 +14,6 @@ from cfallow import backend, engine, report
 from cfallow.cli import config
 from cfallow.cli.args import parser as _parser
 from cfallow.cli.verify import cmd_verify, verify_first
-from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
@@ -74,22 +73,10 @@ def _backends(
     return [b for b in chosen if not b.needs_network]
 
 
-def _emit(
-    args: argparse.Namespace,
-    ranges: Ranges | None,
-    results: list[BackendResult],
-    *,
-    dry_run: bool,
-    verb: str,
-    fetch: dict[str, object] | None = None,
-) -> dict[str, object]:
-    doc = report.to_json(ranges, results, dry_run=dry_run)
-    if ranges is not None:
-        doc["source"]["date"] = resolve.day(ranges)  # fetched_at as YYYY-MM-DD (UTC)
-    if fetch is not None:
-        doc["fetch"] = fetch
+def _emit(args: argparse.Namespace, rep: report.Report, *, verb: str) -> None:
+    ranges, results, dry_run = rep.ranges, rep.results, rep.dry_run
     if args.json:  # the document on stdout; one line per backend on stderr
-        report.write_json(sys.stdout, doc)
+        report.write_json(sys.stdout, rep.to_json())
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
@@ -103,7 +90,6 @@ def _emit(
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
-    return doc
 
 
 def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
@@ -147,14 +133,14 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
     return EXIT_OK
 
 
-def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> bool:
+def _write_metrics(cfg: config.Config, rep: report.Report, *, success: bool) -> bool:
     """Write the metrics file if one is configured; ``False`` (and one error line) if it fails."""
     if cfg.metrics_file is None:
         return True
     from cfallow.report import metrics
 
     try:
-        metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=success)
+        metrics.write_metrics(cfg.metrics_file, rep, now=time.time(), success=success)
     except OSError as exc:
         log.error("cannot write metrics_file %s: %s", cfg.metrics_file, exc.strerror or exc)
         return False
@@ -193,29 +179,29 @@ def _sync_like(
             state.stage(got.ranges)
     except (RangesError, StateError):
         if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
-            _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
+            _write_metrics(cfg, report.Report((), dry_run=False), success=False)
         raise
     ranges = got.ranges
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
+    fetch_log = got.log
     if not dry_run:
         try:
-            resolve.record(cfg, state, got, staged=record)
+            fetch_log = resolve.record(cfg, state, got, staged=record)
         except StateError as exc:
             state_error = str(exc)
-    doc = _emit(
-        args, ranges, results, dry_run=dry_run, verb=verb, fetch=resolve.fetch_json(state, got)
-    )
+    rep = report.Report(tuple(results), dry_run, ranges, report.Fetch.of(got, fetch_log))
+    _emit(args, rep, verb=verb)
     if state_error is not None:
         log.error("%s", state_error)
-    failed = state_error is not None or any(r.error is not None for r in results)
-    if not dry_run and not _write_metrics(cfg, doc, success=not failed and got.held is None):
+    failed = state_error is not None or rep.failed
+    if not dry_run and not _write_metrics(cfg, rep, success=not failed and got.held is None):
         failed = True
-    code = _exit_code(got, ranges, failed, verb=verb, changed=bool(doc["changed"]))
+    code = _exit_code(got, ranges, failed, verb=verb, changed=rep.changed)
     if not dry_run and cfg.notify_url is not None:
         from cfallow.report import notify
 
-        notify.after_run(cfg.notify_url, cfg.notify_timeout, doc, code, got)
+        notify.after_run(cfg.notify_url, cfg.notify_timeout, rep, code)
     return code
 
 
@@ -279,7 +265,7 @@ def cmd_remove(
 
     def run() -> int:
         results = engine.run(backends, None, dry_run=args.dry_run).results
-        _emit(args, None, results, dry_run=args.dry_run, verb="remove")
+        _emit(args, report.Report(tuple(results), args.dry_run), verb="remove")
         return EXIT_BACKEND if any(r.error is not None for r in results) else EXIT_OK
 
     if args.dry_run:

@@ -48,6 +48,7 @@ class Resolved:
     added: Networks = frozenset()  # a fetched list against the last-known-good one
     removed: Networks = frozenset()
     forced: bool = False  # accepted with --force: it becomes the accepted list too
+    log: cadence.FetchLog | None = None  # the fetch log as this run found it (read once)
 
     @property
     def fetched(self) -> bool:
@@ -167,7 +168,27 @@ def resolve(
     force: bool = False,
 ) -> Resolved:
     """The list for this run (see the module docstring). Raises :class:`RangesError`
-    only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    only when nothing trustworthy is at hand (the bundled list refused by the guard).
+
+    The fetch log is read here, once a run: :func:`record` writes the next entry from
+    it, and the report reads it from what :func:`record` returns."""
+    entry = cadence.read_log(state.dir)
+    chosen = _choose(
+        cfg, state, entry, source=source, offline=offline, scheduled=scheduled, force=force
+    )
+    return dataclasses.replace(chosen, log=entry)
+
+
+def _choose(
+    cfg: Config,
+    state: State,
+    entry: cadence.FetchLog | None,
+    *,
+    source: str,
+    offline: bool,
+    scheduled: bool,
+    force: bool,
+) -> Resolved:
     known = _known(cfg, state)
     if source == "bundled":
         ranges = sources.bundled()
@@ -179,7 +200,6 @@ def resolve(
     if offline:
         return Resolved(_without_network(known))
     if scheduled:
-        entry = cadence.read_log(state.dir)
         due, why = cadence.fetch_due(
             entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
         )
@@ -210,13 +230,16 @@ def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
     return lines
 
 
-def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
+def record(
+    cfg: Config, state: State, resolved: Resolved, *, staged: bool = False
+) -> cadence.FetchLog | None:
     """After a real run: record an accepted list (commit the candidate ``staged`` before
-    the backends ran, else save it), log the attempt (for the cadence)."""
+    the backends ran, else save it), log the attempt (for the cadence). Returns the
+    fetch log as it now stands (``resolved.log`` when there was nothing to log)."""
     if not resolved.attempted:
-        return
+        return resolved.log
     at = cadence.now()
-    previous = cadence.read_log(state.dir)
+    previous = resolved.log
     changed_at = previous.changed_at if previous else None
     if resolved.fetched:
         if staged:
@@ -227,19 +250,11 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
             state.save_anchor(resolved.ranges)
         if resolved.added or resolved.removed:
             changed_at = at
-        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+        entry = cadence.FetchLog(at, False, changed_at=changed_at)
     elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
         entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
-        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
-
-
-def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
-    """The ``fetch`` object of the JSON report: this run's attempt, and when Cloudflare's
-    list last changed (as far as this host has seen)."""
-    entry = cadence.read_log(state.dir)
-    return {
-        "attempted": resolved.attempted,
-        "ok": (resolved.failed is None) if resolved.attempted else None,
-        "error": str(resolved.failed) if resolved.failed is not None else None,
-        "last_change": entry.changed_at if entry else None,
-    }
+        entry = dataclasses.replace(entry, changed_at=changed_at)
+    else:
+        return previous
+    cadence.write_log(state.dir, entry)
+    return entry

@@ -1,14 +1,88 @@
-"""Text and JSON reports (the JSON shape is a stable contract)."""
+"""A run's report, built once (:class:`Report`): the text and JSON reports, the metrics
+and the notification all read it (the JSON shape is a stable contract)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from cfallow.engine import BackendResult
+from cfallow.fetch import cadence
 from cfallow.fetch.ranges import Ranges
-from cfallow.model import as_strings
+from cfallow.fetch.resolve import Resolved, day
+from cfallow.model import Networks, as_strings
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """This run's fetch, as the report tells it."""
+
+    attempted: bool = False  # a live fetch was tried this run
+    error: str | None = None  # its failure, whatever list was used instead
+    held: str | None = None  # the failure or refusal that held the backends (last-known-good)
+    #: When a fetched list last differed from the last-known-good one (as far as seen)
+    last_change: float | None = None
+    added: Networks = frozenset()  # Cloudflare's change against the last-known-good list
+    removed: Networks = frozenset()
+
+    @classmethod
+    def of(cls, resolved: Resolved, log: cadence.FetchLog | None) -> Fetch:
+        """From the resolved list and the fetch log as the run left it."""
+        return cls(
+            attempted=resolved.attempted,
+            error=str(resolved.failed) if resolved.failed is not None else None,
+            held=str(resolved.held) if resolved.held is not None else None,
+            last_change=log.changed_at if log is not None else None,
+            added=resolved.added,
+            removed=resolved.removed,
+        )
+
+    def to_json(self) -> dict[str, object]:
+        """The ``fetch`` object of the JSON report."""
+        return {
+            "attempted": self.attempted,
+            "ok": (self.error is None) if self.attempted else None,
+            "error": self.error,
+            "last_change": self.last_change,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    """One run's outcome: the list (``None`` for ``remove`` and a run refused before it
+    had one), every backend's result, the fetch (``sync`` and ``status`` only)."""
+
+    results: tuple[BackendResult, ...]
+    dry_run: bool
+    ranges: Ranges | None = None
+    fetch: Fetch | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Did (or would) any backend change?"""
+        return any(r.changed for r in self.results)
+
+    @property
+    def failed(self) -> bool:
+        """Did any backend fail?"""
+        return any(r.error is not None for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` document of ``sync``, ``status`` and ``remove``."""
+        source = None
+        if self.ranges is not None:
+            source = {**self.ranges.to_json(), "date": day(self.ranges)}  # YYYY-MM-DD, UTC
+        doc: dict[str, Any] = {
+            "changed": self.changed,
+            "dry_run": self.dry_run,
+            "source": source,
+            "backends": [backend_json(r) for r in self.results],
+        }
+        if self.fetch is not None:
+            doc["fetch"] = self.fetch.to_json()
+        return doc
 
 
 def backend_json(result: BackendResult) -> dict[str, Any]:
@@ -23,18 +97,6 @@ def backend_json(result: BackendResult) -> dict[str, Any]:
         "drift": list(plan.drift) if plan else [],
         "notes": list(plan.notes) if plan else [],
         "error": result.error,
-    }
-
-
-def to_json(
-    ranges: Ranges | None, results: Sequence[BackendResult], *, dry_run: bool
-) -> dict[str, Any]:
-    """The ``--json`` document for ``sync``, ``status`` and ``remove``."""
-    return {
-        "changed": any(r.changed for r in results),
-        "dry_run": dry_run,
-        "source": ranges.to_json() if ranges else None,
-        "backends": [backend_json(r) for r in results],
     }
 
 
