@@ -1,7 +1,10 @@
 """One run over the backends: plan every backend, then apply unless this is a dry run.
 
-This module is the only place that reads the dry-run flag, and the only place
-that decides the order of a run and what happens when a backend fails.
+A dry run is decided once, by the caller (the CLI's invocation, which also leaves
+out everything else a real run writes: state, metrics, notification, lock); here it
+means every backend is planned and validated and none is applied. No backend ever
+sees the flag. This module alone decides the order of a run and what happens when a
+backend fails.
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ import dataclasses
 import logging
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cfallow import backend, engine, report
-from cfallow.cli import config
+from cfallow.cli import invocation
 from cfallow.cli.args import parser as _parser
+from cfallow.cli.invocation import Invocation
 from cfallow.cli.verify import cmd_verify, verify_first
 from cfallow.errors import (
     EXIT_BACKEND,
@@ -20,18 +20,14 @@ from cfallow.errors import (
     EXIT_OK,
     EXIT_RANGES,
     CfallowError,
-    ConfigError,
     RangesError,
     StateError,
-    UsageError,
 )
 from cfallow.fetch import cadence, resolve, sources
 from cfallow.fetch.ranges import Ranges
-from cfallow.fetch.state import State
 from cfallow.model import as_strings
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
-from cfallow.runner import Runner
 
 log = logging.getLogger("cfallow")
 
@@ -52,47 +48,27 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
-def _backends(
-    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context, *, offline: bool = False
-) -> list[backend.AnyBackend]:
-    """Build every configured backend (the whole config is checked before anything
-    runs, whatever ``--backend`` selects), then return the selected ones."""
-    try:
-        built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
-        selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
-        if not selected:
-            raise UsageError("no backend is enabled in the configuration")
-        chosen = [built[n] if n in built else backend.build(n, {}, ctx) for n in selected]
-    except ConfigError as exc:
-        raise config.in_file(cfg.path, exc) from None
-    if not offline:
-        return chosen
-    for b in chosen:
-        if b.needs_network:
-            log.info("%s: skipped (needs the network; --offline)", b.name)
-    return [b for b in chosen if not b.needs_network]
-
-
-def _emit(args: argparse.Namespace, rep: report.Report, *, verb: str) -> None:
-    ranges, results, dry_run = rep.ranges, rep.results, rep.dry_run
-    if args.json:  # the document on stdout; one line per backend on stderr
+def _emit(inv: Invocation, rep: report.Report, *, verb: str) -> None:
+    ranges, results = rep.ranges, rep.results
+    if inv.opts.json:  # the document on stdout; one line per backend on stderr
         report.write_json(sys.stdout, rep.to_json())
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
             if r.error is None:
                 log.info("%s", report.summary(r, verb=verb))
-    elif getattr(args, "quiet", False):
+    elif inv.opts.quiet:
         for r in results:
             print(report.summary(r, verb=verb, error=False))
     else:
-        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
+        report.write_text(sys.stdout, ranges, results, dry_run=rep.dry_run, verb=verb)
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
 
 
-def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
+def cmd_ranges(inv: Invocation) -> int:
+    args, cfg, state = inv.opts, inv.config, inv.state
     if args.source == "last-known-good":
         known = state.load()
         if known is None:
@@ -116,7 +92,8 @@ def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> in
     return EXIT_OK
 
 
-def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Context) -> int:
+def cmd_backends(inv: Invocation) -> int:
+    cfg, ctx = inv.config, inv.ctx
     for name in backend.installed():
         enabled = "enabled" if name in cfg.backends else "not enabled"
         try:
@@ -133,75 +110,48 @@ def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Cont
     return EXIT_OK
 
 
-def _write_metrics(cfg: config.Config, rep: report.Report, *, success: bool) -> bool:
-    """Write the metrics file if one is configured; ``False`` (and one error line) if it fails."""
-    if cfg.metrics_file is None:
-        return True
-    from cfallow.report import metrics
-
-    try:
-        metrics.write_metrics(cfg.metrics_file, rep, now=time.time(), success=success)
-    except OSError as exc:
-        log.error("cannot write metrics_file %s: %s", cfg.metrics_file, exc.strerror or exc)
-        return False
-    return True
-
-
-def _sync_like(
-    args: argparse.Namespace,
-    cfg: config.Config,
-    state: State,
-    ctx: backend.Context,
-    *,
-    dry_run: bool,
-    verb: str,
-) -> int:
-    offline = getattr(args, "offline", False)
-    backends: list[backend.AnyBackend] = args.built  # --offline: those that need no network
+def _sync_like(inv: Invocation, *, verb: str) -> int:
+    """``sync`` and ``status`` (a dry run): what a real run writes besides the backends
+    goes through ``inv.writes`` (nothing on a dry run)."""
+    opts, writes = inv.opts, inv.writes
     if log.isEnabledFor(logging.DEBUG):
-        for line in describe(hostfw.read(ctx.runner)):
+        for line in describe(hostfw.read(inv.ctx.runner)):
             log.debug("host firewall: %s", line)
     try:
         got = resolve.resolve(
-            cfg,
-            state,
-            source=args.source,
-            offline=offline,
-            scheduled=getattr(args, "scheduled", False),
-            force=getattr(args, "force", False),
+            inv.config,
+            inv.state,
+            source=opts.source,
+            offline=opts.offline,
+            scheduled=opts.scheduled,
+            force=opts.force,
         )
-        if getattr(args, "verify", False):
-            failed = verify_first(args, cfg, ctx, backends, got.ranges)
+        if opts.verify:
+            failed = verify_first(inv, got.ranges)
             if failed:
                 return failed
-        record = not dry_run and got.fetched
-        if record:  # before any backend runs: a full state dir stops the run here
-            state.stage(got.ranges)
+        staged = writes.stage(got)  # before any backend runs: a full state dir stops here
     except (RangesError, StateError):
-        if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
-            _write_metrics(cfg, report.Report((), dry_run=False), success=False)
+        # a refused list is a failed run: the last-success age keeps growing
+        writes.metrics(report.Report((), dry_run=False), success=False)
         raise
     ranges = got.ranges
-    results = engine.run(backends, ranges.desired, dry_run=dry_run).results
+    results = engine.run(inv.backends, ranges.desired, dry_run=opts.dry_run).results
     state_error = None
     fetch_log = got.log
-    if not dry_run:
-        try:
-            fetch_log = resolve.record(cfg, state, got, staged=record)
-        except StateError as exc:
-            state_error = str(exc)
-    rep = report.Report(tuple(results), dry_run, ranges, report.Fetch.of(got, fetch_log))
-    _emit(args, rep, verb=verb)
+    try:
+        fetch_log = writes.record(got, staged=staged)
+    except StateError as exc:
+        state_error = str(exc)
+    rep = report.Report(tuple(results), opts.dry_run, ranges, report.Fetch.of(got, fetch_log))
+    _emit(inv, rep, verb=verb)
     if state_error is not None:
         log.error("%s", state_error)
     failed = state_error is not None or rep.failed
-    if not dry_run and not _write_metrics(cfg, rep, success=not failed and got.held is None):
+    if not writes.metrics(rep, success=not failed and got.held is None):
         failed = True
     code = _exit_code(got, ranges, failed, verb=verb, changed=rep.changed)
-    if not dry_run and cfg.notify_url is not None:
-        from cfallow.report import notify
-
-        notify.after_run(cfg.notify_url, cfg.notify_timeout, rep, code)
+    writes.notify(rep, code)
     return code
 
 
@@ -220,28 +170,20 @@ def _exit_code(
     return EXIT_RANGES if got.held is not None else EXIT_OK
 
 
-def cmd_sync(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    if args.dry_run:
-        return _sync_like(args, cfg, state, ctx, dry_run=True, verb="sync")
-    if cfg.metrics_file is not None:  # a config error (exit 2) before anything is touched
-        from cfallow.report import metrics
-
-        metrics.check_path(cfg.metrics_file)
-    with state.lock(args.lock_timeout):
-        return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
+def cmd_sync(inv: Invocation) -> int:
+    inv.writes.check_metrics()  # a config error (exit 2) before anything is touched
+    with inv.writes.held():
+        return _sync_like(inv, verb="sync")
 
 
-def cmd_status(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    return _sync_like(args, cfg, state, ctx, dry_run=True, verb="status")
+def cmd_status(inv: Invocation) -> int:
+    return _sync_like(inv, verb="status")
 
 
-def cmd_accept(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
+def cmd_accept(inv: Invocation) -> int:
     """Show the list against the accepted one; unless ``--dry-run``, record it as accepted
     (the growth guard's anchor). The ceiling still holds."""
+    args, cfg, state = inv.opts, inv.config, inv.state
     if args.source == "bundled":
         ranges = sources.bundled()
     else:
@@ -249,29 +191,43 @@ def cmd_accept(args: argparse.Namespace, cfg: config.Config, state: State) -> in
     resolve.ceiling(cfg, ranges)
     for line in resolve.accept_lines(state.load_anchor(), ranges):
         print(line)
-    if args.dry_run:
+    if not inv.writes.accept(ranges):
         log.info("not recorded (--dry-run)")
         return EXIT_OK
-    with state.lock(args.lock_timeout):
-        state.save_anchor(ranges)
     log.info("recorded as the accepted list in %s; the next sync may apply it", state.dir)
     return EXIT_OK
 
 
-def cmd_remove(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    backends: list[backend.AnyBackend] = args.built
-
-    def run() -> int:
-        results = engine.run(backends, None, dry_run=args.dry_run).results
-        _emit(args, report.Report(tuple(results), args.dry_run), verb="remove")
+def cmd_remove(inv: Invocation) -> int:
+    with inv.writes.held():
+        results = engine.run(inv.backends, None, dry_run=inv.opts.dry_run).results
+        _emit(inv, report.Report(tuple(results), inv.opts.dry_run), verb="remove")
         return EXIT_BACKEND if any(r.error is not None for r in results) else EXIT_OK
 
-    if args.dry_run:
-        return run()
-    with state.lock(args.lock_timeout):
-        return run()
+
+def cmd_check(inv: Invocation) -> int:
+    from cfallow.cli import check
+
+    return check.run(inv)
+
+
+def cmd_prepare(inv: Invocation) -> int:
+    from cfallow.cli import check
+
+    return check.run_prepare(list(inv.backends))
+
+
+COMMANDS: dict[str, Callable[[Invocation], int]] = {
+    "ranges": cmd_ranges,
+    "backends": cmd_backends,
+    "accept": cmd_accept,
+    "check": cmd_check,
+    "prepare": cmd_prepare,
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "remove": cmd_remove,
+    "verify": cmd_verify,
+}
 
 
 def _complete(parser: argparse.ArgumentParser) -> None:
@@ -302,37 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         _complete(parser)
-        args = parser.parse_args(raw)
-        want_json = bool(getattr(args, "json", False))
-        _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
-        cfg = config.load(getattr(args, "config", None))
-        state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
-        ctx = backend.Context(runner=Runner(), state_dir=state.dir, log=log)
-        if args.command == "ranges":
-            return cmd_ranges(args, cfg, state)
-        if args.command == "backends":
-            return cmd_backends(args, cfg, ctx)
-        if args.command == "accept":
-            return cmd_accept(args, cfg, state)
-        # the whole config, every backend section included, before any lock or state dir
-        args.built = _backends(
-            cfg, getattr(args, "backend", None), ctx, offline=getattr(args, "offline", False)
-        )
-        if args.command == "check":
-            from cfallow.cli import check
-
-            return check.run(args, cfg, state, ctx, args.built)
-        if args.command == "prepare":
-            from cfallow.cli import check
-
-            return check.run_prepare(args.built)
-        command = {
-            "sync": cmd_sync,
-            "status": cmd_status,
-            "remove": cmd_remove,
-            "verify": cmd_verify,
-        }[args.command]
-        return command(args, cfg, state, ctx)
+        opts = invocation.Options.parse(parser.parse_args(raw))
+        want_json = opts.json
+        _setup_logging(opts.verbose, opts.quiet)
+        return COMMANDS[opts.command](invocation.load(opts))
     except CfallowError as exc:
         return _fail(exc, want_json)
     except KeyboardInterrupt:
