@@ -259,10 +259,10 @@ def _unit_findings(
 
 def run(inv: Invocation) -> int:
     """Print every finding; exit 0 if all passed, 2 if any failed."""
-    args = inv.opts
-    found = findings(inv.config, inv.state, list(inv.backends), args.units or installed_units())
+    opts = inv.opts
+    found = findings(inv.config, inv.state, list(inv.backends), opts.units or installed_units())
     ok = all(f.ok for f in found)
-    if args.json:
+    if opts.json:
         doc = {
             "ok": ok,
             "checks": [{"what": f.what, "ok": f.ok, "detail": f.detail} for f in found],
@@ -272,7 +272,7 @@ def run(inv: Invocation) -> int:
         report.write_json(sys.stdout, doc)
     else:
         for f in found:
-            if f.ok and args.quiet:
+            if f.ok and opts.quiet:
                 continue
             print(f"{'ok' if f.ok else 'FAIL':<5} {f.what}: {f.detail}")
         bad = sum(not f.ok for f in found)

@@ -68,8 +68,8 @@ def _emit(inv: Invocation, rep: report.Report, *, verb: str) -> None:
 
 
 def cmd_ranges(inv: Invocation) -> int:
-    args, cfg, state = inv.opts, inv.config, inv.state
-    if args.source == "last-known-good":
+    opts, cfg, state = inv.opts, inv.config, inv.state
+    if opts.source == "last-known-good":
         known = state.load()
         if known is None:
             raise RangesError(
@@ -77,11 +77,11 @@ def cmd_ranges(inv: Invocation) -> int:
                 "(a sync on the bundled snapshot says so every run)"
             )
         ranges = known
-    elif args.source == "bundled":
+    elif opts.source == "bundled":
         ranges = sources.bundled()
     else:
         ranges = sources.fetch_live(cfg.source)
-    if args.json:
+    if opts.json:
         doc = ranges.to_json()
         doc["date"] = resolve.day(ranges)
         report.write_json(sys.stdout, {"source": doc})
@@ -183,8 +183,8 @@ def cmd_status(inv: Invocation) -> int:
 def cmd_accept(inv: Invocation) -> int:
     """Show the list against the accepted one; unless ``--dry-run``, record it as accepted
     (the growth guard's anchor). The ceiling still holds."""
-    args, cfg, state = inv.opts, inv.config, inv.state
-    if args.source == "bundled":
+    opts, cfg, state = inv.opts, inv.config, inv.state
+    if opts.source == "bundled":
         ranges = sources.bundled()
     else:
         ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
