@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -57,7 +58,7 @@ from cfallow.errors import BackendError, ConfigError
 from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
-from cfallow.section import Section, suggest
+from cfallow.section import PortRange, Section, suggest
 
 GROUP = "cfallow.backends"
 O = TypeVar("O")  # noqa: E741 - what a backend reads
@@ -76,6 +77,25 @@ class Context:
     #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
     #: Only for a backend's own record (a comment in a file); never part of the diff.
     etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Promise:
+    """What a host-firewall backend makes the kernel do (``cfallow verify`` probes it)."""
+
+    #: ``"lockdown"``: only Cloudflare (and ``allowed``) gets in; ``"allow"``: Cloudflare does.
+    mode: str
+    protocol: str
+    #: The ports to probe (:func:`probe_ports` of the configured ranges).
+    ports: tuple[int, ...]
+    families: tuple[int, ...]
+    #: Also let in besides Cloudflare (``also_allow``): no outsider is probed from there.
+    allowed: tuple[str, ...] = ()
+
+
+def probe_ports(ranges: Iterable[PortRange]) -> tuple[int, ...]:
+    """The first and last port of each range: what verify probes of them."""
+    return tuple(sorted({q for r in ranges for q in (r.first, r.last)}))
 
 
 class Backend(abc.ABC, Generic[O, S]):
@@ -137,6 +157,22 @@ class Backend(abc.ABC, Generic[O, S]):
         path does not exist, which would leave a new directory read-only.
         """
         return ()
+
+    def promise(self) -> Promise | None:
+        """What this backend makes the host's kernel let in, for ``cfallow verify`` to
+        probe; None (the default): it is not a firewall of this host, nothing to probe."""
+        return None
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object] | None:
+        """``section`` (this backend's config) made safe to apply in a scratch network
+        namespace for ``sync --verify``: the backend is built from it on a runner that
+        runs every command inside the scratch, so it may change the firewall only through
+        ``ctx.runner``, and every file it writes must go under ``tmp``.
+
+        None (the default): it cannot be applied there (it writes through something
+        else, e.g. D-Bus to the host's daemon), so ``sync --verify`` refuses to verify.
+        """
+        return None
 
     def plan(self, desired: Networks | None) -> Plan[S]:
         """``diff(read(), desired)``."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
-from cfallow.backend import Backend, Context
+from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
@@ -159,6 +159,16 @@ class IptablesBackend(Backend[Seen, Step]):
     def write_paths(self) -> tuple[Path, ...]:
         """cfallow's firewall lock and the legacy xtables lock."""
         return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
+
+    def promise(self) -> Promise:
+        """Allow: Cloudflare gets in; lockdown: only Cloudflare (and ``also_allow``)."""
+        s = self.settings
+        allowed = tuple(str(n) for n in s.also_allow)
+        return Promise(s.mode, s.protocol, probe_ports(s.ports), self.families, allowed)
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object]:
+        """As it is: every change goes through the runner's iptables commands."""
+        return dict(section)
 
     def _variant(self) -> Variant:
         return probe(self.ctx.runner, self.variant, self.ctx.log)

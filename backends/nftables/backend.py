@@ -26,7 +26,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from cfallow.backend import Backend, Context
+from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, CommandFailed, ConfigError, Unavailable, ValidationError
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
@@ -107,6 +107,17 @@ class NftablesBackend(Backend[Seen, Step]):
     def own_dirs(self) -> tuple[Path, ...]:
         """The include file's directory (``/etc/nftables.d`` is not there on a fresh host)."""
         return (self.file.path.parent,)
+
+    def promise(self) -> Promise:
+        """Lockdown: only Cloudflare (and ``also_allow``) gets in; sets: Cloudflare does."""
+        s = self.settings
+        mode = "lockdown" if s.mode == "lockdown" else "allow"
+        allowed = tuple(str(n) for n in s.also_allow)
+        return Promise(mode, s.protocol, probe_ports(s.ports), s.families, allowed)
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object]:
+        """The include file under ``tmp``; the ruleset changes through the runner's ``nft``."""
+        return {**section, "file": str(tmp / f"{self.name}.file")}
 
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""

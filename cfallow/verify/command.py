@@ -50,49 +50,19 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-#: Modes that promise "only Cloudflare" (iptables/nftables lockdown, firewalld restrict).
-LOCKDOWN_MODES = ("lockdown", "restrict")
-#: Backends that change the firewall only through the Runner's commands, so a Runner
-#: prefixed with ``ip netns exec ORIGIN`` confines them to the scratch (firewalld talks
-#: D-Bus to the host's daemon, in-process: never built against the scratch).
-SCRATCH_SAFE = ("iptables", "nftables")
-#: firewalld service names of the web ports, for a backend configured with ``services``.
-SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
-
-
-def _shape(b: backend.AnyBackend) -> Any:
-    """The backend's configured shape (``settings``, or firewalld's ``want``), if it has one."""
-    for attr in ("settings", "want"):
-        s = getattr(b, attr, None)
-        if s is not None and hasattr(s, "mode") and hasattr(s, "ports"):
-            return s
-    return None
-
-
 def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
     """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
     wants, notes = [], []
     for b in backends:
-        s = _shape(b)
-        if s is None:
+        p = b.promise()
+        if p is None:
             notes.append(f"{b.name}: not a firewall on this host: not probed")
-            continue
-        if getattr(s, "protocol", "tcp") != "tcp":
-            notes.append(f"{b.name}: protocol {s.protocol}: only TCP is probed")
-            continue
-        ports = {q for p in s.ports for q in (p.first, p.last)}
-        for service in getattr(s, "services", ()):
-            ports |= set(SERVICE_PORTS.get(service, ()))
-        if not ports:
+        elif p.protocol != "tcp":
+            notes.append(f"{b.name}: protocol {p.protocol}: only TCP is probed")
+        elif not p.ports:
             notes.append(f"{b.name}: no TCP port to probe")
-            continue
-        fams = (getattr(s, "families", None) or getattr(s, "versions", None)
-                or getattr(b, "families", None) or (4, 6))  # fmt: skip
-        mode = "lockdown" if s.mode in LOCKDOWN_MODES else "allow"
-        also = tuple(str(n) for n in getattr(s, "also_allow", ()))
-        wants.append(
-            Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams), also)
-        )
+        else:
+            wants.append(Expectation(b.name, p.mode, p.ports, p.families, p.allowed))
     return wants, notes
 
 
@@ -111,9 +81,8 @@ def scratch_apply(
 ) -> Any:  # fmt: skip
     """A ``before_probe`` for :func:`cfallow.verify.run`: the plan applied in the scratch origin.
 
-    The backends are built again on a runner that runs every command inside the
-    scratch origin; a file a backend keeps (``file``) goes to a temp dir, never
-    to the host's.
+    The backends are built again, from their :meth:`~cfallow.backend.Backend.scratch_section`,
+    on a runner that runs every command inside the scratch origin.
     """
 
     def apply(lab: Lab) -> list[str]:
@@ -122,16 +91,13 @@ def scratch_apply(
         (Path(tmp) / "state").mkdir(exist_ok=True)
         built = []
         for host in hosts:
-            name = host.name
-            if name not in SCRATCH_SAFE:
+            section = host.scratch_section(dict(sections.get(host.name, {})), Path(tmp))
+            if section is None:
                 raise CannotVerify(
-                    f"cannot verify: {name} cannot be applied to a scratch copy "
+                    f"cannot verify: {host.name} cannot be applied to a scratch copy "
                     "(it does not write through commands alone); run cfallow verify after sync"
                 )
-            section = dict(sections.get(name, {}))
-            if hasattr(host, "file"):
-                section["file"] = os.path.join(tmp, f"{name}.file")
-            built.append(backend.build(name, section, sctx))
+            built.append(backend.build(host.name, section, sctx))
         results = engine.run(built, desired, dry_run=False).results
         failed = [f"{r.name}: {r.error}" for r in results if r.error is not None]
         if failed:
