@@ -178,10 +178,6 @@ class Backend(abc.ABC, Generic[O, S]):
         """``diff(read(), desired)``."""
         return self.diff(self.read(), desired)
 
-    def plan_removal(self) -> Plan[S]:
-        """The plan that removes everything cfallow owns on the target."""
-        return self.plan(None)
-
 
 AnyBackend = Backend[Any, Any]
 

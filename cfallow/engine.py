@@ -29,7 +29,6 @@ class BackendResult:
     plan: Plan[Any] | None = None
     applied: bool = False
     error: str | None = None
-    replans: int = 0  # plans made again because the target moved before the write
 
     @property
     def changed(self) -> bool:
@@ -89,7 +88,6 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
             except TargetMoved:
                 if attempt == MOVED_ATTEMPTS - 1:
                     raise
-                result.replans += 1
                 log.debug("%s: the target changed since it was read; planning again", backend.name)
                 result.plan = backend.diff(backend.read(), desired)
                 if not result.plan.changed:

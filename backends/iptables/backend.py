@@ -117,8 +117,6 @@ class IptablesBackend(Backend[Seen, Step]):
         self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
-        self.writes = 0  # transactions this instance wrote (tests count them)
-        self.retries = 0  # legacy commits started again because the table moved
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
 
@@ -294,12 +292,7 @@ class IptablesBackend(Backend[Seen, Step]):
         with firewall_lock(self.ctx.firewall_lock):
             for step in plan.steps:
                 io = self.io(step.variant)
-                try:
-                    wrote = io.transact(step.version, _Compute(self.settings, step))
-                finally:
-                    self.retries += getattr(io, "retries", 0)
-                if wrote:
-                    self.writes += 1
+                if io.transact(step.version, _Compute(self.settings, step)):
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
 

@@ -74,13 +74,6 @@ class Ruleset:
         fams = {"inet", "ip" if version == 4 else "ip6"}
         return [c for c in self.chains if c.hook == hook and c.family in fams]
 
-    def find_set(self, family: str, table: str, name: str) -> NftSet | None:
-        """The set ``family table name``, if present."""
-        for s in self.sets:
-            if (s.family, s.table, s.name) == (family, table, name):
-                return s
-        return None
-
 
 def _element(item: Json) -> list[IPNetwork]:
     if isinstance(item, dict) and "elem" in item:

@@ -59,7 +59,8 @@ LIBIPTC = """
 import ctypes, json, sys
 from support.iptables.iptc import load_iptc
 from cfallow.backends.iptables.backend import IptablesBackend
-from cfallow.backends.iptables.entries import Entries, differences, read_entries
+from cfallow.backends.iptables.entries import Entries, read_entries
+from support.iptables.entries import differences
 version = int(sys.argv[1])
 iptc = load_iptc()
 table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 from cfallow.backends.iptables.backend import IptablesBackend
-from cfallow.backends.iptables.entries import Entries, differences, read_entries
+from cfallow.backends.iptables.entries import Entries, read_entries
 from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT, OLD
+from support.iptables.entries import differences
 from support.iptables.helpers import Fw
 from support.iptables.iptc import IptcWriter
 from support.iptables.netns import in_netns
