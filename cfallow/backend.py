@@ -105,6 +105,9 @@ class Backend(abc.ABC, Generic[O, S]):
     name: ClassVar[str]
     #: A backend that talks to a remote API (``sync --offline`` leaves it out).
     needs_network: ClassVar[bool] = False
+    #: Why ``cfallow verify`` cannot prove what this backend does, though it guards the
+    #: host (it decides elsewhere than the kernel's filter); None: see :meth:`promise`.
+    cannot_verify: ClassVar[str | None] = None
 
     def __init__(self, section: Section, ctx: Context) -> None:
         """Read the config section (every key through ``section``'s getters).

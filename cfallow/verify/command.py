@@ -55,7 +55,9 @@ def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectati
     wants, notes = [], []
     for b in backends:
         p = b.promise()
-        if p is None:
+        if p is None and b.cannot_verify:
+            notes.append(f"{b.name}: cannot verify: {b.cannot_verify}")
+        elif p is None:
             notes.append(f"{b.name}: not a firewall on this host: not probed")
         elif p.protocol != "tcp":
             notes.append(f"{b.name}: protocol {p.protocol}: only TCP is probed")

@@ -137,6 +137,9 @@ def test_each_backend_states_its_own_promise_and_the_rest_are_notes() -> None:
         "iptables: protocol udp: only TCP is probed",
         "fail2ban: not a firewall on this host: not probed",
     ]
+    waf = _built("nginx", {})
+    waf.cannot_verify = "it decides inside the web server"  # type: ignore[misc]
+    assert expectations([waf]) == ([], ["nginx: cannot verify: it decides inside the web server"])
 
 
 def test_only_backends_that_write_through_commands_get_a_scratch_section(tmp_path: Path) -> None:
