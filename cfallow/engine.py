@@ -1,7 +1,10 @@
 """One run over the backends: plan every backend, then apply unless this is a dry run.
 
-This module is the only place that reads the dry-run flag, and the only place
-that decides the order of a run and what happens when a backend fails.
+This module decides the order of a run, what happens when a backend fails, and
+that a dry run writes nothing (it never calls ``apply``; no backend sees the
+flag). The CLI reads the flag too, for what it does itself around a run: the
+report's words; and a dry run takes no state lock and records nothing (state,
+the accepted list, metrics, notification).
 """
 
 from __future__ import annotations
