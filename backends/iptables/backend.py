@@ -48,7 +48,7 @@ from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
 from .rules import (
-    Observed,
+    Owned,
     Settings,
     check_chain_name,
     check_parent,
@@ -303,7 +303,7 @@ DOCKER_NO_IPV6 = (
 )
 
 
-def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:
+def _no_docker_ipv6(obs: Owned, settings: Settings, seen: Seen, table: Table) -> bool:
     """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
     family has it yet (a boot before dockerd), cfallow creates both, as Docker would.
     Docker 20.10 with ``ip6tables`` makes its IPv6 chains but no DOCKER-USER there:

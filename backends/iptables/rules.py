@@ -213,7 +213,7 @@ class Located:
 
 
 @dataclass(frozen=True)
-class Observed:
+class Owned:
     """What cfallow owns in one family's table."""
 
     version: int
@@ -228,6 +228,9 @@ class Observed:
         """The Cloudflare ranges the chain accepts now."""
         found = (accept_source(s, self.version, None) for s in self.chain or ())
         return frozenset(n for n in found if n is not None)
+
+
+Observed = Owned  # 0.1's name (deprecated)
 
 
 def is_own_shape(spec: str, version: int) -> bool:
@@ -245,7 +248,7 @@ def is_own_jump(spec: str) -> bool:
     return any(a == "--comment" and b == COMMENT for a, b in zip(tokens, tokens[1:]))
 
 
-def foreign_chain(obs: Observed, settings: Settings) -> str | None:
+def foreign_chain(obs: Owned, settings: Settings) -> str | None:
     """Why an existing chain is not cfallow's to change (``None``: it is, or it is adopted).
 
     cfallow's marks: a jump into the chain with the comment ``cfallow`` (cfallow
@@ -271,7 +274,7 @@ def foreign_chain(obs: Observed, settings: Settings) -> str | None:
     )
 
 
-def observe(table: Table, version: int, settings: Settings) -> Observed:
+def observe(table: Table, version: int, settings: Settings) -> Owned:
     """Pick out what cfallow owns from a parsed table."""
     jumps = tuple(
         Located(name, i, spec)
@@ -284,4 +287,4 @@ def observe(table: Table, version: int, settings: Settings) -> Observed:
     if settings.parent == "DOCKER-USER":
         into = f"-j {settings.parent}"
         forward = tuple(i for i, spec in enumerate(table.rules("FORWARD") or ()) if spec == into)
-    return Observed(version, table.rules(settings.chain), jumps, parent_exists, forward)
+    return Owned(version, table.rules(settings.chain), jumps, parent_exists, forward)

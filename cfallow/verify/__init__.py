@@ -1,6 +1,6 @@
 """``cfallow verify``: prove with the real kernel, in scratch namespaces, what the host lets in.
 
-:func:`run` snapshots the host (read-only), builds a scratch origin/edge pair
+:func:`prove` snapshots the host (read-only), builds a scratch origin/edge pair
 (:mod:`.lab`), loads the snapshot, optionally applies a plan there first (for
 ``sync --verify``), probes every port and family from Cloudflare and outsider
 sources (:mod:`.probe`) and names the rule that decided each probe
@@ -24,7 +24,7 @@ from cfallow.verify import lab as labmod
 from cfallow.verify import sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 
-__all__ = ["CannotVerify", "Expectation", "Probe", "Report", "run"]
+__all__ = ["CannotVerify", "Expectation", "Probe", "Report", "prove"]
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def _without_tables(ruleset: str, drop: set[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run(
+def prove(
     runner: Runner,
     desired: Networks,
     wants: list[Expectation],
@@ -297,3 +297,6 @@ def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:
     if verdict == "accept":
         return text or "no nftables base chain on the path"
     return f"not an nftables rule (after {text})" if text else "not an nftables rule"
+
+
+run = prove  # 0.1's name (deprecated): a proof, not a run over the backends

@@ -17,7 +17,7 @@ from cfallow import backend, engine
 from cfallow.errors import VerifyFailed
 from cfallow.model import Networks
 from cfallow.runner import Runner
-from cfallow.verify import Expectation, Report, run
+from cfallow.verify import Expectation, Report, prove
 from cfallow.verify.lab import PREFIX, CannotVerify, Lab, alive
 
 TMP_PREFIX = PREFIX
@@ -81,7 +81,7 @@ def scratch_apply(
     hosts: Sequence[backend.AnyBackend], sections: dict[str, dict[str, object]],
     ctx: backend.Context, desired: Networks, tmp: str,
 ) -> Any:  # fmt: skip
-    """A ``before_probe`` for :func:`cfallow.verify.run`: the plan applied in the scratch origin.
+    """A ``before_probe`` for :func:`cfallow.verify.prove`: the plan applied in the scratch origin.
 
     The backends are built again, from their :meth:`~cfallow.backend.Backend.scratch_section`,
     on a runner that runs every command inside the scratch origin.
@@ -121,11 +121,13 @@ def verify_ranges(
     runner: Runner, desired: Networks, wants: list[Expectation], *, uplink: str | None,
     timeout: float, before: Any = None,
 ) -> Report:  # fmt: skip
-    """:func:`cfallow.verify.run` with SIGTERM unwinding and leftovers of killed runs removed."""
+    """:func:`cfallow.verify.prove` with SIGTERM unwinding and leftovers of killed runs removed."""
     try:
         with sigterm_unwinds():
             clean_temp_leftovers()
-            return run(runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before)
+            return prove(
+                runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before
+            )
     except Terminated:
         raise Stopped() from None
 
