@@ -142,9 +142,14 @@ class Fail2banBackend(Backend[Seen, Step]):
             live = sorted(j for j in wanted if usable(j) and running and j in running)
             lists = self.client.ignoreips(live) if live else {}
         return Seen(
-            old, recorded, admin, running, why, {j: tuple(v) for j, v in lists.items()},
+            old,
+            recorded,
+            admin,
+            running,
+            why,
+            {j: tuple(v) for j, v in lists.items()},
             tuple(notes),
-        )  # fmt: skip
+        )
 
     def _admin(self, notes: list[str]) -> ConfigDump:
         copies.sweep(copies.tmp_root(self.ctx.state_dir))

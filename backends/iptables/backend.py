@@ -174,9 +174,12 @@ class IptablesBackend(Backend[Seen, Step]):
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
         return io_for(
-            self.ctx.runner, variant, self.settings.chain, self.legacy_writer,
+            self.ctx.runner,
+            variant,
+            self.settings.chain,
+            self.legacy_writer,
             mangle=self.settings.parent == "DOCKER-USER",
-        )  # fmt: skip
+        )
 
     # -- read / diff / apply --------------------------------------------------------
     def read(self) -> Seen:
@@ -238,9 +241,13 @@ class IptablesBackend(Backend[Seen, Step]):
             if not ops.empty:
                 steps.append(Step(version, target, ops.restore_script(), observed.variant))
         return make_plan(
-            self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
+            self.name,
+            desired or frozenset(),
+            frozenset(current),
+            drift=drift,
+            notes=notes,
             steps=steps,
-        )  # fmt: skip
+        )
 
     def _allow_takes_effect(self, observed: Seen) -> list[str]:
         """An accept here ends only iptables' own chain: refuse where another table drops."""
@@ -257,10 +264,15 @@ class IptablesBackend(Backend[Seen, Step]):
         s = self.settings
         if s.mode != "lockdown":
             return []
-        out = list(hostfw_nat.notes(
-            observed.nat, self.families, s.protocol, s.ports,
-            forward_hint='parent = "DOCKER-USER" guards forwarded connections',
-        ))  # fmt: skip
+        out = list(
+            hostfw_nat.notes(
+                observed.nat,
+                self.families,
+                s.protocol,
+                s.ports,
+                forward_hint='parent = "DOCKER-USER" guards forwarded connections',
+            )
+        )
         if 6 not in self.families:
             out.append(
                 "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "

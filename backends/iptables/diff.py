@@ -186,8 +186,9 @@ def _jump_problems(obs: Owned, settings: Settings) -> list[str]:
         if j.chain != settings.parent:
             problems.append(f"stray jump in {j.chain}: {j.spec}")
         elif j.spec not in specs:
-            problems.append(f"jump differs from config: is {j.spec}; config wants "
-                            + " and ".join(specs))  # fmt: skip
+            problems.append(
+                f"jump differs from config: is {j.spec}; config wants " + " and ".join(specs)
+            )
         elif j.index != specs.index(j.spec):
             problems.append(
                 f"jump at position {j.index + 1} of {j.chain}, not {specs.index(j.spec) + 1}"
@@ -205,9 +206,7 @@ def _forward_problems(obs: Owned, settings: Settings, create_parent: bool) -> li
     return [f"FORWARD jumps to {DOCKER_USER} at position {at}, not 1 (moved to the top)"]
 
 
-def assess(
-    obs: Owned, settings: Settings, desired: frozenset[IPNetwork]
-) -> tuple[list[str], Ops]:
+def assess(obs: Owned, settings: Settings, desired: frozenset[IPNetwork]) -> tuple[list[str], Ops]:
     """Drift found in one family, and the transaction that brings it to ``desired``."""
     fam = FAMILY[obs.version]
     refused = foreign_chain(obs, settings)

@@ -122,18 +122,32 @@ class Settings:
         dports = ",".join(str(p).replace("-", ":") for p in self.ports)
         if self.parent in ("DOCKER-USER", "FORWARD"):  # FORWARD: the mangle guard
             return (
-                OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="DNAT",
-                        comment=COMMENT),
-            )  # fmt: skip
+                OwnRule(
+                    self.chain,
+                    protocol=self.protocol,
+                    dports=dports,
+                    ctstate="DNAT",
+                    comment=COMMENT,
+                ),
+            )
         own = [
-            OwnRule(self.chain, protocol=self.protocol, origport=str(p).replace("-", ":"),
-                    comment=COMMENT)
+            OwnRule(
+                self.chain,
+                protocol=self.protocol,
+                origport=str(p).replace("-", ":"),
+                comment=COMMENT,
+            )
             for p in self.ports
-        ]  # fmt: skip
+        ]
         own.append(
-            OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="UNTRACKED",
-                    comment=COMMENT)
-        )  # fmt: skip
+            OwnRule(
+                self.chain,
+                protocol=self.protocol,
+                dports=dports,
+                ctstate="UNTRACKED",
+                comment=COMMENT,
+            )
+        )
         return tuple(own)
 
     def guard(self) -> Settings | None:

@@ -72,10 +72,14 @@ class NftablesBackend(Backend[Seen, Step]):
         except ValidationError as exc:
             raise ConfigError(f"[{where}] also_allow: {exc}") from None
         if also and mode == "sets":
-            raise ConfigError(f"[{where}] also_allow: only for mode = \"lockdown\" (sets mode: "
-                              "accept them in your own rules)")  # fmt: skip
-        names = ((4, section.get_str("set_v4", "cloudflare_v4")),
-                 (6, section.get_str("set_v6", "cloudflare_v6")))  # fmt: skip
+            raise ConfigError(
+                f'[{where}] also_allow: only for mode = "lockdown" (sets mode: '
+                "accept them in your own rules)"
+            )
+        names = (
+            (4, section.get_str("set_v4", "cloudflare_v4")),
+            (6, section.get_str("set_v6", "cloudflare_v6")),
+        )
         for _, n in names:
             if not n.replace("_", "").isalnum() or not n[:1].isalpha():
                 raise ConfigError(f"[{where}] set name {n!r}: letters, digits and _ only")
@@ -136,26 +140,31 @@ class NftablesBackend(Backend[Seen, Step]):
             refuse_foreign_sets(observed, s)
         if desired is None:
             steps, current, drift, gone = removal_steps(observed, s, self.file)
-            return make_plan(self.name, frozenset(), current, drift=drift, notes=gone,
-                             steps=steps)  # fmt: skip
+            return make_plan(self.name, frozenset(), current, drift=drift, notes=gone, steps=steps)
         split = by_family(desired)
         want = {v: split[v] for v in s.families}
         managed = frozenset().union(*want.values())
         notes: tuple[str, ...] = ()
         if s.mode == "lockdown" and 6 not in s.families:
             what = hostfw.ports_text(s.protocol, s.ports)
-            notes = (f"ipv6 = false: IPv6 to {what} stays open to everyone (the lockdown "
-                     "drops IPv4 outsiders only)",)  # fmt: skip
+            notes = (
+                f"ipv6 = false: IPv6 to {what} stays open to everyone (the lockdown "
+                "drops IPv4 outsiders only)",
+            )
         elif managed != desired:
             notes = ("IPv6 ranges left alone (ipv6 = false or an ip table)",)
         if s.mode == "lockdown":
             steps, current, drift = lockdown_steps(observed, s, want, self.file)
             if host is not None:
                 notes += lockdown_notes(host, s.families, s.protocol, s.ports, s.table)
-            hint = ("the forward chain (docker = true) guards them" if s.docker else
-                    "docker = true guards DNAT'ed connections in the forward hook")  # fmt: skip
-            notes += hostfw_nat.notes(observed.nat, s.families, s.protocol, s.ports,
-                                      forward_hint=hint)  # fmt: skip
+            hint = (
+                "the forward chain (docker = true) guards them"
+                if s.docker
+                else "docker = true guards DNAT'ed connections in the forward hook"
+            )
+            notes += hostfw_nat.notes(
+                observed.nat, s.families, s.protocol, s.ports, forward_hint=hint
+            )
         else:
             steps, current, drift = sets_steps(observed, s, want, self.file)
             sets = [s.set_name(v) for v in s.families]

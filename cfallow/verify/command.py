@@ -78,9 +78,12 @@ def clean_temp_leftovers() -> None:
 
 
 def scratch_apply(
-    hosts: Sequence[backend.AnyBackend], sections: dict[str, dict[str, object]],
-    ctx: backend.Context, desired: Networks, tmp: str,
-) -> Any:  # fmt: skip
+    hosts: Sequence[backend.AnyBackend],
+    sections: dict[str, dict[str, object]],
+    ctx: backend.Context,
+    desired: Networks,
+    tmp: str,
+) -> Any:
     """A ``before_probe`` for :func:`cfallow.verify.prove`: the plan applied in the scratch origin.
 
     The backends are built again, from their :meth:`~cfallow.backend.Backend.scratch_section`,
@@ -118,9 +121,14 @@ def _count(r: engine.BackendResult) -> str:
 
 
 def verify_ranges(
-    runner: Runner, desired: Networks, wants: list[Expectation], *, uplink: str | None,
-    timeout: float, before: Any = None,
-) -> Report:  # fmt: skip
+    runner: Runner,
+    desired: Networks,
+    wants: list[Expectation],
+    *,
+    uplink: str | None,
+    timeout: float,
+    before: Any = None,
+) -> Report:
     """:func:`cfallow.verify.prove` with SIGTERM unwinding and leftovers of killed runs removed."""
     try:
         with sigterm_unwinds():

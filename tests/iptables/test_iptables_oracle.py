@@ -68,8 +68,10 @@ def rule_text(version: int, shape: tuple[Any, ...], nets: Networks) -> list[str]
     if parent == "DOCKER-USER":
         lines = [f"-A {parent} -p {protocol} -m multiport --dports {dports} {dnat}{own}"]
     else:  # one per port, on the port before NAT; then untracked packets on their port
-        lines = [f"-A {parent} -p {protocol} -m conntrack --ctorigdstport {p} {own}"
-                 for p in dports.split(",")]  # fmt: skip
+        lines = [
+            f"-A {parent} -p {protocol} -m conntrack --ctorigdstport {p} {own}"
+            for p in dports.split(",")
+        ]
         untracked = "-m conntrack --ctstate UNTRACKED"
         lines.append(f"-A {parent} -p {protocol} -m multiport --dports {dports} {untracked} {own}")
     mine = sorted((n for n in nets if n.version == version), key=lambda n: (n.value, n.prefixlen))

@@ -27,7 +27,7 @@ LINES = [
     "trace id bb ip filter INPUT policy accept",
     "trace id bb inet firewalld filter_IN_public_allow rule tcp dport 80 accept (verdict accept)",
     "trace id bb ip nat INPUT policy accept",
-]  # fmt: skip
+]
 
 
 def test_a_drop_in_a_later_table_decides_over_an_earlier_accept() -> None:
