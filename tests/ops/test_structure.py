@@ -230,7 +230,7 @@ BACKEND_NAMES = (
     "modsecurity",
 )
 #: The core's string constants that may say a backend's name: (modules, names, why).
-#: ``[backends.NAME]`` stands for a config section.
+#: ``[backends.NAME]`` stands for a config section; ``PACKAGE.*``: every module in it.
 NAMED_IN_THE_CORE: tuple[tuple[frozenset[str], frozenset[str], str], ...] = (
     (
         frozenset({"cfallow.cli.config"}),
@@ -238,7 +238,7 @@ NAMED_IN_THE_CORE: tuple[tuple[frozenset[str], frozenset[str], str], ...] = (
         "the documented default: without a config file, cfallow syncs the iptables backend",
     ),
     (
-        frozenset({"cfallow.netfilter.host", "cfallow.netfilter.nat"}),
+        frozenset({"cfallow.netfilter.*"}),
         frozenset({"iptables", "nftables"}),
         "the kernel's packet filters and their tools (nft -j, iptables-save), which the "
         "netfilter library reads: not the backends of the same name",
@@ -286,7 +286,10 @@ def _named(text: str) -> set[str]:
 
 
 def _allowed(module: str) -> set[str]:
-    return {w for modules, words, _ in NAMED_IN_THE_CORE if module in modules for w in words}
+    def within(key: str) -> bool:
+        return module == key or (key.endswith(".*") and module.startswith(key[:-1]))
+
+    return {w for keys, words, _ in NAMED_IN_THE_CORE if any(map(within, keys)) for w in words}
 
 
 def test_the_core_names_no_backend() -> None:
