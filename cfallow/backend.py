@@ -134,20 +134,6 @@ class Backend(abc.ABC, Generic[SeenT, StepT]):
         when the target no longer is what the plan was computed from.
         """
 
-    def write_paths(self) -> tuple[Path, ...]:
-        """Files and directories a real run writes or locks (for ``cfallow check``,
-        which compares them with the systemd unit's ``ReadWritePaths``)."""
-        return ()
-
-    def own_dirs(self) -> tuple[Path, ...]:
-        """Directories a run creates itself when missing (where the files it owns go).
-
-        ``cfallow prepare`` creates them (when their parent exists) before a
-        sandboxed run: systemd drops a ``-`` ``ReadWritePaths=`` entry whose
-        path does not exist, which would leave a new directory read-only.
-        """
-        return ()
-
     def promise(self) -> Promise | None:
         """What this backend makes the host's kernel let in, for ``cfallow verify`` to
         probe; None (the default): it is not a firewall of this host, nothing to probe."""
@@ -163,6 +149,20 @@ class Backend(abc.ABC, Generic[SeenT, StepT]):
         else, e.g. D-Bus to the host's daemon), so ``sync --verify`` refuses to verify.
         """
         return None
+
+    def write_paths(self) -> tuple[Path, ...]:
+        """Files and directories a real run writes or locks (for ``cfallow check``,
+        which compares them with the systemd unit's ``ReadWritePaths``)."""
+        return ()
+
+    def own_dirs(self) -> tuple[Path, ...]:
+        """Directories a run creates itself when missing (where the files it owns go).
+
+        ``cfallow prepare`` creates them (when their parent exists) before a
+        sandboxed run: systemd drops a ``-`` ``ReadWritePaths=`` entry whose
+        path does not exist, which would leave a new directory read-only.
+        """
+        return ()
 
     def plan(self, desired: Networks | None) -> Plan[StepT]:
         """``diff(read(), desired)``."""

@@ -3,7 +3,7 @@ cycles, short functions; the layout (the kit at the top of cfallow/, the applica
 subpackages, one package per backend family); and a core that names no backend.
 
 Modules have no line cap: a cap split modules by count rather than by cohesion (and
-invited ``# fmt: skip`` packing); cohesion decides a module's size.
+invited formatter escapes packing lines); cohesion decides a module's size.
 """
 
 from __future__ import annotations
@@ -322,3 +322,16 @@ def test_the_name_check_is_not_vacuous() -> None:
     tree = ast.parse('"""Doc: nginx."""\nX = 1\n"""About X: caddy."""\nY = "apache"\n')
     strings = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value != 1]
     assert [n.value for n in strings if id(n) not in _docstrings(tree)] == ["apache"]
+
+
+def test_no_formatter_escapes() -> None:
+    """Code is as ruff formats it: no formatter escape (``fmt`` skip or off) packs lines."""
+    marks = ("# fmt: " + "skip", "# fmt: " + "off")  # spelled apart: this file is scanned too
+    found = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for top in ("cfallow", "backends", "tests", "bench")
+        for path in (ROOT / top).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if any(m in line for m in marks)
+    ]
+    assert found == [], found
