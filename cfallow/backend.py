@@ -41,14 +41,7 @@ from cfallow.runner import Runner
 from cfallow.section import PortRange, Section, suggest
 
 GROUP = "cfallow.backends"
-# One word per idea, in the interface and the built-in backends:
-# - seen: what ``read`` returns (a backend's ``Seen`` value), ``diff``'s first argument;
-# - step: one item of ``Plan.steps``, what ``apply`` carries out (a backend's ``Step``);
-# - check: the preflight, ``Backend.check``; ``cfallow check`` runs every preflight and
-#   the sandbox's paths. A run that plans and never applies is a dry run, not a check.
-# - test: a server's own test of a configuration (``nginx -t``), ``ManagedFile``'s ``test``;
-# - run: one pass over the backends (``engine.run``, one ``cfallow sync``); a subprocess is
-#   a command (``Runner.run``); verify's probing of a scratch kernel is a proof.
+# seen, step, check, dry run, test, run: one meaning each (docs/plugins.md, "Words").
 SeenT = TypeVar("SeenT")
 StepT = TypeVar("StepT")
 O, S = SeenT, StepT  # noqa: E741 - 0.1's names (deprecated)

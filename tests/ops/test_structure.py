@@ -125,6 +125,7 @@ KIT = {
     "cfallow.fs",
     "cfallow.hostlock",
     "cfallow.install",
+    "cfallow.listfile",
     "cfallow.model",
     "cfallow.plugins",
     "cfallow.runner",
