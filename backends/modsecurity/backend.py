@@ -128,7 +128,13 @@ class ModsecurityBackend(RealIpBackend):
         """``(why it is broken or None, how it is right)`` from the test's output."""
         raise NotImplementedError
 
-    # -- the list file -------------------------------------------------------------------
+    # -- the list file: one CIDR a line, whatever the server's own list syntax ---------------
+
+    def render_body(self, cidrs: Sequence[str]) -> str:
+        return RealIpBackend.render_body(self, cidrs)
+
+    def parse_line(self, line: str) -> str | None:
+        return RealIpBackend.parse_line(self, line)
 
     def render(self, nets: Networks, etag: str | None) -> bytes:
         head = (
@@ -182,6 +188,11 @@ class ModsecurityBackend(RealIpBackend):
             done = self.ctx.runner.run(self.test_command, timeout=self.timeout, check=False)
         except BackendError as exc:  # not found, timed out
             return (f"cannot check the chain: {exc}",)
+        if done.returncode != 0 and not self.path.exists():
+            return (
+                f"chain: checked once {self.path} exists ({self.server}'s configuration "
+                "test fails without it: your rules name it)",
+            )
         if done.returncode != 0:
             return (
                 f"cannot check the chain: {self.server} rejects its configuration now "

@@ -70,10 +70,18 @@ def _shape(b: backend.AnyBackend) -> Any:
 
 
 def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
-    """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
+    """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest.
+
+    A backend that decides elsewhere than the kernel says why in a ``cannot_verify``
+    string (``modsecurity``): its note is "cannot verify: WHY", and the run goes on.
+    """
     wants, notes = [], []
     for b in backends:
         s = _shape(b)
+        why = getattr(b, "cannot_verify", None)
+        if s is None and isinstance(why, str):
+            notes.append(f"{b.name}: cannot verify: {why}")
+            continue
         if s is None:
             notes.append(f"{b.name}: not a firewall on this host: not probed")
             continue
