@@ -209,5 +209,11 @@ class ModsecurityBackend(RealIpBackend):
     def verify(self, output: str) -> None:
         # The server's activate reads its pid file and error log from this output.
         self._dump = output
-        if self.path.exists():
-            self.survey(output)  # refuses an exemption, also on the first sync
+        if not self.path.exists():
+            return  # a removal
+        survey = self.survey(output)  # refuses an exemption, also on the first sync
+        for note in self.notes_for(survey):
+            if not note.startswith("chain: "):
+                # The first sync's plan could not see the chain (the rules name a file
+                # that did not exist yet): say it now that the test has run with it.
+                self.ctx.log.warning("%s: %s", self.name, note)
