@@ -57,10 +57,11 @@ LIST = "/etc/modsecurity/cloudflare.txt"
 @pytest.mark.parametrize(
     "rule",
     [
-        f'SecRule REMOTE_ADDR "@ipMatchFromFile {LIST}" "id:1,phase:1,pass,nolog,ctl:ruleEngine=Off"',
+        f'SecRule REMOTE_ADDR "@ipMatchFromFile {LIST}" '
+        '"id:1,phase:1,pass,nolog,ctl:ruleEngine=Off"',
         f'SecRule REMOTE_ADDR "@ipMatchF {LIST}" \\\n    "id:1,phase:1,allow,nolog"',
-        f'SecRule REQUEST_URI "@beginsWith /" "id:1,phase:1,chain,ctl:ruleEngine=DetectionOnly"\n'
-        f'    SecRule REMOTE_ADDR "@ipMatchFromFile cloudflare.txt" "t:none"',
+        'SecRule REQUEST_URI "@beginsWith /" "id:1,phase:1,chain,ctl:ruleEngine=DetectionOnly"\n'
+        '    SecRule REMOTE_ADDR "@ipMatchFromFile cloudflare.txt" "t:none"',
     ],
 )
 def test_an_exempting_rule_is_found(rule: str) -> None:
@@ -109,3 +110,12 @@ def test_the_nginx_chain(main: str, broken: str | None) -> None:
         assert why is not None and broken in why
     why, _ = backend.chain(_dump(**{"/n.conf": main}), [])
     assert why is not None  # no list cfallow keeps
+
+
+def test_verify_says_cannot_verify_for_it() -> None:
+    from cfallow.verify.command import expectations
+
+    backend = build("modsecurity", {"server": "apache"}, Context())
+    wants, notes = expectations([backend])
+    assert wants == []
+    assert len(notes) == 1 and notes[0].startswith("modsecurity: cannot verify: ModSecurity")

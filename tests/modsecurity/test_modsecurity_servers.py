@@ -44,7 +44,7 @@ LABS: dict[str, type[ModsecLab]] = {"nginx": ModsecNginx, "apache": ModsecApache
 EDGE_JUDGED = "ModSecurity's per-address rules will judge Cloudflare's edges, not visitors"
 #: A foreign rule of the admin's, in the server's own syntax (conf.d/admin.conf).
 FOREIGN = {
-    "nginx": "modsecurity_rules 'SecRule REMOTE_ADDR \"@ipMatch 10.0.0.0/8\" "
+    "nginx": 'modsecurity_rules \'SecRule REMOTE_ADDR "@ipMatch 10.0.0.0/8" '
     '"id:20001,phase:1,deny,status:403"\';\n',
     "apache": 'SecRule REMOTE_ADDR "@ipMatch 10.0.0.0/8" "id:20001,phase:1,deny,status:403"\n',
 }
@@ -219,8 +219,7 @@ def test_an_exempting_rule_is_refused(lab: Any) -> None:
     synced(lab, OLD)
     before, reloads = lab.list_path.read_bytes(), lab.reloads()
     lab.admin_rules.write_text(
-        lab.admin_rules.read_text()
-        + f'SecRule REMOTE_ADDR "@ipMatchFromFile {lab.list_path}" \\\n'
+        lab.admin_rules.read_text() + f'SecRule REMOTE_ADDR "@ipMatchFromFile {lab.list_path}" \\\n'
         '    "id:10003,phase:1,pass,nolog,ctl:ruleEngine=Off"\n'
     )
     result = sync(lab, CURRENT)

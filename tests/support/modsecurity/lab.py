@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from netaddr import IPNetwork
+
+from cfallow.backend import Context, build
+from cfallow.engine import run_backend
 from support import need
 from support.cfdata import CURRENT
 from support.realip_apache import Apache
 from support.realip_lab import SERVER_ADDR, SERVER_ADDR6, Server
 from support.realip_nginx import Nginx
-
-from cfallow.backend import Context, build
-from cfallow.engine import run_backend
 
 BLOCKED = "203.0.113.66"
 CRS_SETUP = Path("/etc/modsecurity/crs/crs-setup.conf")
