@@ -234,3 +234,33 @@ def test_a_config_asking_for_an_exemption_is_refused() -> None:
             build("modsecurity", {"server": "nginx", key: value}, Context())
     with pytest.raises(ConfigError, match='say which server runs ModSecurity: "apache" or'):
         build("modsecurity", {}, Context())
+
+
+@pytest.fixture
+def nginx_lab(tmp_path: Path) -> Iterator[Any]:
+    with (
+        in_pair() as (srv_ns, cli_ns),
+        running(ModsecNginx(tmp_path / "nginx", ns=srv_ns, client_ns=cli_ns)) as srv,
+    ):
+        srv.sync_realip()
+        srv.use_list()
+        yield srv
+
+
+def test_nginx_real_ip_header_in_a_location_is_a_broken_chain(nginx_lab: Any) -> None:
+    """realip set in a location acts after the connector handed the request to ModSecurity."""
+    srv = nginx_lab
+    synced(srv, OLD)
+    header = srv.root / "conf.d" / "cfallow-realip-header.conf"
+    header.write_text("# the admin moved it into the location\n")  # theirs to edit
+    srv.conf.write_text(
+        srv.conf.read_text().replace(
+            "location / {", "location / { real_ip_header CF-Connecting-IP; real_ip_recursive on;"
+        )
+    )
+    srv.reload_by_hand()
+    plan = build("modsecurity", srv.section(), Context()).plan(CURRENT)
+    said = [n for n in plan.notes if EDGE_JUDGED in n]
+    assert len(said) == 1 and "real_ip_header is set in a location block" in said[0], plan.notes
+    assert srv.status("/a", src=CF_SRC, header=CLIENT) == 429  # the edge was judged
+    assert srv.status("/b", src=CF_SRC, header=BLOCKED) == 429
