@@ -22,9 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 _OPERATOR = re.compile(r"@ipMatch(?:FromFile|F)\s+(\S+)", re.I)
-_ENGINE_OFF = re.compile(r"ctl\s*:\s*ruleEngine\s*=\s*(?:Off|DetectionOnly)\b", re.I)
-_ALLOW = re.compile(r"(?:^|[\s,\"'])allow(?::\w+)?\s*(?:[,\"']|$)", re.I)
-_CHAIN = re.compile(r"(?:^|[\s,\"'])chain\s*(?:[,\"']|$)", re.I)
+_ENGINE_OFF = re.compile(r"ruleEngine\s*=\s*(?:Off|DetectionOnly)\s*$", re.I)
 _INCLUDE = re.compile(r"^\s*Include\s+(\S+)", re.I)
 #: Rule files followed through ``Include`` at most (a loop, a huge tree).
 MAX_FILES = 2000
@@ -59,6 +57,27 @@ def directives(text: str, file: str) -> Iterator[Directive]:
         yield Directive(" ".join(parts), file, start)
 
 
+def actions(text: str) -> list[tuple[str, str]]:
+    """A rule's action list as ``(name, argument)`` pairs (commas inside quotes kept)."""
+    out: list[tuple[str, str]] = []
+    part, quoted = "", False
+    for ch in text + ",":
+        if ch == "'":
+            quoted = not quoted
+        if ch == "," and not quoted:
+            name, _, arg = part.strip().partition(":")
+            if name:
+                out.append((name.strip().lower(), arg.strip().strip("'")))
+            part = ""
+        else:
+            part += ch
+    return out
+
+
+def _exempts(pairs: list[tuple[str, str]]) -> bool:
+    return any(name == "allow" or (name == "ctl" and _ENGINE_OFF.match(arg)) for name, arg in pairs)
+
+
 def _words(text: str) -> list[str]:
     try:
         return shlex.split(text, posix=True)
@@ -74,8 +93,8 @@ def units(found: Iterator[Directive]) -> Iterator[list[Directive]]:
         if not words or words[0].lower() not in ("secrule", "secaction"):
             continue
         unit.append(d)
-        actions = words[-1] if len(words) >= 3 else ""
-        if not _CHAIN.search(actions):
+        said = actions(words[-1]) if len(words) >= 3 else []
+        if not any(name == "chain" for name, _ in said):
             yield unit
             unit = []
     if unit:
@@ -110,8 +129,8 @@ def scan(files: list[tuple[str, str]], path: str) -> Findings:
             if not naming:
                 continue
             uses.extend(naming)
-            actions = " ".join(_words(d.text)[-1] for d in unit if len(_words(d.text)) >= 3)
-            if _ENGINE_OFF.search(actions) or _ALLOW.search(actions):
+            said = [a for d in unit if len(w := _words(d.text)) >= 3 for a in actions(w[-1])]
+            if _exempts(said):
                 exempt.append(unit[0])
     return Findings(tuple(uses), tuple(exempt))
 

@@ -72,7 +72,8 @@ def test_an_exempting_rule_is_found(rule: str) -> None:
 def test_rules_that_only_use_the_list_are_not_exemptions(tmp_path: Path) -> None:
     (tmp_path / "more").mkdir()
     (tmp_path / "more" / "a.conf").write_text(
-        f'SecRule REMOTE_ADDR "!@ipMatchFromFile {LIST}" "id:2,phase:1,deny,status:403"\n'
+        f'SecRule REMOTE_ADDR "!@ipMatchFromFile {LIST}" '
+        "\"id:2,phase:1,deny,status:403,msg:'we allow, ctl:ruleEngine=Off, only these'\"\n"
     )
     root = (str(tmp_path / "main.conf"), "# SecRule REMOTE_ADDR x allow\nInclude more/*.conf\n")
     files = with_includes([root])
