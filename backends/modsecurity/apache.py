@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..realip_apache import _INCLUDED, ApacheBackend
+from ..realip.apache import _INCLUDED, ApacheBackend
 from .backend import MARK, ModsecurityBackend
 
 _REMOTEIP = re.compile(r"^\s*LoadModule\s+remoteip_module\s", re.M | re.I)

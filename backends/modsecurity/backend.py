@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cfallow.backend import Context
-from cfallow.config import Section
 from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, as_strings, parse_cidr
+from cfallow.section import Section
 
-from ..realip import ETAG_LINE, RealIpBackend, Seen, Step, etag_or_none, quote
+from ..realip.base import ETAG_LINE, RealIpBackend, Seen, Step, etag_or_none, quote
 from . import rules
 
 #: The first line of every list cfallow writes (how the chain check knows a list is cfallow's).

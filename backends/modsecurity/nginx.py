@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 
-from ..realip_nginx import NginxBackend
+from ..realip.nginx import NginxBackend
 from .backend import MARK, ModsecurityBackend
 
 _FILE = re.compile(r"^# configuration file (.+):$", re.M)

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 from support.modsecurity.lab import BLOCKED, ModsecApache, ModsecNginx
-from support.realip_faults import NEW_ONLY, Runs, ended
-from support.realip_lab import CF_SRC, WARP_SRC, in_pair, running, sig
+from support.realip.faults import NEW_ONLY, Runs, ended
+from support.realip.lab import CF_SRC, WARP_SRC, in_pair, running, sig
 
 pytestmark = pytest.mark.root
 KILLS = int(os.environ.get("CFALLOW_MODSEC_KILLS", "4"))

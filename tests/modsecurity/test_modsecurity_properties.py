@@ -9,7 +9,7 @@ import pytest
 from cfallow.backends.modsecurity.backend import ModsecSeen
 from cfallow.backends.modsecurity.nginx import ModsecNginx
 from cfallow.backends.modsecurity.rules import scan, with_includes
-from cfallow.backends.realip import Seen
+from cfallow.backends.realip.base import Seen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork

@@ -21,7 +21,7 @@ from pytest_httpserver import HTTPServer
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import fixture_text, run_cli
 from support.modsecurity.lab import BLOCKED, ModsecApache, ModsecLab, ModsecNginx
-from support.realip_lab import (
+from support.realip.lab import (
     CF_SRC,
     CF_SRC6,
     CLIENT,

@@ -1,6 +1,6 @@
 """Private Apache + mod_security2 + CRS and nginx + libmodsecurity 3 + CRS, for ``modsecurity``.
 
-The real-IP test servers (:mod:`support.realip_apache`, :mod:`support.realip_nginx`),
+The real-IP test servers (:mod:`support.realip.apache`, :mod:`support.realip.nginx`),
 with ModSecurity on, the Debian Core Rule Set, and the admin's own rules:
 
 * 10001: ``REMOTE_ADDR @ipMatch 203.0.113.66``: deny 403 (a visitor the admin blocks);
@@ -25,9 +25,9 @@ from cfallow.backend import Context, build
 from cfallow.engine import run_backend
 from support import need
 from support.cfdata import CURRENT
-from support.realip_apache import Apache
-from support.realip_lab import SERVER_ADDR, SERVER_ADDR6, Server
-from support.realip_nginx import Nginx
+from support.realip.apache import Apache
+from support.realip.lab import SERVER_ADDR, SERVER_ADDR6, Server
+from support.realip.nginx import Nginx
 
 BLOCKED = "203.0.113.66"
 CRS_SETUP = Path("/etc/modsecurity/crs/crs-setup.conf")
