@@ -5,11 +5,11 @@ CIDR a line, IPv4 then IPv6, sorted, a comment head naming cfallow and the
 source's etag. The admin's own rules use it (``SecRule REMOTE_ADDR
 "@ipMatchFromFile /etc/modsecurity/cloudflare.txt" ...``). ModSecurity reads
 the file only when the server loads its configuration, so a change goes
-through the real-IP backends' cycle (:class:`..realip.RealIpBackend`):
-candidate, the server's own configuration test with the file in place
-(ModSecurity v3 refuses a bad line, v2 a bad hex-only one), rename, a
-confirmed reload, the previous bytes back on any failure, a pending-reload
-record for a run stopped in between.
+through the kit's list-file cycle (:class:`cfallow.listfile.ListFileBackend`),
+as the real-IP backends do: candidate, rename, the server's own configuration
+test with the file in place (ModSecurity v3 refuses a bad line, v2 a bad
+hex-only one), a confirmed reload, the previous bytes back on any failure, a
+pending-reload record for a run stopped in between.
 
 ``server = "apache"`` (mod_security2) or ``"nginx"`` (libmodsecurity 3 through
 its connector) picks the server: its test, reload and reload confirmation are
@@ -38,10 +38,10 @@ from typing import Any, ClassVar
 
 from cfallow.backend import Context
 from cfallow.errors import BackendError, ConfigError
-from cfallow.model import Networks, Plan, as_strings, parse_cidr
+from cfallow.listfile import ListFileBackend, Seen, Step, quote
+from cfallow.model import Networks, Plan
 from cfallow.section import Section
 
-from ..realip.base import ETAG_LINE, RealIpBackend, Seen, Step, etag_or_none, quote
 from . import rules
 
 #: The first line of every list cfallow writes (how the chain check knows a list is cfallow's).
@@ -69,7 +69,7 @@ class Survey:
     how: str
 
 
-class ModsecurityBackend(RealIpBackend):
+class ModsecurityBackend(ListFileBackend):
     """The list in a file ModSecurity's ``@ipMatchFromFile`` reads (Apache or nginx).
 
     Instantiating this class gives the server's subclass (``server`` in the
@@ -131,19 +131,17 @@ class ModsecurityBackend(RealIpBackend):
     # -- the list file: one CIDR a line, whatever the server's own list syntax ---------------
 
     def render_body(self, cidrs: Sequence[str]) -> str:
-        return RealIpBackend.render_body(self, cidrs)
+        return ListFileBackend.render_body(self, cidrs)
 
     def parse_line(self, line: str) -> str | None:
-        return RealIpBackend.parse_line(self, line)
+        return ListFileBackend.parse_line(self, line)
 
-    def render(self, nets: Networks, etag: str | None) -> bytes:
-        head = (
+    def head(self) -> str:
+        return (
             f"{MARK}: Cloudflare's ranges for ModSecurity's @ipMatchFromFile.\n"
             "# cfallow rewrites this file (edits are lost); remove it with\n"
             f"# cfallow remove --backend {self.name}\n"
-            f"{ETAG_LINE}{etag_or_none(etag)}\n"
         )
-        return (head + self.render_body([str(parse_cidr(c)) for c in as_strings(nets)])).encode()
 
     # -- the chain and the exemption check -----------------------------------------------
 

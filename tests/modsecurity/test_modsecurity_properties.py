@@ -9,13 +9,13 @@ import pytest
 from cfallow.backends.modsecurity.backend import ModsecSeen
 from cfallow.backends.modsecurity.nginx import ModsecNginx
 from cfallow.backends.modsecurity.rules import scan, with_includes
-from cfallow.backends.realip.base import Seen
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork
 from support.cfdata import CURRENT, OLD
 
 from cfallow.backend import Context, build
+from cfallow.listfile import Seen
 
 POOL = sorted(CURRENT | OLD | {IPNetwork("198.18.0.0/24"), IPNetwork("2001:db8::/48")}, key=str)
 nets = st.frozensets(st.sampled_from(POOL))
