@@ -1,10 +1,11 @@
 """One run over the backends: plan every backend, then apply unless this is a dry run.
 
-A dry run is decided once, by the caller (the CLI's invocation, which also leaves
-out everything else a real run writes: state, metrics, notification, lock); here it
-means every backend is planned and validated and none is applied. No backend ever
-sees the flag. This module alone decides the order of a run and what happens when a
-backend fails.
+This module decides the order of a run, what happens when a backend fails, and
+that a dry run writes nothing here (it never calls ``apply``; no backend sees the
+flag). The dry run itself is decided once, by the CLI's invocation
+(:mod:`cfallow.cli.invocation`), which also leaves out everything a real run writes
+around the backends (the state lock, the state, the accepted list, metrics,
+notification).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class BackendResult:
     plan: Plan[Any] | None = None
     applied: bool = False
     error: str | None = None
-    replans: int = 0  # plans made again because the target moved before the write
 
     @property
     def changed(self) -> bool:
@@ -92,7 +92,6 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
             except TargetMoved:
                 if attempt == MOVED_ATTEMPTS - 1:
                     raise
-                result.replans += 1
                 log.debug("%s: the target changed since it was read; planning again", backend.name)
                 result.plan = backend.diff(backend.read(), desired)
                 if not result.plan.changed:
