@@ -185,7 +185,10 @@ NOT_A_BACKENDS = {
     Path("/var/log/nginx"): "the logs nginx opens while `nginx -T` tests its configuration",
 }
 #: The smallest section of a built-in backend that has a required key.
-REQUIRED = {"aws": {"security_group_ids": ["sg-0123456789abcdef0"]}}
+REQUIRED = {
+    "aws": {"security_group_ids": ["sg-0123456789abcdef0"]},
+    "modsecurity": {"server": "nginx"},
+}
 
 
 def _builtin_write_paths() -> dict[Path, str]:
