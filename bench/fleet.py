@@ -33,6 +33,8 @@ import hashlib
 import heapq
 import random
 import re
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -124,6 +126,21 @@ class Host:
     known_at: float | None
     log: cadence.FetchLog | None = None
     boot: float | None = None  # booted at (else up all along)
+    point: float = 0.0  # cadence.phase of its state directory, on this machine
+
+
+def place(hosts: list[Host], root: Path, *, cloned: bool) -> None:
+    """Each host's phase, by :func:`cfallow.cadence.phase` on a state directory of its
+    own: a fresh one, or (``cloned``) a copy of the image's, salt included. Every host
+    has its own network card's address; clones share the image's machine-id."""
+    image = root / "image"
+    cadence.phase(image, "image")
+    for i, host in enumerate(hosts):
+        state = root / f"host{i}"
+        state.mkdir()
+        if cloned:
+            shutil.copy2(image / cadence.SALT_FILE, state / cadence.SALT_FILE)
+        host.point = cadence.phase(state, f"{host.machine_id}\n02:00:00:{i:06x}")
 
 
 def fixed_offset(machine_id: str, delay: float) -> float:
@@ -161,16 +178,22 @@ class Fleet:
 
     def run(self, host: Host, at: float) -> None:
         """``sync --scheduled`` at ``at``: the cadence decides, a fetch is recorded."""
-        due, _ = cadence.fetch_due(host.log, host.known_at, at, self.cfg.refresh)
+        due, _ = cadence.fetch_due(host.log, host.known_at, at, self.cfg.refresh, host.point)
         if not due:
             return
         failure = self.fetch(at)
-        changed = host.log.changed_at if host.log else None
         if failure is None:
             host.known_at = at
-            host.log = cadence.FetchLog(at, False, changed_at=changed)
+            host.log = cadence.fetched_at(at, host.log, changed=False)
         else:
-            host.log = cadence.failed_at(at, self.cfg.retry, str(failure))
+            host.log = cadence.failed_at(
+                at,
+                self.cfg.retry,
+                str(failure),
+                refresh=self.cfg.refresh,
+                previous=host.log,
+                retry_after=failure.retry_after,
+            )
 
 
 def simulate(
@@ -227,7 +250,10 @@ class _virtual:
         return self.cf.answer(url)
 
 
-def scenarios(n: int, seed: int) -> dict[str, Callable[[], tuple[list[Host], Cloudflare]]]:
+Scenario = Callable[[], "tuple[list[Host], Cloudflare, bool]"]
+
+
+def scenarios(n: int, seed: int) -> dict[str, Scenario]:
     """Each scenario's fleet and stand-in."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
     refresh = SourceConfig().refresh
@@ -235,20 +261,20 @@ def scenarios(n: int, seed: int) -> dict[str, Callable[[], tuple[list[Host], Clo
     def ids(same: bool) -> list[str]:
         return ["0" * 32 if same else f"{rng.getrandbits(128):032x}" for _ in range(n)]
 
-    def steady() -> tuple[list[Host], Cloudflare]:
+    def steady() -> tuple[list[Host], Cloudflare, bool]:
         hosts = [Host(m, START - rng.uniform(0, refresh)) for m in ids(False)]
-        return hosts, Cloudflare()
+        return hosts, Cloudflare(), False
 
-    def in_step(same: bool) -> Callable[[], tuple[list[Host], Cloudflare]]:
-        return lambda: ([Host(m, START - 60) for m in ids(same)], Cloudflare())
+    def in_step(same: bool) -> Scenario:
+        return lambda: ([Host(m, START - 60) for m in ids(same)], Cloudflare(), same)
 
-    def reboot(refuse: float) -> Callable[[], tuple[list[Host], Cloudflare]]:
-        def make() -> tuple[list[Host], Cloudflare]:
+    def reboot(refuse: float) -> Scenario:
+        def make() -> tuple[list[Host], Cloudflare, bool]:
             hosts = [
                 Host(m, START - 6 * 3600 - rng.uniform(0, refresh), boot=START + rng.uniform(0, 60))
                 for m in ids(False)
             ]
-            return hosts, Cloudflare(refuse_until=START + refuse)
+            return hosts, Cloudflare(refuse_until=START + refuse), False
 
         return make
 
@@ -277,8 +303,10 @@ def main() -> None:
     print("| scenario | peak requests/s | requests, first hour | requests, day | even spread |")
     print("|---|---:|---:|---:|---|")
     for name, make in scenarios(args.hosts, args.seed).items():
-        hosts, cf = make()
+        hosts, cf, cloned = make()
         started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            place(hosts, Path(tmp), cloned=cloned)
         requests, even = simulate(hosts, cf, args.hours, args.seed)
         per_second = Counter(int(t) for t in requests)
         peak = max(per_second.values()) if per_second else 0

@@ -181,7 +181,11 @@ def resolve(
     if scheduled:
         entry = cadence.read_log(state.dir)
         due, why = cadence.fetch_due(
-            entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
+            entry,
+            known.fetched_at if known else None,
+            cadence.now(),
+            cfg.source.refresh,
+            cadence.phase(state.dir),
         )
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
@@ -217,7 +221,6 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
         return
     at = cadence.now()
     previous = cadence.read_log(state.dir)
-    changed_at = previous.changed_at if previous else None
     if resolved.fetched:
         if staged:
             state.commit()
@@ -225,12 +228,18 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
             state.save(resolved.ranges)
         if resolved.forced:  # --force is an operator's explicit acceptance
             state.save_anchor(resolved.ranges)
-        if resolved.added or resolved.removed:
-            changed_at = at
-        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+        changed = bool(resolved.added or resolved.removed)
+        cadence.write_log(state.dir, cadence.fetched_at(at, previous, changed=changed))
     elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
-        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
-        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
+        entry = cadence.failed_at(
+            at,
+            cfg.source.retry,
+            str(resolved.failed),
+            refresh=cfg.source.refresh,
+            previous=previous,
+            retry_after=resolved.failed.retry_after,
+        )
+        cadence.write_log(state.dir, entry)
 
 
 def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:

@@ -92,16 +92,23 @@ def _refuse_html(resp: http.Response) -> None:
 
 
 def fetch_live(cfg: SourceConfig) -> Ranges:
-    """The API, else the text lists. Raises :class:`RangesError` naming both failures."""
+    """The API, else the text lists (one request to each at most; none to the text
+    lists after the API's 429). Raises :class:`RangesError` naming both failures,
+    with the longer ``Retry-After``."""
     try:
         return fetch_api(cfg)
     except RangesError as api_exc:
+        if isinstance(api_exc, FetchError) and api_exc.status == 429:
+            raise  # Cloudflare asks this host to slow down: not its other URLs either
         log.debug("API source failed: %s; trying the text lists", api_exc)
         try:
             return fetch_text(cfg)
         except RangesError as text_exc:
             err = type(text_exc) if type(text_exc) is type(api_exc) else FetchError
-            raise err(f"{api_exc}; text lists: {text_exc}") from text_exc
+            both = err(f"{api_exc}; text lists: {text_exc}")
+            waits = [e.retry_after for e in (api_exc, text_exc) if e.retry_after is not None]
+            both.retry_after = max(waits) if waits else None
+            raise both from text_exc
 
 
 def bundled() -> Ranges:
