@@ -84,6 +84,11 @@ def _sync(s: Sub) -> None:
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
     )  # fmt: skip
     s.add_argument(
+        "--source-file", type=Path, metavar="FILE",
+        help="no network: a list fetched elsewhere (`cfallow ranges --json` on the "
+        "controller), checked and guarded like a fetched one",
+    )  # fmt: skip
+    s.add_argument(
         "--force",
         action="store_true",
         help="accept a list the shrink or growth guard refuses (it becomes the accepted list)",

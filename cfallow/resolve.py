@@ -13,6 +13,10 @@ list is at hand:
 * ``scheduled`` (the timer): live only when a fetch is due (see
   :mod:`cfallow.cadence`), offline otherwise.
 * ``bundled``: the shipped snapshot, through the guard like a fetched list.
+* pushed (``--source-file``): a list fetched and validated elsewhere (once, on an
+  Ansible controller, for a whole fleet), checked and guarded here like a fetched
+  one and recorded like one; no network. One older than the last-known-good list
+  is refused if it differs (a replay), ignored if it does not.
 
 The state file is checked with the same rules as a fetched list before any use
 (:meth:`cfallow.state.State.load`): a hand-edited or planted file is ignored.
@@ -24,10 +28,11 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cfallow import cadence, sources
 from cfallow.config import Config
-from cfallow.errors import GuardRefused, RangesError
+from cfallow.errors import GuardRefused, RangesError, UsageError
 from cfallow.guard import check_ceiling, check_growth, check_shrink
 from cfallow.model import Networks, as_strings
 from cfallow.ranges import Ranges
@@ -128,10 +133,34 @@ def _known(cfg: Config, state: State) -> Ranges | None:
     return known
 
 
-def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Resolved:
+def _pushed(path: Path, known: Ranges | None) -> Ranges | None:
+    """The pushed list; ``None`` when it is the list this host has, only older."""
+    ranges = sources.pushed(path)
+    at = ranges.fetched_at if ranges.fetched_at is not None else cadence.now()
+    ranges = dataclasses.replace(ranges, fetched_at=at)
+    if known is None or known.fetched_at is None or at >= known.fetched_at:
+        return ranges
+    if ranges.desired == known.desired:
+        return None
+    raise GuardRefused(
+        f"{path}: the list of {day(ranges)} is older than this host's last-known-good "
+        f"list of {day(known)}, and differs from it"
+    )
+
+
+def _live(
+    cfg: Config, state: State, known: Ranges | None, *, force: bool, pushed: Path | None = None
+) -> Resolved:
     try:
-        # Stamped with the run's clock: the cadence measures the list's age by it.
-        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
+        if pushed is not None:
+            given = _pushed(pushed, known)
+            if given is None:
+                assert known is not None
+                return Resolved(_as_known(known))
+            ranges = given
+        else:
+            # Stamped with the run's clock: the cadence measures the list's age by it.
+            ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
         if force:
             ceiling(cfg, ranges)
         else:
@@ -165,9 +194,14 @@ def resolve(
     offline: bool = False,
     scheduled: bool = False,
     force: bool = False,
+    pushed: Path | None = None,
 ) -> Resolved:
     """The list for this run (see the module docstring). Raises :class:`RangesError`
     only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    if pushed is not None and (source != "live" or offline or scheduled):
+        raise UsageError(
+            "--source-file is a list of its own: not with --source, --offline or --scheduled"
+        )
     known = _known(cfg, state)
     if source == "bundled":
         ranges = sources.bundled()
@@ -192,7 +226,7 @@ def resolve(
             if entry is not None and entry.failed and known is not None:
                 log.warning("%s; %s", why, held_line(known))
             return Resolved(_without_network(known))
-    return _live(cfg, state, known, force=force)
+    return _live(cfg, state, known, force=force, pushed=pushed)
 
 
 def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
