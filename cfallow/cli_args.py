@@ -74,7 +74,11 @@ def _sync(s: Sub) -> None:
     s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
     json_opt(s)
     backend_opt(s)
-    source_opt(s)
+    s.add_argument(
+        "--source", choices=("live", "bundled", "last-known-good"), default="live",
+        help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot; "
+        "last-known-good: the list this host runs on (else the snapshot), no fetch",
+    )  # fmt: skip
     s.add_argument(
         "--offline", action="store_true",
         help="no network: the last-known-good list (else the bundled snapshot)",

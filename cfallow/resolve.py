@@ -9,7 +9,8 @@ list is at hand:
   last-known-good list (the run still repairs them, then exits 4); without one,
   a failed fetch falls back to the bundled snapshot, with a warning.
 * ``offline``: no network at all (``requests`` is not even imported): the
-  last-known-good list, else the bundled snapshot, with a warning.
+  last-known-good list, else the bundled snapshot, with a warning. ``--source
+  last-known-good`` is the same list, with every backend (an Ansible check).
 * ``scheduled`` (the timer): live only when a fetch is due (see
   :mod:`cfallow.cadence`), offline otherwise.
 * ``bundled``: the shipped snapshot, through the guard like a fetched list.
@@ -210,7 +211,7 @@ def resolve(
         else:
             guard(cfg, ranges, known, state.load_anchor())
         return Resolved(ranges)
-    if offline:
+    if offline or source == LKG:
         return Resolved(_without_network(known))
     if scheduled:
         entry = cadence.read_log(state.dir)
