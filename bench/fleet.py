@@ -12,7 +12,8 @@ advances the clock instead of waiting.
 
 Scenarios (each 24 h, 1,000 hosts by default):
 
-* steady: lists fetched at random times over the last refresh period;
+* steady: lists fetched at random times, then a day on the timer before the
+  measured day begins;
 * in-step: every host fetched in the same run (one push, a baked image);
 * cloned: in step, and every host has the same machine-id (a cloned image);
 * reboot: the fleet was down for 6 h and boots within a minute;
@@ -53,6 +54,7 @@ V4_BODY = (ROOT / "tests" / "fixtures" / "cloudflare" / "ips-v4.txt").read_bytes
 V6_BODY = (ROOT / "tests" / "fixtures" / "cloudflare" / "ips-v6.txt").read_bytes()
 START = 1_800_000_000.0 - 1_800_000_000.0 % 86400  # midnight UTC
 BINS = 24  # quarter-hours of a 6 h refresh period
+WARM_UP = 86400.0  # the steady fleet has run the cadence for a day before START
 
 
 @dataclass(frozen=True)
@@ -150,11 +152,11 @@ def fixed_offset(machine_id: str, delay: float) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64 * delay
 
 
-def runs(host: Host, timer: Timer, end: float, rng: random.Random) -> Iterator[float]:
+def runs(host: Host, timer: Timer, begin: float, end: float, rng: random.Random) -> Iterator[float]:
     """When the timer starts ``cfallow sync --scheduled`` on ``host``."""
     if host.boot is not None:
         yield host.boot + timer.on_boot
-    k = int((host.boot or START) // timer.step) + 1
+    k = int((host.boot or begin) // timer.step) + 1
     offset = fixed_offset(host.machine_id, timer.delay)
     while (tick := k * timer.step) < end:
         k += 1
@@ -197,9 +199,10 @@ class Fleet:
 
 
 def simulate(
-    hosts: list[Host], cf: Cloudflare, hours: float, seed: int
+    hosts: list[Host], cf: Cloudflare, hours: float, seed: int, warm_up: float = 0.0
 ) -> tuple[list[float], float | None]:
-    """Every request's time, and when the fleet's fetches were last evenly spread from."""
+    """Every request's time from START, and when the fleet's fetches were last evenly
+    spread from; the hosts run ``warm_up`` seconds before START already."""
     timer = read_timer()
     cfg = SourceConfig(
         api_url="https://api.test/client/v4/ips",
@@ -207,7 +210,10 @@ def simulate(
     )
     end = START + hours * 3600
     rng = random.Random(seed)  # noqa: S311 - a reproducible simulation
-    queue = [(t, i) for i, h in enumerate(hosts) for t in runs(h, timer, end, rng) if t < end]
+    begin = START - warm_up
+    queue = [
+        (t, i) for i, h in enumerate(hosts) for t in runs(h, timer, begin, end, rng) if t < end
+    ]
     heapq.heapify(queue)
     fleet = Fleet(hosts, cf, cfg)
     even_since: float | None = None
@@ -220,7 +226,7 @@ def simulate(
                 even_since = (even_since or next_sample) if ok else None
                 next_sample += timer.step
             fleet.run(hosts[i], at)
-    return cf.requests, even_since
+    return [t for t in cf.requests if t >= START], even_since
 
 
 def _even(hosts: list[Host], refresh: float) -> bool:
@@ -261,8 +267,8 @@ def scenarios(n: int, seed: int) -> dict[str, Scenario]:
     def ids(same: bool) -> list[str]:
         return ["0" * 32 if same else f"{rng.getrandbits(128):032x}" for _ in range(n)]
 
-    def steady() -> tuple[list[Host], Cloudflare, bool]:
-        hosts = [Host(m, START - rng.uniform(0, refresh)) for m in ids(False)]
+    def steady() -> tuple[list[Host], Cloudflare, bool]:  # run for a day before START
+        hosts = [Host(m, START - WARM_UP - rng.uniform(0, refresh)) for m in ids(False)]
         return hosts, Cloudflare(), False
 
     def in_step(same: bool) -> Scenario:
@@ -307,7 +313,8 @@ def main() -> None:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             place(hosts, Path(tmp), cloned=cloned)
-        requests, even = simulate(hosts, cf, args.hours, args.seed)
+        warm_up = WARM_UP if name == "steady state" else 0.0
+        requests, even = simulate(hosts, cf, args.hours, args.seed, warm_up)
         per_second = Counter(int(t) for t in requests)
         peak = max(per_second.values()) if per_second else 0
         first_hour = sum(1 for t in requests if t < START + 3600)
