@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cfallow import cadence, http, sources
-from cfallow.config import SourceConfig
+from cfallow.cli.config import SourceConfig
 from cfallow.errors import RangesError
+from cfallow.fetch import cadence, http, sources
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMER = ROOT / "systemd" / "cfallow.timer"

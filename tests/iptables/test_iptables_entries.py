@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_entries import entry_fields, iface_mask, read_entries
-from cfallow.backends.iptables_iptc import IptcWriter
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.entries import entry_fields, iface_mask, read_entries
 from support import namespace, need, need_tool, ns_exec
 from support.cfdata import CURRENT
-from support.ipt_netns import in_netns
-from support.ipt_support import Fw
+from support.iptables.helpers import Fw
+from support.iptables.iptc import IptcWriter
+from support.iptables.netns import in_netns
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
@@ -51,15 +51,17 @@ TABLE = """*filter
 COMMIT
 """
 CF = {4: "104.16.0.0/13", 6: "2400:cb00::/32"}
+TESTS = Path(__file__).resolve().parents[1]
 
 #: python-iptables' view of the table, as cfallow read it before (the reference), compared
 #: field by field (every byte but the counters; a name field's bytes after its NUL are
 #: whatever the reader's buffer held, so both are zeroed there).
 LIBIPTC = """
 import ctypes, json, sys
-from cfallow.backends.iptables_iptc import load_iptc
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_entries import Entries, differences, read_entries
+sys.path.insert(0, sys.argv[2])  # tests/: the support package
+from support.iptables.iptc import load_iptc
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.entries import Entries, differences, read_entries
 version = int(sys.argv[1])
 iptc = load_iptc()
 table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)
@@ -103,7 +105,7 @@ def test_the_ctypes_read_is_byte_for_byte_libiptcs() -> None:
         _legacy(ns)
         for version in (4, 6):
             out = subprocess.run(
-                ns_exec(ns, sys.executable, "-c", LIBIPTC, str(version)),
+                ns_exec(ns, sys.executable, "-c", LIBIPTC, str(version), str(TESTS)),
                 capture_output=True,
                 text=True,
                 check=False,
@@ -124,13 +126,13 @@ def test_the_ctypes_read_is_byte_for_byte_libiptcs() -> None:
 #: cfallow's CLI with the kernel's raw read refused (EPERM), the rest real.
 REFUSED = """
 import errno, sys
-import cfallow.xtables as xt
+import cfallow.netfilter.xtables as xt
 def refused(version, name):
     raise PermissionError(errno.EPERM, "Operation not permitted")
 xt.read_table = refused
-import cfallow.backends.iptables_entries as ent
+import cfallow.backends.iptables.entries as ent
 ent.read_table = refused
-from cfallow.cli import main
+from cfallow.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -170,7 +172,7 @@ def test_a_refused_raw_read_is_one_warning_and_the_sync_goes_on(tmp_path: Path) 
 NO_IPTC = """
 import sys
 sys.modules["iptc"] = None
-from cfallow.cli import main
+from cfallow.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
