@@ -4,8 +4,8 @@
 Each host runs the scheduled sync on the timer as shipped (systemd/cfallow.timer:
 its calendar step, RandomizedDelaySec, FixedRandomDelay and OnBootSec, read from
 the file). Whether a run fetches, and what a failure schedules, is decided by
-cfallow's own cadence code (:func:`cfallow.cadence.fetch_due` and the functions
-:func:`cfallow.resolve.record` uses); a fetch is :func:`cfallow.sources.fetch_live`
+cfallow's own cadence code (:func:`cfallow.fetch.cadence.fetch_due` and the functions
+:func:`cfallow.fetch.resolve.record` uses); a fetch is :func:`cfallow.fetch.sources.fetch_live`
 with its real retries, redirects and status handling, on a virtual clock: only the
 socket read is replaced (by a stand-in answering as the scenario says) and sleeping
 advances the clock instead of waiting.
@@ -132,7 +132,7 @@ class Host:
 
 
 def place(hosts: list[Host], root: Path, *, cloned: bool) -> None:
-    """Each host's phase, by :func:`cfallow.cadence.phase` on a state directory of its
+    """Each host's phase, by :func:`cfallow.fetch.cadence.phase` on a state directory of its
     own: a fresh one, or (``cloned``) a copy of the image's, salt included. Every host
     has its own network card's address; clones share the image's machine-id."""
     image = root / "image"

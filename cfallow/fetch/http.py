@@ -3,7 +3,7 @@
 Whatever a server does, one request returns or fails within ``timeout``
 seconds in total and never holds more than :data:`MAX_BODY` bytes. An HTTP
 answer (a 429, a 5xx) is never asked again in the same run: the next try is
-the cadence's (:mod:`cfallow.cadence`), after the server's ``Retry-After``.
+the cadence's (:mod:`cfallow.fetch.cadence`), after the server's ``Retry-After``.
 """
 
 from __future__ import annotations
