@@ -89,10 +89,12 @@ def _sync(s: Sub) -> None:
     json_opt(s)
     backend_opt(s)
     s.add_argument(
-        "--source", choices=("live", "bundled", "last-known-good"), default="live",
+        "--source",
+        choices=("live", "bundled", "last-known-good"),
+        default="live",
         help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot; "
         "last-known-good: the list this host runs on (else the snapshot), no fetch",
-    )  # fmt: skip
+    )
     s.add_argument(
         "--offline",
         action="store_true",
@@ -104,10 +106,12 @@ def _sync(s: Sub) -> None:
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
     )
     s.add_argument(
-        "--source-file", type=Path, metavar="FILE",
+        "--source-file",
+        type=Path,
+        metavar="FILE",
         help="no network: a list fetched elsewhere (`cfallow ranges --json` on the "
         "controller), checked and guarded like a fetched one",
-    )  # fmt: skip
+    )
     s.add_argument(
         "--force",
         action="store_true",
