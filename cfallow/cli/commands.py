@@ -125,6 +125,7 @@ def _sync_like(inv: Invocation, *, verb: str) -> int:
             offline=opts.offline,
             scheduled=opts.scheduled,
             force=opts.force,
+            pushed=opts.source_file,
         )
         if opts.verify:
             failed = verify_first(inv, got.ranges)

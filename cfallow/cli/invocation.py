@@ -50,6 +50,7 @@ class Options:
     dry_run: bool = False
     backends: tuple[str, ...] = ()  # --backend, as given (empty: every configured one)
     source: str = "live"
+    source_file: Path | None = None  # sync --source-file: a list fetched elsewhere
     offline: bool = False
     scheduled: bool = False
     force: bool = False
@@ -77,6 +78,7 @@ class Options:
             dry_run=ns.command == "status" or flag("dry_run"),
             backends=tuple(given.get("backend") or ()),
             source=given.get("source", "live"),
+            source_file=given.get("source_file"),
             offline=flag("offline"),
             scheduled=flag("scheduled"),
             force=flag("force"),

@@ -38,7 +38,8 @@ sys.addaudithook(_audit)
         (
             shlex.split(
                 "-v --state-dir /s sync --dry-run --json --backend a --backend b --offline "
-                "--scheduled --force --verify --lock-timeout 5 --source bundled"
+                "--scheduled --force --verify --lock-timeout 5 --source bundled "
+                "--source-file /l.json"
             ),
             Options(
                 "sync",
@@ -48,6 +49,7 @@ sys.addaudithook(_audit)
                 dry_run=True,
                 backends=("a", "b"),
                 source="bundled",
+                source_file=Path("/l.json"),
                 offline=True,
                 scheduled=True,
                 force=True,
