@@ -30,7 +30,8 @@ from cfallow.testing import Harness
 from support import need
 
 REGION = "eu-west-1"
-READS = ("Describe", "Get")
+#: Actions that change nothing (reads, and the role assumption that precedes them).
+READS = ("Describe", "Get", "List", "AssumeRole")
 LAUNCHER = Path(__file__).with_name("moto_server.py")
 _servers: dict[str, MotoServer] = {}
 
@@ -42,10 +43,20 @@ class Call:
     action: str
     params: dict[str, str]
     by_cfallow: bool
+    #: ``(access key, region)`` from the request's signature: who asked, and where.
+    scope: tuple[str, str] = ("", "")
 
     @property
     def mutating(self) -> bool:
         return not self.action.startswith(READS)
+
+
+def _scope(headers: dict[str, str]) -> tuple[str, str]:
+    """``(access key, region)`` of a SigV4 ``Authorization`` header."""
+    auth = headers.get("Authorization", "")
+    _, _, cred = auth.partition("Credential=")
+    parts = cred.split(",")[0].split("/")
+    return (parts[0], parts[2]) if len(parts) >= 3 else ("", "")
 
 
 def _free_port() -> int:
@@ -111,9 +122,15 @@ class MotoServer:
             body = entry.get("body") or ""
             if entry.get("body_encoded"):
                 body = base64.b64decode(body).decode()
-            form = {k: v[0] for k, v in parse_qs(body).items()}
-            agent = entry["headers"].get("User-Agent", "")
-            out.append(Call(form.get("Action", "?"), form, "cfallow/" in agent))
+            headers = entry["headers"]
+            # JSON protocols (WAFv2, Service Quotas) name the action in X-Amz-Target.
+            try:
+                form = {k: v[0] for k, v in parse_qs(body, strict_parsing=True).items()}
+            except ValueError:
+                form = {}
+            action = form.get("Action") or headers.get("X-Amz-Target", "?").rpartition(".")[2]
+            agent = headers.get("User-Agent", "")
+            out.append(Call(action, form, "cfallow/" in agent, _scope(headers)))
         return out
 
     def cfallow_writes(self) -> list[Call]:
