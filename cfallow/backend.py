@@ -76,6 +76,9 @@ class Context:
     #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
     #: Only for a backend's own record (a comment in a file); never part of the diff.
     etag: str | None = None
+    #: A real scheduled run (``sync --scheduled``, the timer): a backend on a remote API may
+    #: skip its read until its own ``interval`` is due. Never set for dry runs.
+    scheduled: bool = False
 
 
 class Backend(abc.ABC, Generic[O, S]):

@@ -197,6 +197,7 @@ def _sync_like(
         raise
     ranges = got.ranges
     ctx.etag = ranges.etag
+    ctx.scheduled = bool(getattr(args, "scheduled", False)) and not dry_run
     results = engine.run(backends, ranges.desired, dry_run=dry_run).results
     state_error = None
     if not dry_run:

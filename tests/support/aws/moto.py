@@ -169,8 +169,10 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dummy credentials in the environment (nothing else in boto3's chain is consulted);
     the backend's backoff and polling shortened."""
     from cfallow.backends.aws.backend import AwsBackend
+    from cfallow.backends.aws.nacl import AwsNaclBackend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsNaclBackend, "backoff", 0.001)
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.01)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         monkeypatch.delenv(var, raising=False)
