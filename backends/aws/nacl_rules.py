@@ -354,7 +354,7 @@ def densest(
     need = len(allows) + len(denies) + other + default
     gaps = span_cost(ports)
     cost = f"also opens {gaps} to Cloudflare" if gaps else "the ports are contiguous: no cost"
-    return f'; densest layout: layout = "span" needs {need} ({cost})'
+    return f', or the densest layout: layout = "span" needs {need} ({cost})'
 
 
 def refusal(label: str, acl_id: str, n: Count, quota: int, proposal: str) -> str:
@@ -362,7 +362,7 @@ def refusal(label: str, acl_id: str, n: Count, quota: int, proposal: str) -> str
     most = "" if n.total <= MAX_QUOTA else f" (AWS allows at most {MAX_QUOTA}: fewer ports)"
     return (
         f"{acl_id} ({label}): {n.total} inbound rules needed ({n.ours} cfallow + {n.other}"
-        f" other + {n.default} default deny), quota {quota}; request {QUOTA_NAME} of"
+        f" other + {n.default} default deny), quota {quota}: request {QUOTA_NAME} of"
         f" {n.total}{most}{proposal}"
     )
 

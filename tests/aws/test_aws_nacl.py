@@ -144,8 +144,8 @@ def test_quota_read_from_service_quotas_refuses_with_the_exact_count(world: Nacl
     )
     assert result.error == (
         f"{world.acls[0]} (eu-west-1): 53 inbound rules needed (48 cfallow + 3 other + 2"
-        " default deny), quota 20; request 'Rules per network ACL' (Service Quotas vpc"
-        " L-2AEEBF1A) of 53 (AWS allows at most 40: fewer ports); densest layout:"
+        " default deny), quota 20: request 'Rules per network ACL' (Service Quotas vpc"
+        " L-2AEEBF1A) of 53 (AWS allows at most 40: fewer ports), or the densest layout:"
         ' layout = "span" needs 31 (also opens 81-442 to Cloudflare)'
     )
     assert world.server.cfallow_writes() == []

@@ -52,12 +52,24 @@ def verdict(entries: list[Entry], address: str, port: int, *, egress: bool = Fal
 class NaclWorld:
     """A VPC (with IPv6) and network ACLs on the moto server, read with a plain client."""
 
-    def __init__(self, server: MotoServer, acls: int = 1, region: str = REGION) -> None:
+    def __init__(
+        self, server: MotoServer, acls: int = 1, region: str = REGION, role_arn: str = ""
+    ) -> None:
         import boto3
 
         self.server = server
         self.region = region
-        self.ec2 = boto3.client("ec2", region_name=region, endpoint_url=server.url)
+        self.role_arn = role_arn
+        keys: dict[str, str] = {}
+        if role_arn:  # another account: moto keeps each account's resources apart
+            sts = boto3.client("sts", region_name=region, endpoint_url=server.url)
+            creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="setup")["Credentials"]
+            keys = {
+                "aws_access_key_id": creds["AccessKeyId"],
+                "aws_secret_access_key": creds["SecretAccessKey"],
+                "aws_session_token": creds["SessionToken"],
+            }
+        self.ec2 = boto3.client("ec2", region_name=region, endpoint_url=server.url, **keys)
         vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16", AmazonProvidedIpv6CidrBlock=True)
         self.vpc = vpc["Vpc"]["VpcId"]
         self.acls = [self.new_acl() for _ in range(acls)]
@@ -144,6 +156,13 @@ class NaclWorld:
             self.entry(acl, 100, "6", "0.0.0.0/0", "allow", egress=True, ports=(1024, 65535))
             self.entry(acl, 101, "6", "::/0", "allow", egress=True, ports=(1024, 65535))
             self.ec2.create_tags(Resources=[acl], Tags=[{"Key": "Name", "Value": "web"}])
+
+    def target(self) -> dict[str, Any]:
+        """This world as one entry of ``targets``."""
+        found: dict[str, Any] = {"region": self.region, "network_acl_ids": self.acls}
+        if self.role_arn:
+            found["role_arn"] = self.role_arn
+        return found
 
     def backend(self, acls: list[str] | None = None, **options: Any) -> Backend:
         section = {
