@@ -11,10 +11,12 @@ imported when this backend first talks to AWS, never at import.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from netaddr import IPNetwork
@@ -25,8 +27,10 @@ from cfallow.install import extra_hint
 from cfallow.model import Networks, Plan, diff, make_plan
 from cfallow.section import Section, parse_ports
 
+from . import cadence
 from . import groups as sg
 from . import prefixlists as pls
+from .cadence import interval
 from .client import Ec2, aws_errors, error_code, make_client
 from .rules import (
     FAMILIES,
@@ -42,6 +46,8 @@ from .rules import (
 )
 
 INSTALL_HINT = extra_hint("aws", "boto3>=1.28")
+#: In the state dir: this host made cfallow's prefix lists (``remove`` looks for them).
+LISTS_MARK = "aws.prefix-lists"
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 # Prefix-list mode is no way to fit: AWS counts each reference as the list's
 # MaxEntries, never fewer than the ranges it holds.
@@ -62,6 +68,8 @@ class AwsSeen:
     lists: Mapping[str, pls.PrefixList]
     sizes: Mapping[str, tuple[str, int]]
     notes: tuple[str, ...]
+    #: why AWS was not read at all (a scheduled run before ``interval`` is due)
+    skipped: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         self.rules_per_group = section.get_int("rules_per_group", 60, minimum=1)
         self.prefix_lists = section.get_bool("prefix_lists", False)
         self.max_entries = section.get_int("prefix_list_max_entries", 30, minimum=1)
+        self.interval = interval(section)
         if self.max_entries > 1000:
             raise ConfigError(f"[{where}] prefix_list_max_entries: at most 1000 (AWS limit)")
         self._ec2: Ec2 | None = None
@@ -138,8 +147,22 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
     def read(self) -> AwsSeen:
         """Each group's rules (one paginated describe), cfallow's prefix lists, and the
         sizes of the other prefix lists the groups reference (they count against the quota)."""
+        if self.ctx.scheduled:
+            run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
+            if not run:
+                return AwsSeen({}, (), {}, {}, (), why)
         reads, failed, attach_notes = sg.read(self.ec2(), self.groups)
-        lists = pls.find_lists(self.ec2())
+        mark = self.ctx.state_dir / LISTS_MARK
+        # Prefix lists off: look for cfallow's lists only while a rule still references one
+        # or this host made one (so `remove` finds them): one call less per run.
+        look = (
+            self.prefix_lists
+            or mark.exists()
+            or any(r.owned and r.key.kind == "prefix-list" for rs in reads.values() for r in rs)
+        )
+        lists = pls.find_lists(self.ec2()) if look else {}
+        if lists and not mark.exists():
+            _mark(mark, True)
         known = {pl.list_id for pl in lists.values()}
         referenced = {
             r.key.target
@@ -148,10 +171,18 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             if r.key.kind == "prefix-list" and r.key.target not in known | set(PENDING.values())
         }
         sizes, notes = pls.sizes(self.ec2(), referenced)
+        if self.ctx.scheduled and not failed:
+            cadence.stamp(self.ctx.state_dir, self.name)
         return AwsSeen(reads, tuple(failed), lists, sizes, (*attach_notes, *notes))
 
     def diff(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
-        """Quota-checked plan: lists first, then each group (authorize, then revoke)."""
+        """Quota-checked plan: lists first, then each group (authorize, then revoke).
+
+        A group over its quota is left out and named in ``Plan.failed``: it fails
+        alone, the other groups are written.
+        """
+        if observed.skipped:
+            return Plan(self.name, notes=(observed.skipped,))
         if desired is None:
             return self._removal(observed)
         seen = observed
@@ -171,16 +202,16 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             change, error = quota(
                 group_change(group, rules, wanted), rules, sized, self.rules_per_group
             )
-            changes.append(change)
-            if error:
+            if error:  # this group fails alone: the others are still written
                 errors.append(error)
+            else:
+                changes.append(change)
             left = sum(1 for r in rules if not r.owned and r.key in wanted)
             if left:
                 notes.append(f"{group}: {left} wanted rule(s) already present, not cfallow's")
             notes += open_to_all(group, rules, self.protocol, self.ports)
-        if errors:
-            hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
-            raise BackendError("; ".join(errors) + "; " + hint)
+        hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
+        failed = ["; ".join(errors) + "; " + hint] if errors else []
         add, remove = diff(desired, current, covered)
         todo = tuple(c for c in changes if c.authorize or c.revoke)
         drift = explain(todo, add, remove) + _unreadable(seen.failed)
@@ -194,6 +225,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             drift=drift,
             notes=notes,
             steps=[work] if not work.empty else [],
+            failed=failed,
         )
 
     def _wanted(self, desired: Networks, lists: Mapping[str, pls.PrefixList]) -> set[Key]:
@@ -244,6 +276,8 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         """
         failures: list[str] = []
         for work in plan.steps:
+            if any(change.list_id is None for change in work.lists):
+                _mark(self.ctx.state_dir / LISTS_MARK, True)  # before: a kill keeps the mark
             created = self._apply_lists(work.lists)
             failures += [f"{u.group}: {u.code} (describe)" for u in work.unreadable]
             for change in work.groups:
@@ -255,6 +289,10 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
                     pls.delete(self.ec2(), delete.list_id)
                 except aws_errors() as exc:
                     failures.append(f"{delete.list_id}: {error_code(exc)} (delete prefix list)")
+            if work.deletes and not failures:
+                _mark(self.ctx.state_dir / LISTS_MARK, False)
+        if failures or plan.failed:
+            cadence.forget(self.ctx.state_dir, self.name)
         if failures:
             raise BackendError("; ".join(failures))
 
@@ -291,6 +329,16 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             except aws_errors() as exc:
                 return f"{change.group}: {error_code(exc)} ({op})"
         return None
+
+
+def _mark(path: Path, present: bool) -> None:
+    """Remember (or forget) that cfallow's prefix lists exist in this region."""
+    with contextlib.suppress(OSError):
+        if present:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.unlink()
 
 
 def _unreadable(failed: Iterable[GroupUnreadable]) -> list[str]:

@@ -15,25 +15,43 @@ import contextlib
 import json
 from pathlib import Path
 
+from cfallow.errors import ConfigError
 from cfallow.fetch.cadence import now
 from cfallow.fs import write_atomic
+from cfallow.section import Section
+
+DEFAULT_INTERVAL = 6 * 3600.0
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def interval(section: Section) -> float:
+    """``interval``: seconds (at least 60) or ``"30m"``, ``"6h"``, ``"1d"``; default 6 h."""
+    value = section.raw("interval", DEFAULT_INTERVAL)
+    if isinstance(value, str) and value[:-1].isdigit() and value[-1:] in _UNITS:
+        value = int(value[:-1]) * _UNITS[value[-1]]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 60:
+        raise ConfigError(
+            f'[{section.where}] interval: expected seconds (at least 60) or "30m", "6h", "1d";'
+            f" got {value!r}"
+        )
+    return float(value)
 
 
 def _path(state_dir: Path, name: str) -> Path:
     return state_dir / f"{name}.checked.json"
 
 
-def due(state_dir: Path, name: str, interval: float) -> tuple[bool, str]:
+def due(state_dir: Path, name: str, every: float) -> tuple[bool, str]:
     """Whether a scheduled run reads AWS now, and why not (a note) when it does not."""
     try:
         at = float(json.loads(_path(state_dir, name).read_text("utf-8"))["checked_at"])
     except (OSError, ValueError, KeyError, TypeError):
         return True, ""
     age = now() - at
-    if age < 0 or age >= interval:
+    if age < 0 or age >= every:
         return True, ""
     return False, (
-        f"not due: AWS last read {age / 60:.0f} min ago, interval {interval / 3600:g} h"
+        f"not due: AWS last read {age / 60:.0f} min ago, interval {every / 3600:g} h"
         " (sync without --scheduled reads now)"
     )
 

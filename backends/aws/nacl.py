@@ -34,7 +34,6 @@ from .targets import Clients, Target, counts_line, each, parse_targets
 
 ACL_ID = re.compile(r"acl-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 QUOTA_CODE = ("vpc", "L-2AEEBF1A")
-DEFAULT_INTERVAL = 6 * 3600.0
 #: AWS's code for an unknown ACL id (and moto 5.2's, which names route tables).
 _NOT_FOUND = ("InvalidNetworkAclID.NotFound", "InvalidRouteTableID.NotFound")
 log = logging.getLogger("cfallow")
@@ -62,10 +61,9 @@ class NaclSeen:
 
 @dataclass(frozen=True)
 class NaclWork:
-    """One apply: the change of each ACL (with its target) and the targets that fail."""
+    """One apply: the change of each ACL, with its target."""
 
     changes: tuple[tuple[Target, nr.AclChange], ...]
-    failures: tuple[str, ...]
 
 
 class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
@@ -94,7 +92,7 @@ class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
         self.endpoint_url = section.get_str("endpoint_url", "")
         if self.endpoint_url and not self.endpoint_url.startswith(("https://", "http://")):
             raise ConfigError(f"[{where}] endpoint_url: expected an http(s) URL")
-        self.interval = _interval(section)
+        self.interval = cadence.interval(section)
         self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
 
     def check(self) -> None:
@@ -164,7 +162,8 @@ class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
     # -- diff ---------------------------------------------------------------------------
 
     def diff(self, observed: NaclSeen, desired: Networks | None) -> Plan[NaclWork]:
-        """Per ACL: the change (or why it is refused); the refusals fail their target alone."""
+        """Per ACL: the change, or why it is refused (``Plan.failed``: that target fails alone,
+        the others are applied)."""
         if observed.skipped:
             return Plan(self.name, notes=(observed.skipped,))
         allows, denies = nr.wanted(desired or frozenset(), self.ports, self.protocol, self.layout)
@@ -199,17 +198,14 @@ class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
                     notes += nr.return_traffic(acl, label, desired, self.protocol)
                     notes += nr.shadowed(acl, label, self.band, self.ports, self.protocol)
         wanted_cidrs = frozenset(IPNetwork(s.cidr) for s in allows)
-        drift = _explain(changes, wanted_cidrs, frozenset(current)) + [
-            f"failing: {f}" for f in failures
-        ]
-        work = NaclWork(tuple(changes), tuple(failures))
         return make_plan(
             self.name,
             frozenset(wanted_cidrs),
             frozenset(current),
-            drift=drift,
+            drift=_explain(changes, wanted_cidrs, frozenset(current)),
             notes=notes,
-            steps=[work] if changes or failures else [],
+            steps=[NaclWork(tuple(changes))] if changes else [],
+            failed=failures,
         )
 
     def _acl(
@@ -264,16 +260,16 @@ class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
     def apply(self, plan: Plan[NaclWork]) -> None:
         """Per target concurrently, per ACL in order: tag, create, delete (denies first).
 
-        Raises one :class:`BackendError` naming every target that failed, after
+        Raises one :class:`BackendError` naming every ACL whose write failed, after
         the others are written.
         """
         failures: list[str] = []
         for work in plan.steps:
-            failures += work.failures
             failures += self._write_all(work.changes)
         log.debug("%s: %s", self.name, counts_line(self.clients.calls, self.targets))
-        if failures:
+        if failures or plan.failed:
             cadence.forget(self.ctx.state_dir, self.name)
+        if failures:
             raise BackendError("; ".join(failures))
 
     def _write_all(self, changes: Sequence[tuple[Target, nr.AclChange]]) -> list[str]:
@@ -339,19 +335,6 @@ def _write_entry(ec2: Any, acl_id: str, op: str, entry: nr.Entry) -> None:
         PortRange={"From": s.first, "To": s.last},
         **{family: s.cidr},
     )
-
-
-def _interval(section: Section) -> float:
-    value = section.raw("interval", DEFAULT_INTERVAL)
-    units = {"m": 60, "h": 3600, "d": 86400}
-    if isinstance(value, str) and value[:-1].isdigit() and value[-1:] in units:
-        value = int(value[:-1]) * units[value[-1]]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 60:
-        raise ConfigError(
-            f'[{section.where}] interval: expected seconds (at least 60) or "30m", "6h", "1d";'
-            f" got {value!r}"
-        )
-    return float(value)
 
 
 def _explain(

@@ -195,11 +195,12 @@ def test_the_quota_comes_from_service_quotas_where_readable(
         limit = int(quota) if quota else 20
         assert result.plan is not None
         if limit >= 25:
-            assert not [d for d in result.plan.drift if d.startswith("failing")]
-        else:
-            assert (
-                f"failing: {ACL} (eu-west-1): 25 inbound rules needed (24 cfallow + 0 other"
-                f" + 1 default deny), quota {limit}" in result.plan.drift[-1]
+            assert result.error is None and not result.plan.failed
+        else:  # a dry run says it as the real run would
+            assert result.error == (
+                f"{ACL} (eu-west-1): 25 inbound rules needed (24 cfallow + 0 other"
+                f" + 1 default deny), quota {limit}: request 'Rules per network ACL'"
+                " (Service Quotas vpc L-2AEEBF1A) of 25"
             )
         if quota is None:
             assert (

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -207,6 +208,8 @@ class World:
 
         self.server = server
         self._client: Any = None
+        # the backend's state (its mark of prefix lists it made) stays in the test's temp dir
+        self.state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=server.log.parent))
         self.ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=server.url)
         vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         self.groups = [
@@ -296,7 +299,7 @@ class World:
             "endpoint_url": self.server.url,
             **options,
         }
-        backend = build("aws", section, Context())
+        backend = build("aws", section, Context(state_dir=self.state_dir))
         # One client per test, made by the backend's own factory (its User-Agent,
         # no botocore retries): building a client costs ~0.1 s of CPU per sync.
         if self._client is None:
