@@ -12,7 +12,10 @@ imported when this backend first talks to AWS, never at import.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import importlib.util
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.errors import BackendError, ConfigError, Unavailable
 from cfallow.install import extra_hint
-from cfallow.model import Networks, Plan, diff, make_plan
+from cfallow.model import Networks, Plan, combine, diff, make_plan
 from cfallow.section import Section, parse_ports
 
 from . import cadence
@@ -44,8 +47,10 @@ from .rules import (
     open_to_all,
     quota,
 )
+from .targets import Clients, Target, counts_line, each, parse_targets
 
 INSTALL_HINT = extra_hint("aws", "boto3>=1.28")
+log = logging.getLogger("cfallow")
 #: In the state dir: this host made cfallow's prefix lists (``remove`` looks for them).
 LISTS_MARK = "aws.prefix-lists"
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
@@ -70,6 +75,8 @@ class AwsSeen:
     notes: tuple[str, ...]
     #: why AWS was not read at all (a scheduled run before ``interval`` is due)
     skipped: str = ""
+    #: with ``targets``: each target's own read (or why it could not be read)
+    parts: tuple[tuple[Target, AwsSeen | str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class AwsWork:
     groups: tuple[GroupChange, ...]
     unreadable: tuple[GroupUnreadable, ...]
     deletes: tuple[pls.DeleteList, ...]
+    #: with ``targets``: the target this work is for
+    target: Target | None = None
 
     @property
     def empty(self) -> bool:
@@ -99,19 +108,27 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
     backoff: ClassVar[float] = 0.5
     poll_interval: ClassVar[float] = 2.0
     poll_timeout: ClassVar[float] = 300.0
+    #: Groups of one target read at once (1 where a stubbed client answers in order).
+    read_workers: ClassVar[int] = 8
 
     def __init__(self, section: Section, ctx: Context) -> None:
         """Read ``[backends.aws]``; no AWS call happens here."""
         super().__init__(section, ctx)
         where = section.where
-        self.region = section.get_str("region", "")
-        groups = section.get_strings("security_group_ids", [])
-        if not groups:
-            raise ConfigError(f"[{where}] security_group_ids: name at least one security group")
-        for group in groups:
-            if not SG_ID.fullmatch(group):
-                raise ConfigError(f"[{where}] security_group_ids: not a group id: {group!r}")
-        self.groups = tuple(dict.fromkeys(groups))
+        #: ``targets = [...]`` (regions, accounts): each read and written on its own
+        self.targets: tuple[Target, ...] = ()
+        if "targets" in section.data:
+            self.targets = parse_targets(section, "security_group_ids", SG_ID, "security group")
+            self.region, self.groups = self.targets[0].region, self.targets[0].ids
+        else:
+            self.region = section.get_str("region", "")
+            groups = section.get_strings("security_group_ids", [])
+            if not groups:
+                raise ConfigError(f"[{where}] security_group_ids: name at least one security group")
+            for group in groups:
+                if not SG_ID.fullmatch(group):
+                    raise ConfigError(f"[{where}] security_group_ids: not a group id: {group!r}")
+            self.groups = tuple(dict.fromkeys(groups))
         self.ports = parse_ports(section)
         self.protocol = section.get_choice("protocol", "tcp", ("tcp", "udp"))
         self.endpoint_url = section.get_str("endpoint_url", "")
@@ -124,6 +141,9 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         if self.max_entries > 1000:
             raise ConfigError(f"[{where}] prefix_list_max_entries: at most 1000 (AWS limit)")
         self._ec2: Ec2 | None = None
+        self.mark = LISTS_MARK
+        self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
+        self._parts: dict[Target, AwsBackend] = {}
 
     def set_client(self, client: Any) -> None:
         """Use this boto3 EC2 client (tests: a stubbed client; embedding)."""
@@ -144,15 +164,43 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
 
     # -- read and diff ---------------------------------------------------------
 
+    def part(self, target: Target) -> AwsBackend:
+        """The backend of one target: its region, groups, client (role assumed), prefix lists."""
+        if target not in self._parts:
+            sub = copy.copy(self)
+            sub.targets, sub._parts = (), {}
+            sub.region, sub.groups = target.region, target.ids
+            sub.mark = f"{LISTS_MARK}.{target.label.replace('/', '.')}"
+            sub._ec2 = self.clients.get(target, "ec2")
+            self._parts[target] = sub
+        return self._parts[target]
+
     def read(self) -> AwsSeen:
         """Each group's rules (one paginated describe), cfallow's prefix lists, and the
-        sizes of the other prefix lists the groups reference (they count against the quota)."""
+        sizes of the other prefix lists the groups reference (they count against the quota).
+
+        With ``targets``: every target concurrently, each read failing alone.
+        """
         if self.ctx.scheduled:
             run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
             if not run:
                 return AwsSeen({}, (), {}, {}, (), why)
-        reads, failed, attach_notes = sg.read(self.ec2(), self.groups)
-        mark = self.ctx.state_dir / LISTS_MARK
+        if self.targets:
+            outcomes = each(self.targets, lambda t: self.part(t).read_one())
+            parts = tuple((o.target, o.value or o.error or "?") for o in outcomes)
+            if self.ctx.scheduled and all(isinstance(p, AwsSeen) for _, p in parts):
+                cadence.stamp(self.ctx.state_dir, self.name)
+            log.debug("aws: read %s", counts_line(self.clients.calls, self.targets))
+            return AwsSeen({}, (), {}, {}, (), parts=parts)
+        seen = self.read_one()
+        if self.ctx.scheduled and not seen.failed:
+            cadence.stamp(self.ctx.state_dir, self.name)
+        return seen
+
+    def read_one(self) -> AwsSeen:
+        """:meth:`read` for this backend's one region and its groups."""
+        reads, failed, attach_notes = sg.read(self.ec2(), self.groups, workers=self.read_workers)
+        mark = self.ctx.state_dir / self.mark
         # Prefix lists off: look for cfallow's lists only while a rule still references one
         # or this host made one (so `remove` finds them): one call less per run.
         look = (
@@ -171,8 +219,6 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             if r.key.kind == "prefix-list" and r.key.target not in known | set(PENDING.values())
         }
         sizes, notes = pls.sizes(self.ec2(), referenced)
-        if self.ctx.scheduled and not failed:
-            cadence.stamp(self.ctx.state_dir, self.name)
         return AwsSeen(reads, tuple(failed), lists, sizes, (*attach_notes, *notes))
 
     def diff(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
@@ -183,6 +229,8 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         """
         if observed.skipped:
             return Plan(self.name, notes=(observed.skipped,))
+        if self.targets:
+            return self._diff_targets(observed, desired)
         if desired is None:
             return self._removal(observed)
         seen = observed
@@ -227,6 +275,34 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             steps=[work] if not work.empty else [],
             failed=failed,
         )
+
+    def _diff_targets(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
+        """Every target's own plan, combined; a target that cannot be read or planned fails
+        alone (``Plan.failed``, named by its label)."""
+        plans: list[Plan[Any]] = []
+        steps: list[AwsWork] = []
+        failed: list[str] = []
+        for target, seen in observed.parts:
+            if not isinstance(seen, AwsSeen):
+                why = seen if " " in seen else f"{seen} (describe)"  # a bare AWS error code
+                failed.append(f"{target.label}: {why}")
+                continue
+            try:
+                plan = self.part(target).diff(seen, desired)
+            except BackendError as exc:
+                failed.append(f"{target.label}: {exc}")
+                continue
+            plans.append(plan)
+            steps += [dataclasses.replace(step, target=target) for step in plan.steps]
+            failed += [f"{target.label}: {f}" for f in plan.failed]
+        combined: Plan[AwsWork] = combine(
+            self.name,
+            plans,
+            drift=[d for p in plans for d in p.drift],
+            notes=[n for p in plans for n in p.notes],
+            steps=steps,
+        )
+        return dataclasses.replace(combined, failed=tuple(failed))
 
     def _wanted(self, desired: Networks, lists: Mapping[str, pls.PrefixList]) -> set[Key]:
         if not self.prefix_lists:
@@ -274,10 +350,30 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         A failing group does not stop the others; every failure is named in
         one line at the end (group, AWS error code, operation).
         """
-        failures: list[str] = []
+        if self.targets:
+            self._apply_targets(plan)
+            return
+        self.apply_one(plan.steps, plan.failed)
+
+    def _apply_targets(self, plan: Plan[AwsWork]) -> None:
+        by_target: dict[Target, list[AwsWork]] = {}
         for work in plan.steps:
+            assert work.target is not None
+            by_target.setdefault(work.target, []).append(work)
+        outcomes = each(
+            list(by_target), lambda t: self.part(t).apply_one(by_target[t], plan.failed)
+        )
+        log.debug("aws: %s", counts_line(self.clients.calls, self.targets))
+        failures = [f"{o.target.label}: {o.error}" for o in outcomes if o.error]
+        if failures:
+            raise BackendError("; ".join(failures))
+
+    def apply_one(self, steps: Iterable[AwsWork], failed: Iterable[str] = ()) -> None:
+        """:meth:`apply` for this backend's one region."""
+        failures: list[str] = []
+        for work in steps:
             if any(change.list_id is None for change in work.lists):
-                _mark(self.ctx.state_dir / LISTS_MARK, True)  # before: a kill keeps the mark
+                _mark(self.ctx.state_dir / self.mark, True)  # before: a kill keeps the mark
             created = self._apply_lists(work.lists)
             failures += [f"{u.group}: {u.code} (describe)" for u in work.unreadable]
             for change in work.groups:
@@ -290,8 +386,8 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
                 except aws_errors() as exc:
                     failures.append(f"{delete.list_id}: {error_code(exc)} (delete prefix list)")
             if work.deletes and not failures:
-                _mark(self.ctx.state_dir / LISTS_MARK, False)
-        if failures or plan.failed:
+                _mark(self.ctx.state_dir / self.mark, False)
+        if failures or tuple(failed):
             cadence.forget(self.ctx.state_dir, self.name)
         if failures:
             raise BackendError("; ".join(failures))

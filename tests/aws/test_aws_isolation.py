@@ -65,3 +65,70 @@ def test_a_scheduled_run_reads_the_groups_only_every_interval(
     monkeypatch.setenv("CFALLOW_NOW", str(5000000 + 2 * 3600))
     assert run().error is None
     assert next(c for c in server.calls() if c.by_cfallow).action == "DescribeSecurityGroups"
+
+
+def _groups(server: MotoServer, region: str, role_arn: str = "") -> tuple[Any, str]:
+    import boto3
+
+    keys: dict[str, str] = {}
+    if role_arn:
+        sts = boto3.client("sts", region_name=region, endpoint_url=server.url)
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="setup")["Credentials"]
+        keys = {
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+        }
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=server.url, **keys)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    group = ec2.create_security_group(GroupName="web", Description="web", VpcId=vpc)["GroupId"]
+    return ec2, group
+
+
+def test_targets_in_regions_and_accounts_one_failing_alone(
+    server: MotoServer, tmp_path: Path
+) -> None:
+    from cfallow.backend import Context, build
+
+    role = "arn:aws:iam::222233334444:role/cfallow"
+    eu, g_eu = _groups(server, "eu-west-1")
+    us, g_us = _groups(server, "us-east-1")
+    b_eu, g_b = _groups(server, "eu-west-1", role)
+    missing = "sg-0123456789abcdef0"
+    targets = [
+        {"region": "eu-west-1", "security_group_ids": [g_eu]},
+        {"region": "us-east-1", "security_group_ids": [g_us]},
+        {"region": "eu-west-1", "role_arn": role, "security_group_ids": [g_b]},
+        {"region": "ap-southeast-2", "security_group_ids": [missing]},
+    ]
+    section = {"targets": targets, "ports": [443], "endpoint_url": server.url}
+
+    def run(desired: Any) -> Any:
+        backend = build("aws", section, Context(state_dir=tmp_path))
+        return backend, run_backend(backend, desired, dry_run=False)
+
+    backend, result = run(CURRENT)
+    assert result.error == f"ap-southeast-2: {missing}: InvalidGroup.NotFound (describe)"
+    for ec2, group in ((eu, g_eu), (us, g_us), (b_eu, g_b)):
+        rules = ec2.describe_security_group_rules(
+            Filters=[{"Name": "group-id", "Values": [group]}]
+        )["SecurityGroupRules"]
+        assert len([r for r in rules if not r["IsEgress"]]) == 22
+    server.reset_recording()
+    backend, again = run(CURRENT)
+    assert again.plan is not None and not again.changed
+    assert server.cfallow_writes() == []
+    # per target: groups, interfaces, rules (+ the role's AssumeRole): at most 4 calls each
+    assert dict(backend.clients.calls) == {
+        "eu-west-1": 3,
+        "us-east-1": 3,
+        "eu-west-1/222233334444": 4,
+        "ap-southeast-2": 1,
+    }
+    backend, removal = run(None)
+    assert removal.error == f"ap-southeast-2: {missing}: InvalidGroup.NotFound (describe)"
+    for ec2, group in ((eu, g_eu), (us, g_us), (b_eu, g_b)):
+        rules = ec2.describe_security_group_rules(
+            Filters=[{"Name": "group-id", "Values": [group]}]
+        )["SecurityGroupRules"]
+        assert [r for r in rules if not r["IsEgress"]] == []

@@ -148,6 +148,7 @@ def _fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from cfallow.backends.aws.backend import AwsBackend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsBackend, "read_workers", 1)  # the stubbed answers come in order
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.001)
 
 
