@@ -74,17 +74,18 @@ def _target(section: Section, key: str, pattern: re.Pattern[str], what: str) -> 
     role = section.get_str("role_arn", "")
     if role and not ROLE_ARN.fullmatch(role):
         raise ConfigError(f"[{section.where}] role_arn: not an IAM role ARN: {role!r}")
-    return Target(region, role, _ids(section, key, pattern, what))
+    return Target(region, role, _ids(section, key, pattern, what) if key else ())
 
 
 def parse_targets(
     section: Section, key: str, pattern: re.Pattern[str], what: str
 ) -> tuple[Target, ...]:
-    """The section's targets: ``targets = [...]``, or ``region`` (+ ``role_arn``) and ``key``."""
+    """The section's targets: ``targets = [...]``, or ``region`` (+ ``role_arn``) and ``key``
+    (``key`` empty: targets name no resources, only where)."""
     raw = section.raw("targets", None)
     if raw is None:
         return (_target(section, key, pattern, what),)
-    if any(k in section.data for k in ("region", "role_arn", key)):
+    if any(k in section.data for k in ("region", "role_arn", key) if k):
         raise ConfigError(
             f"[{section.where}] targets: give either targets or region/role_arn/{key}, not both"
         )

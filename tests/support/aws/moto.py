@@ -171,9 +171,11 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     the backend's backoff and polling shortened."""
     from cfallow.backends.aws.backend import AwsBackend
     from cfallow.backends.aws.nacl import AwsNaclBackend
+    from cfallow.backends.aws.wafv2 import AwsWafv2Backend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
     monkeypatch.setattr(AwsNaclBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsWafv2Backend, "backoff", 0.001)
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.01)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         monkeypatch.delenv(var, raising=False)
