@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.aws.moto import REGION, MotoServer, World
+from support.aws.harness import REGION, MotoServer, World
 
 
 def reads(world: World, runs: int) -> None:

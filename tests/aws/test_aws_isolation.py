@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.aws.moto import MotoServer, World, aws_env, shared_server
+from support.aws.harness import MotoServer, World, aws_env, shared_server
 from support.cfdata import CURRENT
 
 from cfallow.engine import run_backend

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from netaddr import IPNetwork
-from support.aws.moto import MotoServer, aws_env, shared_server
+from support.aws.harness import MotoServer, aws_env, shared_server
 from support.aws.nacl import NaclHarness, NaclWorld, verdict
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 

@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from support.aws.moto import MotoServer, aws_env, shared_server
+from support.aws.harness import MotoServer, aws_env, shared_server
 from support.aws.nacl import NaclWorld, verdict
 from support.cfdata import CURRENT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support.aws.moto import MotoServer, aws_env, shared_server
+from support.aws.harness import MotoServer, aws_env, shared_server
 from support.aws.waf import SCOPE, WafHarness, WafWorld
 from support.cfdata import CURRENT, OLD
 

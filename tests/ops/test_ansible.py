@@ -525,7 +525,7 @@ def test_module_idempotency_matrix_for_a_network_acl(
 ) -> None:
     """check -> changed, apply -> changed, check -> not, apply -> not, then absent, against one
     network ACL on moto_server (127.0.0.1): the ACL read back with a plain client."""
-    from support.aws.moto import aws_env, shared_server
+    from support.aws.harness import aws_env, shared_server
     from support.aws.nacl import NaclWorld, verdict
 
     need_backend("aws-nacl")

@@ -9,7 +9,6 @@ here. Nothing else differs from ``moto_server``.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -35,10 +34,6 @@ def _keep_prefix_list_descriptions() -> None:
 
 
 if __name__ == "__main__":
-    # Run as a script, this directory leads sys.path, and its moto.py (the test support)
-    # would shadow the moto package.
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     _keep_prefix_list_descriptions()
     from moto.server import main
 

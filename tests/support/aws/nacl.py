@@ -16,7 +16,7 @@ from netaddr import IPAddress, IPNetwork
 from cfallow.backend import Backend, Context, build
 from cfallow.testing import Harness
 
-from .moto import REGION, MotoServer
+from .harness import REGION, MotoServer
 
 TAG = "cfallow:rule-numbers"
 Entry = tuple[int, bool, str, int, int, str, str]  # number, egress, proto, from, to, cidr, action

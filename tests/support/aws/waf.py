@@ -9,7 +9,7 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context, build
 from cfallow.testing import Harness
 
-from .moto import REGION, MotoServer
+from .harness import REGION, MotoServer
 
 SCOPE = "REGIONAL"
 _VIS = {"SampledRequestsEnabled": False, "CloudWatchMetricsEnabled": False, "MetricName": "m"}
