@@ -207,3 +207,31 @@ def test_the_quota_comes_from_service_quotas_where_readable(
                 "eu-west-1: ACL quota not readable (AccessDeniedException): counted as 20"
                 in result.plan.notes[0]
             )
+
+
+def test_the_cli_exits_1_naming_the_failed_target_after_writing_the_others(
+    server: MotoServer, tmp_path: Path
+) -> None:
+    """``cfallow sync`` (a process, bundled list): one ACL missing in one region, the other
+    region written; ``status`` (a dry run) names the same target."""
+    from support.cli_helpers import run_proc
+
+    good = NaclWorld(server, region="eu-west-1")
+    missing = "acl-0123456789abcdef0"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[backends.aws-nacl]\nports = [443]\nrules_per_acl = 40\n"
+        f'endpoint_url = "{server.url}"\n'
+        f'targets = [{{ region = "eu-west-1", network_acl_ids = ["{good.acls[0]}"] }},'
+        f' {{ region = "us-west-2", network_acl_ids = ["{missing}"] }}]\n'
+    )
+    base = ["--config", str(config), "--state-dir", str(tmp_path / "state")]
+    status = run_proc(*base, "status", "--source", "bundled")
+    want = f"{missing} (us-west-2): InvalidNetworkAclID.NotFound"
+    assert status.rc == 1 and want in status.err, status.err
+    assert good.owned(good.acls[0]) == []
+    sync = run_proc(*base, "sync", "--source", "bundled")
+    assert sync.rc == 1, sync.err
+    assert f"aws-nacl: {want}" in sync.err
+    assert len([line for line in sync.err.splitlines() if "error" in line]) == 1, sync.err
+    assert good.allowed(good.acls[0]) == CURRENT
