@@ -123,3 +123,53 @@ def test_a_set_named_like_cfallows_but_not_tagged_is_never_written(world: WafWor
     assert result.error is not None
     assert "cfallow-cloudflare-ipv4: named like cfallow's but not tagged" in result.error
     assert world.sets()["cfallow-cloudflare-ipv4"] == before
+
+
+def test_targets_in_two_accounts_and_the_cloudfront_scope(server: MotoServer) -> None:
+    """One run writes one region of this account and us-east-1 of another (STS); CloudFront's
+    scope lives in us-east-1 whatever the target says."""
+    import boto3
+
+    from cfallow.backend import Context, build
+
+    role = "arn:aws:iam::222233334444:role/cfallow"
+    targets = [{"region": "eu-west-1"}, {"region": "us-east-1", "role_arn": role}]
+    section = {"targets": targets, "endpoint_url": server.url}
+    backend: Any = build("aws-wafv2", section, Context())
+    assert run_backend(backend, CURRENT, dry_run=False).error is None
+    assert (
+        world_sets(server, "eu-west-1")
+        == world_sets(server, "us-east-1", role)
+        == [
+            "cfallow-cloudflare-ipv4",
+            "cfallow-cloudflare-ipv6",
+        ]
+    )
+    assert world_sets(server, "us-east-1") == []  # this account's us-east-1: untouched
+    assert dict(backend.clients.calls) == {
+        "eu-west-1": 1 + 2 * 1,  # list, then a create per family
+        "us-east-1/222233334444": 1 + 1 + 2,  # the role, the list, two creates
+    }
+    cloudfront: Any = build(
+        "aws-wafv2", {"scope": "CLOUDFRONT", "endpoint_url": server.url}, Context()
+    )
+    assert run_backend(cloudfront, CURRENT, dry_run=False).error is None
+    waf = boto3.client("wafv2", region_name="us-east-1", endpoint_url=server.url)
+    names = sorted(s["Name"] for s in waf.list_ip_sets(Scope="CLOUDFRONT")["IPSets"])
+    assert names == ["cfallow-cloudflare-ipv4", "cfallow-cloudflare-ipv6"]
+
+
+def world_sets(server: MotoServer, region: str, role_arn: str = "") -> list[str]:
+    import boto3
+
+    keys: dict[str, str] = {}
+    if role_arn:
+        sts = boto3.client("sts", region_name=region, endpoint_url=server.url)
+        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName="check")["Credentials"]
+        keys = {
+            "aws_access_key_id": creds["AccessKeyId"],
+            "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"],
+        }
+    waf = boto3.client("wafv2", region_name=region, endpoint_url=server.url, **keys)
+    return sorted(s["Name"] for s in waf.list_ip_sets(Scope=SCOPE)["IPSets"])
