@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import time
 from pathlib import Path
 
 from cfallow.errors import ConfigError
-from cfallow.fetch.cadence import now
 from cfallow.fs import write_atomic
 from cfallow.section import Section
 
@@ -35,6 +36,13 @@ def interval(section: Section) -> float:
             f" got {value!r}"
         )
     return float(value)
+
+
+def now() -> float:
+    """Wall-clock seconds; ``CFALLOW_NOW`` (epoch seconds) overrides it, as for the fetch
+    cadence (a backend builds on the kit alone, so the two read the variable each)."""
+    fake = os.environ.get("CFALLOW_NOW")
+    return float(fake) if fake else time.time()
 
 
 def _path(state_dir: Path, name: str) -> Path:
