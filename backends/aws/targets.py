@@ -141,17 +141,14 @@ class Clients:
         self._clients: dict[tuple[Target, str, str], Ec2] = {}
         self._lock = threading.Lock()
 
-    def _session(self, target: Target) -> Any:
+    def preflight(self, target: Target) -> Any:
+        """The target's base session: a region and credentials in boto3's chain (no call)."""
         try:
             import boto3
         except ImportError as exc:
             raise BackendError(
                 f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})"
             ) from exc
-        with self._lock:
-            found = self._sessions.get(target)
-        if found is not None:
-            return found
         base = boto3.session.Session(region_name=target.region or None)
         if not base.region_name:
             raise BackendError("no AWS region: set region (or AWS_DEFAULT_REGION)")
@@ -159,6 +156,16 @@ class Clients:
             raise BackendError(
                 "no AWS credentials in boto3's chain (environment, shared profile, instance role)"
             )
+        return base
+
+    def _session(self, target: Target) -> Any:
+        import boto3
+
+        with self._lock:
+            found = self._sessions.get(target)
+        if found is not None:
+            return found
+        base = self.preflight(target)
         session = base
         if target.role_arn:
             sts = self._count(

@@ -22,6 +22,7 @@ from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context
 from cfallow.errors import BackendError, ConfigError, Unavailable
+from cfallow.install import extra_hint
 from cfallow.model import Networks, Plan, make_plan
 from cfallow.section import Section
 
@@ -91,9 +92,11 @@ class AwsWafv2Backend(Backend[WafSeen, WafWork]):
         self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
 
     def check(self) -> None:
-        """boto3 installed (no API call)."""
+        """boto3, a region and credentials for every target (no API call)."""
         if importlib.util.find_spec("boto3") is None:
-            raise Unavailable("boto3 is not installed (pip install 'boto3>=1.28')")
+            raise Unavailable(f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})")
+        for target in self.targets:
+            self.clients.preflight(target)
 
     def waf(self, target: Target) -> Ec2:
         """The target's WAFv2 client (CloudFront's scope lives in us-east-1)."""

@@ -201,3 +201,18 @@ def test_targets_parse_into_regions_and_accounts() -> None:
     )
     assert [t.label for t in b.targets] == ["eu-west-1", "eu-west-1/222233334444"]
     assert (b.interval, str(b.band), b.layout, b.quota) == (1800.0, "1-99", "per-port", 0)
+
+
+@pytest.mark.parametrize("name", ["aws-nacl", "aws-wafv2"])
+def test_the_new_modes_check_region_and_credentials_before_any_call(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolated(monkeypatch)
+    ids = {"network_acl_ids": ["acl-0123456789abcdef0"]} if name == "aws-nacl" else {}
+    with pytest.raises(BackendError, match="no AWS region"):
+        build(name, ids, Context()).check()
+    with pytest.raises(BackendError, match="no AWS credentials in boto3's chain"):
+        build(name, {**ids, "region": "eu-west-1"}, Context()).check()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    build(name, {**ids, "region": "eu-west-1"}, Context()).check()

@@ -165,8 +165,9 @@ DEFAULT = [
     ],
 )
 def test_the_quota_comes_from_service_quotas_where_readable(
-    quota: float | None, error: str | None
+    quota: float | None, error: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    aws_env(monkeypatch)  # credentials in the chain for the preflight; calls stay stubbed
     ec2 = boto3.client(
         "ec2", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y"
     )
