@@ -211,3 +211,18 @@ def test_a_port_change_is_drift_and_made_before_it_is_broken(world: NaclWorld) -
     assert verdict(entries, OUTSIDER, 443) == "deny"  # the default deny: no admin allow here
     assert all(verdict(entries, first_address(n), 8443) == "allow" for n in CURRENT)
     assert {e[3] for e in world.owned(acl)} == {8443}
+
+
+def test_at_the_quota_the_2021_change_deletes_first_and_says_so(world: NaclWorld) -> None:
+    """23 of cfallow's + 2 default denies = 25; after the change 26 fits a quota of 26, but
+    making the two new entries before deleting the old one would pass through 27."""
+    acl = world.acls[0]
+    assert run_backend(world.backend(), OLD, dry_run=False).error is None
+    backend = world.backend(rules_per_acl=26)
+    writes = _watch(world, backend, lambda _: None)
+    result = run_backend(backend, CURRENT, dry_run=False)
+    assert result.error is None, result.error
+    assert result.plan is not None
+    assert f"{acl} (eu-west-1): deleting before creating (quota)" in result.plan.drift
+    assert writes == ["DeleteNetworkAclEntry"] + ["CreateNetworkAclEntry"] * 2
+    assert world.allowed(acl) == CURRENT
