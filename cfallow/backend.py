@@ -59,6 +59,9 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
     #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
     firewall_lock: Path = field(default_factory=default_path)
+    #: A real scheduled run (``sync --scheduled``, the timer): a backend on a remote API may
+    #: skip its read until its own ``interval`` is due. Never set for dry runs.
+    scheduled: bool = False
 
 
 @dataclass(frozen=True)

@@ -76,9 +76,16 @@ def _plan(backend: AnyBackend, desired: Networks | None) -> BackendResult:
         result.plan = backend.diff(backend.read(), desired)
         if result.plan.changed:
             backend.validate(result.plan)
+        if result.plan.failed:  # some targets fail; the others are still applied
+            result.error = "; ".join(result.plan.failed)
     except Exception as exc:
         result.error = _failure(backend, exc, "planning")
     return result
+
+
+def _partial(result: BackendResult) -> bool:
+    """Failed only in some of its targets: the rest of the plan is applied."""
+    return result.plan is not None and result.error == "; ".join(result.plan.failed)
 
 
 def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult) -> None:
@@ -98,7 +105,8 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
                     return
                 backend.validate(result.plan)
     except Exception as exc:
-        result.error = _failure(backend, exc, "applying")
+        failed = _failure(backend, exc, "applying")
+        result.error = f"{result.error}; {failed}" if result.error else failed
 
 
 def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bool) -> RunResult:
@@ -115,7 +123,9 @@ def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bo
     planned = [(b, _plan(b, desired)) for b in backends]
     for backend, result in planned:
         outcome.results.append(result)
-        if dry_run or result.error is not None or result.plan is None or not result.plan.changed:
+        if dry_run or result.plan is None or not result.plan.changed:
+            continue
+        if result.error is not None and not _partial(result):
             continue
         _apply(backend, desired, result)
     return outcome

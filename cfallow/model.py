@@ -146,6 +146,9 @@ class Plan(Generic[S]):
     drift: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     steps: tuple[S, ...] = ()
+    #: Targets of this backend that fail (one line each: over a quota, unreadable) while
+    #: the others are applied: the engine reports them as the backend's error, dry runs too.
+    failed: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -179,10 +182,20 @@ def make_plan(
     drift: Iterable[str] = (),
     notes: Iterable[str] = (),
     steps: Iterable[S] = (),
+    failed: Iterable[str] = (),
 ) -> Plan[S]:
     """Diff ``desired`` against ``current`` and wrap the result in a :class:`Plan`."""
     add, remove = diff(desired, current, covered)
-    return Plan(backend, frozenset(current), add, remove, tuple(drift), tuple(notes), tuple(steps))
+    return Plan(
+        backend,
+        frozenset(current),
+        add,
+        remove,
+        tuple(drift),
+        tuple(notes),
+        tuple(steps),
+        tuple(failed),
+    )
 
 
 def combine(

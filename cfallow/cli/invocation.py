@@ -213,7 +213,12 @@ def load(opts: Options) -> Invocation:
     (the whole config, every backend section included, before any lock or state dir)."""
     cfg = config.load(opts.config)
     state = State(opts.state_dir)
-    ctx = backend.Context(runner=Runner(), state_dir=state.dir, log=log)
+    ctx = backend.Context(
+        runner=Runner(),
+        state_dir=state.dir,
+        log=log,
+        scheduled=opts.scheduled and not opts.dry_run,
+    )
     built: list[backend.AnyBackend] = []
     if opts.command not in NO_BACKENDS:
         built = _backends(cfg, opts.backends, ctx, offline=opts.offline)
