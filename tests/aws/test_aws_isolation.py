@@ -6,6 +6,7 @@ pre-flight of that one group stopped the run for all ten (0 of 10 written).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_a_scheduled_run_reads_the_groups_only_every_interval(
 
     def run(**options: Any) -> Any:
         backend = world.backend(interval="2h", **options)
-        backend.ctx.scheduled = True
+        backend.ctx = dataclasses.replace(backend.ctx, scheduled=True)
         return run_backend(backend, CURRENT, dry_run=False)
 
     monkeypatch.setenv("CFALLOW_NOW", "5000000")

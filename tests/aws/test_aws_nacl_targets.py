@@ -8,6 +8,7 @@ answers the default).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def test_a_scheduled_run_reads_aws_only_when_its_interval_is_due(
     assert [c.action for c in server.calls() if c.by_cfallow] == ["DescribeNetworkAcls"]
     # an unscheduled run always reads
     server.reset_recording()
-    ctx.scheduled = False
+    ctx = dataclasses.replace(ctx, scheduled=False)
     assert run().error is None and len(server.calls()) == 1
 
 

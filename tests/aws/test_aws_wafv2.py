@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -45,7 +46,8 @@ def test_one_set_per_family_then_three_reads_and_no_write(world: WafWorld) -> No
     assert sets["cfallow-cloudflare-ipv6"]["tags"] == {"managed-by": "cfallow"}
     world.server.reset_recording()
     backend = world.backend()
-    backend.ctx.scheduled = True  # as the timer runs it (its interval not yet stamped)
+    # as the timer runs it (its interval not yet stamped)
+    backend.ctx = dataclasses.replace(backend.ctx, scheduled=True)
     again = run_backend(backend, CURRENT, dry_run=False)
     assert again.error is None and not again.changed
     calls = [c.action for c in world.server.calls() if c.by_cfallow]
