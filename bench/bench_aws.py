@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.aws_moto import REGION, MotoServer, World
+from support.aws.moto import REGION, MotoServer, World
 
 
 def main(runs: int) -> None:

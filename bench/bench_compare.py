@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support import ns_exec  # noqa: E402
-from support.proof_lab import CF_CLIENT, OUTSIDE, Lab, era_lists, lab  # noqa: E402
+from support.proof.lab import CF_CLIENT, OUTSIDE, Lab, era_lists, lab  # noqa: E402
 
 APPROACHES = ("cfallow", "tutorial", "append-only")
 SCRIPTS = {

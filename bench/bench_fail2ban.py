@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support.f2b_harness import running_server
+from support.fail2ban.harness import running_server
 
 EXTRA_JAIL = "\n[extra{i}]\nenabled = true\nfilter = cfa-test\nlogpath = {logs}/alpha.log\n"
 

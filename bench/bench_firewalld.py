@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from cfallow.backends.firewalld_bus import Bus
+from cfallow.backends.firewalld.bus import Bus
 from support.cfdata import CURRENT, OLD
-from support.fwd_harness import FwHarness, Lab, lab
-from support.ipt_traffic import CF
+from support.firewalld.harness import FwHarness, Lab, lab
+from support.iptables.traffic import CF
 
 from cfallow.engine import run_backend
 from cfallow.model import as_strings, family

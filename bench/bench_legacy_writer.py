@@ -31,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cfallow.backends.iptables import IptablesBackend  # noqa: E402
-from cfallow.backends.iptables_iptc import IptcWriter, load_iptc  # noqa: E402
-from cfallow.backends.iptables_legacy import LegacyIO, RestoreWriter  # noqa: E402
+from cfallow.backends.iptables.backend import IptablesBackend  # noqa: E402
+from cfallow.backends.iptables.legacy import LegacyIO, RestoreWriter  # noqa: E402
 from support.cfdata import CURRENT, OLD  # noqa: E402
-from support.ipt_netns import enter_netns  # noqa: E402
+from support.iptables.iptc import IptcWriter, load_iptc  # noqa: E402
+from support.iptables.netns import enter_netns  # noqa: E402
 
 from cfallow.backend import Context, build  # noqa: E402
 from cfallow.runner import Runner  # noqa: E402

@@ -17,11 +17,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support.cfdata import CURRENT, OLD
-from support.realip_apache import Apache
-from support.realip_caddy import Caddy
-from support.realip_haproxy import Haproxy
-from support.realip_lab import Server, running, sync
-from support.realip_nginx import Nginx
+from support.realip.apache import Apache
+from support.realip.caddy import Caddy
+from support.realip.haproxy import Haproxy
+from support.realip.lab import Server, running, sync
+from support.realip.nginx import Nginx
 
 
 def timed(srv: Server, desired: frozenset) -> float:  # type: ignore[type-arg]

@@ -64,14 +64,14 @@ s.serve_forever()
 """
 
 _IMPORTS = (
-    "import sys; from cfallow.cli import main; rc = main(sys.argv[1:]); "
+    "import sys; from cfallow.cli.commands import main; rc = main(sys.argv[1:]); "
     f"print(','.join(m for m in {HEAVY!r} if m in sys.modules) or '-'); sys.exit(rc)"
 )
 
 
 FLOOR = "import argparse, dataclasses, json, logging, pathlib, subprocess, tomllib, netaddr"
 SCRIPT = (
-    "#!{python}\nimport sys\nfrom cfallow.cli import main\n"
+    "#!{python}\nimport sys\nfrom cfallow.cli.commands import main\n"
     "if __name__ == '__main__':\n    sys.exit(main())\n"
 )
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.proof_lab import Lab, lab  # noqa: E402
-from support.proof_soak import EXPECTED, soak, summary  # noqa: E402
+from support.proof.lab import Lab, lab  # noqa: E402
+from support.proof.soak import EXPECTED, soak, summary  # noqa: E402
 
 
 def processes(lb: Lab, runs: int) -> dict[str, object]:

@@ -2,6 +2,6 @@
 
 import sys
 
-from cfallow.cli import main
+from cfallow.cli.commands import main
 
 sys.exit(main())

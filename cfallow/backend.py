@@ -53,11 +53,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from cfallow import plugins
-from cfallow.config import Section, suggest
 from cfallow.errors import BackendError, ConfigError
 from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
+from cfallow.section import Section, suggest
 
 GROUP = "cfallow.backends"
 O = TypeVar("O")  # noqa: E741 - what a backend reads

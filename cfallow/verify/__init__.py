@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from netaddr import IPNetwork
 
-from cfallow import hostfw_nat
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
+from cfallow.netfilter import nat as hostfw_nat
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
 from cfallow.verify import sample, snapshot, trace, xpath

@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from cfallow import xtables
+from cfallow.netfilter import xtables
 
 CLONE_NEWNET = 0x40000000
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from cfallow import xtables
 from cfallow.errors import BackendError, CommandNotFound
+from cfallow.netfilter import xtables
 from cfallow.runner import Runner
 
 

@@ -98,7 +98,7 @@ def test_boto3_is_not_imported_until_the_backend_talks_to_aws() -> None:
     code = (
         "import sys\n"
         "from cfallow.backend import Context, build, load_class\n"
-        "import cfallow.cli\n"
+        "import cfallow.cli.commands\n"
         "cls = load_class('aws')\n"
         f"b = build('aws', {{'security_group_ids': ['{GROUP}']}}, Context())\n"
         "print(cls is type(b), sorted(m for m in ('boto3', 'botocore') if m in sys.modules))\n"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cfallow.backends.aws import AwsSeen, AwsWork
-from cfallow.backends.aws_rules import Key, Rule
+from cfallow.backends.aws.backend import AwsSeen, AwsWork
+from cfallow.backends.aws.rules import Key, Rule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork

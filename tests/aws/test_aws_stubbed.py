@@ -138,7 +138,7 @@ def authorized(s: Stubbed) -> dict[str, int]:
 
 @pytest.fixture(autouse=True)
 def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cfallow.backends.aws import AwsBackend
+    from cfallow.backends.aws.backend import AwsBackend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.001)

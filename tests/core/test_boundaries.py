@@ -21,9 +21,12 @@ import pytest
 from netaddr import IPNetwork
 from support import need_root
 
-from cfallow import cadence, trust
+from cfallow import trust
 from cfallow.errors import ConfigError, GuardRefused, ValidationError
-from cfallow.guard import check_ceiling, check_growth, check_shrink
+from cfallow.fetch import cadence
+from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
+from cfallow.fetch.ranges import Ranges
+from cfallow.fetch.validate import MAX_ENTRIES, check_lists, parse_family
 from cfallow.model import (
     FAMILIES,
     FAMILY_NAME,
@@ -35,8 +38,6 @@ from cfallow.model import (
     make_plan,
     parse_cidr,
 )
-from cfallow.ranges import Ranges
-from cfallow.validate import MAX_ENTRIES, check_lists, parse_family
 
 V6 = frozenset({IPNetwork("2400:cb00::/32")})
 PREFIXES = {4: 12, 6: 29}

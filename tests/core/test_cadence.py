@@ -10,8 +10,9 @@ import pytest
 from pytest_httpserver import HTTPServer
 from support.cli_helpers import Result, fixture_text, run_cli, write_config
 
-from cfallow import cadence
-from cfallow.config import ConfigError, Section, _duration
+from cfallow.cli.config import ConfigError, _duration
+from cfallow.fetch import cadence
+from cfallow.section import Section
 
 API = "/client/v4/ips"
 T0 = 1_800_000_000.0

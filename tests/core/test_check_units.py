@@ -17,7 +17,7 @@ import pytest
 from support import need_tool
 from support.cli_helpers import Result, run_cli
 
-from cfallow.check import unit_grants
+from cfallow.cli.check import unit_grants
 
 UNITS = Path(__file__).resolve().parents[2] / "systemd"
 
@@ -156,7 +156,7 @@ def test_the_default_units_are_found_where_systemd_finds_them(
     etc, lib = host.tmp / "etc-system", host.tmp / "lib-system"
     for d in (etc, lib):
         d.mkdir()
-    monkeypatch.setattr("cfallow.check.UNIT_DIRS", (etc, lib))
+    monkeypatch.setattr("cfallow.cli.check.UNIT_DIRS", (etc, lib))
     for name in ("cfallow.service", "cfallow-restore.service"):
         (lib / name).write_text((UNITS / name).read_text())
     r = host.cli(capsys, "check")
@@ -183,6 +183,6 @@ def test_no_installed_unit_is_said_not_skipped_silently(
 ) -> None:
     etc = host.tmp / "etc-system"
     etc.mkdir()
-    monkeypatch.setattr("cfallow.check.UNIT_DIRS", (etc,))
+    monkeypatch.setattr("cfallow.cli.check.UNIT_DIRS", (etc,))
     r = host.cli(capsys, "check")
     assert f"{etc / 'cfallow.service'} not installed: sandbox not checked" in r.out

@@ -14,7 +14,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from support.cli_helpers import Result, fixture_text, run_cli, run_proc, write_config
 
-from cfallow.state import State
+from cfallow.fetch.state import State
 
 API = "/client/v4/ips"
 

@@ -55,7 +55,7 @@ def test_a_plugin_whose_steps_are_not_deterministic_fails_the_contract(tmp_path:
 
     from cfallow_fake import FakeBackend, Write
 
-    from cfallow.config import Section
+    from cfallow.section import Section
 
     counter = itertools.count()
 

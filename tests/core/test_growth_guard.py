@@ -19,7 +19,7 @@ from pytest_httpserver import HTTPServer
 from support.cli_helpers import Result, fixture_text, run_proc, write_config
 
 from cfallow.errors import ValidationError
-from cfallow.validate import parse_family
+from cfallow.fetch.validate import parse_family
 
 API = "/client/v4/ips"
 CURRENT = json.loads(fixture_text("api-ips.json"))["result"]

@@ -19,8 +19,8 @@ from support.cfdata import CURRENT
 from support.cli_helpers import Result, fixture_text, run_cli, run_proc, write_config
 from support.loopback import LoopbackOnly, RecordingProxy, tls_server
 
-from cfallow import http
 from cfallow.errors import FetchError
+from cfallow.fetch import http
 
 API = "/client/v4/ips"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -13,8 +13,8 @@ from netaddr import IPNetwork
 from prometheus_client.parser import text_string_to_metric_families
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
-from cfallow.metrics import previous_success, write_metrics
 from cfallow.model import as_strings
+from cfallow.report.metrics import previous_success, write_metrics
 
 NOW = 1_760_000_000.25
 FETCHED = NOW - 3600.5

@@ -11,7 +11,7 @@ from pathlib import Path
 from support.cli_helpers import fixture_text
 
 PROBE = (
-    "import sys; from cfallow.cli import main; rc = main(sys.argv[1:]); "
+    "import sys; from cfallow.cli.commands import main; rc = main(sys.argv[1:]); "
     "print(sorted(m for m in ('requests', 'urllib3', 'tenacity', 'boto3', 'iptc') "
     "if m in sys.modules)); sys.exit(rc)"
 )

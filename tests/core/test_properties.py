@@ -1,7 +1,7 @@
 """Property tests: whatever a source sends, the parser and validator either refuse it
 with the project's own error or accept a list that obeys every rule.
 
-The rules are checked by an independent oracle (tests/proof_oracle.py, built on
+The rules are checked by an independent oracle (tests/support/proof/oracle.py, built on
 the standard library's ``ipaddress``), not by calling the validator again.
 """
 
@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pytest_httpserver import HTTPServer
-from support.proof_oracle import MAX_ENTRIES, is_grey, lists_ok, parse_entry, same
-from support.proof_strategies import api_doc, clean_list, entry, junk_entry
+from support.proof.oracle import MAX_ENTRIES, is_grey, lists_ok, parse_entry, same
+from support.proof.strategies import api_doc, clean_list, entry, junk_entry
 
-from cfallow.config import SourceConfig
+from cfallow.cli.config import SourceConfig
 from cfallow.errors import RangesError, ValidationError
+from cfallow.fetch.sources import fetch_live, parse_api
+from cfallow.fetch.state import LKG_FILE, State
+from cfallow.fetch.validate import check_lists, parse_family, parse_text_list
 from cfallow.model import parse_cidr
-from cfallow.sources import fetch_live, parse_api
-from cfallow.state import LKG_FILE, State
-from cfallow.validate import check_lists, parse_family, parse_text_list
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 

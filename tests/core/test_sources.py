@@ -13,9 +13,9 @@ from support.cfdata import CURRENT
 from support.cli_helpers import fixture_text
 from werkzeug import Request, Response
 
-from cfallow import http, sources
-from cfallow.config import SourceConfig
+from cfallow.cli.config import SourceConfig
 from cfallow.errors import FetchError, ValidationError
+from cfallow.fetch import http, sources
 
 API = "/client/v4/ips"
 

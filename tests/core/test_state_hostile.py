@@ -25,7 +25,7 @@ from support import need, need_root, need_tool
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import Result, fixture_text, run_proc, write_config
 
-from cfallow.cadence import FETCH_LOG
+from cfallow.fetch.cadence import FETCH_LOG
 
 LKG = "last-known-good.json"
 

@@ -6,9 +6,9 @@ import pytest
 from support.cfdata import CURRENT, OLD
 
 from cfallow.errors import GuardRefused, ValidationError
-from cfallow.guard import check_shrink
-from cfallow.ranges import Ranges
-from cfallow.validate import check_lists, parse_family, parse_text_list
+from cfallow.fetch.guard import check_shrink
+from cfallow.fetch.ranges import Ranges
+from cfallow.fetch.validate import check_lists, parse_family, parse_text_list
 
 
 def _ranges(nets: frozenset) -> Ranges:  # type: ignore[type-arg]

@@ -9,8 +9,8 @@ import pytest
 from netaddr import IPNetwork
 from support import need_root, need_tool
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.f2b_harness import JAILS, F2bHarness, running_server
-from support.f2b_server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
+from support.fail2ban.harness import JAILS, F2bHarness, running_server
+from support.fail2ban.server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.engine import run_backend
 from cfallow.testing import BackendContract

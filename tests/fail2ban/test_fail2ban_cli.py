@@ -14,8 +14,8 @@ from pytest_httpserver import HTTPServer
 from support import need_root, need_tool
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import fixture_text, run_proc, write_config
-from support.f2b_harness import JAILS, running_server
-from support.f2b_server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
+from support.fail2ban.harness import JAILS, running_server
+from support.fail2ban.server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.model import as_strings
 

@@ -14,9 +14,9 @@ import pytest
 from netaddr import IPNetwork
 from support import need_root, need_tool
 from support.cfdata import CURRENT
-from support.f2b_harness import JAILS, F2bHarness, running_server
-from support.f2b_procs import child_running, config_file, processes, start_sync, wait_for
-from support.f2b_server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
+from support.fail2ban.harness import JAILS, F2bHarness, running_server
+from support.fail2ban.procs import child_running, config_file, processes, start_sync, wait_for
+from support.fail2ban.server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.engine import run_backend
 
@@ -67,7 +67,7 @@ def test_links_and_special_files_in_the_configuration(harness: F2bHarness) -> No
 
 
 def test_a_configuration_over_the_size_cap_is_refused_in_one_line(harness: F2bHarness) -> None:
-    from cfallow.backends import fail2ban_copy
+    from cfallow.backends.fail2ban import copy as fail2ban_copy
 
     with open(harness.srv.conf / "big.bin", "wb") as fh:
         fh.truncate(fail2ban_copy.MAX_BYTES + 1)  # sparse: no disk used in the real tree
@@ -149,7 +149,7 @@ class _Evil:
 
 
 def test_a_reply_that_would_run_code_is_inert(tmp_path: Path) -> None:
-    from cfallow.backends.fail2ban_socket import RemoteError, safe_loads
+    from cfallow.backends.fail2ban.socket import RemoteError, safe_loads
 
     marker = tmp_path / "pwned"
     reply = safe_loads(pickle.dumps((0, [_Evil(marker), "104.16.0.0/13"])))

@@ -17,14 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cfallow.backends.fail2ban_socket import ServerSocket
+from cfallow.backends.fail2ban.socket import ServerSocket
 from netaddr import IPNetwork
 from support import need_root, need_tool
 from support.cfdata import CURRENT, OLD, REMOVED_2021
 from support.cli_helpers import run_proc
-from support.f2b_harness import F2bHarness, running_server
-from support.f2b_procs import child_running, config_file, start_sync, wait_for
-from support.f2b_server import DEFAULT_IGNORE, F2bServer, nets
+from support.fail2ban.harness import F2bHarness, running_server
+from support.fail2ban.procs import child_running, config_file, start_sync, wait_for
+from support.fail2ban.server import DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.engine import run_backend
 

@@ -9,8 +9,8 @@ import pytest
 from netaddr import IPNetwork
 from support import namespace, need_root, need_tool
 from support.cfdata import CURRENT
-from support.f2b_harness import JAILS, F2bHarness, running_server
-from support.f2b_server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
+from support.fail2ban.harness import JAILS, F2bHarness, running_server
+from support.fail2ban.server import BETA_IGNORE, DEFAULT_IGNORE, F2bServer, nets
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
@@ -131,7 +131,7 @@ def test_a_range_the_admin_takes_over_stays_theirs(harness: F2bHarness) -> None:
 
 
 def test_nothing_unvalidated_reaches_the_client(harness: F2bHarness) -> None:
-    from cfallow.backends.fail2ban_client import Client  # the installed plugin module
+    from cfallow.backends.fail2ban.client import Client  # the installed plugin module
 
     runner = Runner()
     client = Client(runner, "fail2ban-client", harness.srv.conf, harness.srv.socket)

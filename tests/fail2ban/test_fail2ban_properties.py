@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cfallow.backends import fail2ban_dropin as dropin
-from cfallow.backends.fail2ban import Seen
-from cfallow.backends.fail2ban_client import ConfigDump
+from cfallow.backends.fail2ban import dropin
+from cfallow.backends.fail2ban.backend import Seen
+from cfallow.backends.fail2ban.client import ConfigDump
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork

@@ -10,10 +10,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cfallow.backend import Backend, Context
-from cfallow.config import Section
 from cfallow.errors import BackendError, TargetMoved
 from cfallow.fs import write_atomic
 from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
+from cfallow.section import Section
 
 
 @dataclass(frozen=True)

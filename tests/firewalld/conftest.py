@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from support.fwd_harness import Lab
+from support.firewalld.harness import Lab
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from cfallow.backends.firewalld_bus import ROOT
-from cfallow.backends.firewalld_diff import plan_calls
-from cfallow.backends.firewalld_plan import Call
-from cfallow.backends.firewalld_state import Seen, SetState, ZoneState, bridge_rule
+from cfallow.backends.firewalld.bus import ROOT
+from cfallow.backends.firewalld.diff import plan_calls
+from cfallow.backends.firewalld.plan import Call
+from cfallow.backends.firewalld.state import Seen, SetState, ZoneState, bridge_rule
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork, IPSet

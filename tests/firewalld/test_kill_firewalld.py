@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from support import need_root
 from support.cfdata import CURRENT, OLD
-from support.fwd_harness import FwHarness, Lab, kernel_set, owned
-from support.fwd_harness import lab as make_lab
-from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE
+from support.firewalld.harness import FwHarness, Lab, kernel_set, owned
+from support.firewalld.harness import lab as make_lab
+from support.iptables.traffic import CF, OLD_ONLY, OUTSIDE
 from support.kill_points import KILLS, Killer, sync_argv
 
 from cfallow.engine import run_backend

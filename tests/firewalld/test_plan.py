@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from cfallow.backends.firewalld_admin import keep_over_reload, settings_items
-from cfallow.backends.firewalld_diff import plan_calls
-from cfallow.backends.firewalld_plan import Defaults
-from cfallow.backends.firewalld_state import Admin, Seen, SetState, ZoneState
+from cfallow.backends.firewalld.admin import keep_over_reload, settings_items
+from cfallow.backends.firewalld.diff import plan_calls
+from cfallow.backends.firewalld.plan import Defaults
+from cfallow.backends.firewalld.state import Admin, Seen, SetState, ZoneState
 from netaddr import IPNetwork
 from support.cfdata import CURRENT, OLD
 

@@ -16,9 +16,9 @@ import pytest
 from support import need_root, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import run_cli
-from support.fwd_harness import FwHarness, Lab, kernel_set
-from support.fwd_harness import lab as make_lab
-from support.ipt_traffic import CF
+from support.firewalld.harness import FwHarness, Lab, kernel_set
+from support.firewalld.harness import lab as make_lab
+from support.iptables.traffic import CF
 
 from cfallow.engine import run_backend
 

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 from support import need_root
 from support.cfdata import CURRENT, OLD
-from support.fwd_harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
-from support.fwd_harness import lab as make_lab
-from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE
+from support.firewalld.harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
+from support.firewalld.harness import lab as make_lab
+from support.iptables.traffic import CF, OLD_ONLY, OUTSIDE
 
 from cfallow.engine import run_backend
 from cfallow.model import family

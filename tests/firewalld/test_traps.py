@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cfallow.backends.firewalld_bus import Bus
+from cfallow.backends.firewalld.bus import Bus
 from support import need_root
 from support.cfdata import CURRENT, OLD
-from support.fwd_harness import FwHarness, Lab, file_set, kernel_set
-from support.fwd_harness import lab as make_lab
-from support.ipt_traffic import CF, OUTSIDE
+from support.firewalld.harness import FwHarness, Lab, file_set, kernel_set
+from support.firewalld.harness import lab as make_lab
+from support.iptables.traffic import CF, OUTSIDE
 
 from cfallow.engine import run_backend
 from cfallow.errors import BackendError, TargetMoved

@@ -9,9 +9,9 @@ import pytest
 from support import need_root, ns_exec, sh
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 from support.cli_helpers import run_cli
-from support.fwd_harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
-from support.fwd_harness import lab as make_lab
-from support.ipt_traffic import CF, OLD_ONLY, OTHER, OUTSIDE
+from support.firewalld.harness import FwHarness, Lab, admin_runtime, file_set, kernel_set
+from support.firewalld.harness import lab as make_lab
+from support.iptables.traffic import CF, OLD_ONLY, OTHER, OUTSIDE
 
 from cfallow.engine import run_backend
 from cfallow.model import as_strings, family

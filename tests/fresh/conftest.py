@@ -5,7 +5,7 @@ the registries once (a setup run with this machine's network): this checkout
 as the user's clone at /root/cfallow, the wheels ``pip install .`` needs, and
 the .debs of ``apt install nftables`` / ``apt install iptables``. The tests
 then run the README's text verbatim inside private networks, with pip and apt
-pointed at those copies (:meth:`support.fresh.FreshServer.offline_env`).
+pointed at those copies (:meth:`support.fresh.root.FreshServer.offline_env`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support.fresh import CHECKOUT, FreshServer, shared_layer
+from support.fresh.root import CHECKOUT, FreshServer, shared_layer
 
 #: Debian packages the README's install text names (``apt install ...``).
 DEBS = ("nftables", "iptables")

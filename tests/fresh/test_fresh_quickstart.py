@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.cfdata import CURRENT
-from support.fresh import CHECKOUT, FreshServer, readme_block
+from support.fresh.root import CHECKOUT, FreshServer, readme_block
 
 from cfallow.model import as_strings
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.fresh import CHECKOUT, FreshServer, readme_block
-from support.fresh_deb import build_deb, deb_layer
+from support.fresh.deb import build_deb, deb_layer
+from support.fresh.root import CHECKOUT, FreshServer, readme_block
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

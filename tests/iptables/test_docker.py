@@ -24,8 +24,8 @@ import pytest
 from support import namespace_pair
 from support.cfdata import CURRENT
 from support.docker_engine import BODY, IMAGE, Dockerd, http_get, need_docker, private_dockerd
-from support.ipt_support import Fw, need_variant
-from support.ipt_traffic import CF, OUTSIDE, PROCS, SERVER, Pair
+from support.iptables.helpers import Fw, need_variant
+from support.iptables.traffic import CF, OUTSIDE, PROCS, SERVER, Pair
 
 from cfallow.engine import BackendResult, run_backend
 

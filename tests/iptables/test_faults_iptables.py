@@ -17,11 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 from support import need, need_root, need_tool
-from support.proof_lab import CF_CLIENT, Lab, chain_sources, era_lists, lab
-from support.proof_soak import InProcess
+from support.proof.lab import CF_CLIENT, Lab, chain_sources, era_lists, lab
+from support.proof.soak import InProcess
 
 from cfallow import backend
-from cfallow.state import State
+from cfallow.fetch.state import State
 
 # Killed syncs per variant (each followed by a converging sync): 2 x 50 = 100 in all.
 KILLS = int(os.environ.get("CFALLOW_PROOF_KILLS", "50"))
@@ -229,7 +229,7 @@ def _other_backend(lb: Lab, case: str) -> tuple[str, dict[str, str]]:
             'endpoint_url = "http://127.0.0.1:9"\n',
             AWS_ENV,
         )
-    from support.f2b_server import F2bServer
+    from support.fail2ban.server import F2bServer
 
     srv = F2bServer(lb.tmp / "f2b")  # configuration only; the server is never started
     client = "/nonexistent/fail2ban-client" if case == "fail2ban-client-missing" else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import namespace, ns_exec
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.ipt_support import JUMPS, VARIANTS, Fw, jumps_for, tool
+from support.iptables.helpers import JUMPS, VARIANTS, Fw, jumps_for, tool
 
 from cfallow.engine import BackendResult, run_backend
 from cfallow.model import as_strings

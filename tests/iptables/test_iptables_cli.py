@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import namespace, need_tool, ns_exec
 from support.cfdata import CURRENT
-from support.ipt_support import VARIANTS, Fw, legacy_bin
+from support.iptables.helpers import VARIANTS, Fw, legacy_bin
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from support import namespace
-from support.ipt_support import VARIANTS, Fw
+from support.iptables.helpers import VARIANTS, Fw
 
 from cfallow.backend import Backend
 from cfallow.testing import BackendContract, Harness, Nets

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_entries import entry_fields, iface_mask, read_entries
-from cfallow.backends.iptables_iptc import IptcWriter
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.entries import entry_fields, iface_mask, read_entries
 from support import namespace, need, need_tool, ns_exec
 from support.cfdata import CURRENT
-from support.ipt_netns import in_netns
-from support.ipt_support import Fw
+from support.iptables.helpers import Fw
+from support.iptables.iptc import IptcWriter
+from support.iptables.netns import in_netns
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
@@ -57,9 +57,9 @@ CF = {4: "104.16.0.0/13", 6: "2400:cb00::/32"}
 #: whatever the reader's buffer held, so both are zeroed there).
 LIBIPTC = """
 import ctypes, json, sys
-from cfallow.backends.iptables_iptc import load_iptc
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_entries import Entries, differences, read_entries
+from support.iptables.iptc import load_iptc
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.entries import Entries, differences, read_entries
 version = int(sys.argv[1])
 iptc = load_iptc()
 table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)
@@ -124,13 +124,13 @@ def test_the_ctypes_read_is_byte_for_byte_libiptcs() -> None:
 #: cfallow's CLI with the kernel's raw read refused (EPERM), the rest real.
 REFUSED = """
 import errno, sys
-import cfallow.xtables as xt
+import cfallow.netfilter.xtables as xt
 def refused(version, name):
     raise PermissionError(errno.EPERM, "Operation not permitted")
 xt.read_table = refused
-import cfallow.backends.iptables_entries as ent
+import cfallow.backends.iptables.entries as ent
 ent.read_table = refused
-from cfallow.cli import main
+from cfallow.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -170,7 +170,7 @@ def test_a_refused_raw_read_is_one_warning_and_the_sync_goes_on(tmp_path: Path) 
 NO_IPTC = """
 import sys
 sys.modules["iptc"] = None
-from cfallow.cli import main
+from cfallow.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from support import namespace, ns_exec
-from support.ipt_support import VARIANTS, Fw, legacy_bin
+from support.iptables.helpers import VARIANTS, Fw, legacy_bin
 
 pytestmark = pytest.mark.root
 CONF = "[backends.iptables]\n"

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_legacy import xtables_lock
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.legacy import xtables_lock
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
-from support.ipt_netns import NetnsBackend, in_netns
-from support.ipt_support import JUMPS, Fw
+from support.iptables.helpers import JUMPS, Fw
+from support.iptables.netns import NetnsBackend, in_netns
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_iptc import IptcWriter
+from cfallow.backends.iptables.backend import IptablesBackend
 from support.cfdata import CURRENT
-from support.ipt_netns import in_netns
-from support.ipt_support import VARIANTS, Fw
-from support.ipt_traffic import CF, OUTSIDE, POLICY_DROP, Pair, pair, reach
+from support.iptables.helpers import VARIANTS, Fw
+from support.iptables.iptc import IptcWriter
+from support.iptables.netns import in_netns
+from support.iptables.traffic import CF, OUTSIDE, POLICY_DROP, Pair, pair, reach
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend

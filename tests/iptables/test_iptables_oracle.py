@@ -5,7 +5,7 @@ forms, ``also_allow``, both families), one namespace gets the rules from
 cfallow's own sync and another gets the same rules from
 ``ip(6)tables-legacy-restore`` of the documented rule text. The kernel's
 entries of the two filter tables are then compared byte for byte, field by
-field (:mod:`cfallow.backends.iptables_entries`; only packet counters are left
+field (:mod:`cfallow.backends.iptables.entries`; only packet counters are left
 out): a difference fails naming the chain, the rule and the field
 (``iniface_mask``, ``proto``, ``match 1 (multiport rev 1) data``, ...).
 ``iptables-legacy-save`` cannot do this: it prints a rule with a wrong
@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_entries import Entries, differences, read_entries
-from cfallow.backends.iptables_iptc import IptcWriter
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.entries import Entries, differences, read_entries
 from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT, OLD
-from support.ipt_netns import in_netns
-from support.ipt_support import Fw
+from support.iptables.helpers import Fw
+from support.iptables.iptc import IptcWriter
+from support.iptables.netns import in_netns
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_diff import assess, assess_removal
-from cfallow.backends.iptables_rules import Settings, observe
-from cfallow.backends.iptables_save import Table, parse_save
+from cfallow.backends.iptables.backend import IptablesBackend
+from cfallow.backends.iptables.diff import assess, assess_removal
+from cfallow.backends.iptables.rules import Settings, observe
+from cfallow.backends.iptables.save import Table, parse_save
 from support import namespace, ns_exec
 from support.cfdata import CURRENT
-from support.ipt_support import JUMPS, VARIANTS, Fw, legacy_bin
+from support.iptables.helpers import JUMPS, VARIANTS, Fw, legacy_bin
 
 from cfallow.backend import Context, build
 from cfallow.errors import BackendError, ConfigError

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cfallow.backends.iptables import Seen, Variant
-from cfallow.backends.iptables_rules import observe
-from cfallow.backends.iptables_save import Table
+from cfallow.backends.iptables.backend import Seen, Variant
+from cfallow.backends.iptables.rules import observe
+from cfallow.backends.iptables.save import Table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend, Seen, Variant, detect
-from cfallow.backends.iptables_diff import Ops, assess, assess_removal
-from cfallow.backends.iptables_rules import Settings, observe
-from cfallow.backends.iptables_save import Table, explain, parse_save
+from cfallow.backends.iptables.backend import IptablesBackend, Seen, Variant, detect
+from cfallow.backends.iptables.diff import Ops, assess, assess_removal
+from cfallow.backends.iptables.rules import Settings, observe
+from cfallow.backends.iptables.save import Table, explain, parse_save
 from support.cfdata import CURRENT
-from support.ipt_support import jumps_for
+from support.iptables.helpers import jumps_for
 
 from cfallow.backend import Context, build
 from cfallow.errors import BackendError, ConfigError

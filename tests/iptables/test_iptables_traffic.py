@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
-from support.ipt_netns import NetnsBackend
-from support.ipt_support import VARIANTS, Fw, legacy_bin
-from support.ipt_traffic import (
+from support.iptables.helpers import VARIANTS, Fw, legacy_bin
+from support.iptables.netns import NetnsBackend
+from support.iptables.traffic import (
     CF,
     LISTEN,
     OLD_ONLY,

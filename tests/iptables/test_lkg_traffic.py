@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from support import namespace_pair, need_tool, ns_exec, sh
 from support.cfdata import CURRENT
-from support.ipt_traffic import _CONNECT, PROCS
+from support.iptables.traffic import _CONNECT, PROCS
 
 from cfallow.model import as_strings
 

@@ -23,8 +23,8 @@ import pytest
 from support import namespace_pair
 from support.cfdata import CURRENT
 from support.docker_engine import BODY, IMAGE, Dockerd, http_get, need_docker, private_dockerd
-from support.ipt_traffic import CF, OUTSIDE, PROCS, SERVER, Pair
-from support.nft_support import NftHarness
+from support.iptables.traffic import CF, OUTSIDE, PROCS, SERVER, Pair
+from support.nftables.helpers import NftHarness
 
 from cfallow.engine import run_backend
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from support import namespace, ns_exec, sh
-from support.ipt_traffic import CF, OUTSIDE, Pair, pair
-from support.nft_support import ADMIN_DROP, Nft, cli
+from support.iptables.traffic import CF, OUTSIDE, Pair, pair
+from support.nftables.helpers import ADMIN_DROP, Nft, cli
 
-from cfallow.config import DEFAULT_CONFIG
+from cfallow.cli.config import DEFAULT_CONFIG
 
 pytestmark = pytest.mark.root
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from support import namespace, ns_exec, sh
-from support.nft_support import ADMIN_DROP, Nft
+from support.nftables.helpers import ADMIN_DROP, Nft
 
-from cfallow import hostfw
-from cfallow.config import PortRange
-from cfallow.hostfw import Host, outcome, parse_ruleset, save_input
-from cfallow.hostfw_advice import iptables_allow, recommend
+from cfallow.netfilter import host as hostfw
+from cfallow.netfilter.advice import iptables_allow, recommend
+from cfallow.netfilter.host import Host, outcome, parse_ruleset, save_input
 from cfallow.runner import Runner
+from cfallow.section import PortRange
 
 pytestmark = pytest.mark.root
 WEB = (PortRange(80, 80), PortRange(443, 443))

@@ -7,9 +7,9 @@ import json
 import pytest
 from support import namespace, need_tool, ns_exec, sh
 
-from cfallow.config import PortRange
-from cfallow.hostfw_nat import NatRule, nat_tables, notes, parse_nft, parse_save, read
+from cfallow.netfilter.nat import NatRule, nat_tables, notes, parse_nft, parse_save, read
 from cfallow.runner import Runner
+from cfallow.section import PortRange
 
 LOCKED = (PortRange(80, 80), PortRange(443, 443))
 HINT = "docker = true guards DNAT'ed connections in the forward hook"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support import ns_exec
 from support.cfdata import CURRENT, OLD
-from support.ipt_traffic import CF, OLD_ONLY, OUTSIDE, Pair, pair
+from support.iptables.traffic import CF, OLD_ONLY, OUTSIDE, Pair, pair
 from support.kill_points import KILLS, Killer, sync_argv
-from support.nft_support import SET_RULES, NftHarness, admin_ruleset
+from support.nftables.helpers import SET_RULES, NftHarness, admin_ruleset
 
 from cfallow.engine import run_backend
 

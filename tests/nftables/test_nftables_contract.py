@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from support import namespace
-from support.nft_support import NftHarness
+from support.nftables.helpers import NftHarness
 
 from cfallow.testing import BackendContract
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cfallow.backends.nftables_apply import Seen
+from cfallow.backends.nftables.apply import Seen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from netaddr import IPNetwork
 from support.cfdata import CURRENT, OLD
 
 from cfallow.backend import Context, build
-from cfallow.hostfw import NftSet
 from cfallow.model import canonical, family
+from cfallow.netfilter.host import NftSet
 
 EXTRA = {IPNetwork("198.18.0.0/24"), IPNetwork("2001:db8::/48")}
 LINE = re.compile(r"^(add|delete) element inet filter (cloudflare_v[46]) \{ (.*) \}$")

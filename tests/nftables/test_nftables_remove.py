@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from support import namespace, need_root, need_tool
-from support.nft_support import SET_RULES, Nft, admin_ruleset, cli
+from support.nftables.helpers import SET_RULES, Nft, admin_ruleset, cli
 
 INCLUDE = 'include "{}"\n'
 

@@ -12,7 +12,7 @@ import pytest
 from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT
-from support.nft_support import Nft, cli
+from support.nftables.helpers import Nft, cli
 
 pytestmark = pytest.mark.root
 

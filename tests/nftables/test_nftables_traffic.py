@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from support import namespace, ns_exec, sh
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
-from support.ipt_traffic import CF, LISTEN, OUTSIDE, PROCS, Pair, echo, pair
-from support.nft_support import OPEN_443, SET_RULES, NftHarness, admin_ruleset
+from support.iptables.traffic import CF, LISTEN, OUTSIDE, PROCS, Pair, echo, pair
+from support.nftables.helpers import OPEN_443, SET_RULES, NftHarness, admin_ruleset
 
 from cfallow.engine import run_backend
 

@@ -28,8 +28,8 @@ from support import need, need_tool, ns_exec, sh
 from support.cfdata import CURRENT
 from support.wheels import wheelhouse
 
-from cfallow import config
 from cfallow.backend import load_class
+from cfallow.cli import config
 from cfallow.model import as_strings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """The role against three fresh Debian 12 servers in one playbook run.
 
-Each server is a fresh root (support.fresh) booted with ``--private-network``
+Each server is a fresh root (support.fresh.root) booted with ``--private-network``
 and kept running; ``ansible-playbook`` on this machine reaches them through a
 test-side connection plugin that enters each container's leader pid with
 ``nsenter`` (support/ansible_plugins/connection/nsenter.py). The playbook is
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 from support import need_tool
-from support.fresh import FreshServer
-from support.fresh_deb import build_deb, deb_layer
+from support.fresh.deb import build_deb, deb_layer
+from support.fresh.root import FreshServer
 from support.nspawn import _ENTER, own_cgroups
 
 ROOT = Path(__file__).resolve().parents[2]

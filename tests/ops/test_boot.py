@@ -82,7 +82,7 @@ def _prepare(m: Machine) -> None:
     m.unpack("netfilter-persistent", "iptables-persistent")
     m.write("/etc/cfallow/config.toml", CONFIG)
     m.write("/opt/probe/probe.py", (HERE / "boot_probe.py").read_text())
-    m.write("/opt/probe/moto_server.py", (SUPPORT / "aws_moto_server.py").read_text())
+    m.write("/opt/probe/moto_server.py", (SUPPORT / "aws" / "moto_server.py").read_text())
     m.write("/etc/iptables/rules.v4", RULES_V4)
     m.write("/etc/iptables/rules.v6", RULES_V6)
     m.write("/etc/fail2ban/jail.d/defaults-debian.conf", "[sshd]\nenabled = false\n")

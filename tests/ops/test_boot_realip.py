@@ -85,7 +85,7 @@ def _prepare(m: Machine) -> None:
     m.write("/etc/caddy/Caddyfile", CADDYFILE)
     m.write("/opt/probe/boot_probe.py", (HERE / "boot_probe.py").read_text())
     m.write("/opt/probe/probe.py", (HERE / "boot_probe_realip.py").read_text())
-    m.write("/opt/probe/xff_upstream.py", (SUPPORT / "xff_upstream.py").read_text())
+    m.write("/opt/probe/xff_upstream.py", (SUPPORT / "realip" / "xff_upstream.py").read_text())
     for name, text in UNITS.items():
         m.write(f"/etc/systemd/system/{name}", text)
     m.systemctl("enable", "nginx.service", *UNITS)

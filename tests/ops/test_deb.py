@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from support import need_tool
-from support.fresh import FreshServer
-from support.fresh_deb import build_deb, deb_layer
+from support.fresh.deb import build_deb, deb_layer
+from support.fresh.root import FreshServer
 
 UNITS = ("cfallow.service", "cfallow.timer", "cfallow-restore.service")
 LOCKDOWN = '[backends.nftables]\nmode = "lockdown"\nports = [443]\n'

@@ -7,9 +7,9 @@ import ast
 import re
 from pathlib import Path
 
-from support.fresh import readme_block
+from support.fresh.root import readme_block
 
-from cfallow.cli import _parser
+from cfallow.cli.commands import _parser
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -47,7 +47,7 @@ def test_every_flag_help_lists_is_in_the_readme_command_table() -> None:
 def _keys_read_by_the_code() -> set[str]:
     """Every literal key passed to a Section getter (or ``parse_ports``) in the code."""
     keys: set[str] = set()
-    files = [*(ROOT / "cfallow").glob("*.py"), *(ROOT / "backends").glob("*.py")]
+    files = [*(ROOT / "cfallow").rglob("*.py"), *(ROOT / "backends").rglob("*.py")]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call):
@@ -104,8 +104,8 @@ def test_no_install_hint_points_at_a_package_index() -> None:
             *(ROOT / "docs").glob("*.md"),
             *(ROOT / "ansible").rglob("*.md"),
             *(ROOT / "ansible").rglob("*.yml"),
-            *(ROOT / "cfallow").glob("*.py"),
-            *(ROOT / "backends").glob("*.py"),
+            *(ROOT / "cfallow").rglob("*.py"),
+            *(ROOT / "backends").rglob("*.py"),
         ]
     }
     hits = [f"{name}: {m.group(0)}" for name, text in texts.items() for m in bad.finditer(text)]

@@ -19,7 +19,14 @@ def _modules() -> dict[str, Path]:
         ".".join(("cfallow", *p.relative_to(ROOT / "cfallow").with_suffix("").parts)): p
         for p in (ROOT / "cfallow").rglob("*.py")
     }
-    found.update({f"cfallow.backends.{p.stem}": p for p in (ROOT / "backends").glob("*.py")})
+    found.update(
+        {
+            ".".join(
+                ("cfallow.backends", *p.relative_to(ROOT / "backends").with_suffix("").parts)
+            ): p
+            for p in (ROOT / "backends").rglob("*.py")
+        }
+    )
     return {name.removesuffix(".__init__"): path for name, path in found.items()}
 
 
@@ -82,8 +89,8 @@ def test_the_graph_is_real() -> None:
     """Not vacuous: the walk sees the known edges."""
     graph = _graph()
     assert "cfallow.backend" in graph["cfallow.engine"]
-    assert "cfallow.backends.aws_rules" in graph["cfallow.backends.aws"]
-    assert "cfallow.model" in graph["cfallow.backends.aws"]
+    assert "cfallow.backends.aws.rules" in graph["cfallow.backends.aws.backend"]
+    assert "cfallow.model" in graph["cfallow.backends.aws.backend"]
     assert any(m.startswith("cfallow.verify.") for m in graph["cfallow.verify"]) or any(
         n.startswith("cfallow.verify.") for n in graph
     )

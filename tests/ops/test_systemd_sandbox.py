@@ -184,11 +184,11 @@ def test_realip_runs_make_no_call_the_unit_denies(
 ) -> None:
     """Each web server's test and reload (or runtime socket), traced; the private
     server itself runs untraced, on 127.0.0.1."""
-    from support.realip_apache import Apache
-    from support.realip_caddy import Caddy
-    from support.realip_haproxy import Haproxy
-    from support.realip_lab import running, toml_section
-    from support.realip_nginx import Nginx
+    from support.realip.apache import Apache
+    from support.realip.caddy import Caddy
+    from support.realip.haproxy import Haproxy
+    from support.realip.lab import running, toml_section
+    from support.realip.nginx import Nginx
 
     need_backend(server)
     kinds = {"nginx": Nginx, "apache": Apache, "haproxy": Haproxy, "caddy": Caddy}

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 from support import need, need_root, need_tool
-from support.proof_lab import Lab, lab
-from support.proof_soak import soak, summary
+from support.proof.lab import Lab, lab
+from support.proof.soak import soak, summary
 
 from cfallow import backend
 

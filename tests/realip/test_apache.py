@@ -14,8 +14,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import fixture_text, run_cli
-from support.realip_apache import Apache
-from support.realip_lab import (
+from support.realip.apache import Apache
+from support.realip.lab import (
     CF_SRC,
     CF_SRC6,
     CLIENT,

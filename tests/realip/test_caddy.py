@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from support.cfdata import CURRENT, OLD
-from support.realip_caddy import Caddy
-from support.realip_lab import (
+from support.realip.caddy import Caddy
+from support.realip.lab import (
     CF_SRC,
     CF_SRC6,
     CLIENT,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from support.cfdata import CURRENT, OLD
-from support.realip_haproxy import Haproxy, HaproxyHarness
-from support.realip_lab import (
+from support.realip.haproxy import Haproxy, HaproxyHarness
+from support.realip.lab import (
     CF_SRC,
     CF_SRC6,
     CLIENT,

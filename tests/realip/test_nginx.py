@@ -17,7 +17,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from support.cfdata import CURRENT, OLD
 from support.cli_helpers import fixture_text, run_cli
-from support.realip_lab import (
+from support.realip.lab import (
     CF_SRC,
     CF_SRC6,
     CLIENT,
@@ -36,7 +36,7 @@ from support.realip_lab import (
     synced_to_old,
     wait_for,
 )
-from support.realip_nginx import Nginx
+from support.realip.nginx import Nginx
 
 from cfallow.testing import BackendContract
 

@@ -6,7 +6,7 @@ tests/ops/test_boot_realip.py (Debian's nginx under systemd).
 
 from __future__ import annotations
 
-from cfallow.backends.realip_nginx_master import compiled, main_config, option, pid_directive
+from cfallow.backends.realip.nginx_master import compiled, main_config, option, pid_directive
 
 DUMP = """\
 nginx: the configuration file /etc/nginx/nginx.conf syntax is ok

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 from support.cfdata import CURRENT, OLD
-from support.realip_apache import Apache
-from support.realip_haproxy import Haproxy
-from support.realip_lab import port_in_use, running, sync, synced_to_old
-from support.realip_nginx import Nginx
+from support.realip.apache import Apache
+from support.realip.haproxy import Haproxy
+from support.realip.lab import port_in_use, running, sync, synced_to_old
+from support.realip.nginx import Nginx
 
 from cfallow.errors import ConfigError
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import pytest
 from pytest_httpserver import HTTPServer
 from support.cfdata import CURRENT, OLD
-from support.realip_apache import Apache
-from support.realip_caddy import Caddy
-from support.realip_faults import NEW_ONLY, Runs, ended, settled
-from support.realip_haproxy import Haproxy
-from support.realip_lab import CF_SRC, CLIENT, WARP_SRC, Server, in_pair, running, sig
-from support.realip_nginx import Nginx
+from support.realip.apache import Apache
+from support.realip.caddy import Caddy
+from support.realip.faults import NEW_ONLY, Runs, ended, settled
+from support.realip.haproxy import Haproxy
+from support.realip.lab import CF_SRC, CLIENT, WARP_SRC, Server, in_pair, running, sig
+from support.realip.nginx import Nginx
 
 pytestmark = pytest.mark.root
 KILLS = int(os.environ.get("CFALLOW_REALIP_KILLS", "4"))

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 from pytest_httpserver import HTTPServer
-from support.realip_apache import Apache
-from support.realip_caddy import Caddy
-from support.realip_faults import Runs, ended, settled
-from support.realip_haproxy import Haproxy
-from support.realip_lab import CF_SRC, CLIENT, WARP_SRC, Server, in_pair, running
-from support.realip_nginx import Nginx
+from support.realip.apache import Apache
+from support.realip.caddy import Caddy
+from support.realip.faults import Runs, ended, settled
+from support.realip.haproxy import Haproxy
+from support.realip.lab import CF_SRC, CLIENT, WARP_SRC, Server, in_pair, running
+from support.realip.nginx import Nginx
 
 pytestmark = pytest.mark.root
 SERVERS: dict[str, type[Server]] = {

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cfallow.cli import main
+from cfallow.cli.commands import main
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cloudflare"
 

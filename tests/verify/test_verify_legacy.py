@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cfallow.backends.iptables import IptablesBackend
-from cfallow.backends.iptables_iptc import IptcWriter
+from cfallow.backends.iptables.backend import IptablesBackend
 from support import need_root, need_tool
 from support.cfdata import CURRENT
-from support.ipt_netns import in_netns
-from support.ipt_support import Fw
+from support.iptables.helpers import Fw
+from support.iptables.iptc import IptcWriter
+from support.iptables.netns import in_netns
 from support.verify_host import failures, host, scratch_namespaces
 
 from cfallow.backend import Context, build

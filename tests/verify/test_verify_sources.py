@@ -83,7 +83,7 @@ def test_a_firewall_that_blocks_one_range_fails_naming_it(tmp_path: Path) -> Non
 
 
 def test_every_range_is_probed_at_both_ends(tmp_path: Path) -> None:
-    from cfallow.sources import bundled
+    from cfallow.fetch.sources import bundled
 
     with host(tmp_path) as h:
         cfg = lockdown(tmp_path)

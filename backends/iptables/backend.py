@@ -1,0 +1,343 @@
+"""Backend ``iptables``: Cloudflare's ranges in an owned ``CFALLOW`` chain, IPv4 and IPv6.
+
+cfallow owns, per family, the chain ``CFALLOW`` in the filter table and the
+jumps into it at the top of the parent chain (``INPUT``, or ``DOCKER-USER``),
+limited to the configured protocol and ports (from INPUT, the port the client
+connected to, before any NAT; then untracked packets on their port)::
+
+    -A INPUT -p tcp -m conntrack --ctorigdstport 80 -m comment --comment cfallow -j CFALLOW
+    -A INPUT -p tcp -m conntrack --ctorigdstport 443 -m comment --comment cfallow -j CFALLOW
+    -A INPUT -p tcp -m multiport --dports 80,443 -m conntrack --ctstate UNTRACKED -m comment \
+--comment cfallow -j CFALLOW
+    -A CFALLOW -s 173.245.48.0/20 -j ACCEPT
+    ...
+
+With ``parent = "DOCKER-USER"`` in lockdown, the same chain is also kept in the
+``mangle`` table with the same jump first in mangle's ``FORWARD`` (the guard):
+Docker never touches mangle, so the lockdown holds while Docker 20.10 has its
+own IPv6 ``FORWARD`` rules above ``-j DOCKER-USER`` after each start.
+
+Every other rule, chain, counter and policy stays as it was. Each change is one
+transaction per family: ``iptables-nft-restore --noflush`` on nf_tables hosts,
+``iptables-legacy-restore --noflush`` under the xtables lock on legacy hosts
+(the same batch). An unchanged chain means no write at all. The variant is
+what ``iptables --version`` says, so rules land where the admin's own
+``iptables`` shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from netaddr import IPNetwork, IPSet
+
+from cfallow.backend import Backend, Context
+from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
+from cfallow.hostlock import firewall_lock
+from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
+from cfallow.netfilter import host as hostfw
+from cfallow.netfilter import nat as hostfw_nat
+from cfallow.netfilter.advice import iptables_allow
+from cfallow.section import Section, parse_ports
+
+from .diff import Ops, assess, assess_guard, assess_removal
+from .legacy import LegacyIO, Writer
+from .nft import NftIO
+from .rules import (
+    Observed,
+    Settings,
+    check_chain_name,
+    check_parent,
+    observe,
+    port_slots,
+)
+from .save import Table, parse_save
+from .variant import EMPTY_FILTER, MISSING, NONE, Variant, detect, io_for, probe
+
+__all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
+
+PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One read: the variant and each managed family's filter table (with its mangle table
+    where cfallow guards FORWARD there)."""
+
+    variant: Variant
+    tables: tuple[tuple[int, Table], ...]
+    host: hostfw.Host | None = None  # read for allow mode in INPUT only
+    nat: tuple[hostfw_nat.NatRule, ...] = ()  # the host's DNAT (lockdown in INPUT only)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Plan step: bring one family to ``target`` (CIDR strings), or remove it (``None``)."""
+
+    version: int
+    target: tuple[str, ...] | None
+    script: str  # the transaction as planned (restore syntax), for logs and reports
+    variant: Variant
+
+
+class IptablesBackend(Backend[Seen, Step]):
+    """Keeps an owned iptables chain (both families) equal to Cloudflare's ranges."""
+
+    name = "iptables"
+
+    def __init__(self, section: Section, ctx: Context) -> None:
+        """Read ``[backends.iptables]`` (ports, protocol, chain, parent, mode, also_allow, ...)."""
+        super().__init__(section, ctx)
+        where = section.where
+        ports = parse_ports(section)
+        if port_slots(ports) > 15:
+            raise ConfigError(f"[{where}] ports: at most 15 ports (a range counts as two)")
+        try:
+            chain = check_chain_name(section.get_str("chain", "CFALLOW"), "chain")
+            parent = section.get_str("parent", "INPUT")
+            if chain == parent:
+                raise ValueError(f"chain: {chain!r} is not a chain cfallow can own (the parent)")
+            parent = check_parent(check_chain_name(parent, "parent"))
+            also = tuple(parse_cidr(c) for c in section.get_strings("also_allow", []))
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"[{where}] {exc}") from None
+        self.settings = Settings(
+            chain=chain,
+            parent=parent,
+            protocol=section.get_choice("protocol", "tcp", PROTOCOLS),
+            ports=ports,
+            mode=section.get_choice("mode", "allow", ("allow", "lockdown")),
+            also_allow=tuple(ordered(set(also))),
+            adopt=section.get_bool("adopt_chain", False),
+        )
+        self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
+        self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
+        self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
+        self.writes = 0  # transactions this instance wrote (tests count them)
+        self.retries = 0  # legacy commits started again because the table moved
+        #: The seam for legacy writes (tests put the former python-iptables writer here).
+        self.legacy_writer: Writer | None = None
+
+    def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
+        """Refuse settings that silently undo the allowlist or lock the admin out."""
+        s = self.settings
+        for version, size in ((4, 2**32), (6, 2**128)):
+            if IPSet(family(s.also_allow, version)).size == size:
+                raise ConfigError(
+                    f"[{where}] also_allow: covers every IPv{version} address, which turns "
+                    "the allowlist off (disable the iptables backend instead)"
+                )
+        if s.mode != "lockdown":
+            return
+        ssh = s.protocol == "tcp" and any(p.first <= 22 <= p.last for p in s.ports)
+        if ssh and not lockdown_ssh:
+            raise ConfigError(
+                f"[{where}] ports: lockdown on port 22 lets only Cloudflare reach SSH; "
+                "set lockdown_ssh = true if that is really wanted"
+            )
+        count = sum(p.last - p.first + 1 for p in s.ports)
+        if count > 1024:
+            self.ctx.log.warning(
+                "%s: lockdown on %d ports: every service on them answers only Cloudflare",
+                self.name,
+                count,
+            )
+
+    def check(self) -> None:
+        """An iptables command is installed (the variant and the tables come with ``read``)."""
+        if not self._installed():
+            raise NotInstalled(MISSING)
+
+    def _installed(self) -> bool:
+        path = (self.ctx.runner.env or {}).get("PATH") or os.environ.get("PATH")
+        return self.variant != "auto" or shutil.which("iptables", path=path) is not None
+
+    def write_paths(self) -> tuple[Path, ...]:
+        """cfallow's firewall lock and the legacy xtables lock."""
+        return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
+
+    def _variant(self) -> Variant:
+        return probe(self.ctx.runner, self.variant, self.ctx.log)
+
+    def io(self, variant: Variant) -> NftIO | LegacyIO:
+        """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
+        return io_for(
+            self.ctx.runner, variant, self.settings.chain, self.legacy_writer,
+            mangle=self.settings.parent == "DOCKER-USER",
+        )  # fmt: skip
+
+    # -- read / diff / apply --------------------------------------------------------
+    def read(self) -> Seen:
+        """The variant, then each managed family's filter table (read side by side)."""
+        if not self._installed():  # nothing of cfallow's can be there; apply() refuses
+            return Seen(NONE, tuple((v, parse_save(EMPTY_FILTER)) for v in self.families))
+        variant = self._variant()
+        io = self.io(variant)
+
+        def one(version: int) -> str:
+            try:
+                return io.read(version)
+            except BackendError as exc:
+                if version == 6 and "kernel support" in str(exc):
+                    raise BackendError(f"{exc} (no IPv6 on this host? set ipv6 = false)") from None
+                raise
+
+        with ThreadPoolExecutor(len(self.families)) as pool:
+            texts = list(pool.map(one, self.families))
+        # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
+        tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
+        host = None
+        if self.settings.mode == "allow" and self.settings.parent == "INPUT":
+            host = hostfw.read(
+                self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
+            )
+        nat: tuple[hostfw_nat.NatRule, ...] = ()
+        if self.settings.mode == "lockdown" and self.settings.parent == "INPUT":
+            nat = hostfw_nat.read(self.ctx.runner, variant.kind)
+        return Seen(variant, tables, host, nat)
+
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
+        """Per family: observe the owned chain and jumps, assess towards ``desired``.
+
+        ``None``: every jump into the chain and the chain itself, in each managed family.
+        """
+        notes = [observed.variant.note] if observed.variant.note else []
+        if desired is not None:
+            managed = frozenset(n for n in desired if n.version in self.families)
+            if managed != desired:
+                notes.append("IPv6 ranges left alone (ipv6 = false)")
+            desired = managed
+            notes += self._uncovered(observed)
+            notes += self._allow_takes_effect(observed)
+        current: set[IPNetwork] = set()
+        drift: list[str] = []
+        steps: list[Step] = []
+        for version, table in observed.tables:
+            obs = observe(table, version, self.settings)
+            if desired is not None and _no_docker_ipv6(obs, self.settings, observed, table):
+                notes.append(DOCKER_NO_IPV6)
+                desired = frozenset(n for n in desired if n.version != version)
+                continue
+            want = None if desired is None else family(desired, version)
+            found, ops = _assess(table, version, self.settings, want)
+            target = None if want is None else tuple(as_strings(want))
+            current |= obs.current
+            drift += found
+            if not ops.empty:
+                steps.append(Step(version, target, ops.restore_script(), observed.variant))
+        return make_plan(
+            self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
+            steps=steps,
+        )  # fmt: skip
+
+    def _allow_takes_effect(self, observed: Seen) -> list[str]:
+        """An accept here ends only iptables' own chain: refuse where another table drops."""
+        s = self.settings
+        if observed.host is None:
+            return []
+        error, notes = iptables_allow(observed.host, self.families, s.protocol, s.ports, s.chain)
+        if error is not None:
+            raise BackendError(error)
+        return list(notes)
+
+    def _uncovered(self, observed: Seen) -> list[str]:
+        """What a lockdown in this configuration leaves open (said on every plan)."""
+        s = self.settings
+        if s.mode != "lockdown":
+            return []
+        out = list(hostfw_nat.notes(
+            observed.nat, self.families, s.protocol, s.ports,
+            forward_hint='parent = "DOCKER-USER" guards forwarded connections',
+        ))  # fmt: skip
+        if 6 not in self.families:
+            out.append(
+                "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "
+                f"{s.protocol}/{','.join(map(str, s.ports))} unless something else drops them"
+            )
+        if s.parent == "INPUT" and any(
+            t.rules("DOCKER-USER") is not None for _, t in observed.tables
+        ):
+            out.append(
+                "Docker is here (DOCKER-USER exists): ports it publishes go through FORWARD, "
+                'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
+                "not the host's own ports)"
+            )
+        return out
+
+    def apply(self, plan: Plan[Step]) -> None:
+        """One transaction per family that needs one, from the table to the plan's target.
+
+        The transaction is computed from a fresh read of the table, taken
+        under the host-wide firewall lock (:mod:`cfallow.hostlock`) that is
+        held until the write: another cfallow run (another state directory)
+        cannot read the same table in between and insert a second jump. On
+        legacy hosts the xtables lock is held inside it too, and the read
+        carries the built-in policies' counters, which the batch sets back.
+        Reading again makes ``apply`` idempotent.
+        """
+        if any(step.variant.kind == NONE.kind for step in plan.steps):
+            raise NotInstalled(MISSING)
+        with firewall_lock(self.ctx.firewall_lock):
+            for step in plan.steps:
+                io = self.io(step.variant)
+                try:
+                    wrote = io.transact(step.version, _Compute(self.settings, step))
+                finally:
+                    self.retries += getattr(io, "retries", 0)
+                if wrote:
+                    self.writes += 1
+                    self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
+
+
+DOCKER_NO_IPV6 = (
+    "IPv6: ip6tables has no DOCKER-USER chain (Docker runs without IPv6, its default), "
+    "so no IPv6 traffic reaches a container and IPv6 is left alone; "
+    "set ipv6 = false to say so"
+)
+
+
+def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:
+    """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
+    family has it yet (a boot before dockerd), cfallow creates both, as Docker would.
+    Docker 20.10 with ``ip6tables`` makes its IPv6 chains but no DOCKER-USER there:
+    its published IPv6 ports are open, so cfallow creates DOCKER-USER for IPv6 too."""
+    docker_v4 = any(v == 4 and t.rules("DOCKER-USER") is not None for v, t in seen.tables)
+    docker_v6 = any(table.rules(c) is not None for c in ("DOCKER", "DOCKER-ISOLATION-STAGE-1"))
+    return (
+        obs.version == 6
+        and settings.parent == "DOCKER-USER"
+        and not obs.parent_exists
+        and docker_v4
+        and not docker_v6
+    )
+
+
+@dataclass(frozen=True)
+class _Compute:
+    settings: Settings
+    step: Step
+
+    def __call__(self, table: Table) -> Ops:
+        version, target = self.step.version, self.step.target
+        want = None if target is None else frozenset(parse_cidr(c, version) for c in target)
+        return _assess(table, version, self.settings, want)[1]
+
+
+def _assess(
+    table: Table, version: int, settings: Settings, want: frozenset[IPNetwork] | None
+) -> tuple[list[str], Ops]:
+    """Drift and the one batch for one family: the filter part, then the mangle guard
+    (``want`` ``None``: removal)."""
+    obs = observe(table, version, settings)
+    if want is None:
+        found, ops = assess_removal(obs, settings)
+    else:
+        found, ops = assess(obs, settings, want)
+    forward = replace(settings, parent="FORWARD")
+    mangle = None if table.mangle is None else observe(table.mangle, version, forward)
+    more, guard = assess_guard(mangle, settings, want, first=obs.chain is None)
+    return found + more, replace(ops, guard=guard)

@@ -1,0 +1,202 @@
+"""The nftables backend's reads, removal plan and the one writer (``apply_step``)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cfallow.errors import BackendError, CommandFailed, CommandNotFound, TargetMoved, Unavailable
+from cfallow.files import ManagedFile
+from cfallow.model import Networks, as_strings
+from cfallow.netfilter import host as hostfw
+from cfallow.netfilter import nat as hostfw_nat
+from cfallow.netfilter.evaluate import Chain
+from cfallow.netfilter.host import NftSet, parse_ruleset
+from cfallow.netfilter.nat import NatRule
+from cfallow.runner import Runner
+
+from . import render
+
+Basis = tuple[tuple[str, Optional[tuple[str, ...]]], ...]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What ``read`` found: the host, cfallow's table or sets, and the persistence file."""
+
+    host: hostfw.Host | None  # None: the host analysis is off (host_check = false)
+    table: bool  # the table exists (cfallow's in lockdown, the admin's in sets mode)
+    sets: tuple[NftSet, ...]  # the sets of interest (all of cfallow's table in lockdown)
+    chains: tuple[Chain, ...]  # the table's chains (with their rules)
+    file: bytes | None
+    nat: tuple[NatRule, ...] = ()  # the host's DNAT/redirect rules (lockdown's analysis)
+
+    def set(self, name: str) -> NftSet | None:
+        """The set ``name`` of the table, if read."""
+        return next((s for s in self.sets if s.name == name), None)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transaction: ``script`` for ``nft -f -`` ("" = none), then the file's bytes.
+
+    ``basis``: each set's elements as read (None: absent); a set that no longer
+    holds them means the target moved, and nothing is written.
+    """
+
+    script: str
+    file: bytes | None
+    basis: Basis
+
+
+def _list(runner: Runner, *what: str) -> hostfw.Ruleset | None:
+    """``nft -j list WHAT...``; None when it does not exist."""
+    try:
+        return parse_ruleset(runner.run(["nft", "-j", "list", *what]).stdout)
+    except CommandFailed as exc:
+        if "No such file or directory" in exc.stderr:
+            return None
+        raise
+
+
+def _sets_only(runner: Runner, fam: str, name: str) -> hostfw.Ruleset | None:
+    """Sets mode without the host analysis: the table's sets, and whether it exists."""
+    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains", fam]).stdout, whole=False)
+    sets = parse_ruleset(runner.run(["nft", "-j", "list", "sets", fam]).stdout).sets
+    sets = tuple(st for st in sets if st.table == name)
+    if (fam, name) not in heads.tables and not sets:
+        return None
+    return hostfw.Ruleset(((fam, name),), (), sets)
+
+
+def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse: bool) -> Seen:
+    """cfallow's table (lockdown) or the admin's (sets mode), the host analysis, the file.
+
+    Sets mode reads the admin's whole table (references to the sets live there);
+    lockdown reads only its own table, plus the host analysis when ``analyse``.
+    """
+    fam, name = s.table.split(" ")
+    host = hostfw.read(runner, iptables=False) if analyse else None
+    if host is not None and host.nft is None:
+        if "not installed" in host.nft_error:
+            raise Unavailable("nft: command not found (install the nftables package)")
+        raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
+    own = host.nft.table(fam, name) if host is not None and host.nft is not None else None
+    if own is None and host is None and s.mode == "sets":
+        own = _sets_only(runner, fam, name)  # cheap: the admin's rules are not listed
+    elif own is None:  # not read whole by the analysis (no base chain on input): list it
+        try:
+            own = _list(runner, "table", fam, name)
+        except CommandNotFound:
+            raise Unavailable("nft: command not found (install the nftables package)") from None
+    sets = own.sets if own is not None else ()
+    if s.mode == "sets":
+        wanted = {s.set_name(v) for v in s.families}
+        sets = tuple(st for st in sets if st.name in wanted)
+    chains = own.chains if own is not None else ()
+    nat = hostfw_nat.read(runner, None) if analyse and s.mode == "lockdown" else ()
+    return Seen(host, own is not None, sets, chains, file.read(), nat)
+
+
+def basis_of(seen: Seen, names: list[str]) -> Basis:
+    """The basis of a step touching ``names``."""
+    out = []
+    for n in names:
+        st = seen.set(n)
+        out.append((n, None if st is None else tuple(as_strings(st.elements))))
+    return tuple(out)
+
+
+def references(seen: Seen, table: str, name: str) -> list[str]:
+    """The rules of ``table`` that reference set ``name`` (``inet filter input (handle 5)``)."""
+    needle = json.dumps(f"@{name}")
+    return [
+        f"{c.where} (rule handle {r.handle})"
+        for c in seen.chains
+        for r in c.rules
+        if needle in json.dumps(r.expr)
+    ]
+
+
+def removal_steps(
+    seen: Seen, s: render.Settings, file: ManagedFile
+) -> tuple[tuple[Step, ...], Networks, list[str], list[str]]:
+    """Steps, current entries, drift and notes of removing everything cfallow owns."""
+    cf_names = [s.set_name(v) for v in s.families]
+    current = frozenset(n for name in cf_names for n in (seen.set(name) or _EMPTY).elements)
+    lines, todo, notes = [], [], []
+    if s.mode == "lockdown":
+        if seen.table:
+            lines.append(f"delete table {s.table}")
+            todo.append(f"delete table {s.table}")
+    else:
+        for name in cf_names:
+            st = seen.set(name)
+            if st is None:
+                continue
+            refs = references(seen, s.table, name)
+            if not refs:
+                lines.append(f"delete set {s.table} {name}")
+                todo.append(f"delete set {s.table} {name}")
+            elif st.elements:
+                lines.append(f"flush set {s.table} {name}")
+                notes.append(f"set {s.table} {name} emptied, not deleted: still referenced by "
+                             + ", ".join(refs))  # fmt: skip
+    if seen.file is not None:
+        todo.append(f"remove {file.path}")
+    drift = [] if current else todo
+    if not lines and seen.file is None:
+        return (), current, drift, notes
+    return (Step(render.script(lines), None, basis_of(seen, cf_names)),), current, drift, notes
+
+
+_EMPTY = NftSet("", "", "", "", (), frozenset())
+
+
+def _read_set(runner: Runner, table: str, name: str) -> tuple[str, ...] | None:
+    fam, tname = table.split(" ")
+    try:
+        out = runner.run(["nft", "-j", "list", "set", fam, tname, name]).stdout
+    except CommandFailed as exc:
+        if "No such file or directory" in exc.stderr:
+            return None
+        raise
+    sets = parse_ruleset(out).sets
+    return tuple(as_strings(sets[0].elements)) if sets else None
+
+
+def _check(runner: Runner, s: render.Settings) -> Callable[[Path], None]:
+    def check(candidate: Path) -> None:
+        if s.mode == "lockdown":
+            runner.run(["nft", "-c", "-f", str(candidate)])
+            return
+        # the include belongs inside the admin's table block: check it there
+        with tempfile.TemporaryDirectory(prefix="cfallow-nft-") as tmp:
+            wrapper = Path(tmp) / "check.nft"
+            wrapper.write_text(f"table {s.table} {{\n\tinclude {json.dumps(str(candidate))}\n}}\n")
+            runner.run(["nft", "-c", "-f", str(wrapper)])
+
+    return check
+
+
+def apply_step(runner: Runner, s: render.Settings, file: ManagedFile, step: Step) -> None:
+    """Write one step: the live transaction, then the file (checked with ``nft -c -f``)."""
+    for name, elements in step.basis:
+        if _read_set(runner, s.table, name) != elements:
+            raise TargetMoved(f"nftables: set {s.table} {name} changed since it was read")
+    if step.script:
+        try:
+            runner.run(["nft", "-f", "-"], input=step.script)
+        except CommandFailed as exc:
+            if "Device or resource busy" not in exc.stderr:
+                raise
+            raise BackendError(
+                f"a set in {s.table} is still referenced by a rule: nothing changed; remove the "
+                "rule first (with host_check = true the set is emptied and the rule named)"
+            ) from None
+    check = _check(runner, s)
+    file.install(step.file, check_candidate=check if step.file is not None else None)

@@ -1,0 +1,245 @@
+"""Which list a run brings the backends to: live, last-known-good, bundled, offline.
+
+The kernel forgets (a reboot, a firewall reload); cfallow must not. The
+validated last-known-good list is the desired state whenever no newer valid
+list is at hand:
+
+* live (the default): fetch; a list the guard accepts is the new desired
+  state. A fetch that fails or is refused holds the backends at the
+  last-known-good list (the run still repairs them, then exits 4); without one,
+  a failed fetch falls back to the bundled snapshot, with a warning.
+* ``offline``: no network at all (``requests`` is not even imported): the
+  last-known-good list, else the bundled snapshot, with a warning.
+* ``scheduled`` (the timer): live only when a fetch is due (see
+  :mod:`cfallow.fetch.cadence`), offline otherwise.
+* ``bundled``: the shipped snapshot, through the guard like a fetched list.
+
+The state file is checked with the same rules as a fetched list before any use
+(:meth:`cfallow.fetch.state.State.load`): a hand-edited or planted file is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+from cfallow.cli.config import Config
+from cfallow.errors import GuardRefused, RangesError
+from cfallow.fetch import cadence, sources
+from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
+from cfallow.fetch.ranges import Ranges
+from cfallow.fetch.state import State
+from cfallow.model import Networks, as_strings
+
+log = logging.getLogger("cfallow")
+LKG = "last-known-good"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The list to bring the backends to, and how it was chosen."""
+
+    ranges: Ranges
+    attempted: bool = False  # a live fetch was tried this run
+    held: RangesError | None = None  # the fetch's failure or refusal (ranges: last-known-good)
+    failed: RangesError | None = None  # the fetch's failure, whatever was used instead
+    added: Networks = frozenset()  # a fetched list against the last-known-good one
+    removed: Networks = frozenset()
+    forced: bool = False  # accepted with --force: it becomes the accepted list too
+
+    @property
+    def fetched(self) -> bool:
+        """A live list was fetched and accepted (it becomes the last-known-good list)."""
+        return self.attempted and self.held is None and self.ranges.kind == "live"
+
+
+def day(ranges: Ranges) -> str:
+    """The list's date, ``YYYY-MM-DD`` (UTC)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ranges.fetched_at or 0))
+
+
+def snapshot_age(snap: Ranges) -> str:
+    """``the bundled snapshot of DATE (N days old)``: said on every run that uses it."""
+    days = max(0, int((time.time() - (snap.fetched_at or 0)) // 86400))
+    return f"the bundled snapshot of {day(snap)} ({days} days old)"
+
+
+def held_line(ranges: Ranges, verb: str = "held at") -> str:
+    """``backends held at the last-known-good list of 2026-12-01 (etag ...)``."""
+    return f"backends {verb} the last-known-good list of {day(ranges)} (etag {ranges.etag or '-'})"
+
+
+def change_line(added: Networks, removed: Networks) -> str:
+    """``cloudflare list changed: +104.16.0.0/13 +104.24.0.0/14 -104.16.0.0/12``."""
+    words = [f"+{n}" for n in as_strings(added)] + [f"-{n}" for n in as_strings(removed)]
+    return "cloudflare list changed: " + " ".join(words)
+
+
+def _as_known(ranges: Ranges) -> Ranges:
+    return dataclasses.replace(ranges, kind=LKG)
+
+
+def _without_network(known: Ranges | None) -> Ranges:
+    if known is not None:
+        return _as_known(known)
+    snap = sources.bundled()
+    log.warning("no last-known-good list yet; using %s", snapshot_age(snap))
+    return snap
+
+
+def _growth_baseline(anchor: Ranges | None, bundled: Ranges) -> Ranges:
+    """What a new list may not grow too far beyond: the list an operator last accepted
+    together with the bundled snapshot (a newer snapshot after an upgrade counts at
+    once; returning to the shipped list after a forced shrink is no growth). Never the
+    last-known-good list: growth through it would ratchet, each fetch a little more."""
+    if anchor is None:
+        return bundled
+    return Ranges(anchor.ipv4 | bundled.ipv4, anchor.ipv6 | bundled.ipv6, "accepted")
+
+
+def ceiling(cfg: Config, ranges: Ranges) -> None:
+    """The fixed ceiling (:class:`GuardRefused`): no ``--force`` or acceptance lifts it."""
+    check_ceiling(ranges, {4: cfg.source.ceiling_prefix_v4, 6: cfg.source.ceiling_prefix_v6})
+
+
+def guard(cfg: Config, ranges: Ranges, known: Ranges | None, anchor: Ranges | None) -> None:
+    """The shrink guard (against the last-known-good list), the growth guard (against
+    the accepted list with the snapshot) and the ceiling (:class:`GuardRefused`)."""
+    src = cfg.source
+    check_shrink(ranges, known, src.max_shrink)
+    baseline = _growth_baseline(anchor, sources.bundled())
+    prefixes = {4: src.min_new_prefix_v4, 6: src.min_new_prefix_v6}
+    check_growth(ranges, baseline, src.max_growth, prefixes)
+    ceiling(cfg, ranges)
+
+
+def _known(cfg: Config, state: State) -> Ranges | None:
+    """The last-known-good list, unless it is over the ceiling (then ignored, warned)."""
+    known = state.load()
+    if known is None:
+        return None
+    try:
+        ceiling(cfg, known)
+    except GuardRefused as exc:
+        log.warning("ignoring the last-known-good list in %s: %s", state.dir, exc)
+        return None
+    return known
+
+
+def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Resolved:
+    try:
+        # Stamped with the run's clock: the cadence measures the list's age by it.
+        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
+        if force:
+            ceiling(cfg, ranges)
+        else:
+            guard(cfg, ranges, known, state.load_anchor())
+    except RangesError as exc:
+        if known is not None:
+            return Resolved(_as_known(known), attempted=True, held=exc, failed=exc)
+        if isinstance(exc, GuardRefused):
+            raise
+        snap = sources.bundled()
+        log.warning(
+            "live fetch failed (%s); no last-known-good list yet, using %s; "
+            "Cloudflare never reached from this host",
+            exc,
+            snapshot_age(snap),
+        )
+        return Resolved(snap, attempted=True, failed=exc)
+    if known is None:
+        return Resolved(ranges, attempted=True, forced=force)
+    added, removed = ranges.desired - known.desired, known.desired - ranges.desired
+    if added or removed:
+        log.warning("%s", change_line(added, removed))
+    return Resolved(ranges, attempted=True, added=added, removed=removed, forced=force)
+
+
+def resolve(
+    cfg: Config,
+    state: State,
+    *,
+    source: str = "live",
+    offline: bool = False,
+    scheduled: bool = False,
+    force: bool = False,
+) -> Resolved:
+    """The list for this run (see the module docstring). Raises :class:`RangesError`
+    only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    known = _known(cfg, state)
+    if source == "bundled":
+        ranges = sources.bundled()
+        if force:
+            ceiling(cfg, ranges)
+        else:
+            guard(cfg, ranges, known, state.load_anchor())
+        return Resolved(ranges)
+    if offline:
+        return Resolved(_without_network(known))
+    if scheduled:
+        entry = cadence.read_log(state.dir)
+        due, why = cadence.fetch_due(
+            entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
+        )
+        log.debug("fetch %s: %s", "due" if due else "not due", why)
+        if not due:
+            if entry is not None and entry.failed and known is not None:
+                log.warning("%s; %s", why, held_line(known))
+            return Resolved(_without_network(known))
+    return _live(cfg, state, known, force=force)
+
+
+def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
+    """What ``cfallow accept`` shows: ``ranges`` against the accepted list (else the
+    bundled snapshot), per family in addresses, then every entry added or removed."""
+    from netaddr import IPSet
+
+    base = anchor if anchor is not None else sources.bundled()
+    what = f"the accepted list of {day(base)}" if anchor is not None else snapshot_age(base)
+    lines = [f"against {what}:"]
+    for fam, old, cur in (("IPv4", base.ipv4, ranges.ipv4), ("IPv6", base.ipv6, ranges.ipv6)):
+        have, now, grown = IPSet(old).size, IPSet(cur).size, (IPSet(cur) - IPSet(old)).size
+        times = f" ({grown / have:,.1f} times the accepted coverage)" if have else ""
+        lines.append(f"  {fam}: {have:,} -> {now:,} addresses, {grown:,} new{times}")
+    added, removed = ranges.desired - base.desired, base.desired - ranges.desired
+    lines += [f"  +{n}" for n in as_strings(added)] + [f"  -{n}" for n in as_strings(removed)]
+    if not added and not removed:
+        lines.append("  no change")
+    return lines
+
+
+def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
+    """After a real run: record an accepted list (commit the candidate ``staged`` before
+    the backends ran, else save it), log the attempt (for the cadence)."""
+    if not resolved.attempted:
+        return
+    at = cadence.now()
+    previous = cadence.read_log(state.dir)
+    changed_at = previous.changed_at if previous else None
+    if resolved.fetched:
+        if staged:
+            state.commit()
+        else:
+            state.save(resolved.ranges)
+        if resolved.forced:  # --force is an operator's explicit acceptance
+            state.save_anchor(resolved.ranges)
+        if resolved.added or resolved.removed:
+            changed_at = at
+        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+    elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
+        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
+        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
+
+
+def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
+    """The ``fetch`` object of the JSON report: this run's attempt, and when Cloudflare's
+    list last changed (as far as this host has seen)."""
+    entry = cadence.read_log(state.dir)
+    return {
+        "attempted": resolved.attempted,
+        "ok": (resolved.failed is None) if resolved.attempted else None,
+        "error": str(resolved.failed) if resolved.failed is not None else None,
+        "last_change": entry.changed_at if entry else None,
+    }

@@ -1,0 +1,327 @@
+"""The host's firewall, read once (read-only), and what an allowlist can do on it.
+
+One analysis for every mode and backend: :func:`read` collects the ruleset
+through the Runner (``nft -j list chains``, the native tables hooked on input or
+forward, the iptables variant and its filter INPUT chain from ``iptables-save``;
+firewalld, ufw and Docker as they show in those) into a
+frozen :class:`Host`; the functions below are pure. An answer is ``accept``,
+``drop`` (naming the table and chain) or ``unknown`` ("cannot tell"): never
+"ok" when the ruleset holds something the analysis does not understand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from netaddr import IPNetwork, iprange_to_cidrs
+
+from cfallow.errors import BackendError, CommandNotFound
+from cfallow.netfilter.evaluate import Chain, Json, Outcome, Packet, Rule, combine
+from cfallow.runner import Runner
+from cfallow.section import PortRange
+
+IPTABLES_TABLES = frozenset({("ip", "filter"), ("ip6", "filter")})
+SAVE_TOOLS = {
+    "nft": {4: ("iptables-nft-save", "iptables-save"), 6: ("ip6tables-nft-save", "ip6tables-save")},
+    "legacy": {
+        4: ("iptables-legacy-save", "iptables-save"),
+        6: ("ip6tables-legacy-save", "ip6tables-save"),
+    },
+}
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """One named set, as ``nft -j`` lists it (elements as canonical networks)."""
+
+    family: str
+    table: str
+    name: str
+    type: str
+    flags: tuple[str, ...]
+    elements: frozenset[IPNetwork]
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """The parts of ``nft -j list ruleset`` cfallow looks at."""
+
+    tables: tuple[tuple[str, str], ...] = ()
+    chains: tuple[Chain, ...] = ()
+    sets: tuple[NftSet, ...] = ()
+    listed: tuple[tuple[str, str], ...] = ()  # tables read whole (rules, sets); others: heads
+
+    def table(self, family: str, name: str) -> Ruleset | None:
+        """A table read whole, as its own :class:`Ruleset` (None if it was not)."""
+        if (family, name) not in self.listed:
+            return None
+        return Ruleset(
+            ((family, name),),
+            tuple(c for c in self.chains if (c.family, c.table) == (family, name)),
+            tuple(s for s in self.sets if (s.family, s.table) == (family, name)),
+            ((family, name),),
+        )
+
+    def chain_map(self) -> dict[tuple[str, str, str], Chain]:
+        """``(family, table, name) -> Chain``."""
+        return {(c.family, c.table, c.name): c for c in self.chains}
+
+    def base_chains(self, hook: str, version: int) -> list[Chain]:
+        """Base chains on ``hook`` that see IPv``version`` packets."""
+        fams = {"inet", "ip" if version == 4 else "ip6"}
+        return [c for c in self.chains if c.hook == hook and c.family in fams]
+
+    def find_set(self, family: str, table: str, name: str) -> NftSet | None:
+        """The set ``family table name``, if present."""
+        for s in self.sets:
+            if (s.family, s.table, s.name) == (family, table, name):
+                return s
+        return None
+
+
+def _element(item: Json) -> list[IPNetwork]:
+    if isinstance(item, dict) and "elem" in item:
+        item = item["elem"].get("val")
+    if isinstance(item, str):
+        return [IPNetwork(item).cidr]
+    if isinstance(item, dict) and "prefix" in item:
+        return [IPNetwork(f"{item['prefix']['addr']}/{item['prefix']['len']}").cidr]
+    if isinstance(item, dict) and "range" in item:
+        lo, hi = item["range"]
+        return [n.cidr for n in iprange_to_cidrs(lo, hi)]
+    raise BackendError(f"unexpected set element in nft output: {item!r}")
+
+
+def parse_set(s: Json) -> NftSet:
+    """One ``{"set": {...}}`` body of ``nft -j`` output."""
+    elements = [n for e in s.get("elem", []) for n in _element(e)]
+    flags = s.get("flags", [])
+    return NftSet(
+        s["family"],
+        s["table"],
+        s["name"],
+        str(s.get("type")),
+        tuple(sorted([flags] if isinstance(flags, str) else flags)),
+        frozenset(elements),
+        str(s.get("comment", "")),
+    )
+
+
+def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
+    """Parse ``nft -j list ruleset`` (or ``list table``; ``whole=False``: ``list chains``)."""
+    try:
+        items = json.loads(text or '{"nftables": []}')["nftables"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"cannot parse nft -j output: {exc}") from None
+    tables: list[tuple[str, str]] = []
+    heads: dict[tuple[str, str, str], Json] = {}
+    rules: dict[tuple[str, str, str], list[Rule]] = {}
+    sets: list[NftSet] = []
+    for item in items:
+        if "table" in item:
+            tables.append((item["table"]["family"], item["table"]["name"]))
+        elif "chain" in item:
+            c = item["chain"]
+            heads[(c["family"], c["table"], c["name"])] = c
+        elif "rule" in item:
+            r = item["rule"]
+            key = (r["family"], r["table"], r["chain"])
+            # a rule's comment sits beside its expr; keep it as a passive pseudo-expression
+            note = ({"comment": r["comment"]},) if "comment" in r else ()
+            rules.setdefault(key, []).append(Rule(int(r.get("handle", 0)), (*r["expr"], *note)))
+        elif "set" in item:
+            sets.append(parse_set(item["set"]))
+    chains = tuple(
+        Chain(*k, c.get("hook"), int(c.get("prio", 0)), str(c.get("policy", "accept")),
+              tuple(rules.get(k, ())))
+        for k, c in heads.items()
+    )  # fmt: skip
+    tables = tables or sorted({(c.family, c.table) for c in chains})
+    return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else ())
+
+
+def save_input(text: str, version: int) -> Chain | None:
+    """The ``filter`` table's INPUT chain from ``iptables-save -t filter`` text (either variant).
+
+    Rules become opaque matches (``xt``) with their verdict, so the analysis says
+    "cannot tell" for them unless they only jump somewhere (cfallow's own jump is skipped).
+    """
+    policy, rules = None, []
+    last: tuple[bool, str] | None = None
+    for n, line in enumerate(text.splitlines()):
+        if line.startswith(":INPUT "):
+            policy = line.split()[1].lower()
+        elif line.startswith("-A INPUT "):
+            at = line.rfind(" -j ")
+            target = line[at + 4 :].split(" ", 1)[0] if at >= 0 else ""
+            key = (line == f"-A INPUT -j {target}", target)
+            if key == last:  # consecutive opaque rules with one verdict say no more
+                continue
+            last = key
+            verdict: Json = {target.lower(): None} if target in ("ACCEPT", "DROP", "REJECT") else (
+                {"jump": {"target": target}} if target else {"counter": None})  # fmt: skip
+            rules.append(Rule(n, (*(() if key[0] else ({"xt": None},)), verdict)))
+    if policy is None:
+        return None
+    fam = "ip" if version == 4 else "ip6"
+    return Chain(fam, "filter", "INPUT", "input", 0, policy, tuple(rules))
+
+
+#: iptables-nft's own tables and base chains (upper case), as opposed to native ones.
+XT_TABLES = frozenset({"filter", "mangle", "raw", "security", "nat"})
+XT_CHAINS = frozenset({"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"})
+
+
+def is_xt(c: Chain) -> bool:
+    """Is ``c`` a base chain iptables(-nft) made (``ip filter INPUT``)?"""
+    return c.family in ("ip", "ip6") and c.table in XT_TABLES and c.name in XT_CHAINS
+
+
+@dataclass(frozen=True)
+class Host:
+    """What :func:`read` found (``nft is None``: no ruleset could be read, see ``nft_error``)."""
+
+    nft: Ruleset | None
+    nft_error: str = ""
+    iptables: str = ""  # "nft", "legacy" or "" (not installed / unknown)
+    inputs: tuple[Chain, ...] = ()  # iptables' filter INPUT, from iptables-save
+    firewalld: bool = False
+    ufw: bool = False
+    docker: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+def _try(runner: Runner, argv: list[str]) -> str | None:
+    try:
+        return runner.run(argv).stdout
+    except BackendError:
+        return None
+
+
+def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
+    """Chain heads (cheap), and the rules of every native table with an input/forward base chain.
+
+    iptables-nft's tables are not listed through ``nft`` (slow for big rulesets, and
+    their matches are opaque there): their INPUT chain comes from ``iptables-save``.
+    """
+    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
+    native = sorted({(c.family, c.table) for c in heads.chains
+                     if c.hook in ("input", "forward") and not is_xt(c)})  # fmt: skip
+    if not rules or not native:
+        return heads
+    chains = [c for c in heads.chains if (c.family, c.table) not in native]
+    sets: list[NftSet] = []
+    for fam, table in native:
+        full = parse_ruleset(runner.run(["nft", "-j", "list", "table", fam, table]).stdout)
+        chains += full.chains
+        sets += full.sets
+    tables = tuple(sorted({(c.family, c.table) for c in chains}))
+    return Ruleset(tables, tuple(chains), tuple(sets), tuple(native))
+
+
+def read(
+    runner: Runner,
+    *,
+    iptables: bool = True,
+    variant: str | None = None,
+    saves: Mapping[int, str] | None = None,
+    rules: bool = True,
+) -> Host:
+    """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
+
+    ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
+    filter`` per IP version), so nothing is read twice. ``rules=False``: chain heads only.
+    """
+    ruleset: Ruleset | None = None
+    error = ""
+    try:
+        ruleset = read_nft(runner, rules=rules)
+    except CommandNotFound:
+        error = "nft is not installed"
+    except BackendError as exc:
+        error = str(exc)
+    if variant is None and iptables:
+        version_text = _try(runner, ["iptables", "--version"])
+        if version_text is not None:
+            variant = "nft" if "nf_tables" in version_text else "legacy"
+    variant = variant or ""
+    inputs = []
+    if variant:
+        texts = dict(saves or {})
+        for version, tools in SAVE_TOOLS[variant].items():
+            if version not in texts:
+                texts[version] = next((t for t in (_try(runner, [x, "-t", "filter"])
+                                                   for x in tools) if t), "")  # fmt: skip
+            chain = save_input(texts[version], version)
+            if chain is not None:
+                inputs.append(chain)
+        text = " ".join(texts.values())
+    else:
+        text = ""
+    names = {c.name for c in ruleset.chains} if ruleset else set()
+    if ruleset is not None and inputs:  # the save text stands for iptables' INPUT chains
+        keep = tuple(c for c in ruleset.chains if not (is_xt(c) and c.table == "filter"
+                                                       and c.name == "INPUT"))  # fmt: skip
+        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed)
+    return Host(
+        ruleset,
+        error,
+        variant,
+        tuple(inputs),
+        firewalld=("firewalld" in {c.table for c in ruleset.chains} if ruleset else False)
+        or "INPUT_direct" in text,
+        ufw=any(n.startswith(("ufw-", "ufw6-")) for n in names)
+        or ":ufw-" in text
+        or ":ufw6-" in text,
+        docker=bool(names & {"DOCKER", "DOCKER-USER"}) or ":DOCKER" in text,
+    )
+
+
+def sample_ports(ports: Iterable[PortRange]) -> list[int]:
+    """One or two ports per range (the ends), enough for set and range matches."""
+    return sorted({p for r in ports for p in (r.first, r.last)})
+
+
+def ports_text(protocol: str, ports: Sequence[PortRange]) -> str:
+    """``tcp/80,443``."""
+    return f"{protocol}/" + ",".join(str(p) for p in ports)
+
+
+def outcome(
+    host: Host,
+    version: int,
+    protocol: str,
+    ports: Sequence[PortRange],
+    *,
+    cloudflare: bool,
+    skip_tables: Iterable[tuple[str, str]] = (),
+    own_sets: Iterable[str] = (),
+    skip_jumps: Iterable[str] = (),
+    hook: str = "input",
+) -> Outcome:
+    """What the host does with a new connection to each of ``ports`` (worst port wins)."""
+    if host.nft is None and not host.inputs:
+        return Outcome("unknown", f"cannot read the nftables ruleset ({host.nft_error})")
+    skip = set(skip_tables)
+    chains = [c for c in (host.nft.base_chains(hook, version) if host.nft else [])
+              if (c.family, c.table) not in skip]  # fmt: skip
+    if hook == "input":
+        fam = "ip" if version == 4 else "ip6"
+        chains += [c for c in host.inputs if c.family == fam and (c.family, c.table) not in skip]
+    full = set(host.nft.listed) if host.nft else set()
+    every = {k: c for k, c in (host.nft.chain_map() if host.nft else {}).items() if k[:2] in full}
+    worst: Outcome | None = None
+    for c in chains:  # only its head was read (iptables' own mangle/raw/security tables)
+        if c.table != "filter" and (c.family, c.table) not in full and c.table != "nat":
+            worst = worst or Outcome("unknown", f"{c.where}: iptables rules not analysed")
+    for port in sample_ports(ports):
+        p = Packet(version, protocol, port, cloudflare, frozenset(own_sets), frozenset(skip_jumps))
+        out = combine(chains, every, p)
+        if out.verdict == "drop":
+            return out
+        if out.verdict == "unknown" and worst is None:
+            worst = out
+    return worst or Outcome("accept", "no base chain drops it")
