@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["flock_within", "write_atomic"]
@@ -37,9 +38,21 @@ def write_atomic(path: Path, text: str | bytes, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
-    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` s; ``False`` if not."""
-    deadline = time.monotonic() + timeout
+def flock_within(
+    fd: int,
+    timeout: float,
+    poll: float = 0.05,
+    *,
+    on_wait: Callable[[], None] | None = None,
+    after: float = 1.0,
+) -> bool:
+    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` s; ``False`` if not.
+
+    ``on_wait`` is called once if the lock is still taken ``after`` seconds in (a
+    progress line: who holds it, for how long this run waits).
+    """
+    start = time.monotonic()
+    deadline = start + timeout
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -47,6 +60,10 @@ def flock_within(fd: int, timeout: float, poll: float = 0.05) -> bool:
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             return False
+        if on_wait is not None and now - start >= after:
+            on_wait()
+            on_wait = None
         time.sleep(poll)

@@ -16,6 +16,7 @@ from cfallow.errors import LockTimeout, StateError, ValidationError
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.validate import check_lists, parse_family
 from cfallow.fs import flock_within, write_atomic
+from cfallow.report import progress
 
 log = logging.getLogger("cfallow")
 LKG_FILE = "last-known-good.json"
@@ -196,7 +197,8 @@ class State:
             os.close(dir_fd)
         try:
             _private(fd)
-            if not flock_within(fd, timeout):
+            what = f"the lock {self.dir / LOCK_FILE}"
+            if not flock_within(fd, timeout, on_wait=lambda: progress.lock_wait(what, fd, timeout)):
                 raise LockTimeout(
                     f"another cfallow run holds {self.dir / LOCK_FILE}; gave up after {timeout:g} s"
                 )

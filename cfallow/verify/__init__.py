@@ -19,6 +19,7 @@ from netaddr import IPNetwork
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
+from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
 from cfallow.verify import sample, snapshot, trace, xpath
@@ -226,6 +227,7 @@ def run(
                                 "target": lab.targets[p.version]} for p in which]}  # fmt: skip
 
         doc = probe_doc(*probes, trace=True)
+        progress.probing(len(probes), timeout)
         argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
         out = json.loads(runner.run(argv, input=json.dumps(doc)).stdout)
         _judge(probes, out, legacy=bool(snap.legacy))
