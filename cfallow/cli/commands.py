@@ -32,6 +32,7 @@ from cfallow.fetch.state import State
 from cfallow.model import as_strings
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
+from cfallow.report import table
 from cfallow.runner import Runner
 
 log = logging.getLogger("cfallow")
@@ -94,12 +95,14 @@ def _emit(
             log.info("%s", report.source_line(ranges))
         for r in results:
             if r.error is None:
-                log.info("%s", report.summary(r, verb=verb))
+                log.info("%s", report.summary(r, verb=verb, dry_run=dry_run))
     elif getattr(args, "quiet", False):
         for r in results:
-            print(report.summary(r, verb=verb, error=False))
+            print(report.summary(r, verb=verb, error=False, dry_run=dry_run))
     else:
-        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
+        verbose = bool(getattr(args, "verbose", 0))
+        detail = verbose or (verb != "status" and not report.is_journal(sys.stdout))
+        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb, detail=detail)
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
@@ -131,19 +134,32 @@ def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> in
 
 
 def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Context) -> int:
+    rows = []
     for name in backend.installed():
-        enabled = "enabled" if name in cfg.backends else "not enabled"
+        enabled = name in cfg.backends
         try:
             backend.build(name, cfg.backends.get(name, {}), ctx).check()
-            ok, why = True, "ok"
+            state, why = "ok", ""
+        except ConfigError as exc:  # its section is missing what it needs: not set up here
+            state, why = ("unavailable", str(exc)) if enabled else ("not enabled", "")
         except CfallowError as exc:
-            ok, why = False, str(exc)
+            state, why = "unavailable", str(exc)
         except Exception as exc:  # a broken plugin must not hide the others
-            ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
-        print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
-    print("host firewall:")
-    for line in describe(hostfw.read(ctx.runner)):
-        print(f"  {line}")
+            state, why = "unavailable", f"cannot load: {type(exc).__name__}: {exc}"
+        rows.append({"name": name, "enabled": enabled, "state": state, "note": why})
+    firewall = describe(hostfw.read(ctx.runner))
+    if getattr(args, "json", False):
+        report.write_json(sys.stdout, {"backends": rows, "host_firewall": firewall})
+        return EXIT_OK
+    cells = [
+        [str(r["name"]), "yes" if r["enabled"] else "no", str(r["state"]), str(r["note"])]
+        for r in rows
+    ]
+    lines = table.render(["backend", "enabled", "state", "note"], cells)
+    if not getattr(args, "quiet", False):
+        lines += ["host firewall:", *(f"  {line}" for line in firewall)]
+    for line in lines:
+        print(*table.wrap(line, indent=6), sep="\n")
     return EXIT_OK
 
 

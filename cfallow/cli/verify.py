@@ -44,10 +44,10 @@ def verify_out(args: argparse.Namespace, rep: Any, *, quiet_ok: bool = False) ->
     if args.json and not (quiet_ok and rep.ok):
         report.write_json(sys.stdout, {"verify": rep.to_json()})
     elif not args.json:
-        verify.write_text(sys.stdout, rep)
+        verify.write_text(sys.stdout, rep, quiet=bool(getattr(args, "quiet", False)))
     for line in rep.failures():
         log.error("verify: %s", line)
-    if rep.ok:
+    if rep.ok and args.json:
         log.info("verify: ok (%d probes)", len(rep.probes))
     return EXIT_OK if rep.ok else EXIT_VERIFY
 
