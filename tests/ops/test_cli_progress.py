@@ -33,8 +33,9 @@ def _startup(prefix: Sequence[str]) -> float:
     """How long the CLI takes to start here (it waits for nothing): the 2 s count from
     when the wait begins, not from the fork."""
     start = time.monotonic()
-    subprocess.run([*prefix, sys.executable, "-m", "cfallow", "--version"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*prefix, sys.executable, "-m", "cfallow", "--version"], check=True, capture_output=True
+    )
     return time.monotonic() - start
 
 
@@ -79,9 +80,13 @@ def test_fetch_from_a_dropping_source_says_attempt_and_budget(tmp_path: Path) ->
     with namespace_pair(["10.201.0.1/24"], ["10.201.0.2/24"], tag="drop") as (_peer, ns):
         sh(ns_exec(ns, "ip", "route", "add", f"{DROPPED}/32", "via", "10.201.0.1"))
         config = write_config(
-            tmp_path / "config.toml", f"https://{DROPPED}", timeout=4, attempts=2, backoff=1,
+            tmp_path / "config.toml",
+            f"https://{DROPPED}",
+            timeout=4,
+            attempts=2,
+            backoff=1,
             backends=f'[backends.fake]\npath = "{tmp_path / "target.json"}"\n',
-        )  # fmt: skip
+        )
         prefix = ns_exec(ns)
         startup = _startup(prefix)
         argv = [*prefix, sys.executable, "-m", "cfallow", "--config", str(config)]
@@ -108,9 +113,10 @@ def test_fetch_from_a_dropping_source_says_attempt_and_budget(tmp_path: Path) ->
 
 def _fake_config(tmp_path: Path, base: str) -> Path:
     return write_config(
-        tmp_path / "config.toml", base,
+        tmp_path / "config.toml",
+        base,
         backends=f'[backends.fake]\npath = "{tmp_path / "target.json"}"\n',
-    )  # fmt: skip
+    )
 
 
 def _serve(server: HTTPServer) -> None:
@@ -132,8 +138,18 @@ def test_held_lock_names_the_holder_and_the_limit(tmp_path: Path, httpserver: HT
     fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # another run's lock: this test process holds it
-        argv = [sys.executable, "-m", "cfallow", "--config", str(config), "--state-dir",
-                str(state), "sync", "--lock-timeout", "30"]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "cfallow",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state),
+            "sync",
+            "--lock-timeout",
+            "30",
+        ]
         with _spawn(argv) as proc:
             lines = _read_until(proc, "waiting for", time.monotonic() + startup + 2)
             assert (
