@@ -32,7 +32,7 @@ from cfallow.fetch.state import State
 from cfallow.model import as_strings
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
-from cfallow.report import table
+from cfallow.report import repeat, table
 from cfallow.runner import Runner
 
 log = logging.getLogger("cfallow")
@@ -241,9 +241,10 @@ def _exit_code(
 ) -> int:
     """The run's exit code; a list held at last-known-good says so on stderr."""
     if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
-        say = log.warning if verb == "status" else log.error
-        say("%s", got.held)
-        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
+        held = resolve.held_line(ranges, "compared with" if verb == "status" else "held at")
+        level = logging.WARNING if verb == "status" else logging.ERROR
+        short = f"live fetch still failing; {held}"
+        repeat.warn(resolve.HELD_WARNING, [str(got.held), held], short, level)
     if failed:
         return EXIT_BACKEND
     if verb == "status":
@@ -260,7 +261,7 @@ def cmd_sync(
         from cfallow.report import metrics
 
         metrics.check_path(cfg.metrics_file)
-    with state.lock(args.lock_timeout):
+    with state.lock(args.lock_timeout), repeat.session(state.dir):
         return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
 
 

@@ -32,9 +32,15 @@ from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
 from cfallow.model import Networks, as_strings
+from cfallow.report import repeat
 
 log = logging.getLogger("cfallow")
 LKG = "last-known-good"
+#: The keys of the warnings a failing fetch repeats run after run (cfallow.report.repeat):
+#: held at the last-known-good list, or on the bundled snapshot; a good fetch clears both.
+FETCH_WARNING = "fetch"
+HELD_WARNING = "fetch:held"
+SNAPSHOT_WARNING = "fetch:snapshot"
 
 
 @dataclass(frozen=True)
@@ -142,13 +148,16 @@ def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Re
         if isinstance(exc, GuardRefused):
             raise
         snap = sources.bundled()
-        log.warning(
-            "live fetch failed (%s); no last-known-good list yet, using %s; "
-            "Cloudflare never reached from this host",
-            exc,
-            snapshot_age(snap),
+        repeat.warn(
+            SNAPSHOT_WARNING,
+            [
+                f"live fetch failed ({exc}); no last-known-good list yet, using "
+                f"{snapshot_age(snap)}; Cloudflare never reached from this host"
+            ],
+            f"live fetch still failing; still on the bundled snapshot of {day(snap)}",
         )
         return Resolved(snap, attempted=True, failed=exc)
+    repeat.cleared(FETCH_WARNING)
     if known is None:
         return Resolved(ranges, attempted=True, forced=force)
     added, removed = ranges.desired - known.desired, known.desired - ranges.desired
@@ -186,7 +195,7 @@ def resolve(
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
             if entry is not None and entry.failed and known is not None:
-                log.warning("%s; %s", why, held_line(known))
+                repeat.warn(HELD_WARNING, [f"{why}; {held_line(known)}"], held_line(known))
             return Resolved(_without_network(known))
     return _live(cfg, state, known, force=force)
 
