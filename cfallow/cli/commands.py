@@ -34,6 +34,7 @@ from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
 from cfallow.report import repeat, table
 from cfallow.runner import Runner
+from cfallow.section import suggest
 
 log = logging.getLogger("cfallow")
 
@@ -59,6 +60,10 @@ def _backends(
 ) -> list[backend.AnyBackend]:
     """Build every configured backend (the whole config is checked before anything
     runs, whatever ``--backend`` selects), then return the selected ones."""
+    known = set(backend.installed())
+    for name in names or ():  # a command-line typo is the command line's error
+        if name not in known:
+            raise UsageError(f"--backend {name}: no such backend{suggest(name, known)}")
     try:
         built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
         selected = list(dict.fromkeys(names)) if names else list(cfg.backends)

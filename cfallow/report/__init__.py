@@ -75,14 +75,14 @@ def summary(
     return line
 
 
-def details(result: BackendResult, *, verb: str = "sync") -> list[str]:
+def details(result: BackendResult, *, verb: str = "sync", entries: bool = True) -> list[str]:
     """A backend's ``+``/``-`` lines, drift (``~``; ``x`` for what ``remove`` deletes) and
-    notes, indented under its summary line."""
+    notes, indented under its summary line (the notes alone without ``entries``)."""
     plan = result.plan
     if plan is None or result.error is not None:
         return []
     lines: list[str] = []
-    if plan.changed:
+    if plan.changed and entries:
         lines += [f"  + {net}" for net in as_strings(plan.add)]
         lines += [f"  - {net}" for net in as_strings(plan.remove)]
         mark = "x" if verb == "remove" else "~"  # removal deletes; it does not drift
@@ -100,8 +100,9 @@ def write_text(
     verb: str = "sync",
     detail: bool = True,
 ) -> None:
-    """Human report: the source, then per backend its summary line and (with ``detail``)
-    its ``+``/``-`` lines; ``status`` is a table (its details with ``detail`` only)."""
+    """Human report: the source, then per backend its summary line, its notes and (with
+    ``detail``) its ``+``/``-`` and drift lines; ``status`` is a table (drift and notes in
+    its note column; the entries with ``detail``)."""
     lines: list[str] = []
     if ranges is not None:
         lines.append(source_line(ranges))
@@ -113,7 +114,7 @@ def write_text(
     else:
         for r in results:
             lines.append(summary(r, verb=verb, error=False, dry_run=dry_run))
-            lines += details(r, verb=verb) if detail else []
+            lines += details(r, verb=verb, entries=detail)
     for line in lines:
         for part in table.wrap(line, indent=6 if line.startswith("  ") else 4):
             out.write(part + "\n")
