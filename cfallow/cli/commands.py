@@ -22,6 +22,7 @@ from cfallow.errors import (
     EXIT_RANGES,
     CfallowError,
     ConfigError,
+    FetchError,
     RangesError,
     StateError,
     UsageError,
@@ -248,8 +249,13 @@ def _exit_code(
     if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
         held = resolve.held_line(ranges, "compared with" if verb == "status" else "held at")
         level = logging.WARNING if verb == "status" else logging.ERROR
-        short = f"live fetch still failing; {held}"
-        repeat.warn(resolve.HELD_WARNING, [str(got.held), held], short, level)
+        cause = str(got.held)
+        if isinstance(got.held, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {held}"
+            repeat.warn(resolve.HELD_WARNING, [cause, held], short, cause=cause, level=level)
+        else:  # a list refused: said in full every time, it needs the operator
+            log.log(level, "%s", cause)
+            log.log(level, "%s", held)
     if failed:
         return EXIT_BACKEND
     if verb == "status":

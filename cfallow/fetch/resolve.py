@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 from cfallow.cli.config import Config
-from cfallow.errors import GuardRefused, RangesError
+from cfallow.errors import FetchError, GuardRefused, RangesError
 from cfallow.fetch import cadence, sources
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
@@ -148,14 +148,13 @@ def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Re
         if isinstance(exc, GuardRefused):
             raise
         snap = sources.bundled()
-        repeat.warn(
-            SNAPSHOT_WARNING,
-            [
-                f"live fetch failed ({exc}); no last-known-good list yet, using "
-                f"{snapshot_age(snap)}; Cloudflare never reached from this host"
-            ],
-            f"live fetch still failing; still on the bundled snapshot of {day(snap)}",
-        )
+        still = f"using {snapshot_age(snap)}; Cloudflare never reached from this host"
+        full = f"live fetch failed ({exc}); no last-known-good list yet, {still}"
+        if isinstance(exc, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {still}"
+            repeat.warn(SNAPSHOT_WARNING, [full], short, cause=str(exc))
+        else:  # a list refused: said in full every time
+            log.warning("%s", full)
         return Resolved(snap, attempted=True, failed=exc)
     repeat.cleared(FETCH_WARNING)
     if known is None:
@@ -195,7 +194,7 @@ def resolve(
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
             if entry is not None and entry.failed and known is not None:
-                repeat.warn(HELD_WARNING, [f"{why}; {held_line(known)}"], held_line(known))
+                log.warning("%s; %s", why, held_line(known))
             return Resolved(_without_network(known))
     return _live(cfg, state, known, force=force)
 

@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class _Seen:
     text: str
     since: float
     runs: int
+    cause: str = ""
 
 
 @dataclass
@@ -40,15 +42,16 @@ class Session:
     now: dict[str, _Seen] = field(default_factory=dict)
     cleared: set[str] = field(default_factory=set)
 
-    def say(self, key: str, full: list[str], short: str, level: int) -> None:
-        """Log ``full`` (its lines) if ``key`` was not warned last run, else ``short``."""
+    def say(self, key: str, full: list[str], short: str, level: int, cause: str) -> None:
+        """Log ``full`` (its lines) unless ``key`` was warned last time for the same
+        ``cause`` (numbers aside): then ``short``."""
         prev = self.before.get(key)
-        if prev is None:
+        if prev is None or _shape(prev.cause) != _shape(cause):
             for line in full:
                 log.log(level, "%s", line)
-            self.now[key] = _Seen(" / ".join(full), time.time(), 1)
+            self.now[key] = _Seen(" / ".join(full), time.time(), 1, cause)
             return
-        seen = _Seen(prev.text, prev.since, prev.runs + 1)
+        seen = _Seen(prev.text, prev.since, prev.runs + 1, cause)
         log.log(level, "%s (%s)", short, _since(seen))
         self.now[key] = seen
 
@@ -62,10 +65,18 @@ class Session:
                 log.info("no longer: %s (%s)", prev.text, _since(prev))
             else:
                 self.now[key] = prev
-        doc = {k: {"text": v.text, "since": v.since, "runs": v.runs} for k, v in self.now.items()}
+        doc = {
+            k: {"text": v.text, "since": v.since, "runs": v.runs, "cause": v.cause}
+            for k, v in self.now.items()
+        }
         if doc or self.before:
             with contextlib.suppress(OSError):  # not worth failing a run for
                 write_atomic(self.path, json.dumps(doc, indent=1) + "\n", mode=0o600)
+
+
+def _shape(cause: str) -> str:
+    """A cause without its numbers (a time-out's seconds, a port, a count)."""
+    return re.sub(r"[0-9]+", "#", cause)
 
 
 def _since(seen: _Seen) -> str:
@@ -80,7 +91,8 @@ def _load(path: Path) -> dict[str, _Seen]:
     try:
         raw = json.loads(path.read_text("utf-8"))
         return {
-            str(k): _Seen(str(v["text"]), float(v["since"]), int(v["runs"])) for k, v in raw.items()
+            str(k): _Seen(str(v["text"]), float(v["since"]), int(v["runs"]), str(v["cause"]))
+            for k, v in raw.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
@@ -98,14 +110,18 @@ def session(state_dir: Path) -> Iterator[Session]:
     s.finish()
 
 
-def warn(key: str, full: list[str], short: str, level: int = logging.WARNING) -> None:
-    """Log a warning that may repeat run after run (in full outside a session)."""
+def warn(
+    key: str, full: list[str], short: str, *, cause: str, level: int = logging.WARNING
+) -> None:
+    """Log a warning that may repeat run after run: ``full`` (its lines) the first time
+    and whenever ``cause`` changes, ``short`` while it stays (always in full outside a
+    session)."""
     s = _active.get()
     if s is None:
         for line in full:
             log.log(level, "%s", line)
     else:
-        s.say(key, full, short, level)
+        s.say(key, full, short, level, cause)
 
 
 def cleared(key: str) -> None:

@@ -52,11 +52,12 @@ class Env:
         return list(data["owned"])
 
     def snapshot(self) -> dict[str, tuple[bytes, int]]:
-        """The target and the state (not the fetch log, which records every attempt)."""
+        """The target and the state (not the fetch log, which records every attempt, nor
+        the record of repeated warnings)."""
         files = (
             [self.target, *sorted(self.state.glob("*"))] if self.state.exists() else [self.target]
         )
-        files = [p for p in files if p.name != "fetch.json"]
+        files = [p for p in files if p.name not in ("fetch.json", "warnings.json")]
         return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in files if p.exists()}
 
 
