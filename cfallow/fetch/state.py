@@ -199,6 +199,7 @@ class State:
         try:
             _private(fd)
             what = f"the lock {self.dir / LOCK_FILE}"
+            log.debug("taking %s (waiting up to %g s)", what, timeout)
             if not flock_within(fd, timeout, on_wait=lambda: progress.lock_wait(what, fd, timeout)):
                 raise LockTimeout(
                     f"another cfallow run holds {self.dir / LOCK_FILE}; gave up after {timeout:g} s"

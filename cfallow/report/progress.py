@@ -40,6 +40,13 @@ class Fetch:
         self.started = time.monotonic()
         self.attempt = 0
         self.shown = False
+        log.debug(
+            "%s: fetching (%d attempt(s) of up to %s; %s in all)",
+            url,
+            attempts,
+            _secs(timeout),
+            _secs(self.budget),
+        )
 
     def begin(self, attempt: int) -> None:
         """Attempt number ``attempt`` (from 1) starts."""
