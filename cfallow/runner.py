@@ -91,10 +91,14 @@ SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/s
 
 def not_on_path(program: str, path: str | None = None) -> str | None:
     """Where ``program`` is installed though ``path`` (default ``$PATH``) leaves its
-    directory out (a ``su``, cron or CI shell without ``/usr/sbin``), else ``None``."""
+    directory out (a ``su``, cron or CI shell with ``/usr/bin`` but not ``/usr/sbin``),
+    else ``None``. A ``path`` with none of :data:`SYSTEM_DIRS` is not an ordinary shell's
+    (a test's, a sandbox's): no guess is made for it."""
     if os.sep in program:
         return None
     dirs = (os.environ.get("PATH", "") if path is None else path).split(os.pathsep)
+    if not set(dirs) & set(SYSTEM_DIRS):
+        return None
     for d in SYSTEM_DIRS:
         full = os.path.join(d, program)
         if d not in dirs and os.path.isfile(full) and os.access(full, os.X_OK):
