@@ -117,8 +117,10 @@ def describe(host: Host) -> list[str]:
         hooked = [c for c in host.nft.chains if c.hook in ("input", "forward")]
         native = [c for c in hooked if (c.family, c.table) not in IPTABLES_TABLES]
         for c in native:
-            lines.append(f"nftables: {c.where} (hook {c.hook}, priority {c.priority}, "
-                         f"policy {c.policy}, {len(c.rules)} rules)")  # fmt: skip
+            lines.append(
+                f"nftables: {c.where} (hook {c.hook}, priority {c.priority}, "
+                f"policy {c.policy}, {len(c.rules)} rules)"
+            )
         if not native:
             lines.append("nftables: no native base chain on input or forward")
     for c in host.inputs:
@@ -133,16 +135,20 @@ def describe(host: Host) -> list[str]:
 def recommend(host: Host, protocol: str = "tcp", ports: Sequence[PortRange] = DEFAULT_PORTS) -> str:
     """Which cfallow backend (and mode) can enforce the allowlist on this host."""
     if host.firewalld:
-        return ('nftables mode = "lockdown" (firewalld is running: its zones decide what is '
-                "accepted; lockdown restricts whatever they accept)")  # fmt: skip
+        return (
+            'nftables mode = "lockdown" (firewalld is running: its zones decide what is '
+            "accepted; lockdown restricts whatever they accept)"
+        )
     if host.nft is None and not host.iptables:
         return "nothing found: neither nft nor iptables can be run here"
     error, notes = iptables_allow(host, (4, 6), protocol, ports, "CFALLOW")
     if error is not None:
         return f'nftables (mode = "sets" or "lockdown"); {error.split("; ")[0]}'
     if any(n.startswith("allow mode:") for n in notes):
-        return ('iptables mode = "lockdown" or nftables (lockdown): nothing on this host drops '
-                f"{ports_text(protocol, ports)}, so allow mode restricts nothing")  # fmt: skip
+        return (
+            'iptables mode = "lockdown" or nftables (lockdown): nothing on this host drops '
+            f"{ports_text(protocol, ports)}, so allow mode restricts nothing"
+        )
     if notes:
         return f"cannot tell ({notes[0]}); nftables lockdown restricts on any host"
     return "iptables (allow or lockdown) or nftables"
