@@ -31,12 +31,6 @@ def default_path() -> Path:
     return Path(os.environ.get(ENV) or DEFAULT_PATH)
 
 
-def _waiting(path: Path, fd: int, wait: float) -> None:
-    from cfallow.report import progress
-
-    progress.lock_wait(f"the firewall lock {path}", fd, wait)
-
-
 @contextlib.contextmanager
 def firewall_lock(path: Path, wait: float = WAIT) -> Iterator[None]:
     """Hold the host-wide firewall lock ``path``, waiting at most ``wait`` seconds."""
@@ -53,7 +47,7 @@ def firewall_lock(path: Path, wait: float = WAIT) -> Iterator[None]:
             )
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)  # e.g. made by a unit's "touch" with the default umask
-        if not flock_within(fd, wait, poll=0.02, on_wait=lambda: _waiting(path, fd, wait)):
+        if not flock_within(fd, wait, poll=0.02, what=f"the firewall lock {path}"):
             raise BackendError(f"another cfallow run has held {path} for {wait:g} s")
         yield
     finally:

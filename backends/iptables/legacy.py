@@ -20,7 +20,6 @@ from typing import Protocol
 
 from cfallow.errors import BackendError, CommandFailed
 from cfallow.fs import flock_within
-from cfallow.report import progress
 from cfallow.runner import Runner
 
 from .diff import Ops
@@ -51,10 +50,7 @@ def xtables_lock(path: str, wait: float = LOCK_WAIT) -> Iterator[None]:
     except OSError as exc:
         raise BackendError(f"cannot open the xtables lock {path}: {exc.strerror}") from None
     try:
-        waiting = f"the xtables lock {path}"
-        if not flock_within(
-            fd, wait, poll=0.02, on_wait=lambda: progress.lock_wait(waiting, fd, wait)
-        ):
+        if not flock_within(fd, wait, poll=0.02, what=f"the xtables lock {path}"):
             raise BackendError(f"another program has held the xtables lock {path} for {wait:g} s")
         yield
     finally:

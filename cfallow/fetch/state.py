@@ -16,7 +16,6 @@ from cfallow.errors import LockTimeout, StateError, ValidationError
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.validate import check_lists, parse_family
 from cfallow.fs import flock_within, write_atomic
-from cfallow.report import progress
 
 log = logging.getLogger("cfallow")
 LKG_FILE = "last-known-good.json"
@@ -200,7 +199,7 @@ class State:
             _private(fd)
             what = f"the lock {self.dir / LOCK_FILE}"
             log.debug("taking %s (waiting up to %g s)", what, timeout)
-            if not flock_within(fd, timeout, on_wait=lambda: progress.lock_wait(what, fd, timeout)):
+            if not flock_within(fd, timeout, what=what):
                 raise LockTimeout(
                     f"another cfallow run holds {self.dir / LOCK_FILE}; gave up after {timeout:g} s"
                 )

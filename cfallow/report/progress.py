@@ -2,14 +2,14 @@
 
 A wait shorter than :data:`AFTER` seconds shows nothing: a run where nothing
 waits prints what it printed before. Beyond that, one line per thing waited
-for: a fetch attempt (its number, the next delay, the whole budget), a lock
-(the pid holding it, the limit), the probes of ``verify`` (how many).
+for: a fetch attempt (its number, the next delay, the whole budget), the probes of
+``verify`` (how many). A lock's line (the pid holding it, the limit) is the kit's
+(:func:`cfallow.fs.flock_within`), for backends take locks too.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 log = logging.getLogger("cfallow")
@@ -82,34 +82,6 @@ class Fetch:
             _secs(waited),
             _secs(self.budget),
         )
-
-
-def lock_holder(fd: int) -> int | None:
-    """The pid holding a ``flock`` on the file open as ``fd`` (from ``/proc/locks``)."""
-    ino = os.fstat(fd).st_ino
-    try:
-        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
-            lines = fh.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF" (blocked waiters: "1: -> FLOCK ...")
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        dev_ino = fields[5].split(":")
-        if len(dev_ino) == 3 and dev_ino[2] == str(ino) and fields[4].isdigit():
-            pid = int(fields[4])
-            if pid != os.getpid():
-                return pid
-    return None
-
-
-def lock_wait(what: str, fd: int, limit: float) -> None:
-    """The line for a lock that has not come free within :data:`AFTER` seconds."""
-    pid = lock_holder(fd)
-    holder = f"held by pid {pid}" if pid is not None else "held by another process"
-    log.info("waiting for %s, %s (up to %s)", what, holder, _secs(limit))
 
 
 def probing(count: int, timeout: float) -> None:
