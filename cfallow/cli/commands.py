@@ -107,8 +107,11 @@ def _emit(
             print(report.summary(r, verb=verb, error=False, dry_run=dry_run))
     else:
         verbose = bool(getattr(args, "verbose", 0))
-        detail = verbose or (verb != "status" and not report.is_journal(sys.stdout))
-        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb, detail=detail)
+        journal = report.is_journal(sys.stdout)
+        detail = verbose or (verb != "status" and not journal)
+        report.write_text(
+            sys.stdout, ranges, results, dry_run=dry_run, verb=verb, detail=detail, wrap=not journal
+        )
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)

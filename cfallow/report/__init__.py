@@ -99,10 +99,12 @@ def write_text(
     dry_run: bool,
     verb: str = "sync",
     detail: bool = True,
+    wrap: bool = True,
 ) -> None:
     """Human report: the source, then per backend its summary line, its notes and (with
     ``detail``) its ``+``/``-`` and drift lines; ``status`` is a table (drift and notes in
-    its note column; the entries with ``detail``)."""
+    its note column; the entries with ``detail``); lines wrap at 100 columns unless not
+    ``wrap`` (the journal keeps a line whole)."""
     lines: list[str] = []
     if ranges is not None:
         lines.append(source_line(ranges))
@@ -115,8 +117,9 @@ def write_text(
         for r in results:
             lines.append(summary(r, verb=verb, error=False, dry_run=dry_run))
             lines += details(r, verb=verb, entries=detail)
-    for line in lines:
-        for part in table.wrap(line, indent=6 if line.startswith("  ") else 4):
+    for line in lines:  # the journal keeps a line whole
+        parts = table.wrap(line, indent=6 if line.startswith("  ") else 4) if wrap else [line]
+        for part in parts:
             out.write(part + "\n")
 
 
