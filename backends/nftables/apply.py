@@ -17,7 +17,7 @@ from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.evaluate import Chain
 from cfallow.netfilter.host import NftSet, parse_ruleset
 from cfallow.netfilter.nat import NatRule
-from cfallow.runner import Runner
+from cfallow.runner import Runner, missing
 
 from . import render
 
@@ -83,7 +83,7 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
     host = hostfw.read(runner, iptables=False) if analyse else None
     if host is not None and host.nft is None:
         if "not installed" in host.nft_error:
-            raise Unavailable("nft: command not found (install the nftables package)")
+            raise Unavailable(missing("nft", "nftables"))
         raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
     own = host.nft.table(fam, name) if host is not None and host.nft is not None else None
     if own is None and host is None and s.mode == "sets":
@@ -92,7 +92,7 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
         try:
             own = _list(runner, "table", fam, name)
         except CommandNotFound:
-            raise Unavailable("nft: command not found (install the nftables package)") from None
+            raise Unavailable(missing("nft", "nftables")) from None
     sets = own.sets if own is not None else ()
     if s.mode == "sets":
         wanted = {s.set_name(v) for v in s.families}

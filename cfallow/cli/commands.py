@@ -20,6 +20,8 @@ from cfallow.errors import (
     EXIT_OK,
     EXIT_RANGES,
     CfallowError,
+    ConfigError,
+    FetchError,
     RangesError,
     StateError,
 )
@@ -28,6 +30,7 @@ from cfallow.fetch.ranges import Ranges
 from cfallow.model import as_strings
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
+from cfallow.report import repeat, table
 
 log = logging.getLogger("cfallow")
 
@@ -49,19 +52,23 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def _emit(inv: Invocation, rep: report.Report, *, verb: str) -> None:
-    ranges, results = rep.ranges, rep.results
+    ranges, results, dry_run = rep.ranges, rep.results, rep.dry_run
     if inv.opts.json:  # the document on stdout; one line per backend on stderr
         report.write_json(sys.stdout, rep.to_json())
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
             if r.error is None:
-                log.info("%s", report.summary(r, verb=verb))
+                log.info("%s", report.summary(r, verb=verb, dry_run=dry_run))
     elif inv.opts.quiet:
         for r in results:
-            print(report.summary(r, verb=verb, error=False))
+            print(report.summary(r, verb=verb, error=False, dry_run=dry_run))
     else:
-        report.write_text(sys.stdout, ranges, results, dry_run=rep.dry_run, verb=verb)
+        journal = report.is_journal(sys.stdout)
+        detail = bool(inv.opts.verbose) or (verb != "status" and not journal)
+        report.write_text(
+            sys.stdout, ranges, results, dry_run=dry_run, verb=verb, detail=detail, wrap=not journal
+        )
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
@@ -94,19 +101,32 @@ def cmd_ranges(inv: Invocation) -> int:
 
 def cmd_backends(inv: Invocation) -> int:
     cfg, ctx = inv.config, inv.ctx
+    rows = []
     for name in backend.installed():
-        enabled = "enabled" if name in cfg.backends else "not enabled"
+        enabled = name in cfg.backends
         try:
             backend.build(name, cfg.backends.get(name, {}), ctx).check()
-            ok, why = True, "ok"
+            state, why = "ok", ""
+        except ConfigError as exc:  # its section is missing what it needs: not set up here
+            state, why = ("unavailable", str(exc)) if enabled else ("not enabled", "")
         except CfallowError as exc:
-            ok, why = False, str(exc)
+            state, why = "unavailable", str(exc)
         except Exception as exc:  # a broken plugin must not hide the others
-            ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
-        print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
-    print("host firewall:")
-    for line in describe(hostfw.read(ctx.runner)):
-        print(f"  {line}")
+            state, why = "unavailable", f"cannot load: {type(exc).__name__}: {exc}"
+        rows.append({"name": name, "enabled": enabled, "state": state, "note": why})
+    firewall = describe(hostfw.read(ctx.runner))
+    if inv.opts.json:
+        report.write_json(sys.stdout, {"backends": rows, "host_firewall": firewall})
+        return EXIT_OK
+    cells = [
+        [str(r["name"]), "yes" if r["enabled"] else "no", str(r["state"]), str(r["note"])]
+        for r in rows
+    ]
+    lines = table.render(["backend", "enabled", "state", "note"], cells)
+    if not inv.opts.quiet:
+        lines += ["host firewall:", *(f"  {line}" for line in firewall)]
+    for line in lines:
+        print(*table.wrap(line, indent=6), sep="\n")
     return EXIT_OK
 
 
@@ -161,9 +181,15 @@ def _exit_code(
 ) -> int:
     """The run's exit code; a list held at last-known-good says so on stderr."""
     if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
-        say = log.warning if verb == "status" else log.error
-        say("%s", got.held)
-        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
+        held = resolve.held_line(ranges, "compared with" if verb == "status" else "held at")
+        level = logging.WARNING if verb == "status" else logging.ERROR
+        cause = str(got.held)
+        if isinstance(got.held, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {held}"
+            repeat.warn(resolve.HELD_WARNING, [cause, held], short, cause=cause, level=level)
+        else:  # a list refused: said in full every time, it needs the operator
+            log.log(level, "%s", cause)
+            log.log(level, "%s", held)
     if failed:
         return EXIT_BACKEND
     if verb == "status":

@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,9 @@ from cfallow.errors import ConfigError, UsageError
 from cfallow.fetch import cadence, resolve
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
-from cfallow.report import Report
+from cfallow.report import Report, repeat
 from cfallow.runner import Runner
+from cfallow.section import suggest
 
 log = logging.getLogger("cfallow")
 
@@ -98,8 +99,9 @@ class Writes:
         self.cfg, self.state, self.lock_timeout = cfg, state, lock_timeout
 
     def held(self) -> AbstractContextManager[None]:
-        """The state lock, for the whole run."""
-        return self.state.lock(self.lock_timeout)
+        """The state lock for the whole run, and the warnings it shortens when they repeat
+        run after run (:mod:`cfallow.report.repeat`: written only by a real run)."""
+        return _held(self.state, self.lock_timeout)
 
     def check_metrics(self) -> None:
         """A ``metrics_file`` that cannot be written is a config error before anything runs."""
@@ -149,6 +151,12 @@ class Writes:
         return True
 
 
+@contextlib.contextmanager
+def _held(state: State, lock_timeout: float) -> Iterator[None]:
+    with state.lock(lock_timeout), repeat.session(state.dir):
+        yield
+
+
 class DryRun(Writes):
     """A dry run: the same calls, nothing written, no lock taken."""
 
@@ -192,6 +200,10 @@ def _backends(
 ) -> list[backend.AnyBackend]:
     """Build every configured backend (the whole config is checked before anything
     runs, whatever ``--backend`` selects), then return the selected ones."""
+    known = set(backend.installed())
+    for name in names:  # a command-line typo is the command line's error
+        if name not in known:
+            raise UsageError(f"--backend {name}: no such backend{suggest(name, known)}")
     try:
         built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
         selected = list(dict.fromkeys(names)) if names else list(cfg.backends)

@@ -28,19 +28,19 @@ def verify_first(inv: Invocation, ranges: Ranges) -> int:
             ctx.runner, ranges.desired, wants, uplink=None, timeout=0.5, before=before
         )
     rep.notes[:0] = notes
-    return verify_out(inv.opts.json, rep, quiet_ok=True)
+    return verify_out(inv.opts.json, rep, quiet=inv.opts.quiet, quiet_ok=True)
 
 
-def verify_out(json: bool, rep: Any, *, quiet_ok: bool = False) -> int:
+def verify_out(json: bool, rep: Any, *, quiet: bool = False, quiet_ok: bool = False) -> int:
     from cfallow.verify import command as verify
 
     if json and not (quiet_ok and rep.ok):
         report.write_json(sys.stdout, {"verify": rep.to_json()})
     elif not json:
-        verify.write_text(sys.stdout, rep)
+        verify.write_text(sys.stdout, rep, quiet=quiet)
     for line in rep.failures():
         log.error("verify: %s", line)
-    if rep.ok:
+    if rep.ok and json:
         log.info("verify: ok (%d probes)", len(rep.probes))
     return EXIT_OK if rep.ok else EXIT_VERIFY
 
@@ -55,4 +55,4 @@ def cmd_verify(inv: Invocation) -> int:
         inv.ctx.runner, ranges.desired, wants, uplink=inv.opts.uplink, timeout=inv.opts.timeout
     )
     rep.notes[:0] = notes
-    return verify_out(inv.opts.json, rep)
+    return verify_out(inv.opts.json, rep, quiet=inv.opts.quiet)

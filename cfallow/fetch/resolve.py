@@ -32,15 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfallow.cli.config import Config
-from cfallow.errors import GuardRefused, RangesError, UsageError
+from cfallow.errors import FetchError, GuardRefused, RangesError, UsageError
 from cfallow.fetch import cadence, sources
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
 from cfallow.model import Networks, as_strings
+from cfallow.report import repeat
 
 log = logging.getLogger("cfallow")
 LKG = "last-known-good"
+#: The keys of the warnings a failing fetch repeats run after run (cfallow.report.repeat):
+#: held at the last-known-good list, or on the bundled snapshot; a good fetch clears both.
+FETCH_WARNING = "fetch"
+HELD_WARNING = "fetch:held"
+SNAPSHOT_WARNING = "fetch:snapshot"
 
 
 @dataclass(frozen=True)
@@ -173,13 +179,15 @@ def _live(
         if isinstance(exc, GuardRefused):
             raise
         snap = sources.bundled()
-        log.warning(
-            "live fetch failed (%s); no last-known-good list yet, using %s; "
-            "Cloudflare never reached from this host",
-            exc,
-            snapshot_age(snap),
-        )
+        still = f"using {snapshot_age(snap)}; Cloudflare never reached from this host"
+        full = f"live fetch failed ({exc}); no last-known-good list yet, {still}"
+        if isinstance(exc, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {still}"
+            repeat.warn(SNAPSHOT_WARNING, [full], short, cause=str(exc))
+        else:  # a list refused: said in full every time
+            log.warning("%s", full)
         return Resolved(snap, attempted=True, failed=exc)
+    repeat.cleared(FETCH_WARNING)
     if known is None:
         return Resolved(ranges, attempted=True, forced=force)
     added, removed = ranges.desired - known.desired, known.desired - ranges.desired
