@@ -262,7 +262,7 @@ def _get_once(url: str, timeout: float, shown: progress.Fetch | None = None) -> 
             return resp
         else:
             raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
-        raise RetryableError(f"{url}: no complete response within {timeout:g} s")
+        raise Unanswered(f"{url}: no complete response within {timeout:g} s")
     finally:
         session.close()
 
