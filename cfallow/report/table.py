@@ -40,14 +40,15 @@ def counts(result: BackendResult) -> tuple[int, int, int] | None:
 
 
 def wrap(line: str, indent: int = 4) -> list[str]:
-    """``line`` in lines of at most :data:`WIDTH` columns, continued ``indent`` in."""
+    """``line`` in lines of at most :data:`WIDTH` columns, continued ``indent`` in (a word
+    longer than that, a long path, stays whole: it must copy and paste as one)."""
     if len(line) <= WIDTH:
         return [line]
     return textwrap.wrap(
         line,
         WIDTH,
         subsequent_indent=" " * indent,
-        break_long_words=True,
+        break_long_words=False,
         break_on_hyphens=False,
     )
 
@@ -67,7 +68,7 @@ def render(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: int =
         for i, cell in enumerate(row[:-1]):
             numeric = cols - 1 - right <= i
             cells.append(cell.rjust(widths[i]) if numeric else cell.ljust(widths[i]))
-        last = textwrap.wrap(row[-1], room, break_on_hyphens=False) or [""]
+        last = textwrap.wrap(row[-1], room, break_long_words=False, break_on_hyphens=False) or [""]
         out.append(("  ".join(cells) + "  " + last[0]).rstrip())
         out += [" " * lead + more for more in last[1:]]
     return out

@@ -11,6 +11,7 @@ judged.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,8 +152,10 @@ def test_status_states_the_chain(
     assert run_cli(capsys, *common, "sync").rc == 0
     out = run_cli(capsys, *common, "status")
     assert out.rc == 0, out.err
-    said = [ln for ln in out.out.splitlines() if "note: chain: " in ln]
-    assert len(said) == 1 and "kept by cfallow" in said[0], out.out
+    assert "chain: " in out.out, out.out  # in the status table's note column
+    doc = json.loads(run_cli(capsys, *common, "status", "--json").out)
+    said = [n for b in doc["backends"] for n in b["notes"] if n.startswith("chain: ")]
+    assert len(said) == 1 and "kept by cfallow" in said[0], doc
 
 
 def generation(srv: Any) -> object:
