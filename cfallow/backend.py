@@ -50,7 +50,7 @@ import abc
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from cfallow import plugins
 from cfallow.errors import BackendError, ConfigError
@@ -58,6 +58,9 @@ from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 from cfallow.section import Section, suggest
+
+if TYPE_CHECKING:
+    from cfallow.netfilter.host import Host
 
 GROUP = "cfallow.backends"
 O = TypeVar("O")  # noqa: E741 - what a backend reads
@@ -137,6 +140,15 @@ class Backend(abc.ABC, Generic[O, S]):
         path does not exist, which would leave a new directory read-only.
         """
         return ()
+
+    @classmethod
+    def host_advice(cls, host: Host) -> str | None:
+        """Whether (and in which mode) this backend enforces the allowlist on a host whose
+        firewall is ``host``, as one line for ``cfallow backends``; None: nothing to say.
+
+        For backends that own a netfilter mode; the others keep the default.
+        """
+        return None
 
     def plan(self, desired: Networks | None) -> Plan[S]:
         """``diff(read(), desired)``."""
