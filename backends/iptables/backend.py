@@ -41,9 +41,10 @@ from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
-from cfallow.netfilter.advice import iptables_allow
+from cfallow.netfilter.save import detect
 from cfallow.section import Section, parse_ports
 
+from .advice import iptables_allow, recommend
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
@@ -56,7 +57,7 @@ from .rules import (
     port_slots,
 )
 from .save import Table, parse_save
-from .variant import EMPTY_FILTER, MISSING, NONE, Variant, detect, io_for, probe
+from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
@@ -121,6 +122,11 @@ class IptablesBackend(Backend[Seen, Step]):
         self.retries = 0  # legacy commits started again because the table moved
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
+
+    @classmethod
+    def host_advice(cls, host: hostfw.Host) -> str | None:
+        """Whether iptables allow or lockdown works here (or nftables is needed)."""
+        return recommend(host)
 
     def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
         """Refuse settings that silently undo the allowlist or lock the admin out."""

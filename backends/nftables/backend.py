@@ -32,10 +32,10 @@ from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
-from cfallow.netfilter.advice import lockdown_notes, sets_notes
 from cfallow.section import Section, parse_ports
 
 from . import render
+from .advice import lockdown_notes, recommend, sets_notes
 from .apply import Seen, Step, apply_step, read_seen, removal_steps
 from .diff import lockdown_steps, refuse_foreign_sets, sets_steps
 
@@ -99,6 +99,11 @@ class NftablesBackend(Backend[Seen, Step]):
         #: The admin's ruleset that nftables.service loads (and may include ``file``).
         self.conf = Path(section.get_str("conf", DEFAULT_CONF))
         self.host_check = section.get_bool("host_check", True)
+
+    @classmethod
+    def host_advice(cls, host: hostfw.Host) -> str | None:
+        """Lockdown where firewalld runs (the iptables backend speaks for the other hosts)."""
+        return recommend(host)
 
     def write_paths(self) -> tuple[Path, ...]:
         """The directory of cfallow's include file, and cfallow's firewall lock."""
