@@ -1,0 +1,50 @@
+"""A changing sync reads each family's table once (nf_tables hosts): ``apply`` writes from
+the plan's read when the ruleset generation has not moved since, and reads again when it has.
+
+Counts the ``*-save`` reads through the backend's Runner; every outcome is read back with
+the variant's own ``*-save``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import namespace
+from support.cfdata import CURRENT, OLD
+from support.iptables.helpers import Fw, jumps_for
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def fw(tmp_path: Path) -> Iterator[Fw]:
+    with namespace("once") as ns:
+        yield Fw(ns, "nft", tmp_path)
+
+
+def saves(fw: Fw) -> int:
+    return sum(1 for argv in fw.runner.calls if argv[0].endswith("-save"))
+
+
+def test_a_changing_sync_reads_each_table_once(fw: Fw) -> None:
+    b = fw.backend()
+    b.apply(b.plan(OLD))
+    fw.runner.calls.clear()
+    b.apply(b.plan(CURRENT))
+    assert saves(fw) == 2  # one per family, in the plan's read
+    assert fw.owned() == CURRENT
+    assert fw.jumps(4) == [f"-A INPUT {j}" for j in jumps_for()]
+
+
+def test_a_commit_between_plan_and_apply_is_read_again(fw: Fw) -> None:
+    first, second = fw.backend(), fw.backend()
+    plan = first.plan(CURRENT)
+    second.apply(second.plan(CURRENT))  # another run wrote the chain and its jumps meanwhile
+    fw.runner.calls.clear()
+    first.apply(plan)
+    assert saves(fw) == 2  # the generation moved: both tables read again under the lock
+    for version in (4, 6):
+        assert fw.jumps(version) == [f"-A INPUT {j}" for j in jumps_for()], "a second jump"
+    assert fw.owned() == CURRENT
