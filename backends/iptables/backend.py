@@ -66,6 +66,8 @@ __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
+#: What ``iptables --version`` said, for the binary that said it.
+VARIANT_MEMO = "iptables-version.json"
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class IptablesBackend(Backend[Seen, Step]):
         return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
 
     def _variant(self) -> Variant:
-        return probe(self.ctx.runner, self.variant, self.ctx.log)
+        memo = generation.Memo(self.ctx.state_dir / VARIANT_MEMO)
+        return probe(self.ctx.runner, self.variant, self.ctx.log, memo)
 
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
