@@ -7,13 +7,19 @@ the variant's own ``*-save``.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cfallow.backends.iptables.variant import version_text
 from support import namespace
 from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import Fw, jumps_for
+
+from cfallow.netfilter.generation import Memo
+from cfallow.runner import Runner
 
 pytestmark = pytest.mark.root
 
@@ -48,3 +54,19 @@ def test_a_commit_between_plan_and_apply_is_read_again(fw: Fw) -> None:
     for version in (4, 6):
         assert fw.jumps(version) == [f"-A INPUT {j}" for j in jumps_for()], "a second jump"
     assert fw.owned() == CURRENT
+
+
+def test_iptables_version_is_asked_once_per_binary(tmp_path: Path) -> None:
+    """``iptables --version`` only reads the binary (no firewall state): asked here, in the
+    test's own process, with a private memo file."""
+    memo = Memo(tmp_path / "version.json")
+    runner = Runner()
+    first = version_text(runner, memo)
+    assert version_text(runner, memo) == first
+    assert runner.calls.count(("iptables", "--version")) == 1
+    legacy = tmp_path / "bin"
+    legacy.mkdir()
+    (legacy / "iptables").symlink_to(shutil.which("iptables-legacy") or "/usr/sbin/iptables-legacy")
+    other = Runner(env={"PATH": f"{legacy}:{os.environ.get('PATH', '')}"})
+    assert "(legacy)" in version_text(other, memo)  # another binary: asked again
+    assert other.calls == [("iptables", "--version")]
