@@ -41,7 +41,7 @@ _moved.install(
         "cfallow.backends.realip_haproxy": "cfallow.backends.realip.haproxy",
         "cfallow.backends.realip_nginx": "cfallow.backends.realip.nginx",
         "cfallow.backends.realip_nginx_master": "cfallow.backends.realip.nginx_master",
-        "cfallow.backends.realip_pending": "cfallow.backends.realip.pending",
+        "cfallow.backends.realip_pending": "cfallow.listfile",
         "cfallow.backends.realip_proc": "cfallow.backends.realip.proc",
     }
 )

@@ -39,7 +39,9 @@ Rules every backend keeps:
 The kit a backend builds on: :mod:`cfallow.model` (``make_plan``,
 ``by_family``, ``ordered``), :mod:`cfallow.files` (``ManagedFile``: a file
 cfallow owns, written candidate -> test -> rename -> activate, rolled back on
-failure), :mod:`cfallow.fs` (atomic writes, bounded locks), the
+failure), :mod:`cfallow.listfile` (``ListFileBackend``: a whole backend for a
+list file a server reads, tested and reloaded), :mod:`cfallow.fs` (atomic
+writes, bounded locks), the
 :class:`~cfallow.runner.Runner`. :mod:`cfallow.testing` holds the contract
 every backend's tests pass (see docs/plugins.md).
 """

@@ -12,6 +12,11 @@ Every such file changes the same way, whoever renders it::
     or activate puts the previous bytes (or the absence of the file) back,
     atomically, and re-raises.
 
+``expected`` (the bytes the plan was computed from, ``None``: no file) makes
+``install`` raise :class:`~cfallow.errors.TargetMoved` before writing
+anything when the target holds something else: the engine then reads again
+and re-plans.
+
 ``baseline`` runs ``test()`` once before anything is written, so a
 configuration that already fails without cfallow's change is reported as the
 admin's, not blamed on cfallow's file.
@@ -25,12 +30,25 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
-from cfallow.errors import BackendError
+from cfallow.errors import BackendError, TargetMoved
 from cfallow.fs import write_atomic
 
 Hook = Callable[[], None]
 MAX_BYTES = 1 << 20
+
+
+class _Unknown:
+    """The type of :data:`ANY`."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: ``expected=ANY``: whatever the target holds may be replaced (no TargetMoved check).
+ANY = _Unknown()
+Expected = Union[bytes, None, _Unknown]
 
 
 @dataclass(frozen=True)
@@ -63,21 +81,33 @@ class ManagedFile:
             raise BackendError(f"{self.path} is larger than {MAX_BYTES} bytes; not cfallow's")
         return data
 
+    def expect(self, expected: Expected) -> bytes | None:
+        """The target's bytes; :class:`~cfallow.errors.TargetMoved` if they are not ``expected``."""
+        now = self.read()
+        if not isinstance(expected, _Unknown) and now != expected:
+            raise TargetMoved(f"{self.path} changed since it was read")
+        return now
+
     def install(
         self,
         data: bytes | None,
         *,
+        expected: Expected = ANY,
         check_candidate: Callable[[Path], None] | None = None,
         test: Hook | None = None,
         activate: Hook | None = None,
         baseline: bool = False,
     ) -> bool:
-        """Put ``data`` at the target (``None``: remove the file); False if it already is so."""
-        old = self.read()
+        """Put ``data`` at the target (``None``: remove the file); False if it already is so.
+
+        ``expected``: the bytes the target must still hold (``None``: no file),
+        else :class:`~cfallow.errors.TargetMoved` is raised with nothing written.
+        """
+        old = self.expect(expected)
         if old == data:
             return False
         if baseline and test is not None:
-            _as_admins(test)
+            as_admins(test)
         if data is not None:
             self._write_candidate(data)
             try:
@@ -123,7 +153,8 @@ class ManagedFile:
             write_atomic(self.path, old, mode=self.mode)
 
 
-def _as_admins(test: Hook) -> None:
+def as_admins(test: Hook) -> None:
+    """Run ``test`` before cfallow changes anything: a failure is the admin's configuration."""
     try:
         test()
     except BackendError as exc:

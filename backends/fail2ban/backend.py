@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfallow.backend import Backend, Context
-from cfallow.errors import BackendError, ConfigError, TargetMoved, Unavailable
+from cfallow.errors import BackendError, ConfigError, Unavailable
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, combine
 from cfallow.section import Section
@@ -287,11 +287,12 @@ class Fail2banBackend(Backend[Seen, Work]):
 
     def _put(self, step: DropInChange) -> None:
         target = ManagedFile(self.path)
-        if self._dropin_text() != step.old:
-            raise TargetMoved(f"{self.path} changed since it was read")
 
         def check(_: Path) -> None:
             self._check(step, baseline=False)
 
         data = step.new.encode("utf-8") if step.new is not None else None
-        target.install(data, check_candidate=check if step.new is not None else None)
+        expected = step.old.encode("utf-8") if step.old is not None else None
+        target.install(
+            data, expected=expected, check_candidate=check if step.new is not None else None
+        )

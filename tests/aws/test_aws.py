@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from netaddr import IPNetwork
-from support.aws.moto import MotoServer, World, WorldHarness, aws_env, shared_server
+from support.aws.harness import MotoServer, World, WorldHarness, aws_env, shared_server
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
 from cfallow.backend import Backend

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPNetwork
 from pytest_httpserver import HTTPServer
-from support.aws.moto import REGION, World, aws_env, shared_server
+from support.aws.harness import REGION, World, aws_env, shared_server
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 from support.cli_helpers import Result, fixture_text, run_proc, write_config
 

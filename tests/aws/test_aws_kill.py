@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.aws.moto import REGION, World, aws_env, owned_by_cfallow, rule_key, shared_server
+from support.aws.harness import REGION, World, aws_env, owned_by_cfallow, rule_key, shared_server
 from support.cfdata import CURRENT, OLD
 from support.kill_points import KILLS, Killer, sync_argv
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from netaddr import IPNetwork
-from support.aws.moto import MotoServer, World, WorldHarness, aws_env, rule_key, shared_server
+from support.aws.harness import MotoServer, World, WorldHarness, aws_env, rule_key, shared_server
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
 from cfallow.backend import Backend

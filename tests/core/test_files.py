@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cfallow.errors import BackendError
+from cfallow.errors import BackendError, TargetMoved
 from cfallow.files import ManagedFile
 
 
@@ -105,3 +105,35 @@ def test_links_and_special_files_are_not_followed(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(BackendError, match="not a regular file"):
         ManagedFile(fifo).read()
+
+
+@pytest.mark.parametrize("expected", [b"read\n", None])
+def test_a_target_that_moved_since_it_was_read_is_targetmoved_and_untouched(
+    tmp_path: Path, expected: bytes | None
+) -> None:
+    target = ManagedFile(tmp_path / "list.conf")
+    target.install(b"theirs\n")  # the plan was made from `expected`; someone wrote this since
+    calls: list[str] = []
+    with pytest.raises(TargetMoved, match="changed since it was read"):
+        target.install(
+            b"new\n",
+            expected=expected,
+            check_candidate=lambda p: calls.append("check"),
+            test=lambda: calls.append("test"),
+            activate=lambda: calls.append("activate"),
+        )
+    assert target.path.read_bytes() == b"theirs\n"
+    assert calls == [] and not target.candidate_path.exists()
+    with pytest.raises(TargetMoved):
+        target.install(None, expected=b"read\n")  # a removal checks too
+    assert target.path.read_bytes() == b"theirs\n"
+
+
+def test_a_target_that_still_holds_the_expected_bytes_is_replaced(tmp_path: Path) -> None:
+    target = ManagedFile(tmp_path / "list.conf")
+    assert target.install(b"old\n", expected=None)  # no file expected, none there
+    assert target.install(b"new\n", expected=b"old\n")
+    assert target.path.read_bytes() == b"new\n"
+    with pytest.raises(TargetMoved):
+        target.install(b"x\n", expected=None)  # a file appeared where none was read
+    assert target.path.read_bytes() == b"new\n"

@@ -51,12 +51,14 @@ TABLE = """*filter
 COMMIT
 """
 CF = {4: "104.16.0.0/13", 6: "2400:cb00::/32"}
+TESTS = Path(__file__).resolve().parents[1]
 
 #: python-iptables' view of the table, as cfallow read it before (the reference), compared
 #: field by field (every byte but the counters; a name field's bytes after its NUL are
 #: whatever the reader's buffer held, so both are zeroed there).
 LIBIPTC = """
 import ctypes, json, sys
+sys.path.insert(0, sys.argv[2])  # tests/: the support package
 from support.iptables.iptc import load_iptc
 from cfallow.backends.iptables.backend import IptablesBackend
 from cfallow.backends.iptables.entries import Entries, differences, read_entries
@@ -103,7 +105,7 @@ def test_the_ctypes_read_is_byte_for_byte_libiptcs() -> None:
         _legacy(ns)
         for version in (4, 6):
             out = subprocess.run(
-                ns_exec(ns, sys.executable, "-c", LIBIPTC, str(version)),
+                ns_exec(ns, sys.executable, "-c", LIBIPTC, str(version), str(TESTS)),
                 capture_output=True,
                 text=True,
                 check=False,

@@ -38,6 +38,8 @@ from support.realip.lab import (
 )
 from support.realip.nginx import Nginx
 
+from cfallow.backend import Context, build
+from cfallow.errors import TargetMoved
 from cfallow.testing import BackendContract
 
 pytestmark = pytest.mark.root
@@ -105,6 +107,32 @@ def test_second_sync_writes_nothing_and_does_not_reload(nginx: Nginx) -> None:
     result, opened = opened_during(lambda: sync(nginx, CURRENT))
     assert not result.changed
     assert [p for p in opened if p.startswith(str(nginx.root))] == [str(nginx.list_path)]
+
+
+def test_files_that_moved_between_plan_and_apply_are_targetmoved_with_nothing_written(
+    nginx: Nginx,
+) -> None:
+    """Every file of a plan is checked before any is written; the engine then re-plans."""
+    first = build("nginx", nginx.section(), Context(etag="e1")).plan(OLD)
+    nginx.header_path.write_text("real_ip_header X-Forwarded-For;\n")  # the admin, meanwhile
+    reloads = nginx.reloads()
+    with pytest.raises(TargetMoved, match="changed since it was read"):
+        build("nginx", nginx.section(), Context(etag="e1")).apply(first)
+    assert not nginx.list_path.exists()  # the list's step came first, and was not written
+    assert nginx.reloads() == reloads
+    assert sync(nginx, OLD).applied
+    plan = build("nginx", nginx.section(), Context(etag="e2")).plan(CURRENT)
+    edited = nginx.list_path.read_bytes() + b"set_real_ip_from 192.0.2.0/24;\n"
+    nginx.list_path.write_bytes(edited)
+    reloads = nginx.reloads()
+    with pytest.raises(TargetMoved):
+        build("nginx", nginx.section(), Context(etag="e2")).apply(plan)
+    assert nginx.list_path.read_bytes() == edited and nginx.reloads() == reloads
+    assert not nginx.list_path.with_name(f".{nginx.list_path.name}.cfallow-reload").exists()
+    done = sync(nginx, CURRENT)  # the engine reads again and re-plans
+    assert done.error is None and done.applied
+    assert b"192.0.2.0/24" not in nginx.list_path.read_bytes()
+    assert nginx.header_path.read_text() == "real_ip_header X-Forwarded-For;\n"
 
 
 def test_edited_header_file_is_kept_on_remove(nginx: Nginx) -> None:
