@@ -93,15 +93,25 @@ def install(tmp: Path) -> tuple[str, str]:
     site = next((venv / "lib").iterdir()) / "site-packages"
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT),
-         "-w", str(tmp / "dist")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(ROOT),
+            "-w",
+            str(tmp / "dist"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp / "dist").glob("cfallow-*.whl")
     subprocess.run(
         [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
     deps = next(p for p in sys.path if p.endswith("site-packages"))
     (site / "zz-cfallow-deps.pth").write_text(deps + "\n")
     python = str(venv / "bin" / "python")

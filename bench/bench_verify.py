@@ -50,8 +50,15 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = Path(tmp) / "config.toml"
             cfg.write_text(CONFIG)
-            base = ["nsenter", f"--net=/run/netns/{ns}", CFALLOW, "--config", str(cfg),
-                    "--state-dir", str(Path(tmp) / "state")]  # fmt: skip
+            base = [
+                "nsenter",
+                f"--net=/run/netns/{ns}",
+                CFALLOW,
+                "--config",
+                str(cfg),
+                "--state-dir",
+                str(Path(tmp) / "state"),
+            ]
             sh(*base, "sync", "--source", "bundled")
             times = []
             for _ in range(runs):

@@ -1,40 +1,18 @@
 """The backend interface, and the one door backends come through.
 
 A backend is a plugin registered in the entry-point group ``cfallow.backends``
-(the built-ins too: the core never imports a backend module). Every backend has
-the same shape, generic in what it reads (``O``, a frozen value) and in its
-plan steps (``S``, frozen values)::
+(the built-ins too: the core never imports a backend module). How to write one,
+and the rules every backend keeps: docs/plugins.md. The calls, in order::
 
     backend = Cls(section, ctx)            # config only: no subprocess, no network
     backend.check()                        # preflight: raises Unavailable / BackendError
-    observed = backend.read()              # all the I/O of a plan; writes nothing
-    plan = backend.diff(observed, desired) # pure: no I/O at all; desired None = removal
+    seen = backend.read()                  # all the I/O of a plan; writes nothing
+    plan = backend.diff(seen, desired)     # pure: no I/O at all; desired None = removal
     backend.validate(plan)                 # a changed plan checked without writing (dry runs too)
     backend.apply(plan)                    # the only method that writes
 
-The engine (:mod:`cfallow.engine`) owns the order (check and plan every
-backend, then apply), failure collection, dry run, and one retry rule: when
-``apply`` raises :class:`~cfallow.errors.TargetMoved` (the target changed
-since it was read, nothing written), it reads again, re-plans and applies
-again, a bounded number of times.
-
-Rules every backend keeps:
-
-* Read and change only what cfallow owns on the target (DESIGN.md,
-  "Ownership"); an entry something of the admin's already allows may be left
-  out of ``add`` (``covered``), and is then never removed either.
-* ``diff`` builds its plan with :func:`cfallow.model.make_plan` and reports
-  settings drift (ports, mode, a hand edit) in ``Plan.drift``. Everything
-  ``apply`` needs is in the plan's steps: a backend holds no state between
-  calls (one instance may plan twice, or apply a plan another instance made).
-* ``apply`` is idempotent, writes nothing for an unchanged plan, and is one
-  atomic step where the target allows it (else: add before remove).
-* No backend takes a ``dry_run`` flag.
-* Subprocesses go through ``ctx.runner`` (argv lists); only networks that came
-  through :func:`cfallow.model.parse_cidr` or the validated desired set reach
-  an argv.
-* Expected failures raise :class:`cfallow.errors.BackendError` (or a subclass)
-  with a one-line message; the engine reports it and goes on with the others.
+The engine (:mod:`cfallow.engine`) makes them: the order, failure collection,
+dry run, and the bounded re-read after :class:`~cfallow.errors.TargetMoved`.
 
 The kit a backend builds on: :mod:`cfallow.model` (``make_plan``,
 ``by_family``, ``ordered``), :mod:`cfallow.files` (``ManagedFile``: a file
@@ -50,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -59,14 +38,16 @@ from cfallow.errors import BackendError, ConfigError
 from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
-from cfallow.section import Section, suggest
+from cfallow.section import PortRange, Section, suggest
 
 if TYPE_CHECKING:
     from cfallow.netfilter.host import Host
 
 GROUP = "cfallow.backends"
-O = TypeVar("O")  # noqa: E741 - what a backend reads
-S = TypeVar("S")  # one plan step
+# seen, step, check, dry run, test, run: one meaning each (docs/plugins.md, "Words").
+SeenT = TypeVar("SeenT")
+StepT = TypeVar("StepT")
+O, S = SeenT, StepT  # noqa: E741 - 0.1's names (deprecated)
 
 
 @dataclass
@@ -83,13 +64,35 @@ class Context:
     etag: str | None = None
 
 
-class Backend(abc.ABC, Generic[O, S]):
+@dataclass(frozen=True)
+class Promise:
+    """What a host-firewall backend makes the kernel do (``cfallow verify`` probes it)."""
+
+    #: ``"lockdown"``: only Cloudflare (and ``allowed``) gets in; ``"allow"``: Cloudflare does.
+    mode: str
+    protocol: str
+    #: The ports to probe (:func:`probe_ports` of the configured ranges).
+    ports: tuple[int, ...]
+    families: tuple[int, ...]
+    #: Also let in besides Cloudflare (``also_allow``): no outsider is probed from there.
+    allowed: tuple[str, ...] = ()
+
+
+def probe_ports(ranges: Iterable[PortRange]) -> tuple[int, ...]:
+    """The first and last port of each range: what verify probes of them."""
+    return tuple(sorted({q for r in ranges for q in (r.first, r.last)}))
+
+
+class Backend(abc.ABC, Generic[SeenT, StepT]):
     """Base class of every backend plugin."""
 
     #: The entry-point name, also the config section ``[backends.NAME]``.
     name: ClassVar[str]
     #: A backend that talks to a remote API (``sync --offline`` leaves it out).
     needs_network: ClassVar[bool] = False
+    #: Why ``cfallow verify`` cannot prove what this backend does, though it guards the
+    #: host (it decides elsewhere than the kernel's filter); None: see :meth:`promise`.
+    cannot_verify: ClassVar[str | None] = None
 
     def __init__(self, section: Section, ctx: Context) -> None:
         """Read the config section (every key through ``section``'s getters).
@@ -104,15 +107,15 @@ class Backend(abc.ABC, Generic[O, S]):
         (or another :class:`~cfallow.errors.BackendError`) naming what is missing."""
 
     @abc.abstractmethod
-    def read(self) -> O:
+    def read(self) -> SeenT:
         """Read everything ``diff`` needs from the target (only what cfallow owns, plus
         what tells whether the admin's setup covers an entry). No write."""
 
     @abc.abstractmethod
-    def diff(self, observed: O, desired: Networks | None) -> Plan[S]:
-        """Pure: the plan from ``observed`` to ``desired`` (``None``: remove all cfallow owns)."""
+    def diff(self, seen: SeenT, desired: Networks | None) -> Plan[StepT]:
+        """Pure: the plan from ``seen`` to ``desired`` (``None``: remove all cfallow owns)."""
 
-    def validate(self, plan: Plan[S]) -> None:
+    def validate(self, plan: Plan[StepT]) -> None:
         """Check a changed plan against the real target without writing it (a config test
         of a candidate in a private copy, say): raise a
         :class:`~cfallow.errors.BackendError` that names whose configuration fails.
@@ -122,12 +125,28 @@ class Backend(abc.ABC, Generic[O, S]):
         """
 
     @abc.abstractmethod
-    def apply(self, plan: Plan[S]) -> None:
+    def apply(self, plan: Plan[StepT]) -> None:
         """Make the target match ``plan``: idempotent; nothing written if not ``plan.changed``.
 
         Raise :class:`~cfallow.errors.TargetMoved` (having written nothing)
         when the target no longer is what the plan was computed from.
         """
+
+    def promise(self) -> Promise | None:
+        """What this backend makes the host's kernel let in, for ``cfallow verify`` to
+        probe; None (the default): it is not a firewall of this host, nothing to probe."""
+        return None
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object] | None:
+        """``section`` (this backend's config) made safe to apply in a scratch network
+        namespace for ``sync --verify``: the backend is built from it on a runner that
+        runs every command inside the scratch, so it may change the firewall only through
+        ``ctx.runner``, and every file it writes must go under ``tmp``.
+
+        None (the default): it cannot be applied there (it writes through something
+        else, e.g. D-Bus to the host's daemon), so ``sync --verify`` refuses to verify.
+        """
+        return None
 
     def write_paths(self) -> tuple[Path, ...]:
         """Files and directories a real run writes or locks (for ``cfallow check``,
@@ -152,13 +171,9 @@ class Backend(abc.ABC, Generic[O, S]):
         """
         return None
 
-    def plan(self, desired: Networks | None) -> Plan[S]:
+    def plan(self, desired: Networks | None) -> Plan[StepT]:
         """``diff(read(), desired)``."""
         return self.diff(self.read(), desired)
-
-    def plan_removal(self) -> Plan[S]:
-        """The plan that removes everything cfallow owns on the target."""
-        return self.plan(None)
 
 
 AnyBackend = Backend[Any, Any]
@@ -209,7 +224,7 @@ class Unloadable(Backend[None, None]):
     def read(self) -> None:  # pragma: no cover - check() always raises
         raise BackendError(self.reason)
 
-    def diff(self, observed: None, desired: Networks | None) -> Plan[None]:  # pragma: no cover
+    def diff(self, seen: None, desired: Networks | None) -> Plan[None]:  # pragma: no cover
         raise BackendError(self.reason)
 
     def apply(self, plan: Plan[None]) -> None:  # pragma: no cover

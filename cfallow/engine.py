@@ -1,7 +1,10 @@
 """One run over the backends: plan every backend, then apply unless this is a dry run.
 
-This module is the only place that reads the dry-run flag, and the only place
-that decides the order of a run and what happens when a backend fails.
+This module decides the order of a run, what happens when a backend fails, and
+that a dry run writes nothing (it never calls ``apply``; no backend sees the
+flag). The CLI reads the flag too, for what it does itself around a run: the
+report's words; and a dry run takes no state lock and records nothing (state,
+the accepted list, metrics, notification).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ class BackendResult:
     plan: Plan[Any] | None = None
     applied: bool = False
     error: str | None = None
-    replans: int = 0  # plans made again because the target moved before the write
 
     @property
     def changed(self) -> bool:
@@ -89,7 +91,6 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
             except TargetMoved:
                 if attempt == MOVED_ATTEMPTS - 1:
                     raise
-                result.replans += 1
                 log.debug("%s: the target changed since it was read; planning again", backend.name)
                 result.plan = backend.diff(backend.read(), desired)
                 if not result.plan.changed:

@@ -178,6 +178,11 @@ def combine(
         add |= part.add
         remove |= part.remove
     return Plan(
-        backend, frozenset(current), frozenset(add), frozenset(remove),
-        tuple(drift), tuple(notes), tuple(steps),
-    )  # fmt: skip
+        backend,
+        frozenset(current),
+        frozenset(add),
+        frozenset(remove),
+        tuple(drift),
+        tuple(notes),
+        tuple(steps),
+    )

@@ -77,14 +77,14 @@ class BackendContract:
     """Subclass this and provide a ``harness`` fixture."""
 
     def test_idempotency_matrix(self, harness: Harness) -> None:
-        """check -> changed; apply -> changed; check -> not changed; apply -> not changed."""
+        """dry run -> changed; apply -> changed; dry run -> not changed; apply -> not changed."""
         harness.add_foreign()
         foreign = harness.foreign()
         w0 = harness.writes()
 
-        check1 = run_backend(harness.backend(), CURRENT, dry_run=True)
-        assert check1.error is None, check1.error
-        assert check1.changed and not check1.applied
+        dry1 = run_backend(harness.backend(), CURRENT, dry_run=True)
+        assert dry1.error is None, dry1.error
+        assert dry1.changed and not dry1.applied
         assert harness.writes() == w0, "a dry run wrote to the target"
         assert harness.owned() == frozenset()
 
@@ -95,9 +95,9 @@ class BackendContract:
         w1 = harness.writes()
         assert w1 > w0
 
-        check2 = run_backend(harness.backend(), CURRENT, dry_run=True)
-        assert check2.error is None, check2.error
-        assert not check2.changed, check2.plan
+        dry2 = run_backend(harness.backend(), CURRENT, dry_run=True)
+        assert dry2.error is None, dry2.error
+        assert not dry2.changed, dry2.plan
 
         apply2 = run_backend(harness.backend(), CURRENT, dry_run=False)
         assert apply2.error is None, apply2.error

@@ -62,7 +62,7 @@ class Seen:
 
 
 @dataclass(frozen=True)
-class Work:
+class Step:
     """One apply: record widened, drop-in, live changes, record narrowed."""
 
     dropin: DropInChange | None
@@ -70,7 +70,10 @@ class Work:
     record: RecordChange | None
 
 
-class Fail2banBackend(Backend[Seen, Work]):
+Work = Step  # 0.1's name (deprecated)
+
+
+class Fail2banBackend(Backend[Seen, Step]):
     """Keeps Cloudflare's ranges in Fail2Ban jails' ``ignoreip`` (see module docstring)."""
 
     name = "fail2ban"
@@ -139,9 +142,14 @@ class Fail2banBackend(Backend[Seen, Work]):
             live = sorted(j for j in wanted if usable(j) and running and j in running)
             lists = self.client.ignoreips(live) if live else {}
         return Seen(
-            old, recorded, admin, running, why, {j: tuple(v) for j, v in lists.items()},
+            old,
+            recorded,
+            admin,
+            running,
+            why,
+            {j: tuple(v) for j, v in lists.items()},
             tuple(notes),
-        )  # fmt: skip
+        )
 
     def _admin(self, notes: list[str]) -> ConfigDump:
         copies.sweep(copies.tmp_root(self.ctx.state_dir))
@@ -197,7 +205,7 @@ class Fail2banBackend(Backend[Seen, Work]):
                 notes.append(f"jail {jail} is not running: drop-in only")
         return set(seen.running)
 
-    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Work]:
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Per jail: desired minus the admin's base list, against drop-in, record and live list."""
         seen, notes = observed, list(observed.notes)
         owned, problems = dropin.parse(seen.dropin) if seen.dropin is not None else ({}, [])
@@ -221,12 +229,12 @@ class Fail2banBackend(Backend[Seen, Work]):
         rec: RecordChange | None = diff.record_change(recorded)
         if rec is not None and rec.before == rec.after and dict(rec.after) == recorded:
             rec = None
-        work = Work(change, tuple(diff.live), rec)
+        work = Step(change, tuple(diff.live), rec)
         steps = [work] if change or work.live or rec else []
         return combine(self.name, diff.parts, drift=drift, notes=notes, steps=steps)
 
     # -- validate / apply ----------------------------------------------------------------
-    def validate(self, plan: Plan[Work]) -> None:
+    def validate(self, plan: Plan[Step]) -> None:
         """A new drop-in passes ``fail2ban-client -t`` on a private copy of the whole tree,
         and gives each jail cfallow's ranges; the admin's tree is tested alone first, so a
         configuration that already fails is reported as the admin's."""
@@ -260,7 +268,7 @@ class Fail2banBackend(Backend[Seen, Work]):
                     f"ranges (does a file read after {dropin.NAME} set its ignoreip?)"
                 )
 
-    def apply(self, plan: Plan[Work]) -> None:
+    def apply(self, plan: Plan[Step]) -> None:
         """Record widened, drop-in (checked, renamed into place), live adds and removals,
         record narrowed to what is live now."""
         for work in plan.steps:

@@ -168,12 +168,6 @@ class Client:
         self.sent.extend(batch)
         return self._conn.commands([list(w) for w in batch])
 
-    def _ok(self, *words: str) -> object:
-        code, value = self._send(*words)
-        if code != 0:
-            raise BackendError(f"fail2ban server: {' '.join(words[:3])}: {_reason(value)}")
-        return value
-
     def running_jails(self) -> tuple[list[str] | None, str]:
         """``(jails the server runs, "")``, or ``(None, why)`` when no server answers."""
         if not self.socket.exists():

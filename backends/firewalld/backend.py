@@ -27,7 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cfallow.backend import Backend, Context
+from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, ConfigError, TargetMoved
 from cfallow.model import Networks, Plan, by_family, make_plan
 from cfallow.section import Section, parse_ports
@@ -41,6 +41,8 @@ from .state import SETS, Seen, element, restrict_rules, set_state, zone_state
 
 #: How long firewalld may take to come back from a reload before it counts as failed.
 RELOAD_WAIT = 30.0
+#: firewalld service names of the web ports (what verify probes for ``services``).
+SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
 SAFE = "checked to lose nothing (the runtime holds nothing the permanent config lacks)"
 
 
@@ -72,6 +74,13 @@ class FirewalldBackend(Backend[Seen, Step]):
     def write_paths(self) -> tuple[Path, ...]:
         """firewalld's .old backups cfallow deletes (firewalld writes its files itself)."""
         return (self.config_dir / "ipsets", self.config_dir / "zones")
+
+    def promise(self) -> Promise:
+        """Restrict: only Cloudflare gets in (on the zone's ports); zone: Cloudflare does."""
+        w = self.want
+        ports = {*probe_ports(w.ports), *(p for s in w.services for p in SERVICE_PORTS.get(s, ()))}
+        mode = "lockdown" if w.mode == "restrict" else "allow"
+        return Promise(mode, "tcp", tuple(sorted(ports)), w.versions)
 
     def _bus(self) -> Bus:
         return Bus(self.address)

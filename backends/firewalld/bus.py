@@ -134,10 +134,6 @@ class Bus:
         (raw,) = self.call(ROOT, NAME + ".zone", "getZoneSettings2", "s", (zone,))
         return {k: v[1] for k, v in raw.items()}
 
-    def zone_call(self, method: str, sig: str, args: Sequence[Any]) -> None:
-        """A runtime zone change (``addSource``, ``removePort``, ``addRichRule``, ...)."""
-        self.write(ROOT, NAME + ".zone", method, sig, args)
-
     def reload(self) -> None:
         self.write(ROOT, NAME, "reload")
 
@@ -162,9 +158,6 @@ class Bus:
     def config_ipset_set_entries(self, path: str, entries: Sequence[str]) -> None:
         self.write(path, NAME + ".config.ipset", "setEntries", "as", (list(entries),))
 
-    def config_add_ipset(self, name: str, settings: IPSetSettings) -> None:
-        self.write(CONFIG, NAME + ".config", "addIPSet", "s(ssssa{ss}as)", (name, settings))
-
     def config_remove(self, path: str, kind: str) -> None:
         """Delete a permanent ipset or zone (``kind`` ``ipset`` / ``zone``)."""
         self.write(path, f"{NAME}.config.{kind}", "remove")
@@ -186,12 +179,6 @@ class Bus:
     def config_zone_load_defaults(self, path: str) -> None:
         """Back to the built-in zone: firewalld renames its /etc copy to ``.old``."""
         self.write(path, NAME + ".config.zone", "loadDefaults")
-
-    def config_add_zone(self, zone: str, settings: dict[str, tuple[str, Any]]) -> None:
-        self.write(CONFIG, NAME + ".config", "addZone2", "sa{sv}", (zone, settings))
-
-    def config_zone_update(self, path: str, settings: dict[str, tuple[str, Any]]) -> None:
-        self.write(path, NAME + ".config.zone", "update2", "a{sv}", (settings,))
 
 
 def _ipset(raw: Sequence[Any]) -> IPSetSettings:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from netaddr import IPNetwork, IPSet
 
-from cfallow.backend import Backend, Context
+from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
@@ -51,7 +51,7 @@ from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
 from .rules import (
-    Observed,
+    Owned,
     Settings,
     check_chain_name,
     check_parent,
@@ -130,8 +130,6 @@ class IptablesBackend(Backend[Seen, Step]):
         self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
-        self.writes = 0  # transactions this instance wrote (tests count them)
-        self.retries = 0  # legacy commits started again because the table moved
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
 
@@ -178,6 +176,16 @@ class IptablesBackend(Backend[Seen, Step]):
         """cfallow's firewall lock and the legacy xtables lock."""
         return (self.ctx.firewall_lock, Path("/run/xtables.lock"))
 
+    def promise(self) -> Promise:
+        """Allow: Cloudflare gets in; lockdown: only Cloudflare (and ``also_allow``)."""
+        s = self.settings
+        allowed = tuple(str(n) for n in s.also_allow)
+        return Promise(s.mode, s.protocol, probe_ports(s.ports), self.families, allowed)
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object]:
+        """As it is: every change goes through the runner's iptables commands."""
+        return dict(section)
+
     def _variant(self) -> Variant:
         memo = generation.Memo(self.ctx.state_dir / VARIANT_MEMO)
         return probe(self.ctx.runner, self.variant, self.ctx.log, memo)
@@ -185,9 +193,12 @@ class IptablesBackend(Backend[Seen, Step]):
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
         return io_for(
-            self.ctx.runner, variant, self.settings.chain, self.legacy_writer,
+            self.ctx.runner,
+            variant,
+            self.settings.chain,
+            self.legacy_writer,
             mangle=self.settings.parent == "DOCKER-USER",
-        )  # fmt: skip
+        )
 
     # -- read / diff / apply --------------------------------------------------------
     def read(self) -> Seen:
@@ -287,9 +298,13 @@ class IptablesBackend(Backend[Seen, Step]):
                 script, variant = ops.restore_script(), observed.variant
                 steps.append(Step(version, target, script, variant, basis, observed.generation))
         return make_plan(
-            self.name, desired or frozenset(), frozenset(current), drift=drift, notes=notes,
+            self.name,
+            desired or frozenset(),
+            frozenset(current),
+            drift=drift,
+            notes=notes,
             steps=steps,
-        )  # fmt: skip
+        )
 
     def _allow_takes_effect(self, observed: Seen) -> list[str]:
         """An accept here ends only iptables' own chain: refuse where another table drops."""
@@ -343,12 +358,7 @@ class IptablesBackend(Backend[Seen, Step]):
             for step in plan.steps:
                 io = self.io(step.variant)
                 basis = step.basis if unmoved else None
-                try:
-                    wrote = io.transact(step.version, _Compute(self.settings, step), basis)
-                finally:
-                    self.retries += getattr(io, "retries", 0)
-                if wrote:
-                    self.writes += 1
+                if io.transact(step.version, _Compute(self.settings, step), basis):
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
 
@@ -359,7 +369,7 @@ DOCKER_NO_IPV6 = (
 )
 
 
-def _no_docker_ipv6(obs: Observed, settings: Settings, seen: Seen, table: Table) -> bool:
+def _no_docker_ipv6(obs: Owned, settings: Settings, seen: Seen, table: Table) -> bool:
     """Docker without IPv6 makes DOCKER-USER in the IPv4 filter table only. Where neither
     family has it yet (a boot before dockerd), cfallow creates both, as Docker would.
     Docker 20.10 with ``ip6tables`` makes its IPv6 chains but no DOCKER-USER there:

@@ -1,6 +1,6 @@
 """From what cfallow owns in one family's table to the one transaction that fixes it (pure).
 
-:func:`assess` compares an :class:`~.iptables_rules.Observed` family with the
+:func:`assess` compares an :class:`~.rules.Owned` family with the
 config and the desired ranges and returns the drift it found and the
 :class:`Ops` of one transaction. A well-formed chain gets only the range diff
 (kept rules keep their counters); a chain edited by hand is rewritten whole;
@@ -34,7 +34,7 @@ from .rules import (
     FAMILY,
     LOCKDOWN_TAIL,
     Located,
-    Observed,
+    Owned,
     OwnRule,
     Settings,
     accept,
@@ -129,7 +129,7 @@ def _shown(items: list[str]) -> list[str]:
     return [*items[:MAX_SHOWN], f"and {len(items) - MAX_SHOWN} more"]
 
 
-def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
+def _chain_problems(obs: Owned, settings: Settings) -> list[str]:
     """Why the chain is not ranges-then-tail exactly as configured (empty: well-formed)."""
     specs = list(obs.chain or ())
     head = 0
@@ -172,7 +172,7 @@ def _chain_problems(obs: Observed, settings: Settings) -> list[str]:
     return problems
 
 
-def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
+def _jump_problems(obs: Owned, settings: Settings) -> list[str]:
     want = tuple(Located(settings.parent, i, j.spec()) for i, j in enumerate(settings.jumps()))
     if obs.jumps == want:
         return []
@@ -186,8 +186,9 @@ def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
         if j.chain != settings.parent:
             problems.append(f"stray jump in {j.chain}: {j.spec}")
         elif j.spec not in specs:
-            problems.append(f"jump differs from config: is {j.spec}; config wants "
-                            + " and ".join(specs))  # fmt: skip
+            problems.append(
+                f"jump differs from config: is {j.spec}; config wants " + " and ".join(specs)
+            )
         elif j.index != specs.index(j.spec):
             problems.append(
                 f"jump at position {j.index + 1} of {j.chain}, not {specs.index(j.spec) + 1}"
@@ -195,7 +196,7 @@ def _jump_problems(obs: Observed, settings: Settings) -> list[str]:
     return _shown(problems or ["jumps out of order"])
 
 
-def _forward_problems(obs: Observed, settings: Settings, create_parent: bool) -> list[str]:
+def _forward_problems(obs: Owned, settings: Settings, create_parent: bool) -> list[str]:
     """Parent DOCKER-USER: FORWARD must jump there first (what Docker does on start)."""
     if settings.parent != DOCKER_USER or create_parent or obs.forward == (0,):
         return []
@@ -205,9 +206,7 @@ def _forward_problems(obs: Observed, settings: Settings, create_parent: bool) ->
     return [f"FORWARD jumps to {DOCKER_USER} at position {at}, not 1 (moved to the top)"]
 
 
-def assess(
-    obs: Observed, settings: Settings, desired: frozenset[IPNetwork]
-) -> tuple[list[str], Ops]:
+def assess(obs: Owned, settings: Settings, desired: frozenset[IPNetwork]) -> tuple[list[str], Ops]:
     """Drift found in one family, and the transaction that brings it to ``desired``."""
     fam = FAMILY[obs.version]
     refused = foreign_chain(obs, settings)
@@ -258,7 +257,7 @@ def assess(
     return drift, ops
 
 
-def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
+def assess_removal(obs: Owned, settings: Settings) -> tuple[list[str], Ops]:
     """What removing cfallow from one family deletes (every jump, then the chain)."""
     fam = FAMILY[obs.version]
     refused = foreign_chain(obs, settings)
@@ -280,7 +279,7 @@ def assess_removal(obs: Observed, settings: Settings) -> tuple[list[str], Ops]:
 
 
 def assess_guard(
-    obs: Observed | None,
+    obs: Owned | None,
     settings: Settings,
     desired: frozenset[IPNetwork] | None,
     *,

@@ -5,10 +5,9 @@ everything that decides a match (an interface mask of ``0x01`` bytes prints
 as the same ``-i lo`` as one of ``0xff`` bytes). This reads the entries
 themselves: the kernel's table blob (one ``IPT_SO_GET_ENTRIES`` getsockopt,
 :func:`cfallow.netfilter.xtables.read_table`, through ctypes: no compiler, no
-python-iptables), cut into chains the way libiptc does. :func:`differences`
-compares two tables field by field (``iniface_mask``, ``proto``,
-``match 1 (multiport rev 1) data``, ...), leaving out the packet counters.
-The field layout is the kernel's UAPI (``linux/netfilter_ipv4/ip_tables.h``,
+python-iptables), cut into chains the way libiptc does, each entry's fields
+named (:func:`entry_fields`: ``iniface_mask``, ``proto``, ``match 1 (multiport
+rev 1) data``, ...). The field layout is the kernel's UAPI (``linux/netfilter_ipv4/ip_tables.h``,
 ``netfilter_ipv6/ip6_tables.h``, ``x_tables.h``), written out here.
 
 It works on the calling process's own network namespace and needs
@@ -67,7 +66,6 @@ HEADER = {
     ),
 }
 HEADER_SIZE = {4: 112, 6: 168}
-IGNORED = ("counters",)  # traffic, not meaning
 
 
 @dataclass(frozen=True)
@@ -170,32 +168,6 @@ def entry_fields(version: int, raw: bytes) -> list[tuple[str, bytes]]:
         (f"{what} data", raw[target_offset + 32 : next_offset]),
     ]
     return fields
-
-
-def differences(mine: Entries, theirs: Entries, labels: tuple[str, str]) -> list[str]:
-    """Every field where two tables differ, named (counters left out); empty if none."""
-    a, b = labels
-    out: list[str] = []
-    if mine.policies != theirs.policies:
-        out.append(f"policies: {a} {mine.policies}, {b} {theirs.policies}")
-    names_a, names_b = [c for c, _ in mine.chains], [c for c, _ in theirs.chains]
-    if names_a != names_b:
-        out.append(f"chains: {a} {names_a}, {b} {names_b}")
-    for (chain, rules_a), (_, rules_b) in zip(mine.chains, theirs.chains):
-        if len(rules_a) != len(rules_b):
-            out.append(f"{chain}: {a} has {len(rules_a)} rules, {b} {len(rules_b)}")
-        for i, (ra, rb) in enumerate(zip(rules_a, rules_b), 1):
-            fa, fb = entry_fields(mine.version, ra), entry_fields(theirs.version, rb)
-            for (name, va), (name_b, vb) in zip(fa, fb):
-                if name in IGNORED or (name == name_b and va == vb):
-                    continue
-                out.append(
-                    f"{chain} rule {i}: {name}: {a} {va.hex(' ')}"
-                    + (f", {b} {vb.hex(' ')}" if name == name_b else f", {b} has {name_b}")
-                )
-            if len(fa) != len(fb):
-                out.append(f"{chain} rule {i}: {a} has {len(fa)} fields, {b} {len(fb)}")
-    return out
 
 
 def iface_mask(name: str) -> bytes:

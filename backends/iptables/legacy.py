@@ -1,30 +1,12 @@
 """iptables-legacy I/O: read with ``*-save``, write one ``*-restore --noflush`` per family.
 
-A legacy table is replaced as a whole blob (one ``IPT_SO_SET_REPLACE``), so
-one restore batch is atomic: ``ip(6)tables-legacy-restore --noflush`` reads
-the table, applies the lines and commits once, or changes nothing. The rules
-are then exactly what their text means to ``iptables`` (the former
-python-iptables writer got IPv6 interface masks wrong: ``tests/support/iptables/iptc.py``).
-
-cfallow holds the xtables lock (``/run/xtables.lock``, or
-``$XTABLES_LOCKFILE`` as iptables does) with ``flock`` around its read, the
-diff and the restore, so no lock-honouring tool changes a rule or a policy in
-between. The restore itself is pointed at a private lock file: it would
-otherwise wait for cfallow's own lock. A writer that ignores the lock makes
-the kernel refuse the commit (EAGAIN; the restore says ``line N failed``):
-when a fresh read shows the table moved, cfallow starts over from it, a
-bounded number of times.
-
-libiptc's commit would leave the built-in chains' policy counters at what
-they gained since its read (``iptables-legacy -A`` does that too): the batch
-runs with ``-c`` and sets each built-in policy to the policy and counters
-cfallow read under the lock (the mangle table's too, when the batch has its
-guard section).
-
-With the mangle guard the batch holds ``*filter`` then ``*mangle``: libiptc
-replaces each table with its own commit at its ``COMMIT`` line (checked: a bad
-line in the mangle section leaves the filter part committed), so they are two
-atomic steps, filter first, and each alone is a whole lockdown.
+The whole cycle is held under the xtables lock (``flock``; the restore itself
+is pointed at a private lock file, or it would wait for cfallow's own); a
+commit the kernel refuses because a lock-ignoring writer moved the table is
+started over from a fresh read, a bounded number of times. The batch runs with
+``-c`` to set the built-in policies' counters back to what was read (libiptc's
+commit would keep what they gained since), and with the mangle guard it is two
+commits, filter first. Why each of these: docs/iptables.md, "How it writes".
 """
 
 from __future__ import annotations

@@ -122,18 +122,32 @@ class Settings:
         dports = ",".join(str(p).replace("-", ":") for p in self.ports)
         if self.parent in ("DOCKER-USER", "FORWARD"):  # FORWARD: the mangle guard
             return (
-                OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="DNAT",
-                        comment=COMMENT),
-            )  # fmt: skip
+                OwnRule(
+                    self.chain,
+                    protocol=self.protocol,
+                    dports=dports,
+                    ctstate="DNAT",
+                    comment=COMMENT,
+                ),
+            )
         own = [
-            OwnRule(self.chain, protocol=self.protocol, origport=str(p).replace("-", ":"),
-                    comment=COMMENT)
+            OwnRule(
+                self.chain,
+                protocol=self.protocol,
+                origport=str(p).replace("-", ":"),
+                comment=COMMENT,
+            )
             for p in self.ports
-        ]  # fmt: skip
+        ]
         own.append(
-            OwnRule(self.chain, protocol=self.protocol, dports=dports, ctstate="UNTRACKED",
-                    comment=COMMENT)
-        )  # fmt: skip
+            OwnRule(
+                self.chain,
+                protocol=self.protocol,
+                dports=dports,
+                ctstate="UNTRACKED",
+                comment=COMMENT,
+            )
+        )
         return tuple(own)
 
     def guard(self) -> Settings | None:
@@ -213,7 +227,7 @@ class Located:
 
 
 @dataclass(frozen=True)
-class Observed:
+class Owned:
     """What cfallow owns in one family's table."""
 
     version: int
@@ -228,6 +242,9 @@ class Observed:
         """The Cloudflare ranges the chain accepts now."""
         found = (accept_source(s, self.version, None) for s in self.chain or ())
         return frozenset(n for n in found if n is not None)
+
+
+Observed = Owned  # 0.1's name (deprecated)
 
 
 def is_own_shape(spec: str, version: int) -> bool:
@@ -245,7 +262,7 @@ def is_own_jump(spec: str) -> bool:
     return any(a == "--comment" and b == COMMENT for a, b in zip(tokens, tokens[1:]))
 
 
-def foreign_chain(obs: Observed, settings: Settings) -> str | None:
+def foreign_chain(obs: Owned, settings: Settings) -> str | None:
     """Why an existing chain is not cfallow's to change (``None``: it is, or it is adopted).
 
     cfallow's marks: a jump into the chain with the comment ``cfallow`` (cfallow
@@ -271,7 +288,7 @@ def foreign_chain(obs: Observed, settings: Settings) -> str | None:
     )
 
 
-def observe(table: Table, version: int, settings: Settings) -> Observed:
+def observe(table: Table, version: int, settings: Settings) -> Owned:
     """Pick out what cfallow owns from a parsed table."""
     jumps = tuple(
         Located(name, i, spec)
@@ -284,4 +301,4 @@ def observe(table: Table, version: int, settings: Settings) -> Observed:
     if settings.parent == "DOCKER-USER":
         into = f"-j {settings.parent}"
         forward = tuple(i for i, spec in enumerate(table.rules("FORWARD") or ()) if spec == into)
-    return Observed(version, table.rules(settings.chain), jumps, parent_exists, forward)
+    return Owned(version, table.rules(settings.chain), jumps, parent_exists, forward)

@@ -229,8 +229,10 @@ def removal_steps(
                 todo.append(f"delete set {s.table} {name}")
             elif st.elements:
                 lines.append(f"flush set {s.table} {name}")
-                notes.append(f"set {s.table} {name} emptied, not deleted: still referenced by "
-                             + ", ".join(refs))  # fmt: skip
+                notes.append(
+                    f"set {s.table} {name} emptied, not deleted: still referenced by "
+                    + ", ".join(refs)
+                )
     if seen.file is not None:
         todo.append(f"remove {file.path}")
     drift = [] if current else todo

@@ -26,7 +26,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from cfallow.backend import Backend, Context
+from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, CommandFailed, ConfigError, Unavailable, ValidationError
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
@@ -74,10 +74,14 @@ class NftablesBackend(Backend[Seen, Step]):
         except ValidationError as exc:
             raise ConfigError(f"[{where}] also_allow: {exc}") from None
         if also and mode == "sets":
-            raise ConfigError(f"[{where}] also_allow: only for mode = \"lockdown\" (sets mode: "
-                              "accept them in your own rules)")  # fmt: skip
-        names = ((4, section.get_str("set_v4", "cloudflare_v4")),
-                 (6, section.get_str("set_v6", "cloudflare_v6")))  # fmt: skip
+            raise ConfigError(
+                f'[{where}] also_allow: only for mode = "lockdown" (sets mode: '
+                "accept them in your own rules)"
+            )
+        names = (
+            (4, section.get_str("set_v4", "cloudflare_v4")),
+            (6, section.get_str("set_v6", "cloudflare_v6")),
+        )
         for _, n in names:
             if not n.replace("_", "").isalnum() or not n[:1].isalpha():
                 raise ConfigError(f"[{where}] set name {n!r}: letters, digits and _ only")
@@ -115,6 +119,17 @@ class NftablesBackend(Backend[Seen, Step]):
         """The include file's directory (``/etc/nftables.d`` is not there on a fresh host)."""
         return (self.file.path.parent,)
 
+    def promise(self) -> Promise:
+        """Lockdown: only Cloudflare (and ``also_allow``) gets in; sets: Cloudflare does."""
+        s = self.settings
+        mode = "lockdown" if s.mode == "lockdown" else "allow"
+        allowed = tuple(str(n) for n in s.also_allow)
+        return Promise(mode, s.protocol, probe_ports(s.ports), s.families, allowed)
+
+    def scratch_section(self, section: dict[str, object], tmp: Path) -> dict[str, object]:
+        """The include file under ``tmp``; the ruleset changes through the runner's ``nft``."""
+        return {**section, "file": str(tmp / f"{self.name}.file")}
+
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""
         if shutil.which("nft") is None and not self.ctx.runner.prefix:
@@ -134,16 +149,17 @@ class NftablesBackend(Backend[Seen, Step]):
             refuse_foreign_sets(observed, s)
         if desired is None:
             steps, current, drift, gone = removal_steps(observed, s, self.file)
-            return make_plan(self.name, frozenset(), current, drift=drift, notes=gone,
-                             steps=steps)  # fmt: skip
+            return make_plan(self.name, frozenset(), current, drift=drift, notes=gone, steps=steps)
         split = by_family(desired)
         want = {v: split[v] for v in s.families}
         managed = frozenset().union(*want.values())
         notes: tuple[str, ...] = ()
         if s.mode == "lockdown" and 6 not in s.families:
             what = hostfw.ports_text(s.protocol, s.ports)
-            notes = (f"ipv6 = false: IPv6 to {what} stays open to everyone (the lockdown "
-                     "drops IPv4 outsiders only)",)  # fmt: skip
+            notes = (
+                f"ipv6 = false: IPv6 to {what} stays open to everyone (the lockdown "
+                "drops IPv4 outsiders only)",
+            )
         elif managed != desired:
             notes = ("IPv6 ranges left alone (ipv6 = false or an ip table)",)
         if s.mode == "lockdown":

@@ -37,8 +37,9 @@ def _structure(seen: Seen, s: render.Settings) -> list[str]:
     expect_sets.update({render.also_name(v): v for v in s.families})
     for name, version in expect_sets.items():
         if not _good(seen.set(name), version):
-            drift.append(f"set {name}: missing or not type {render.SET_TYPE[version]}, "
-                         "flags interval")  # fmt: skip
+            drift.append(
+                f"set {name}: missing or not type {render.SET_TYPE[version]}, flags interval"
+            )
     extra = sorted({st.name for st in seen.sets} - set(expect_sets))
     if extra:
         drift.append(f"sets not cfallow's in {s.table}: {', '.join(extra)}")
@@ -53,8 +54,9 @@ def _structure(seen: Seen, s: render.Settings) -> list[str]:
         if want is None:
             drift.append(f"chain {c.name}: not cfallow's")
         elif (c.hook, c.priority, c.policy, got) != (c.name, s.priority, "accept", want):
-            drift.append(f"chain {c.name} differs from config (ports, protocol, priority or a "
-                         "hand edit)")  # fmt: skip
+            drift.append(
+                f"chain {c.name} differs from config (ports, protocol, priority or a hand edit)"
+            )
     for name in sorted(set(tags) - {c.name for c in seen.chains}):
         drift.append(f"chain {name} missing")
     return drift

@@ -86,8 +86,11 @@ def set_block(
 def chain_rules(s: Settings) -> dict[str, tuple[str, ...]]:
     """Lockdown: the rules (without comment) of each chain, in order."""
     proto = f"meta l4proto {s.protocol}"
-    dports = f"{s.protocol} dport {s.port_list}" if s.protocol in ("tcp", "udp", "sctp") else (
-        f"{proto} th dport {s.port_list}")  # fmt: skip
+    dports = (
+        f"{s.protocol} dport {s.port_list}"
+        if s.protocol in ("tcp", "udp", "sctp")
+        else (f"{proto} th dport {s.port_list}")
+    )
     # The port the client connected to, before any prerouting NAT: an admin's
     # "dport 443 redirect to :8443" must not take 443 out of the lockdown. One rule
     # per port: nft 1.0.6 lists an anonymous set of ct proto-dst as "0x50 [invalid
@@ -112,8 +115,12 @@ def chain_rules(s: Settings) -> dict[str, tuple[str, ...]]:
     chains = {"input": tuple(inp)}
     if s.docker:
         fwd = ["ct state established,related accept"]
-        fwd += [f"ct status dnat meta nfproto {NFPROTO[v]} {proto} ct original proto-dst {p} "
-                f"{outside(v)}" for v in s.families for p in s.ports]  # fmt: skip
+        fwd += [
+            f"ct status dnat meta nfproto {NFPROTO[v]} {proto} ct original proto-dst {p} "
+            f"{outside(v)}"
+            for v in s.families
+            for p in s.ports
+        ]
         chains["forward"] = tuple(fwd)
     return chains
 

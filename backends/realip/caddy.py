@@ -1,27 +1,11 @@
 """Backend ``caddy``: a Caddyfile snippet of Cloudflare's ranges as ``trusted_proxies``.
 
-cfallow owns ``/etc/caddy/cfallow-realip.caddy``, one line the admin's
-Caddyfile imports. Debian 12's Caddy (2.6.2) knows ``trusted_proxies`` only
-inside ``reverse_proxy``, where it decides whose ``X-Forwarded-For`` is passed
-on to the application (anyone else's is replaced by the peer's address)::
-
-    reverse_proxy 127.0.0.1:8080 {
-        import /etc/caddy/cfallow-realip*.caddy
-    }
-
-Caddy 2.7 and later also have a server-wide list (global ``servers {
-trusted_proxies static ... }`` with ``client_ip_headers CF-Connecting-IP``):
-``style = "servers"`` writes that form instead. Import with a glob as above,
-so the Caddyfile is valid before the first sync and after ``remove``.
-
-Why a snippet and ``caddy reload``, not the admin API: the Caddyfile stays the
-one source of truth (a change pushed through the API alone is lost, or
-silently overwritten, at the admin's next ``caddy reload``), and the same
-test-then-rename-then-reload cycle as for the other servers applies:
-``caddy adapt --validate`` on the whole Caddyfile (the same check as ``caddy
-validate``, and its JSON shows the ranges really are in the config), then
-``caddy reload`` (which posts
-the adapted config to the admin endpoint; Caddy swaps it in gracefully).
+cfallow owns ``/etc/caddy/cfallow-realip.caddy``, which the admin's Caddyfile
+imports with a glob (valid before the first sync and after ``remove``): inside
+``reverse_proxy`` (Debian 12's Caddy 2.6.2), or the global ``servers`` option
+with ``style = "servers"`` (Caddy 2.7+). Tested with ``caddy adapt --validate``
+on the whole Caddyfile, then ``caddy reload``; why not the admin API:
+docs/realip.md, "Caddy".
 """
 
 from __future__ import annotations

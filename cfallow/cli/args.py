@@ -21,20 +21,29 @@ class Parser(argparse.ArgumentParser):
 def _common() -> Parser:
     common = Parser(add_help=False)
     common.add_argument(
-        "--config", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+        "--config",
+        type=Path,
+        metavar="FILE",
+        default=argparse.SUPPRESS,
         help=f"config file (default {config.DEFAULT_CONFIG}, built-in defaults if absent)",
-    )  # fmt: skip
+    )
     common.add_argument(
-        "--state-dir", type=Path, metavar="DIR", default=argparse.SUPPRESS,
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        default=argparse.SUPPRESS,
         help=f"state directory (default {config.DEFAULT_STATE_DIR})",
-    )  # fmt: skip
+    )
     common.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug lines on stderr"
     )
     common.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
         help="only each backend's summary line (and warnings, errors on stderr)",
-    )  # fmt: skip
+    )
     return common
 
 
@@ -57,17 +66,22 @@ def backend_opt(sp: Sub) -> None:
 def source_opt(sp: Sub) -> None:
     """``--source live|bundled``."""
     sp.add_argument(
-        "--source", choices=("live", "bundled"), default="live",
+        "--source",
+        choices=("live", "bundled"),
+        default="live",
         help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot",
-    )  # fmt: skip
+    )
 
 
 def lock_opt(sp: Sub) -> None:
     """``--lock-timeout SECONDS``."""
     sp.add_argument(
-        "--lock-timeout", type=float, default=60.0, metavar="SECONDS",
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
         help="how long to wait for another run's lock (default 60)",
-    )  # fmt: skip
+    )
 
 
 def _sync(s: Sub) -> None:
@@ -76,23 +90,26 @@ def _sync(s: Sub) -> None:
     backend_opt(s)
     source_opt(s)
     s.add_argument(
-        "--offline", action="store_true",
+        "--offline",
+        action="store_true",
         help="no network: the last-known-good list (else the bundled snapshot)",
-    )  # fmt: skip
+    )
     s.add_argument(
-        "--scheduled", action="store_true",
+        "--scheduled",
+        action="store_true",
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
-    )  # fmt: skip
+    )
     s.add_argument(
         "--force",
         action="store_true",
         help="accept a list the shrink or growth guard refuses (it becomes the accepted list)",
     )
     s.add_argument(
-        "--verify", action="store_true",
+        "--verify",
+        action="store_true",
         help="apply the plan in a scratch copy of this host's firewall first; "
         "touch the host only if Cloudflare gets in there (else exit 5)",
-    )  # fmt: skip
+    )
     lock_opt(s)
 
 
@@ -106,12 +123,15 @@ def _status(st: Sub) -> None:
 def _check(ck: Sub) -> None:
     backend_opt(ck)
     ck.add_argument(
-        "--unit", type=Path, action="append", metavar="FILE",
+        "--unit",
+        type=Path,
+        action="append",
+        metavar="FILE",
         help="an installed systemd unit whose sandbox to compare (repeatable; default: "
         "cfallow.service and cfallow-restore.service where systemd finds them, "
         "/etc/systemd/system first, /lib/systemd/system last, with their drop-ins; "
         "absent: skipped)",
-    )  # fmt: skip
+    )
     json_opt(ck)
 
 
@@ -131,10 +151,12 @@ def _remove(rm: Sub) -> None:
 
 def _ranges(r: Sub) -> None:
     r.add_argument(
-        "--source", choices=("live", "bundled", "last-known-good"), default="live",
+        "--source",
+        choices=("live", "bundled", "last-known-good"),
+        default="live",
         help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot; "
         "last-known-good: the list this host runs on (with its date and etag)",
-    )  # fmt: skip
+    )
     json_opt(r)
 
 

@@ -217,6 +217,13 @@ def _will_exist(path: Path, grants: UnitGrants, own: set[Path]) -> bool:
     return grants.prepares and path in own and path.parent.is_dir()
 
 
+def _under(path: Path, grant: Path) -> bool:
+    """``path`` is ``grant`` or inside it, symlinks resolved as systemd resolves them
+    (fail2ban's default socket is under ``/var/run``, the units grant ``/run``)."""
+    p, g = Path(os.path.realpath(path)), Path(os.path.realpath(grant))
+    return p == g or g in p.parents
+
+
 def _unit_findings(
     cfg: config.Config, state: State, built: list[backend.AnyBackend], unit: Path
 ) -> list[Finding]:
@@ -228,7 +235,7 @@ def _unit_findings(
     own = {d for b in built for d in b.own_dirs()}
     out = []
     for what, path in _needs(cfg, state, built):
-        covering = [(g, opt) for g, opt in grants.paths if path == g or g in path.parents]
+        covering = [(g, opt) for g, opt in grants.paths if _under(path, g)]
         if not covering:
             out.append(
                 Finding(

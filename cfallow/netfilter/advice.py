@@ -26,8 +26,10 @@ def describe(host: Host) -> list[str]:
         hooked = [c for c in host.nft.chains if c.hook in ("input", "forward")]
         native = [c for c in hooked if (c.family, c.table) not in IPTABLES_TABLES]
         for c in native:
-            lines.append(f"nftables: {c.where} (hook {c.hook}, priority {c.priority}, "
-                         f"policy {c.policy}, {len(c.rules)} rules)")  # fmt: skip
+            lines.append(
+                f"nftables: {c.where} (hook {c.hook}, priority {c.priority}, "
+                f"policy {c.policy}, {len(c.rules)} rules)"
+            )
         if not native:
             lines.append("nftables: no native base chain on input or forward")
     for c in host.inputs:

@@ -68,13 +68,6 @@ class Ruleset:
         fams = {"inet", "ip" if version == 4 else "ip6"}
         return [c for c in self.chains if c.hook == hook and c.family in fams]
 
-    def find_set(self, family: str, table: str, name: str) -> NftSet | None:
-        """The set ``family table name``, if present."""
-        for s in self.sets:
-            if (s.family, s.table, s.name) == (family, table, name):
-                return s
-        return None
-
 
 def _element(item: Json) -> list[IPNetwork]:
     if isinstance(item, dict) and "elem" in item:
@@ -129,10 +122,15 @@ def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
         elif "set" in item:
             sets.append(parse_set(item["set"]))
     chains = tuple(
-        Chain(*k, c.get("hook"), int(c.get("prio", 0)), str(c.get("policy", "accept")),
-              tuple(rules.get(k, ())))
+        Chain(
+            *k,
+            c.get("hook"),
+            int(c.get("prio", 0)),
+            str(c.get("policy", "accept")),
+            tuple(rules.get(k, ())),
+        )
         for k, c in heads.items()
-    )  # fmt: skip
+    )
     tables = tables or sorted({(c.family, c.table) for c in chains})
     return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else ())
 
@@ -184,8 +182,13 @@ def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
     their matches are opaque there): their INPUT chain comes from ``iptables-save``.
     """
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
-    native = sorted({(c.family, c.table) for c in heads.chains
-                     if c.hook in ("input", "forward") and not is_xt(c)})  # fmt: skip
+    native = sorted(
+        {
+            (c.family, c.table)
+            for c in heads.chains
+            if c.hook in ("input", "forward") and not is_xt(c)
+        }
+    )
     if not rules or not native:
         return heads
     chains = [c for c in heads.chains if (c.family, c.table) not in native]
@@ -227,8 +230,9 @@ def read(
         texts = dict(saves or {})
         for version, tools in save_tools(variant).items():
             if version not in texts:
-                texts[version] = next((t for t in (_try(runner, [x, "-t", "filter"])
-                                                   for x in tools) if t), "")  # fmt: skip
+                texts[version] = next(
+                    (t for t in (_try(runner, [x, "-t", "filter"]) for x in tools) if t), ""
+                )
             chain = input_chain(texts[version], version)
             if chain is not None:
                 inputs.append(chain)
@@ -237,8 +241,11 @@ def read(
         text = ""
     names = {c.name for c in ruleset.chains} if ruleset else set()
     if ruleset is not None and inputs:  # the save text stands for iptables' INPUT chains
-        keep = tuple(c for c in ruleset.chains if not (is_xt(c) and c.table == "filter"
-                                                       and c.name == "INPUT"))  # fmt: skip
+        keep = tuple(
+            c
+            for c in ruleset.chains
+            if not (is_xt(c) and c.table == "filter" and c.name == "INPUT")
+        )
         ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed)
     return Host(
         ruleset,
@@ -280,8 +287,11 @@ def outcome(
     if host.nft is None and not host.inputs:
         return Outcome("unknown", f"cannot read the nftables ruleset ({host.nft_error})")
     skip = set(skip_tables)
-    chains = [c for c in (host.nft.base_chains(hook, version) if host.nft else [])
-              if (c.family, c.table) not in skip]  # fmt: skip
+    chains = [
+        c
+        for c in (host.nft.base_chains(hook, version) if host.nft else [])
+        if (c.family, c.table) not in skip
+    ]
     if hook == "input":
         fam = "ip" if version == 4 else "ip6"
         chains += [c for c in host.inputs if c.family == fam and (c.family, c.table) not in skip]

@@ -161,8 +161,15 @@ def parse_save(text: str, version: int) -> list[NatRule]:
         ports = _SAVE_PORTS.search(line)
         dports = _save_ports(ports.group(2)) if ports and not ports.group(1) else None
         fam = "ip" if version == 4 else "ip6"
-        out.append(NatRule(f"{fam} nat {line.split()[1]}", (version,),
-                           proto.group(1) if proto else None, dports, *target))  # fmt: skip
+        out.append(
+            NatRule(
+                f"{fam} nat {line.split()[1]}",
+                (version,),
+                proto.group(1) if proto else None,
+                dports,
+                *target,
+            )
+        )
     return out
 
 
@@ -176,8 +183,9 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
         variant = read_variant(runner)
     try:
         heads = runner.run(["nft", "-j", "list", "chains"]).stdout
-        texts = {t: runner.run(["nft", "-j", "list", "table", *t]).stdout
-                 for t in nat_tables(heads)}  # fmt: skip
+        texts = {
+            t: runner.run(["nft", "-j", "list", "table", *t]).stdout for t in nat_tables(heads)
+        }
         rules += parse_nft(texts)
     except (BackendError, CommandNotFound, ValueError, KeyError):
         pass

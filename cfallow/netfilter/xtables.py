@@ -1,7 +1,7 @@
 """Legacy x_tables as raw kernel blobs: read a table on the host, load it into a scratch netns.
 
 ``iptables-legacy-save`` prints a rule with a wrong interface mask exactly like
-a correct one (DESIGN.md: the python-iptables IPv6 mask bug), so a snapshot in
+a correct one (docs/iptables.md, "the IPv6 interface-mask bug"), so a snapshot in
 save text would not be the host's ruleset. The blob the kernel holds
 (``IPT_SO_GET_ENTRIES``) is copied byte for byte into the scratch namespace
 (``IPT_SO_SET_REPLACE``): the scratch kernel then matches exactly what the

@@ -1,30 +1,9 @@
-"""Prometheus metrics for node_exporter's textfile collector.
+"""Prometheus metrics for node_exporter's textfile collector (the metrics: docs/operations.md).
 
 One file, rewritten after every ``sync``: written to a temporary file in the
 same directory, fsynced and renamed over the old one, so the collector never
 reads half a file (it ignores names not ending in ``.prom``, and the temporary
 name starts with a dot and ends in ``.tmp``).
-
-Metrics (all gauges; ``backend`` and ``family`` labels)::
-
-    cfallow_last_run_timestamp_seconds       end of the last run
-    cfallow_last_run_success                 1 if the last run succeeded
-    cfallow_last_success_timestamp_seconds   end of the last successful run
-                                             (kept across failed runs; 0 = never)
-    cfallow_ranges{family}                   ranges in the desired list
-    cfallow_source_info{kind,etag}           1, labels describe the source
-    cfallow_source_fetched_timestamp_seconds when the list was fetched (live only)
-    cfallow_source_age_seconds               run time minus fetch time (live only)
-    cfallow_backend_failed{backend}          1 if the backend reported an error
-    cfallow_backend_changes_applied{backend,action}
-                                             entries added/removed by the last run
-    cfallow_backend_entries{backend}         entries cfallow owns after the run
-    cfallow_apply_success                    1 if every backend is in step with the list
-                                             synced to (also when held at last-known-good)
-    cfallow_source_fetch_success             1/0: this run's fetch (absent: no fetch)
-    cfallow_source_last_change_timestamp_seconds
-                                             when a fetched list last differed from the
-                                             last-known-good one (absent: not seen yet)
 """
 
 from __future__ import annotations

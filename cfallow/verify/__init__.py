@@ -1,6 +1,6 @@
 """``cfallow verify``: prove with the real kernel, in scratch namespaces, what the host lets in.
 
-:func:`run` snapshots the host (read-only), builds a scratch origin/edge pair
+:func:`prove` snapshots the host (read-only), builds a scratch origin/edge pair
 (:mod:`.lab`), loads the snapshot, optionally applies a plan there first (for
 ``sync --verify``), probes every port and family from Cloudflare and outsider
 sources (:mod:`.probe`) and names the rule that decided each probe
@@ -24,7 +24,7 @@ from cfallow.verify import lab as labmod
 from cfallow.verify import sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 
-__all__ = ["CannotVerify", "Expectation", "Probe", "Report", "run"]
+__all__ = ["CannotVerify", "Expectation", "Probe", "Report", "prove"]
 
 
 @dataclass(frozen=True)
@@ -127,8 +127,9 @@ def _probes(
             covering = [e for e in wants if version in e.families and port in e.ports]
             lock = any(e.mode == "lockdown" for e in covering)
             probes += [Probe(version, port, a, "cloudflare", "accept", net=str(n)) for a, n in cf]
-            probes += [Probe(version, port, a, "outsider", "refuse" if lock else "any")
-                       for a in outs]  # fmt: skip
+            probes += [
+                Probe(version, port, a, "outsider", "refuse" if lock else "any") for a in outs
+            ]
     return probes, sources
 
 
@@ -164,8 +165,13 @@ def _load_split(
     why = first.stderr.strip()
     if not xt:
         raise CannotVerify(f"cannot verify: the host's ruleset does not load here: {why}")
-    owned = {(f, line[1:].strip()) for v, text in xt.items() for f in [("ip", "ip6")[v == 6]]
-             for line in text.splitlines() if line.startswith("*")}  # fmt: skip
+    owned = {
+        (f, line[1:].strip())
+        for v, text in xt.items()
+        for f in [("ip", "ip6")[v == 6]]
+        for line in text.splitlines()
+        if line.startswith("*")
+    }
     rest = _without_tables(snap.ruleset, owned)
     try:
         if rest.strip():
@@ -175,8 +181,10 @@ def _load_split(
                 [("iptables-nft-restore", "ip6tables-nft-restore")[version == 6]], input=text
             )
     except CommandFailed as exc:
-        raise CannotVerify(f"cannot verify: the host's ruleset does not load here: {why}; "
-                           f"and split: {exc.stderr.strip()}") from None  # fmt: skip
+        raise CannotVerify(
+            f"cannot verify: the host's ruleset does not load here: {why}; "
+            f"and split: {exc.stderr.strip()}"
+        ) from None
 
 
 def _without_tables(ruleset: str, drop: set[tuple[str, str]]) -> str:
@@ -192,7 +200,7 @@ def _without_tables(ruleset: str, drop: set[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def run(
+def prove(
     runner: Runner,
     desired: Networks,
     wants: list[Expectation],
@@ -216,37 +224,62 @@ def run(
         if before_probe is not None:
             report.notes += before_probe(lab)
         inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
-        landing = nat_ports(inside, bool(snap.legacy))
-        inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
-
-        def probe_doc(*which: Probe, trace: bool = False) -> dict[str, object]:
-            return {"origin": lab.path("origin"), "edge": lab.path("edge"),
-                    "timeout": timeout, "trace": trace, "listen": landing,
-                    "probes": [{"version": p.version, "port": p.port, "source": p.source,
-                                "target": lab.targets[p.version]} for p in which]}  # fmt: skip
-
-        doc = probe_doc(*probes, trace=True)
-        argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
-        out = json.loads(runner.run(argv, input=json.dumps(doc)).stdout)
-        _judge(probes, out, legacy=bool(snap.legacy))
-        # nft monitor can lose events when hundreds of probes fly at once (its netlink
-        # socket's buffer): the probes it missed, wholly or after some chain, are sent
-        # once more, together
-        again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
-        if again:
-            doc = probe_doc(*again, trace=True)
-            _judge(again, json.loads(runner.run(argv, input=json.dumps(doc)).stdout),
-                   legacy=bool(snap.legacy))  # fmt: skip
-        paths: dict[tuple[int, int, str, str], str] = {}
-        for p in probes:  # one probe alone per kind of failure: its path stands for the others
-            if not p.ok and p.decided.startswith("legacy x_tables"):
-                key = (p.version, p.port, p.kind, p.verdict)
-                if key not in paths:
-                    paths[key] = xpath.attribute(inside, probe_doc(p), p.version)
-                p.decided = paths[key]
+        _probe(runner, inside, lab, probes, timeout=timeout, legacy=bool(snap.legacy))
     finally:
         lab.close()
     return report
+
+
+def _probe_doc(
+    lab: Lab, timeout: float, landing: list[int], which: list[Probe], *, traced: bool = False
+) -> dict[str, object]:
+    """The probe helper's input: where to connect from and to, and what listens."""
+    return {
+        "origin": lab.path("origin"),
+        "edge": lab.path("edge"),
+        "timeout": timeout,
+        "trace": traced,
+        "listen": landing,
+        "probes": [
+            {
+                "version": p.version,
+                "port": p.port,
+                "source": p.source,
+                "target": lab.targets[p.version],
+            }
+            for p in which
+        ],
+    }
+
+
+def _probe(
+    runner: Runner, inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, legacy: bool
+) -> None:
+    """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
+    rule of each kind of failure."""
+    landing = nat_ports(inside, legacy)
+    inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
+    argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
+
+    def send(which: list[Probe]) -> None:
+        doc = _probe_doc(lab, timeout, landing, which, traced=True)
+        _judge(which, json.loads(runner.run(argv, input=json.dumps(doc)).stdout), legacy=legacy)
+
+    send(probes)
+    # nft monitor can lose events when hundreds of probes fly at once (its netlink
+    # socket's buffer): the probes it missed, wholly or after some chain, are sent
+    # once more, together
+    again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
+    if again:
+        send(again)
+    paths: dict[tuple[int, int, str, str], str] = {}
+    for p in probes:  # one probe alone per kind of failure: its path stands for the others
+        if not p.ok and p.decided.startswith("legacy x_tables"):
+            key = (p.version, p.port, p.kind, p.verdict)
+            if key not in paths:
+                doc = _probe_doc(lab, timeout, landing, [p])
+                paths[key] = xpath.attribute(inside, doc, p.version)
+            p.decided = paths[key]
 
 
 #: At most this many ports of one NAT target range get a listener.
@@ -297,3 +330,6 @@ def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:
     if verdict == "accept":
         return text or "no nftables base chain on the path"
     return f"not an nftables rule (after {text})" if text else "not an nftables rule"
+
+
+run = prove  # 0.1's name (deprecated): a proof, not a run over the backends

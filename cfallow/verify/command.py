@@ -17,7 +17,7 @@ from cfallow import backend, engine
 from cfallow.errors import VerifyFailed
 from cfallow.model import Networks
 from cfallow.runner import Runner
-from cfallow.verify import Expectation, Report, run
+from cfallow.verify import Expectation, Report, prove
 from cfallow.verify.lab import PREFIX, CannotVerify, Lab, alive
 
 TMP_PREFIX = PREFIX
@@ -50,49 +50,21 @@ def sigterm_unwinds() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-#: Modes that promise "only Cloudflare" (iptables/nftables lockdown, firewalld restrict).
-LOCKDOWN_MODES = ("lockdown", "restrict")
-#: Backends that change the firewall only through the Runner's commands, so a Runner
-#: prefixed with ``ip netns exec ORIGIN`` confines them to the scratch (firewalld talks
-#: D-Bus to the host's daemon, in-process: never built against the scratch).
-SCRATCH_SAFE = ("iptables", "nftables")
-#: firewalld service names of the web ports, for a backend configured with ``services``.
-SERVICE_PORTS = {"http": (80,), "https": (443,), "http3": (443,)}
-
-
-def _shape(b: backend.AnyBackend) -> Any:
-    """The backend's configured shape (``settings``, or firewalld's ``want``), if it has one."""
-    for attr in ("settings", "want"):
-        s = getattr(b, attr, None)
-        if s is not None and hasattr(s, "mode") and hasattr(s, "ports"):
-            return s
-    return None
-
-
 def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
     """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
     wants, notes = [], []
     for b in backends:
-        s = _shape(b)
-        if s is None:
+        p = b.promise()
+        if p is None and b.cannot_verify:
+            notes.append(f"{b.name}: cannot verify: {b.cannot_verify}")
+        elif p is None:
             notes.append(f"{b.name}: not a firewall on this host: not probed")
-            continue
-        if getattr(s, "protocol", "tcp") != "tcp":
-            notes.append(f"{b.name}: protocol {s.protocol}: only TCP is probed")
-            continue
-        ports = {q for p in s.ports for q in (p.first, p.last)}
-        for service in getattr(s, "services", ()):
-            ports |= set(SERVICE_PORTS.get(service, ()))
-        if not ports:
+        elif p.protocol != "tcp":
+            notes.append(f"{b.name}: protocol {p.protocol}: only TCP is probed")
+        elif not p.ports:
             notes.append(f"{b.name}: no TCP port to probe")
-            continue
-        fams = (getattr(s, "families", None) or getattr(s, "versions", None)
-                or getattr(b, "families", None) or (4, 6))  # fmt: skip
-        mode = "lockdown" if s.mode in LOCKDOWN_MODES else "allow"
-        also = tuple(str(n) for n in getattr(s, "also_allow", ()))
-        wants.append(
-            Expectation(b.name, mode, tuple(sorted(ports)), tuple(int(v) for v in fams), also)
-        )
+        else:
+            wants.append(Expectation(b.name, p.mode, p.ports, p.families, p.allowed))
     return wants, notes
 
 
@@ -106,14 +78,16 @@ def clean_temp_leftovers() -> None:
 
 
 def scratch_apply(
-    hosts: Sequence[backend.AnyBackend], sections: dict[str, dict[str, object]],
-    ctx: backend.Context, desired: Networks, tmp: str,
-) -> Any:  # fmt: skip
-    """A ``before_probe`` for :func:`cfallow.verify.run`: the plan applied in the scratch origin.
+    hosts: Sequence[backend.AnyBackend],
+    sections: dict[str, dict[str, object]],
+    ctx: backend.Context,
+    desired: Networks,
+    tmp: str,
+) -> Any:
+    """A ``before_probe`` for :func:`cfallow.verify.prove`: the plan applied in the scratch origin.
 
-    The backends are built again on a runner that runs every command inside the
-    scratch origin; a file a backend keeps (``file``) goes to a temp dir, never
-    to the host's.
+    The backends are built again, from their :meth:`~cfallow.backend.Backend.scratch_section`,
+    on a runner that runs every command inside the scratch origin.
     """
 
     def apply(lab: Lab) -> list[str]:
@@ -122,16 +96,13 @@ def scratch_apply(
         (Path(tmp) / "state").mkdir(exist_ok=True)
         built = []
         for host in hosts:
-            name = host.name
-            if name not in SCRATCH_SAFE:
+            section = host.scratch_section(dict(sections.get(host.name, {})), Path(tmp))
+            if section is None:
                 raise CannotVerify(
-                    f"cannot verify: {name} cannot be applied to a scratch copy "
+                    f"cannot verify: {host.name} cannot be applied to a scratch copy "
                     "(it does not write through commands alone); run cfallow verify after sync"
                 )
-            section = dict(sections.get(name, {}))
-            if hasattr(host, "file"):
-                section["file"] = os.path.join(tmp, f"{name}.file")
-            built.append(backend.build(name, section, sctx))
+            built.append(backend.build(host.name, section, sctx))
         results = engine.run(built, desired, dry_run=False).results
         failed = [f"{r.name}: {r.error}" for r in results if r.error is not None]
         if failed:
@@ -150,14 +121,21 @@ def _count(r: engine.BackendResult) -> str:
 
 
 def verify_ranges(
-    runner: Runner, desired: Networks, wants: list[Expectation], *, uplink: str | None,
-    timeout: float, before: Any = None,
-) -> Report:  # fmt: skip
-    """:func:`cfallow.verify.run` with SIGTERM unwinding and leftovers of killed runs removed."""
+    runner: Runner,
+    desired: Networks,
+    wants: list[Expectation],
+    *,
+    uplink: str | None,
+    timeout: float,
+    before: Any = None,
+) -> Report:
+    """:func:`cfallow.verify.prove` with SIGTERM unwinding and leftovers of killed runs removed."""
     try:
         with sigterm_unwinds():
             clean_temp_leftovers()
-            return run(runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before)
+            return prove(
+                runner, desired, wants, uplink=uplink, timeout=timeout, before_probe=before
+            )
     except Terminated:
         raise Stopped() from None
 

@@ -2,7 +2,7 @@
 
 moto counts IPv4 and IPv6 rules together against 60, counts a prefix-list
 reference as nothing, ignores ``CurrentVersion`` and never throttles; AWS does
-all of these (DESIGN.md, "AWS"). Here the responses are AWS's documented
+all of these (docs/aws.md, "Tests and measured numbers"). Here the responses are AWS's documented
 shapes (Stubber validates them against botocore's model) and every call the
 backend makes is recorded with its parameters.
 """

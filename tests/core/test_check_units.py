@@ -186,3 +186,18 @@ def test_no_installed_unit_is_said_not_skipped_silently(
     monkeypatch.setattr("cfallow.cli.check.UNIT_DIRS", (etc,))
     r = host.cli(capsys, "check")
     assert f"{etc / 'cfallow.service'} not installed: sandbox not checked" in r.out
+
+
+def test_a_path_through_a_symlink_is_granted_by_its_target(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fail2ban's default socket is under /var/run; the units grant /run, which systemd
+    reaches through the symlink, as ``check`` does."""
+    (host.tmp / "var-run").symlink_to(host.tmp)  # like /var/run -> /run
+    host.conf.write_text(
+        f'[backends.nftables]\nports = [443]\nfile = "{host.tmp}/var-run/nftables.d/cf.nft"\n'
+    )
+    host.nftd.mkdir()
+    unit = host.unit("cfallow.service")
+    r = host.cli(capsys, "check", "--unit", str(unit))
+    assert f"ok    unit: {unit}: ReadWritePaths cover every path" in r.out, r.out

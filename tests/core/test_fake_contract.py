@@ -53,14 +53,14 @@ def test_a_plugin_whose_steps_are_not_deterministic_fails_the_contract(tmp_path:
     import itertools
     from dataclasses import dataclass, replace
 
-    from cfallow_fake import FakeBackend, Write
+    from cfallow_fake import FakeBackend, Step
 
     from cfallow.section import Section
 
     counter = itertools.count()
 
     @dataclass(frozen=True)
-    class StampedWrite(Write):
+    class StampedWrite(Step):
         stamp: int
 
     class StampedFake(FakeBackend):

@@ -76,9 +76,13 @@ class Box:
         self.server.clear()
         self.server.expect_request(API).respond_with_data(body, content_type="application/json")
         return run_proc(
-            "--config", str(self.tmp / "config.toml"), "--state-dir", str(self.tmp / "st"),
-            "sync", *args,
-        )  # fmt: skip
+            "--config",
+            str(self.tmp / "config.toml"),
+            "--state-dir",
+            str(self.tmp / "st"),
+            "sync",
+            *args,
+        )
 
     def owned(self) -> set[str]:
         return set(json.loads(self.target.read_text())["owned"])

@@ -37,9 +37,12 @@ def test_ranges_shows_the_last_known_good_list_with_its_date_and_etag(tmp_path: 
     common = ("--config", str(_config(tmp_path)), "--state-dir", str(tmp_path / "st"))
     (tmp_path / "st").mkdir(mode=0o700)
     lkg = {
-        "ipv4": ["173.245.48.0/20"], "ipv6": ["2400:cb00::/32"], "url": "https://x/ips",
-        "etag": "e1", "fetched_at": 1795305600,
-    }  # fmt: skip
+        "ipv4": ["173.245.48.0/20"],
+        "ipv6": ["2400:cb00::/32"],
+        "url": "https://x/ips",
+        "etag": "e1",
+        "fetched_at": 1795305600,
+    }
     (tmp_path / "st" / "last-known-good.json").write_text(json.dumps(lkg))
     r = run_proc(*common, "ranges", "--source", "last-known-good")
     assert r.rc == 0, r.err

@@ -50,9 +50,14 @@ class Lab:
 
     def status(self, conf: Path | None = None) -> tuple[int, list[str]]:
         done = run_proc(
-            "--config", str(conf or self.config), "--state-dir", str(self.top / "state"),
-            "status", "--source", "bundled",
-        )  # fmt: skip
+            "--config",
+            str(conf or self.config),
+            "--state-dir",
+            str(self.top / "state"),
+            "status",
+            "--source",
+            "bundled",
+        )
         return done.rc, done.err.splitlines()
 
 
@@ -130,9 +135,13 @@ def test_a_client_found_on_path_is_checked_where_it_resolves(lab: Lab) -> None:
     os.chown(bin_dir / "f2b-evil", NOBODY, NOBODY)
     lab.write(client=Path("f2b-evil"))
     done = run_proc(
-        "--config", str(lab.config), "status", "--source", "bundled",
+        "--config",
+        str(lab.config),
+        "status",
+        "--source",
+        "bundled",
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}"},
-    )  # fmt: skip
+    )
     assert done.rc == 2 and not lab.marker.exists(), done.err
     assert f"client {bin_dir / 'f2b-evil'} is owned by uid {NOBODY}" in done.err
 

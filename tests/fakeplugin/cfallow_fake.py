@@ -26,14 +26,14 @@ class Seen:
 
 
 @dataclass(frozen=True)
-class Write:
+class Step:
     """The one step: the file's owned list becomes ``owned`` (if it still counts ``basis``)."""
 
     owned: tuple[str, ...]
     basis: int
 
 
-class FakeBackend(Backend[Seen, Write]):
+class FakeBackend(Backend[Seen, Step]):
     """Keeps owned entries in a JSON file; counts writes."""
 
     name = "fake"
@@ -69,15 +69,15 @@ class FakeBackend(Backend[Seen, Write]):
         writes = data.get("writes", 0)
         return Seen(nets("owned"), nets("foreign"), writes if isinstance(writes, int) else 0)
 
-    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Write]:
-        plan: Plan[Write] = make_plan(
+    def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
+        plan: Plan[Step] = make_plan(
             self.name, desired or frozenset(), observed.owned, covered=observed.foreign
         )
         if not plan.changed:
             return plan
-        return replace(plan, steps=(Write(tuple(as_strings(plan.after)), observed.writes),))
+        return replace(plan, steps=(Step(tuple(as_strings(plan.after)), observed.writes),))
 
-    def apply(self, plan: Plan[Write]) -> None:
+    def apply(self, plan: Plan[Step]) -> None:
         if self.fail == "apply":
             raise BackendError("fake: apply failed on purpose")
         for step in plan.steps:

@@ -130,9 +130,16 @@ def test_admin_items_leave_cfallows_own_out_and_what_a_reload_keeps() -> None:
     items = settings_items(
         "zone",
         "public",
-        {"short": "Public", "ports": [("8443", "tcp")], "rules_str": [rule], "forward": True,
-         "masquerade": False, "target": "default", "interfaces": ["eth0"]},
-    )  # fmt: skip
+        {
+            "short": "Public",
+            "ports": [("8443", "tcp")],
+            "rules_str": [rule],
+            "forward": True,
+            "masquerade": False,
+            "target": "default",
+            "interfaces": ["eth0"],
+        },
+    )
     assert items == {
         "zone public ports 8443/tcp",
         "zone public forward=True",

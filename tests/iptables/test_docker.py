@@ -59,9 +59,18 @@ class Lab:
         """An outsider connecting to the published port ~200 times a second."""
         src, dst = OUTSIDE[version == 6], SERVER[version == 6]
         return self.pair.spawn(
-            self.pair.client, sys.executable, PROCS, "connect", src, dst, str(PUBLISHED),
-            "--rate", "200", "--max-seconds", str(seconds),
-        )  # fmt: skip
+            self.pair.client,
+            sys.executable,
+            PROCS,
+            "connect",
+            src,
+            dst,
+            str(PUBLISHED),
+            "--rate",
+            "200",
+            "--max-seconds",
+            str(seconds),
+        )
 
     def until_served(self, src: str, limit: float = 60) -> float:
         """Wait until ``src`` gets the page (a bound, not a speed check); the seconds taken."""
@@ -90,9 +99,24 @@ class Lab:
 
 def run_container(engine: Dockerd) -> None:
     engine.cli(
-        "run", "-d", "--name", "web", "--restart", "always", "--init",
-        "-p", f"{PUBLISHED}:443", IMAGE, "/bin/busybox", "httpd", "-f", "-p", "443", "-h", "/www",
-    )  # fmt: skip
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--restart",
+        "always",
+        "--init",
+        "-p",
+        f"{PUBLISHED}:443",
+        IMAGE,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "443",
+        "-h",
+        "/www",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +142,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         run_container(engine)
         lab.seen["port published"] = lab.chains()
         lab.mangles["port published"] = lab.mangle()
-        engine.cli("network", "create", "--ipv6", "--subnet", "198.18.1.0/24",
-                   "--subnet", "2001:db8:d0d::/64", "extra")  # fmt: skip
+        engine.cli(
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "198.18.1.0/24",
+            "--subnet",
+            "2001:db8:d0d::/64",
+            "extra",
+        )
         lab.mangles["network created"] = lab.mangle()
         yield lab
 
@@ -187,8 +219,16 @@ def test_two_dockerd_restarts_without_a_cfallow_run_never_let_an_outsider_in(lab
                 assert restarted[6]["FORWARD"][0] != FIRST, (restart, restarted[6])
             assert lab.mangle() == guard, restart  # dockerd left the guard alone
             print(f"restart {restart}: Cloudflare served again {back:.2f} s after dockerd's start")
-        lab.engine.cli("network", "create", "--ipv6", "--subnet", "198.18.2.0/24",
-                       "--subnet", "2001:db8:d0e::/64", "another")  # fmt: skip
+        lab.engine.cli(
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            "198.18.2.0/24",
+            "--subnet",
+            "2001:db8:d0e::/64",
+            "another",
+        )
         served = {src: lab.served(src, 3 if src in CF else 1) for src in (*CF, *OUTSIDE)}
     finally:
         for proc in outsiders:

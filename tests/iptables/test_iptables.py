@@ -240,8 +240,9 @@ def test_lockdown_in_docker_user_is_guarded_in_mangle_forward(fw: Fw) -> None:
     assert fw.writes() - writes == 2  # filter and mangle together, one batch per family
     for version in (4, 6):
         assert fw.chain(version, "FORWARD", "mangle") == [
-            DOCKER_JUMP, "-p udp -j MARK --set-xmark 0x7/0xffffffff"
-        ]  # fmt: skip
+            DOCKER_JUMP,
+            "-p udp -j MARK --set-xmark 0x7/0xffffffff",
+        ]
         assert fw.chain(version, "CFALLOW", "mangle") == fw.chain(version, "CFALLOW")
         assert fw.chain(version, "CFALLOW")[-1] == "-j DROP"
     writes = fw.writes()
@@ -295,8 +296,10 @@ def test_allow_in_docker_user_brings_no_mangle_table_into_being(fw: Fw) -> None:
     for version in (4, 6):
         tables = subprocess.run(
             ns_exec(fw.ns, tool(fw.variant, version, "-save")),
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert "*filter" in tables and "*mangle" not in tables, tables
 
 

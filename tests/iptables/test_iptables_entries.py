@@ -61,7 +61,8 @@ import ctypes, json, sys
 sys.path.insert(0, sys.argv[2])  # tests/: the support package
 from support.iptables.iptc import load_iptc
 from cfallow.backends.iptables.backend import IptablesBackend
-from cfallow.backends.iptables.entries import Entries, differences, read_entries
+from cfallow.backends.iptables.entries import Entries, read_entries
+from support.iptables.entries import differences
 version = int(sys.argv[1])
 iptc = load_iptc()
 table = (iptc.Table6 if version == 6 else iptc.Table)("filter", autocommit=False)

@@ -28,7 +28,7 @@ from cfallow.backends.iptables.legacy import xtables_lock
 from support import namespace, need_tool, ns_exec, sh
 from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import JUMPS, Fw
-from support.iptables.netns import NetnsBackend, in_netns
+from support.iptables.netns import Counted, NetnsBackend, in_netns
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
@@ -120,8 +120,9 @@ def run_with_racer(fw: Fw, rules: list[str]) -> tuple[str | None, int]:
     assert isinstance(inner, IptablesBackend)
 
     def child() -> tuple[str | None, int]:
+        counted = Counted(inner)
         result = run_backend(inner, CURRENT, dry_run=False)
-        return result.error, inner.retries
+        return result.error, counted.retries
 
     return in_netns(fw.ns, child, {"XTABLES_LOCKFILE": fw.lock})
 

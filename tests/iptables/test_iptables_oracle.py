@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 from cfallow.backends.iptables.backend import IptablesBackend
-from cfallow.backends.iptables.entries import Entries, differences, read_entries
+from cfallow.backends.iptables.entries import Entries, read_entries
 from netaddr import IPNetwork
 from support import namespace
 from support.cfdata import CURRENT, OLD
+from support.iptables.entries import differences
 from support.iptables.helpers import Fw
 from support.iptables.iptc import IptcWriter
 from support.iptables.netns import in_netns
@@ -67,8 +68,10 @@ def rule_text(version: int, shape: tuple[Any, ...], nets: Networks) -> list[str]
     if parent == "DOCKER-USER":
         lines = [f"-A {parent} -p {protocol} -m multiport --dports {dports} {dnat}{own}"]
     else:  # one per port, on the port before NAT; then untracked packets on their port
-        lines = [f"-A {parent} -p {protocol} -m conntrack --ctorigdstport {p} {own}"
-                 for p in dports.split(",")]  # fmt: skip
+        lines = [
+            f"-A {parent} -p {protocol} -m conntrack --ctorigdstport {p} {own}"
+            for p in dports.split(",")
+        ]
         untracked = "-m conntrack --ctstate UNTRACKED"
         lines.append(f"-A {parent} -p {protocol} -m multiport --dports {dports} {untracked} {own}")
     mine = sorted((n for n in nets if n.version == version), key=lambda n: (n.value, n.prefixlen))

@@ -186,8 +186,19 @@ def add_fail2ban_chain(fw: Fw) -> None:
     for version, bans in ((4, ("203.0.113.7", "198.51.100.9")), (6, ("2001:db8::7",))):
         fw.ipt(version, "-N", "f2b-sshd")
         fw.ipt(version, "-A", "f2b-sshd", "-j", "RETURN")
-        fw.ipt(version, "-I", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", "22",
-               "-j", "f2b-sshd")  # fmt: skip
+        fw.ipt(
+            version,
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            "22",
+            "-j",
+            "f2b-sshd",
+        )
         for ip in bans:
             fw.ipt(version, "-I", "f2b-sshd", "1", "-s", ip, "-j", "REJECT")
 

@@ -217,8 +217,11 @@ def test_an_explicit_other_variant_is_enforced_but_not_listed(tmp_path: Path) ->
 def redirect(fw: Fw, from_port: int, to_port: int) -> None:
     """The admin's port redirect in the nat table, both families, the variant's own tool."""
     for version in (4, 6):
-        fw.restore(version, f"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -m tcp "
-                   f"--dport {from_port} -j REDIRECT --to-ports {to_port}\nCOMMIT\n")  # fmt: skip
+        fw.restore(
+            version,
+            f"*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -p tcp -m tcp "
+            f"--dport {from_port} -j REDIRECT --to-ports {to_port}\nCOMMIT\n",
+        )
 
 
 def test_lockdown_holds_behind_the_admins_port_redirect(lab: tuple[Pair, Fw]) -> None:
@@ -250,7 +253,10 @@ def test_lockdown_covers_connections_conntrack_does_not_follow(lab: tuple[Pair, 
     """The admin's NOTRACK on 443: no original tuple, so the port itself is matched."""
     p, fw = lab
     for version in (4, 6):
-        fw.restore(version, "*raw\n:PREROUTING ACCEPT [0:0]\n"
-                   "-A PREROUTING -p tcp -m tcp --dport 443 -j NOTRACK\nCOMMIT\n")  # fmt: skip
+        fw.restore(
+            version,
+            "*raw\n:PREROUTING ACCEPT [0:0]\n"
+            "-A PREROUTING -p tcp -m tcp --dport 443 -j NOTRACK\nCOMMIT\n",
+        )
     sync(fw, mode="lockdown")
     assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}

@@ -73,8 +73,12 @@ def test_native_policy_drop_and_iptables_allow_mode_exit_1_with_one_line(
     assert not any(reach(lab).values())
     if not DEFAULT_CONFIG.exists():  # the built-in default (no config file) says the same
         argv = [sys.executable, "-m", "cfallow", "--state-dir", str(tmp_path / "st")]
-        default = subprocess.run(ns_exec(lab.server, *argv, "sync", "--source", "bundled"),
-                                 capture_output=True, text=True, check=False)  # fmt: skip
+        default = subprocess.run(
+            ns_exec(lab.server, *argv, "sync", "--source", "bundled"),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert default.returncode == 1 and ONE_LINE in default.stderr
     status = cli(lab.server, tmp_path, IPT, "status", "--source", "bundled")
     assert status.returncode == 1 and ONE_LINE in status.stderr
@@ -89,8 +93,10 @@ def test_iptables_only_host_works_as_before(lab: Pair, tmp_path: Path) -> None:
         "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n"
     )
     sh(ns_exec(lab.server, "iptables-restore"), input=policy_drop)
-    sh(ns_exec(lab.server, "ip6tables-restore"), input=policy_drop.replace(
-        "COMMIT", "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT"))  # fmt: skip
+    sh(
+        ns_exec(lab.server, "ip6tables-restore"),
+        input=policy_drop.replace("COMMIT", "-A INPUT -p ipv6-icmp -j ACCEPT\nCOMMIT"),
+    )
     result = cli(lab.server, tmp_path, IPT, "sync", "--source", "bundled")
     assert result.returncode == 0, result.stderr
     assert "note:" not in result.stdout and result.stderr == ""
@@ -166,8 +172,10 @@ def test_sets_mode_remove_says_what_still_references_the_set(tmp_path: Path) -> 
     conf = f'[backends.nftables]\nmode = "sets"\nfile = "{tmp_path}/s.nft"\n'
     with namespace("nfx") as ns:
         nft = Nft(ns)
-        nft.load("table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
-                 "policy accept;\n\t}\n}\n")  # fmt: skip
+        nft.load(
+            "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
+            "policy accept;\n\t}\n}\n"
+        )
         assert cli(ns, tmp_path, conf, "sync", "--source", "bundled").returncode == 0
         nft("add", "rule", "inet", "filter", "input", "ip", "saddr", "@cloudflare_v4", "accept")
         removed = cli(ns, tmp_path, conf, "remove")
@@ -186,8 +194,10 @@ def test_without_host_check_a_referenced_set_is_one_clear_error(tmp_path: Path) 
     conf = f'[backends.nftables]\nmode = "sets"\nhost_check = false\nfile = "{tmp_path}/s.nft"\n'
     with namespace("nfy") as ns:
         nft = Nft(ns)
-        nft.load("table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
-                 "policy accept;\n\t}\n}\n")  # fmt: skip
+        nft.load(
+            "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority 0; "
+            "policy accept;\n\t}\n}\n"
+        )
         assert cli(ns, tmp_path, conf, "sync", "--source", "bundled").returncode == 0
         nft("add", "rule", "inet", "filter", "input", "ip", "saddr", "@cloudflare_v4", "accept")
         before = nft.ruleset()

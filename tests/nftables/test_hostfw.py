@@ -101,8 +101,10 @@ def test_what_it_does_not_understand_is_unknown_never_ok() -> None:
 
 
 def test_iptables_nft_tables_are_the_accepts_own() -> None:
-    host = host_of("table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority 0; "
-                   "policy drop;\n\t}\n}\n")  # fmt: skip
+    host = host_of(
+        "table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority 0; "
+        "policy drop;\n\t}\n}\n"
+    )
     error, notes = iptables_allow(host, (4,), "tcp", WEB, "CFALLOW")
     assert error is None and notes == ()
 
@@ -118,8 +120,12 @@ def test_legacy_filter_input_from_save_text() -> None:
     assert verdict(host, cloudflare=False, skip_jumps={"CFALLOW"})[0] == "accept"
     dropping = save_input(text.replace("ACCEPT [0:0]", "DROP [0:0]"), 4)
     assert dropping is not None
-    assert verdict(Host(hostfw.Ruleset(), inputs=(dropping,)), cloudflare=False,
-                   skip_jumps={"CFALLOW"})[0] == "drop"  # fmt: skip
+    assert (
+        verdict(
+            Host(hostfw.Ruleset(), inputs=(dropping,)), cloudflare=False, skip_jumps={"CFALLOW"}
+        )[0]
+        == "drop"
+    )
 
 
 def test_read_without_nft_is_cannot_tell() -> None:

@@ -30,10 +30,11 @@ def test_iptables_save_redirect_and_dnat_forms() -> None:
     assert v4 == [
         NatRule("ip nat PREROUTING", (4,), "tcp", (p(443, 443),), (p(8443, 8443),), None),
         NatRule("ip nat DOCKER", (4,), "tcp", (p(8080, 8080),), (p(80, 80),), "172.17.0.2"),
-        NatRule("ip nat PREROUTING", (4,), "tcp", (p(80, 80), p(8000, 8080)), (p(9000, 9001),),
-                None),
+        NatRule(
+            "ip nat PREROUTING", (4,), "tcp", (p(80, 80), p(8000, 8080)), (p(9000, 9001),), None
+        ),
         NatRule("ip nat PREROUTING", (4,), "tcp", None, None, "10.0.0.5"),
-    ]  # fmt: skip
+    ]
     (v6,) = parse_save(
         "-A PREROUTING -p tcp -m tcp --dport 443 -j DNAT --to-destination [2001:db8::5]:8443\n", 6
     )
@@ -45,27 +46,76 @@ def test_iptables_save_redirect_and_dnat_forms() -> None:
 
 
 def test_nft_json_redirect_and_dnat() -> None:
-    heads = {"nftables": [{"chain": {"family": "inet", "table": "adminnat", "name": "pre",
-                                     "type": "nat", "hook": "prerouting"}},
-                          {"chain": {"family": "ip", "table": "nat", "name": "PREROUTING",
-                                     "type": "nat", "hook": "prerouting"}}]}  # fmt: skip
+    heads = {
+        "nftables": [
+            {
+                "chain": {
+                    "family": "inet",
+                    "table": "adminnat",
+                    "name": "pre",
+                    "type": "nat",
+                    "hook": "prerouting",
+                }
+            },
+            {
+                "chain": {
+                    "family": "ip",
+                    "table": "nat",
+                    "name": "PREROUTING",
+                    "type": "nat",
+                    "hook": "prerouting",
+                }
+            },
+        ]
+    }
     assert nat_tables(json.dumps(heads)) == [("inet", "adminnat")]  # iptables-nft's: from save
     tcp = {"payload": {"protocol": "tcp", "field": "dport"}}
-    table = {"nftables": [
-        {"chain": {"family": "inet", "table": "adminnat", "name": "pre", "hook": "prerouting"}},
-        {"rule": {"family": "inet", "table": "adminnat", "chain": "pre", "expr": [
-            {"match": {"op": "==", "left": tcp, "right": 443}}, {"redirect": {"port": 8443}}]}},
-        {"rule": {"family": "inet", "table": "adminnat", "chain": "pre", "expr": [
-            {"match": {"op": "==", "left": tcp, "right": {"set": [8443, {"range": [9000, 9001]}]}}},
-            {"dnat": {"family": "ip6", "addr": "2001:db8::1", "port": 443}}]}},
-    ]}  # fmt: skip
+    table = {
+        "nftables": [
+            {"chain": {"family": "inet", "table": "adminnat", "name": "pre", "hook": "prerouting"}},
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "adminnat",
+                    "chain": "pre",
+                    "expr": [
+                        {"match": {"op": "==", "left": tcp, "right": 443}},
+                        {"redirect": {"port": 8443}},
+                    ],
+                }
+            },
+            {
+                "rule": {
+                    "family": "inet",
+                    "table": "adminnat",
+                    "chain": "pre",
+                    "expr": [
+                        {
+                            "match": {
+                                "op": "==",
+                                "left": tcp,
+                                "right": {"set": [8443, {"range": [9000, 9001]}]},
+                            }
+                        },
+                        {"dnat": {"family": "ip6", "addr": "2001:db8::1", "port": 443}},
+                    ],
+                }
+            },
+        ]
+    }
     got = parse_nft({("inet", "adminnat"): json.dumps(table)})
     p = PortRange
     assert got == [
         NatRule("inet adminnat pre", (4, 6), "tcp", (p(443, 443),), (p(8443, 8443),), None),
-        NatRule("inet adminnat pre", (6,), "tcp", (p(8443, 8443), p(9000, 9001)), (p(443, 443),),
-                "2001:db8::1"),
-    ]  # fmt: skip
+        NatRule(
+            "inet adminnat pre",
+            (6,),
+            "tcp",
+            (p(8443, 8443), p(9000, 9001)),
+            (p(443, 443),),
+            "2001:db8::1",
+        ),
+    ]
 
 
 def test_lines_for_onto_off_and_forwarded() -> None:
@@ -102,7 +152,23 @@ def test_reading_a_legacy_host_creates_no_nat_table() -> None:
         names = ["cat", "/proc/net/ip_tables_names"]
         assert read(runner, "legacy") == ()
         assert "nat" not in sh(ns_exec(ns, *names)).split()
-        sh(ns_exec(ns, "iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-p", "tcp",
-                   "--dport", "443", "-j", "REDIRECT", "--to-ports", "8443"))  # fmt: skip
+        sh(
+            ns_exec(
+                ns,
+                "iptables-legacy",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                "443",
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                "8443",
+            )
+        )
         (rule,) = read(runner, "legacy")
         assert (rule.where, rule.to_port) == ("ip nat PREROUTING", (PortRange(8443, 8443),))

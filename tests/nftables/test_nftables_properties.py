@@ -54,9 +54,15 @@ def test_plan_applied_to_the_sets_gives_exactly_the_desired_elements(
     base: frozenset[IPNetwork], keep: frozenset[IPNetwork], wanted: frozenset[IPNetwork]
 ) -> None:
     backend: Any = build(
-        "nftables", {"mode": "sets", "table": "inet filter", "host_check": False,
-                     "file": "/nonexistent/cfallow.nft"}, Context(),
-    )  # fmt: skip
+        "nftables",
+        {
+            "mode": "sets",
+            "table": "inet filter",
+            "host_check": False,
+            "file": "/nonexistent/cfallow.nft",
+        },
+        Context(),
+    )
     now = (base | EXTRA) & keep  # one era's ranges (an interval set holds no overlaps)
     seen = _seen(family(now, 4), family(now, 6))
     desired = canonical(wanted)

@@ -105,8 +105,9 @@ def test_churn_2021_and_current_lists(lab: Pair, tmp_path: Path, mode: str) -> N
             result = run_backend(h.backend(), desired, dry_run=False)
             assert result.error is None, result.error
             assert result.plan is not None
-            added, removed = (ADDED_2021, REMOVED_2021) if desired is CURRENT else (
-                REMOVED_2021, ADDED_2021)  # fmt: skip
+            added, removed = (
+                (ADDED_2021, REMOVED_2021) if desired is CURRENT else (REMOVED_2021, ADDED_2021)
+            )
             assert (result.plan.add, result.plan.remove) == (added, removed)
             writes = [c for c in h.runner.calls[calls:] if c[:2] == ("nft", "-f")]
             assert len(writes) == 1  # one transaction per change
@@ -182,8 +183,23 @@ def test_docker_published_port_is_covered(lab: Pair, tmp_path: Path) -> None:
     p = lab
     with namespace("nctr") as ctr:
         host_if, ctr_if = f"dk{uuid.uuid4().hex[:6]}", f"ct{uuid.uuid4().hex[:6]}"
-        sh(["ip", "link", "add", host_if, "netns", p.server, "type", "veth", "peer", "name",
-            ctr_if, "netns", ctr])  # fmt: skip
+        sh(
+            [
+                "ip",
+                "link",
+                "add",
+                host_if,
+                "netns",
+                p.server,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ctr_if,
+                "netns",
+                ctr,
+            ]
+        )
         sh(ns_exec(p.server, "ip", "addr", "add", "172.17.0.1/24", "dev", host_if))
         sh(ns_exec(p.server, "ip", "link", "set", host_if, "up"))
         sh(ns_exec(ctr, "ip", "addr", "add", "172.17.0.2/24", "dev", ctr_if))
@@ -271,8 +287,10 @@ def test_lockdown_without_ipv6_says_ipv6_stays_open(lab: Pair, tmp_path: Path) -
 def test_lockdown_covers_connections_conntrack_does_not_follow(lab: Pair, tmp_path: Path) -> None:
     """The admin's notrack on 443: no original tuple, so the port itself is matched."""
     h = NftHarness(lab.server, tmp_path, "lockdown")
-    notrack = ("table inet raw {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw;\n"
-               "\t\ttcp dport 443 notrack\n\t}\n}\n")  # fmt: skip
+    notrack = (
+        "table inet raw {\n\tchain pre {\n\t\ttype filter hook prerouting priority raw;\n"
+        "\t\ttcp dport 443 notrack\n\t}\n}\n"
+    )
     h.nft.load("flush ruleset\n" + admin_ruleset(OPEN_443) + notrack)
     sync(h)
     assert reach(lab) == ONLY_CF

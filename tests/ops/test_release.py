@@ -23,9 +23,17 @@ from support.wheels import dependencies
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SKIP = shutil.ignore_patterns(
-    ".venv", "__pycache__", "build", "dist", "*.egg-info", ".mypy_cache", ".ruff_cache",
-    ".pytest_cache", ".hypothesis", "results",
-)  # fmt: skip
+    ".venv",
+    "__pycache__",
+    "build",
+    "dist",
+    "*.egg-info",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "results",
+)
 
 
 @pytest.fixture(scope="module")

@@ -176,3 +176,42 @@ def test_timer_repairs_drift_within_5_minutes_at_a_fixed_per_host_offset() -> No
     # A fixed offset keeps the 4-minute gap; accuracy adds at most 1 s: < 5 minutes.
     assert max(gaps) + spans["AccuracySec"] < 300
     assert spans["RandomizedDelaySec"] < 240 and spans["OnBootSec"] < 60
+
+
+#: ``ReadWritePaths=`` no built-in backend names in ``write_paths()``, and why the units grant them.
+NOT_A_BACKENDS = {
+    Path("/run/cfallow.lock"): "cfallow's own host-wide firewall lock (cfallow.hostlock)",
+    Path("/var/lib/prometheus/node-exporter"): "metrics_file's documented directory (Debian's)",
+    Path("/var/log/nginx"): "the logs nginx opens while `nginx -T` tests its configuration",
+}
+#: The smallest section of a built-in backend that has a required key.
+REQUIRED = {"aws": {"security_group_ids": ["sg-0123456789abcdef0"]}}
+
+
+def _builtin_write_paths() -> dict[Path, str]:
+    """Every built-in backend's ``write_paths()`` with its defaults (symlinks resolved, as
+    systemd resolves ``ReadWritePaths=``), and the backend that names it."""
+    from cfallow.backend import GROUP, Context, build
+    from cfallow.plugins import entry_points
+
+    ctx = Context(firewall_lock=Path("/run/cfallow.lock"))
+    found: dict[Path, str] = {}
+    for ep in entry_points(GROUP):
+        if ep.value.startswith("cfallow.backends."):
+            for p in build(ep.name, dict(REQUIRED.get(ep.name, {})), ctx).write_paths():
+                found.setdefault(Path(os.path.realpath(p)), ep.name)
+    return found
+
+
+@pytest.mark.parametrize("path", [SERVICE, RESTORE], ids=lambda p: p.name)
+def test_the_units_grant_what_the_built_in_backends_write_and_nothing_else(path: Path) -> None:
+    """The unit's list is checked against the backends' own ``write_paths()``: a backend
+    that writes somewhere new fails here until the units grant it; a grant no backend
+    (nor the core) needs any more fails too."""
+    grants = [Path(w.lstrip("-")) for w in words(unit(path)["Service"]["ReadWritePaths"])]
+    wanted = _builtin_write_paths()
+    assert "nftables" in wanted.values() and "fail2ban" in wanted.values()  # not vacuous
+    missing = {p: b for p, b in wanted.items() if not any(g == p or g in p.parents for g in grants)}
+    assert missing == {}, f"{path.name} does not grant: {missing}"
+    stale = set(grants) - set(wanted) - set(NOT_A_BACKENDS)
+    assert stale == set(), f"{path.name} grants what nothing writes: {sorted(stale)}"

@@ -274,22 +274,34 @@ class Machine:
             shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
         pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
         subprocess.run(
-            [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", str(src),
-             "-w", str(work / "dist")],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                *pip,
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                str(src),
+                "-w",
+                str(work / "dist"),
+            ],
+            check=True,
+            capture_output=True,
+        )
         (wheel,) = (work / "dist").glob("cfallow-*.whl")
         subprocess.run(
             [*pip, "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            check=True,
+            capture_output=True,
+        )
 
     def add_upstream(self) -> None:
         """A Cloudflare API stand-in on the container's 127.0.0.1:8080, enabled
         (:data:`UPSTREAM_UNIT`; disable it to make Cloudflare unreachable)."""
         self.write("/opt/probe/upstream.py", _UPSTREAM)
-        shutil.copy(REPO / "tests" / "fixtures" / "cloudflare" / "api-ips.json",
-                    self.path("/opt/probe/api-ips.json"))  # fmt: skip
+        shutil.copy(
+            REPO / "tests" / "fixtures" / "cloudflare" / "api-ips.json",
+            self.path("/opt/probe/api-ips.json"),
+        )
         self.write(f"/etc/systemd/system/{UPSTREAM_UNIT}", _UPSTREAM_UNIT)
         self.systemctl("enable", UPSTREAM_UNIT)
 

@@ -109,8 +109,21 @@ def host(
 
 
 #: A blocklist in raw PREROUTING (before any filter chain, so cfallow's accept cannot undo it).
-IPSET_RULE = ["-t", "raw", "-A", "PREROUTING", "-p", "tcp", "-m", "set", "--match-set",
-              "cfv-blocked", "src", "-j", "DROP"]  # fmt: skip
+IPSET_RULE = [
+    "-t",
+    "raw",
+    "-A",
+    "PREROUTING",
+    "-p",
+    "tcp",
+    "-m",
+    "set",
+    "--match-set",
+    "cfv-blocked",
+    "src",
+    "-j",
+    "DROP",
+]
 
 
 def ipset_host(h: Host) -> None:

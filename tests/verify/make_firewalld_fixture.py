@@ -51,28 +51,52 @@ def main() -> int:
         (tmp / "bus.conf").write_text(BUS.format(sock=sock))
         out = subprocess.run(
             ["dbus-daemon", f"--config-file={tmp / 'bus.conf'}", "--fork", "--print-pid"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         procs.append(int(out.stdout.split()[0]))
         subprocess.run(["ip", "netns", "add", ns], check=True)
         env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=f"unix:path={sock}")
         fw = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "firewalld", "--nofork", "--nopid",
-             "--system-config", str(tmp / "etc"), "--log-target", "console"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "firewalld",
+                "--nofork",
+                "--nopid",
+                "--system-config",
+                str(tmp / "etc"),
+                "--log-target",
+                "console",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(fw.pid)
         for _ in range(100):
-            st = subprocess.run(["ip", "netns", "exec", ns, "firewall-cmd", "--state"],
-                                env=env, capture_output=True, text=True, check=False)  # fmt: skip
+            st = subprocess.run(
+                ["ip", "netns", "exec", ns, "firewall-cmd", "--state"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if st.stdout.strip() == "running":
                 break
             time.sleep(0.2)
         else:
             print("firewalld did not start", file=sys.stderr)
             return 1
-        rules = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
-                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        rules = subprocess.run(
+            ["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(rules)
         print(f"wrote {OUT} ({len(rules.splitlines())} lines)")

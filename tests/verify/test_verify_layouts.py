@@ -54,8 +54,15 @@ def ufw_root(tmp: Path) -> Path:
     shutil.copytree("/etc/default", root / "etc/default")
     shutil.copytree("/usr/lib/ufw", root / "lib/ufw")
     (root / "usr/share/ufw").symlink_to("/usr/share/ufw")
-    for tool in ("iptables", "ip6tables", "iptables-restore", "ip6tables-restore",
-                 "iptables-save", "ip6tables-save", "sysctl"):  # fmt: skip
+    for tool in (
+        "iptables",
+        "ip6tables",
+        "iptables-restore",
+        "ip6tables-restore",
+        "iptables-save",
+        "ip6tables-save",
+        "sysctl",
+    ):
         found = shutil.which(tool)
         assert found, tool
         (root / "usr/sbin" / tool).symlink_to(found)
@@ -120,10 +127,13 @@ def test_firewalld_rejects_what_its_zone_does_not_open(tmp_path: Path, mode: str
         res = h.cfallow(config(mode), "verify")
         assert res.returncode == 5
         fails = [x for x in res.stderr.splitlines() if "verify:" in x and "should be" in x]
-        assert fails and all("(cloudflare " in x and "): reject, should be accepted" in x
-                             for x in fails), fails  # fmt: skip
-        assert all("inet firewalld filter_IN_public: rule reject with icmpx admin-prohibited" in x
-                   for x in fails), [x for x in fails if "filter_IN_public:" not in x]  # fmt: skip
+        assert fails and all(
+            "(cloudflare " in x and "): reject, should be accepted" in x for x in fails
+        ), fails
+        assert all(
+            "inet firewalld filter_IN_public: rule reject with icmpx admin-prohibited" in x
+            for x in fails
+        ), [x for x in fails if "filter_IN_public:" not in x]
     assert scratch_namespaces() == []
 
 

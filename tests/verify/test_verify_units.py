@@ -4,10 +4,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from netaddr import IPAddress, IPNetwork, IPSet
 from support.cfdata import CURRENT
 
-from cfallow.verify import sample, trace, xpath
+from cfallow.backend import AnyBackend, Context, build
+from cfallow.verify import Expectation, sample, trace, xpath
+from cfallow.verify.command import expectations
 
 # Lines as nft 1.0.6 prints them (from a probe through firewalld's ruleset, shortened).
 PKT = 'packet: iif "eth0" ip saddr 104.16.0.0 ip daddr 10.77.0.2 tcp sport 40000 tcp dport 80 tcp flags == syn'
@@ -23,7 +27,7 @@ LINES = [
     "trace id bb ip filter INPUT policy accept",
     "trace id bb inet firewalld filter_IN_public_allow rule tcp dport 80 accept (verdict accept)",
     "trace id bb ip nat INPUT policy accept",
-]  # fmt: skip
+]
 
 
 def test_a_drop_in_a_later_table_decides_over_an_earlier_accept() -> None:
@@ -101,3 +105,51 @@ def test_the_legacy_path_is_every_rule_whose_counter_grew() -> None:
         "ip6 filter: -A INPUT -p tcp -m multiport --dports 443 -m comment --comment cfallow -j CFALLOW; "
         "ip6 filter: -A CFALLOW -i lo -j RETURN"
     )  # the reply's OUTPUT policy is left out
+
+
+def _built(name: str, section: dict[str, object]) -> AnyBackend:
+    return build(name, section, Context())
+
+
+def test_each_backend_states_its_own_promise_and_the_rest_are_notes() -> None:
+    hosts = [
+        _built(
+            "iptables",
+            {
+                "mode": "lockdown",
+                "ports": [443, "8000-8080"],
+                "ipv6": False,
+                "also_allow": ["192.0.2.0/24"],
+            },
+        ),
+        _built("nftables", {"mode": "sets", "table": "ip6 filter", "ports": [80]}),
+        _built("firewalld", {"mode": "restrict", "services": ["http", "https", "ssh"]}),
+        _built("iptables", {"protocol": "udp"}),
+        _built("fail2ban", {}),
+    ]
+    wants, notes = expectations(hosts)
+    assert wants == [
+        Expectation("iptables", "lockdown", (443, 8000, 8080), (4,), ("192.0.2.0/24",)),
+        Expectation("nftables", "allow", (80,), (6,)),
+        Expectation("firewalld", "lockdown", (80, 443), (4, 6)),
+    ]
+    assert notes == [
+        "iptables: protocol udp: only TCP is probed",
+        "fail2ban: not a firewall on this host: not probed",
+    ]
+    waf = _built("nginx", {})
+    waf.cannot_verify = "it decides inside the web server"  # type: ignore[misc]
+    assert expectations([waf]) == ([], ["nginx: cannot verify: it decides inside the web server"])
+
+
+def test_only_backends_that_write_through_commands_get_a_scratch_section(tmp_path: Path) -> None:
+    nft = _built("nftables", {"file": "/etc/nftables.d/cfallow.nft", "ports": [443]})
+    assert nft.scratch_section(
+        {"file": "/etc/nftables.d/cfallow.nft", "ports": [443]}, tmp_path
+    ) == {
+        "file": str(tmp_path / "nftables.file"),
+        "ports": [443],
+    }
+    assert _built("iptables", {}).scratch_section({"ports": [80]}, tmp_path) == {"ports": [80]}
+    assert _built("firewalld", {}).scratch_section({}, tmp_path) is None
+    assert _built("fail2ban", {}).scratch_section({}, tmp_path) is None

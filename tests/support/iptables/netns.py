@@ -80,6 +80,33 @@ def in_netns(ns: str, fn: Callable[[], T], env: dict[str, str] | None = None) ->
     return value  # type: ignore[no-any-return]
 
 
+class Counted:
+    """The transactions an iptables backend writes, and its legacy commits started again
+    because the table moved, counted from outside (the backend keeps no counters)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.writes = 0
+        self.retries = 0
+        io_for = backend.io
+
+        def io(variant: Any) -> Any:
+            made = io_for(variant)
+            transact = made.transact
+
+            def counted(*args: Any, **kwargs: Any) -> bool:
+                try:
+                    wrote = bool(transact(*args, **kwargs))
+                finally:
+                    self.retries += int(getattr(made, "retries", 0))
+                self.writes += wrote
+                return wrote
+
+            made.transact = counted
+            return made
+
+        backend.io = io
+
+
 class NetnsBackend(Backend[Any, Any]):
     """A real backend whose every call runs in a forked child inside ``ns``.
 
@@ -102,8 +129,9 @@ class NetnsBackend(Backend[Any, Any]):
         inner = self.inner
 
         def run() -> tuple[Any, int]:
+            counted = Counted(inner) if hasattr(inner, "io") else None
             result = getattr(inner, method)(*args)
-            return result, int(getattr(inner, "writes", 0))
+            return result, counted.writes if counted else 0
 
         result, writes = in_netns(self.ns, run, self.env)
         self.writes += writes

@@ -81,8 +81,10 @@ class Nft:
         """A set's elements as networks (empty when the set is missing)."""
         proc = subprocess.run(
             ns_exec(self.ns, "nft", "-j", "list", "set", family, table, name),
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             return frozenset()
         (body,) = [i["set"] for i in json.loads(proc.stdout)["nftables"] if "set" in i]
@@ -109,8 +111,10 @@ class NftHarness(Harness):
         self._stat: tuple[int, int] | None = None
         self._file_writes = 0
         if mode == "sets":
-            self.nft.load("table inet filter {\n\tchain input {\n\t\ttype filter hook input "
-                          "priority filter; policy accept;\n\t}\n}\n")  # fmt: skip
+            self.nft.load(
+                "table inet filter {\n\tchain input {\n\t\ttype filter hook input "
+                "priority filter; policy accept;\n\t}\n}\n"
+            )
 
     def section(self) -> dict[str, object]:
         return {"mode": self.mode, "file": str(self.file), **self.extra}
