@@ -53,8 +53,10 @@ def test_sets_mode_keeps_the_references_a_removal_names(tmp_path: Path) -> None:
         nft = Nft(ns)
         nft.load(ADMIN_DROP % "")
         b, runner = backend(ns, tmp_path, "sets")
-        nft.load("table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; "
-                 'comment "cfallow"; elements = { 173.245.48.0/20 }; }\n}\n')  # fmt: skip
+        nft.load(
+            "table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; "
+            'comment "cfallow"; elements = { 173.245.48.0/20 }; }\n}\n'
+        )
         nft("add", "rule", "inet", "filter", "input", "ip", "saddr", "@cloudflare_v4", "accept")
         first = b.diff(b.read(), None).notes
         runner.calls.clear()
