@@ -37,10 +37,13 @@ class RangesError(CfallowError):
     """The ranges could not be had or were refused: nothing is changed anywhere."""
 
     exit_code = EXIT_RANGES
+    retry_after: float | None = None  # seconds a source asked us to wait (Retry-After)
 
 
 class FetchError(RangesError):
     """A source could not be reached or answered with an HTTP error."""
+
+    status: int | None = None  # the HTTP status it answered with, if it answered
 
 
 class ValidationError(RangesError):

@@ -88,7 +88,13 @@ def _sync(s: Sub) -> None:
     s.add_argument("--dry-run", action="store_true", help="show the plan; write nothing")
     json_opt(s)
     backend_opt(s)
-    source_opt(s)
+    s.add_argument(
+        "--source",
+        choices=("live", "bundled", "last-known-good"),
+        default="live",
+        help="live: Cloudflare (API, then text lists); bundled: the shipped snapshot; "
+        "last-known-good: the list this host runs on (else the snapshot), no fetch",
+    )
     s.add_argument(
         "--offline",
         action="store_true",
@@ -98,6 +104,13 @@ def _sync(s: Sub) -> None:
         "--scheduled",
         action="store_true",
         help="as the timer runs it: fetch only when [source] refresh (or retry) is due",
+    )
+    s.add_argument(
+        "--source-file",
+        type=Path,
+        metavar="FILE",
+        help="no network: a list fetched elsewhere (`cfallow ranges --json` on the "
+        "controller), checked and guarded like a fetched one",
     )
     s.add_argument(
         "--force",

@@ -183,6 +183,7 @@ def _sync_like(
             offline=offline,
             scheduled=getattr(args, "scheduled", False),
             force=getattr(args, "force", False),
+            pushed=getattr(args, "source_file", None),
         )
         if getattr(args, "verify", False):
             failed = verify_first(args, cfg, ctx, backends, got.ranges)

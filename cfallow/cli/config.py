@@ -61,7 +61,7 @@ class SourceConfig:
     text_urls: tuple[str, ...] = TEXT_URLS
     china_network: bool = False
     timeout: float = 10.0
-    attempts: int = 4
+    attempts: int = 1  # > 1 retries only a failure without an HTTP answer, within the run
     max_shrink: float = 0.5
     # 10x: Cloudflare's largest real step (2014, +104.16.0.0/12) was 4.9x its IPv4 coverage.
     max_growth: float = 10.0

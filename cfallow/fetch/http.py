@@ -1,7 +1,9 @@
-"""Bounded HTTPS GET: total deadline, size cap, checked redirects, bounded retries.
+"""Bounded HTTPS GET: total deadline, size cap, checked redirects, no retry of an answer.
 
 Whatever a server does, one request returns or fails within ``timeout``
-seconds in total and never holds more than :data:`MAX_BODY` bytes.
+seconds in total and never holds more than :data:`MAX_BODY` bytes. An HTTP
+answer (a 429, a 5xx) is never asked again in the same run: the next try is
+the cadence's (:mod:`cfallow.fetch.cadence`), after the server's ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,19 @@ log = logging.getLogger("cfallow")
 
 
 class RetryableError(FetchError):
-    """A failure worth another try: connection error, timeout, 5xx, 429."""
+    """A failure worth another try later: connection error, timeout, 5xx, 429."""
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class Unanswered(RetryableError):
+    """No HTTP answer at all (connection refused or reset, name not resolved): the one
+    failure ``attempts`` retries within a run."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class Response:
     body: bytes
     content_type: str
     location: str = ""
+    retry_after: str = ""  # the Retry-After header, as sent
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,7 @@ def _read(session: requests.Session, target: Target, url: str, timeout: float) -
             b"".join(chunks),
             resp.headers.get("Content-Type", ""),
             resp.headers.get("Location", ""),
+            resp.headers.get("Retry-After", ""),
         )
     finally:
         resp.close()
@@ -215,7 +231,7 @@ def _get_once(url: str, timeout: float) -> Response:
                 if isinstance(
                     exc, (requests.ConnectionError, requests.Timeout, HTTPError, OSError)
                 ):
-                    raise RetryableError(f"{url}: {_short(exc)}") from None
+                    raise Unanswered(f"{url}: {_short(exc)}") from None
                 raise FetchError(f"{url}: {_short(exc)}") from None
             if resp is None:
                 break
@@ -225,7 +241,9 @@ def _get_once(url: str, timeout: float) -> Response:
                 url = urljoin(url, resp.location)
                 continue
             if resp.status == 429 or resp.status >= 500:
-                raise RetryableError(f"{url}: HTTP {resp.status}")
+                wait = retry_after(resp.retry_after) if resp.status in (429, 503) else None
+                after = f" (Retry-After: {wait:.0f} s)" if wait is not None else ""
+                raise RetryableError(f"{url}: HTTP {resp.status}{after}", wait, resp.status)
             if resp.status != 200:
                 raise FetchError(f"{url}: HTTP {resp.status}")
             return resp
@@ -262,12 +280,29 @@ def _short(exc: BaseException) -> str:
     return f"{name}: {text[:120]}"
 
 
+def retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or ``None``."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
 def get(url: str, *, timeout: float, attempts: int, backoff: float) -> Response:
-    """GET with bounded retries (exponential backoff with jitter) on retryable failures only."""
+    """GET; with ``attempts`` > 1, a failure without any HTTP answer is tried again
+    (exponential backoff with jitter). An answer (429, 5xx) is never asked again here."""
     retrying = Retrying(
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=backoff, max=max(backoff * 16, 0.001)),
-        retry=retry_if_exception_type(RetryableError),
+        retry=retry_if_exception_type(Unanswered),
         reraise=True,
         before_sleep=lambda rs: log.debug(
             "will retry: %s", rs.outcome.exception() if rs.outcome else "?"

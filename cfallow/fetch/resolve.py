@@ -9,10 +9,15 @@ list is at hand:
   last-known-good list (the run still repairs them, then exits 4); without one,
   a failed fetch falls back to the bundled snapshot, with a warning.
 * ``offline``: no network at all (``requests`` is not even imported): the
-  last-known-good list, else the bundled snapshot, with a warning.
+  last-known-good list, else the bundled snapshot, with a warning. ``--source
+  last-known-good`` is the same list, with every backend (an Ansible check).
 * ``scheduled`` (the timer): live only when a fetch is due (see
   :mod:`cfallow.fetch.cadence`), offline otherwise.
 * ``bundled``: the shipped snapshot, through the guard like a fetched list.
+* pushed (``--source-file``): a list fetched and validated elsewhere (once, on an
+  Ansible controller, for a whole fleet), checked and guarded here like a fetched
+  one and recorded like one; no network. One older than the last-known-good list
+  is refused if it differs (a replay), ignored if it does not.
 
 The state file is checked with the same rules as a fetched list before any use
 (:meth:`cfallow.fetch.state.State.load`): a hand-edited or planted file is ignored.
@@ -24,9 +29,10 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from cfallow.cli.config import Config
-from cfallow.errors import GuardRefused, RangesError
+from cfallow.errors import GuardRefused, RangesError, UsageError
 from cfallow.fetch import cadence, sources
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
@@ -128,10 +134,34 @@ def _known(cfg: Config, state: State) -> Ranges | None:
     return known
 
 
-def _live(cfg: Config, state: State, known: Ranges | None, *, force: bool) -> Resolved:
+def _pushed(path: Path, known: Ranges | None) -> Ranges | None:
+    """The pushed list; ``None`` when it is the list this host has, only older."""
+    ranges = sources.pushed(path)
+    at = ranges.fetched_at if ranges.fetched_at is not None else cadence.now()
+    ranges = dataclasses.replace(ranges, fetched_at=at)
+    if known is None or known.fetched_at is None or at >= known.fetched_at:
+        return ranges
+    if ranges.desired == known.desired:
+        return None
+    raise GuardRefused(
+        f"{path}: the list of {day(ranges)} is older than this host's last-known-good "
+        f"list of {day(known)}, and differs from it"
+    )
+
+
+def _live(
+    cfg: Config, state: State, known: Ranges | None, *, force: bool, pushed: Path | None = None
+) -> Resolved:
     try:
-        # Stamped with the run's clock: the cadence measures the list's age by it.
-        ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
+        if pushed is not None:
+            given = _pushed(pushed, known)
+            if given is None:
+                assert known is not None
+                return Resolved(_as_known(known))
+            ranges = given
+        else:
+            # Stamped with the run's clock: the cadence measures the list's age by it.
+            ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
         if force:
             ceiling(cfg, ranges)
         else:
@@ -165,9 +195,14 @@ def resolve(
     offline: bool = False,
     scheduled: bool = False,
     force: bool = False,
+    pushed: Path | None = None,
 ) -> Resolved:
     """The list for this run (see the module docstring). Raises :class:`RangesError`
     only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    if pushed is not None and (source != "live" or offline or scheduled):
+        raise UsageError(
+            "--source-file is a list of its own: not with --source, --offline or --scheduled"
+        )
     known = _known(cfg, state)
     if source == "bundled":
         ranges = sources.bundled()
@@ -176,19 +211,23 @@ def resolve(
         else:
             guard(cfg, ranges, known, state.load_anchor())
         return Resolved(ranges)
-    if offline:
+    if offline or source == LKG:
         return Resolved(_without_network(known))
     if scheduled:
         entry = cadence.read_log(state.dir)
         due, why = cadence.fetch_due(
-            entry, known.fetched_at if known else None, cadence.now(), cfg.source.refresh
+            entry,
+            known.fetched_at if known else None,
+            cadence.now(),
+            cfg.source.refresh,
+            cadence.phase(state.dir),
         )
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
             if entry is not None and entry.failed and known is not None:
                 log.warning("%s; %s", why, held_line(known))
             return Resolved(_without_network(known))
-    return _live(cfg, state, known, force=force)
+    return _live(cfg, state, known, force=force, pushed=pushed)
 
 
 def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
@@ -217,7 +256,6 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
         return
     at = cadence.now()
     previous = cadence.read_log(state.dir)
-    changed_at = previous.changed_at if previous else None
     if resolved.fetched:
         if staged:
             state.commit()
@@ -225,12 +263,18 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
             state.save(resolved.ranges)
         if resolved.forced:  # --force is an operator's explicit acceptance
             state.save_anchor(resolved.ranges)
-        if resolved.added or resolved.removed:
-            changed_at = at
-        cadence.write_log(state.dir, cadence.FetchLog(at, False, changed_at=changed_at))
+        changed = bool(resolved.added or resolved.removed)
+        cadence.write_log(state.dir, cadence.fetched_at(at, previous, changed=changed))
     elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
-        entry = cadence.failed_at(at, cfg.source.retry, str(resolved.failed))
-        cadence.write_log(state.dir, dataclasses.replace(entry, changed_at=changed_at))
+        entry = cadence.failed_at(
+            at,
+            cfg.source.retry,
+            str(resolved.failed),
+            refresh=cfg.source.refresh,
+            previous=previous,
+            retry_after=resolved.failed.retry_after,
+        )
+        cadence.write_log(state.dir, entry)
 
 
 def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cfallow.cli.config import SourceConfig
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from cfallow.fetch import http
 
 log = logging.getLogger("cfallow")
+MAX_PUSHED = 1 << 20  # the same cap as a response (http.MAX_BODY)
 
 
 def _decode(resp: http.Response) -> str:
@@ -92,16 +94,56 @@ def _refuse_html(resp: http.Response) -> None:
 
 
 def fetch_live(cfg: SourceConfig) -> Ranges:
-    """The API, else the text lists. Raises :class:`RangesError` naming both failures."""
+    """The API, else the text lists (one request to each at most; none to the text
+    lists after the API's 429). Raises :class:`RangesError` naming both failures,
+    with the longer ``Retry-After``."""
     try:
         return fetch_api(cfg)
     except RangesError as api_exc:
+        if isinstance(api_exc, FetchError) and api_exc.status == 429:
+            raise  # Cloudflare asks this host to slow down: not its other URLs either
         log.debug("API source failed: %s; trying the text lists", api_exc)
         try:
             return fetch_text(cfg)
         except RangesError as text_exc:
             err = type(text_exc) if type(text_exc) is type(api_exc) else FetchError
-            raise err(f"{api_exc}; text lists: {text_exc}") from text_exc
+            both = err(f"{api_exc}; text lists: {text_exc}")
+            waits = [e.retry_after for e in (api_exc, text_exc) if e.retry_after is not None]
+            both.retry_after = max(waits) if waits else None
+            raise both from text_exc
+
+
+def pushed(path: Path) -> Ranges:
+    """A list fetched and validated elsewhere (``cfallow ranges --json`` on an Ansible
+    controller): the same checks as the state file's, its URL, etag and date kept."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_PUSHED + 1)
+    except OSError as exc:
+        raise FetchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PUSHED:
+        raise ValidationError(f"{path}: over the 1 MiB limit")
+    where = str(path)
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ValidationError(f"{where}: not JSON") from None
+    if isinstance(doc, dict) and isinstance(doc.get("source"), dict):
+        doc = doc["source"]
+    if not isinstance(doc, dict):
+        raise ValidationError(f"{where}: not a list object (ipv4, ipv6, etag, fetched_at)")
+    ipv4 = parse_family(doc.get("ipv4"), 4, f"{where} ipv4")  # type: ignore[arg-type]
+    ipv6 = parse_family(doc.get("ipv6"), 6, f"{where} ipv6")  # type: ignore[arg-type]
+    check_lists(ipv4, ipv6)
+    url, etag, at = doc.get("url"), doc.get("etag"), doc.get("fetched_at")
+    return Ranges(
+        ipv4,
+        ipv6,
+        "live",
+        url if isinstance(url, str) else None,
+        etag if isinstance(etag, str) else None,
+        float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None,
+    )
 
 
 def bundled() -> Ranges:

@@ -51,7 +51,11 @@ def sigterm_unwinds() -> Iterator[None]:
 
 
 def expectations(backends: Sequence[backend.AnyBackend]) -> tuple[list[Expectation], list[str]]:
-    """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest."""
+    """What each host-firewall backend promises (mode, TCP ports, families); notes for the rest.
+
+    A backend that decides elsewhere than the kernel says why in a ``cannot_verify``
+    string (a WAF, say): its note is "cannot verify: WHY", and the run goes on.
+    """
     wants, notes = [], []
     for b in backends:
         p = b.promise()

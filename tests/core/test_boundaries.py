@@ -10,6 +10,7 @@ creation could go, all without a failing test.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import re
@@ -23,7 +24,7 @@ from support import need_root
 
 from cfallow import trust
 from cfallow.errors import ConfigError, GuardRefused, ValidationError
-from cfallow.fetch import cadence
+from cfallow.fetch import cadence, http
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.validate import MAX_ENTRIES, check_lists, parse_family
@@ -178,13 +179,57 @@ def test_refresh_is_due_exactly_at_its_age() -> None:
     assert cadence.fetch_due(None, None, T, 3600) == (True, "no last-known-good list")
 
 
-def test_the_retry_jitter_is_between_none_and_a_fifth() -> None:
+def test_with_a_point_the_fetch_is_due_at_that_point_of_each_period() -> None:
+    ok, point = cadence.FetchLog(T, False), 0.25  # a quarter into each hour
+    at = T + 900  # T is on the hour: this hour's point
+    assert not cadence.fetch_due(ok, T, at - 1, 3600, point)[0]
+    assert cadence.fetch_due(ok, T, at, 3600, point)[0]
+    assert cadence.fetch_due(ok, T, at + cadence.WINDOW - 1, 3600, point)[0]
+    assert not cadence.fetch_due(ok, T, at + cadence.WINDOW, 3600, point)[0]  # missed
+    assert cadence.fetch_due(ok, T, at + 3600, 3600, point)[0]  # the next one
+    assert cadence.fetch_due(ok, T, T + cadence.MAX_AGE * 3600, 3600, point)[0]
+
+
+def test_the_retry_jitter_is_up_to_the_wait_again() -> None:
     random.seed(23)
     waits = [cadence.failed_at(T, 300, "x").next_retry - T for _ in range(400)]  # type: ignore[operator]
-    assert all(300 <= w <= 300 * 1.2 for w in waits)
-    assert min(waits) < 300 * 1.02 and max(waits) > 300 * 1.18  # the whole fifth is used
+    assert all(300 <= w <= 300 * (1 + cadence.JITTER) for w in waits)
+    assert min(waits) < 300 * 1.05 and max(waits) > 300 * 1.95  # the whole range is used
     entry = cadence.failed_at(T, 300, "HTTP 500")
     assert entry.attempted_at == T and entry.failed and entry.error == "HTTP 500"
+    assert entry.failures == 1
+
+
+def test_failures_in_a_row_double_the_wait_up_to_refresh_and_retry_after_wins() -> None:
+    random.seed(5)
+    entry, bases = None, []
+    for _ in range(8):
+        entry = cadence.failed_at(T, 300, "x", refresh=6 * 3600, previous=entry)
+        bases.append((entry.next_retry or 0) - T)
+    assert [entry.failures] == [8]
+    limits = [min(300 * 2**n, 6 * 3600) for n in range(8)]
+    assert all(b <= w <= b * (1 + cadence.JITTER) for w, b in zip(bases, limits)), bases
+    ok = cadence.FetchLog(T, False)  # a success in between starts again from retry
+    assert cadence.failed_at(T, 300, "x", previous=ok).failures == 1
+    told = cadence.failed_at(T, 300, "x", retry_after=7200)
+    assert (told.next_retry or 0) - T >= 7200
+    huge = cadence.failed_at(T, 300, "x", retry_after=10**9)
+    assert (huge.next_retry or 0) - T <= cadence.MAX_RETRY_AFTER
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("120", 120.0), (" 0 ", 0.0), ("", None), ("soon", None), ("-5", None)],
+)
+def test_retry_after_is_read_as_seconds(header: str, seconds: float | None) -> None:
+    assert http.retry_after(header) == seconds
+
+
+def test_retry_after_as_an_http_date() -> None:
+    from email.utils import formatdate
+
+    assert http.retry_after(formatdate(T + 600, usegmt=True), now=T) == 600
+    assert http.retry_after(formatdate(T - 600, usegmt=True), now=T) == 0
 
 
 @pytest.fixture
@@ -241,7 +286,12 @@ def test_a_file_replaced_while_it_was_read_is_refused(tmp_path: Path) -> None:
             trust.check_open_file(fh.fileno(), conf, "config")
 
 
-def test_a_stamp_exactly_now_is_not_in_the_future(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_stamp_exactly_now_is_not_in_the_future(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An in-process CLI run before this test (test_cadence) stops cfallow's logger
+    # from propagating to the root logger, where caplog listens.
+    monkeypatch.setattr(logging.getLogger("cfallow"), "propagate", True)
     ok = cadence.FetchLog(T, False)
     assert cadence.fetch_due(ok, T, T, 3600) == (
         False,
@@ -259,7 +309,8 @@ def test_a_fetch_log_with_wrong_types_keeps_what_it_can(tmp_path: Path) -> None:
     (tmp_path / cadence.FETCH_LOG).write_text(
         '{"attempted_at": 5, "failed": 1, "next_retry": "soon", "error": 7, "changed_at": "x"}'
     )
-    assert cadence.read_log(tmp_path) == cadence.FetchLog(5.0, True, None, None, None)
+    # no failure count (a log from before there was one): a failed attempt counts as one
+    assert cadence.read_log(tmp_path) == cadence.FetchLog(5.0, True, None, None, None, 1)
     (tmp_path / cadence.FETCH_LOG).write_text('{"failed": false}')
     assert cadence.read_log(tmp_path) is None
     (tmp_path / cadence.FETCH_LOG).write_text("[]")

@@ -1,5 +1,6 @@
 """Fetch cadence: a clock the test sets (``CFALLOW_NOW``) drives ``sync --scheduled``
-through refresh, failure and retry; a local server counts the fetches."""
+through refresh, failure, back-off and ``Retry-After``; a local server counts the
+requests."""
 
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ class Clock:
     def fetches(self) -> int:
         return self.earlier + sum(1 for req, _ in self.server.log if req.path == API)
 
+    def point_after(self, at: float) -> float:
+        """This host's first point in a refresh period after ``at`` (its salt is made on
+        the first scheduled run)."""
+        offset = cadence.phase(self.state) * 6 * HOUR
+        return offset + ((at - offset) // (6 * HOUR) + 1) * 6 * HOUR
+
     def run(self, at: float, *args: str) -> Result:
         self.monkeypatch.setenv("CFALLOW_NOW", repr(at))
         base = ("--config", str(self.config), "--state-dir", str(self.state))
@@ -79,14 +86,19 @@ def test_scheduled_runs_fetch_exactly_when_refresh_or_retry_is_due(clock: Clock)
 
     assert scheduled(T0).json()["source"]["kind"] == "live"  # no list yet: fetch
     assert clock.fetches() == 1
-    for at in (T0 + 240, T0 + 6 * HOUR - 1):  # the timer's runs: reconcile, no fetch
+    due = clock.point_after(T0)  # this host's point in the next refresh period
+    assert T0 < due <= T0 + 6 * HOUR
+    for at in (T0 + 240, due - 1):  # the timer's runs: reconcile, no fetch
         assert scheduled(at).json()["source"]["kind"] == "last-known-good"
     assert clock.fetches() == 1
-    scheduled(T0 + 6 * HOUR)  # refresh reached
+    scheduled(due)  # its point reached
+    assert clock.fetches() == 2
+    assert scheduled(due + 240).json()["source"]["kind"] == "last-known-good"
     assert clock.fetches() == 2
 
     clock.answer(500)
-    failed_at = T0 + 12 * HOUR
+    failed_at = clock.point_after(due)
+    assert failed_at - due == 6 * HOUR  # one refresh period later, to the second
     r = scheduled(failed_at, rc=4)
     assert clock.fetches() == 3 and "HTTP 500" in r.err
     retry = clock.next_retry()
@@ -98,15 +110,90 @@ def test_scheduled_runs_fetch_exactly_when_refresh_or_retry_is_due(clock: Clock)
     scheduled(retry, rc=4)  # retry due: fetches, fails again
     assert clock.fetches() == 4
     second = clock.next_retry()
-    assert second >= retry + 300
+    assert retry + 600 <= second <= retry + 600 * (1 + cadence.JITTER)  # the wait doubled
 
     clock.answer(200)
     scheduled(second - 1)
     assert clock.fetches() == 4
     scheduled(second)  # Cloudflare is back
     assert clock.fetches() == 5
-    scheduled(second + 6 * HOUR - 1)  # refresh counts from that fetch
+    scheduled(clock.point_after(second) - 1)  # then this host's point again
     assert clock.fetches() == 5
+    scheduled(clock.point_after(second))
+    assert clock.fetches() == 6
+
+
+def test_a_host_down_at_its_point_waits_for_the_next_one(clock: Clock) -> None:
+    """A fleet booting after a long outage does not fetch at boot all at once."""
+    assert clock.run(T0, "--scheduled").rc == 0
+    due = clock.point_after(T0)
+    boot = due + cadence.WINDOW  # down over its point (and the window after it)
+    for at in (boot, boot + 240, due + 6 * HOUR - 1):
+        assert clock.run(at, "--scheduled").rc == 0
+    assert clock.fetches() == 1
+    assert clock.run(due + 6 * HOUR, "--scheduled").rc == 0
+    assert clock.fetches() == 2
+    late = due + 6 * HOUR + cadence.MAX_AGE * 6 * HOUR  # down for days: fetched at once
+    assert clock.run(late, "--scheduled").rc == 0
+    assert clock.fetches() == 3
+
+
+def test_a_cloned_state_directory_gets_its_own_salt(tmp_path: Path) -> None:
+    image = tmp_path / "image"
+    first = cadence.phase(image, "machine-id\n02:00:00:00:00:01")
+    assert cadence.phase(image, "machine-id\n02:00:00:00:00:01") == first  # kept
+    salt = (image / cadence.SALT_FILE).read_text()
+    points = set()
+    for i in range(20):  # twenty clones: the image's state directory, one machine-id
+        clone = tmp_path / f"clone{i}"
+        clone.mkdir()
+        (clone / cadence.SALT_FILE).write_text(salt)
+        points.add(cadence.phase(clone, f"machine-id\n02:00:00:00:01:{i:02x}"))
+        assert (clone / cadence.SALT_FILE).read_text() != salt
+    assert len(points) == 20 and first not in points
+
+
+def test_429_with_retry_after_one_request_per_source_and_the_next_fetch_waits(
+    clock: Clock, tmp_path: Path
+) -> None:
+    """A stand-in answering 429 with Retry-After: one run asks each source at most
+    once (even with ``attempts = 4``), and no run fetches before Retry-After is over."""
+    clock.config = write_config(
+        tmp_path / "config4.toml",
+        clock.server.url_for("").rstrip("/"),
+        backends=f'[backends.fake]\npath = "{tmp_path / "target.json"}"\n',
+        attempts=4,
+        refresh="6h",
+        retry=5,
+    )
+    assert clock.run(T0, "--scheduled").rc == 0
+    clock.server.clear()
+    for path in (API, "/ips-v4", "/ips-v6"):
+        clock.server.expect_request(path).respond_with_data(
+            "", status=429, headers={"Retry-After": "7200"}
+        )
+    at = clock.point_after(T0)
+    r = clock.run(at, "--scheduled")
+    assert r.rc == 4 and "HTTP 429 (Retry-After: 7200 s)" in r.err
+    asked = [req.path for req, _ in clock.server.log]
+    assert asked == [API]  # once, and not the text lists (Cloudflare asked us to wait)
+    retry = clock.next_retry()
+    assert retry >= at + 7200
+    for later in (at + 240, at + 3600, retry - 1):
+        assert clock.run(later, "--scheduled").rc == 0
+    assert len(clock.server.log) == 1
+
+    clock.server.clear()  # 503 with Retry-After from both: each source once
+    for path in (API, "/ips-v4", "/ips-v6"):
+        clock.server.expect_request(path).respond_with_data(
+            "", status=503, headers={"Retry-After": "1800"}
+        )
+    assert clock.run(retry, "--scheduled").rc == 4
+    assert sorted(req.path for req, _ in clock.server.log) == [API, "/ips-v4"]
+    again = clock.next_retry()
+    assert again >= retry + 1800
+    assert clock.run(again - 1, "--scheduled").rc == 0
+    assert len(clock.server.log) == 2
 
 
 def test_a_first_run_that_cannot_fetch_retries_on_the_retry_cadence(clock: Clock) -> None:
@@ -136,7 +223,7 @@ def test_a_refused_list_is_retried_like_a_failed_fetch(clock: Clock) -> None:
     doc = json.loads(fixture_text("api-ips.json"))
     doc["result"]["ipv4_cidrs"] = doc["result"]["ipv4_cidrs"][:2]  # the shrink guard refuses
     clock.answer(200, json.dumps(doc))
-    r = clock.run(T0 + 6 * HOUR, "--scheduled")
+    r = clock.run(clock.point_after(T0), "--scheduled")
     assert r.rc == 4 and "would disappear" in r.err
     assert clock.fetches() == 2
     assert clock.run(clock.next_retry() - 1, "--scheduled").rc == 0
@@ -175,7 +262,7 @@ def test_a_failed_attempt_stamped_in_the_future_is_due_with_a_warning(clock: Clo
     clock.answer(500)
     assert clock.run(T0 + YEAR, "--scheduled").rc == 4  # its retry is a year ahead
     clock.answer(200)
-    r = clock.run(T0 + 6 * HOUR, "--scheduled")
+    r = clock.run(clock.point_after(T0), "--scheduled")
     assert r.rc == 0, r.err
     assert clock.fetches() == 3
     assert "warning: the last fetch attempt is stamped" in r.err

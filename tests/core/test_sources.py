@@ -84,25 +84,42 @@ def test_redirect_loop_and_plain_http_are_refused(httpserver: HTTPServer) -> Non
     http.check_url("https://api.cloudflare.com/client/v4/ips")
 
 
-def test_5xx_then_200_is_retried(httpserver: HTTPServer) -> None:
-    httpserver.expect_ordered_request(API).respond_with_data("busy", status=503)
-    httpserver.expect_ordered_request(API).respond_with_data("slow down", status=429)
-    httpserver.expect_ordered_request(API).respond_with_data(fixture_text("api-ips.json"))
-    r = sources.fetch_api(cfg(httpserver, attempts=3))
-    assert len(r.ipv4) == 15
-    assert len(httpserver.log) == 3
+@pytest.mark.parametrize(("status", "text_lists"), [(503, 1), (502, 1), (429, 0), (403, 1)])
+def test_an_answer_is_not_asked_again_in_the_same_run(
+    httpserver: HTTPServer, status: int, text_lists: int
+) -> None:
+    """Whatever ``attempts`` says: the next try is the cadence's, across runs. After
+    a 429 (slow down) the text lists are not asked either."""
+    for path in (API, "/ips-v4", "/ips-v6"):
+        httpserver.expect_request(path).respond_with_data("busy", status=status)
+    with pytest.raises(FetchError, match=f"HTTP {status}"):
+        sources.fetch_live(cfg(httpserver, attempts=3))
+    asked = [req.path for req, _ in httpserver.log]
+    assert asked == [API] + ["/ips-v4"] * text_lists
 
 
-def test_retries_are_bounded_and_4xx_is_not_retried(httpserver: HTTPServer) -> None:
-    httpserver.expect_request(API).respond_with_data("busy", status=502)
-    with pytest.raises(FetchError, match="HTTP 502"):
-        sources.fetch_api(cfg(httpserver, attempts=3))
-    assert len(httpserver.log) == 3
-    httpserver.clear()
-    httpserver.expect_request(API).respond_with_data("no", status=403)
-    with pytest.raises(FetchError, match="HTTP 403"):
-        sources.fetch_api(cfg(httpserver, attempts=3))
-    assert len(httpserver.log) == 1
+def test_no_answer_at_all_is_tried_again_up_to_attempts() -> None:
+    """A connection closed before any answer is the one failure tried again in a run."""
+    accepted = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                accepted.append(1)
+                conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        source = SourceConfig(api_url=base + API, timeout=2.0, attempts=3, backoff=0.01)
+        with pytest.raises(FetchError):
+            sources.fetch_api(source)
+        assert len(accepted) == 3
 
 
 @pytest.fixture

@@ -214,6 +214,8 @@ def test_module_documentation_parses(ansible: Ansible) -> None:
         "lock_timeout",
         "executable",
         "verify",
+        "ranges",
+        "source_options",
     }
 
 
@@ -295,6 +297,59 @@ def test_module_idempotency_matrix_in_a_namespace(
 def api(v4: list[str], v6: list[str]) -> dict[str, Any]:
     result = {"ipv4_cidrs": v4, "ipv6_cidrs": v6, "etag": f"e{len(v4)}"}
     return {"result": result, "success": True, "errors": [], "messages": []}
+
+
+def test_module_fetches_once_and_hosts_apply_the_pushed_list(
+    ansible: Ansible, tmp_path: Path, httpserver: Any
+) -> None:
+    """``state: fetched`` once (run_once, delegated), ``ranges`` to every host: one
+    request; check mode fetches nothing and reads no live source."""
+    need_backend("fake")
+    httpserver.expect_request("/full").respond_with_json(api(V4, V6))
+    source = {
+        "api_url": httpserver.url_for("/full"),
+        "text_urls": [httpserver.url_for("/v4"), httpserver.url_for("/v6")],
+    }
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[source]\n"
+        f'api_url = "{httpserver.url_for("/unused")}"\n'  # a host that fetched would fail
+        f'[backends.fake]\npath = "{tmp_path / "target.json"}"\n'
+    )
+    fetch = {
+        "register": "cf",
+        "cfallow.cfallow.cfallow": {
+            "state": "fetched",
+            "source_options": source,
+            "executable": str(CFALLOW),
+        },
+        "run_once": True,
+        "delegate_to": "localhost",
+    }
+    host = {"config": str(config), "state_dir": str(tmp_path / "state"), "executable": str(CFALLOW)}
+    sync = module_task("synced", **host, ranges="{{ cf.ranges | default(omit) }}")
+
+    preview = ansible.play([fetch, sync], check=True)  # nothing installed yet: the snapshot
+    assert preview.rc == 0 and preview.failed == 0, preview.stdout
+    assert preview.results["cf"]["ranges"] is None and httpserver.log == []
+    assert "last-known-good" in preview.results["synced"]["cmd"]
+
+    first = ansible.play([fetch, sync])
+    assert first.rc == 0 and first.failed == 0, first.stdout
+    assert len(httpserver.log) == 1
+    assert first.results["cf"]["changed"] is False
+    assert sorted(first.results["cf"]["ranges"]["ipv4"]) == sorted(V4)
+    got = first.results["synced"]
+    assert got["changed"] is True and "--source-file" in got["cmd"]
+    assert got["source"]["fetched_at"] == first.results["cf"]["ranges"]["fetched_at"]
+
+    again = ansible.play([fetch, sync], check=True)
+    assert again.rc == 0 and again.changed == 0, again.stdout
+    assert "last-known-good" in again.results["synced"]["cmd"]  # no live source
+    assert len(httpserver.log) == 1
+    second = ansible.play([fetch, sync])
+    assert second.rc == 0 and second.changed == 0, second.stdout
+    assert len(httpserver.log) == 2
 
 
 def test_module_failures_name_the_backend_or_the_refusal(

@@ -1,4 +1,4 @@
-"""The role against three fresh Debian 12 servers in one playbook run.
+"""The role against three fresh Debian 12 servers in one playbook run: a fleet.
 
 Each server is a fresh root (support.fresh.root) booted with ``--private-network``
 and kept running; ``ansible-playbook`` on this machine reaches them through a
@@ -6,15 +6,21 @@ test-side connection plugin that enters each container's leader pid with
 ``nsenter`` (support/ansible_plugins/connection/nsenter.py). The playbook is
 ansible/README.md's example, taken from the file as written; the inventory
 names the containers as the group ``origins``. The package's dependencies come
-from the apt cache a setup step filled (the containers have no network), and
-the sync uses the bundled list (``-e cfallow_sync_source=bundled``: no
-Cloudflare to reach). The matrix: ``--check`` on the fresh hosts (exit 0,
-nothing installed), apply, ``--check`` again (changed=0), apply again (changed=0).
+from the apt cache a setup step filled (the containers have no network). The
+example fetches once per play on the controller (``cfallow_fetch_once``): a
+stand-in for Cloudflare on this machine's 127.0.0.1 (``-e cfallow_source``
+points there; from inside a container that address is the container's own, so
+a host that fetched by itself would fail) counts the requests. The matrix:
+``--check`` on the fresh hosts (exit 0, nothing installed, no request), apply
+(one request for the three hosts, each with the stand-in's list, etag and
+date), ``--check`` again (changed=0 on every task, no request), apply again
+(changed=0, one request).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -25,7 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pytest_httpserver import HTTPServer
 from support import need_tool
+from support.cli_helpers import fixture_text
 from support.fresh.deb import build_deb, deb_layer
 from support.fresh.root import FreshServer
 from support.nspawn import _ENTER, own_cgroups
@@ -102,10 +110,17 @@ def running(server: FreshServer, name: str) -> Iterator[int]:
                     proc.wait()
 
 
-def test_role_on_three_fresh_servers_from_the_readme_example(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+def test_role_on_three_fresh_servers_from_the_readme_example_one_fetch_per_play(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, httpserver: HTTPServer
 ) -> None:
-    need_tool("nsenter", str(BIN / "ansible-playbook"), str(BIN / "ansible-galaxy"))
+    need_tool(
+        "nsenter", str(BIN / "ansible-playbook"), str(BIN / "ansible-galaxy"), str(BIN / "cfallow")
+    )
+    api = fixture_text("api-ips.json")
+    httpserver.expect_request("/client/v4/ips").respond_with_data(
+        api, content_type="application/json"
+    )
+    base = httpserver.url_for("").rstrip("/")
     work = tmp_path / "controller"
     deb = build_deb(work / "dist", release=True)
     book = work / "site.yml"
@@ -113,6 +128,9 @@ def test_role_on_three_fresh_servers_from_the_readme_example(
     assert re.search(r"cfallow_deb: dist/" + re.escape(deb.name), book.read_text()), (
         "the README's example names the package scripts/build-deb makes: " + deb.name
     )
+    assert "cfallow_fetch_once: true" in book.read_text()
+    source = {"api_url": f"{base}/client/v4/ips", "text_urls": [f"{base}/ips-v4", f"{base}/ips-v6"]}
+    (work / "source.json").write_text(json.dumps({"cfallow_source": source}))
 
     layer = deb_layer(tmp_path_factory, deb)
 
@@ -158,7 +176,7 @@ def test_role_on_three_fresh_servers_from_the_readme_example(
 
         def play(*extra: str) -> dict[str, tuple[int, int, int]]:
             argv = [str(BIN / "ansible-playbook"), "-i", "hosts", "site.yml"]
-            argv += ["-e", "cfallow_sync_source=bundled", *extra]
+            argv += ["-e", "@source.json", *extra]
             proc = subprocess.run(
                 argv, cwd=work, env=env, capture_output=True, text=True, check=False
             )
@@ -170,14 +188,25 @@ def test_role_on_three_fresh_servers_from_the_readme_example(
             assert sorted(recap) == ["fresh0", "fresh1", "fresh2"], out[-3000:]
             return recap
 
+        def requests() -> int:
+            return len(httpserver.log)
+
         preview = play("--check")
         assert all(c > 0 for c, _, _ in preview.values()), preview
         for s in servers:
             assert not s.path("/usr/bin/cfallow").exists()
             assert not s.path("/etc/cfallow").exists()
+        assert requests() == 0  # check mode reads no live source
 
         first = play()
         assert all(c > 0 for c, _, _ in first.values()), first
+        assert requests() == 1  # one fetch for the whole play
+        etag = json.loads(api)["result"]["etag"]
+        known = [
+            json.loads(s.path("/var/lib/cfallow/last-known-good.json").read_text()) for s in servers
+        ]
+        assert {k["etag"] for k in known} == {etag}, known
+        assert len({k["fetched_at"] for k in known}) == 1  # the one list, its date kept
         for pid in pids:
             units = enter(
                 pid, "systemctl", "is-enabled", "cfallow.timer", "cfallow-restore.service"
@@ -186,7 +215,9 @@ def test_role_on_three_fresh_servers_from_the_readme_example(
             chain = enter(pid, "iptables", "-S", "CFALLOW")
             assert "104.16.0.0/13" in chain.stdout, chain.stdout + chain.stderr
 
-        again = play("--check")
+        again = play("--check")  # changed=0 on every host is changed=0 on every task
         assert all(c == 0 for c, _, _ in again.values()), again
+        assert requests() == 1
         second = play()
         assert all(c == 0 for c, _, _ in second.values()), second
+        assert requests() == 2

@@ -11,8 +11,14 @@ version_added: "0.1.0"
 description:
   - Runs C(cfallow sync --json) (O(state=synced)) or C(cfallow remove --json)
     (O(state=absent)) on the target and reports what changed per backend.
+  - O(state=fetched) runs C(cfallow ranges --json) - fetch and validate the list,
+    change nothing - and returns it as RV(ranges); run it once for a whole play on
+    the controller (C(run_once), C(delegate_to)) and give that to every host's
+    O(state=synced) as O(ranges) - one request to Cloudflare for any number of hosts.
   - In check mode it runs the same command with C(--dry-run), which reports
-    whether anything would change and writes nothing, state included.
+    whether anything would change and writes nothing, state included. Check mode
+    reads no live source - O(ranges) if given, else the host's last-known-good
+    list (C(--source last-known-good)); O(state=fetched) fetches nothing in check mode.
   - A backend that fails makes the task fail, naming the backend; the other
     backends still run (and may have changed), as with the CLI.
   - Ranges that cannot be fetched or that a guard refuses (exit 4) make the
@@ -24,8 +30,10 @@ options:
     description:
       - V(synced) makes every backend match the list.
       - V(absent) removes everything cfallow owns.
+      - V(fetched) fetches and validates the list and returns it (RV(ranges)); it
+        changes nothing, and in check mode it fetches nothing.
     type: str
-    choices: [synced, absent]
+    choices: [synced, absent, fetched]
     default: synced
   backends:
     description: Only these backends (C(--backend)); default every backend enabled in the config.
@@ -53,6 +61,19 @@ options:
     type: str
     choices: [live, bundled]
     default: live
+  ranges:
+    description:
+      - A list fetched and validated elsewhere - RV(ranges) of O(state=fetched), run
+        once on the controller. The host applies it with C(sync --source-file) -
+        the same validation and guards as a list it fetched, its etag and date kept,
+        no request to Cloudflare - and keeps it as its last-known-good list.
+      - Only with O(state=synced). Overrides O(source).
+    type: dict
+  source_options:
+    description:
+      - With O(state=fetched) and no O(config), the C([source]) table to fetch with
+        (URLs, C(china_network), C(timeout)...), as the role's C(cfallow_source).
+    type: dict
   lock_timeout:
     description: Seconds to wait for another cfallow run's lock (C(--lock-timeout)).
     type: float
@@ -99,6 +120,18 @@ EXAMPLES = r"""
 - name: Remove every rule cfallow added
   cfallow.cfallow.cfallow:
     state: absent
+
+- name: Fetch and validate the list once, on the controller
+  cfallow.cfallow.cfallow:
+    state: fetched
+  delegate_to: localhost
+  run_once: true
+  become: false
+  register: cloudflare
+
+- name: Bring every host to that list (no host asks Cloudflare)
+  cfallow.cfallow.cfallow:
+    ranges: "{{ cloudflare.ranges }}"
 """
 
 RETURN = r"""
@@ -171,6 +204,12 @@ source:
     fetched_at:
       description: When the list was fetched (seconds since the epoch).
       type: float
+ranges:
+  description:
+    - With O(state=fetched), the validated list (kind, url, etag, ipv4, ipv6,
+      fetched_at, date) to give to O(ranges); null in check mode.
+  returned: with O(state=fetched)
+  type: dict
 failed_backends:
   description: Names of the backends that failed.
   returned: always
@@ -204,6 +243,7 @@ stderr:
 
 import ipaddress  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
@@ -233,15 +273,41 @@ def backend_diff(backend: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def command(params: dict[str, Any], executable: str, check_mode: bool) -> list[str]:
-    """The cfallow argv for these module parameters."""
+def toml_value(value: Any) -> str:
+    """A TOML value from plain data (scalars and arrays as JSON, a subset of TOML)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, (str, bool, int, float)):
+        return json.dumps(value)
+    raise ValueError(f"not a TOML value: {value!r}")
+
+
+def source_config(options: dict[str, Any]) -> str:
+    """A config file with only a ``[source]`` table."""
+    lines = ["[source]"] + [f"{k} = {toml_value(v)}" for k, v in sorted(options.items())]
+    return "\n".join(lines) + "\n"
+
+
+def command(
+    params: dict[str, Any], executable: str, check_mode: bool, pushed: str | None = None
+) -> list[str]:
+    """The cfallow argv for these module parameters (``pushed``: the file O(ranges)
+    was written to)."""
     argv = [executable]
     if params["config"]:
         argv += ["--config", params["config"]]
     if params["state_dir"]:
         argv += ["--state-dir", params["state_dir"]]
+    if params["state"] == "fetched":
+        return [*argv, "ranges", "--json", "--source", "live"]
     if params["state"] == "synced":
-        argv += ["sync", "--json", "--source", params["source"]]
+        argv += ["sync", "--json"]
+        if pushed is not None:
+            argv += ["--source-file", pushed]
+        elif check_mode and params["source"] == "live":
+            argv += ["--source", "last-known-good"]  # check mode reads no live source
+        else:
+            argv += ["--source", params["source"]]
         if params["force"]:
             argv.append("--force")
         if params["verify"]:
@@ -264,11 +330,39 @@ def error_line(stderr: str) -> str:
     return (errors or lines or ["no message"])[-1]
 
 
+def write_inputs(
+    module: AnsibleModule, params: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """O(ranges) as a file for C(--source-file); O(source_options) as a config file."""
+    pushed = None
+    if params["ranges"] is not None and params["state"] == "synced":
+        pushed = os.path.join(module.tmpdir, "ranges.json")
+        with open(pushed, "w", encoding="utf-8") as fh:
+            json.dump({"source": params["ranges"]}, fh)
+    if (
+        params["state"] == "fetched"
+        and not params["config"]
+        and params["source_options"] is not None
+    ):
+        params = dict(params, config=os.path.join(module.tmpdir, "source.toml"))
+        try:
+            text = source_config(params["source_options"])
+        except ValueError as exc:
+            module.fail_json(msg=f"source_options: {exc}")
+        with open(params["config"], "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return params, pushed
+
+
 def main() -> None:
     """Entry point."""
     module = AnsibleModule(
         argument_spec={
-            "state": {"type": "str", "choices": ["synced", "absent"], "default": "synced"},
+            "state": {
+                "type": "str",
+                "choices": ["synced", "absent", "fetched"],
+                "default": "synced",
+            },
             "backends": {"type": "list", "elements": "str"},
             "config": {"type": "path"},
             "state_dir": {"type": "path"},
@@ -277,14 +371,19 @@ def main() -> None:
             "lock_timeout": {"type": "float"},
             "executable": {"type": "path"},
             "verify": {"type": "bool", "default": False},
+            "ranges": {"type": "dict"},
+            "source_options": {"type": "dict"},
         },
         supports_check_mode=True,
     )
     params = module.params
+    if params["state"] == "fetched" and module.check_mode:
+        module.exit_json(changed=False, ranges=None, cmd=[], rc=0, stdout="", stderr="")
     executable = params["executable"] or module.get_bin_path(
         "cfallow", required=True, opt_dirs=["/usr/local/bin"]
     )
-    argv = command(params, executable, module.check_mode)
+    params, pushed = write_inputs(module, params)
+    argv = command(params, executable, module.check_mode, pushed)
     rc, out, err = module.run_command(argv)
 
     result: dict[str, Any] = {
@@ -301,6 +400,10 @@ def main() -> None:
         except ValueError:
             msg = f"cfallow printed no JSON report (exit {rc})"
             module.fail_json(msg=msg, **result)
+    if params["state"] == "fetched":
+        if rc != 0 or doc is None or not isinstance(doc.get("source"), dict):
+            module.fail_json(msg=f"cfallow ranges: {error_line(err)}", **result)
+        module.exit_json(ranges=doc["source"], **result)
     failed: list[str] = []
     if doc is not None and "verify" in doc and rc == 5:
         lines = [str(x) for x in doc["verify"].get("failures") or []]
