@@ -43,7 +43,7 @@ from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered
 from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
-from cfallow.netfilter.save import detect
+from cfallow.netfilter.save import VERSION_MEMO, detect
 from cfallow.section import Section, parse_ports
 
 from .advice import iptables_allow, recommend
@@ -66,8 +66,6 @@ __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
-#: What ``iptables --version`` said, for the binary that said it.
-VARIANT_MEMO = "iptables-version.json"
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ class IptablesBackend(Backend[Seen, Step]):
         return dict(section)
 
     def _variant(self) -> Variant:
-        memo = generation.Memo(self.ctx.state_dir / VARIANT_MEMO)
+        memo = generation.Memo(self.ctx.state_dir / VERSION_MEMO)
         return probe(self.ctx.runner, self.variant, self.ctx.log, memo)
 
     def io(self, variant: Variant) -> NftIO | LegacyIO:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 
 from cfallow.errors import BackendError, CommandNotFound, NotInstalled
-from cfallow.netfilter import generation
 from cfallow.netfilter.generation import Memo
-from cfallow.netfilter.save import IPTABLES, RESTORE, SAVE, detect
+from cfallow.netfilter.save import RESTORE, SAVE, detect, version_text
 from cfallow.runner import Runner
 
 from .legacy import LegacyIO, Writer
@@ -38,35 +35,6 @@ NONE = Variant(
     "no iptables command here: planned against an empty ruleset; "
     "a real sync needs the iptables package installed first",
 )
-
-
-def _binary(runner: Runner) -> str | None:
-    """What ``iptables`` runs (the file behind the alternatives' links, its inode, size and
-    time): the same file prints the same ``--version``. None where another namespace's
-    files may differ (a runner prefix) or there is none."""
-    if runner.prefix:
-        return None
-    path = shutil.which(IPTABLES, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
-    if path is None:
-        return None
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return f"{real}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def version_text(runner: Runner, memo: Memo | None = None) -> str:
-    """``iptables --version``, or what it said the last time for the same binary."""
-    key = None if memo is None else generation.key(_binary(runner), IPTABLES)
-    kept = memo.get(key) if memo is not None else None
-    if isinstance(kept, str):
-        return kept
-    text = runner.run([IPTABLES, "--version"]).stdout
-    if memo is not None:
-        memo.put(key, text)
-    return text
 
 
 def probe(runner: Runner, wanted: str, log: logging.Logger, memo: Memo | None = None) -> Variant:

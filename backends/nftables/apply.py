@@ -17,6 +17,7 @@ from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.evaluate import Chain
 from cfallow.netfilter.host import NftSet, parse_ruleset
+from cfallow.netfilter.save import VERSION_MEMO
 from cfallow.runner import Runner
 
 from . import render
@@ -165,9 +166,11 @@ def _analysed(
     runner: Runner, s: render.Settings, memo: generation.Memo | None
 ) -> tuple[Analysis, hostfw.Ruleset | None, bool]:
     """The analysis (from ``memo`` when nothing changed), and the table if it read it whole."""
-    variant = hostfw.read_variant(runner) if s.mode == "lockdown" else ""
+    variant = ""
+    if s.mode == "lockdown":  # NAT: legacy's has no generation
+        variant = hostfw.read_variant(runner, memo and memo.sibling(VERSION_MEMO))
     key = None
-    if memo is not None and variant != "legacy":  # legacy NAT has no generation
+    if memo is not None and variant != "legacy":
         key = generation.key(generation.generation(runner), "nftables", repr(s), variant)
         kept = Analysis.from_json(memo.get(key))
         if kept is not None:

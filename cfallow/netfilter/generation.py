@@ -101,6 +101,10 @@ class Memo:
     def __init__(self, path: Path) -> None:
         self.path = path
 
+    def sibling(self, name: str) -> Memo:
+        """Another memo in the same directory."""
+        return Memo(self.path.with_name(name))
+
     def get(self, key: str | None) -> object | None:
         """The value stored under ``key`` (None: a miss)."""
         if key is None:

@@ -19,7 +19,8 @@ from netaddr import IPNetwork, iprange_to_cidrs
 
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter.evaluate import Chain, Json, Outcome, Packet, Rule, combine
-from cfallow.netfilter.save import IPTABLES, detect, input_chain, save_tools
+from cfallow.netfilter.generation import Memo
+from cfallow.netfilter.save import detect, input_chain, save_tools, version_text
 from cfallow.runner import Runner
 from cfallow.section import PortRange
 
@@ -166,11 +167,11 @@ def _try(runner: Runner, argv: list[str]) -> str | None:
         return None
 
 
-def read_variant(runner: Runner) -> str:
-    """``nft`` or ``legacy``, as ``iptables --version`` says (``""``: not installed, unclear)."""
-    text = _try(runner, [IPTABLES, "--version"])
+def read_variant(runner: Runner, memo: Memo | None = None) -> str:
+    """``nft`` or ``legacy``, as ``iptables --version`` says (``""``: not installed, unclear;
+    ``memo``: what it said the last time, for the same binary)."""
     try:
-        return "" if text is None else detect(text)[0]
+        return detect(version_text(runner, memo))[0]
     except BackendError:
         return ""
 

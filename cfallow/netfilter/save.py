@@ -6,12 +6,17 @@ analysis, verify) goes through :func:`parse_save`; the tools are named only here
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cfallow.errors import BackendError
+from cfallow.netfilter import generation
 from cfallow.netfilter.evaluate import Chain, Json, Rule
+from cfallow.netfilter.generation import Memo
+from cfallow.runner import Runner
 
 #: ``*-save`` per variant and IP version; ``old`` are the names before iptables 1.8
 #: (the legacy tools on such hosts, and the generic names of either variant).
@@ -28,6 +33,37 @@ RESTORE: Mapping[str, Mapping[int, str]] = {
 }
 #: The command whose ``--version`` says the variant.
 IPTABLES = "iptables"
+#: What ``--version`` said, for the binary that said it (a file in the state directory).
+VERSION_MEMO = "iptables-version.json"
+
+
+def _binary(runner: Runner) -> str | None:
+    """What ``iptables`` runs (the file behind the alternatives' links, its inode, size and
+    time): the same file prints the same ``--version``. None where another namespace's
+    files may differ (a runner prefix) or there is none."""
+    if runner.prefix:
+        return None
+    path = shutil.which(IPTABLES, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
+    if path is None:
+        return None
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return f"{real}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def version_text(runner: Runner, memo: Memo | None = None) -> str:
+    """``iptables --version``, or what it said the last time for the same binary."""
+    key = None if memo is None else generation.key(_binary(runner), IPTABLES)
+    kept = memo.get(key) if memo is not None else None
+    if isinstance(kept, str):
+        return kept
+    text = runner.run([IPTABLES, "--version"]).stdout
+    if memo is not None:
+        memo.put(key, text)
+    return text
 
 
 def save_tools(variant: str) -> dict[int, tuple[str, str]]:

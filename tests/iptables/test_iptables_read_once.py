@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cfallow.backends.iptables.variant import version_text
 from support import namespace
 from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import Fw, jumps_for
 
 from cfallow.netfilter.generation import Memo
+from cfallow.netfilter.save import version_text
 from cfallow.runner import Runner
 
 pytestmark = pytest.mark.root
