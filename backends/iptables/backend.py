@@ -223,7 +223,7 @@ class IptablesBackend(Backend[Seen, Step]):
         if self.settings.parent != "INPUT":
             return Seen(variant, tables, generation=gen)
         if self.settings.mode == "allow":
-            return Seen(variant, tables, self._allow(variant, texts), generation=gen)
+            return Seen(variant, tables, self._allow(variant, texts, tables), generation=gen)
         return Seen(variant, tables, nat=self._nat(variant), generation=gen)
 
     def _memo(self, variant: Variant, *parts: object) -> tuple[generation.Memo, str | None]:
@@ -232,12 +232,16 @@ class IptablesBackend(Backend[Seen, Step]):
         gen = generation.generation(self.ctx.runner)
         return memo, generation.key(gen, self.name, repr(self.settings), self.families, *parts)
 
-    def _allow(self, variant: Variant, texts: list[str]) -> tuple[str | None, tuple[str, ...]]:
+    def _allow(
+        self, variant: Variant, texts: list[str], tables: tuple[tuple[int, Table], ...]
+    ) -> tuple[str | None, tuple[str, ...]]:
         """Whether allow mode's accept takes effect (the analysis, or what the memo kept).
 
-        The key has the save texts in it: legacy tables have no generation.
+        The key has the rules read in it: legacy tables have no generation.
         """
-        digest = hashlib.sha256("\0".join(texts).encode()).hexdigest()
+        # the rules and policies, not the text: it carries a time stamp and the counters
+        rules = [(v, t.chains, [p.split(" [")[0] for p in t.policies]) for v, t in tables]
+        digest = hashlib.sha256(repr(rules).encode()).hexdigest()
         memo, key = self._memo(variant, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import pytest
 from support import namespace
 from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import Fw, jumps_for
+from support.nftables.helpers import ADMIN_DROP, Nft
 
+from cfallow.errors import BackendError
 from cfallow.netfilter.generation import Memo
 from cfallow.netfilter.save import version_text
 from cfallow.runner import Runner
@@ -54,6 +57,22 @@ def test_a_commit_between_plan_and_apply_is_read_again(fw: Fw) -> None:
     for version in (4, 6):
         assert fw.jumps(version) == [f"-A INPUT {j}" for j in jumps_for()], "a second jump"
     assert fw.owned() == CURRENT
+
+
+def test_allow_modes_analysis_is_kept_while_the_ruleset_stays(fw: Fw) -> None:
+    b = fw.backend()
+    b.apply(b.plan(CURRENT))
+    b.plan(CURRENT)  # the first read after cfallow's own commit analyses that generation
+    fw.runner.calls.clear()
+    first = b.plan(CURRENT).notes
+    second = int(time.time())
+    while int(time.time()) == second:  # *-save stamps its output to the second
+        time.sleep(0.05)
+    assert b.plan(CURRENT).notes == first
+    assert ("nft", "-j", "list", "chains") not in fw.runner.calls
+    Nft(fw.ns).load(ADMIN_DROP % "")  # the admin's native policy drop: a new generation
+    with pytest.raises(BackendError, match="allow mode cannot take effect here"):
+        b.plan(CURRENT)
 
 
 def test_iptables_version_is_asked_once_per_binary(tmp_path: Path) -> None:
