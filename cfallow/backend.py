@@ -50,18 +50,21 @@ StepT = TypeVar("StepT")
 O, S = SeenT, StepT  # noqa: E741 - 0.1's names (deprecated)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
-    """What the core hands every backend."""
+    """What the core hands every backend (the same for the whole run).
+
+    The list's etag is not here: it travels with the desired list
+    (:func:`cfallow.model.etag_of`)."""
 
     runner: Runner = field(default_factory=Runner)
     state_dir: Path = Path("/var/lib/cfallow")
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cfallow"))
     #: Host-wide lock for firewall changes (:mod:`cfallow.hostlock`).
     firewall_lock: Path = field(default_factory=default_path)
-    #: The source's etag of the list being synced (set by the CLI; None: unknown/text lists).
-    #: Only for a backend's own record (a comment in a file); never part of the diff.
-    etag: str | None = None
+    #: A real scheduled run (``sync --scheduled``, the timer): a backend on a remote API may
+    #: skip its read until its own ``interval`` is due. Never set for dry runs.
+    scheduled: bool = False
 
 
 @dataclass(frozen=True)

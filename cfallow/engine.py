@@ -1,10 +1,11 @@
 """One run over the backends: plan every backend, then apply unless this is a dry run.
 
 This module decides the order of a run, what happens when a backend fails, and
-that a dry run writes nothing (it never calls ``apply``; no backend sees the
-flag). The CLI reads the flag too, for what it does itself around a run: the
-report's words; and a dry run takes no state lock and records nothing (state,
-the accepted list, metrics, notification).
+that a dry run writes nothing here (it never calls ``apply``; no backend sees the
+flag). The dry run itself is decided once, by the CLI's invocation
+(:mod:`cfallow.cli.invocation`), which also leaves out everything a real run writes
+around the backends (the state lock, the state, the accepted list, metrics,
+notification).
 """
 
 from __future__ import annotations
@@ -75,9 +76,16 @@ def _plan(backend: AnyBackend, desired: Networks | None) -> BackendResult:
         result.plan = backend.diff(backend.read(), desired)
         if result.plan.changed:
             backend.validate(result.plan)
+        if result.plan.failed:  # some targets fail; the others are still applied
+            result.error = "; ".join(result.plan.failed)
     except Exception as exc:
         result.error = _failure(backend, exc, "planning")
     return result
+
+
+def _partial(result: BackendResult) -> bool:
+    """Failed only in some of its targets: the rest of the plan is applied."""
+    return result.plan is not None and result.error == "; ".join(result.plan.failed)
 
 
 def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult) -> None:
@@ -97,7 +105,8 @@ def _apply(backend: AnyBackend, desired: Networks | None, result: BackendResult)
                     return
                 backend.validate(result.plan)
     except Exception as exc:
-        result.error = _failure(backend, exc, "applying")
+        failed = _failure(backend, exc, "applying")
+        result.error = f"{result.error}; {failed}" if result.error else failed
 
 
 def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bool) -> RunResult:
@@ -114,7 +123,9 @@ def run(backends: Sequence[AnyBackend], desired: Networks | None, *, dry_run: bo
     planned = [(b, _plan(b, desired)) for b in backends]
     for backend, result in planned:
         outcome.results.append(result)
-        if dry_run or result.error is not None or result.plan is None or not result.plan.changed:
+        if dry_run or result.plan is None or not result.plan.changed:
+            continue
+        if result.error is not None and not _partial(result):
             continue
         _apply(backend, desired, result)
     return outcome

@@ -47,7 +47,7 @@ def firewall_lock(path: Path, wait: float = WAIT) -> Iterator[None]:
             )
         if st.st_mode & 0o077:
             os.fchmod(fd, 0o600)  # e.g. made by a unit's "touch" with the default umask
-        if not flock_within(fd, wait, poll=0.02):
+        if not flock_within(fd, wait, poll=0.02, what=f"the firewall lock {path}"):
             raise BackendError(f"another cfallow run has held {path} for {wait:g} s")
         yield
     finally:

@@ -45,7 +45,7 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.errors import BackendError, CommandFailed, Unavailable, ValidationError
 from cfallow.files import ManagedFile, as_admins
-from cfallow.model import Networks, Plan, as_strings, make_plan, parse_cidr
+from cfallow.model import Networks, Plan, as_strings, etag_of, make_plan, parse_cidr
 from cfallow.section import Section
 from cfallow.trust import check_executable
 
@@ -335,7 +335,7 @@ class ListFileBackend(Backend[Seen, Step]):
         steps: list[Step] = []
         new: bytes | None = None
         if desired is not None:
-            etag = observed.etag if want == observed.owned else self.ctx.etag
+            etag = observed.etag if want == observed.owned else etag_of(desired)
             new = self.render(want, etag)
         if observed.data != new:
             steps.append(Write(str(self.path), observed.data, new))

@@ -22,6 +22,34 @@ FAMILY_NAME = {4: "IPv4", 6: "IPv6"}
 S = TypeVar("S")
 
 
+class Desired(frozenset[IPNetwork]):
+    """The desired list as the engine hands it to every backend: a frozenset of networks
+    like any :data:`Networks` (set operations give plain frozensets), and the source's
+    etag, which a backend may keep in its own record (a comment in a file) but never
+    diffs on (:func:`etag_of`)."""
+
+    __slots__ = ("_etag",)
+    _etag: str | None
+
+    def __new__(cls, nets: Iterable[IPNetwork] = (), etag: str | None = None) -> Desired:
+        self = super().__new__(cls, nets)
+        self._etag = etag
+        return self
+
+    @property
+    def etag(self) -> str | None:
+        """The source's etag of this list (``None``: unknown, e.g. the text lists)."""
+        return self._etag
+
+    def __reduce__(self) -> tuple[type[Desired], tuple[tuple[IPNetwork, ...], str | None]]:
+        return (type(self), (tuple(self), self._etag))
+
+
+def etag_of(desired: Networks | None) -> str | None:
+    """The source's etag that ``desired`` carries (``None`` for a plain set)."""
+    return desired.etag if isinstance(desired, Desired) else None
+
+
 def sort_key(net: IPNetwork) -> tuple[int, int, int]:
     """Address order, IPv4 first."""
     return (net.version, int(net.network), net.prefixlen)
@@ -118,6 +146,9 @@ class Plan(Generic[S]):
     drift: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     steps: tuple[S, ...] = ()
+    #: Targets of this backend that fail (one line each: over a quota, unreadable) while
+    #: the others are applied: the engine reports them as the backend's error, dry runs too.
+    failed: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -151,10 +182,20 @@ def make_plan(
     drift: Iterable[str] = (),
     notes: Iterable[str] = (),
     steps: Iterable[S] = (),
+    failed: Iterable[str] = (),
 ) -> Plan[S]:
     """Diff ``desired`` against ``current`` and wrap the result in a :class:`Plan`."""
     add, remove = diff(desired, current, covered)
-    return Plan(backend, frozenset(current), add, remove, tuple(drift), tuple(notes), tuple(steps))
+    return Plan(
+        backend,
+        frozenset(current),
+        add,
+        remove,
+        tuple(drift),
+        tuple(notes),
+        tuple(steps),
+        tuple(failed),
+    )
 
 
 def combine(

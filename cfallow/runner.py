@@ -68,7 +68,13 @@ class Runner:
                 check=False,
             )
         except FileNotFoundError as exc:
-            raise CommandNotFound(argv[0]) from exc
+            where = not_on_path(argv[0], full_env.get("PATH", ""))
+            hint = (
+                f"{where} is installed, but {os.path.dirname(where)} is not on PATH"
+                if where
+                else ""
+            )
+            raise CommandNotFound(argv[0], hint) from exc
         except PermissionError as exc:
             raise BackendError(f"{argv[0]}: permission denied") from exc
         except subprocess.TimeoutExpired as exc:
@@ -77,3 +83,36 @@ class Runner:
         if check and proc.returncode != 0:
             raise CommandFailed(list(argv), proc.returncode, proc.stderr or proc.stdout)
         return done
+
+
+#: Where Debian and other distributions install the programs cfallow runs.
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def not_on_path(program: str, path: str | None = None) -> str | None:
+    """Where ``program`` is installed though ``path`` (default ``$PATH``) leaves its
+    directory out (a ``su``, cron or CI shell with ``/usr/bin`` but not ``/usr/sbin``),
+    else ``None``. A ``path`` with none of :data:`SYSTEM_DIRS` is not an ordinary shell's
+    (a test's, a sandbox's): no guess is made for it."""
+    if os.sep in program:
+        return None
+    dirs = (os.environ.get("PATH", "") if path is None else path).split(os.pathsep)
+    if not set(dirs) & set(SYSTEM_DIRS):
+        return None
+    for d in SYSTEM_DIRS:
+        full = os.path.join(d, program)
+        if d not in dirs and os.path.isfile(full) and os.access(full, os.X_OK):
+            return full
+    return None
+
+
+def missing(program: str, package: str) -> str:
+    """The one line for a program that is not found: where it is, if only ``PATH`` hides
+    it; else which package installs it."""
+    where = not_on_path(program)
+    if where is not None:
+        return (
+            f"{program}: command not found ({where} is installed, but "
+            f"{os.path.dirname(where)} is not on PATH)"
+        )
+    return f"{program}: command not found (install the {package} package)"

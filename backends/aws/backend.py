@@ -11,10 +11,15 @@ imported when this backend first talks to AWS, never at import.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import importlib.util
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from netaddr import IPNetwork
@@ -22,11 +27,13 @@ from netaddr import IPNetwork
 from cfallow.backend import Backend, Context
 from cfallow.errors import BackendError, ConfigError, Unavailable
 from cfallow.install import extra_hint
-from cfallow.model import Networks, Plan, diff, make_plan
+from cfallow.model import Networks, Plan, combine, diff, make_plan
 from cfallow.section import Section, parse_ports
 
+from . import cadence
 from . import groups as sg
 from . import prefixlists as pls
+from .cadence import interval
 from .client import Ec2, aws_errors, error_code, make_client
 from .rules import (
     FAMILIES,
@@ -40,8 +47,12 @@ from .rules import (
     open_to_all,
     quota,
 )
+from .targets import Clients, Target, counts_line, each, parse_targets
 
 INSTALL_HINT = extra_hint("aws", "boto3>=1.28")
+log = logging.getLogger("cfallow")
+#: In the state dir: this host made cfallow's prefix lists (``remove`` looks for them).
+LISTS_MARK = "aws.prefix-lists"
 SG_ID = re.compile(r"sg-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 # Prefix-list mode is no way to fit: AWS counts each reference as the list's
 # MaxEntries, never fewer than the ranges it holds.
@@ -62,6 +73,10 @@ class AwsSeen:
     lists: Mapping[str, pls.PrefixList]
     sizes: Mapping[str, tuple[str, int]]
     notes: tuple[str, ...]
+    #: why AWS was not read at all (a scheduled run before ``interval`` is due)
+    skipped: str = ""
+    #: with ``targets``: each target's own read (or why it could not be read)
+    parts: tuple[tuple[Target, AwsSeen | str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class AwsWork:
     groups: tuple[GroupChange, ...]
     unreadable: tuple[GroupUnreadable, ...]
     deletes: tuple[pls.DeleteList, ...]
+    #: with ``targets``: the target this work is for
+    target: Target | None = None
 
     @property
     def empty(self) -> bool:
@@ -91,19 +108,27 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
     backoff: ClassVar[float] = 0.5
     poll_interval: ClassVar[float] = 2.0
     poll_timeout: ClassVar[float] = 300.0
+    #: Groups of one target read at once (1 where a stubbed client answers in order).
+    read_workers: ClassVar[int] = 8
 
     def __init__(self, section: Section, ctx: Context) -> None:
         """Read ``[backends.aws]``; no AWS call happens here."""
         super().__init__(section, ctx)
         where = section.where
-        self.region = section.get_str("region", "")
-        groups = section.get_strings("security_group_ids", [])
-        if not groups:
-            raise ConfigError(f"[{where}] security_group_ids: name at least one security group")
-        for group in groups:
-            if not SG_ID.fullmatch(group):
-                raise ConfigError(f"[{where}] security_group_ids: not a group id: {group!r}")
-        self.groups = tuple(dict.fromkeys(groups))
+        #: ``targets = [...]`` (regions, accounts): each read and written on its own
+        self.targets: tuple[Target, ...] = ()
+        if "targets" in section.data:
+            self.targets = parse_targets(section, "security_group_ids", SG_ID, "security group")
+            self.region, self.groups = self.targets[0].region, self.targets[0].ids
+        else:
+            self.region = section.get_str("region", "")
+            groups = section.get_strings("security_group_ids", [])
+            if not groups:
+                raise ConfigError(f"[{where}] security_group_ids: name at least one security group")
+            for group in groups:
+                if not SG_ID.fullmatch(group):
+                    raise ConfigError(f"[{where}] security_group_ids: not a group id: {group!r}")
+            self.groups = tuple(dict.fromkeys(groups))
         self.ports = parse_ports(section)
         self.protocol = section.get_choice("protocol", "tcp", ("tcp", "udp"))
         self.endpoint_url = section.get_str("endpoint_url", "")
@@ -112,9 +137,13 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         self.rules_per_group = section.get_int("rules_per_group", 60, minimum=1)
         self.prefix_lists = section.get_bool("prefix_lists", False)
         self.max_entries = section.get_int("prefix_list_max_entries", 30, minimum=1)
+        self.interval = interval(section)
         if self.max_entries > 1000:
             raise ConfigError(f"[{where}] prefix_list_max_entries: at most 1000 (AWS limit)")
         self._ec2: Ec2 | None = None
+        self.mark = LISTS_MARK
+        self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
+        self._parts: dict[Target, AwsBackend] = {}
 
     def set_client(self, client: Any) -> None:
         """Use this boto3 EC2 client (tests: a stubbed client; embedding)."""
@@ -135,11 +164,53 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
 
     # -- read and diff ---------------------------------------------------------
 
+    def part(self, target: Target) -> AwsBackend:
+        """The backend of one target: its region, groups, client (role assumed), prefix lists."""
+        if target not in self._parts:
+            sub = copy.copy(self)
+            sub.targets, sub._parts = (), {}
+            sub.region, sub.groups = target.region, target.ids
+            sub.mark = f"{LISTS_MARK}.{target.label.replace('/', '.')}"
+            sub._ec2 = self.clients.get(target, "ec2")
+            self._parts[target] = sub
+        return self._parts[target]
+
     def read(self) -> AwsSeen:
         """Each group's rules (one paginated describe), cfallow's prefix lists, and the
-        sizes of the other prefix lists the groups reference (they count against the quota)."""
-        reads, failed, attach_notes = sg.read(self.ec2(), self.groups)
-        lists = pls.find_lists(self.ec2())
+        sizes of the other prefix lists the groups reference (they count against the quota).
+
+        With ``targets``: every target concurrently, each read failing alone.
+        """
+        if self.ctx.scheduled:
+            run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
+            if not run:
+                return AwsSeen({}, (), {}, {}, (), why)
+        if self.targets:
+            outcomes = each(self.targets, lambda t: self.part(t).read_one())
+            parts = tuple((o.target, o.value or o.error or "?") for o in outcomes)
+            if self.ctx.scheduled and all(isinstance(p, AwsSeen) for _, p in parts):
+                cadence.stamp(self.ctx.state_dir, self.name)
+            log.debug("aws: read %s", counts_line(self.clients.calls, self.targets))
+            return AwsSeen({}, (), {}, {}, (), parts=parts)
+        seen = self.read_one()
+        if self.ctx.scheduled and not seen.failed:
+            cadence.stamp(self.ctx.state_dir, self.name)
+        return seen
+
+    def read_one(self) -> AwsSeen:
+        """:meth:`read` for this backend's one region and its groups."""
+        reads, failed, attach_notes = sg.read(self.ec2(), self.groups, workers=self.read_workers)
+        mark = self.ctx.state_dir / self.mark
+        # Prefix lists off: look for cfallow's lists only while a rule still references one
+        # or this host made one (so `remove` finds them): one call less per run.
+        look = (
+            self.prefix_lists
+            or mark.exists()
+            or any(r.owned and r.key.kind == "prefix-list" for rs in reads.values() for r in rs)
+        )
+        lists = pls.find_lists(self.ec2()) if look else {}
+        if lists and not mark.exists():
+            _mark(mark, True)
         known = {pl.list_id for pl in lists.values()}
         referenced = {
             r.key.target
@@ -151,7 +222,15 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         return AwsSeen(reads, tuple(failed), lists, sizes, (*attach_notes, *notes))
 
     def diff(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
-        """Quota-checked plan: lists first, then each group (authorize, then revoke)."""
+        """Quota-checked plan: lists first, then each group (authorize, then revoke).
+
+        A group over its quota is left out and named in ``Plan.failed``: it fails
+        alone, the other groups are written.
+        """
+        if observed.skipped:
+            return Plan(self.name, notes=(observed.skipped,))
+        if self.targets:
+            return self._diff_targets(observed, desired)
         if desired is None:
             return self._removal(observed)
         seen = observed
@@ -171,16 +250,16 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             change, error = quota(
                 group_change(group, rules, wanted), rules, sized, self.rules_per_group
             )
-            changes.append(change)
-            if error:
+            if error:  # this group fails alone: the others are still written
                 errors.append(error)
+            else:
+                changes.append(change)
             left = sum(1 for r in rules if not r.owned and r.key in wanted)
             if left:
                 notes.append(f"{group}: {left} wanted rule(s) already present, not cfallow's")
             notes += open_to_all(group, rules, self.protocol, self.ports)
-        if errors:
-            hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
-            raise BackendError("; ".join(errors) + "; " + hint)
+        hint = FIT_HINT_LISTS if self.prefix_lists else FIT_HINT
+        failed = ["; ".join(errors) + "; " + hint] if errors else []
         add, remove = diff(desired, current, covered)
         todo = tuple(c for c in changes if c.authorize or c.revoke)
         drift = explain(todo, add, remove) + _unreadable(seen.failed)
@@ -194,7 +273,36 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             drift=drift,
             notes=notes,
             steps=[work] if not work.empty else [],
+            failed=failed,
         )
+
+    def _diff_targets(self, observed: AwsSeen, desired: Networks | None) -> Plan[AwsWork]:
+        """Every target's own plan, combined; a target that cannot be read or planned fails
+        alone (``Plan.failed``, named by its label)."""
+        plans: list[Plan[Any]] = []
+        steps: list[AwsWork] = []
+        failed: list[str] = []
+        for target, seen in observed.parts:
+            if not isinstance(seen, AwsSeen):
+                why = seen if " " in seen else f"{seen} (describe)"  # a bare AWS error code
+                failed.append(f"{target.label}: {why}")
+                continue
+            try:
+                plan = self.part(target).diff(seen, desired)
+            except BackendError as exc:
+                failed.append(f"{target.label}: {exc}")
+                continue
+            plans.append(plan)
+            steps += [dataclasses.replace(step, target=target) for step in plan.steps]
+            failed += [f"{target.label}: {f}" for f in plan.failed]
+        combined: Plan[AwsWork] = combine(
+            self.name,
+            plans,
+            drift=[d for p in plans for d in p.drift],
+            notes=[n for p in plans for n in p.notes],
+            steps=steps,
+        )
+        return dataclasses.replace(combined, failed=tuple(failed))
 
     def _wanted(self, desired: Networks, lists: Mapping[str, pls.PrefixList]) -> set[Key]:
         if not self.prefix_lists:
@@ -242,8 +350,30 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
         A failing group does not stop the others; every failure is named in
         one line at the end (group, AWS error code, operation).
         """
-        failures: list[str] = []
+        if self.targets:
+            self._apply_targets(plan)
+            return
+        self.apply_one(plan.steps, plan.failed)
+
+    def _apply_targets(self, plan: Plan[AwsWork]) -> None:
+        by_target: dict[Target, list[AwsWork]] = {}
         for work in plan.steps:
+            assert work.target is not None
+            by_target.setdefault(work.target, []).append(work)
+        outcomes = each(
+            list(by_target), lambda t: self.part(t).apply_one(by_target[t], plan.failed)
+        )
+        log.debug("aws: %s", counts_line(self.clients.calls, self.targets))
+        failures = [f"{o.target.label}: {o.error}" for o in outcomes if o.error]
+        if failures:
+            raise BackendError("; ".join(failures))
+
+    def apply_one(self, steps: Iterable[AwsWork], failed: Iterable[str] = ()) -> None:
+        """:meth:`apply` for this backend's one region."""
+        failures: list[str] = []
+        for work in steps:
+            if any(change.list_id is None for change in work.lists):
+                _mark(self.ctx.state_dir / self.mark, True)  # before: a kill keeps the mark
             created = self._apply_lists(work.lists)
             failures += [f"{u.group}: {u.code} (describe)" for u in work.unreadable]
             for change in work.groups:
@@ -255,6 +385,10 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
                     pls.delete(self.ec2(), delete.list_id)
                 except aws_errors() as exc:
                     failures.append(f"{delete.list_id}: {error_code(exc)} (delete prefix list)")
+            if work.deletes and not failures:
+                _mark(self.ctx.state_dir / self.mark, False)
+        if failures or tuple(failed):
+            cadence.forget(self.ctx.state_dir, self.name)
         if failures:
             raise BackendError("; ".join(failures))
 
@@ -291,6 +425,16 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             except aws_errors() as exc:
                 return f"{change.group}: {error_code(exc)} ({op})"
         return None
+
+
+def _mark(path: Path, present: bool) -> None:
+    """Remember (or forget) that cfallow's prefix lists exist in this region."""
+    with contextlib.suppress(OSError):
+        if present:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.unlink()
 
 
 def _unreadable(failed: Iterable[GroupUnreadable]) -> list[str]:

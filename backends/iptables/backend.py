@@ -44,6 +44,7 @@ from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.save import VERSION_MEMO, detect
+from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
 from .advice import iptables_allow, recommend
@@ -164,7 +165,8 @@ class IptablesBackend(Backend[Seen, Step]):
     def check(self) -> None:
         """An iptables command is installed (the variant and the tables come with ``read``)."""
         if not self._installed():
-            raise NotInstalled(MISSING)
+            where = not_on_path("iptables")
+            raise NotInstalled(missing("iptables", "iptables") if where else MISSING)
 
     def _installed(self) -> bool:
         path = (self.ctx.runner.env or {}).get("PATH") or os.environ.get("PATH")
@@ -202,6 +204,8 @@ class IptablesBackend(Backend[Seen, Step]):
     def read(self) -> Seen:
         """The variant, then each managed family's filter table (read side by side)."""
         if not self._installed():  # nothing of cfallow's can be there; apply() refuses
+            if not_on_path("iptables") is not None:  # there, only PATH hides it: say so
+                raise NotInstalled(missing("iptables", "iptables"))
             return Seen(NONE, tuple((v, parse_save(EMPTY_FILTER)) for v in self.families))
         variant = self._variant()
         io = self.io(variant)

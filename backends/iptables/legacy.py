@@ -50,7 +50,7 @@ def xtables_lock(path: str, wait: float = LOCK_WAIT) -> Iterator[None]:
     except OSError as exc:
         raise BackendError(f"cannot open the xtables lock {path}: {exc.strerror}") from None
     try:
-        if not flock_within(fd, wait, poll=0.02):
+        if not flock_within(fd, wait, poll=0.02, what=f"the xtables lock {path}"):
             raise BackendError(f"another program has held the xtables lock {path} for {wait:g} s")
         yield
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cfallow.errors import BackendError, CommandFailed, CommandNotFound, Unavailable
 from cfallow.netfilter.save import Table, parse_save, parse_tables, target_of
+from cfallow.runner import missing
 
 __all__ = ["Table", "explain", "failure", "parse_save", "parse_tables", "target_of"]
 
@@ -11,7 +12,7 @@ __all__ = ["Table", "explain", "failure", "parse_save", "parse_tables", "target_
 def failure(tool: str, exc: BackendError, module: str) -> BackendError:
     """The one-line error for an iptables tool that failed (or is not installed)."""
     if isinstance(exc, CommandNotFound):
-        return Unavailable(f"{tool}: command not found (install the iptables package)")
+        return Unavailable(missing(tool, "iptables"))
     if isinstance(exc, CommandFailed):
         return BackendError(explain(tool, exc.stderr, module))
     return exc
@@ -23,7 +24,7 @@ def explain(tool: str, stderr: str, module: str) -> str:
     detail = lines[-1] if lines else "no message"
     low = stderr.lower()
     if "exec of" in low and "no such file" in low:  # a wrapper (ip netns exec) did not find it
-        return f"{tool}: command not found (install the iptables package)"
+        return missing(tool, "iptables")
     if "permission denied" in low or "must be root" in low or "not permitted" in low:
         return f"{tool}: permission denied (needs root, or CAP_NET_ADMIN and CAP_NET_RAW)"
     if any(

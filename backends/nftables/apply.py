@@ -18,7 +18,7 @@ from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.evaluate import Chain
 from cfallow.netfilter.host import NftSet, parse_ruleset
 from cfallow.netfilter.save import VERSION_MEMO
-from cfallow.runner import Runner
+from cfallow.runner import Runner, missing
 
 from . import render
 from .advice import lockdown_notes, sets_notes
@@ -153,7 +153,7 @@ def read_seen(
         try:
             own = _list(runner, "table", fam, name)
         except CommandNotFound:
-            raise Unavailable("nft: command not found (install the nftables package)") from None
+            raise Unavailable(missing("nft", "nftables")) from None
     sets = own.sets if own is not None else ()
     if s.mode == "sets":
         wanted = {s.set_name(v) for v in s.families}
@@ -178,7 +178,7 @@ def _analysed(
     host = hostfw.read(runner, iptables=False)
     if host.nft is None:
         if "not installed" in host.nft_error:
-            raise Unavailable("nft: command not found (install the nftables package)")
+            raise Unavailable(missing("nft", "nftables"))
         raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
     nat = hostfw_nat.read(runner, variant) if s.mode == "lockdown" else ()
     own = host.nft.table(*s.table.split(" "))

@@ -32,6 +32,7 @@ from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
 from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
+from cfallow.runner import missing
 from cfallow.section import Section, parse_ports
 
 from . import render
@@ -133,7 +134,7 @@ class NftablesBackend(Backend[Seen, Step]):
     def check(self) -> None:
         """``nft`` is installed (whether it may read the ruleset shows in ``read``)."""
         if shutil.which("nft") is None and not self.ctx.runner.prefix:
-            raise Unavailable("nft: command not found (install the nftables package)")
+            raise Unavailable(missing("nft", "nftables"))
 
     def read(self) -> Seen:
         """The whole ruleset (for the host analysis), cfallow's sets and chains, the file."""

@@ -183,7 +183,7 @@ COMMANDS = (
     ("ranges", "print the validated Cloudflare list", _ranges),
     ("sync", "bring every configured backend in step with the list", _sync),
     ("status", "compare every backend with the list (read-only; exit 3 on drift)", _status),
-    ("backends", "list installed backend plugins and whether each can run here", None),
+    ("backends", "list installed backend plugins and whether each can run here", json_opt),
     (
         "check",
         "check the config, each backend's preflight and the paths a run writes "

@@ -18,17 +18,20 @@ write their own files into.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cfallow import backend, report
 from cfallow.cli import config
 from cfallow.errors import EXIT_OK, EXIT_USAGE, CfallowError
 from cfallow.fetch.state import State
+
+if TYPE_CHECKING:
+    from cfallow.cli.invocation import Invocation
 
 #: The units ``cfallow check`` compares by default (``--unit``: others).
 UNIT_NAMES = ("cfallow.service", "cfallow-restore.service")
@@ -261,17 +264,12 @@ def _unit_findings(
     return out or [Finding("unit", True, f"{unit}: ReadWritePaths cover every path")]
 
 
-def run(
-    args: argparse.Namespace,
-    cfg: config.Config,
-    state: State,
-    ctx: backend.Context,
-    built: list[backend.AnyBackend],
-) -> int:
+def run(inv: Invocation) -> int:
     """Print every finding; exit 0 if all passed, 2 if any failed."""
-    found = findings(cfg, state, built, args.unit or installed_units())
+    opts = inv.opts
+    found = findings(inv.config, inv.state, list(inv.backends), opts.units or installed_units())
     ok = all(f.ok for f in found)
-    if getattr(args, "json", False):
+    if opts.json:
         doc = {
             "ok": ok,
             "checks": [{"what": f.what, "ok": f.ok, "detail": f.detail} for f in found],
@@ -281,7 +279,7 @@ def run(
         report.write_json(sys.stdout, doc)
     else:
         for f in found:
-            if f.ok and getattr(args, "quiet", False):
+            if f.ok and opts.quiet:
                 continue
             print(f"{'ok' if f.ok else 'FAIL':<5} {f.what}: {f.detail}")
         bad = sum(not f.ok for f in found)

@@ -7,14 +7,13 @@ import dataclasses
 import logging
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cfallow import backend, engine, report
-from cfallow.cli import config
+from cfallow.cli import invocation
 from cfallow.cli.args import parser as _parser
+from cfallow.cli.invocation import Invocation
 from cfallow.cli.verify import cmd_verify, verify_first
-from cfallow.engine import BackendResult
 from cfallow.errors import (
     EXIT_BACKEND,
     EXIT_DRIFT,
@@ -22,17 +21,16 @@ from cfallow.errors import (
     EXIT_RANGES,
     CfallowError,
     ConfigError,
+    FetchError,
     RangesError,
     StateError,
-    UsageError,
 )
 from cfallow.fetch import cadence, resolve, sources
 from cfallow.fetch.ranges import Ranges
-from cfallow.fetch.state import State
 from cfallow.model import as_strings
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter.advice import describe
-from cfallow.runner import Runner
+from cfallow.report import repeat, table
 
 log = logging.getLogger("cfallow")
 
@@ -53,61 +51,32 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     log.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
-def _backends(
-    cfg: config.Config, names: Sequence[str] | None, ctx: backend.Context, *, offline: bool = False
-) -> list[backend.AnyBackend]:
-    """Build every configured backend (the whole config is checked before anything
-    runs, whatever ``--backend`` selects), then return the selected ones."""
-    try:
-        built = {n: backend.build(n, cfg.backends[n], ctx) for n in cfg.backends}
-        selected = list(dict.fromkeys(names)) if names else list(cfg.backends)
-        if not selected:
-            raise UsageError("no backend is enabled in the configuration")
-        chosen = [built[n] if n in built else backend.build(n, {}, ctx) for n in selected]
-    except ConfigError as exc:
-        raise config.in_file(cfg.path, exc) from None
-    if not offline:
-        return chosen
-    for b in chosen:
-        if b.needs_network:
-            log.info("%s: skipped (needs the network; --offline)", b.name)
-    return [b for b in chosen if not b.needs_network]
-
-
-def _emit(
-    args: argparse.Namespace,
-    ranges: Ranges | None,
-    results: list[BackendResult],
-    *,
-    dry_run: bool,
-    verb: str,
-    fetch: dict[str, object] | None = None,
-) -> dict[str, object]:
-    doc = report.to_json(ranges, results, dry_run=dry_run)
-    if ranges is not None:
-        doc["source"]["date"] = resolve.day(ranges)  # fetched_at as YYYY-MM-DD (UTC)
-    if fetch is not None:
-        doc["fetch"] = fetch
-    if args.json:  # the document on stdout; one line per backend on stderr
-        report.write_json(sys.stdout, doc)
+def _emit(inv: Invocation, rep: report.Report, *, verb: str) -> None:
+    ranges, results, dry_run = rep.ranges, rep.results, rep.dry_run
+    if inv.opts.json:  # the document on stdout; one line per backend on stderr
+        report.write_json(sys.stdout, rep.to_json())
         if ranges is not None:
             log.info("%s", report.source_line(ranges))
         for r in results:
             if r.error is None:
-                log.info("%s", report.summary(r, verb=verb))
-    elif getattr(args, "quiet", False):
+                log.info("%s", report.summary(r, verb=verb, dry_run=dry_run))
+    elif inv.opts.quiet:
         for r in results:
-            print(report.summary(r, verb=verb, error=False))
+            print(report.summary(r, verb=verb, error=False, dry_run=dry_run))
     else:
-        report.write_text(sys.stdout, ranges, results, dry_run=dry_run, verb=verb)
+        journal = report.is_journal(sys.stdout)
+        detail = bool(inv.opts.verbose) or (verb != "status" and not journal)
+        report.write_text(
+            sys.stdout, ranges, results, dry_run=dry_run, verb=verb, detail=detail, wrap=not journal
+        )
     for r in results:  # a backend's error: once, on stderr ("NAME: failed" in the report)
         if r.error is not None:
             log.error("%s: %s", r.name, r.error)
-    return doc
 
 
-def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
-    if args.source == "last-known-good":
+def cmd_ranges(inv: Invocation) -> int:
+    opts, cfg, state = inv.opts, inv.config, inv.state
+    if opts.source == "last-known-good":
         known = state.load()
         if known is None:
             raise RangesError(
@@ -115,11 +84,11 @@ def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> in
                 "(a sync on the bundled snapshot says so every run)"
             )
         ranges = known
-    elif args.source == "bundled":
+    elif opts.source == "bundled":
         ranges = sources.bundled()
     else:
         ranges = sources.fetch_live(cfg.source)
-    if args.json:
+    if opts.json:
         doc = ranges.to_json()
         doc["date"] = resolve.day(ranges)
         report.write_json(sys.stdout, {"source": doc})
@@ -130,94 +99,80 @@ def cmd_ranges(args: argparse.Namespace, cfg: config.Config, state: State) -> in
     return EXIT_OK
 
 
-def cmd_backends(args: argparse.Namespace, cfg: config.Config, ctx: backend.Context) -> int:
+def cmd_backends(inv: Invocation) -> int:
+    cfg, ctx = inv.config, inv.ctx
+    rows = []
     for name in backend.installed():
-        enabled = "enabled" if name in cfg.backends else "not enabled"
+        enabled = name in cfg.backends
         try:
             backend.build(name, cfg.backends.get(name, {}), ctx).check()
-            ok, why = True, "ok"
+            state, why = "ok", ""
+        except ConfigError as exc:  # its section is missing what it needs: not set up here
+            state, why = ("unavailable", str(exc)) if enabled else ("not enabled", "")
         except CfallowError as exc:
-            ok, why = False, str(exc)
+            state, why = "unavailable", str(exc)
         except Exception as exc:  # a broken plugin must not hide the others
-            ok, why = False, f"cannot load: {type(exc).__name__}: {exc}"
-        print(f"{name:<10} {'ok' if ok else 'unavailable':<11} {enabled:<11} {why}")
-    print("host firewall:")
-    for line in describe(hostfw.read(ctx.runner)):
-        print(f"  {line}")
+            state, why = "unavailable", f"cannot load: {type(exc).__name__}: {exc}"
+        rows.append({"name": name, "enabled": enabled, "state": state, "note": why})
+    firewall = describe(hostfw.read(ctx.runner))
+    if inv.opts.json:
+        report.write_json(sys.stdout, {"backends": rows, "host_firewall": firewall})
+        return EXIT_OK
+    cells = [
+        [str(r["name"]), "yes" if r["enabled"] else "no", str(r["state"]), str(r["note"])]
+        for r in rows
+    ]
+    lines = table.render(["backend", "enabled", "state", "note"], cells)
+    if not inv.opts.quiet:
+        lines += ["host firewall:", *(f"  {line}" for line in firewall)]
+    for line in lines:
+        print(*table.wrap(line, indent=6), sep="\n")
     return EXIT_OK
 
 
-def _write_metrics(cfg: config.Config, doc: dict[str, object], *, success: bool) -> bool:
-    """Write the metrics file if one is configured; ``False`` (and one error line) if it fails."""
-    if cfg.metrics_file is None:
-        return True
-    from cfallow.report import metrics
-
-    try:
-        metrics.write_metrics(cfg.metrics_file, doc, now=time.time(), success=success)
-    except OSError as exc:
-        log.error("cannot write metrics_file %s: %s", cfg.metrics_file, exc.strerror or exc)
-        return False
-    return True
-
-
-def _sync_like(
-    args: argparse.Namespace,
-    cfg: config.Config,
-    state: State,
-    ctx: backend.Context,
-    *,
-    dry_run: bool,
-    verb: str,
-) -> int:
-    offline = getattr(args, "offline", False)
-    backends: list[backend.AnyBackend] = args.built  # --offline: those that need no network
+def _sync_like(inv: Invocation, *, verb: str) -> int:
+    """``sync`` and ``status`` (a dry run): what a real run writes besides the backends
+    goes through ``inv.writes`` (nothing on a dry run)."""
+    opts, writes = inv.opts, inv.writes
     if log.isEnabledFor(logging.DEBUG):
-        for line in describe(hostfw.read(ctx.runner)):
+        for line in describe(hostfw.read(inv.ctx.runner)):
             log.debug("host firewall: %s", line)
     try:
         got = resolve.resolve(
-            cfg,
-            state,
-            source=args.source,
-            offline=offline,
-            scheduled=getattr(args, "scheduled", False),
-            force=getattr(args, "force", False),
-            pushed=getattr(args, "source_file", None),
+            inv.config,
+            inv.state,
+            source=opts.source,
+            offline=opts.offline,
+            scheduled=opts.scheduled,
+            force=opts.force,
+            pushed=opts.source_file,
         )
-        if getattr(args, "verify", False):
-            failed = verify_first(args, cfg, ctx, backends, got.ranges)
+        if opts.verify:
+            failed = verify_first(inv, got.ranges)
             if failed:
                 return failed
-        record = not dry_run and got.fetched
-        if record:  # before any backend runs: a full state dir stops the run here
-            state.stage(got.ranges)
+        staged = writes.stage(got)  # before any backend runs: a full state dir stops here
     except (RangesError, StateError):
-        if not dry_run:  # a refused list is a failed run: the last-success age keeps growing
-            _write_metrics(cfg, report.to_json(None, [], dry_run=False), success=False)
+        # a refused list is a failed run: the last-success age keeps growing
+        writes.metrics(report.Report((), dry_run=False), success=False)
         raise
     ranges = got.ranges
-    ctx.etag = ranges.etag
-    results = engine.run(backends, ranges.desired, dry_run=dry_run).results
+    results = engine.run(inv.backends, ranges.desired, dry_run=opts.dry_run).results
     state_error = None
-    if not dry_run:
-        try:
-            resolve.record(cfg, state, got, staged=record)
-        except StateError as exc:
-            state_error = str(exc)
-    doc = _emit(
-        args, ranges, results, dry_run=dry_run, verb=verb, fetch=resolve.fetch_json(state, got)
-    )
+    fetch_log = got.log
+    try:
+        fetch_log = writes.record(got, staged=staged)
+    except StateError as exc:
+        state_error = str(exc)
+    rep = report.Report(tuple(results), opts.dry_run, ranges, report.Fetch.of(got, fetch_log))
+    _emit(inv, rep, verb=verb)
     if state_error is not None:
         log.error("%s", state_error)
-    failed = state_error is not None or any(r.error is not None for r in results)
-    if not dry_run and not _write_metrics(cfg, doc, success=not failed and got.held is None):
+    failed = state_error is not None or rep.failed
+    if not writes.metrics(rep, success=not failed and got.held is None):
         failed = True
-    code = _exit_code(got, ranges, failed, verb=verb, changed=bool(doc["changed"]))
-    if not dry_run and cfg.notify_url is not None:
-        from cfallow.report import notify
-
-        notify.after_run(cfg.notify_url, cfg.notify_timeout, doc, code, got)
+    code = _exit_code(got, ranges, failed, verb=verb, changed=rep.changed)
+    writes.notify(rep, code)
     return code
 
 
@@ -226,9 +181,15 @@ def _exit_code(
 ) -> int:
     """The run's exit code; a list held at last-known-good says so on stderr."""
     if got.held is not None:  # a status compares; a sync has repaired, yet the fetch failed
-        say = log.warning if verb == "status" else log.error
-        say("%s", got.held)
-        say("%s", resolve.held_line(ranges, "compared with" if verb == "status" else "held at"))
+        held = resolve.held_line(ranges, "compared with" if verb == "status" else "held at")
+        level = logging.WARNING if verb == "status" else logging.ERROR
+        cause = str(got.held)
+        if isinstance(got.held, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {held}"
+            repeat.warn(resolve.HELD_WARNING, [cause, held], short, cause=cause, level=level)
+        else:  # a list refused: said in full every time, it needs the operator
+            log.log(level, "%s", cause)
+            log.log(level, "%s", held)
     if failed:
         return EXIT_BACKEND
     if verb == "status":
@@ -236,58 +197,64 @@ def _exit_code(
     return EXIT_RANGES if got.held is not None else EXIT_OK
 
 
-def cmd_sync(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    if args.dry_run:
-        return _sync_like(args, cfg, state, ctx, dry_run=True, verb="sync")
-    if cfg.metrics_file is not None:  # a config error (exit 2) before anything is touched
-        from cfallow.report import metrics
-
-        metrics.check_path(cfg.metrics_file)
-    with state.lock(args.lock_timeout):
-        return _sync_like(args, cfg, state, ctx, dry_run=False, verb="sync")
+def cmd_sync(inv: Invocation) -> int:
+    inv.writes.check_metrics()  # a config error (exit 2) before anything is touched
+    with inv.writes.held():
+        return _sync_like(inv, verb="sync")
 
 
-def cmd_status(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    return _sync_like(args, cfg, state, ctx, dry_run=True, verb="status")
+def cmd_status(inv: Invocation) -> int:
+    return _sync_like(inv, verb="status")
 
 
-def cmd_accept(args: argparse.Namespace, cfg: config.Config, state: State) -> int:
+def cmd_accept(inv: Invocation) -> int:
     """Show the list against the accepted one; unless ``--dry-run``, record it as accepted
     (the growth guard's anchor). The ceiling still holds."""
-    if args.source == "bundled":
+    opts, cfg, state = inv.opts, inv.config, inv.state
+    if opts.source == "bundled":
         ranges = sources.bundled()
     else:
         ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
     resolve.ceiling(cfg, ranges)
     for line in resolve.accept_lines(state.load_anchor(), ranges):
         print(line)
-    if args.dry_run:
+    if not inv.writes.accept(ranges):
         log.info("not recorded (--dry-run)")
         return EXIT_OK
-    with state.lock(args.lock_timeout):
-        state.save_anchor(ranges)
     log.info("recorded as the accepted list in %s; the next sync may apply it", state.dir)
     return EXIT_OK
 
 
-def cmd_remove(
-    args: argparse.Namespace, cfg: config.Config, state: State, ctx: backend.Context
-) -> int:
-    backends: list[backend.AnyBackend] = args.built
-
-    def run() -> int:
-        results = engine.run(backends, None, dry_run=args.dry_run).results
-        _emit(args, None, results, dry_run=args.dry_run, verb="remove")
+def cmd_remove(inv: Invocation) -> int:
+    with inv.writes.held():
+        results = engine.run(inv.backends, None, dry_run=inv.opts.dry_run).results
+        _emit(inv, report.Report(tuple(results), inv.opts.dry_run), verb="remove")
         return EXIT_BACKEND if any(r.error is not None for r in results) else EXIT_OK
 
-    if args.dry_run:
-        return run()
-    with state.lock(args.lock_timeout):
-        return run()
+
+def cmd_check(inv: Invocation) -> int:
+    from cfallow.cli import check
+
+    return check.run(inv)
+
+
+def cmd_prepare(inv: Invocation) -> int:
+    from cfallow.cli import check
+
+    return check.run_prepare(list(inv.backends))
+
+
+COMMANDS: dict[str, Callable[[Invocation], int]] = {
+    "ranges": cmd_ranges,
+    "backends": cmd_backends,
+    "accept": cmd_accept,
+    "check": cmd_check,
+    "prepare": cmd_prepare,
+    "sync": cmd_sync,
+    "status": cmd_status,
+    "remove": cmd_remove,
+    "verify": cmd_verify,
+}
 
 
 def _complete(parser: argparse.ArgumentParser) -> None:
@@ -318,37 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _parser()
         _complete(parser)
-        args = parser.parse_args(raw)
-        want_json = bool(getattr(args, "json", False))
-        _setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", False))
-        cfg = config.load(getattr(args, "config", None))
-        state = State(getattr(args, "state_dir", config.DEFAULT_STATE_DIR))
-        ctx = backend.Context(runner=Runner(), state_dir=state.dir, log=log)
-        if args.command == "ranges":
-            return cmd_ranges(args, cfg, state)
-        if args.command == "backends":
-            return cmd_backends(args, cfg, ctx)
-        if args.command == "accept":
-            return cmd_accept(args, cfg, state)
-        # the whole config, every backend section included, before any lock or state dir
-        args.built = _backends(
-            cfg, getattr(args, "backend", None), ctx, offline=getattr(args, "offline", False)
-        )
-        if args.command == "check":
-            from cfallow.cli import check
-
-            return check.run(args, cfg, state, ctx, args.built)
-        if args.command == "prepare":
-            from cfallow.cli import check
-
-            return check.run_prepare(args.built)
-        command = {
-            "sync": cmd_sync,
-            "status": cmd_status,
-            "remove": cmd_remove,
-            "verify": cmd_verify,
-        }[args.command]
-        return command(args, cfg, state, ctx)
+        opts = invocation.Options.parse(parser.parse_args(raw))
+        want_json = opts.json
+        _setup_logging(opts.verbose, opts.quiet)
+        return COMMANDS[opts.command](invocation.load(opts))
     except CfallowError as exc:
         return _fail(exc, want_json)
     except KeyboardInterrupt:

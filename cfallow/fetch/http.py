@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -31,6 +32,7 @@ from urllib3.util import parse_url
 
 from cfallow import __version__
 from cfallow.errors import ConfigError, FetchError
+from cfallow.report import progress
 
 MAX_BODY = 1 << 20
 MAX_REDIRECTS = 5
@@ -182,12 +184,17 @@ def _read(session: requests.Session, target: Target, url: str, timeout: float) -
 
 
 def _read_within(
-    session: requests.Session, target: Target, url: str, remaining: float
+    session: requests.Session,
+    target: Target,
+    url: str,
+    remaining: float,
+    slow: Callable[[], None] | None = None,
 ) -> Response | None:
     """:func:`_read` in a daemon thread; ``None`` if it is not done within ``remaining``.
 
     A daemon thread, so a reader stuck past the deadline neither delays the
-    answer nor the process's exit; its socket times out on its own.
+    answer nor the process's exit; its socket times out on its own. ``slow`` is
+    called if it is not done after :data:`progress.AFTER` seconds.
     """
     box: list[Response | BaseException] = []
 
@@ -199,6 +206,11 @@ def _read_within(
 
     thread = threading.Thread(target=work, name="cfallow-fetch", daemon=True)
     thread.start()
+    if slow is not None and remaining > progress.AFTER:
+        thread.join(progress.AFTER)
+        if thread.is_alive():
+            slow()
+        remaining -= progress.AFTER
     thread.join(remaining)
     if not box:
         return None
@@ -207,7 +219,7 @@ def _read_within(
     return box[0]
 
 
-def _get_once(url: str, timeout: float) -> Response:
+def _get_once(url: str, timeout: float, shown: progress.Fetch | None = None) -> Response:
     """Follow up to :data:`MAX_REDIRECTS` checked redirects within one deadline."""
     deadline = time.monotonic() + timeout
     session = requests.Session()
@@ -220,7 +232,8 @@ def _get_once(url: str, timeout: float) -> Response:
             if remaining <= 0:
                 break
             try:
-                resp = _read_within(session, target, url, remaining)
+                slow = shown.slow if shown is not None else None
+                resp = _read_within(session, target, url, remaining, slow)
             except requests.exceptions.SSLError as exc:
                 raise FetchError(f"{url}: TLS verification failed: {exc}") from None
             except (requests.RequestException, HTTPError, OSError) as exc:
@@ -249,7 +262,7 @@ def _get_once(url: str, timeout: float) -> Response:
             return resp
         else:
             raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
-        raise RetryableError(f"{url}: no complete response within {timeout:g} s")
+        raise Unanswered(f"{url}: no complete response within {timeout:g} s")
     finally:
         session.close()
 
@@ -299,16 +312,23 @@ def retry_after(value: str, now: float | None = None) -> float | None:
 def get(url: str, *, timeout: float, attempts: int, backoff: float) -> Response:
     """GET; with ``attempts`` > 1, a failure without any HTTP answer is tried again
     (exponential backoff with jitter). An answer (429, 5xx) is never asked again here."""
+    shown = progress.Fetch(url, timeout=timeout, attempts=attempts, backoff=backoff)
+
+    def once() -> Response:
+        shown.begin(shown.attempt + 1)
+        return _get_once(url, timeout, shown)
+
     retrying = Retrying(
         stop=stop_after_attempt(attempts),
         wait=wait_random_exponential(multiplier=backoff, max=max(backoff * 16, 0.001)),
         retry=retry_if_exception_type(Unanswered),
         reraise=True,
-        before_sleep=lambda rs: log.debug(
-            "will retry: %s", rs.outcome.exception() if rs.outcome else "?"
+        before_sleep=lambda rs: shown.retry(
+            rs.outcome.exception() if rs.outcome else None,
+            rs.next_action.sleep if rs.next_action else 0.0,
         ),
     )
     try:
-        return retrying(_get_once, url, timeout)
+        return retrying(once)
     except RetryError as exc:  # pragma: no cover - reraise=True makes this unreachable
         raise FetchError(f"{url}: gave up after {attempts} attempts") from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cfallow.model import Networks, as_strings, canonical
+from cfallow.model import Desired, Networks, as_strings, canonical
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,10 @@ class Ranges:
     fetched_at: float | None = None  # epoch seconds (bundled: the snapshot's date)
 
     @property
-    def desired(self) -> Networks:
-        """Both families, merged once: exactly what every backend diffs against."""
-        return canonical(self.ipv4) | canonical(self.ipv6)
+    def desired(self) -> Desired:
+        """Both families, merged once: exactly what every backend diffs against (with
+        the list's etag, for a backend's own record)."""
+        return Desired(canonical(self.ipv4) | canonical(self.ipv6), self.etag)
 
     def to_json(self) -> dict[str, object]:
         """The ``source`` object of the JSON contract."""

@@ -32,15 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cfallow.cli.config import Config
-from cfallow.errors import GuardRefused, RangesError, UsageError
+from cfallow.errors import FetchError, GuardRefused, RangesError, UsageError
 from cfallow.fetch import cadence, sources
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
 from cfallow.model import Networks, as_strings
+from cfallow.report import repeat
 
 log = logging.getLogger("cfallow")
 LKG = "last-known-good"
+#: The keys of the warnings a failing fetch repeats run after run (cfallow.report.repeat):
+#: held at the last-known-good list, or on the bundled snapshot; a good fetch clears both.
+FETCH_WARNING = "fetch"
+HELD_WARNING = "fetch:held"
+SNAPSHOT_WARNING = "fetch:snapshot"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Resolved:
     added: Networks = frozenset()  # a fetched list against the last-known-good one
     removed: Networks = frozenset()
     forced: bool = False  # accepted with --force: it becomes the accepted list too
+    log: cadence.FetchLog | None = None  # the fetch log as this run found it (read once)
 
     @property
     def fetched(self) -> bool:
@@ -172,13 +179,15 @@ def _live(
         if isinstance(exc, GuardRefused):
             raise
         snap = sources.bundled()
-        log.warning(
-            "live fetch failed (%s); no last-known-good list yet, using %s; "
-            "Cloudflare never reached from this host",
-            exc,
-            snapshot_age(snap),
-        )
+        still = f"using {snapshot_age(snap)}; Cloudflare never reached from this host"
+        full = f"live fetch failed ({exc}); no last-known-good list yet, {still}"
+        if isinstance(exc, FetchError):  # unreachable: shortened while it lasts
+            short = f"live fetch still failing the same way; {still}"
+            repeat.warn(SNAPSHOT_WARNING, [full], short, cause=str(exc))
+        else:  # a list refused: said in full every time
+            log.warning("%s", full)
         return Resolved(snap, attempted=True, failed=exc)
+    repeat.cleared(FETCH_WARNING)
     if known is None:
         return Resolved(ranges, attempted=True, forced=force)
     added, removed = ranges.desired - known.desired, known.desired - ranges.desired
@@ -198,11 +207,39 @@ def resolve(
     pushed: Path | None = None,
 ) -> Resolved:
     """The list for this run (see the module docstring). Raises :class:`RangesError`
-    only when nothing trustworthy is at hand (the bundled list refused by the guard)."""
+    only when nothing trustworthy is at hand (the bundled list refused by the guard).
+
+    The fetch log is read here, once a run: :func:`record` writes the next entry from
+    it, and the report reads it from what :func:`record` returns."""
     if pushed is not None and (source != "live" or offline or scheduled):
         raise UsageError(
             "--source-file is a list of its own: not with --source, --offline or --scheduled"
         )
+    entry = cadence.read_log(state.dir)
+    chosen = _choose(
+        cfg,
+        state,
+        entry,
+        source=source,
+        offline=offline,
+        scheduled=scheduled,
+        force=force,
+        pushed=pushed,
+    )
+    return dataclasses.replace(chosen, log=entry)
+
+
+def _choose(
+    cfg: Config,
+    state: State,
+    entry: cadence.FetchLog | None,
+    *,
+    source: str,
+    offline: bool,
+    scheduled: bool,
+    force: bool,
+    pushed: Path | None,
+) -> Resolved:
     known = _known(cfg, state)
     if source == "bundled":
         ranges = sources.bundled()
@@ -214,7 +251,6 @@ def resolve(
     if offline or source == LKG:
         return Resolved(_without_network(known))
     if scheduled:
-        entry = cadence.read_log(state.dir)
         due, why = cadence.fetch_due(
             entry,
             known.fetched_at if known else None,
@@ -249,13 +285,16 @@ def accept_lines(anchor: Ranges | None, ranges: Ranges) -> list[str]:
     return lines
 
 
-def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = False) -> None:
+def record(
+    cfg: Config, state: State, resolved: Resolved, *, staged: bool = False
+) -> cadence.FetchLog | None:
     """After a real run: record an accepted list (commit the candidate ``staged`` before
-    the backends ran, else save it), log the attempt (for the cadence)."""
+    the backends ran, else save it), log the attempt (for the cadence). Returns the
+    fetch log as it now stands (``resolved.log`` when there was nothing to log)."""
     if not resolved.attempted:
-        return
+        return resolved.log
     at = cadence.now()
-    previous = cadence.read_log(state.dir)
+    previous = resolved.log
     if resolved.fetched:
         if staged:
             state.commit()
@@ -264,7 +303,7 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
         if resolved.forced:  # --force is an operator's explicit acceptance
             state.save_anchor(resolved.ranges)
         changed = bool(resolved.added or resolved.removed)
-        cadence.write_log(state.dir, cadence.fetched_at(at, previous, changed=changed))
+        entry = cadence.fetched_at(at, previous, changed=changed)
     elif resolved.failed is not None:  # retry later, also on a first run (snapshot)
         entry = cadence.failed_at(
             at,
@@ -274,16 +313,7 @@ def record(cfg: Config, state: State, resolved: Resolved, *, staged: bool = Fals
             previous=previous,
             retry_after=resolved.failed.retry_after,
         )
-        cadence.write_log(state.dir, entry)
-
-
-def fetch_json(state: State, resolved: Resolved) -> dict[str, object]:
-    """The ``fetch`` object of the JSON report: this run's attempt, and when Cloudflare's
-    list last changed (as far as this host has seen)."""
-    entry = cadence.read_log(state.dir)
-    return {
-        "attempted": resolved.attempted,
-        "ok": (resolved.failed is None) if resolved.attempted else None,
-        "error": str(resolved.failed) if resolved.failed is not None else None,
-        "last_change": entry.changed_at if entry else None,
-    }
+    else:
+        return previous
+    cadence.write_log(state.dir, entry)
+    return entry

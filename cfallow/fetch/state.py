@@ -108,7 +108,7 @@ class State:
             write_atomic(self.dir / ANCHOR_FILE, json.dumps(doc, indent=2) + "\n", mode=0o600)
         except OSError as exc:
             raise StateError(
-                f"cannot record the accepted list in {self.dir}: {exc.strerror or exc}"
+                f"cannot record the accepted list in {self.dir}: {_why(exc)}"
             ) from None
 
     def _load(self, name: str, instead: str) -> Ranges | None:
@@ -118,16 +118,17 @@ class State:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise StateError(f"cannot read {path}: {_why(exc)}") from None
         try:
             raw = json.loads(read_capped(name, dir_fd).decode("utf-8"))
             return _ranges(raw, path)
         except FileNotFoundError:
             return None
         except PermissionError:
-            raise StateError(f"cannot read {path}: permission denied") from None
+            hint = _ROOT_HINT if os.geteuid() != 0 else ""
+            raise StateError(f"cannot read {path}: permission denied{hint}") from None
         except OSError as exc:
-            raise StateError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise StateError(f"cannot read {path}: {_why(exc)}") from None
         except (
             _Unusable,
             ValueError,
@@ -157,7 +158,7 @@ class State:
                     raise IsADirectoryError(errno.EISDIR, f"{LKG_FILE} is a directory")
             write_atomic(self.dir / CANDIDATE_FILE, json.dumps(doc, indent=2) + "\n", mode=0o600)
         except OSError as exc:
-            raise StateError(f"cannot write state in {self.dir}: {exc.strerror or exc}") from None
+            raise StateError(f"cannot write state in {self.dir}: {_why(exc)}") from None
 
     def commit(self) -> None:
         """Rename the staged candidate over the last-known-good file (atomically)."""
@@ -170,7 +171,7 @@ class State:
                 os.close(dir_fd)
         except OSError as exc:
             raise StateError(
-                f"cannot record the last-known-good list in {self.dir}: {exc.strerror or exc}"
+                f"cannot record the last-known-good list in {self.dir}: {_why(exc)}"
             ) from None
 
     def save(self, ranges: Ranges) -> None:
@@ -185,24 +186,37 @@ class State:
         try:
             dir_fd = self._open_dir(create=True)
         except OSError as exc:
-            raise StateError(f"{where}: {exc.strerror or exc}") from None
+            raise StateError(f"{where}: {_why(exc)}") from None
         try:
             fd = _open_regular(LOCK_FILE, dir_fd, os.O_RDWR | os.O_CREAT)
         except _Unusable as exc:
             raise StateError(f"{where}: {self.dir / LOCK_FILE} is {exc}") from None
         except OSError as exc:
-            raise StateError(f"{where}: {exc.strerror or exc}") from None
+            raise StateError(f"{where}: {_why(exc)}") from None
         finally:
             os.close(dir_fd)
         try:
             _private(fd)
-            if not flock_within(fd, timeout):
+            what = f"the lock {self.dir / LOCK_FILE}"
+            log.debug("taking %s (waiting up to %g s)", what, timeout)
+            if not flock_within(fd, timeout, what=what):
                 raise LockTimeout(
                     f"another cfallow run holds {self.dir / LOCK_FILE}; gave up after {timeout:g} s"
                 )
             yield
         finally:
             os.close(fd)
+
+
+_ROOT_HINT = " (cfallow changes the firewall: run it as root, e.g. with sudo)"
+
+
+def _why(exc: OSError) -> str:
+    """``exc`` in words; for a non-root user denied access, the hint to run as root."""
+    text = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        return text + _ROOT_HINT
+    return text
 
 
 def _private(fd: int) -> None:

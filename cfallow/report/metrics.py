@@ -13,10 +13,15 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cfallow.errors import ConfigError
 from cfallow.fs import write_atomic
+
+if TYPE_CHECKING:
+    from cfallow.engine import BackendResult
+    from cfallow.fetch.ranges import Ranges
+    from cfallow.report import Fetch, Report
 
 PREFIX = "cfallow_"
 _LAST_SUCCESS = "cfallow_last_success_timestamp_seconds"
@@ -77,13 +82,11 @@ def previous_success(path: Path) -> float | None:
     return None
 
 
-def render(
-    report: Mapping[str, Any], *, now: float, success: bool, last_success: float | None
-) -> str:
-    """The metrics text for one run (``report``: the ``--json`` output of ``sync``).
+def render(report: Report, *, now: float, success: bool, last_success: float | None) -> str:
+    """The metrics text for one ``sync`` run.
 
-    ``report`` may lack ``source`` or ``backends`` (a run that failed before
-    it had them); those metrics are then left out.
+    A report without a list or backends (a run that failed before it had them)
+    leaves those metrics out.
     """
     out = _Exposition()
     out.gauge("last_run_timestamp_seconds", "End of the last cfallow sync run.", [({}, now)])
@@ -96,50 +99,50 @@ def render(
         [({}, now if success else (last_success or 0))],
     )
 
-    _source_gauges(out, report.get("source") or {}, now)
-    failed = _backend_gauges(out, list(report.get("backends") or []), bool(report.get("dry_run")))
-    _fetch_gauges(out, report, backends_ok=not failed, dry_run=bool(report.get("dry_run")))
+    if report.ranges is not None:
+        _source_gauges(out, report.ranges, now)
+    failed = _backend_gauges(out, report.results, report.dry_run)
+    _fetch_gauges(out, report, backends_ok=not failed)
     return out.text()
 
 
-def _source_gauges(out: _Exposition, source: Mapping[str, Any], now: float) -> None:
-    if source:
+def _source_gauges(out: _Exposition, ranges: Ranges, now: float) -> None:
+    out.gauge(
+        "ranges",
+        "Cloudflare ranges in the desired list.",
+        [({"family": "ipv4"}, len(ranges.ipv4)), ({"family": "ipv6"}, len(ranges.ipv6))],
+    )
+    info = {"kind": ranges.kind, "etag": ranges.etag or ""}
+    out.gauge("source_info", "The source of the desired list.", [(info, 1)])
+    fetched = ranges.fetched_at
+    if fetched is not None:
         out.gauge(
-            "ranges",
-            "Cloudflare ranges in the desired list.",
-            [({"family": f}, len(source.get(f) or [])) for f in ("ipv4", "ipv6")],
+            "source_fetched_timestamp_seconds",
+            "When the desired list was fetched from Cloudflare.",
+            [({}, float(fetched))],
         )
-        info = {"kind": str(source.get("kind") or ""), "etag": str(source.get("etag") or "")}
-        out.gauge("source_info", "The source of the desired list.", [(info, 1)])
-        fetched = source.get("fetched_at")
-        if isinstance(fetched, (int, float)) and not isinstance(fetched, bool):
-            out.gauge(
-                "source_fetched_timestamp_seconds",
-                "When the desired list was fetched from Cloudflare.",
-                [({}, float(fetched))],
-            )
-            out.gauge(
-                "source_age_seconds",
-                "Age of the desired list at the end of the run.",
-                [({}, max(0.0, now - float(fetched)))],
-            )
+        out.gauge(
+            "source_age_seconds",
+            "Age of the desired list at the end of the run.",
+            [({}, max(0.0, now - float(fetched)))],
+        )
 
 
-def _backend_gauges(out: _Exposition, backends: list[Any], dry_run: bool) -> bool:
+def _backend_gauges(out: _Exposition, results: Iterable[BackendResult], dry_run: bool) -> bool:
     """Per-backend gauges; True if any backend failed."""
     failed: list[Sample] = []
     applied: list[Sample] = []
     entries: list[Sample] = []
-    for b in backends:
-        label = {"backend": str(b.get("name"))}
-        error = b.get("error")
-        failed.append((label, int(error is not None)))
-        current = set(b.get("current") or [])
-        add, remove = set(b.get("add") or []), set(b.get("remove") or [])
-        done = not dry_run and error is None
+    for r in results:
+        label = {"backend": r.name}
+        failed.append((label, int(r.error is not None)))
+        plan = r.plan
+        add, remove = (plan.add, plan.remove) if plan is not None else (frozenset(), frozenset())
+        current = plan.current if plan is not None else frozenset()
+        done = not dry_run and r.error is None
         for action, nets in (("add", add), ("remove", remove)):
             applied.append(({**label, "action": action}, len(nets) if done else 0))
-        if error is None:
+        if r.error is None:
             entries.append((label, len((current - remove) | add) if done else len(current)))
     out.gauge("backend_failed", "1 if the backend failed in the last run, else 0.", failed)
     out.gauge(
@@ -149,29 +152,26 @@ def _backend_gauges(out: _Exposition, backends: list[Any], dry_run: bool) -> boo
     return any(v for _, v in failed)
 
 
-def _fetch_gauges(
-    out: _Exposition, report: Mapping[str, Any], *, backends_ok: bool, dry_run: bool
-) -> None:
+def _fetch_gauges(out: _Exposition, report: Report, *, backends_ok: bool) -> None:
     """The apply and the fetch, each on its own: held at last-known-good is 1 and 0."""
-    if report.get("backends") and not dry_run:
+    if report.results and not report.dry_run:
         out.gauge(
             "apply_success",
             "1 if every backend was brought to the list of the last run, else 0.",
             [({}, int(backends_ok))],
         )
-    fetch = report.get("fetch") or {}
-    if fetch.get("attempted"):
+    fetch: Fetch | None = report.fetch
+    if fetch is not None and fetch.attempted:
         out.gauge(
             "source_fetch_success",
             "1 if the last run's fetch from Cloudflare succeeded and was accepted, else 0.",
-            [({}, int(bool(fetch.get("ok"))))],
+            [({}, int(fetch.error is None))],
         )
-    changed = fetch.get("last_change")
-    if isinstance(changed, (int, float)) and not isinstance(changed, bool):
+    if fetch is not None and fetch.last_change is not None:
         out.gauge(
             "source_last_change_timestamp_seconds",
             "When a fetched Cloudflare list last differed from the last-known-good one.",
-            [({}, float(changed))],
+            [({}, float(fetch.last_change))],
         )
 
 
@@ -191,7 +191,7 @@ def check_path(path: Path) -> None:
         raise ConfigError(f"metrics_file {path}: directory {where} is not writable")
 
 
-def write_metrics(path: Path, report: dict[str, Any], *, now: float, success: bool) -> None:
+def write_metrics(path: Path, report: Report, *, now: float, success: bool) -> None:
     """Write the metrics for one run to ``path`` atomically.
 
     A failed run keeps the previous run's last-success timestamp (read from

@@ -11,31 +11,31 @@ import json
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cfallow.errors import EXIT_OK
 from cfallow.model import as_strings
-
-if TYPE_CHECKING:
-    from cfallow.fetch.resolve import Resolved
+from cfallow.report import Fetch, Report
 
 log = logging.getLogger("cfallow")
 
 
-def after_run(
-    url: str, timeout: float, doc: dict[str, Any], code: int, got: Resolved
-) -> bool | None:
+def after_run(url: str, timeout: float, report: Report, code: int) -> bool | None:
     """Notify when the run changed something, failed, or saw Cloudflare's list change;
-    ``None`` when there was nothing to say, else whether it was delivered."""
-    news = bool(got.added or got.removed)
-    if not (doc["changed"] or code != EXIT_OK or news):
+    ``None`` when there was nothing to say, else whether it was delivered.
+
+    The body: the ``--json`` document with the host, the exit code, the fetch's
+    error and Cloudflare's change (``report.fetch``: a ``sync``'s)."""
+    fetch = report.fetch or Fetch()
+    news = bool(fetch.added or fetch.removed)
+    if not (report.changed or code != EXIT_OK or news):
         return None
     body = {
         "host": socket.gethostname(),
         "exit_code": code,
-        **doc,
-        "fetch_error": str(got.held) if got.held is not None else None,
-        "cloudflare_change": {"add": as_strings(got.added), "remove": as_strings(got.removed)},
+        **report.to_json(),
+        "fetch_error": fetch.held,
+        "cloudflare_change": {"add": as_strings(fetch.added), "remove": as_strings(fetch.removed)},
     }
     return send(url, body, timeout)
 

@@ -19,6 +19,7 @@ from netaddr import IPNetwork
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
+from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
 from cfallow.verify import sample, snapshot, trace, xpath
@@ -265,6 +266,7 @@ def _probe(
         doc = _probe_doc(lab, timeout, landing, which, traced=True)
         _judge(which, json.loads(runner.run(argv, input=json.dumps(doc)).stdout), legacy=legacy)
 
+    progress.probing(len(probes), timeout)
     send(probes)
     # nft monitor can lose events when hundreds of probes fly at once (its netlink
     # socket's buffer): the probes it missed, wholly or after some chain, are sent

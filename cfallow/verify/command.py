@@ -17,7 +17,7 @@ from cfallow import backend, engine
 from cfallow.errors import VerifyFailed
 from cfallow.model import Networks
 from cfallow.runner import Runner
-from cfallow.verify import Expectation, Report, prove
+from cfallow.verify import Expectation, Probe, Report, prove
 from cfallow.verify.lab import PREFIX, CannotVerify, Lab, alive
 
 TMP_PREFIX = PREFIX
@@ -154,23 +154,87 @@ def scratch_dir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_text(out: TextIO, report: Report) -> None:
-    """The text report: one line per probe, then the verdict."""
-    for e in report.expectations:
-        ports = ",".join(str(p) for p in e.ports)
-        fams = "+".join(f"IPv{v}" for v in e.families)
-        out.write(f"{e.backend}: {e.mode} on TCP {ports} ({fams})\n")
-    out.write(
-        f"{'family':<6} {'port':>5}  {'source':<40} {'kind':<10} {'verdict':<7}  decided by\n"
-    )
-    for p in report.probes:
-        mark = "" if p.ok else "  <- FAIL"
-        out.write(
-            f"IPv{p.version:<3} {p.port:>5}  {p.source:<40} {p.kind:<10} {p.verdict:<7}  "
-            f"{p.decided}{mark}\n"
-        )
-    for note in report.notes:
-        out.write(f"note: {note}\n")
-    out.write(
-        "verify: ok\n" if report.ok else f"verify: FAILED ({len(report.failures())} probes)\n"
-    )
+def write_text(out: TextIO, report: Report, *, quiet: bool = False) -> None:
+    """The text report: what each backend promises, a grid of range x family x port with
+    the kernel's verdict, the deciding rule of each failed cell, then the verdict line
+    (``quiet``: the verdict line alone)."""
+    from cfallow.report import table
+
+    lines: list[str] = []
+    if not quiet:
+        for e in report.expectations:
+            ports = ",".join(str(p) for p in e.ports)
+            fams = "+".join(f"IPv{v}" for v in e.families)
+            lines.append(f"{e.backend}: {e.mode} on TCP {ports} ({fams})")
+        lines += grid(report.probes)
+        lines += [f"note: {note}" for note in report.notes]
+    n = len(report.probes)
+    if report.ok:
+        lines.append(f"verify: ok ({n} probes)")
+    else:
+        lines.append(f"verify: FAILED ({len(report.failures())} of {n} probes)")
+    for line in lines:
+        for part in table.wrap(line, indent=6 if line.startswith("  ") else 4):
+            out.write(part + "\n")
+
+
+#: Ports side by side in one grid (more go to the next grid): keeps it within 100 columns.
+GRID_PORTS = 6
+
+
+def _cell(probes: Sequence[Probe]) -> str:
+    verdicts = sorted({p.verdict for p in probes})
+    text = verdicts[0] if len(verdicts) == 1 else "mixed"
+    return text if all(p.ok for p in probes) else text + " *"
+
+
+def grid(probes: Sequence[Probe]) -> list[str]:
+    """One row per Cloudflare range (its first and last address) and one for the outsiders
+    of each family, one column per port; ``*`` marks what the mode did not promise, and
+    the rule that decided each such cell follows the grid."""
+    from cfallow.report import table
+
+    if not probes:
+        return []
+    cells: dict[tuple[int, str], dict[int, list[Probe]]] = {}
+    for p in probes:
+        row = (p.version, p.net if p.kind == "cloudflare" else "outsiders")
+        cells.setdefault(row, {}).setdefault(p.port, []).append(p)
+    ports = sorted({p.port for p in probes})
+    lines: list[str] = []
+    for at in range(0, len(ports), GRID_PORTS):
+        some = ports[at : at + GRID_PORTS]
+        rows: list[list[str]] = []
+        for (version, net), by_port in cells.items():
+            label = net
+            if net == "outsiders":
+                label = f"outsiders ({len({p.source for ps in by_port.values() for p in ps})})"
+            marks = [_cell(by_port[q]) if q in by_port else "" for q in some]
+            rows.append([f"IPv{version}", label, *marks])
+        lines += table.render(["family", "range", *(f"TCP {q}" for q in some)], rows)
+    return lines + _failed(probes, cells)
+
+
+def _failed(
+    probes: Sequence[Probe], cells: dict[tuple[int, str], dict[int, list[Probe]]]
+) -> list[str]:
+    """The ``*`` cells by what decided them: ``drop, should be accepted; decided by RULE``,
+    then the family, port and ranges (``every Cloudflare range`` when it is all of them)."""
+    groups: dict[tuple[str, str, str], dict[tuple[int, int], list[str]]] = {}
+    for p in probes:
+        if p.ok:
+            continue
+        want = "accepted" if p.want == "accept" else "refused"
+        where = groups.setdefault((p.verdict, want, p.decided), {})
+        nets = where.setdefault((p.version, p.port), [])
+        name = p.net or f"outsider {p.source}"
+        if name not in nets:
+            nets.append(name)
+    lines = []
+    for (verdict, want, decided), where in groups.items():
+        lines.append(f"* {verdict}, should be {want}; decided by {decided}")
+        for (version, port), nets in where.items():
+            every = [n for (v, n) in cells if v == version and n != "outsiders"]
+            what = "every Cloudflare range" if sorted(nets) == sorted(every) else " ".join(nets)
+            lines.append(f"  IPv{version} TCP {port}: {what}")
+    return lines

@@ -71,12 +71,11 @@ def test_first_sync_one_batch_per_group_then_nothing(world: World, ports: list[i
     assert again.error is None and not again.changed and not again.applied
     calls = [c for c in world.server.calls() if c.by_cfallow]
     assert [c for c in calls if c.mutating] == []
-    # Every read also looks for cfallow's own prefix lists (leftovers are removed by `remove`).
+    # Prefix lists off and none made by this host: no DescribeManagedPrefixLists.
     assert [c.action for c in calls] == [
         "DescribeSecurityGroups",
         "DescribeNetworkInterfaces",
         *["DescribeSecurityGroupRules"] * len(world.groups),
-        "DescribeManagedPrefixLists",
     ]
 
 

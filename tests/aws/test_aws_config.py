@@ -129,3 +129,90 @@ def test_check_says_how_to_install_boto3(monkeypatch: pytest.MonkeyPatch) -> Non
         f"{shlex.quote(sys.executable)} -m pip install 'boto3>=1.28' (or reinstall the "
         "cfallow wheel or checkout you installed from as 'PATH[aws]'))"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "section", "message"),
+    [
+        ("aws-nacl", {"network_acl_ids": ["acl-1"]}, "network_acl_ids: not a network ACL id"),
+        ("aws-nacl", {"network_acl_ids": []}, "network_acl_ids: name at least one network ACL"),
+        (
+            "aws-nacl",
+            {"network_acl_ids": ["acl-0123456789abcdef0"], "rule_numbers": "0-99"},
+            'rule_numbers: expected "FIRST-LAST" within 1-32766',
+        ),
+        (
+            "aws-nacl",
+            {"network_acl_ids": ["acl-0123456789abcdef0"], "rules_per_acl": 41},
+            "rules_per_acl: at most 40",
+        ),
+        (
+            "aws-nacl",
+            {"network_acl_ids": ["acl-0123456789abcdef0"], "interval": "5s"},
+            "interval: expected seconds (at least 60)",
+        ),
+        (
+            "aws-nacl",
+            {"network_acl_ids": ["acl-0123456789abcdef0"], "role_arn": "admin"},
+            "role_arn: not an IAM role ARN: 'admin'",
+        ),
+        (
+            "aws-nacl",
+            {"network_acl_ids": ["acl-0123456789abcdef0"], "targets": []},
+            "targets: give either targets or region/role_arn/network_acl_ids, not both",
+        ),
+        (
+            "aws-nacl",
+            {"targets": [{"network_acl_ids": ["acl-0123456789abcdef0"]}]},
+            "region: required in a target",
+        ),
+        (
+            "aws-wafv2",
+            {"scope": "CLOUDFRONT", "region": "eu-west-1"},
+            'scope = "CLOUDFRONT" lives in region us-east-1 only',
+        ),
+        (
+            "aws",
+            {"security_group_ids": [GROUP], "targets": [{"region": "eu-west-1"}]},
+            "targets: give either targets or region/role_arn/security_group_ids, not both",
+        ),
+    ],
+)
+def test_aws_modes_refuse_bad_config_naming_the_key(
+    name: str, section: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        build(name, section, Context())
+    assert message in str(err.value), str(err.value)
+
+
+def test_targets_parse_into_regions_and_accounts() -> None:
+    role = "arn:aws:iam::222233334444:role/cfallow"
+    b = build(
+        "aws-nacl",
+        {
+            "targets": [
+                {"region": "eu-west-1", "network_acl_ids": ["acl-0123456789abcdef0"]},
+                {"region": "eu-west-1", "role_arn": role, "network_acl_ids": ["acl-01234567"]},
+            ],
+            "interval": "30m",
+        },
+        Context(),
+    )
+    assert [t.label for t in b.targets] == ["eu-west-1", "eu-west-1/222233334444"]
+    assert (b.interval, str(b.band), b.layout, b.quota) == (1800.0, "1-99", "per-port", 0)
+
+
+@pytest.mark.parametrize("name", ["aws-nacl", "aws-wafv2"])
+def test_the_new_modes_check_region_and_credentials_before_any_call(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _isolated(monkeypatch)
+    ids = {"network_acl_ids": ["acl-0123456789abcdef0"]} if name == "aws-nacl" else {}
+    with pytest.raises(BackendError, match="no AWS region"):
+        build(name, ids, Context()).check()
+    with pytest.raises(BackendError, match="no AWS credentials in boto3's chain"):
+        build(name, {**ids, "region": "eu-west-1"}, Context()).check()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example")
+    build(name, {**ids, "region": "eu-west-1"}, Context()).check()

@@ -9,6 +9,7 @@ backend makes is recorded with its parameters.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -30,6 +31,8 @@ OLD_V4 = sorted(str(n) for n in OLD if n.version == 4)
 class Stubbed:
     """An AwsBackend on a stubbed EC2 client that records each call and its parameters."""
 
+    state = Path("/nonexistent")  # set per test (the autouse fixture)
+
     def __init__(self, groups: tuple[str, ...] = (G1,), **options: Any) -> None:
         self.client = boto3.client(
             "ec2", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y"
@@ -42,7 +45,8 @@ class Stubbed:
         self.stub = Stubber(self.client)
         self.stub.activate()
         section = {"region": "eu-west-1", "security_group_ids": list(groups), "ports": [443]}
-        self.backend = build("aws", {**section, **options}, Context())
+        # the backend's state (its mark of the prefix lists it made): the test's temp dir
+        self.backend = build("aws", {**section, **options}, Context(state_dir=Stubbed.state))
         self.backend.set_client(self.client)  # type: ignore[attr-defined]
 
     def names(self) -> list[str]:
@@ -72,10 +76,12 @@ class Stubbed:
         )
 
     def no_lists(self) -> None:
-        """cfallow's own prefix lists: none (every read looks for them, to remove leftovers)."""
-        self.stub.add_response(
-            "describe_managed_prefix_lists", {"PrefixLists": []}, {"Filters": ANY}
-        )
+        """cfallow's own prefix lists: none. Looked for only in prefix-list mode (or while a
+        rule or this host's state says cfallow has some): with the mode off, no call."""
+        if self.backend.prefix_lists:  # type: ignore[attr-defined]
+            self.stub.add_response(
+                "describe_managed_prefix_lists", {"PrefixLists": []}, {"Filters": ANY}
+            )
 
     def ok(self, operation: str, params: dict[str, Any] | None = None) -> None:
         body = {"Return": True} if operation.endswith("_ingress") else {}
@@ -137,10 +143,12 @@ def authorized(s: Stubbed) -> dict[str, int]:
 
 
 @pytest.fixture(autouse=True)
-def _fast(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(Stubbed, "state", tmp_path)
     from cfallow.backends.aws.backend import AwsBackend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsBackend, "read_workers", 1)  # the stubbed answers come in order
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.001)
 
 
@@ -297,7 +305,6 @@ def test_throttling_is_retried_with_backoff_then_succeeds() -> None:
         "DescribeNetworkInterfaces",
         "DescribeSecurityGroupRules",
         "DescribeSecurityGroupRules",
-        "DescribeManagedPrefixLists",
         *["AuthorizeSecurityGroupIngress"] * 3,
     ]
     s.stub.assert_no_pending_responses()

@@ -112,3 +112,22 @@ def test_entry_points_first_distribution_on_the_path_wins(tmp_path: Path) -> Non
         (info / "entry_points.txt").write_text(text)
     eps = plugins.entry_points(backend_mod.GROUP, [str(tmp_path / "a"), str(tmp_path / "b")])
     assert [(e.name, e.value, e.dist) for e in eps] == [("p", "first:Cls [extra]", "Some.Plugin")]
+
+
+def test_a_plan_with_failed_targets_is_an_error_and_the_rest_is_applied(tmp_path: Path) -> None:
+    """``Plan.failed`` (one target of several over its quota, unreadable): the backend's error in
+    a dry run and in a real run alike, and a real run still applies the rest of the plan."""
+    import dataclasses
+
+    for dry_run in (True, False):
+        b = _fake(tmp_path)
+        real_diff = b.diff
+
+        def diff(observed: Any, desired: Any, _real: Any = real_diff) -> Any:
+            return dataclasses.replace(_real(observed, desired), failed=("target-2: over quota",))
+
+        b.diff = diff
+        result = engine.run([b], CURRENT, dry_run=dry_run).results[0]
+        assert result.error == "target-2: over quota"
+        assert result.applied is (not dry_run)
+    assert _owned(tmp_path) == as_strings(CURRENT)

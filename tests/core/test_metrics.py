@@ -3,60 +3,44 @@ values that match the run, atomic replacement, last success kept across failures
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 from netaddr import IPNetwork
 from prometheus_client.parser import text_string_to_metric_families
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
-from cfallow.model import as_strings
+from cfallow.engine import BackendResult
+from cfallow.fetch.ranges import Ranges
+from cfallow.model import Plan
+from cfallow.report import Report
 from cfallow.report.metrics import previous_success, write_metrics
 
 NOW = 1_760_000_000.25
 FETCHED = NOW - 3600.5
 
 
-def family(nets: frozenset[IPNetwork], version: int) -> list[str]:
-    return as_strings(n for n in nets if n.version == version)
+def family(nets: frozenset[IPNetwork], version: int) -> frozenset[IPNetwork]:
+    return frozenset(n for n in nets if n.version == version)
 
 
-def report(*, dry_run: bool = False, error: str | None = None) -> dict[str, Any]:
+def report(*, dry_run: bool = False, error: str | None = None) -> Report:
     """A sync report as `cfallow sync --json` gives it: OLD -> CURRENT on iptables,
     a fail2ban backend already in sync."""
-    return {
-        "changed": True,
-        "dry_run": dry_run,
-        "source": {
-            "kind": "live",
-            "url": "https://api.cloudflare.com/client/v4/ips",
-            "etag": 'a"b\\c',
-            "fetched_at": FETCHED,
-            "ipv4": family(CURRENT, 4),
-            "ipv6": family(CURRENT, 6),
-        },
-        "backends": [
-            {
-                "name": "iptables",
-                "changed": True,
-                "current": as_strings(OLD),
-                "add": as_strings(ADDED_2021),
-                "remove": as_strings(REMOVED_2021),
-                "error": None,
-            },
-            {
-                "name": "fail2ban",
-                "changed": False,
-                "current": as_strings(CURRENT),
-                "add": [],
-                "remove": [],
-                "error": error,
-            },
-        ],
-    }
+    ranges = Ranges(
+        family(CURRENT, 4),
+        family(CURRENT, 6),
+        "live",
+        "https://api.cloudflare.com/client/v4/ips",
+        'a"b\\c',
+        FETCHED,
+    )
+    iptables = BackendResult("iptables", Plan("iptables", OLD, ADDED_2021, REMOVED_2021))
+    fail2ban = BackendResult("fail2ban", Plan("fail2ban", CURRENT), error=error)
+    return Report((iptables, fail2ban), dry_run, ranges)
 
 
 def parse(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -113,7 +97,7 @@ def test_failed_run_keeps_the_last_success_and_flags_the_backend(tmp_path: Path)
     # A failed backend owns an unknown number of entries: no made-up value.
     assert ("cfallow_backend_entries", (("backend", "fail2ban"),)) not in m
     # And a third, failing run still remembers the success two runs back.
-    write_metrics(path, {"changed": False, "dry_run": False}, now=later + 1, success=False)
+    write_metrics(path, Report((), dry_run=False), now=later + 1, success=False)
     m = parse(path)
     assert m[("cfallow_last_success_timestamp_seconds", ())] == NOW
     assert ("cfallow_ranges", (("family", "ipv4"),)) not in m
@@ -121,7 +105,7 @@ def test_failed_run_keeps_the_last_success_and_flags_the_backend(tmp_path: Path)
 
 def test_never_succeeded_is_zero(tmp_path: Path) -> None:
     path = tmp_path / "cfallow.prom"
-    write_metrics(path, {"changed": False, "dry_run": False}, now=NOW, success=False)
+    write_metrics(path, Report((), dry_run=False), now=NOW, success=False)
     assert parse(path)[("cfallow_last_success_timestamp_seconds", ())] == 0
     assert previous_success(path) is None
 
@@ -129,8 +113,9 @@ def test_never_succeeded_is_zero(tmp_path: Path) -> None:
 def test_dry_run_applies_nothing_and_bundled_source_has_no_age(tmp_path: Path) -> None:
     path = tmp_path / "cfallow.prom"
     r = report(dry_run=True)
-    r["source"].update(kind="bundled", url=None, etag=None, fetched_at=None)
-    write_metrics(path, r, now=NOW, success=True)
+    assert r.ranges is not None
+    bundled = dataclasses.replace(r.ranges, kind="bundled", url=None, etag=None, fetched_at=None)
+    write_metrics(path, dataclasses.replace(r, ranges=bundled), now=NOW, success=True)
     m = parse(path)
     add = ("cfallow_backend_changes_applied", (("action", "add"), ("backend", "iptables")))
     assert m[add] == 0
@@ -149,8 +134,7 @@ def test_replacement_is_atomic_and_a_failed_write_keeps_the_old_file(tmp_path: P
         assert reader.read() == before
     assert parse(path)[("cfallow_last_run_timestamp_seconds", ())] == NOW + 60
 
-    bad = report()
-    bad["backends"] = [object()]  # render fails before anything is written
+    bad = dataclasses.replace(report(), results=(object(),))  # fails before anything is written
     with pytest.raises(AttributeError):
         write_metrics(path, bad, now=NOW + 120, success=True)
     assert parse(path)[("cfallow_last_run_timestamp_seconds", ())] == NOW + 60

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from netaddr import IPNetwork
 from support.cfdata import ADDED_2021, CURRENT, OLD, REMOVED_2021
 
 from cfallow.errors import ValidationError
-from cfallow.model import Plan, as_strings, canonical, diff, make_plan, parse_cidr
+from cfallow.fetch.ranges import Ranges
+from cfallow.model import Desired, Plan, as_strings, canonical, diff, etag_of, make_plan, parse_cidr
 
 N = IPNetwork
 
@@ -103,3 +106,19 @@ def test_a_leading_zero_octet_is_refused_whatever_netaddr_does(
     assert parse_cidr("2400:cb00::/32") == RealNetwork("2400:cb00::/32")
     with pytest.raises(ValidationError, match="not a CIDR"):
         parse_cidr(text)
+
+
+def test_the_etag_travels_with_the_desired_list_and_never_changes_a_diff() -> None:
+    ranges = Ranges(
+        frozenset(n for n in CURRENT if n.version == 4),
+        frozenset(n for n in CURRENT if n.version == 6),
+        "live",
+        etag="38f79d05",
+    )
+    desired = ranges.desired
+    assert etag_of(desired) == "38f79d05" and etag_of(copy.deepcopy(desired)) == "38f79d05"
+    assert desired == CURRENT and hash(desired) == hash(CURRENT)  # a set like any other
+    assert etag_of(CURRENT) is None and etag_of(None) is None
+    with pytest.raises(AttributeError):
+        desired.etag = "other"  # type: ignore[misc]
+    assert make_plan("x", desired, OLD) == make_plan("x", Desired(CURRENT, "other"), OLD)

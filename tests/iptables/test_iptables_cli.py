@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from support import namespace, need_tool, ns_exec
 from support.cfdata import CURRENT
+from support.cli_helpers import unwrapped
 from support.iptables.helpers import VARIANTS, Fw, legacy_bin
 
 from cfallow.backend import Context, build
@@ -166,10 +167,10 @@ def test_remove_lists_what_it_deletes_not_drift(fw: Fw) -> None:
     removed = cli(fw, conf, "remove")
     assert removed.returncode == 0, removed.stderr
     lines = removed.stdout.splitlines()
-    assert "iptables: removed" in lines
+    # one summary line first (what it removed, in words), then what it deletes
+    assert lines[0].startswith("iptables: +0 -22 =0 removed (IPv4: delete")
     assert "  x IPv4: delete 3 jump(s) and chain CFALLOW (15 rules)" in lines
     assert "drift" not in removed.stdout and "  ~ " not in removed.stdout
-    assert lines[-1].startswith("iptables: +0 -22 =0 (IPv4: delete")
 
 
 def test_a_jump_with_other_ports_names_the_wanted_ports(fw: Fw) -> None:
@@ -179,7 +180,9 @@ def test_a_jump_with_other_ports_names_the_wanted_ports(fw: Fw) -> None:
     )
     status = cli(fw, "[backends.iptables]\nports = [80, 443]\n", "status", "--source", "bundled")
     assert status.returncode == 3
-    line = next(ln for ln in status.stdout.splitlines() if ln.startswith("  ~ IPv4: jump differs"))
+    # status is a table: the drift is in its note column, wrapped at 100 columns
+    shown = unwrapped(status.stdout)
+    line = shown[shown.index("drift: IPv4: jump differs") :]
     assert "is -p tcp -m multiport --dports 443 -m conntrack --ctstate UNTRACKED " in line
     assert "config wants -p tcp -m conntrack --ctorigdstport 80 " in line
     assert "-p tcp -m multiport --dports 80,443 -m conntrack --ctstate UNTRACKED " in line

@@ -569,3 +569,84 @@ def test_role_installs_the_ufw_hook_only_where_ufw_is_enabled(
     assert on.rc == 0 and on.failed == 0, on.stdout
     hook = (ufw / "after.init").read_text()
     assert "from cfallow" in hook and f"CFALLOW={CFALLOW}\n" in hook
+
+
+def test_module_idempotency_matrix_for_a_network_acl(
+    ansible: Ansible,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """check -> changed, apply -> changed, check -> not, apply -> not, then absent, against one
+    network ACL on moto_server (127.0.0.1): the ACL read back with a plain client."""
+    from support.aws.harness import aws_env, shared_server
+    from support.aws.nacl import NaclWorld, verdict
+
+    need_backend("aws-nacl")
+    aws_env(monkeypatch)
+    server = shared_server(request, tmp_path_factory)
+    world = NaclWorld(server)
+    world.add_foreign()
+    acl = world.acls[0]
+    before = world.entries(acl), world.snapshot(acl)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[backends.aws-nacl]\nregion = "{world.region}"\nnetwork_acl_ids = ["{acl}"]\n'
+        f'ports = [443]\nrules_per_acl = 40\nendpoint_url = "{server.url}"\n'
+    )
+    common = {
+        "config": str(config),
+        "state_dir": str(tmp_path / "state"),
+        "executable": str(CFALLOW),
+    }
+    synced = {**common, "source": "bundled", "backends": ["aws-nacl"]}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_CONFIG_FILE": "/nonexistent/aws-config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+    def task(register: str, **args: Any) -> dict[str, Any]:
+        return {**module_task(register, **args), "environment": env}
+
+    def writes() -> int:
+        return len(server.cfallow_writes())
+
+    check1 = ansible.play([task("check1", **synced, check_mode=True)])
+    assert check1.rc == 0, check1.stdout
+    assert check1.results["check1"]["changed"] is True
+    assert writes() == 0 and world.entries(acl) == before[0]
+
+    applied = ansible.play(
+        [
+            task("apply1", **synced),
+            task("check2", **synced, check_mode=True),
+            task("apply2", **synced),
+        ]
+    )
+    assert applied.rc == 0 and applied.failed == 0, applied.stdout
+    r = applied.results
+    assert r["apply1"]["changed"] is True
+    assert (r["check2"]["changed"], r["apply2"]["changed"]) == (False, False)
+    assert writes() == 1 + 24  # the tag, then 22 allows and 2 denies; nothing more
+    entries = world.entries(acl)
+    assert all(verdict(entries, str(n[1]), 443) == "allow" for n in CURRENT)
+    assert verdict(entries, "198.51.100.77", 443) == "deny"
+    assert world.snapshot(acl) == before[1]
+
+    absent = ansible.play(
+        [
+            task("check_absent", **common, state="absent", check_mode=True),
+            task("absent1", **common, state="absent"),
+            task("absent2", **common, state="absent"),
+        ]
+    )
+    assert absent.rc == 0 and absent.failed == 0, absent.stdout
+    r = absent.results
+    assert (r["check_absent"]["changed"], r["absent1"]["changed"]) == (True, True)
+    assert r["absent2"]["changed"] is False
+    assert (world.entries(acl), world.snapshot(acl)) == before
+    assert writes() == 2 * 25

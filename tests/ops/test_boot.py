@@ -153,6 +153,24 @@ def test_hardened_service_runs_iptables_legacy(boots: dict[str, Any]) -> None:
     assert set(legacy["owned"]) == CF_ALL
 
 
+def _cidr_lines(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if re.match(r"^ *[-+] [0-9a-f.:]+/[0-9]+$", ln)]
+
+
+@pytest.mark.parametrize("run", ["restore", "legacy", "fail2ban"])
+def test_a_changing_runs_journal_has_one_line_per_backend(boots: dict[str, Any], run: str) -> None:
+    """The first boot's restore (the snapshot into an empty ruleset) and the service
+    runs that write a new target each add 22 entries: the journal keeps the one summary
+    line of the backend, not 22 ``+ CIDR`` lines (those need ``-v``)."""
+    first = boots["first"]
+    log = first["restore_log"] if run == "restore" else first[run]["log"]
+    log = log.split("Starting cfallow.service")[-1]  # this run (a timer run may precede)
+    name = "fail2ban" if run == "fail2ban" else "iptables"
+    lines = [ln for ln in log.splitlines() if ln.startswith(f"{name}:")]
+    assert lines == [f"{name}: +22 -0 =0 changed"], log
+    assert _cidr_lines(log) == [], log
+
+
 def test_hardened_service_runs_fail2ban(boots: dict[str, Any]) -> None:
     f2b = boots["first"]["fail2ban"]
     assert f2b["rc"] == 0, f2b["log"]

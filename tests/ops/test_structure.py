@@ -224,6 +224,8 @@ BACKEND_NAMES = (
     "firewalld",
     "fail2ban",
     "aws",
+    "aws-nacl",
+    "aws-wafv2",
     "nginx",
     "apache",
     "haproxy",

@@ -189,6 +189,8 @@ NOT_A_BACKENDS = {
 REQUIRED = {
     "aws": {"security_group_ids": ["sg-0123456789abcdef0"]},
     "modsecurity": {"server": "nginx"},
+    "aws-nacl": {"network_acl_ids": ["acl-0123456789abcdef0"]},
+    "aws-wafv2": {},
 }
 
 

@@ -40,6 +40,7 @@ from support.realip.nginx import Nginx
 
 from cfallow.backend import Context, build
 from cfallow.errors import TargetMoved
+from cfallow.model import Desired
 from cfallow.testing import BackendContract
 
 pytestmark = pytest.mark.root
@@ -113,20 +114,20 @@ def test_files_that_moved_between_plan_and_apply_are_targetmoved_with_nothing_wr
     nginx: Nginx,
 ) -> None:
     """Every file of a plan is checked before any is written; the engine then re-plans."""
-    first = build("nginx", nginx.section(), Context(etag="e1")).plan(OLD)
+    first = build("nginx", nginx.section(), Context()).plan(Desired(OLD, "e1"))
     nginx.header_path.write_text("real_ip_header X-Forwarded-For;\n")  # the admin, meanwhile
     reloads = nginx.reloads()
     with pytest.raises(TargetMoved, match="changed since it was read"):
-        build("nginx", nginx.section(), Context(etag="e1")).apply(first)
+        build("nginx", nginx.section(), Context()).apply(first)
     assert not nginx.list_path.exists()  # the list's step came first, and was not written
     assert nginx.reloads() == reloads
     assert sync(nginx, OLD).applied
-    plan = build("nginx", nginx.section(), Context(etag="e2")).plan(CURRENT)
+    plan = build("nginx", nginx.section(), Context()).plan(Desired(CURRENT, "e2"))
     edited = nginx.list_path.read_bytes() + b"set_real_ip_from 192.0.2.0/24;\n"
     nginx.list_path.write_bytes(edited)
     reloads = nginx.reloads()
     with pytest.raises(TargetMoved):
-        build("nginx", nginx.section(), Context(etag="e2")).apply(plan)
+        build("nginx", nginx.section(), Context()).apply(plan)
     assert nginx.list_path.read_bytes() == edited and nginx.reloads() == reloads
     assert not nginx.list_path.with_name(f".{nginx.list_path.name}.cfallow-reload").exists()
     done = sync(nginx, CURRENT)  # the engine reads again and re-plans

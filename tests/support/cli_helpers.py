@@ -63,3 +63,9 @@ def write_config(path: Path, base: str, *, backends: str = "", **source: Any) ->
 
 def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
+
+
+def unwrapped(text: str) -> str:
+    """``text`` with every run of whitespace one space: a long line the CLI wrapped to fit
+    100 columns (its continuation indented) reads as the one line it stands for."""
+    return " ".join(text.split())

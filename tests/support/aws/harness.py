@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from cfallow.testing import Harness
 from support import need
 
 REGION = "eu-west-1"
-READS = ("Describe", "Get")
+#: Actions that change nothing (reads, and the role assumption that precedes them).
+READS = ("Describe", "Get", "List", "AssumeRole")
 LAUNCHER = Path(__file__).with_name("moto_server.py")
 _servers: dict[str, MotoServer] = {}
 
@@ -42,10 +44,20 @@ class Call:
     action: str
     params: dict[str, str]
     by_cfallow: bool
+    #: ``(access key, region)`` from the request's signature: who asked, and where.
+    scope: tuple[str, str] = ("", "")
 
     @property
     def mutating(self) -> bool:
         return not self.action.startswith(READS)
+
+
+def _scope(headers: dict[str, str]) -> tuple[str, str]:
+    """``(access key, region)`` of a SigV4 ``Authorization`` header."""
+    auth = headers.get("Authorization", "")
+    _, _, cred = auth.partition("Credential=")
+    parts = cred.split(",")[0].split("/")
+    return (parts[0], parts[2]) if len(parts) >= 3 else ("", "")
 
 
 def _free_port() -> int:
@@ -111,9 +123,15 @@ class MotoServer:
             body = entry.get("body") or ""
             if entry.get("body_encoded"):
                 body = base64.b64decode(body).decode()
-            form = {k: v[0] for k, v in parse_qs(body).items()}
-            agent = entry["headers"].get("User-Agent", "")
-            out.append(Call(form.get("Action", "?"), form, "cfallow/" in agent))
+            headers = entry["headers"]
+            # JSON protocols (WAFv2, Service Quotas) name the action in X-Amz-Target.
+            try:
+                form = {k: v[0] for k, v in parse_qs(body, strict_parsing=True).items()}
+            except ValueError:
+                form = {}
+            action = form.get("Action") or headers.get("X-Amz-Target", "?").rpartition(".")[2]
+            agent = headers.get("User-Agent", "")
+            out.append(Call(action, form, "cfallow/" in agent, _scope(headers)))
         return out
 
     def cfallow_writes(self) -> list[Call]:
@@ -152,8 +170,12 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dummy credentials in the environment (nothing else in boto3's chain is consulted);
     the backend's backoff and polling shortened."""
     from cfallow.backends.aws.backend import AwsBackend
+    from cfallow.backends.aws.nacl import AwsNaclBackend
+    from cfallow.backends.aws.wafv2 import AwsWafv2Backend
 
     monkeypatch.setattr(AwsBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsNaclBackend, "backoff", 0.001)
+    monkeypatch.setattr(AwsWafv2Backend, "backoff", 0.001)
     monkeypatch.setattr(AwsBackend, "poll_interval", 0.01)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
         monkeypatch.delenv(var, raising=False)
@@ -188,6 +210,8 @@ class World:
 
         self.server = server
         self._client: Any = None
+        # the backend's state (its mark of prefix lists it made) stays in the test's temp dir
+        self.state_dir = Path(tempfile.mkdtemp(prefix="state-", dir=server.log.parent))
         self.ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=server.url)
         vpc = self.ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         self.groups = [
@@ -277,7 +301,7 @@ class World:
             "endpoint_url": self.server.url,
             **options,
         }
-        backend = build("aws", section, Context())
+        backend = build("aws", section, Context(state_dir=self.state_dir))
         # One client per test, made by the backend's own factory (its User-Agent,
         # no botocore retries): building a client costs ~0.1 s of CPU per sync.
         if self._client is None:

@@ -27,6 +27,7 @@ from netaddr import IPNetwork
 
 from cfallow.backend import AnyBackend, Context, build
 from cfallow.engine import BackendResult, run_backend
+from cfallow.model import Desired
 from cfallow.runner import Runner
 from cfallow.testing import Harness
 from support import need_root, need_tool, ns_exec
@@ -292,9 +293,11 @@ def sync(
     ``log``: the backend's logger (the CLI's own "cfallow" logger does not
     propagate to pytest's caplog once a CLI test has run).
     """
-    ctx = Context(etag="test-etag") if log is None else Context(etag="test-etag", log=log)
+    ctx = Context() if log is None else Context(log=log)
     backend = build(server.name, {**server.section(), **extra}, ctx)
-    return run_backend(backend, desired, dry_run=False)
+    # The etag travels with the list, as the CLI's Ranges.desired carries it.
+    want = None if desired is None else Desired(desired, etag="test-etag")
+    return run_backend(backend, want, dry_run=False)
 
 
 def toml_section(name: str, section: dict[str, Any]) -> str:
