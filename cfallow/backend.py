@@ -31,7 +31,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from cfallow import plugins
 from cfallow.errors import BackendError, ConfigError
@@ -39,6 +39,9 @@ from cfallow.hostlock import default_path
 from cfallow.model import Networks, Plan
 from cfallow.runner import Runner
 from cfallow.section import PortRange, Section, suggest
+
+if TYPE_CHECKING:
+    from cfallow.netfilter.host import Host
 
 GROUP = "cfallow.backends"
 # seen, step, check, dry run, test, run: one meaning each (docs/plugins.md, "Words").
@@ -161,6 +164,15 @@ class Backend(abc.ABC, Generic[SeenT, StepT]):
         path does not exist, which would leave a new directory read-only.
         """
         return ()
+
+    @classmethod
+    def host_advice(cls, host: Host) -> str | None:
+        """Whether (and in which mode) this backend enforces the allowlist on a host whose
+        firewall is ``host``, as one line for ``cfallow backends``; None: nothing to say.
+
+        For backends that own a netfilter mode; the others keep the default.
+        """
+        return None
 
     def plan(self, desired: Networks | None) -> Plan[StepT]:
         """``diff(read(), desired)``."""

@@ -27,6 +27,7 @@ what ``iptables --version`` says, so rules land where the admin's own
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -39,12 +40,14 @@ from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
+from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
-from cfallow.netfilter.advice import iptables_allow
+from cfallow.netfilter.save import VERSION_MEMO, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
+from .advice import iptables_allow, recommend
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
@@ -57,11 +60,13 @@ from .rules import (
     port_slots,
 )
 from .save import Table, parse_save
-from .variant import EMPTY_FILTER, MISSING, NONE, Variant, detect, io_for, probe
+from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
+#: The host analysis kept for the ruleset it was made for (in the state directory).
+MEMO = "iptables-host.json"
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,10 @@ class Seen:
 
     variant: Variant
     tables: tuple[tuple[int, Table], ...]
-    host: hostfw.Host | None = None  # read for allow mode in INPUT only
-    nat: tuple[hostfw_nat.NatRule, ...] = ()  # the host's DNAT (lockdown in INPUT only)
+    #: What the host analysis says of allow mode in INPUT (the error, notes); None: not asked.
+    allow: tuple[str | None, tuple[str, ...]] | None = None
+    nat: tuple[str, ...] = ()  # what the host's DNAT leaves open (lockdown in INPUT only)
+    generation: str | None = None  # the ruleset's, taken before the tables were read (nft)
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,10 @@ class Step:
     target: tuple[str, ...] | None
     script: str  # the transaction as planned (restore syntax), for logs and reports
     variant: Variant
+    #: The table the plan was made from, and the ruleset generation before it was read
+    #: (nf_tables hosts): unchanged under the lock, ``apply`` writes from it without a re-read.
+    basis: Table | None = None
+    generation: str | None = None
 
 
 class IptablesBackend(Backend[Seen, Step]):
@@ -120,6 +131,11 @@ class IptablesBackend(Backend[Seen, Step]):
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
+
+    @classmethod
+    def host_advice(cls, host: hostfw.Host) -> str | None:
+        """Whether iptables allow or lockdown works here (or nftables is needed)."""
+        return recommend(host)
 
     def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
         """Refuse settings that silently undo the allowlist or lock the admin out."""
@@ -171,7 +187,8 @@ class IptablesBackend(Backend[Seen, Step]):
         return dict(section)
 
     def _variant(self) -> Variant:
-        return probe(self.ctx.runner, self.variant, self.ctx.log)
+        memo = generation.Memo(self.ctx.state_dir / VERSION_MEMO)
+        return probe(self.ctx.runner, self.variant, self.ctx.log, memo)
 
     def io(self, variant: Variant) -> NftIO | LegacyIO:
         """The reader/writer for ``variant`` (a new one each time: it holds no state)."""
@@ -192,6 +209,8 @@ class IptablesBackend(Backend[Seen, Step]):
             return Seen(NONE, tuple((v, parse_save(EMPTY_FILTER)) for v in self.families))
         variant = self._variant()
         io = self.io(variant)
+        # before the read: a commit after it shows as another generation under apply's lock
+        gen = generation.generation(self.ctx.runner) if variant.kind == "nft" else None
 
         def one(version: int) -> str:
             try:
@@ -205,15 +224,53 @@ class IptablesBackend(Backend[Seen, Step]):
             texts = list(pool.map(one, self.families))
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
-        host = None
-        if self.settings.mode == "allow" and self.settings.parent == "INPUT":
-            host = hostfw.read(
-                self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
-            )
-        nat: tuple[hostfw_nat.NatRule, ...] = ()
-        if self.settings.mode == "lockdown" and self.settings.parent == "INPUT":
-            nat = hostfw_nat.read(self.ctx.runner, variant.kind)
-        return Seen(variant, tables, host, nat)
+        if self.settings.parent != "INPUT":
+            return Seen(variant, tables, generation=gen)
+        if self.settings.mode == "allow":
+            return Seen(variant, tables, self._allow(variant, texts, tables), generation=gen)
+        return Seen(variant, tables, nat=self._nat(variant), generation=gen)
+
+    def _memo(self, variant: Variant, *parts: object) -> tuple[generation.Memo, str | None]:
+        """The memo of this backend's host analysis, and the key for the ruleset as it is now."""
+        memo = generation.Memo(self.ctx.state_dir / MEMO)
+        gen = generation.generation(self.ctx.runner)
+        return memo, generation.key(gen, self.name, repr(self.settings), self.families, *parts)
+
+    def _allow(
+        self, variant: Variant, texts: list[str], tables: tuple[tuple[int, Table], ...]
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """Whether allow mode's accept takes effect (the analysis, or what the memo kept).
+
+        The key has the rules read in it: legacy tables have no generation.
+        """
+        # the rules and policies, not the text: it carries a time stamp and the counters
+        rules = [(v, t.chains, [p.split(" [")[0] for p in t.policies]) for v, t in tables]
+        digest = hashlib.sha256(repr(rules).encode()).hexdigest()
+        memo, key = self._memo(variant, "allow", variant.kind, digest)
+        kept = memo.get(key)
+        if isinstance(kept, list) and len(kept) == 2:
+            return (None if kept[0] is None else str(kept[0])), tuple(str(n) for n in kept[1])
+        host = hostfw.read(
+            self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
+        )
+        s = self.settings
+        error, notes = iptables_allow(host, self.families, s.protocol, s.ports, s.chain)
+        memo.put(key, [error, list(notes)])
+        return error, notes
+
+    def _nat(self, variant: Variant) -> tuple[str, ...]:
+        """What the host's DNAT leaves open to a lockdown (legacy NAT: read every time)."""
+        memo, key = self._memo(variant, "nat", variant.kind)
+        key = key if variant.kind == "nft" else None
+        kept = memo.get(key)
+        if isinstance(kept, list):
+            return tuple(str(n) for n in kept)
+        s = self.settings
+        rules = hostfw_nat.read(self.ctx.runner, variant.kind)
+        hint = 'parent = "DOCKER-USER" guards forwarded connections'
+        notes = hostfw_nat.notes(rules, self.families, s.protocol, s.ports, forward_hint=hint)
+        memo.put(key, list(notes))
+        return notes
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Per family: observe the owned chain and jumps, assess towards ``desired``.
@@ -243,7 +300,9 @@ class IptablesBackend(Backend[Seen, Step]):
             current |= obs.current
             drift += found
             if not ops.empty:
-                steps.append(Step(version, target, ops.restore_script(), observed.variant))
+                basis = table if observed.generation is not None else None
+                script, variant = ops.restore_script(), observed.variant
+                steps.append(Step(version, target, script, variant, basis, observed.generation))
         return make_plan(
             self.name,
             desired or frozenset(),
@@ -255,10 +314,9 @@ class IptablesBackend(Backend[Seen, Step]):
 
     def _allow_takes_effect(self, observed: Seen) -> list[str]:
         """An accept here ends only iptables' own chain: refuse where another table drops."""
-        s = self.settings
-        if observed.host is None:
+        if observed.allow is None:
             return []
-        error, notes = iptables_allow(observed.host, self.families, s.protocol, s.ports, s.chain)
+        error, notes = observed.allow
         if error is not None:
             raise BackendError(error)
         return list(notes)
@@ -268,15 +326,7 @@ class IptablesBackend(Backend[Seen, Step]):
         s = self.settings
         if s.mode != "lockdown":
             return []
-        out = list(
-            hostfw_nat.notes(
-                observed.nat,
-                self.families,
-                s.protocol,
-                s.ports,
-                forward_hint='parent = "DOCKER-USER" guards forwarded connections',
-            )
-        )
+        out = list(observed.nat)
         if 6 not in self.families:
             out.append(
                 "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "
@@ -306,9 +356,15 @@ class IptablesBackend(Backend[Seen, Step]):
         if any(step.variant.kind == NONE.kind for step in plan.steps):
             raise NotInstalled(MISSING)
         with firewall_lock(self.ctx.firewall_lock):
+            gens = {step.generation for step in plan.steps}
+            # nothing committed since the plan's read (checked once, before cfallow's own
+            # commits move it): its tables are what a read under the lock would return
+            unmoved = len(gens) == 1 and None not in gens
+            unmoved = unmoved and generation.generation(self.ctx.runner) in gens
             for step in plan.steps:
                 io = self.io(step.variant)
-                if io.transact(step.version, _Compute(self.settings, step)):
+                basis = step.basis if unmoved else None
+                if io.transact(step.version, _Compute(self.settings, step), basis):
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
 
 

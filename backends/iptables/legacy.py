@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from cfallow.errors import BackendError, CommandFailed
@@ -72,7 +72,7 @@ def policy_lines(table: Table) -> list[str]:
 class RestoreWriter:
     """``ip(6)tables-legacy-restore --noflush -c``: the same batch the nft path writes."""
 
-    def __init__(self, runner: Runner, restore: dict[int, str]) -> None:
+    def __init__(self, runner: Runner, restore: Mapping[int, str]) -> None:
         self.runner = runner
         self.restore = restore
 
@@ -160,8 +160,8 @@ class LegacyIO:
     def __init__(
         self,
         runner: Runner,
-        save: dict[int, str],
-        restore: dict[int, str],
+        save: Mapping[int, str],
+        restore: Mapping[int, str],
         *,
         chain: str = "CFALLOW",
         lock_path: str | None = None,

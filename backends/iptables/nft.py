@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cfallow.errors import BackendError
+from cfallow.netfilter.save import RESTORE as RESTORE_TOOLS
+from cfallow.netfilter.save import SAVE as SAVE_TOOLS
 from cfallow.runner import Runner
 
 from .diff import Ops
 from .save import Table, failure, parse_tables
 
-SAVE = {4: "iptables-nft-save", 6: "ip6tables-nft-save"}
-RESTORE = {4: "iptables-nft-restore", 6: "ip6tables-nft-restore"}
+SAVE = SAVE_TOOLS["nft"]
+RESTORE = RESTORE_TOOLS["nft"]
 MODULE = "nf_tables"
 
 

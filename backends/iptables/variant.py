@@ -6,32 +6,12 @@ import logging
 from dataclasses import dataclass
 
 from cfallow.errors import BackendError, CommandNotFound, NotInstalled
+from cfallow.netfilter.generation import Memo
+from cfallow.netfilter.save import RESTORE, SAVE, detect, version_text
 from cfallow.runner import Runner
 
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
-
-LEGACY_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
-OLD_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
-LEGACY_RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
-OLD_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
-
-
-def detect(version_text: str) -> tuple[str, bool]:
-    """``iptables --version`` -> (``nft``|``legacy``, whether the ``*-legacy-*`` tools exist)."""
-    text = version_text.strip()
-    if "(nf_tables)" in text:
-        return "nft", False
-    if "(legacy)" in text:
-        return "legacy", True
-    try:
-        major, minor = (int(x) for x in text.split(" v", 1)[1].split(".")[:2])
-    except (IndexError, ValueError):
-        raise BackendError(f"cannot tell the iptables variant from {text!r}") from None
-    if (major, minor) < (1, 8):
-        return "legacy", False
-    raise BackendError(f"cannot tell the iptables variant from {text!r}")
-
 
 MISSING = "no iptables command found (install the iptables package)"
 #: A host without iptables: its tables are empty to cfallow, which cannot write them.
@@ -57,11 +37,11 @@ NONE = Variant(
 )
 
 
-def probe(runner: Runner, wanted: str, log: logging.Logger) -> Variant:
+def probe(runner: Runner, wanted: str, log: logging.Logger, memo: Memo | None = None) -> Variant:
     """The variant to use: what the host's ``iptables`` is, or ``wanted`` (with a warning
     naming the truth when the host uses the other one)."""
     try:
-        text = runner.run(["iptables", "--version"]).stdout
+        text = version_text(runner, memo)
         detected, legacy_tools = detect(text)
     except CommandNotFound:
         if wanted == "auto":
@@ -99,7 +79,8 @@ def io_for(
         raise NotInstalled(MISSING)
     if variant.kind == "nft":
         return NftIO(runner, mangle=mangle)
-    tools = (LEGACY_SAVE, LEGACY_RESTORE) if variant.legacy_tools else (OLD_SAVE, OLD_RESTORE)
+    names = "legacy" if variant.legacy_tools else "old"
+    tools = (SAVE[names], RESTORE[names])
     io = LegacyIO(runner, *tools, chain=chain, mangle=mangle)
     if writer is not None:
         io.writer = writer

@@ -12,28 +12,82 @@ from typing import Optional
 from cfallow.errors import BackendError, CommandFailed, CommandNotFound, TargetMoved, Unavailable
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, as_strings
+from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.evaluate import Chain
 from cfallow.netfilter.host import NftSet, parse_ruleset
-from cfallow.netfilter.nat import NatRule
+from cfallow.netfilter.save import VERSION_MEMO
 from cfallow.runner import Runner, missing
 
 from . import render
+from .advice import lockdown_notes, sets_notes
 
 Basis = tuple[tuple[str, Optional[tuple[str, ...]]], ...]
 
 
 @dataclass(frozen=True)
-class Seen:
-    """What ``read`` found: the host, cfallow's table or sets, and the persistence file."""
+class Analysis:
+    """What the host analysis found for this configuration: the plan's notes, and in
+    sets mode the admin's rules referencing each set (what a removal cannot delete)."""
 
-    host: hostfw.Host | None  # None: the host analysis is off (host_check = false)
+    notes: tuple[str, ...]
+    referenced: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        host: hostfw.Host,
+        nat: tuple[hostfw_nat.NatRule, ...],
+        s: render.Settings,
+        table: hostfw.Ruleset | None,
+    ) -> Analysis:
+        """Analyse ``host`` (and its ``nat`` rules) for ``s``; ``table``: the one holding
+        the sets."""
+        if s.mode == "lockdown":
+            hint = (
+                "the forward chain (docker = true) guards them"
+                if s.docker
+                else "docker = true guards DNAT'ed connections in the forward hook"
+            )
+            notes = lockdown_notes(host, s.families, s.protocol, s.ports, s.table)
+            notes += hostfw_nat.notes(nat, s.families, s.protocol, s.ports, forward_hint=hint)
+            return cls(notes)
+        names = [s.set_name(v) for v in s.families]
+        notes = sets_notes(host, s.families, s.protocol, s.ports, names)
+        refs = tuple((n, tuple(references(table, n))) for n in names) if table else ()
+        return cls(notes, refs)
+
+    def refs(self, name: str) -> list[str]:
+        """The admin's rules that reference set ``name``."""
+        return list(dict(self.referenced).get(name, ()))
+
+    def to_json(self) -> object:
+        """A JSON value for :class:`~cfallow.netfilter.generation.Memo`."""
+        return {"notes": list(self.notes), "referenced": [[n, list(r)] for n, r in self.referenced]}
+
+    @classmethod
+    def from_json(cls, doc: object) -> Analysis | None:
+        """The analysis :meth:`to_json` stored (None: absent or not one)."""
+        if not isinstance(doc, dict):
+            return None
+        try:
+            notes = tuple(str(n) for n in doc["notes"])
+            refs = tuple((str(n), tuple(str(x) for x in r)) for n, r in doc["referenced"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(notes, refs)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What ``read`` found: the host analysis, cfallow's table or sets, the persistence file."""
+
+    analysis: Analysis | None  # None: the host analysis is off (host_check = false)
     table: bool  # the table exists (cfallow's in lockdown, the admin's in sets mode)
     sets: tuple[NftSet, ...]  # the sets of interest (all of cfallow's table in lockdown)
-    chains: tuple[Chain, ...]  # the table's chains (with their rules)
+    chains: tuple[Chain, ...]  # the table's chains (lockdown: cfallow's own)
     file: bytes | None
-    nat: tuple[NatRule, ...] = ()  # the host's DNAT/redirect rules (lockdown's analysis)
 
     def set(self, name: str) -> NftSet | None:
         """The set ``name`` of the table, if read."""
@@ -73,22 +127,29 @@ def _sets_only(runner: Runner, fam: str, name: str) -> hostfw.Ruleset | None:
     return hostfw.Ruleset(((fam, name),), (), sets)
 
 
-def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse: bool) -> Seen:
-    """cfallow's table (lockdown) or the admin's (sets mode), the host analysis, the file.
+def read_seen(
+    runner: Runner,
+    s: render.Settings,
+    file: ManagedFile,
+    *,
+    analyse_host: bool,
+    memo: generation.Memo | None = None,
+) -> Seen:
+    """cfallow's table (lockdown) or the admin's sets (sets mode), the host analysis, the file.
 
-    Sets mode reads the admin's whole table (references to the sets live there);
-    lockdown reads only its own table, plus the host analysis when ``analyse``.
+    The analysis reads the whole ruleset, unless ``memo`` holds it for the
+    ruleset's current generation (nothing committed since): then only
+    cfallow's own table, or the admin's sets, are listed.
     """
     fam, name = s.table.split(" ")
-    host = hostfw.read(runner, iptables=False) if analyse else None
-    if host is not None and host.nft is None:
-        if "not installed" in host.nft_error:
-            raise Unavailable(missing("nft", "nftables"))
-        raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
-    own = host.nft.table(fam, name) if host is not None and host.nft is not None else None
-    if own is None and host is None and s.mode == "sets":
+    analysis: Analysis | None = None
+    own: hostfw.Ruleset | None = None
+    listed = False
+    if analyse_host:
+        analysis, own, listed = _analysed(runner, s, memo)
+    if not listed and s.mode == "sets":
         own = _sets_only(runner, fam, name)  # cheap: the admin's rules are not listed
-    elif own is None:  # not read whole by the analysis (no base chain on input): list it
+    elif not listed:  # not read whole by the analysis (no base chain on input): list it
         try:
             own = _list(runner, "table", fam, name)
         except CommandNotFound:
@@ -97,9 +158,36 @@ def read_seen(runner: Runner, s: render.Settings, file: ManagedFile, *, analyse:
     if s.mode == "sets":
         wanted = {s.set_name(v) for v in s.families}
         sets = tuple(st for st in sets if st.name in wanted)
-    chains = own.chains if own is not None else ()
-    nat = hostfw_nat.read(runner, None) if analyse and s.mode == "lockdown" else ()
-    return Seen(host, own is not None, sets, chains, file.read(), nat)
+    chains = own.chains if own is not None and s.mode == "lockdown" else ()
+    return Seen(analysis, own is not None, sets, chains, file.read())
+
+
+def _analysed(
+    runner: Runner, s: render.Settings, memo: generation.Memo | None
+) -> tuple[Analysis, hostfw.Ruleset | None, bool]:
+    """The analysis (from ``memo`` when nothing changed), and the table if it read it whole."""
+    variant = ""
+    if s.mode == "lockdown":  # NAT: legacy's has no generation
+        variant = hostfw.read_variant(runner, memo and memo.sibling(VERSION_MEMO))
+    key = None
+    if memo is not None and variant != "legacy":
+        key = generation.key(generation.generation(runner), "nftables", repr(s), variant)
+        kept = Analysis.from_json(memo.get(key))
+        if kept is not None:
+            return kept, None, False
+    host = hostfw.read(runner, iptables=False)
+    if host.nft is None:
+        if "not installed" in host.nft_error:
+            raise Unavailable(missing("nft", "nftables"))
+        raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
+    nat = hostfw_nat.read(runner, variant) if s.mode == "lockdown" else ()
+    own = host.nft.table(*s.table.split(" "))
+    if own is None:  # no base chain on input: the analysis did not list it
+        own = _list(runner, "table", *s.table.split(" "))
+    found = Analysis.of(host, nat, s, own)
+    if memo is not None:
+        memo.put(key, found.to_json())
+    return found, own, True
 
 
 def basis_of(seen: Seen, names: list[str]) -> Basis:
@@ -111,7 +199,7 @@ def basis_of(seen: Seen, names: list[str]) -> Basis:
     return tuple(out)
 
 
-def references(seen: Seen, table: str, name: str) -> list[str]:
+def references(seen: Seen | hostfw.Ruleset, name: str) -> list[str]:
     """The rules of ``table`` that reference set ``name`` (``inet filter input (handle 5)``)."""
     needle = json.dumps(f"@{name}")
     return [
@@ -138,7 +226,7 @@ def removal_steps(
             st = seen.set(name)
             if st is None:
                 continue
-            refs = references(seen, s.table, name)
+            refs = seen.analysis.refs(name) if seen.analysis else references(seen, name)
             if not refs:
                 lines.append(f"delete set {s.table} {name}")
                 todo.append(f"delete set {s.table} {name}")

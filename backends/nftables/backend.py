@@ -30,18 +30,20 @@ from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, CommandFailed, ConfigError, Unavailable, ValidationError
 from cfallow.files import ManagedFile
 from cfallow.model import Networks, Plan, by_family, make_plan, parse_cidr
+from cfallow.netfilter import generation
 from cfallow.netfilter import host as hostfw
-from cfallow.netfilter import nat as hostfw_nat
-from cfallow.netfilter.advice import lockdown_notes, sets_notes
 from cfallow.runner import missing
 from cfallow.section import Section, parse_ports
 
 from . import render
+from .advice import recommend
 from .apply import Seen, Step, apply_step, read_seen, removal_steps
 from .diff import lockdown_steps, refuse_foreign_sets, sets_steps
 
 DEFAULT_FILE = "/etc/nftables.d/cfallow.nft"
 DEFAULT_CONF = "/etc/nftables.conf"
+#: The host analysis kept for the ruleset generation it was made for (in the state directory).
+MEMO = "nftables-host.json"
 FAMILY_OF_TABLE = {"inet": (4, 6), "ip": (4,), "ip6": (6,)}
 
 
@@ -105,6 +107,11 @@ class NftablesBackend(Backend[Seen, Step]):
         self.conf = Path(section.get_str("conf", DEFAULT_CONF))
         self.host_check = section.get_bool("host_check", True)
 
+    @classmethod
+    def host_advice(cls, host: hostfw.Host) -> str | None:
+        """Lockdown where firewalld runs (the iptables backend speaks for the other hosts)."""
+        return recommend(host)
+
     def write_paths(self) -> tuple[Path, ...]:
         """The directory of cfallow's include file, and cfallow's firewall lock."""
         return (self.file.path.parent, self.ctx.firewall_lock)
@@ -131,12 +138,14 @@ class NftablesBackend(Backend[Seen, Step]):
 
     def read(self) -> Seen:
         """The whole ruleset (for the host analysis), cfallow's sets and chains, the file."""
-        return read_seen(self.ctx.runner, self.settings, self.file, analyse=self.host_check)
+        memo = generation.Memo(self.ctx.state_dir / MEMO)
+        return read_seen(
+            self.ctx.runner, self.settings, self.file, analyse_host=self.host_check, memo=memo
+        )
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Element diff per set, drift of cfallow's chains/sets/file; removal when ``None``."""
         s = self.settings
-        host = observed.host
         if s.mode == "sets":
             refuse_foreign_sets(observed, s)
         if desired is None:
@@ -156,21 +165,10 @@ class NftablesBackend(Backend[Seen, Step]):
             notes = ("IPv6 ranges left alone (ipv6 = false or an ip table)",)
         if s.mode == "lockdown":
             steps, current, drift = lockdown_steps(observed, s, want, self.file)
-            if host is not None:
-                notes += lockdown_notes(host, s.families, s.protocol, s.ports, s.table)
-            hint = (
-                "the forward chain (docker = true) guards them"
-                if s.docker
-                else "docker = true guards DNAT'ed connections in the forward hook"
-            )
-            notes += hostfw_nat.notes(
-                observed.nat, s.families, s.protocol, s.ports, forward_hint=hint
-            )
         else:
             steps, current, drift = sets_steps(observed, s, want, self.file)
-            sets = [s.set_name(v) for v in s.families]
-            if host is not None:
-                notes += sets_notes(host, s.families, s.protocol, s.ports, sets)
+        if observed.analysis is not None:
+            notes += observed.analysis.notes
         plan: Plan[Step] = make_plan(self.name, managed, current, drift=drift, notes=notes)
         return replace(plan, steps=steps if plan.changed else ())
 

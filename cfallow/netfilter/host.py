@@ -19,17 +19,12 @@ from netaddr import IPNetwork, iprange_to_cidrs
 
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter.evaluate import Chain, Json, Outcome, Packet, Rule, combine
+from cfallow.netfilter.generation import Memo
+from cfallow.netfilter.save import detect, input_chain, save_tools, version_text
 from cfallow.runner import Runner
 from cfallow.section import PortRange
 
 IPTABLES_TABLES = frozenset({("ip", "filter"), ("ip6", "filter")})
-SAVE_TOOLS = {
-    "nft": {4: ("iptables-nft-save", "iptables-save"), 6: ("ip6tables-nft-save", "ip6tables-save")},
-    "legacy": {
-        4: ("iptables-legacy-save", "iptables-save"),
-        6: ("ip6tables-legacy-save", "ip6tables-save"),
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -141,36 +136,6 @@ def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
     return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else ())
 
 
-def save_input(text: str, version: int) -> Chain | None:
-    """The ``filter`` table's INPUT chain from ``iptables-save -t filter`` text (either variant).
-
-    Rules become opaque matches (``xt``) with their verdict, so the analysis says
-    "cannot tell" for them unless they only jump somewhere (cfallow's own jump is skipped).
-    """
-    policy, rules = None, []
-    last: tuple[bool, str] | None = None
-    for n, line in enumerate(text.splitlines()):
-        if line.startswith(":INPUT "):
-            policy = line.split()[1].lower()
-        elif line.startswith("-A INPUT "):
-            at = line.rfind(" -j ")
-            target = line[at + 4 :].split(" ", 1)[0] if at >= 0 else ""
-            key = (line == f"-A INPUT -j {target}", target)
-            if key == last:  # consecutive opaque rules with one verdict say no more
-                continue
-            last = key
-            verdict: Json = (
-                {target.lower(): None}
-                if target in ("ACCEPT", "DROP", "REJECT")
-                else ({"jump": {"target": target}} if target else {"counter": None})
-            )
-            rules.append(Rule(n, (*(() if key[0] else ({"xt": None},)), verdict)))
-    if policy is None:
-        return None
-    fam = "ip" if version == 4 else "ip6"
-    return Chain(fam, "filter", "INPUT", "input", 0, policy, tuple(rules))
-
-
 #: iptables-nft's own tables and base chains (upper case), as opposed to native ones.
 XT_TABLES = frozenset({"filter", "mangle", "raw", "security", "nat"})
 XT_CHAINS = frozenset({"INPUT", "FORWARD", "OUTPUT", "PREROUTING", "POSTROUTING"})
@@ -200,6 +165,15 @@ def _try(runner: Runner, argv: list[str]) -> str | None:
         return runner.run(argv).stdout
     except BackendError:
         return None
+
+
+def read_variant(runner: Runner, memo: Memo | None = None) -> str:
+    """``nft`` or ``legacy``, as ``iptables --version`` says (``""``: not installed, unclear;
+    ``memo``: what it said the last time, for the same binary)."""
+    try:
+        return detect(version_text(runner, memo))[0]
+    except BackendError:
+        return ""
 
 
 def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
@@ -250,19 +224,17 @@ def read(
     except BackendError as exc:
         error = str(exc)
     if variant is None and iptables:
-        version_text = _try(runner, ["iptables", "--version"])
-        if version_text is not None:
-            variant = "nft" if "nf_tables" in version_text else "legacy"
+        variant = read_variant(runner)
     variant = variant or ""
     inputs = []
     if variant:
         texts = dict(saves or {})
-        for version, tools in SAVE_TOOLS[variant].items():
+        for version, tools in save_tools(variant).items():
             if version not in texts:
                 texts[version] = next(
                     (t for t in (_try(runner, [x, "-t", "filter"]) for x in tools) if t), ""
                 )
-            chain = save_input(texts[version], version)
+            chain = input_chain(texts[version], version)
             if chain is not None:
                 inputs.append(chain)
         text = " ".join(texts.values())

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.model import FAMILY_NAME
 from cfallow.netfilter.evaluate import Json
-from cfallow.netfilter.host import SAVE_TOOLS, XT_CHAINS, XT_TABLES
+from cfallow.netfilter.host import XT_CHAINS, XT_TABLES, read_variant
+from cfallow.netfilter.save import save_tools
 from cfallow.runner import Runner
 from cfallow.section import PortRange
 
@@ -179,11 +180,7 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
     """
     rules: list[NatRule] = []
     if variant is None:
-        try:
-            version = runner.run(["iptables", "--version"]).stdout
-            variant = "nft" if "nf_tables" in version else "legacy"
-        except (BackendError, CommandNotFound):
-            variant = ""
+        variant = read_variant(runner)
     try:
         heads = runner.run(["nft", "-j", "list", "chains"]).stdout
         texts = {
@@ -192,7 +189,7 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
         rules += parse_nft(texts)
     except (BackendError, CommandNotFound, ValueError, KeyError):
         pass
-    for ip_version, tools in SAVE_TOOLS.get(variant, {}).items():
+    for ip_version, tools in save_tools(variant).items():
         if variant == "legacy" and not _has_legacy_nat(runner, ip_version):
             continue
         for tool in tools:

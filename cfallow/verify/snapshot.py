@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter import xtables
+from cfallow.netfilter.save import SAVE
 from cfallow.runner import Runner
 
 
@@ -86,7 +87,7 @@ def read_net(runner: Runner, uplink: str | None = None) -> HostNet:
 def xt_nft(runner: Runner) -> dict[int, str]:
     """iptables-nft's own save text per family (read only when the ruleset will not load)."""
     out = {}
-    for version, tool in ((4, "iptables-nft-save"), (6, "ip6tables-nft-save")):
+    for version, tool in SAVE["nft"].items():
         try:
             out[version] = _optional(runner, [tool])
         except BackendError:

@@ -12,9 +12,10 @@ import json
 import re
 import sys
 
+from cfallow.netfilter.save import SAVE as SAVE_TOOLS
 from cfallow.runner import Runner
 
-SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
+SAVE = SAVE_TOOLS["legacy"]
 #: The reply (SYN-ACK, RST) passes these too: not the probe's path.
 REPLY_SIDE = ("-A OUTPUT ", "OUTPUT policy", "-A POSTROUTING ", "POSTROUTING policy")
 _RULE = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*)$")

@@ -107,7 +107,7 @@ def test_missing_save_tool(tmp_path: Path) -> None:
     (only / "iptables").symlink_to("/usr/sbin/iptables-nft")
     with namespace("ipm") as ns:
         runner = Runner(prefix=["/usr/sbin/ip", "netns", "exec", ns], env={"PATH": str(only)})
-        backend = build("iptables", {"variant": "nft"}, Context(runner=runner))
+        backend = build("iptables", {"variant": "nft"}, Context(runner=runner, state_dir=tmp_path))
         result = run_backend(backend, CURRENT, dry_run=True)  # the read finds it missing
     assert result.error == "iptables-nft-save: command not found (install the iptables package)"
 
@@ -116,7 +116,11 @@ def test_missing_iptables_behind_a_wrapper(tmp_path: Path) -> None:
     """``ip netns exec`` reports a missing command itself: still the same one line."""
     with namespace("ipw") as ns:
         runner = Runner(prefix=["/usr/sbin/ip", "netns", "exec", ns], env={"PATH": str(tmp_path)})
-        result = run_backend(build("iptables", {}, Context(runner=runner)), CURRENT, dry_run=False)
+        result = run_backend(
+            build("iptables", {}, Context(runner=runner, state_dir=tmp_path)),
+            CURRENT,
+            dry_run=False,
+        )
     assert result.error == "no iptables command found (install the iptables package)"
 
 
@@ -147,7 +151,9 @@ def test_missing_privileges(variant: str, tmp_path: Path) -> None:
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
     with namespace("ipp") as ns:
         runner = Runner(prefix=[*ns_exec(ns), *drop])
-        backend = build("iptables", {"variant": variant}, Context(runner=runner))
+        backend = build(
+            "iptables", {"variant": variant}, Context(runner=runner, state_dir=tmp_path)
+        )
         result = run_backend(backend, CURRENT, dry_run=False)
     save = "iptables-nft-save" if variant == "nft" else "iptables-legacy-save"
     assert result.error == (

@@ -186,7 +186,7 @@ def test_without_python_iptables_a_wrong_mask_is_still_found_and_rewritten(
     need_tool("iptables-legacy-save", "ip6tables-legacy-restore")
     with namespace("ent") as ns:
         fw = Fw(ns, "legacy", tmp_path)
-        ctx = Context(runner=fw.runner, firewall_lock=tmp_path / "fw.lock")
+        ctx = Context(runner=fw.runner, firewall_lock=tmp_path / "fw.lock", state_dir=tmp_path)
         inner = build("iptables", {"mode": "lockdown", "ports": [443]}, ctx)
         assert isinstance(inner, IptablesBackend)
 

@@ -116,7 +116,7 @@ def racer(fw: Fw, rules: list[str]) -> object:
 def run_with_racer(fw: Fw, rules: list[str]) -> tuple[str | None, int]:
     """One sync in the namespace whose commit a lock-ignoring writer races ``len(rules)`` times."""
     runner = RacingRunner(env=fw.runner.env, race=racer(fw, rules))  # type: ignore[arg-type]
-    inner = build("iptables", {}, Context(runner=runner))
+    inner = build("iptables", {}, Context(runner=runner, state_dir=fw.tmp))
     assert isinstance(inner, IptablesBackend)
 
     def child() -> tuple[str | None, int]:
@@ -195,7 +195,7 @@ def test_the_lock_is_waited_for_then_refused(tmp_path: Path) -> None:
 def test_an_explicit_variant_the_host_does_not_use_is_warned(fw: Fw) -> None:
     """This host's ``iptables`` is nf_tables; ``variant = "legacy"`` is obeyed, and said so."""
     need_tool("iptables")
-    inner = build("iptables", {"variant": "legacy"}, Context(runner=Runner()))
+    inner = build("iptables", {"variant": "legacy"}, Context(runner=Runner(), state_dir=fw.tmp))
     backend = NetnsBackend(inner, fw.ns, {"XTABLES_LOCKFILE": fw.lock})
     result = run_backend(backend, CURRENT, dry_run=False)
     assert result.error is None and result.plan is not None

@@ -63,7 +63,7 @@ def test_the_former_writer_let_every_ipv6_outsider_in_on_bond0(tmp_path: Path, n
     """The bug, shown with traffic: the python-iptables writer put back behind the seam."""
     with pair(server_if=name) as p:
         fw = Fw(p.server, "legacy", tmp_path)
-        inner = build("iptables", {"mode": "lockdown"}, Context(runner=fw.runner))
+        inner = build("iptables", {"mode": "lockdown"}, Context(runner=fw.runner, state_dir=fw.tmp))
         assert isinstance(inner, IptablesBackend)
 
         def child() -> Any:

@@ -105,7 +105,7 @@ class Oracle:
     def sync(self, shape: tuple[Any, ...], nets: Networks, writer: Any = None) -> None:
         mode, parent, protocol, ports, also = shape
         cfg = dict(mode=mode, parent=parent, protocol=protocol, ports=ports, also_allow=also)
-        inner = build("iptables", cfg, Context(runner=self.fw.runner))
+        inner = build("iptables", cfg, Context(runner=self.fw.runner, state_dir=self.fw.tmp))
         assert isinstance(inner, IptablesBackend)
 
         def child() -> str | None:

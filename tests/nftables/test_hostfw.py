@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from cfallow.backends.iptables.advice import iptables_allow
 from support import namespace, ns_exec, sh
 from support.nftables.helpers import ADMIN_DROP, Nft
 
 from cfallow.netfilter import host as hostfw
-from cfallow.netfilter.advice import iptables_allow, recommend
-from cfallow.netfilter.host import Host, outcome, parse_ruleset, save_input
+from cfallow.netfilter.advice import recommend
+from cfallow.netfilter.host import Host, outcome, parse_ruleset
+from cfallow.netfilter.save import input_chain as save_input
 from cfallow.runner import Runner
 from cfallow.section import PortRange
 

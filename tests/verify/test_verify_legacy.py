@@ -28,7 +28,11 @@ def test_the_python_iptables_mask_bug_on_bond0_is_caught(tmp_path: Path) -> None
     need_tool("iptables-legacy", "ip6tables-legacy-save")
     with host(tmp_path, uplink="bond0") as h:
         fw = Fw(h.ns, "legacy", tmp_path)
-        inner = build("iptables", {"mode": "lockdown", "ports": [443]}, Context(runner=fw.runner))
+        inner = build(
+            "iptables",
+            {"mode": "lockdown", "ports": [443]},
+            Context(runner=fw.runner, state_dir=fw.tmp),
+        )
         assert isinstance(inner, IptablesBackend)
 
         inner.legacy_writer = IptcWriter()  # the former writer, put back behind the seam

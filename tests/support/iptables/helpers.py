@@ -129,7 +129,9 @@ class Fw:
     # -- the backend ----------------------------------------------------------------
     def backend(self, **section: Any) -> Backend:
         """A fresh, real iptables backend bound to this namespace."""
-        ctx = Context(runner=self.runner, firewall_lock=self.tmp / "cfallow.lock")
+        ctx = Context(
+            runner=self.runner, firewall_lock=self.tmp / "cfallow.lock", state_dir=self.tmp
+        )
         inner = build("iptables", dict(section), ctx)
         if self.variant == "nft":
             self.made.append(inner)

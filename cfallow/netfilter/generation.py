@@ -1,0 +1,133 @@
+"""Has the host's ruleset changed since the last analysis? The kernel's answer, and a memo.
+
+nf_tables numbers its ruleset: every committed transaction bumps a generation
+id (netlink ``NFT_MSG_GETGEN``), iptables-nft's tables included. With the boot
+and the network namespace it names one ruleset, so an analysis stored under it
+stays true while the id stays; asking costs one netlink round trip instead of
+listing (and parsing) every rule. Legacy x_tables have no such number: what a
+backend reads from them goes into its key itself.
+
+Run as a module (``python -m cfallow.netfilter.generation``) it prints the
+generation, for a :class:`~cfallow.runner.Runner` that runs its commands in
+another namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+from pathlib import Path
+
+from cfallow.errors import BackendError
+from cfallow.fs import write_atomic
+from cfallow.runner import Runner
+
+NETLINK_NETFILTER = 12
+GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+NFTA_GEN_ID = 1
+NLMSG_ERROR = 2
+SO_NETNS_COOKIE = 71
+
+
+def _ask(sock: socket.socket) -> int:
+    sock.settimeout(2.0)
+    sock.bind((0, 0))
+    sock.send(struct.pack("=IHHIIBBH", 20, GETGEN, 1, 1, 0, socket.AF_UNSPEC, 0, 0))
+    data = sock.recv(65536)
+    length, kind = struct.unpack_from("=IH", data)
+    if kind == NLMSG_ERROR:
+        (err,) = struct.unpack_from("=i", data, 16)
+        raise OSError(-err, os.strerror(-err))
+    at = 20  # nlmsghdr + nfgenmsg
+    while at + 4 <= min(length, len(data)):
+        size, attr = struct.unpack_from("=HH", data, at)
+        if attr & 0x3FFF == NFTA_GEN_ID and size >= 8:
+            return int(struct.unpack_from("!I", data, at + 4)[0])
+        at += max((size + 3) & ~3, 4)
+    raise OSError("no generation id in the kernel's answer")
+
+
+def _namespace(sock: socket.socket) -> str:
+    """The network namespace's cookie (never reused while the kernel runs; its inode
+    number is reused as soon as the namespace is gone), or the inode on old kernels."""
+    try:
+        return str(struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
+    except OSError:
+        return os.readlink("/proc/self/ns/net")
+
+
+def current() -> str:
+    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace (raises OSError:
+    no nf_tables, or no privilege to ask)."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        return f"{boot}/{_namespace(sock)}/{_ask(sock)}"
+
+
+def generation(runner: Runner) -> str | None:
+    """The ruleset's generation where ``runner`` runs its commands (None: cannot tell)."""
+    if not runner.prefix:
+        try:
+            return current()
+        except OSError:
+            return None
+    try:
+        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.generation"]
+        out = runner.run(argv).stdout.strip()
+    except BackendError:
+        return None
+    return out or None
+
+
+def key(generation: str | None, *parts: object) -> str | None:
+    """One memo key from a generation and what else the analysis depends on (None: none)."""
+    if generation is None:
+        return None
+    blob = json.dumps([generation, *parts], sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Memo:
+    """One analysis result kept in a small JSON file under the key it was computed for.
+
+    A file that cannot be read or written is no memo: the analysis runs again.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def sibling(self, name: str) -> Memo:
+        """Another memo in the same directory."""
+        return Memo(self.path.with_name(name))
+
+    def get(self, key: str | None) -> object | None:
+        """The value stored under ``key`` (None: a miss)."""
+        if key is None:
+            return None
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict) or doc.get("key") != key:
+            return None
+        return doc.get("value")
+
+    def put(self, key: str | None, value: object) -> None:
+        """Keep ``value`` under ``key`` (replacing what was there)."""
+        if key is None:
+            return
+        with contextlib.suppress(OSError):  # a state dir that cannot take it: no memo
+            write_atomic(self.path, json.dumps({"key": key, "value": value}), 0o600)
+
+
+if __name__ == "__main__":
+    try:
+        print(current())
+    except OSError as exc:
+        print(f"cannot read the ruleset generation: {exc}", file=sys.stderr)
+        sys.exit(1)

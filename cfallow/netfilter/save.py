@@ -1,0 +1,214 @@
+"""iptables' ``*-save`` text, either variant: the tools' names, one parser, the variant.
+
+Every reader of save text (the iptables backend, the host analysis, the NAT
+analysis, verify) goes through :func:`parse_save`; the tools are named only here.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cfallow.errors import BackendError
+from cfallow.netfilter import generation
+from cfallow.netfilter.evaluate import Chain, Json, Rule
+from cfallow.netfilter.generation import Memo
+from cfallow.runner import Runner
+
+#: ``*-save`` per variant and IP version; ``old`` are the names before iptables 1.8
+#: (the legacy tools on such hosts, and the generic names of either variant).
+SAVE: Mapping[str, Mapping[int, str]] = {
+    "nft": {4: "iptables-nft-save", 6: "ip6tables-nft-save"},
+    "legacy": {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"},
+    "old": {4: "iptables-save", 6: "ip6tables-save"},
+}
+#: ``*-restore``, named as :data:`SAVE`.
+RESTORE: Mapping[str, Mapping[int, str]] = {
+    "nft": {4: "iptables-nft-restore", 6: "ip6tables-nft-restore"},
+    "legacy": {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"},
+    "old": {4: "iptables-restore", 6: "ip6tables-restore"},
+}
+#: The command whose ``--version`` says the variant.
+IPTABLES = "iptables"
+#: What ``--version`` said, for the binary that said it (a file in the state directory).
+VERSION_MEMO = "iptables-version.json"
+
+
+def _binary(runner: Runner) -> str | None:
+    """What ``iptables`` runs (the file behind the alternatives' links, its inode, size and
+    time): the same file prints the same ``--version``. None where another namespace's
+    files may differ (a runner prefix) or there is none."""
+    if runner.prefix:
+        return None
+    path = shutil.which(IPTABLES, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
+    if path is None:
+        return None
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return f"{real}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def version_text(runner: Runner, memo: Memo | None = None) -> str:
+    """``iptables --version``, or what it said the last time for the same binary."""
+    key = None if memo is None else generation.key(_binary(runner), IPTABLES)
+    kept = memo.get(key) if memo is not None else None
+    if isinstance(kept, str):
+        return kept
+    text = runner.run([IPTABLES, "--version"]).stdout
+    if memo is not None:
+        memo.put(key, text)
+    return text
+
+
+def save_tools(variant: str) -> dict[int, tuple[str, str]]:
+    """The ``*-save`` names to try per IP version for ``variant`` (its own, then the old)."""
+    if variant not in ("nft", "legacy"):
+        return {}
+    return {v: (SAVE[variant][v], SAVE["old"][v]) for v in (4, 6)}
+
+
+def detect(version_text: str) -> tuple[str, bool]:
+    """``iptables --version`` -> (``nft``|``legacy``, whether the ``*-legacy-*`` tools exist)."""
+    text = version_text.strip()
+    if "(nf_tables)" in text:
+        return "nft", False
+    if "(legacy)" in text:
+        return "legacy", True
+    try:
+        major, minor = (int(x) for x in text.split(" v", 1)[1].split(".")[:2])
+    except (IndexError, ValueError):
+        raise BackendError(f"cannot tell the iptables variant from {text!r}") from None
+    if (major, minor) < (1, 8):
+        return "legacy", False
+    raise BackendError(f"cannot tell the iptables variant from {text!r}")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One family's ``filter`` table as ``*-save`` printed it: chains and their rule specs.
+
+    ``policies`` holds the built-in chains' ``:CHAIN POLICY [packets:bytes]``
+    lines as printed (with ``-c``, the counters are the kernel's). ``mangle``
+    is the same family's mangle table, read beside it where cfallow guards
+    FORWARD there (parent ``DOCKER-USER``), else ``None``.
+    """
+
+    chains: tuple[tuple[str, tuple[str, ...]], ...]
+    policies: tuple[str, ...] = ()
+    mangle: Table | None = None
+
+    def same_rules(self, other: Table) -> bool:
+        """The same chains and rules (counters aside), the mangle table's too."""
+        if self.chains != other.chains or (self.mangle is None) != (other.mangle is None):
+            return False
+        return self.mangle is None or other.mangle is None or self.mangle.same_rules(other.mangle)
+
+    def rules(self, chain: str) -> tuple[str, ...] | None:
+        """The specs of ``chain`` in order, or None if there is no such chain."""
+        for name, rules in self.chains:
+            if name == chain:
+                return rules
+        return None
+
+
+@dataclass
+class _Scan:
+    chains: dict[str, list[str]]
+    policies: list[str]
+    lines: list[int]  # the line index of each rule of the chain asked for
+
+
+def _scan(text: str, which: str, lines_of: str = "") -> _Scan:
+    out = _Scan({}, [], [])
+    head = f"*{which}"
+    inside = False
+    for n, line_read in enumerate(text.split("\n")):
+        # ``-c``: "[packets:bytes] -A ..."
+        raw = line_read.partition("] ")[2] if line_read[:1] == "[" else line_read
+        if raw[:3] == "-A ":  # nearly every line: the cheap test first
+            if inside:
+                name, _, spec = raw[3:].partition(" ")
+                out.chains.setdefault(name, []).append(spec.strip())
+                if name == lines_of:
+                    out.lines.append(n)
+            continue
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        if line[0] == "*":
+            inside = line == head
+        elif not inside or line == "COMMIT":
+            continue
+        elif line[0] == ":":
+            name, policy = [*line[1:].split(), "-"][:2]
+            out.chains.setdefault(name, [])
+            if policy != "-":
+                out.policies.append(line)
+        else:
+            raise BackendError(f"unexpected line in iptables-save output: {line[:80]!r}")
+    return out
+
+
+def parse_save(text: str, which: str = "filter") -> Table:
+    """Parse ``iptables-save [-c]`` output: table ``which`` (comments, counters, others ignored)."""
+    scan = _scan(text, which)
+    return Table(tuple((n, tuple(r)) for n, r in scan.chains.items()), tuple(scan.policies))
+
+
+def parse_tables(text: str, mangle: bool) -> Table:
+    """The filter table of a read, with the mangle table beside it when ``mangle``."""
+    table = parse_save(text)
+    if not mangle:
+        return table
+    return Table(table.chains, table.policies, parse_save(text, "mangle"))
+
+
+def target_of(spec: str) -> str | None:
+    """The ``-j``/``-g`` target of a rule spec."""
+    if '"' in spec or "'" in spec or "\\" in spec:
+        try:
+            tokens = shlex.split(spec)
+        except ValueError:
+            return None
+    else:
+        tokens = spec.split()  # the common case, and many times faster
+    for flag, value in zip(tokens, tokens[1:]):
+        if flag in ("-j", "-g", "--jump", "--goto"):
+            return value
+    return None
+
+
+def input_chain(text: str, version: int) -> Chain | None:
+    """The ``filter`` table's INPUT chain of ``*-save -t filter`` text, for the analysis.
+
+    Rules become opaque matches (``xt``) with their verdict, so the analysis says
+    "cannot tell" for them unless they only jump somewhere; a rule's handle is its
+    line in ``text``.
+    """
+    scan = _scan(text, "filter", "INPUT")
+    policy = next((p.split()[1].lower() for p in scan.policies if p.startswith(":INPUT ")), None)
+    if policy is None:
+        return None
+    rules, last = [], None
+    for n, spec in zip(scan.lines, scan.chains.get("INPUT", ())):
+        at = f" {spec}".rfind(" -j ")
+        target = spec[at + 3 :].split(" ", 1)[0] if at >= 0 else ""
+        key = (spec == f"-j {target}", target)
+        if key == last:  # consecutive opaque rules with one verdict say no more
+            continue
+        last = key
+        rules.append(Rule(n, (*(() if key[0] else ({"xt": None},)), _verdict(target))))
+    fam = "ip" if version == 4 else "ip6"
+    return Chain(fam, "filter", "INPUT", "input", 0, policy, tuple(rules))
+
+
+def _verdict(target: str) -> Json:
+    if target in ("ACCEPT", "DROP", "REJECT"):
+        return {target.lower(): None}
+    return {"jump": {"target": target}} if target else {"counter": None}

@@ -1,0 +1,76 @@
+"""The host analysis is kept for the ruleset generation it was made for: an unchanged
+ruleset is not listed again, and any commit (the admin's or cfallow's) is seen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import namespace, ns_exec
+from support.nftables.helpers import ADMIN_DROP, OPEN_443, Nft
+
+from cfallow.backend import AnyBackend, Context, build
+from cfallow.netfilter import generation
+from cfallow.runner import Runner
+
+pytestmark = pytest.mark.root
+LISTS_ADMIN = ("nft", "-j", "list", "table", "inet", "filter")
+DROPS = "lockdown only restricts: inet filter input: policy drop drops tcp/80,443"
+
+
+def backend(ns: str, tmp: Path, mode: str) -> tuple[AnyBackend, Runner]:
+    runner = Runner(prefix=ns_exec(ns))
+    (tmp / "state").mkdir(exist_ok=True)
+    ctx = Context(runner=runner, state_dir=tmp / "state")
+    return build("nftables", {"mode": mode, "file": str(tmp / "cfallow.nft")}, ctx), runner
+
+
+def notes(b: AnyBackend) -> tuple[str, ...]:
+    return b.diff(b.read(), frozenset()).notes  # type: ignore[no-any-return]
+
+
+def test_an_unchanged_ruleset_is_not_listed_again_and_a_change_is_seen(tmp_path: Path) -> None:
+    with namespace("memo") as ns:
+        nft = Nft(ns)
+        nft.load(ADMIN_DROP % "")
+        b, runner = backend(ns, tmp_path, "lockdown")
+        first = notes(b)
+        assert any(n.startswith(DROPS) for n in first)
+        assert runner.calls.count(LISTS_ADMIN) == 1
+        runner.calls.clear()
+        assert notes(b) == first  # the same verdict, from the memo
+        assert LISTS_ADMIN not in runner.calls
+        nft("flush", "ruleset")
+        nft.load(ADMIN_DROP % OPEN_443)  # the admin now accepts 80 and 443
+        runner.calls.clear()
+        after = notes(b)
+        assert runner.calls.count(LISTS_ADMIN) == 1, "a changed ruleset was not read again"
+        assert not any(n.startswith(DROPS) for n in after), "a stale verdict was kept"
+
+
+def test_sets_mode_keeps_the_references_a_removal_names(tmp_path: Path) -> None:
+    with namespace("memo") as ns:
+        nft = Nft(ns)
+        nft.load(ADMIN_DROP % "")
+        b, runner = backend(ns, tmp_path, "sets")
+        nft.load(
+            "table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; "
+            'comment "cfallow"; elements = { 173.245.48.0/20 }; }\n}\n'
+        )
+        nft("add", "rule", "inet", "filter", "input", "ip", "saddr", "@cloudflare_v4", "accept")
+        first = b.diff(b.read(), None).notes
+        runner.calls.clear()
+        again = b.diff(b.read(), None).notes
+        assert LISTS_ADMIN not in runner.calls
+        assert again == first and any("still referenced by inet filter input" in n for n in again)
+
+
+def test_the_generation_names_boot_namespace_and_commit(tmp_path: Path) -> None:
+    with namespace("memo") as ns, namespace("memo") as other:
+        runner = Runner(prefix=ns_exec(ns))
+        before = generation.generation(runner)
+        assert before is not None and before == generation.generation(runner)
+        Nft(ns).load("table inet t {\n}\n")
+        after = generation.generation(runner)
+        assert after is not None and after != before
+        assert generation.generation(Runner(prefix=ns_exec(other))) not in (before, after)
