@@ -216,7 +216,8 @@ def cmd_accept(inv: Invocation) -> int:
     else:
         ranges = dataclasses.replace(sources.fetch_live(cfg.source), fetched_at=cadence.now())
     resolve.ceiling(cfg, ranges)
-    for line in resolve.accept_lines(state.load_anchor(), ranges):
+    lines = resolve.accept_lines(state.load_anchor(), ranges)
+    for line in lines[:3] if opts.quiet else lines:  # -q: the per-family summary only
         print(line)
     if not inv.writes.accept(ranges):
         log.info("not recorded (--dry-run)")

@@ -121,6 +121,11 @@ def test_accept_moves_the_anchor_and_the_ceiling_holds_after_accept(source: Sour
     assert r.out.startswith("against the bundled snapshot of ")
     assert f"IPv4: {SNAPSHOT_V4:,} -> {sizes[3]:,} addresses" in r.out
     assert "  +45.0.0.0/" in r.out
+    # -q: the comparison per family, not every entry
+    q = source.cli(steps[3], "-q", "accept", "--dry-run")
+    assert q.rc == 0, q.err
+    assert q.out.splitlines() == r.out.splitlines()[:3]
+    assert "+45.0.0.0/" not in q.out
     refused(source.cli(steps[3], "sync"), "max_growth=10")
     # accept records it: the next sync takes it, and growth is measured from there
     r = source.cli(steps[3], "accept")
