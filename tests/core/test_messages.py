@@ -55,6 +55,10 @@ def test_a_non_root_user_is_told_to_run_as_root() -> None:
         "--reuid=65534",
         "--regid=65534",
         "--clear-groups",
+        # Reading stays allowed (the checkout and its venv may sit in a directory only root
+        # enters, as a clean clone in a 0700 temp dir does); writing is what is refused.
+        "--inh-caps=+dac_read_search",
+        "--ambient-caps=+dac_read_search",
         sys.executable,
         "-m",
         "cfallow",

@@ -44,7 +44,14 @@ def test_200_syncs_no_leaks(nft_lab: Lab) -> None:
     assert s["fds_last"] == s["fds_first"] and s["fds_max"] == s["fds_first"], s
     assert s["unreaped_children"] == 0, s
     # the list, the lock, and the fetch record the refresh cadence reads
-    assert s["state_files"] == ["fetch.json", "last-known-good.json", "lock"], s
+    # no temporary file left behind: the state, the lock and the host-analysis memos only
+    assert s["state_files"] == [
+        "fetch.json",
+        "iptables-host.json",
+        "iptables-version.json",
+        "last-known-good.json",
+        "lock",
+    ], s
     assert s["tmp_files"] == [], s
     # Memory: the last quarter's median RSS within 4 MiB of the first quarter's (150 runs
     # apart). Measured since the hardened fetcher and the cadence landed: ~2.1 MiB
