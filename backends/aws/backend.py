@@ -47,7 +47,7 @@ from .rules import (
     open_to_all,
     quota,
 )
-from .targets import Clients, Target, counts_line, each, parse_targets
+from .targets import Clients, Target, counts_line, each, parse_endpoint, parse_targets
 
 INSTALL_HINT = extra_hint("aws", "boto3>=1.28")
 log = logging.getLogger("cfallow")
@@ -131,9 +131,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
             self.groups = tuple(dict.fromkeys(groups))
         self.ports = parse_ports(section)
         self.protocol = section.get_choice("protocol", "tcp", ("tcp", "udp"))
-        self.endpoint_url = section.get_str("endpoint_url", "")
-        if self.endpoint_url and not self.endpoint_url.startswith(("https://", "http://")):
-            raise ConfigError(f"[{where}] endpoint_url: expected an http(s) URL")
+        self.endpoint_url = parse_endpoint(section)
         self.rules_per_group = section.get_int("rules_per_group", 60, minimum=1)
         self.prefix_lists = section.get_bool("prefix_lists", False)
         self.max_entries = section.get_int("prefix_list_max_entries", 30, minimum=1)
@@ -181,10 +179,9 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
 
         With ``targets``: every target concurrently, each read failing alone.
         """
-        if self.ctx.scheduled:
-            run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
-            if not run:
-                return AwsSeen({}, (), {}, {}, (), why)
+        why = cadence.not_due(self.ctx, self.name, self.interval)
+        if why:
+            return AwsSeen({}, (), {}, {}, (), why)
         if self.targets:
             outcomes = each(self.targets, lambda t: self.part(t).read_one())
             parts = tuple((o.target, o.value or o.error or "?") for o in outcomes)

@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from cfallow.backend import Context
 from cfallow.errors import ConfigError
 from cfallow.fs import write_atomic
 from cfallow.section import Section
@@ -77,3 +78,11 @@ def forget(state_dir: Path, name: str) -> None:
     """The next scheduled run reads again (after a failed apply)."""
     with contextlib.suppress(OSError):
         _path(state_dir, name).unlink()
+
+
+def not_due(ctx: Context, name: str, every: float) -> str:
+    """Why this run does not read AWS (a scheduled run inside the interval), else ``""``."""
+    if not ctx.scheduled:
+        return ""
+    run, why = due(ctx.state_dir, name, every)
+    return "" if run else why

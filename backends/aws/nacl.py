@@ -13,7 +13,6 @@ and accounts (:mod:`.targets`).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from collections.abc import Sequence
@@ -23,15 +22,14 @@ from typing import Any, ClassVar
 from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context
-from cfallow.errors import BackendError, ConfigError, Unavailable
-from cfallow.install import extra_hint
+from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, make_plan
 from cfallow.section import Section, parse_ports
 
 from . import cadence
 from . import nacl_rules as nr
 from .client import aws_errors, error_code
-from .targets import Clients, Target, counts_line, each, parse_targets
+from .targets import Clients, Target, check_ready, counts_line, each, parse_endpoint, parse_targets
 
 ACL_ID = re.compile(r"acl-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 QUOTA_CODE = ("vpc", "L-2AEEBF1A")
@@ -90,27 +88,21 @@ class AwsNaclBackend(Backend[NaclSeen, NaclWork]):
         self.quota = section.get_int("rules_per_acl", 0, minimum=0)
         if self.quota > nr.MAX_QUOTA:
             raise ConfigError(f"[{where}] rules_per_acl: at most {nr.MAX_QUOTA} (AWS limit)")
-        self.endpoint_url = section.get_str("endpoint_url", "")
-        if self.endpoint_url and not self.endpoint_url.startswith(("https://", "http://")):
-            raise ConfigError(f"[{where}] endpoint_url: expected an http(s) URL")
+        self.endpoint_url = parse_endpoint(section)
         self.interval = cadence.interval(section)
         self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
 
     def check(self) -> None:
         """boto3, a region and credentials for every target (no API call)."""
-        if importlib.util.find_spec("boto3") is None:
-            raise Unavailable(f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})")
-        for target in self.targets:
-            self.clients.preflight(target)
+        check_ready(self.clients, self.targets)
 
     # -- read -------------------------------------------------------------------------
 
     def read(self) -> NaclSeen:
         """Per target, concurrently: one ``DescribeNetworkAcls`` (and the ACL quota)."""
-        if self.ctx.scheduled:
-            run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
-            if not run:
-                return NaclSeen((), why)
+        why = cadence.not_due(self.ctx, self.name, self.interval)
+        if why:
+            return NaclSeen((), why)
         outcomes = each(self.targets, self._read_target)
         reads = tuple(
             o.value if o.value is not None else TargetRead(o.target, error=o.error or "?")

@@ -18,6 +18,7 @@ counted per target (:class:`Clients.calls`). boto3 is imported on first use.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import threading
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import cfallow
-from cfallow.errors import BackendError, ConfigError
+from cfallow.errors import BackendError, ConfigError, Unavailable
 from cfallow.install import extra_hint
 from cfallow.section import Section
 
@@ -216,6 +217,22 @@ class Clients:
         with self._lock:
             self._clients.setdefault(key, api)
             return self._clients[key]
+
+
+def parse_endpoint(section: Section) -> str:
+    """``endpoint_url`` (a stand-in such as moto_server), or ``""`` for AWS's own."""
+    url = section.get_str("endpoint_url", "")
+    if url and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"[{section.where}] endpoint_url: expected an http(s) URL")
+    return url
+
+
+def check_ready(clients: Clients, targets: Iterable[Target]) -> None:
+    """boto3, a region and credentials for every target (no API call)."""
+    if importlib.util.find_spec("boto3") is None:
+        raise Unavailable(f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})")
+    for target in targets:
+        clients.preflight(target)
 
 
 @dataclass(frozen=True)

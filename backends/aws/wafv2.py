@@ -13,7 +13,6 @@ sets, and ``remove`` refuses, naming the web ACL, while one does.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -21,8 +20,7 @@ from typing import Any, ClassVar
 from netaddr import IPNetwork
 
 from cfallow.backend import Backend, Context
-from cfallow.errors import BackendError, ConfigError, Unavailable
-from cfallow.install import extra_hint
+from cfallow.errors import BackendError, ConfigError
 from cfallow.model import Networks, Plan, make_plan
 from cfallow.section import Section
 
@@ -30,7 +28,7 @@ from . import cadence
 from . import wafv2_sets as ws
 from .client import Ec2, aws_errors, error_code
 from .rules import TAG_KEY, TAG_VALUE
-from .targets import Clients, Target, each, parse_targets
+from .targets import Clients, Target, check_ready, each, parse_endpoint, parse_targets
 
 LOCKED = "WAFOptimisticLockException"
 #: Re-read and re-plan at most this many times when another writer keeps winning.
@@ -85,18 +83,13 @@ class AwsWafv2Backend(Backend[WafSeen, WafWork]):
         self.prefix = section.get_str("name", "cfallow-cloudflare")
         if not self.prefix.replace("-", "").replace("_", "").isalnum() or len(self.prefix) > 120:
             raise ConfigError(f"[{where}] name: letters, digits, - and _ only (at most 120)")
-        self.endpoint_url = section.get_str("endpoint_url", "")
-        if self.endpoint_url and not self.endpoint_url.startswith(("https://", "http://")):
-            raise ConfigError(f"[{where}] endpoint_url: expected an http(s) URL")
+        self.endpoint_url = parse_endpoint(section)
         self.interval = cadence.interval(section)
         self.clients = Clients(self.endpoint_url, attempts=self.attempts, backoff=self.backoff)
 
     def check(self) -> None:
         """boto3, a region and credentials for every target (no API call)."""
-        if importlib.util.find_spec("boto3") is None:
-            raise Unavailable(f"boto3 is not installed ({extra_hint('aws', 'boto3>=1.28')})")
-        for target in self.targets:
-            self.clients.preflight(target)
+        check_ready(self.clients, self.targets)
 
     def waf(self, target: Target) -> Ec2:
         """The target's WAFv2 client (CloudFront's scope lives in us-east-1)."""
@@ -108,10 +101,9 @@ class AwsWafv2Backend(Backend[WafSeen, WafWork]):
     def read(self) -> WafSeen:
         """Per target, concurrently: ``ListIPSets`` and one ``GetIPSet`` per owned set (and,
         outside scheduled runs, the web ACLs that reference them)."""
-        if self.ctx.scheduled:
-            run, why = cadence.due(self.ctx.state_dir, self.name, self.interval)
-            if not run:
-                return WafSeen((), why)
+        why = cadence.not_due(self.ctx, self.name, self.interval)
+        if why:
+            return WafSeen((), why)
         outcomes = each(self.targets, self._read_target)
         reads = tuple(o.value or SetsRead(o.target, error=o.error or "?") for o in outcomes)
         if self.ctx.scheduled and not any(r.error for r in reads):
