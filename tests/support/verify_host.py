@@ -133,19 +133,32 @@ def ipset_host(h: Host) -> None:
     sh(ns_exec(h.ns, "iptables-nft", *IPSET_RULE))
 
 
-def scratch_namespaces() -> list[str]:
-    """Every verify scratch namespace that exists right now."""
+def _left_behind(name: str) -> bool:
+    """A ``cfverify-PID-...`` name whose PID no longer runs (or is this test process):
+    what a finished run left. A live PID is another run in progress on the machine (a
+    concurrent verify, another test session), not this test's to judge."""
+    pid = name[len("cfverify-") :].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    return not Path(f"/proc/{pid}").exists()
+
+
+def scratch_namespaces(*, running: bool = False) -> list[str]:
+    """Every verify scratch namespace a finished run left behind (see :func:`_left_behind`);
+    ``running``: those of runs still going too."""
     try:
-        return sorted(n for n in os.listdir("/run/netns") if n.startswith("cfverify-"))
+        names = os.listdir("/run/netns")
     except FileNotFoundError:
         return []
+    return sorted(n for n in names if n.startswith("cfverify-") and (running or _left_behind(n)))
 
 
 def scratch_temp() -> list[str]:
-    """Every verify temp dir that exists right now."""
+    """Every verify temp dir a finished run left behind (see :func:`_left_behind`)."""
     import tempfile
 
-    return sorted(p.name for p in Path(tempfile.gettempdir()).glob("cfverify-*"))
+    found = Path(tempfile.gettempdir()).glob("cfverify-*")
+    return sorted(p.name for p in found if _left_behind(p.name))
 
 
 def failures(err: str) -> list[str]:

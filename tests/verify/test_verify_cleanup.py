@@ -65,7 +65,7 @@ def test_sigterm_mid_run_removes_the_scratch(tmp_path: Path) -> None:
     with host(tmp_path) as h:
         links = sh(ns_exec(h.ns, "ip", "-o", "link"))
         proc = h.popen(CONFIG, "sync", "--verify", "--dry-run", "--source", "bundled")
-        _wait_for(lambda: scratch_namespaces() or proc.poll() is not None)
+        _wait_for(lambda: scratch_namespaces(running=True) or proc.poll() is not None)
         assert proc.poll() is None, "the run ended before it could be stopped"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -78,7 +78,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(tmp_path: Path) -> None:
     with host(tmp_path) as h:
         links = sh(ns_exec(h.ns, "ip", "-o", "link"))
         proc = h.popen(CONFIG, "sync", "--verify", "--dry-run", "--source", "bundled")
-        _wait_for(lambda: len(scratch_namespaces()) == 2 or proc.poll() is not None)
+        _wait_for(lambda: len(scratch_namespaces(running=True)) == 2 or proc.poll() is not None)
         proc.kill()
         proc.wait()
         left = scratch_namespaces()
