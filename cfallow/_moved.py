@@ -3,24 +3,36 @@
 A plugin written against 0.1 may import, say, ``cfallow.config`` for
 ``Section`` or ``cfallow.backends.realip_nginx``. Those imports keep working,
 with a :class:`DeprecationWarning` naming the new path, until the next release.
+
+The finder and its loader follow the import protocol by their methods alone
+(``find_spec``; ``create_module`` and ``exec_module``): deriving them from
+``importlib.abc`` would import ``importlib.resources`` and ``tempfile`` on every
+run, to serve a name that is almost never asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.machinery
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from importlib.machinery import ModuleSpec
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader as _Loader
+else:
+    _Loader = object
 
 
-class _Alias(importlib.abc.Loader):
+class _Alias(_Loader):
+    """Loader: the module at its new name, with a warning naming that name."""
+
     def __init__(self, new: str) -> None:
         self.new = new
 
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+    def create_module(self, spec: ModuleSpec) -> ModuleType:
         warnings.warn(
             f"{spec.name} is deprecated: import {self.new} instead",
             DeprecationWarning,
@@ -32,7 +44,7 @@ class _Alias(importlib.abc.Loader):
         """The module is the new one, already executed."""
 
 
-class MovedFinder(importlib.abc.MetaPathFinder):
+class MovedFinder:
     """Finds an old module name and hands back the module at its new name."""
 
     def __init__(self, moved: Mapping[str, str]) -> None:
@@ -40,11 +52,15 @@ class MovedFinder(importlib.abc.MetaPathFinder):
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
+    ) -> ModuleSpec | None:
+        """A spec for an old name (``None`` for every other name: the next finder's)."""
         new = self.moved.get(fullname)
         if new is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _Alias(new))
+        return ModuleSpec(fullname, _Alias(new))
+
+    def invalidate_caches(self) -> None:
+        """Nothing cached (``importlib.invalidate_caches`` calls this on every finder)."""
 
 
 def install(moved: Mapping[str, str]) -> None:
