@@ -33,6 +33,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from netaddr import IPNetwork, IPSet
 
@@ -41,13 +42,10 @@ from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationEr
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 from cfallow.netfilter import generation
-from cfallow.netfilter import host as hostfw
-from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter.save import VERSION_MEMO, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
-from .advice import iptables_allow, recommend
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
@@ -61,6 +59,9 @@ from .rules import (
 )
 from .save import Table, parse_save
 from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
+
+if TYPE_CHECKING:
+    from cfallow.netfilter.host import Host
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
@@ -133,8 +134,10 @@ class IptablesBackend(Backend[Seen, Step]):
         self.legacy_writer: Writer | None = None
 
     @classmethod
-    def host_advice(cls, host: hostfw.Host) -> str | None:
+    def host_advice(cls, host: Host) -> str | None:
         """Whether iptables allow or lockdown works here (or nftables is needed)."""
+        from .advice import recommend
+
         return recommend(host)
 
     def _check_reach(self, where: str, *, lockdown_ssh: bool) -> None:
@@ -250,6 +253,10 @@ class IptablesBackend(Backend[Seen, Step]):
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
             return (None if kept[0] is None else str(kept[0])), tuple(str(n) for n in kept[1])
+        from cfallow.netfilter import host as hostfw  # the analysis: only when not kept
+
+        from .advice import iptables_allow
+
         host = hostfw.read(
             self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
         )
@@ -265,6 +272,8 @@ class IptablesBackend(Backend[Seen, Step]):
         kept = memo.get(key)
         if isinstance(kept, list):
             return tuple(str(n) for n in kept)
+        from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
+
         s = self.settings
         rules = hostfw_nat.read(self.ctx.runner, variant.kind)
         hint = 'parent = "DOCKER-USER" guards forwarded connections'

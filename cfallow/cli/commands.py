@@ -28,9 +28,8 @@ from cfallow.errors import (
 from cfallow.fetch import cadence, resolve, sources
 from cfallow.fetch.ranges import Ranges
 from cfallow.model import as_strings
-from cfallow.netfilter import host as hostfw
-from cfallow.netfilter.advice import describe
 from cfallow.report import repeat, table
+from cfallow.runner import Runner
 
 log = logging.getLogger("cfallow")
 
@@ -114,7 +113,7 @@ def cmd_backends(inv: Invocation) -> int:
         except Exception as exc:  # a broken plugin must not hide the others
             state, why = "unavailable", f"cannot load: {type(exc).__name__}: {exc}"
         rows.append({"name": name, "enabled": enabled, "state": state, "note": why})
-    firewall = describe(hostfw.read(ctx.runner))
+    firewall = _host_firewall(ctx.runner)
     if inv.opts.json:
         report.write_json(sys.stdout, {"backends": rows, "host_firewall": firewall})
         return EXIT_OK
@@ -130,12 +129,21 @@ def cmd_backends(inv: Invocation) -> int:
     return EXIT_OK
 
 
+def _host_firewall(runner: Runner) -> list[str]:
+    """What the host's own firewall does (``backends``, and ``sync -v``): the analysis is
+    imported only here, a plain run never needs it."""
+    from cfallow.netfilter import host as hostfw
+    from cfallow.netfilter.advice import describe
+
+    return describe(hostfw.read(runner))
+
+
 def _sync_like(inv: Invocation, *, verb: str) -> int:
     """``sync`` and ``status`` (a dry run): what a real run writes besides the backends
     goes through ``inv.writes`` (nothing on a dry run)."""
     opts, writes = inv.opts, inv.writes
     if log.isEnabledFor(logging.DEBUG):
-        for line in describe(hostfw.read(inv.ctx.runner)):
+        for line in _host_firewall(inv.ctx.runner):
             log.debug("host firewall: %s", line)
     try:
         got = resolve.resolve(

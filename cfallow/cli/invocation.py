@@ -200,7 +200,7 @@ def _backends(
 ) -> list[backend.AnyBackend]:
     """Build every configured backend (the whole config is checked before anything
     runs, whatever ``--backend`` selects), then return the selected ones."""
-    known = set(backend.installed())
+    known = set(backend.installed()) if names else set()  # each scan reads every dist-info
     for name in names:  # a command-line typo is the command line's error
         if name not in known:
             raise UsageError(f"--backend {name}: no such backend{suggest(name, known)}")
