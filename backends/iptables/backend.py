@@ -42,7 +42,7 @@ from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationEr
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 from cfallow.netfilter import generation
-from cfallow.netfilter.save import VERSION_MEMO, detect
+from cfallow.netfilter.save import SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
@@ -68,6 +68,8 @@ __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
+#: The tables as last read, kept for the ruleset generation they were read under.
+READ_MEMO = "iptables-read.json"
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,31 @@ class IptablesBackend(Backend[Seen, Step]):
         io = self.io(variant)
         # before the read: a commit after it shows as another generation under apply's lock
         gen = generation.generation(self.ctx.runner) if variant.kind == "nft" else None
+        texts = self._texts(io, gen)
+        # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
+        tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
+        if self.settings.parent != "INPUT":
+            return Seen(variant, tables, generation=gen)
+        if self.settings.mode == "allow":
+            return Seen(variant, tables, self._allow(variant, texts, tables), generation=gen)
+        return Seen(variant, tables, nat=self._nat(variant), generation=gen)
+
+    def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> list[str]:
+        """Each family's tables as its ``*-save`` prints them (read side by side).
+
+        nf_tables hosts: kept with the generation they were read under (taken before the
+        read). Every commit, by anyone, is a new generation, so while it holds a read
+        returns these very rules; the same ``*-save`` files (their identity is in the key)
+        print them the same way. Legacy hosts (no generation) read every time.
+        """
+        tools = [binary(self.ctx.runner, SAVE["nft"][v]) for v in self.families]
+        ok = gen is not None and io.kind == "nft" and None not in tools
+        memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
+        key = generation.key(gen if ok else None, self.name, io.mangle, self.families, tools)
+        kept = memo.get(key)
+        kept = kept if isinstance(kept, list) and len(kept) == len(self.families) else None
+        if kept is not None and all(isinstance(text, str) for text in kept):
+            return [str(text) for text in kept]
 
         def one(version: int) -> str:
             try:
@@ -225,13 +252,8 @@ class IptablesBackend(Backend[Seen, Step]):
 
         with ThreadPoolExecutor(len(self.families)) as pool:
             texts = list(pool.map(one, self.families))
-        # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
-        tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
-        if self.settings.parent != "INPUT":
-            return Seen(variant, tables, generation=gen)
-        if self.settings.mode == "allow":
-            return Seen(variant, tables, self._allow(variant, texts, tables), generation=gen)
-        return Seen(variant, tables, nat=self._nat(variant), generation=gen)
+        memo.put(key, texts)
+        return texts
 
     def _memo(self, variant: Variant, *parts: object) -> tuple[generation.Memo, str | None]:
         """The memo of this backend's host analysis, and the key for the ruleset as it is now."""

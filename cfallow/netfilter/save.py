@@ -11,12 +11,15 @@ import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cfallow.errors import BackendError
 from cfallow.netfilter import generation
-from cfallow.netfilter.evaluate import Chain, Json, Rule
 from cfallow.netfilter.generation import Memo
 from cfallow.runner import Runner
+
+if TYPE_CHECKING:  # the analysis' model: imported by input_chain, which only it calls
+    from cfallow.netfilter.evaluate import Chain, Json
 
 #: ``*-save`` per variant and IP version; ``old`` are the names before iptables 1.8
 #: (the legacy tools on such hosts, and the generic names of either variant).
@@ -37,13 +40,14 @@ IPTABLES = "iptables"
 VERSION_MEMO = "iptables-version.json"
 
 
-def _binary(runner: Runner) -> str | None:
-    """What ``iptables`` runs (the file behind the alternatives' links, its inode, size and
-    time): the same file prints the same ``--version``. None where another namespace's
-    files may differ (a runner prefix) or there is none."""
+def binary(runner: Runner, command: str = IPTABLES) -> str | None:
+    """What ``command`` runs (the file behind the alternatives' links, its inode, size and
+    time): the same file prints the same ``--version`` (and the same ``*-save`` text for
+    the same ruleset). None where another namespace's files may differ (a runner prefix)
+    or there is none."""
     if runner.prefix:
         return None
-    path = shutil.which(IPTABLES, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
+    path = shutil.which(command, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
     if path is None:
         return None
     try:
@@ -56,7 +60,7 @@ def _binary(runner: Runner) -> str | None:
 
 def version_text(runner: Runner, memo: Memo | None = None) -> str:
     """``iptables --version``, or what it said the last time for the same binary."""
-    key = None if memo is None else generation.key(_binary(runner), IPTABLES)
+    key = None if memo is None else generation.key(binary(runner), IPTABLES)
     kept = memo.get(key) if memo is not None else None
     if isinstance(kept, str):
         return kept
@@ -191,6 +195,8 @@ def input_chain(text: str, version: int) -> Chain | None:
     "cannot tell" for them unless they only jump somewhere; a rule's handle is its
     line in ``text``.
     """
+    from cfallow.netfilter.evaluate import Chain, Rule
+
     scan = _scan(text, "filter", "INPUT")
     policy = next((p.split()[1].lower() for p in scan.policies if p.startswith(":INPUT ")), None)
     if policy is None:
