@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -241,6 +240,7 @@ class IptablesBackend(Backend[Seen, Step]):
         kept = kept if isinstance(kept, list) and len(kept) == len(self.families) else None
         if kept is not None and all(isinstance(text, str) for text in kept):
             return [str(text) for text in kept]
+        from concurrent.futures import ThreadPoolExecutor  # only a read needs the threads
 
         def one(version: int) -> str:
             try:
