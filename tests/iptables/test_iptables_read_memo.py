@@ -131,7 +131,7 @@ def test_an_admin_rule_is_read_and_nothing_of_it_is_touched(nft: Runs) -> None:
     assert reads == 0 and proc.returncode == 0
 
 
-def test_another_save_binary_is_read_with(nft: Runs, tmp_path: Path) -> None:
+def test_a_replaced_save_binary_is_run_and_its_failure_reported(nft: Runs, tmp_path: Path) -> None:
     """A replaced ``*-save`` (an upgrade; here one that fails) is run, not trusted blindly."""
     nft.sync()
     nft.settled()
