@@ -1,39 +1,65 @@
-"""The helper process the verify runs through the Runner (``python -m cfallow.verify.probe``).
+"""The probes themselves, sent from this process: no helper interpreter.
 
-``probe``: listeners on every port in the scratch origin namespace (and on
-every port the host's NAT sends connections to: ``listen``), then every
-probe connects from its source address in the scratch edge namespace, all at
-once; a connection is ``accept``, a refusal (RST or ICMP error; the listener
-is there, so it came from a rule) ``reject``, silence until the timeout
-``drop``. With ``trace``, ``nft monitor trace`` runs in the origin while the
-probes fly. ``xt-load``: load legacy x_tables blobs into this namespace.
+``setns(CLONE_NEWNET)`` moves only the calling thread, and a socket stays in
+the namespace it was created in: a short-lived thread enters the scratch
+origin and opens the listeners (on every probed port and every port the
+host's NAT sends connections to), another enters the scratch edge and opens
+one non-blocking client socket per probe, bound to its source address. The
+main thread never changes namespace; it connects them all at once and waits.
 
-Input is one JSON document on stdin; output one JSON document on stdout. The
-helper switches only its own network namespace (``setns``), and only into the
-scratch namespaces it is given.
+A connection is ``accept``; a refusal (RST or ICMP error: the listener is
+there, so it came from a rule) ``reject``; a SYN that ``nft monitor trace``
+shows dropped (a rule's or a policy's ``drop``) is ``drop`` at once. A probe
+with neither by the time-out (a drop nftables does not trace: legacy
+x_tables; or a trace event that never came) is ``drop`` then, as before.
+Once every probe is decided a *fence* SYN goes out: when its trace line is
+read, every event of the probes before it has been read too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
-import json
 import os
 import select
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from cfallow.netfilter import xtables
+from cfallow.runner import Child, Runner
+from cfallow.verify import trace
 
 CLONE_NEWNET = 0x40000000
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTRACE = 9
+#: How long ``nft monitor trace`` may take to subscribe before the probes go out untraced.
+SUBSCRIBE_CAP = 5.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One probe: from ``source`` in the edge to ``target``:``port`` in the origin."""
+
+    version: int
+    port: int
+    source: str
+    target: str
+
+
+@dataclass
+class Sent:
+    """What one batch of probes came to: a verdict each, the trace lines, lost events."""
+
+    verdicts: list[str]
+    lines: list[str] = field(default_factory=list)
+    lost: bool = False
 
 
 def _setns(path: str) -> None:
@@ -47,142 +73,209 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
+def in_namespace(path: str, work: Callable[[], T]) -> T:
+    """``work()`` on a thread of its own that has entered the network namespace ``path``.
+
+    The thread ends with ``work``: this process's other threads never change namespace,
+    and what ``work`` creates (sockets) stays in ``path``'s namespace.
+    """
+    box: list[T] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _setns(path)
+            box.append(work())
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=body, name="cfallow-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return box[0]
+
+
 def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
     out = []
     for version in families:
         for port in ports:
             af = socket.AF_INET6 if version == 6 else socket.AF_INET
             s = socket.socket(af, socket.SOCK_STREAM)
+            out.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if version == 6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             # the wildcard of the scratch origin namespace, which only the probes reach
             s.bind(("::" if version == 6 else "0.0.0.0", port))  # noqa: S104
             s.listen(256)
-            out.append(s)
     return out
 
 
-def _connect_all(probes: list[dict[str, Any]], timeout: float) -> list[str]:
-    socks: dict[int, tuple[int, socket.socket]] = {}
-    verdicts = ["drop"] * len(probes)
-    poller = select.poll()
-    for i, p in enumerate(probes):
-        af = socket.AF_INET6 if p["version"] == 6 else socket.AF_INET
-        s = socket.socket(af, socket.SOCK_STREAM)
+def _clients(targets: list[Target]) -> list[socket.socket]:
+    out = []
+    for t in targets:
+        s = socket.socket(socket.AF_INET6 if t.version == 6 else socket.AF_INET)
+        out.append(s)
         s.setblocking(False)
-        s.bind((p["source"], 0))
-        rc = s.connect_ex((p["target"], p["port"]))
-        if rc not in (0, errno.EINPROGRESS):
-            verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
-            s.close()
-            continue
-        socks[s.fileno()] = (i, s)
-        poller.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
-    deadline = time.monotonic() + timeout
-    while socks and time.monotonic() < deadline:
-        for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            i, s = socks.pop(fd)
-            poller.unregister(fd)
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            verdicts[i] = "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
-            s.close()
-    for _, s in socks.values():
-        s.close()
-    return verdicts
+        s.bind((t.source, 0))
+    return out
 
 
-def _monitor() -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        # line-buffered: a pipe would hold the last events in stdio's buffer at SIGTERM
-        [*(["stdbuf", "-oL"] if shutil.which("stdbuf") else []), "nft", "monitor", "trace"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_pdeathsig,  # noqa: PLW1509 - this helper has no threads
-    )
-    _wait_subscribed(proc.pid)
-    return proc
+@dataclass
+class Session:
+    """Listeners in the scratch origin and, if traced, ``nft monitor trace`` running there."""
 
+    origin: str
+    edge: str
+    timeout: float
+    listeners: list[socket.socket]
+    monitor: Child | None = None
+    drops: int = 0  # the monitor socket's drop count after the last batch
 
-def _wait_subscribed(pid: int, cap: float = 2.0) -> None:
-    """Until nft has opened its netlink socket (it subscribes right after), at most ``cap`` s."""
-    deadline = time.monotonic() + cap
-    while time.monotonic() < deadline:
+    def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
+        """Connect every target at once; the verdicts (and, ``traced``, the trace).
+
+        Untraced, nothing else is sent (no fence: a legacy rule's counters count the
+        probe alone).
+        """
+        ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
+        monitor = self.monitor if traced and targets else None
+        fence = [targets[0]] if monitor is not None else []
+        edge = in_namespace(self.edge, lambda: _clients(targets + fence))
+        stream = trace.Stream(next(p for p in range(9, 65536) if p not in ports))
         try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in fds):
-                break
-        except OSError:
-            pass
-        time.sleep(0.005)
-    time.sleep(0.02)
+            verdicts = _wait(edge[: len(targets)], targets, stream, monitor, self.timeout)
+            if monitor is not None:
+                edge[-1].connect_ex((fence[0].target, stream.fence))
+                _fence(stream, monitor, self.timeout)
+        finally:
+            for s in edge:
+                s.close()
+        if monitor is None:
+            return Sent(verdicts)
+        drops = _trace_socket(monitor.pid, os.stat(self.origin).st_ino)
+        lost = stream.lost or drops is None or drops > self.drops or stream.fences < 1
+        self.drops = drops or 0
+        return Sent(verdicts, stream.lines, lost)
 
 
-def _drain(monitor: subprocess.Popen[str], quiet: float = 0.05, cap: float = 3.0) -> list[str]:
-    """Every trace line, read until the monitor has been quiet for ``quiet`` seconds."""
-    out = monitor.stdout
-    assert out is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
-    reader.daemon = True
-    reader.start()
-    deadline, seen = time.monotonic() + cap, -1
-    while time.monotonic() < deadline and seen != len(lines):
-        seen = len(lines)
-        time.sleep(quiet)
-    monitor.send_signal(signal.SIGTERM)
-    monitor.wait(timeout=5)
-    reader.join(timeout=1)
-    return list(lines)
-
-
-def _pdeathsig() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive this helper
-
-
-def probe(doc: dict[str, Any]) -> dict[str, Any]:
-    """Listen in the origin, connect from the edge; ``{"verdicts": [...], "trace": [...]}``."""
-    _setns(doc["origin"])
-    families = sorted({p["version"] for p in doc["probes"]})
-    ports = {p["port"] for p in doc["probes"]} | set(doc.get("listen", ()))
-    listeners = _listeners(sorted(ports), families)
-    monitor = _monitor() if doc.get("trace") else None
+@contextlib.contextmanager
+def session(
+    inside: Runner,
+    origin: str,
+    edge: str,
+    ports: list[int],
+    families: list[int],
+    *,
+    timeout: float,
+) -> Iterator[Session]:
+    """Listen on ``ports`` in the origin, run ``nft monitor trace`` there (through
+    ``inside``, a runner into the origin); all closed at the end."""
+    listeners = in_namespace(origin, lambda: _listeners(ports, families))
+    s = Session(origin, edge, timeout, listeners)
     try:
-        _setns(doc["edge"])
-        verdicts = _connect_all(doc["probes"], float(doc["timeout"]))
-        trace: list[str] = []
-        if monitor is not None:
-            trace = _drain(monitor)
-            monitor = None
+        s.monitor = inside.start(["stdbuf", "-oL", "nft", "monitor", "trace"])
+        s.drops = _subscribed(s.monitor, origin)
+        yield s
     finally:
-        if monitor is not None:
-            monitor.kill()
-            monitor.wait()
-        for s in listeners:
-            s.close()
-    return {"verdicts": verdicts, "trace": trace}
+        if s.monitor is not None:
+            s.monitor.stop()
+        for sock in listeners:
+            sock.close()
 
 
-def xt_load(doc: dict[str, Any]) -> dict[str, Any]:
-    """Load every blob of ``doc["tables"]`` into this namespace."""
-    for item in doc["tables"]:
-        xtables.load_table(xtables.Blob.from_json(item))
-    return {"loaded": len(doc["tables"])}
+def _subscribed(monitor: Child, origin: str) -> int:
+    """Wait until the monitor's netlink socket in the origin has joined the trace group.
 
-
-def main(argv: list[str]) -> int:
-    """``probe`` or ``xt-load``, JSON on stdin -> JSON on stdout; an OSError is one line, exit 1."""
-    doc = json.load(sys.stdin)
-    try:
-        out = {"probe": probe, "xt-load": xt_load}[argv[0]](doc)
-    except OSError as exc:
-        print(f"{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    json.dump(out, sys.stdout)
+    ``/proc/PID/net/netlink`` is read once PID is in the origin namespace; from the moment
+    the group bit shows, the kernel queues every trace event for it. Its drop count.
+    """
+    want = os.stat(origin).st_ino
+    deadline = time.monotonic() + SUBSCRIBE_CAP
+    while time.monotonic() < deadline and monitor.running():
+        drops = _trace_socket(monitor.pid, want)
+        if drops is not None:
+            return drops
+        time.sleep(0.001)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _trace_socket(pid: int, netns: int) -> int | None:
+    """The drop count of ``pid``'s netlink socket in the trace group, if ``pid`` is in
+    ``netns`` and has one."""
+    try:
+        if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
+            return None
+        with open(f"/proc/{pid}/net/netlink") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return None
+    bit = 1 << (NFNLGRP_NFTRACE - 1)
+    for row in rows:
+        if int(row[1]) == NETLINK_NETFILTER and int(row[3], 16) & bit:
+            return int(row[8])
+    return None
+
+
+def _wait(
+    socks: list[socket.socket],
+    targets: list[Target],
+    stream: trace.Stream,
+    monitor: Child | None,
+    timeout: float,
+) -> list[str]:
+    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
+    verdicts = ["drop"] * len(targets)
+    poller = select.poll()
+    pending: dict[int, int] = {}
+    for i, (s, t) in enumerate(zip(socks, targets)):
+        rc = s.connect_ex((t.target, t.port))
+        if rc not in (0, errno.EINPROGRESS):
+            verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
+            continue
+        pending[s.fileno()] = i
+        poller.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
+    if monitor is not None:
+        poller.register(monitor.stdout, select.POLLIN)
+    keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+            if monitor is not None and fd == monitor.stdout.fileno():
+                monitor = monitor if _read(monitor, stream, poller) else None
+            elif fd in pending:
+                i = pending.pop(fd)
+                poller.unregister(fd)
+                err = socks[i].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                verdicts[i] = (
+                    "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
+                )
+        for key in stream.drops:  # dropped by a rule or a policy: no answer will come
+            fd = keys.get(key, -1)
+            if fd in pending:
+                del pending[fd]
+                poller.unregister(fd)
+    return verdicts
+
+
+def _read(monitor: Child, stream: trace.Stream, poller: select.poll) -> bool:
+    """Feed what the monitor wrote to ``stream``; False (and unregistered) at its end."""
+    data = os.read(monitor.stdout.fileno(), 1 << 16)
+    if data:
+        stream.feed(data)
+        return True
+    poller.unregister(monitor.stdout)
+    return False
+
+
+def _fence(stream: trace.Stream, monitor: Child, timeout: float) -> None:
+    """Read the trace until the fence SYN's line (at most ``timeout`` s)."""
+    poller = select.poll()
+    poller.register(monitor.stdout, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while stream.fences < 1 and time.monotonic() < deadline:
+        ready = poller.poll(max(1, int((deadline - time.monotonic()) * 1000)))
+        if ready and not _read(monitor, stream, poller):
+            return

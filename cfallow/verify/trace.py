@@ -1,4 +1,11 @@
-"""Which rule decided a probe: ``nft monitor trace`` lines, grouped per packet."""
+"""Which rule decided a probe: ``nft monitor trace`` lines, grouped per packet.
+
+:class:`Stream` reads the lines as they come, so a probe whose SYN the trace
+shows dropped is decided then (no time-out waited out), and a *fence* (a SYN
+to a port no probe uses, sent once every probe is decided) shows that every
+earlier event has been printed: events reach the monitor's netlink socket in
+the order the kernel emits them.
+"""
 
 from __future__ import annotations
 
@@ -60,20 +67,73 @@ def _describe(rest: str) -> str:
 
 
 def parse(lines: list[str]) -> dict[tuple[str, int], Packet]:
-    """(source, port) -> the traced SYN from that source to that port."""
-    by_id: dict[str, Packet] = {}
+    """(source, port) -> the traced SYN from that source to that port.
+
+    A trace id is a hash of the packet's buffer, which the kernel reuses once the
+    packet is gone: a ``packet:`` line naming another source or port under a known id
+    starts a new packet (the first event of every chain a packet enters carries one).
+    """
+    current: dict[str, Packet] = {}
+    out: dict[tuple[str, int], Packet] = {}
     for line in lines:
         m = _LINE.match(line.strip())
         if not m:
             continue
         tid, family, table, chain, rest = m.groups()
-        pkt = by_id.setdefault(tid, Packet())
         if rest.startswith("packet:"):
             s, d = _SADDR.search(rest), _DPORT.search(rest)
-            if s and d and not pkt.source:
-                pkt.source, pkt.port = s.group(1), int(d.group(1))
+            key = (s.group(1), int(d.group(1))) if s and d else None
+            pkt = current.get(tid)
+            if key is not None and (pkt is None or (pkt.source, pkt.port) != key):
+                current[tid] = out[key] = Packet(*key)
             continue
-        if table == TRACE_TABLE:
-            continue
-        pkt.events.append((f"{family} {table} {chain}", rest))
-    return {(p.source, p.port): p for p in by_id.values() if p.source}
+        if table != TRACE_TABLE and tid in current:
+            current[tid].events.append((f"{family} {table} {chain}", rest))
+    return out
+
+
+#: ``nft monitor`` printed this when its socket overflowed: some events are missing.
+LOST = "# ERROR: We lost some netlink events"
+
+
+class Stream:
+    """``nft monitor trace`` output read incrementally (bytes in, lines out).
+
+    ``drops`` holds each (source, port) whose traced SYN a rule or policy dropped,
+    ``fences`` counts the traced SYNs to ``fence`` (a port no probe uses), ``lost`` is
+    set if the monitor reported lost events.
+    """
+
+    def __init__(self, fence: int) -> None:
+        self.fence = fence
+        self.lines: list[str] = []
+        self.drops: set[tuple[str, int]] = set()
+        self.fences = 0
+        self.lost = False
+        self._partial = b""
+        self._ids: dict[str, tuple[str, int]] = {}
+
+    def feed(self, data: bytes) -> None:
+        """Take what the monitor wrote; complete lines are parsed now, the rest kept."""
+        *done, self._partial = (self._partial + data).split(b"\n")
+        for raw in done:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            self._take(line.strip())
+
+    def _take(self, line: str) -> None:
+        if line.startswith(LOST):
+            self.lost = True
+            return
+        m = _LINE.match(line)
+        if not m:
+            return
+        tid, _, table, _, rest = m.groups()
+        if rest.startswith("packet:"):
+            s, d = _SADDR.search(rest), _DPORT.search(rest)
+            key = (s.group(1), int(d.group(1))) if s and d else None
+            if key is not None and self._ids.get(tid) != key:  # a new packet (see parse)
+                self._ids[tid] = key
+                self.fences += key[1] == self.fence
+        elif table != TRACE_TABLE and tid in self._ids and _verdict(rest) == "drop":
+            self.drops.add(self._ids[tid])
