@@ -152,7 +152,7 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
                 xtables.load_table(blob)
 
         try:
-            probe.in_namespace(lab.path("origin"), load)
+            labmod.in_namespace(lab.path("origin"), load)
         except OSError as exc:
             raise CannotVerify(
                 f"cannot verify: the legacy x_tables do not load: {exc.strerror or exc}"

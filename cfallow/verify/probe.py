@@ -19,28 +19,23 @@ read, every event of the probes before it has been read too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import select
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from cfallow.runner import Child, Runner
 from cfallow.verify import trace
+from cfallow.verify.lab import in_namespace
 
-CLONE_NEWNET = 0x40000000
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
 #: How long ``nft monitor trace`` may take to subscribe before the probes go out untraced.
 SUBSCRIBE_CAP = 5.0
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,41 +55,6 @@ class Sent:
     verdicts: list[str]
     lines: list[str] = field(default_factory=list)
     lost: bool = False
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def in_namespace(path: str, work: Callable[[], T]) -> T:
-    """``work()`` on a thread of its own that has entered the network namespace ``path``.
-
-    The thread ends with ``work``: this process's other threads never change namespace,
-    and what ``work`` creates (sockets) stays in ``path``'s namespace.
-    """
-    box: list[T] = []
-    failed: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            _setns(path)
-            box.append(work())
-        except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=body, name="cfallow-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-    return box[0]
 
 
 def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
@@ -228,54 +188,56 @@ def _wait(
 ) -> list[str]:
     """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
     verdicts = ["drop"] * len(targets)
-    poller = select.poll()
     pending: dict[int, int] = {}
-    for i, (s, t) in enumerate(zip(socks, targets)):
-        rc = s.connect_ex((t.target, t.port))
-        if rc not in (0, errno.EINPROGRESS):
-            verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
-            continue
-        pending[s.fileno()] = i
-        poller.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
-    if monitor is not None:
-        poller.register(monitor.stdout, select.POLLIN)
-    keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
-    deadline = time.monotonic() + timeout
-    while pending and time.monotonic() < deadline:
-        for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            if monitor is not None and fd == monitor.stdout.fileno():
-                monitor = monitor if _read(monitor, stream, poller) else None
-            elif fd in pending:
-                i = pending.pop(fd)
-                poller.unregister(fd)
-                err = socks[i].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                verdicts[i] = (
-                    "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
-                )
-        for key in stream.drops:  # dropped by a rule or a policy: no answer will come
-            fd = keys.get(key, -1)
-            if fd in pending:
-                del pending[fd]
-                poller.unregister(fd)
+    with select.epoll() as poller:
+        for i, (s, t) in enumerate(zip(socks, targets)):
+            rc = s.connect_ex((t.target, t.port))
+            if rc not in (0, errno.EINPROGRESS):
+                verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
+                continue
+            pending[s.fileno()] = i
+            poller.register(s, select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP)
+        out = monitor.stdout.fileno() if monitor is not None else -1
+        if out >= 0:
+            poller.register(out, select.EPOLLIN)
+        keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poller.poll(max(0.001, deadline - time.monotonic())):
+                if fd == out:
+                    # dropped by a rule or a policy: no answer will come
+                    dropped = [keys.get(k, -1) for k in _read(out, stream, poller)]
+                    for done in (d for d in dropped if d in pending):
+                        del pending[done]
+                        poller.unregister(done)
+                elif fd in pending:
+                    i = pending.pop(fd)
+                    poller.unregister(fd)
+                    err = socks[i].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    verdicts[i] = (
+                        "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
+                    )
     return verdicts
 
 
-def _read(monitor: Child, stream: trace.Stream, poller: select.poll) -> bool:
-    """Feed what the monitor wrote to ``stream``; False (and unregistered) at its end."""
-    data = os.read(monitor.stdout.fileno(), 1 << 16)
-    if data:
-        stream.feed(data)
-        return True
-    poller.unregister(monitor.stdout)
-    return False
+def _read(fd: int, stream: trace.Stream, poller: select.epoll) -> list[tuple[str, int]]:
+    """Feed what the monitor wrote to ``stream``: the (source, port) it newly shows
+    dropped. At the monitor's end ``fd`` is unregistered."""
+    data = os.read(fd, 1 << 16)
+    if not data:
+        poller.unregister(fd)
+    return stream.feed(data)
 
 
 def _fence(stream: trace.Stream, monitor: Child, timeout: float) -> None:
     """Read the trace until the fence SYN's line (at most ``timeout`` s)."""
-    poller = select.poll()
-    poller.register(monitor.stdout, select.POLLIN)
-    deadline = time.monotonic() + timeout
-    while stream.fences < 1 and time.monotonic() < deadline:
-        ready = poller.poll(max(1, int((deadline - time.monotonic()) * 1000)))
-        if ready and not _read(monitor, stream, poller):
-            return
+    fd = monitor.stdout.fileno()
+    with select.epoll() as poller:
+        poller.register(fd, select.EPOLLIN)
+        deadline = time.monotonic() + timeout
+        while stream.fences < 1 and time.monotonic() < deadline:
+            if poller.poll(max(0.001, deadline - time.monotonic())):
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    return
+                stream.feed(data)

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 TRACE_TABLE = "cfallow_verify_trace"
 #: Loaded into the scratch origin only: marks the probes' SYNs for tracing, before raw/conntrack.
+#: ``accept`` ends this chain alone (the next chains on the hook still see the packet): one
+#: trace event here per SYN, not two (``nft monitor`` formatting the events is the cost).
 TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
     chain pre {{
         type filter hook prerouting priority -350; policy accept;
-        tcp flags & (fin | syn | rst | ack) == syn meta nftrace set 1
+        tcp flags & (fin | syn | rst | ack) == syn meta nftrace set 1 accept
     }}
 }}
 """
@@ -113,21 +115,26 @@ class Stream:
         self._partial = b""
         self._ids: dict[str, tuple[str, int]] = {}
 
-    def feed(self, data: bytes) -> None:
-        """Take what the monitor wrote; complete lines are parsed now, the rest kept."""
+    def feed(self, data: bytes) -> list[tuple[str, int]]:
+        """Take what the monitor wrote; complete lines are parsed now, the rest kept.
+        The (source, port) these lines show dropped."""
         *done, self._partial = (self._partial + data).split(b"\n")
+        dropped = []
         for raw in done:
             line = raw.decode(errors="replace")
             self.lines.append(line)
-            self._take(line.strip())
+            key = self._take(line.strip())
+            if key is not None:
+                dropped.append(key)
+        return dropped
 
-    def _take(self, line: str) -> None:
+    def _take(self, line: str) -> tuple[str, int] | None:
         if line.startswith(LOST):
             self.lost = True
-            return
+            return None
         m = _LINE.match(line)
         if not m:
-            return
+            return None
         tid, _, table, _, rest = m.groups()
         if rest.startswith("packet:"):
             s, d = _SADDR.search(rest), _DPORT.search(rest)
@@ -137,3 +144,5 @@ class Stream:
                 self.fences += key[1] == self.fence
         elif table != TRACE_TABLE and tid in self._ids and _verdict(rest) == "drop":
             self.drops.add(self._ids[tid])
+            return self._ids[tid]
+        return None
