@@ -149,3 +149,22 @@ def test_a_ruleset_the_scratch_cannot_load_is_cannot_verify(tmp_path: Path) -> N
         assert "cannot verify" in res.stderr and "does not load here" in res.stderr
         assert "verify: ok" not in res.stdout + res.stderr
     assert scratch_namespaces() == []
+
+
+def test_a_dropped_syn_is_decided_by_the_trace_not_by_waiting_out_the_timeout(
+    tmp_path: Path,
+) -> None:
+    # --timeout 600: were a dropped SYN decided by waiting, the run would outlast the
+    # harness's 120 s cap; the trace shows each drop, and the run ends with it
+    with host(tmp_path) as h:
+        assert h.cfallow(LOCKDOWN, "sync", "--source", "bundled").returncode == 0
+        res = h.cfallow(LOCKDOWN, "verify", "--json", "--timeout", "600")
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)["verify"]
+        outsiders = [p for p in doc["probes"] if p["kind"] == "outsider"]
+        assert outsiders and all(p["verdict"] == "drop" for p in outsiders)
+        assert {p["decided_by"] for p in outsiders} == {
+            "ip filter CFALLOW: rule drop",
+            "ip6 filter CFALLOW: rule drop",
+        }
+    assert scratch_namespaces() == []

@@ -53,6 +53,51 @@ def test_counters_and_the_verdict_suffix_are_left_out_of_the_rule() -> None:
     )
 
 
+def test_a_reused_trace_id_starts_a_new_packet() -> None:
+    # the kernel's trace id hashes the packet's buffer: a later SYN can get a dropped one's id
+    again = PKT.replace("104.16.0.0", "9.9.9.9")
+    lines = [
+        f"trace id aa inet filter input {PKT}",
+        "trace id aa inet filter input rule tcp dport 80 accept (verdict accept)",
+        f"trace id aa inet filter input {again}",
+        "trace id aa inet filter input policy drop",
+    ]
+    traced = trace.parse(lines)
+    assert traced[("104.16.0.0", 80)].decided() == (
+        "inet filter input",
+        "rule tcp dport 80 accept",
+        "accept",
+    )
+    assert traced[("9.9.9.9", 80)].decided() == ("inet filter input", "policy drop", "drop")
+
+
+def test_the_stream_names_each_drop_as_its_line_completes_and_counts_the_fence() -> None:
+    stream = trace.Stream(fence=9)
+    text = "\n".join(
+        [
+            *LINES,
+            f"trace id cc inet cfallow_verify_trace pre {PKT.replace('dport 80', 'dport 9')}",
+            "",
+        ]
+    )
+    cut = text.index("policy drop") + 5  # the drop's line arrives in two pieces
+    assert stream.feed(text[:cut].encode()) == []
+    assert stream.feed(text[cut:].encode()) == [("104.16.0.0", 80)]
+    assert stream.fences == 1 and not stream.lost
+    assert stream.lines == text.split("\n")[:-1]
+    assert trace.parse(stream.lines)[("104.16.0.0", 80)].decided() == (
+        "inet filter input",
+        "policy drop",
+        "drop",
+    )
+
+
+def test_the_stream_knows_when_the_monitor_lost_events() -> None:
+    stream = trace.Stream(fence=9)
+    stream.feed(b"# ERROR: We lost some netlink events!\n")
+    assert stream.lost
+
+
 def test_sources_are_both_ends_of_every_range() -> None:
     for version in (4, 6):
         cf = sample.cloudflare_sources(CURRENT, version)
