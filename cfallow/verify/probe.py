@@ -36,6 +36,8 @@ NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
 #: How long ``nft monitor trace`` may take to subscribe before the probes go out untraced.
 SUBSCRIBE_CAP = 5.0
+#: How long the monitor may take to print a batch's events (it prints all the while).
+FENCE_CAP = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,15 +231,18 @@ def _read(fd: int, stream: trace.Stream, poller: select.epoll) -> list[tuple[str
     return stream.feed(data)
 
 
-def _fence(stream: trace.Stream, monitor: Child, timeout: float) -> None:
-    """Read the trace until the fence SYN's line (at most ``timeout`` s)."""
+def _fence(stream: trace.Stream, monitor: Child, quiet: float) -> None:
+    """Read the trace until the fence SYN's line. The monitor prints a large ruleset's
+    events for a while: give up only once it has printed nothing for ``quiet`` s (the
+    fence itself was dropped before the trace chain, say), or after :data:`FENCE_CAP`."""
     fd = monitor.stdout.fileno()
+    cap = time.monotonic() + FENCE_CAP
     with select.epoll() as poller:
         poller.register(fd, select.EPOLLIN)
-        deadline = time.monotonic() + timeout
-        while stream.fences < 1 and time.monotonic() < deadline:
-            if poller.poll(max(0.001, deadline - time.monotonic())):
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    return
-                stream.feed(data)
+        while stream.fences < 1 and time.monotonic() < cap:
+            if not poller.poll(quiet):
+                return
+            data = os.read(fd, 1 << 16)
+            if not data:
+                return
+            stream.feed(data)
