@@ -5,12 +5,9 @@ Tests substitute or inspect a :class:`Runner` to assert exact argv.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cfallow.errors import BackendError, CommandFailed, CommandNotFound, CommandTimeout
@@ -24,45 +21,6 @@ class Completed:
     returncode: int
     stdout: str
     stderr: str
-
-
-class Child:
-    """A long-lived command started by :meth:`Runner.start`: its stdout is a pipe (bytes).
-
-    It is killed if this process dies (``PR_SET_PDEATHSIG``); :meth:`stop` ends it.
-    """
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self._proc = proc
-        self.pid = proc.pid
-        assert proc.stdout is not None
-        self.stdout = proc.stdout
-
-    def running(self) -> bool:
-        """Has it not ended yet?"""
-        return self._proc.poll() is None
-
-    def stop(self, wait: float = 5.0) -> int:
-        """SIGTERM, then SIGKILL if it has not ended within ``wait`` s; its exit status."""
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self.stdout.close()
-        return self._proc.returncode
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """What the child runs before exec: loaded here, so the child only calls prctl."""
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-
-    def child() -> None:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    return child
 
 
 @dataclass
@@ -92,7 +50,13 @@ class Runner:
         :class:`CommandTimeout` (the process is killed).
         ``env`` adds variables for this one command (over the runner's own).
         """
-        full, full_env = self._prepare(argv, env)
+        if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
+            raise TypeError(f"argv must be a list of str, got {argv!r}")
+        full = (*self.prefix, *argv)
+        self.calls.append(tuple(argv))
+        full_env = dict(os.environ, LC_ALL="C")
+        full_env.update(self.env or {})
+        full_env.update(env or {})
         try:
             proc = subprocess.run(
                 full,
@@ -103,53 +67,22 @@ class Runner:
                 env=full_env,
                 check=False,
             )
-        except (FileNotFoundError, PermissionError) as exc:
-            raise _not_run(argv, full_env, exc) from exc
+        except FileNotFoundError as exc:
+            where = not_on_path(argv[0], full_env.get("PATH", ""))
+            hint = (
+                f"{where} is installed, but {os.path.dirname(where)} is not on PATH"
+                if where
+                else ""
+            )
+            raise CommandNotFound(argv[0], hint) from exc
+        except PermissionError as exc:
+            raise BackendError(f"{argv[0]}: permission denied") from exc
         except subprocess.TimeoutExpired as exc:
             raise CommandTimeout(list(argv), timeout) from exc
         done = Completed(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:
             raise CommandFailed(list(argv), proc.returncode, proc.stderr or proc.stdout)
         return done
-
-    def start(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Child:
-        """Start ``argv`` and return at once (a monitor that runs until :meth:`Child.stop`).
-
-        Its stdout is a pipe, its stdin and stderr ``/dev/null``; it dies with this
-        process's thread that started it. A missing program is :class:`CommandNotFound`.
-        """
-        full, full_env = self._prepare(argv, env)
-        try:
-            proc = subprocess.Popen(
-                full,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=full_env,
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - the child only calls prctl
-            )
-        except (FileNotFoundError, PermissionError) as exc:
-            raise _not_run(argv, full_env, exc) from exc
-        return Child(proc)
-
-    def _prepare(
-        self, argv: Sequence[str], env: Mapping[str, str] | None
-    ) -> tuple[tuple[str, ...], dict[str, str]]:
-        if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
-            raise TypeError(f"argv must be a list of str, got {argv!r}")
-        self.calls.append(tuple(argv))
-        full_env = dict(os.environ, LC_ALL="C")
-        full_env.update(self.env or {})
-        full_env.update(env or {})
-        return (*self.prefix, *argv), full_env
-
-
-def _not_run(argv: Sequence[str], env: Mapping[str, str], exc: OSError) -> BackendError:
-    if isinstance(exc, PermissionError):
-        return BackendError(f"{argv[0]}: permission denied")
-    where = not_on_path(argv[0], env.get("PATH", ""))
-    hint = f"{where} is installed, but {os.path.dirname(where)} is not on PATH" if where else ""
-    return CommandNotFound(argv[0], hint)
 
 
 #: Where Debian and other distributions install the programs cfallow runs.

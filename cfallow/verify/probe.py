@@ -8,12 +8,13 @@ one non-blocking client socket per probe, bound to its source address. The
 main thread never changes namespace; it connects them all at once and waits.
 
 A connection is ``accept``; a refusal (RST or ICMP error: the listener is
-there, so it came from a rule) ``reject``; a SYN that ``nft monitor trace``
-shows dropped (a rule's or a policy's ``drop``) is ``drop`` at once. A probe
-with neither by the time-out (a drop nftables does not trace: legacy
-x_tables; or a trace event that never came) is ``drop`` then, as before.
-Once every probe is decided a *fence* SYN goes out: when its trace line is
-read, every event of the probes before it has been read too.
+there, so it came from a rule) ``reject``; a SYN the kernel's nftables trace
+(:mod:`.nftrace`, read in the origin) shows dropped, by a rule's or a policy's
+``drop``, is ``drop`` at once. A probe with neither by the time-out (a drop
+nftables does not trace: legacy x_tables; or a trace event that never came)
+is ``drop`` then, as before. Once every probe is decided a *fence* SYN goes
+out: when its trace event is read, every event of the probes before it has
+been read too.
 """
 
 from __future__ import annotations
@@ -27,17 +28,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cfallow.runner import Child, Runner
-from cfallow.verify import trace
+from cfallow.runner import Runner
+from cfallow.verify import nftrace, trace
 from cfallow.verify.lab import in_namespace
 
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
-NETLINK_NETFILTER = 12
-NFNLGRP_NFTRACE = 9
-#: How long ``nft monitor trace`` may take to subscribe before the probes go out untraced.
-SUBSCRIBE_CAP = 5.0
-#: How long the monitor may take to print a batch's events (it prints all the while).
-FENCE_CAP = 30.0
 
 
 @dataclass(frozen=True)
@@ -87,14 +82,13 @@ def _clients(targets: list[Target]) -> list[socket.socket]:
 
 @dataclass
 class Session:
-    """Listeners in the scratch origin and, if traced, ``nft monitor trace`` running there."""
+    """Listeners in the scratch origin, and a netlink socket there that reads the trace."""
 
-    origin: str
     edge: str
     timeout: float
     listeners: list[socket.socket]
-    monitor: Child | None = None
-    drops: int = 0  # the monitor socket's drop count after the last batch
+    tracer: socket.socket
+    rules: dict[tuple[str, str, str, int], str]
 
     def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
         """Connect every target at once; the verdicts (and, ``traced``, the trace).
@@ -102,25 +96,23 @@ class Session:
         Untraced, nothing else is sent (no fence: a legacy rule's counters count the
         probe alone).
         """
+        nftrace.read(self.tracer)  # what earlier batches left: not this batch's
         ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
-        monitor = self.monitor if traced and targets else None
-        fence = [targets[0]] if monitor is not None else []
+        tracer = self.tracer if traced and targets else None
+        fence = [targets[0]] if tracer is not None else []
         edge = in_namespace(self.edge, lambda: _clients(targets + fence))
         stream = trace.Stream(next(p for p in range(9, 65536) if p not in ports))
         try:
-            verdicts = _wait(edge[: len(targets)], targets, stream, monitor, self.timeout)
-            if monitor is not None:
+            verdicts = _wait(edge[: len(targets)], targets, stream, tracer, self.timeout)
+            if tracer is not None:
                 edge[-1].connect_ex((fence[0].target, stream.fence))
-                _fence(stream, monitor, self.timeout)
+                _fence(stream, tracer, self.timeout)
         finally:
             for s in edge:
                 s.close()
-        if monitor is None:
+        if tracer is None:
             return Sent(verdicts)
-        drops = _trace_socket(monitor.pid, os.stat(self.origin).st_ino)
-        lost = stream.lost or drops is None or drops > self.drops or stream.fences < 1
-        self.drops = drops or 0
-        return Sent(verdicts, stream.lines, lost)
+        return Sent(verdicts, stream.lines(self.rules), stream.lost or stream.fences < 1)
 
 
 @contextlib.contextmanager
@@ -133,59 +125,26 @@ def session(
     *,
     timeout: float,
 ) -> Iterator[Session]:
-    """Listen on ``ports`` in the origin, run ``nft monitor trace`` there (through
-    ``inside``, a runner into the origin); all closed at the end."""
+    """Listen on ``ports`` in the origin and join its trace group (``inside``, a runner
+    into the origin, lists the rules the trace names); all closed at the end."""
     listeners = in_namespace(origin, lambda: _listeners(ports, families))
-    s = Session(origin, edge, timeout, listeners)
     try:
-        s.monitor = inside.start(["stdbuf", "-oL", "nft", "monitor", "trace"])
-        s.drops = _subscribed(s.monitor, origin)
-        yield s
+        tracer = in_namespace(origin, nftrace.open_socket)
+        try:
+            rules = nftrace.rule_texts(inside.run(["nft", "-a", "list", "ruleset"]).stdout)
+            yield Session(edge, timeout, listeners, tracer, rules)
+        finally:
+            tracer.close()
     finally:
-        if s.monitor is not None:
-            s.monitor.stop()
         for sock in listeners:
             sock.close()
-
-
-def _subscribed(monitor: Child, origin: str) -> int:
-    """Wait until the monitor's netlink socket in the origin has joined the trace group.
-
-    ``/proc/PID/net/netlink`` is read once PID is in the origin namespace; from the moment
-    the group bit shows, the kernel queues every trace event for it. Its drop count.
-    """
-    want = os.stat(origin).st_ino
-    deadline = time.monotonic() + SUBSCRIBE_CAP
-    while time.monotonic() < deadline and monitor.running():
-        drops = _trace_socket(monitor.pid, want)
-        if drops is not None:
-            return drops
-        time.sleep(0.001)
-    return 0
-
-
-def _trace_socket(pid: int, netns: int) -> int | None:
-    """The drop count of ``pid``'s netlink socket in the trace group, if ``pid`` is in
-    ``netns`` and has one."""
-    try:
-        if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
-            return None
-        with open(f"/proc/{pid}/net/netlink") as f:
-            rows = [line.split() for line in f.readlines()[1:]]
-    except OSError:
-        return None
-    bit = 1 << (NFNLGRP_NFTRACE - 1)
-    for row in rows:
-        if int(row[1]) == NETLINK_NETFILTER and int(row[3], 16) & bit:
-            return int(row[8])
-    return None
 
 
 def _wait(
     socks: list[socket.socket],
     targets: list[Target],
     stream: trace.Stream,
-    monitor: Child | None,
+    tracer: socket.socket | None,
     timeout: float,
 ) -> list[str]:
     """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
@@ -199,19 +158,19 @@ def _wait(
                 continue
             pending[s.fileno()] = i
             poller.register(s, select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP)
-        out = monitor.stdout.fileno() if monitor is not None else -1
-        if out >= 0:
-            poller.register(out, select.EPOLLIN)
+        events = tracer.fileno() if tracer is not None else -1
+        if tracer is not None:
+            poller.register(tracer, select.EPOLLIN)
         keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for fd, _ in poller.poll(max(0.001, deadline - time.monotonic())):
-                if fd == out:
+                if tracer is not None and fd == events:
                     # dropped by a rule or a policy: no answer will come
-                    dropped = [keys.get(k, -1) for k in _read(out, stream, poller)]
-                    for done in (d for d in dropped if d in pending):
-                        del pending[done]
-                        poller.unregister(done)
+                    for done in (keys.get(k, -1) for k in _read(tracer, stream)):
+                        if done in pending:
+                            del pending[done]
+                            poller.unregister(done)
                 elif fd in pending:
                     i = pending.pop(fd)
                     poller.unregister(fd)
@@ -222,27 +181,19 @@ def _wait(
     return verdicts
 
 
-def _read(fd: int, stream: trace.Stream, poller: select.epoll) -> list[tuple[str, int]]:
-    """Feed what the monitor wrote to ``stream``: the (source, port) it newly shows
-    dropped. At the monitor's end ``fd`` is unregistered."""
-    data = os.read(fd, 1 << 16)
-    if not data:
-        poller.unregister(fd)
-    return stream.feed(data)
+def _read(tracer: socket.socket, stream: trace.Stream) -> list[tuple[str, int]]:
+    """Feed the queued trace events to ``stream``: the (source, port) newly dropped."""
+    events, lost = nftrace.read(tracer)
+    stream.lost = stream.lost or lost
+    return stream.add(events)
 
 
-def _fence(stream: trace.Stream, monitor: Child, quiet: float) -> None:
-    """Read the trace until the fence SYN's line. The monitor prints a large ruleset's
-    events for a while: give up only once it has printed nothing for ``quiet`` s (the
-    fence itself was dropped before the trace chain, say), or after :data:`FENCE_CAP`."""
-    fd = monitor.stdout.fileno()
-    cap = time.monotonic() + FENCE_CAP
+def _fence(stream: trace.Stream, tracer: socket.socket, timeout: float) -> None:
+    """Read the trace until the fence SYN's event (at most ``timeout`` s: the fence was
+    dropped before the trace chain, say)."""
+    deadline = time.monotonic() + timeout
     with select.epoll() as poller:
-        poller.register(fd, select.EPOLLIN)
-        while stream.fences < 1 and time.monotonic() < cap:
-            if not poller.poll(quiet):
-                return
-            data = os.read(fd, 1 << 16)
-            if not data:
-                return
-            stream.feed(data)
+        poller.register(tracer, select.EPOLLIN)
+        while stream.fences < 1 and time.monotonic() < deadline:
+            if poller.poll(max(0.001, deadline - time.monotonic())):
+                _read(tracer, stream)

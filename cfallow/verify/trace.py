@@ -1,10 +1,10 @@
-"""Which rule decided a probe: ``nft monitor trace`` lines, grouped per packet.
+"""Which rule decided a probe: trace lines as ``nft monitor trace`` prints them, per packet.
 
-:class:`Stream` reads the lines as they come, so a probe whose SYN the trace
-shows dropped is decided then (no time-out waited out), and a *fence* (a SYN
-to a port no probe uses, sent once every probe is decided) shows that every
-earlier event has been printed: events reach the monitor's netlink socket in
-the order the kernel emits them.
+:class:`Stream` takes the events as they are read, so a probe whose SYN the
+trace shows dropped is decided then (no time-out waited out), and a *fence* (a
+SYN to a port no probe uses, sent once every probe is decided) shows that
+every earlier event has been read: events reach the netlink socket in the
+order the kernel emits them.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from cfallow.verify import nftrace
+
 TRACE_TABLE = "cfallow_verify_trace"
 #: Loaded into the scratch origin only: marks the probes' SYNs for tracing, before raw/conntrack.
 #: ``accept`` ends this chain alone (the next chains on the hook still see the packet): one
-#: trace event here per SYN, not two (``nft monitor`` formatting the events is the cost).
+#: trace event here per SYN, not two (reading the events is the cost).
 TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
     chain pre {{
         type filter hook prerouting priority -350; policy accept;
@@ -94,55 +96,37 @@ def parse(lines: list[str]) -> dict[tuple[str, int], Packet]:
     return out
 
 
-#: ``nft monitor`` printed this when its socket overflowed: some events are missing.
-LOST = "# ERROR: We lost some netlink events"
-
-
 class Stream:
-    """``nft monitor trace`` output read incrementally (bytes in, lines out).
+    """A batch's trace events as they are read (:mod:`.nftrace`).
 
     ``drops`` holds each (source, port) whose traced SYN a rule or policy dropped,
-    ``fences`` counts the traced SYNs to ``fence`` (a port no probe uses), ``lost`` is
-    set if the monitor reported lost events.
+    ``fences`` counts the traced SYNs to ``fence`` (a port no probe uses); ``lost`` is
+    set by the reader if the socket overflowed.
     """
 
     def __init__(self, fence: int) -> None:
         self.fence = fence
-        self.lines: list[str] = []
+        self.events: list[nftrace.Event] = []
         self.drops: set[tuple[str, int]] = set()
         self.fences = 0
         self.lost = False
-        self._partial = b""
-        self._ids: dict[str, tuple[str, int]] = {}
+        self._ids: dict[int, tuple[str, int]] = {}
 
-    def feed(self, data: bytes) -> list[tuple[str, int]]:
-        """Take what the monitor wrote; complete lines are parsed now, the rest kept.
-        The (source, port) these lines show dropped."""
-        *done, self._partial = (self._partial + data).split(b"\n")
+    def add(self, events: list[nftrace.Event]) -> list[tuple[str, int]]:
+        """Take events in the order read; the (source, port) they newly show dropped."""
         dropped = []
-        for raw in done:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            key = self._take(line.strip())
-            if key is not None:
+        for e in events:
+            self.events.append(e)
+            if e.source and self._ids.get(e.tid) != (e.source, e.port):  # a new packet
+                self._ids[e.tid] = (e.source, e.port)
+                self.fences += e.port == self.fence
+            key = self._ids.get(e.tid)
+            drop = e.verdict == "drop" if e.kind == nftrace.RULE else e.policy == "drop"
+            if drop and key is not None and e.table != TRACE_TABLE and key not in self.drops:
+                self.drops.add(key)
                 dropped.append(key)
         return dropped
 
-    def _take(self, line: str) -> tuple[str, int] | None:
-        if line.startswith(LOST):
-            self.lost = True
-            return None
-        m = _LINE.match(line)
-        if not m:
-            return None
-        tid, _, table, _, rest = m.groups()
-        if rest.startswith("packet:"):
-            s, d = _SADDR.search(rest), _DPORT.search(rest)
-            key = (s.group(1), int(d.group(1))) if s and d else None
-            if key is not None and self._ids.get(tid) != key:  # a new packet (see parse)
-                self._ids[tid] = key
-                self.fences += key[1] == self.fence
-        elif table != TRACE_TABLE and tid in self._ids and _verdict(rest) == "drop":
-            self.drops.add(self._ids[tid])
-            return self._ids[tid]
-        return None
+    def lines(self, rules: dict[tuple[str, str, str, int], str]) -> list[str]:
+        """The events as ``nft monitor trace`` prints them (for :func:`parse`)."""
+        return [line for e in self.events for line in e.line(rules)]
