@@ -32,6 +32,8 @@ from cfallow.runner import Runner
 from cfallow.verify import nftrace, trace
 from cfallow.verify.lab import in_namespace
 
+#: The least time the fence's trace event is waited for (it comes at once unless dropped).
+FENCE_WAIT = 0.5
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
 
 
@@ -106,7 +108,7 @@ class Session:
             verdicts = _wait(edge[: len(targets)], targets, stream, tracer, self.timeout)
             if tracer is not None:
                 edge[-1].connect_ex((fence[0].target, stream.fence))
-                _fence(stream, tracer, self.timeout)
+                _fence(stream, tracer, max(self.timeout, FENCE_WAIT))
         finally:
             for s in edge:
                 s.close()
