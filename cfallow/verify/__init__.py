@@ -250,10 +250,9 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
 
         sent = session.send(targets(probes))
         _judge(probes, sent, legacy=legacy)
-        # a probe with no trace, or one cut short, is sent once more (all of them together);
-        # so is every probe the connection decided when the monitor lost events: the rule
-        # it names could be one before the one that decided
-        again = [p for p in probes if _retry(p, sent.lost)]
+        # a probe with no trace (or one lost), or one cut short, is sent once more (all of
+        # them together)
+        again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
         if again:
             _judge(again, session.send(targets(again)), legacy=legacy)
         paths: dict[tuple[int, int, str, str], str] = {}
@@ -263,12 +262,6 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
                 if key not in paths:
                     paths[key] = xpath.attribute(inside, session, targets([p])[0])
                 p.decided = paths[key]
-
-
-def _retry(p: Probe, lost: bool) -> bool:
-    if p.decided.startswith(("not traced", "not an nftables")):
-        return True
-    return lost and p.verdict != "drop"
 
 
 #: At most this many ports of one NAT target range get a listener.
@@ -296,6 +289,10 @@ def _judge(probes: list[Probe], sent: probe.Sent, *, legacy: bool) -> None:
     for p, seen in zip(probes, sent.verdicts):
         verdict = seen
         pkt = traced.get((p.source, p.port))
+        if sent.lost and pkt is not None and not _dropped(pkt):
+            # events were lost: this path may lack the chain that decided; a traced drop
+            # is whole (nothing follows a drop)
+            pkt = None
         p.decided = _decided(pkt, verdict, legacy)
         found = pkt.decided() if pkt else None
         if verdict == "drop" and found and found[2] == "drop" and "reject" in found[1]:
@@ -304,6 +301,11 @@ def _judge(probes: list[Probe], sent: probe.Sent, *, legacy: bool) -> None:
             # is dropped by TCP, LockDroppedIcmps): the traced rule says what the kernel did
             verdict = "reject"
         p.verdict = verdict
+
+
+def _dropped(pkt: trace.Packet) -> bool:
+    found = pkt.decided()
+    return found is not None and found[2] == "drop"
 
 
 def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:
