@@ -20,7 +20,7 @@ from cfallow.netfilter import nat as hostfw_nat
 from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
-from cfallow.verify import probe, sample, snapshot, trace, xpath
+from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 
 __all__ = ["CannotVerify", "Expectation", "Probe", "Report", "prove"]
@@ -235,13 +235,18 @@ def prove(
 def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, legacy: bool) -> None:
     """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
     rule of each kind of failure."""
-    landing = nat_ports(inside, legacy)
-    inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
+    # three reads and a load that do not depend on each other: their commands overlap
+    landing, _, rules = labmod.together(
+        lambda: nat_ports(inside, legacy),
+        lambda: inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET),
+        lambda: inside.run(["nft", "-a", "list", "ruleset"]).stdout,
+    )
     ports = sorted({p.port for p in probes} | set(landing))
     families = sorted({p.version for p in probes})
     origin, edge = lab.path("origin"), lab.path("edge")
     progress.probing(len(probes), timeout)
-    with probe.session(inside, origin, edge, ports, families, timeout=timeout) as session:
+    texts = nftrace.rule_texts(rules)
+    with probe.session(origin, edge, ports, families, texts, timeout=timeout) as session:
 
         def targets(which: list[Probe]) -> list[probe.Target]:
             return [

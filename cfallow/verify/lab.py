@@ -18,7 +18,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cfallow.errors import VerifyFailed
 from cfallow.runner import Runner
@@ -74,6 +74,28 @@ def _setns(path: str) -> None:
             raise OSError(err, f"setns {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def together(*work: Callable[[], Any]) -> list[Any]:
+    """Each of ``work`` on a thread of its own (each runs commands, which then overlap);
+    their results in order. The first failure is raised once all have ended."""
+    results: list[Any] = [None] * len(work)
+    failed: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            results[i] = work[i]()
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(work))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return results
 
 
 def in_namespace(path: str, work: Callable[[], T]) -> T:
@@ -192,8 +214,7 @@ def _wire(runner: Runner, lab: Lab, net: HostNet, sources: dict[int, list[str]])
         host = "128" if version == 6 else "32"
         edge += [f"addr add {s}/{host} dev {uplink_peer}" + _nodad(s) for s in addrs]
     _batch(runner, None, links)
-    _batch(runner, lab.origin, origin)
-    _batch(runner, lab.edge, edge)
+    together(lambda: _batch(runner, lab.origin, origin), lambda: _batch(runner, lab.edge, edge))
 
 
 def _mac(side: int, index: int) -> str:

@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cfallow.runner import Runner
 from cfallow.verify import nftrace, trace
 from cfallow.verify.lab import in_namespace
 
@@ -119,21 +118,20 @@ class Session:
 
 @contextlib.contextmanager
 def session(
-    inside: Runner,
     origin: str,
     edge: str,
     ports: list[int],
     families: list[int],
+    rules: dict[tuple[str, str, str, int], str],
     *,
     timeout: float,
 ) -> Iterator[Session]:
-    """Listen on ``ports`` in the origin and join its trace group (``inside``, a runner
-    into the origin, lists the rules the trace names); all closed at the end."""
+    """Listen on ``ports`` in the origin and join its trace group (``rules``: the text of
+    each rule the trace may name, :func:`.nftrace.rule_texts`); all closed at the end."""
     listeners = in_namespace(origin, lambda: _listeners(ports, families))
     try:
         tracer = in_namespace(origin, nftrace.open_socket)
         try:
-            rules = nftrace.rule_texts(inside.run(["nft", "-a", "list", "ruleset"]).stdout)
             yield Session(edge, timeout, listeners, tracer, rules)
         finally:
             tracer.close()
