@@ -22,6 +22,7 @@ from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
 from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
+from cfallow.verify.overlap import together
 
 __all__ = ["CannotVerify", "Expectation", "Probe", "Report", "prove"]
 
@@ -236,7 +237,7 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
     rule of each kind of failure."""
     # three reads and a load that do not depend on each other: their commands overlap
-    landing, _, rules = labmod.together(
+    landing, _, rules = together(
         lambda: nat_ports(inside, legacy),
         lambda: inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET),
         lambda: inside.run(["nft", "-a", "list", "ruleset"]).stdout,

@@ -18,10 +18,11 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from cfallow.errors import VerifyFailed
 from cfallow.runner import Runner
+from cfallow.verify.overlap import together
 from cfallow.verify.snapshot import HostNet
 
 PREFIX = "cfverify-"
@@ -74,28 +75,6 @@ def _setns(path: str) -> None:
             raise OSError(err, f"setns {path}: {os.strerror(err)}")
     finally:
         os.close(fd)
-
-
-def together(*work: Callable[[], Any]) -> list[Any]:
-    """Each of ``work`` on a thread of its own (each runs commands, which then overlap);
-    their results in order. The first failure is raised once all have ended."""
-    results: list[Any] = [None] * len(work)
-    failed: list[BaseException] = []
-
-    def one(i: int) -> None:
-        try:
-            results[i] = work[i]()
-        except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(work))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failed:
-        raise failed[0]
-    return results
 
 
 def in_namespace(path: str, work: Callable[[], T]) -> T:
