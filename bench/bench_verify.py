@@ -8,8 +8,10 @@ each run is the real CLI entered with ``nsenter`` (interpreter start included),
 so the number is what an operator waits for. Every run proves every published
 range at both ends (the bundled list: 15 IPv4 and 7 IPv6 ranges) and the
 outsiders. Rows: the lockdown on iptables-nft with 2 ports x 2 families (184
-probes) and with 6 ports (552 probes), and the lockdown on iptables-legacy
-(x_tables: no nftables trace, so a dropped SYN waits out the 0.5 s time-out).
+probes) and with 6 ports (552 probes), firewalld's ruleset
+(tests/fixtures/verify; about 90 trace events per probe) with the allow mode,
+and the lockdown on iptables-legacy (x_tables: no nftables trace, so a dropped
+SYN waits out the 0.5 s time-out; last, as its tables stay in the host).
 Prints min / median / max per row.
 """
 
@@ -24,12 +26,8 @@ import uuid
 from pathlib import Path
 
 CFALLOW = str(Path(sys.executable).with_name("cfallow"))
-CONFIG = '[backends.iptables]\nports = [{ports}]\nmode = "lockdown"\nvariant = "{variant}"\n'
-ROWS = (
-    ("iptables-nft lockdown, 2 ports x 2 families", "80, 443", "nft"),
-    ("iptables-nft lockdown, 6 ports x 2 families", "80, 443, 2053, 2083, 2087, 8443", "nft"),
-    ("iptables-legacy lockdown, 2 ports x 2 families", "80, 443", "legacy"),
-)
+CONFIG = '[backends.iptables]\nports = [{ports}]\nmode = "{mode}"\nvariant = "{variant}"\n'
+FIREWALLD = Path(__file__).resolve().parent.parent / "tests/fixtures/verify/firewalld.nft"
 RULESET = """table inet filter {
     chain input {
         type filter hook input priority filter; policy drop;
@@ -40,6 +38,29 @@ RULESET = """table inet filter {
     }
 }
 """
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    """(label, ports, mode, variant, host ruleset) per row."""
+    six = "80, 443, 2053, 2083, 2087, 8443"
+    return [
+        ("iptables-nft lockdown, 2 ports x 2 families", "80, 443", "lockdown", "nft", RULESET),
+        ("iptables-nft lockdown, 6 ports x 2 families", six, "lockdown", "nft", RULESET),
+        (
+            "firewalld's ruleset, iptables-nft allow, 2 x 2",
+            "80, 443",
+            "allow",
+            "nft",
+            FIREWALLD.read_text(),
+        ),
+        (
+            "iptables-legacy lockdown, 2 ports x 2 families",
+            "80, 443",
+            "lockdown",
+            "legacy",
+            RULESET,
+        ),
+    ]
 
 
 def sh(*argv: str, input: str | None = None) -> None:
@@ -75,11 +96,11 @@ def main() -> int:
         sh(*x, "ip", "addr", "add", "10.77.0.2/24", "dev", "eth0")
         sh(*x, "ip", "addr", "add", "2001:db8:77::2/64", "dev", "eth0", "nodad")
         sh(*x, "ip", "link", "set", "eth0", "up")
-        sh(*x, "nft", "-f", "-", input=RULESET)
         print(f"cfallow verify, every range at both ends, {runs} runs each:")
-        for label, ports, variant in ROWS:
+        for label, ports, mode, variant, ruleset in rows():
+            sh(*x, "nft", "-f", "-", input="flush ruleset\n" + ruleset)
             with tempfile.TemporaryDirectory() as tmp:
-                config = CONFIG.format(ports=ports, variant=variant)
+                config = CONFIG.format(ports=ports, mode=mode, variant=variant)
                 times, probes = _time(ns, Path(tmp), config, runs)
             print(
                 f"  {label} ({probes} probes): min {min(times):.2f} s, "
