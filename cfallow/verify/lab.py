@@ -12,7 +12,7 @@ deleting them deletes everything.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import os
 import secrets
 import threading
@@ -66,8 +66,14 @@ def delete(runner: Runner, names: Iterable[str]) -> None:
         runner.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # this process's own symbols (libc's among them): no find_library, which runs ldconfig
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _setns(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = _libc()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:
