@@ -17,6 +17,7 @@ from netaddr import IPNetwork
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
+from cfallow.netfilter import xtables
 from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
@@ -146,7 +147,6 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
         except CommandFailed as exc:
             _load_split(inside, snap, snapshot.xt_nft(runner), exc)
     if snap.legacy:
-        from cfallow.netfilter import xtables
 
         def load() -> None:
             for blob in snap.legacy:
