@@ -9,8 +9,6 @@ sources (:mod:`.probe`) and names the rule that decided each probe
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,11 +17,13 @@ from netaddr import IPNetwork
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
+from cfallow.netfilter import xtables
 from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
-from cfallow.verify import sample, snapshot, trace, xpath
+from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
+from cfallow.verify.overlap import together
 
 __all__ = ["CannotVerify", "Expectation", "Probe", "Report", "prove"]
 
@@ -147,14 +147,16 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
         except CommandFailed as exc:
             _load_split(inside, snap, snapshot.xt_nft(runner), exc)
     if snap.legacy:
-        doc = {"tables": [b.to_json() for b in snap.legacy]}
+
+        def load() -> None:
+            for blob in snap.legacy:
+                xtables.load_table(blob)
+
         try:
-            inside.run(
-                [sys.executable, "-m", "cfallow.verify.probe", "xt-load"], input=json.dumps(doc)
-            )
-        except CommandFailed as exc:
+            labmod.in_namespace(lab.path("origin"), load)
+        except OSError as exc:
             raise CannotVerify(
-                f"cannot verify: the legacy x_tables do not load: {exc.stderr.strip()}"
+                f"cannot verify: the legacy x_tables do not load: {exc.strerror or exc}"
             ) from None
 
 
@@ -225,63 +227,47 @@ def prove(
         if before_probe is not None:
             report.notes += before_probe(lab)
         inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
-        _probe(runner, inside, lab, probes, timeout=timeout, legacy=bool(snap.legacy))
+        _probe(inside, lab, probes, timeout=timeout, legacy=bool(snap.legacy))
     finally:
         lab.close()
     return report
 
 
-def _probe_doc(
-    lab: Lab, timeout: float, landing: list[int], which: list[Probe], *, traced: bool = False
-) -> dict[str, object]:
-    """The probe helper's input: where to connect from and to, and what listens."""
-    return {
-        "origin": lab.path("origin"),
-        "edge": lab.path("edge"),
-        "timeout": timeout,
-        "trace": traced,
-        "listen": landing,
-        "probes": [
-            {
-                "version": p.version,
-                "port": p.port,
-                "source": p.source,
-                "target": lab.targets[p.version],
-            }
-            for p in which
-        ],
-    }
-
-
-def _probe(
-    runner: Runner, inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, legacy: bool
-) -> None:
+def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, legacy: bool) -> None:
     """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
     rule of each kind of failure."""
-    landing = nat_ports(inside, legacy)
-    inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET)
-    argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
-
-    def send(which: list[Probe]) -> None:
-        doc = _probe_doc(lab, timeout, landing, which, traced=True)
-        _judge(which, json.loads(runner.run(argv, input=json.dumps(doc)).stdout), legacy=legacy)
-
+    # three reads and a load that do not depend on each other: their commands overlap
+    landing, _, rules = together(
+        lambda: nat_ports(inside, legacy),
+        lambda: inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET),
+        lambda: inside.run(["nft", "-a", "list", "ruleset"]).stdout,
+    )
+    ports = sorted({p.port for p in probes} | set(landing))
+    families = sorted({p.version for p in probes})
+    origin, edge = lab.path("origin"), lab.path("edge")
     progress.probing(len(probes), timeout)
-    send(probes)
-    # nft monitor can lose events when hundreds of probes fly at once (its netlink
-    # socket's buffer): the probes it missed, wholly or after some chain, are sent
-    # once more, together
-    again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
-    if again:
-        send(again)
-    paths: dict[tuple[int, int, str, str], str] = {}
-    for p in probes:  # one probe alone per kind of failure: its path stands for the others
-        if not p.ok and p.decided.startswith("legacy x_tables"):
-            key = (p.version, p.port, p.kind, p.verdict)
-            if key not in paths:
-                doc = _probe_doc(lab, timeout, landing, [p])
-                paths[key] = xpath.attribute(inside, doc, p.version)
-            p.decided = paths[key]
+    texts = nftrace.rule_texts(rules)
+    with probe.session(origin, edge, ports, families, texts, timeout=timeout) as session:
+
+        def targets(which: list[Probe]) -> list[probe.Target]:
+            return [
+                probe.Target(p.version, p.port, p.source, lab.targets[p.version]) for p in which
+            ]
+
+        sent = session.send(targets(probes))
+        _judge(probes, sent, legacy=legacy)
+        # a probe with no trace (or one lost), or one cut short, is sent once more (all of
+        # them together)
+        again = [p for p in probes if p.decided.startswith(("not traced", "not an nftables"))]
+        if again:
+            _judge(again, session.send(targets(again)), legacy=legacy)
+        paths: dict[tuple[int, int, str, str], str] = {}
+        for p in probes:  # one probe alone per kind of failure: its path stands for the others
+            if not p.ok and p.decided.startswith("legacy x_tables"):
+                key = (p.version, p.port, p.kind, p.verdict)
+                if key not in paths:
+                    paths[key] = xpath.attribute(inside, session, targets([p])[0])
+                p.decided = paths[key]
 
 
 #: At most this many ports of one NAT target range get a listener.
@@ -304,18 +290,28 @@ def nat_ports(inside: Runner, legacy: bool) -> list[int]:
     return sorted(ports)
 
 
-def _judge(probes: list[Probe], out: dict[str, list[str]], *, legacy: bool) -> None:
-    traced = trace.parse(out["trace"])
-    for probe, seen in zip(probes, out["verdicts"]):
-        verdict = str(seen)
-        pkt = traced.get((probe.source, probe.port))
-        probe.decided = _decided(pkt, verdict, legacy)
+def _judge(probes: list[Probe], sent: probe.Sent, *, legacy: bool) -> None:
+    traced = trace.parse(sent.lines)
+    for p, seen in zip(probes, sent.verdicts):
+        verdict = seen
+        pkt = traced.get((p.source, p.port))
+        if sent.lost and pkt is not None and not _dropped(pkt):
+            # events were lost: this path may lack the chain that decided; a traced drop
+            # is whole (nothing follows a drop)
+            pkt = None
+        p.decided = _decided(pkt, verdict, legacy)
         found = pkt.decided() if pkt else None
         if verdict == "drop" and found and found[2] == "drop" and "reject" in found[1]:
-            # an ICMPv6 error that lands while connect() holds the socket is dropped by
-            # TCP (LockDroppedIcmps): the traced rule says what the kernel did
+            # a traced reject: the probe is decided by the trace before its RST or ICMP
+            # error lands (and an ICMPv6 error that lands while connect() holds the socket
+            # is dropped by TCP, LockDroppedIcmps): the traced rule says what the kernel did
             verdict = "reject"
-        probe.verdict = verdict
+        p.verdict = verdict
+
+
+def _dropped(pkt: trace.Packet) -> bool:
+    found = pkt.decided()
+    return found is not None and found[2] == "drop"
 
 
 def _decided(pkt: trace.Packet | None, verdict: str, legacy: bool) -> str:

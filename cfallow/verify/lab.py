@@ -11,18 +11,25 @@ deleting them deletes everything.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import secrets
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cfallow.errors import VerifyFailed
 from cfallow.runner import Runner
+from cfallow.verify.overlap import together
 from cfallow.verify.snapshot import HostNet
 
 PREFIX = "cfverify-"
 NETNS_DIR = "/run/netns"
 SCRATCH = {4: "192.0.2.1/32", 6: "fd00:cf::1/128"}  # an uplink address when the host has none
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def alive(pid: int) -> bool:
@@ -54,8 +61,50 @@ def leftovers() -> list[str]:
 
 def delete(runner: Runner, names: Iterable[str]) -> None:
     """Delete namespaces (their interfaces go with them); missing ones are fine."""
-    for name in names:
-        runner.run(["ip", "netns", "delete", name], check=False)
+    lines = [f"netns delete {name}" for name in names]
+    if lines:  # -force: a missing one does not stop the batch
+        runner.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # this process's own symbols (libc's among them): no find_library, which runs ldconfig
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(path: str) -> None:
+    libc = _libc()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def in_namespace(path: str, work: Callable[[], T]) -> T:
+    """``work()`` on a thread of its own that has entered the network namespace ``path``.
+
+    The thread ends with ``work``: this process's other threads never change namespace,
+    and what ``work`` creates (sockets) stays in ``path``'s namespace.
+    """
+    box: list[T] = []
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _setns(path)
+            box.append(work())
+        except BaseException as exc:  # handed to the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=body, name="cfallow-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return box[0]
 
 
 @dataclass
@@ -87,6 +136,12 @@ ACCEPT_DAD = (
 )
 
 
+def _no_dad() -> None:
+    for path in ACCEPT_DAD:
+        with open(path, "w") as f:
+            f.write("0\n")
+
+
 def _batch(runner: Runner, ns: str | None, lines: list[str]) -> None:
     if not lines:
         return
@@ -100,10 +155,9 @@ def create(runner: Runner, net: HostNet, sources: dict[int, list[str]]) -> Lab:
     lab = Lab(runner, f"{tag}-o", f"{tag}-e", {}, [])
     try:
         _batch(runner, None, [f"netns add {lab.origin}", f"netns add {lab.edge}"])
-        for ns in (lab.origin, lab.edge):
-            # tee (coreutils, on every server) rather than sysctl (procps: not on a
-            # minimal Debian): the namespace's own /proc/sys once inside it.
-            runner.run(["ip", "netns", "exec", ns, "tee", *ACCEPT_DAD], input="0\n")
+        for which in ("origin", "edge"):
+            # /proc/sys/net is the namespace of the thread that opens it
+            in_namespace(lab.path(which), _no_dad)
         _wire(runner, lab, net, sources)
     except BaseException:
         lab.close()
@@ -145,8 +199,7 @@ def _wire(runner: Runner, lab: Lab, net: HostNet, sources: dict[int, list[str]])
         host = "128" if version == 6 else "32"
         edge += [f"addr add {s}/{host} dev {uplink_peer}" + _nodad(s) for s in addrs]
     _batch(runner, None, links)
-    _batch(runner, lab.origin, origin)
-    _batch(runner, lab.edge, edge)
+    together(lambda: _batch(runner, lab.origin, origin), lambda: _batch(runner, lab.edge, edge))
 
 
 def _mac(side: int, index: int) -> str:

@@ -1,50 +1,58 @@
-"""The helper process the verify runs through the Runner (``python -m cfallow.verify.probe``).
+"""The probes themselves, sent from this process: no helper interpreter.
 
-``probe``: listeners on every port in the scratch origin namespace (and on
-every port the host's NAT sends connections to: ``listen``), then every
-probe connects from its source address in the scratch edge namespace, all at
-once; a connection is ``accept``, a refusal (RST or ICMP error; the listener
-is there, so it came from a rule) ``reject``, silence until the timeout
-``drop``. With ``trace``, ``nft monitor trace`` runs in the origin while the
-probes fly. ``xt-load``: load legacy x_tables blobs into this namespace.
+``setns(CLONE_NEWNET)`` moves only the calling thread, and a socket stays in
+the namespace it was created in: a short-lived thread enters the scratch
+origin and opens the listeners (on every probed port and every port the
+host's NAT sends connections to), another enters the scratch edge and opens
+one non-blocking client socket per probe, bound to its source address. The
+main thread never changes namespace; it connects them all at once and waits.
 
-Input is one JSON document on stdin; output one JSON document on stdout. The
-helper switches only its own network namespace (``setns``), and only into the
-scratch namespaces it is given.
+A connection is ``accept``; a refusal (RST or ICMP error: the listener is
+there, so it came from a rule) ``reject``; a SYN the kernel's nftables trace
+(:mod:`.nftrace`, read in the origin) shows dropped, by a rule's or a policy's
+``drop``, is ``drop`` at once. A probe with neither by the time-out (a drop
+nftables does not trace: legacy x_tables; or a trace event that never came)
+is ``drop`` then, as before. Once every probe is decided a *fence* SYN goes
+out: when its trace event is read, every event of the probes before it has
+been read too.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import errno
-import json
 import os
 import select
-import shutil
-import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
-from cfallow.netfilter import xtables
+from cfallow.verify import nftrace, trace
+from cfallow.verify.lab import in_namespace
 
-CLONE_NEWNET = 0x40000000
+#: The least time the fence's trace event is waited for (it comes at once unless dropped).
+FENCE_WAIT = 0.5
 REFUSED = {errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM}
 
 
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class Target:
+    """One probe: from ``source`` in the edge to ``target``:``port`` in the origin."""
+
+    version: int
+    port: int
+    source: str
+    target: str
+
+
+@dataclass
+class Sent:
+    """What one batch of probes came to: a verdict each, the trace lines, lost events."""
+
+    verdicts: list[str]
+    lines: list[str] = field(default_factory=list)
+    lost: bool = False
 
 
 def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
@@ -53,136 +61,139 @@ def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
         for port in ports:
             af = socket.AF_INET6 if version == 6 else socket.AF_INET
             s = socket.socket(af, socket.SOCK_STREAM)
+            out.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if version == 6:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             # the wildcard of the scratch origin namespace, which only the probes reach
             s.bind(("::" if version == 6 else "0.0.0.0", port))  # noqa: S104
             s.listen(256)
-            out.append(s)
     return out
 
 
-def _connect_all(probes: list[dict[str, Any]], timeout: float) -> list[str]:
-    socks: dict[int, tuple[int, socket.socket]] = {}
-    verdicts = ["drop"] * len(probes)
-    poller = select.poll()
-    for i, p in enumerate(probes):
-        af = socket.AF_INET6 if p["version"] == 6 else socket.AF_INET
-        s = socket.socket(af, socket.SOCK_STREAM)
+def _clients(targets: list[Target]) -> list[socket.socket]:
+    out = []
+    for t in targets:
+        s = socket.socket(socket.AF_INET6 if t.version == 6 else socket.AF_INET)
+        out.append(s)
         s.setblocking(False)
-        s.bind((p["source"], 0))
-        rc = s.connect_ex((p["target"], p["port"]))
-        if rc not in (0, errno.EINPROGRESS):
-            verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
-            s.close()
-            continue
-        socks[s.fileno()] = (i, s)
-        poller.register(s, select.POLLOUT | select.POLLERR | select.POLLHUP)
-    deadline = time.monotonic() + timeout
-    while socks and time.monotonic() < deadline:
-        for fd, _ in poller.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-            i, s = socks.pop(fd)
-            poller.unregister(fd)
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            verdicts[i] = "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
-            s.close()
-    for _, s in socks.values():
-        s.close()
+        s.bind((t.source, 0))
+    return out
+
+
+@dataclass
+class Session:
+    """Listeners in the scratch origin, and a netlink socket there that reads the trace."""
+
+    edge: str
+    timeout: float
+    listeners: list[socket.socket]
+    tracer: socket.socket
+    rules: dict[tuple[str, str, str, int], str]
+
+    def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
+        """Connect every target at once; the verdicts (and, ``traced``, the trace).
+
+        Untraced, nothing else is sent (no fence: a legacy rule's counters count the
+        probe alone).
+        """
+        nftrace.read(self.tracer)  # what earlier batches left: not this batch's
+        ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
+        tracer = self.tracer if traced and targets else None
+        fence = [targets[0]] if tracer is not None else []
+        edge = in_namespace(self.edge, lambda: _clients(targets + fence))
+        stream = trace.Stream(next(p for p in range(9, 65536) if p not in ports))
+        try:
+            verdicts = _wait(edge[: len(targets)], targets, stream, tracer, self.timeout)
+            if tracer is not None:
+                edge[-1].connect_ex((fence[0].target, stream.fence))
+                _fence(stream, tracer, max(self.timeout, FENCE_WAIT))
+        finally:
+            for s in edge:
+                s.close()
+        if tracer is None:
+            return Sent(verdicts)
+        return Sent(verdicts, stream.lines(self.rules), stream.lost or stream.fences < 1)
+
+
+@contextlib.contextmanager
+def session(
+    origin: str,
+    edge: str,
+    ports: list[int],
+    families: list[int],
+    rules: dict[tuple[str, str, str, int], str],
+    *,
+    timeout: float,
+) -> Iterator[Session]:
+    """Listen on ``ports`` in the origin and join its trace group (``rules``: the text of
+    each rule the trace may name, :func:`.nftrace.rule_texts`); all closed at the end."""
+    listeners = in_namespace(origin, lambda: _listeners(ports, families))
+    try:
+        tracer = in_namespace(origin, nftrace.open_socket)
+        try:
+            yield Session(edge, timeout, listeners, tracer, rules)
+        finally:
+            tracer.close()
+    finally:
+        for sock in listeners:
+            sock.close()
+
+
+def _wait(
+    socks: list[socket.socket],
+    targets: list[Target],
+    stream: trace.Stream,
+    tracer: socket.socket | None,
+    timeout: float,
+) -> list[str]:
+    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
+    verdicts = ["drop"] * len(targets)
+    pending: dict[int, int] = {}
+    with select.epoll() as poller:
+        for i, (s, t) in enumerate(zip(socks, targets)):
+            rc = s.connect_ex((t.target, t.port))
+            if rc not in (0, errno.EINPROGRESS):
+                verdicts[i] = "reject" if rc in REFUSED else f"error: {os.strerror(rc)}"
+                continue
+            pending[s.fileno()] = i
+            poller.register(s, select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP)
+        events = tracer.fileno() if tracer is not None else -1
+        if tracer is not None:
+            poller.register(tracer, select.EPOLLIN)
+        keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for fd, _ in poller.poll(max(0.001, deadline - time.monotonic())):
+                if tracer is not None and fd == events:
+                    # dropped by a rule or a policy: no answer will come
+                    for done in (keys.get(k, -1) for k in _read(tracer, stream)):
+                        if done in pending:
+                            del pending[done]
+                            poller.unregister(done)
+                elif fd in pending:
+                    i = pending.pop(fd)
+                    poller.unregister(fd)
+                    err = socks[i].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    verdicts[i] = (
+                        "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
+                    )
     return verdicts
 
 
-def _monitor() -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        # line-buffered: a pipe would hold the last events in stdio's buffer at SIGTERM
-        [*(["stdbuf", "-oL"] if shutil.which("stdbuf") else []), "nft", "monitor", "trace"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        preexec_fn=_pdeathsig,  # noqa: PLW1509 - this helper has no threads
-    )
-    _wait_subscribed(proc.pid)
-    return proc
+def _read(tracer: socket.socket, stream: trace.Stream) -> list[tuple[str, int]]:
+    """Feed the queued trace events to ``stream``: the (source, port) newly dropped."""
+    events, lost = nftrace.read(tracer)
+    stream.lost = stream.lost or lost
+    return stream.add(events)
 
 
-def _wait_subscribed(pid: int, cap: float = 2.0) -> None:
-    """Until nft has opened its netlink socket (it subscribes right after), at most ``cap`` s."""
-    deadline = time.monotonic() + cap
-    while time.monotonic() < deadline:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in fds):
-                break
-        except OSError:
-            pass
-        time.sleep(0.005)
-    time.sleep(0.02)
-
-
-def _drain(monitor: subprocess.Popen[str], quiet: float = 0.05, cap: float = 3.0) -> list[str]:
-    """Every trace line, read until the monitor has been quiet for ``quiet`` seconds."""
-    out = monitor.stdout
-    assert out is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(out.readline, "")))
-    reader.daemon = True
-    reader.start()
-    deadline, seen = time.monotonic() + cap, -1
-    while time.monotonic() < deadline and seen != len(lines):
-        seen = len(lines)
-        time.sleep(quiet)
-    monitor.send_signal(signal.SIGTERM)
-    monitor.wait(timeout=5)
-    reader.join(timeout=1)
-    return list(lines)
-
-
-def _pdeathsig() -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive this helper
-
-
-def probe(doc: dict[str, Any]) -> dict[str, Any]:
-    """Listen in the origin, connect from the edge; ``{"verdicts": [...], "trace": [...]}``."""
-    _setns(doc["origin"])
-    families = sorted({p["version"] for p in doc["probes"]})
-    ports = {p["port"] for p in doc["probes"]} | set(doc.get("listen", ()))
-    listeners = _listeners(sorted(ports), families)
-    monitor = _monitor() if doc.get("trace") else None
-    try:
-        _setns(doc["edge"])
-        verdicts = _connect_all(doc["probes"], float(doc["timeout"]))
-        trace: list[str] = []
-        if monitor is not None:
-            trace = _drain(monitor)
-            monitor = None
-    finally:
-        if monitor is not None:
-            monitor.kill()
-            monitor.wait()
-        for s in listeners:
-            s.close()
-    return {"verdicts": verdicts, "trace": trace}
-
-
-def xt_load(doc: dict[str, Any]) -> dict[str, Any]:
-    """Load every blob of ``doc["tables"]`` into this namespace."""
-    for item in doc["tables"]:
-        xtables.load_table(xtables.Blob.from_json(item))
-    return {"loaded": len(doc["tables"])}
-
-
-def main(argv: list[str]) -> int:
-    """``probe`` or ``xt-load``, JSON on stdin -> JSON on stdout; an OSError is one line, exit 1."""
-    doc = json.load(sys.stdin)
-    try:
-        out = {"probe": probe, "xt-load": xt_load}[argv[0]](doc)
-    except OSError as exc:
-        print(f"{exc.strerror or exc}", file=sys.stderr)
-        return 1
-    json.dump(out, sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+def _fence(stream: trace.Stream, tracer: socket.socket, timeout: float) -> None:
+    """Read the trace until the fence SYN's event (at most ``timeout`` s: the fence was
+    dropped before the trace chain, say)."""
+    deadline = time.monotonic() + timeout
+    with select.epoll() as poller:
+        poller.register(tracer, select.EPOLLIN)
+        while stream.fences < 1 and time.monotonic() < deadline:
+            if poller.poll(max(0.001, deadline - time.monotonic())):
+                _read(tracer, stream)

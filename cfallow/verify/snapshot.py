@@ -9,6 +9,7 @@ from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter import xtables
 from cfallow.netfilter.save import SAVE
 from cfallow.runner import Runner
+from cfallow.verify.overlap import together
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,11 @@ def _optional(runner: Runner, argv: list[str]) -> str:
 
 def read(runner: Runner, uplink: str | None = None) -> Snapshot:
     """Snapshot the host read-only: interfaces, ``nft list ruleset``, legacy x_tables blobs."""
-    net = read_net(runner, uplink)
-    ruleset = _optional(runner, ["nft", "list", "ruleset"])
-    ipsets = _optional(runner, ["ipset", "save"])
+    net, ruleset, ipsets = together(
+        lambda: read_net(runner, uplink),
+        lambda: _optional(runner, ["nft", "list", "ruleset"]),
+        lambda: _optional(runner, ["ipset", "save"]),
+    )
     try:
         legacy = tuple(xtables.read_all())
     except OSError as exc:

@@ -1,16 +1,27 @@
-"""Which rule decided a probe: ``nft monitor trace`` lines, grouped per packet."""
+"""Which rule decided a probe: trace lines as ``nft monitor trace`` prints them, per packet.
+
+:class:`Stream` takes the events as they are read, so a probe whose SYN the
+trace shows dropped is decided then (no time-out waited out), and a *fence* (a
+SYN to a port no probe uses, sent once every probe is decided) shows that
+every earlier event has been read: events reach the netlink socket in the
+order the kernel emits them.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
+from cfallow.verify import nftrace
+
 TRACE_TABLE = "cfallow_verify_trace"
 #: Loaded into the scratch origin only: marks the probes' SYNs for tracing, before raw/conntrack.
+#: ``accept`` ends this chain alone (the next chains on the hook still see the packet): one
+#: trace event here per SYN, not two (reading the events is the cost).
 TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
     chain pre {{
         type filter hook prerouting priority -350; policy accept;
-        tcp flags & (fin | syn | rst | ack) == syn meta nftrace set 1
+        tcp flags & (fin | syn | rst | ack) == syn meta nftrace set 1 accept
     }}
 }}
 """
@@ -60,20 +71,62 @@ def _describe(rest: str) -> str:
 
 
 def parse(lines: list[str]) -> dict[tuple[str, int], Packet]:
-    """(source, port) -> the traced SYN from that source to that port."""
-    by_id: dict[str, Packet] = {}
+    """(source, port) -> the traced SYN from that source to that port.
+
+    A trace id is a hash of the packet's buffer, which the kernel reuses once the
+    packet is gone: a ``packet:`` line naming another source or port under a known id
+    starts a new packet (the first event of every chain a packet enters carries one).
+    """
+    current: dict[str, Packet] = {}
+    out: dict[tuple[str, int], Packet] = {}
     for line in lines:
         m = _LINE.match(line.strip())
         if not m:
             continue
         tid, family, table, chain, rest = m.groups()
-        pkt = by_id.setdefault(tid, Packet())
         if rest.startswith("packet:"):
             s, d = _SADDR.search(rest), _DPORT.search(rest)
-            if s and d and not pkt.source:
-                pkt.source, pkt.port = s.group(1), int(d.group(1))
+            key = (s.group(1), int(d.group(1))) if s and d else None
+            pkt = current.get(tid)
+            if key is not None and (pkt is None or (pkt.source, pkt.port) != key):
+                current[tid] = out[key] = Packet(*key)
             continue
-        if table == TRACE_TABLE:
-            continue
-        pkt.events.append((f"{family} {table} {chain}", rest))
-    return {(p.source, p.port): p for p in by_id.values() if p.source}
+        if table != TRACE_TABLE and tid in current:
+            current[tid].events.append((f"{family} {table} {chain}", rest))
+    return out
+
+
+class Stream:
+    """A batch's trace events as they are read (:mod:`.nftrace`).
+
+    ``drops`` holds each (source, port) whose traced SYN a rule or policy dropped,
+    ``fences`` counts the traced SYNs to ``fence`` (a port no probe uses); ``lost`` is
+    set by the reader if the socket overflowed.
+    """
+
+    def __init__(self, fence: int) -> None:
+        self.fence = fence
+        self.events: list[nftrace.Event] = []
+        self.drops: set[tuple[str, int]] = set()
+        self.fences = 0
+        self.lost = False
+        self._ids: dict[int, tuple[str, int]] = {}
+
+    def add(self, events: list[nftrace.Event]) -> list[tuple[str, int]]:
+        """Take events in the order read; the (source, port) they newly show dropped."""
+        dropped = []
+        for e in events:
+            self.events.append(e)
+            if e.source and self._ids.get(e.tid) != (e.source, e.port):  # a new packet
+                self._ids[e.tid] = (e.source, e.port)
+                self.fences += e.port == self.fence
+            key = self._ids.get(e.tid)
+            drop = e.verdict == "drop" if e.kind == nftrace.RULE else e.policy == "drop"
+            if drop and key is not None and e.table != TRACE_TABLE and key not in self.drops:
+                self.drops.add(key)
+                dropped.append(key)
+        return dropped
+
+    def lines(self, rules: dict[tuple[str, str, str, int], str]) -> list[str]:
+        """The events as ``nft monitor trace`` prints them (for :func:`parse`)."""
+        return [line for e in self.events for line in e.line(rules)]

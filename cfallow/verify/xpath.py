@@ -8,12 +8,11 @@ packet counter grew are the probe's path.
 
 from __future__ import annotations
 
-import json
 import re
-import sys
 
 from cfallow.netfilter.save import SAVE as SAVE_TOOLS
 from cfallow.runner import Runner
+from cfallow.verify.probe import Session, Target
 
 SAVE = SAVE_TOOLS["legacy"]
 #: The reply (SYN-ACK, RST) passes these too: not the probe's path.
@@ -48,11 +47,11 @@ def grown(before: str, after: str, version: int) -> str:
     return "; ".join(path)
 
 
-def attribute(inside: Runner, doc: dict[str, object], version: int) -> str:
-    """Re-send one probe (``doc``, for the helper) and name its legacy x_tables path."""
-    before = inside.run([SAVE[version], "-c"]).stdout
-    argv = [sys.executable, "-m", "cfallow.verify.probe", "probe"]
-    Runner(env=inside.env).run(argv, input=json.dumps(doc))
-    after = inside.run([SAVE[version], "-c"]).stdout
-    path = grown(before, after, version)
+def attribute(inside: Runner, session: Session, target: Target) -> str:
+    """Re-send one probe alone (untraced: nothing else is sent) and name its legacy
+    x_tables path."""
+    before = inside.run([SAVE[target.version], "-c"]).stdout
+    session.send([target], traced=False)
+    after = inside.run([SAVE[target.version], "-c"]).stdout
+    path = grown(before, after, target.version)
     return f"legacy x_tables: {path}" if path else "legacy x_tables: no rule counted it"

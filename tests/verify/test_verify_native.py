@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from support import need, need_root, need_tool
-from support.verify_host import NFT_DROP, failures, host, ipset_host, scratch_namespaces
+from support.verify_host import (
+    NFT_DROP,
+    enter,
+    failures,
+    host,
+    ipset_host,
+    scratch_namespaces,
+)
 
 pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
@@ -149,3 +158,49 @@ def test_a_ruleset_the_scratch_cannot_load_is_cannot_verify(tmp_path: Path) -> N
         assert "cannot verify" in res.stderr and "does not load here" in res.stderr
         assert "verify: ok" not in res.stdout + res.stderr
     assert scratch_namespaces() == []
+
+
+def test_a_dropped_syn_is_decided_by_the_trace_not_by_waiting_out_the_timeout(
+    tmp_path: Path,
+) -> None:
+    # --timeout 600: were a dropped SYN decided by waiting, the run would outlast the
+    # harness's 120 s cap; the trace shows each drop, and the run ends with it
+    with host(tmp_path) as h:
+        assert h.cfallow(LOCKDOWN, "sync", "--source", "bundled").returncode == 0
+        res = h.cfallow(LOCKDOWN, "verify", "--json", "--timeout", "600")
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)["verify"]
+        outsiders = [p for p in doc["probes"] if p["kind"] == "outsider"]
+        assert outsiders and all(p["verdict"] == "drop" for p in outsiders)
+        assert {p["decided_by"] for p in outsiders} == {
+            "ip filter CFALLOW: rule drop",
+            "ip6 filter CFALLOW: rule drop",
+        }
+    assert scratch_namespaces() == []
+
+
+#: The real CLI with the trace socket's buffer cut to almost nothing: most events are lost.
+STARVED = """import sys
+from cfallow.verify import nftrace
+nftrace.RCVBUF = 2048
+from cfallow.cli.commands import main
+sys.exit(main())
+"""
+
+
+def test_lost_trace_events_never_change_a_verdict(tmp_path: Path) -> None:
+    with host(tmp_path) as h:
+        assert h.cfallow(LOCKDOWN, "sync", "--source", "bundled").returncode == 0
+        whole = json.loads(h.cfallow(LOCKDOWN, "verify", "--json").stdout)["verify"]
+        cfg = tmp_path / "config.toml"
+        argv = [sys.executable, "-c", STARVED, "--config", str(cfg)]
+        argv += ["--state-dir", str(tmp_path / "state"), "verify", "--json"]
+        res = subprocess.run(enter(h.ns, *argv), capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr
+        starved = json.loads(res.stdout)["verify"]
+        verdicts = [(p["source"], p["port"], p["verdict"]) for p in starved["probes"]]
+        assert verdicts == [(p["source"], p["port"], p["verdict"]) for p in whole["probes"]]
+        named = {p["decided_by"] for p in whole["probes"]}
+        # a probe whose events were lost is named as such, never by a guess
+        assert {p["decided_by"] for p in starved["probes"]} <= named | {"not traced"}
+        assert any(p["decided_by"] == "not traced" for p in starved["probes"])

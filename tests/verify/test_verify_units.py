@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 from pathlib import Path
+from typing import Any
 
 from netaddr import IPAddress, IPNetwork, IPSet
 from support.cfdata import CURRENT
 
 from cfallow.backend import AnyBackend, Context, build
-from cfallow.verify import Expectation, sample, trace, xpath
+from cfallow.verify import Expectation, nftrace, sample, trace, xpath
 from cfallow.verify.command import expectations
 
 # Lines as nft 1.0.6 prints them (from a probe through firewalld's ruleset, shortened).
@@ -51,6 +54,87 @@ def test_counters_and_the_verdict_suffix_are_left_out_of_the_rule() -> None:
         "rule ip saddr 104.16.0.0/13 accept",
         "accept",
     )
+
+
+def test_a_reused_trace_id_starts_a_new_packet() -> None:
+    # the kernel's trace id hashes the packet's buffer: a later SYN can get a dropped one's id
+    again = PKT.replace("104.16.0.0", "9.9.9.9")
+    lines = [
+        f"trace id aa inet filter input {PKT}",
+        "trace id aa inet filter input rule tcp dport 80 accept (verdict accept)",
+        f"trace id aa inet filter input {again}",
+        "trace id aa inet filter input policy drop",
+    ]
+    traced = trace.parse(lines)
+    assert traced[("104.16.0.0", 80)].decided() == (
+        "inet filter input",
+        "rule tcp dport 80 accept",
+        "accept",
+    )
+    assert traced[("9.9.9.9", 80)].decided() == ("inet filter input", "policy drop", "drop")
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _trace_msg(tid: int, chain: str, kind: int, *, code: int = 0, packet: bool = False) -> bytes:
+    """An NFT_MSG_TRACE message as the kernel sends it (table ``inet filter``)."""
+    body = b"\x01\x00\x00\x00"  # nfgenmsg: NFPROTO_INET
+    body += _attr(1, b"filter\0") + _attr(2, chain.encode() + b"\0")
+    body += _attr(4, struct.pack(">I", kind)) + _attr(6, struct.pack(">I", tid))
+    if kind == nftrace.RULE:
+        verdict = _attr(1, struct.pack(">i", code))
+        body += _attr(3, struct.pack(">Q", 7)) + _attr(5 | 0x8000, verdict)
+    else:
+        body += _attr(16, struct.pack(">I", code))
+    if packet:
+        ip = bytes([0x45, 0, 0, 60, 0, 0, 0, 0, 64, 6, 0, 0, 104, 16, 0, 0, 10, 77, 0, 2])
+        body += _attr(8, ip) + _attr(9, struct.pack(">HH", 40000, 80) + bytes(16))
+    return struct.pack("=IHHII", 16 + len(body), (10 << 8) | 17, 0, 0, 0) + body
+
+
+def test_kernel_trace_messages_read_as_the_lines_nft_monitor_prints() -> None:
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with tx, rx:
+        rx.setblocking(False)
+        tx.send(_trace_msg(0xAA, "input", nftrace.RULE, code=-1, packet=True))
+        tx.send(_trace_msg(0xAA, "input", nftrace.RULE, code=-3))  # decides nothing: left out
+        tx.send(_trace_msg(0xAA, "input", nftrace.POLICY, code=0))
+        events, lost = nftrace.read(rx)
+    assert not lost and len(events) == 2
+    rules = nftrace.rule_texts(
+        "table inet filter { # handle 1\n\tchain input { # handle 2\n"
+        "\t\ttype filter hook input priority filter; policy drop;\n"
+        '\t\ttcp dport 22 counter packets 0 bytes 0 accept comment "ssh # handle 3" # handle 7\n'
+        "\t}\n}\n"
+    )
+    lines = [line for e in events for line in e.line(rules)]
+    assert lines == [
+        "trace id 000000aa inet filter input packet: ip saddr 104.16.0.0 tcp dport 80",
+        "trace id 000000aa inet filter input rule tcp dport 22 counter packets 0 bytes 0 "
+        'accept comment "ssh # handle 3" (verdict continue)',
+        "trace id 000000aa inet filter input policy drop ",
+    ]
+    assert trace.parse(lines)[("104.16.0.0", 80)].decided() == (
+        "inet filter input",
+        "policy drop",
+        "drop",
+    )
+
+
+def test_the_stream_names_each_drop_once_and_counts_the_fence() -> None:
+    def event(tid: int, kind: int, port: int = 0, verdict: str = "", policy: str = "") -> Any:
+        src = "104.16.0.0" if port else ""
+        return nftrace.Event(tid, "inet", "filter", "input", kind, 7, verdict, policy, src, port)
+
+    stream = trace.Stream(fence=9)
+    assert stream.add([event(1, nftrace.RULE, 80, verdict="continue")]) == []
+    assert stream.add([event(1, nftrace.POLICY, policy="drop")]) == [("104.16.0.0", 80)]
+    assert stream.add([event(1, nftrace.RULE, verdict="drop")]) == []  # named once
+    assert stream.add([event(2, nftrace.POLICY, 9, policy="accept")]) == []
+    assert stream.fences == 1 and stream.drops == {("104.16.0.0", 80)}
 
 
 def test_sources_are_both_ends_of_every_range() -> None:
