@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""Issue 25's figures at scale, each next to its baseline, measured in the same run.
+
+Run as root (it creates and deletes its own network namespaces; the host's
+firewall is never touched)::
+
+    sudo .venv/bin/python bench/bench_scale.py [--quick | --rules 0,1000,20000,100000]
+        [--backends iptables-nft,iptables-legacy,nftables-lockdown,nftables-sets]
+        [--runs 3] [--json FILE]
+
+For each backend (the iptables backend on ``iptables-nft`` and on
+``iptables-legacy``, the nftables backend in lockdown and in sets mode) and
+each number of admin rules, a fresh namespace gets the admin's ruleset
+(loaded in one ``iptables-restore`` / ``nft -f``: half of the rules in the
+input chain, half in a chain it jumps to) and a list source on its own
+127.0.0.1 serving the real Cloudflare lists. After a first sync and one run
+that analyses cfallow's own commit, each figure is the whole process
+``ip netns exec NS cfallow -q sync`` (median and max of ``--runs``), with the
+peak memory of its process tree (the most that cfallow and its children,
+``nft`` or ``iptables-save``, held at once, looked at every 5 ms):
+
+* no-change: nothing changed since the last run (list nor ruleset);
+* no-change, ``host_check = false``: the same run without the host analysis
+  (a backend that has no such key shows ``n/a``);
+* ruleset changed: an admin commit (one rule added) before each run, so the
+  host analysis runs on a ruleset it has not seen;
+* changing sync: the published list alternates between the 2021-03 and the
+  current list, so each run rewrites the allowlist;
+* the baseline read, in the same namespace: one ``nft -t -j list ruleset``
+  (nftables), one ``iptables-nft-save -t filter`` or ``iptables-legacy-save
+  -t filter`` (iptables).
+
+Targets (issue 25), marked met / NOT met: no-change <= 2x the same run with
+``host_check = false`` and peak <= 64 MB (every size); at 100,000 rules and
+more: ruleset changed <= 1.2x the baseline read, and a changing iptables sync
+<= 1.6x ``iptables-save``; growth from the smallest non-zero size to the
+largest: (ratio of times) / (ratio of rules) <= 1 (linear or better). The
+load average is printed before and after: compare the ratios of one run,
+never absolute times of runs made beside other load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench_iptables import unrelated_rules
+from bench_nftables import admin_table
+from benchkit import CFALLOW, Run, Scene, load_average, run, scene, sh
+
+SIZES = (0, 1000, 20000, 100000)
+QUICK = (0, 1000)
+#: The sizes at which the issue states its baseline ratios.
+AT_SCALE = 100000
+NO_CHANGE_RATIO, PEAK_MB, CHANGED_RATIO, CHANGING_RATIO = 2.0, 64.0, 1.2, 1.6
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How one backend/mode is configured, loaded with admin rules, committed to and read."""
+
+    name: str
+    section: Callable[[Scene], str]
+    #: (argv, stdin) that loads ``n`` admin rules in one transaction
+    load: Callable[[int], tuple[list[str], str]]
+    #: argv of the ``i``-th admin commit (one rule added to the admin's chain)
+    commit: Callable[[int], list[str]]
+    baseline: list[str]
+    #: argv that lists the admin's rules (each holds one "accept")
+    admin: list[str]
+    #: a changing sync's target ratio to the baseline read at scale (None: the issue sets none)
+    changing_target: float | None = None
+
+
+def _iptables(variant: str) -> Backend:
+    def section(_: Scene) -> str:
+        return f'[backends.iptables]\nvariant = "{variant}"\n'
+
+    def load(n: int) -> tuple[list[str], str]:
+        return [f"iptables-{variant}-restore", "-w", "--noflush"], unrelated_rules(n)
+
+    def commit(i: int) -> list[str]:
+        rule = f"-A ADMIN -s 192.0.2.{i % 250}/32 -p tcp --dport {1000 + i} -j ACCEPT"
+        return [f"iptables-{variant}", "-w", *rule.split()]
+
+    save = [f"iptables-{variant}-save", "-t", "filter"]
+    return Backend(f"iptables-{variant}", section, load, commit, save, save, CHANGING_RATIO)
+
+
+def _nftables(mode: str) -> Backend:
+    def section(sc: Scene) -> str:
+        return f'[backends.nftables]\nmode = "{mode}"\nfile = "{sc.tmp / "cfallow.nft"}"\n'
+
+    def load(n: int) -> tuple[list[str], str]:
+        return ["nft", "-f", "-"], admin_table(n)
+
+    def commit(i: int) -> list[str]:
+        return [
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "filter",
+            "admin",
+            "tcp",
+            "dport",
+            str(1000 + i),
+            "accept",
+        ]
+
+    listing = ["nft", "-t", "-j", "list", "ruleset"]
+    admin = ["nft", "list", "table", "inet", "filter"]
+    return Backend(f"nftables-{mode}", section, load, commit, listing, admin)
+
+
+BACKENDS = {
+    b.name: b
+    for b in (
+        _iptables("nft"),
+        _iptables("legacy"),
+        _nftables("lockdown"),
+        _nftables("sets"),
+    )
+}
+
+
+@dataclass
+class Figure:
+    """One measured figure at one size: times, peak memory, its ratio and verdicts."""
+
+    backend: str
+    rules: int
+    figure: str
+    times: list[float]
+    peak_mb: float  # the most the process tree held at once (cfallow and its children)
+    largest_mb: float  # the largest single process
+    ratio: float | None = None  # median / the median of what it is compared with
+    versus: str = ""
+    checks: list[tuple[str, bool]] = field(default_factory=list)  # (target, met)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def verdict(self) -> str:
+        if not self.checks:
+            return "-"
+        return "met" if all(ok for _, ok in self.checks) else "NOT met"
+
+    def row(self) -> str:
+        ratio = f"{self.ratio:6.2f}x {self.versus}" if self.ratio is not None else "-"
+        target = ", ".join(t for t, _ in self.checks) or "-"
+        return (
+            f"{self.rules:>7,}  {self.figure:24} {self.median:7.3f} {max(self.times):7.3f}"
+            f" {self.peak_mb:7.1f}  {ratio:24} {target:30} {self.verdict()}"
+        )
+
+
+def _figure(b: Backend, n: int, name: str, runs: list[Run]) -> Figure:
+    return Figure(
+        b.name,
+        n,
+        name,
+        [r.seconds for r in runs],
+        max(r.peak_mb for r in runs),
+        max(r.largest_mb for r in runs),
+    )
+
+
+def _config(sc: Scene, b: Backend, name: str, extra: str = "") -> Path:
+    path = sc.tmp / name
+    path.write_text(sc.source() + b.section(sc) + extra)
+    return path
+
+
+def _without_analysis(sc: Scene, b: Backend, runs: int, env: dict[str, str]) -> list[Run]:
+    """No-change runs with ``host_check = false`` ([] when the backend has no such key)."""
+    argv = sc.cfallow(_config(sc, b, "no-check.toml", "host_check = false\n"), "sync")
+    try:
+        run(argv, env)
+    except RuntimeError as exc:
+        if "unknown key: host_check" in str(exc):
+            return []
+        raise
+    return [run(argv, env) for _ in range(runs)]
+
+
+def measure(b: Backend, n: int, runs: int) -> list[Figure]:
+    """Every figure of one backend at ``n`` admin rules, in one fresh namespace."""
+    with scene("scale") as sc:
+        env = dict(os.environ, XTABLES_LOCKFILE=str(sc.tmp / "xtables.lock"))
+        argv, text = b.load(n)
+        sh(sc.nsx(*argv), input=text, env=env)
+        sync = sc.cfallow(_config(sc, b, "config.toml"), "sync")
+        run(sync, env)  # the first sync writes cfallow's own rules or sets
+        run(sync, env)  # the first run after cfallow's own commit analyses it once
+        out = [_figure(b, n, "no-change", [run(sync, env) for _ in range(runs)])]
+        off = _without_analysis(sc, b, runs, env)
+        if off:
+            out.append(_figure(b, n, "no-change, host_check off", off))
+        reads = [run(sc.nsx(*b.baseline), env) for _ in range(runs)]
+        out.append(_figure(b, n, "the read", reads))
+        changed = []
+        for i in range(runs):
+            sh(sc.nsx(*b.commit(i)), env=env)
+            changed.append(run(sync, env))
+        out.append(_figure(b, n, "ruleset changed", changed))
+        changing = []
+        for i in range(runs):
+            sc.publish("old" if i % 2 == 0 else "current")
+            changing.append(run(sync, env))
+        out.append(_figure(b, n, "changing sync", changing))
+        sc.publish("current")
+        run(sync, env)
+        sh(sc.cfallow(sc.tmp / "config.toml", "status"), env=env)  # exit 3 on drift
+        kept = sh(sc.nsx(*b.admin), env=env).lower().count("accept")
+        if kept < n:
+            raise RuntimeError(f"{b.name}: {kept} accept rules left of the admin's {n}")
+        return out
+
+
+def judge(b: Backend, figures: list[Figure]) -> None:
+    """Each figure's ratio to what the issue compares it with, and its targets at this size."""
+    by = {f.figure: f for f in figures}
+    base = by["the read"]
+    off = by.get("no-change, host_check off")
+    scale = base.rules >= AT_SCALE
+    nc = by["no-change"]
+    if off is not None:
+        nc.ratio, nc.versus = nc.median / off.median, "host_check off"
+        nc.checks.append((f"<= {NO_CHANGE_RATIO:g}x", nc.ratio <= NO_CHANGE_RATIO))
+        off.ratio, off.versus = off.median / base.median, "the read"
+    else:
+        nc.ratio, nc.versus = nc.median / base.median, "the read"
+    nc.checks.append((f"peak <= {PEAK_MB:g} MB", nc.peak_mb <= PEAK_MB))
+    changed = by["ruleset changed"]
+    changed.ratio, changed.versus = changed.median / base.median, "the read"
+    if scale:
+        changed.checks.append((f"<= {CHANGED_RATIO:g}x", changed.ratio <= CHANGED_RATIO))
+    changing = by["changing sync"]
+    changing.ratio, changing.versus = changing.median / base.median, "the read"
+    if scale and b.changing_target is not None:
+        limit = b.changing_target
+        changing.checks.append((f"<= {limit:g}x", changing.ratio <= limit))
+
+
+def growth(figures: list[Figure]) -> list[str]:
+    """Per figure: (time at the largest size / at the smallest non-zero) / (ratio of rules)."""
+    lines = []
+    names = dict.fromkeys(f.figure for f in figures)
+    for name in names:
+        sized = sorted((f.rules, f.median) for f in figures if f.figure == name and f.rules)
+        if len(sized) < 2:
+            continue
+        (n0, t0), (n1, t1) = sized[0], sized[-1]
+        g = (t1 / t0) / (n1 / n0)
+        verdict = "met" if g <= 1 else "NOT met"
+        lines.append(
+            f"  growth {name:24} {n0:,} -> {n1:,} rules: x{t1 / t0:.2f} time for x{n1 / n0:g}"
+            f" rules = {g:.3f} (target <= 1, linear or better): {verdict}"
+        )
+    return lines
+
+
+def header() -> str:
+    return (
+        f"{'rules':>7}  {'figure':24} {'median':>7} {'max':>7} {'peak MB':>7}  "
+        f"{'ratio':24} {'target':30} verdict"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rules", help="admin rules, comma-separated (default 0,1000,20000,100000)")
+    ap.add_argument("--quick", action="store_true", help="only 0 and 1,000 admin rules")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (median and max)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    sizes = QUICK if opts.quick else SIZES
+    if opts.rules:
+        sizes = tuple(int(n) for n in opts.rules.split(","))
+    chosen = [BACKENDS[name] for name in opts.backends.split(",")]
+    load_before = load_average()
+    print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, {platform.release()}")
+    print(f"cfallow: {CFALLOW}; load average before: {load_before}; {opts.runs} runs a figure")
+    results: list[Figure] = []
+    notes: list[str] = []
+    for b in chosen:
+        print(f"\n{b.name} (the read: {' '.join(b.baseline)})\n{header()}", flush=True)
+        mine: list[Figure] = []
+        for n in sizes:
+            figures = measure(b, n, opts.runs)
+            judge(b, figures)
+            for f in figures:
+                print(f.row(), flush=True)
+            mine += figures
+        if not any(f.figure == "no-change, host_check off" for f in mine):
+            print(f"({b.name} has no host_check key: no-change is compared with the read)")
+        lines = growth(mine)
+        print("\n".join(lines))
+        notes += [f"{b.name}: {line.strip()}" for line in lines]
+        results += mine
+    load_after = load_average()
+    print(f"\nload average after: {load_after}")
+    print("peak MB: the most cfallow and its children (nft, iptables-save) held at once")
+    missed = [f"{f.backend} {f.rules:,} {f.figure}" for f in results if f.verdict() == "NOT met"]
+    print("targets NOT met: " + ("; ".join(missed) if missed else "none"))
+    if opts.json:
+        doc = {
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average": {"before": load_before, "after": load_after},
+            "runs": opts.runs,
+            "figures": [dict(asdict(f), median=f.median, verdict=f.verdict()) for f in results],
+            "growth": notes,
+        }
+        opts.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
