@@ -6,37 +6,42 @@ firewall is never touched)::
 
     sudo .venv/bin/python bench/bench_scale.py [--quick | --rules 0,1000,20000,100000]
         [--backends iptables-nft,iptables-legacy,nftables-lockdown,nftables-sets]
-        [--runs 3] [--json FILE]
+        [--runs 3] [--editable] [--json FILE]
 
-For each backend (the iptables backend on ``iptables-nft`` and on
-``iptables-legacy``, the nftables backend in lockdown and in sets mode) and
-each number of admin rules, a fresh namespace gets the admin's ruleset
-(loaded in one ``iptables-restore`` / ``nft -f``: half of the rules in the
-input chain, half in a chain it jumps to) and a list source on its own
-127.0.0.1 serving the real Cloudflare lists. After a first sync and one run
-that analyses cfallow's own commit, each figure is the whole process
-``ip netns exec NS cfallow -q sync`` (median and max of ``--runs``), with the
-peak memory of its process tree (the most that cfallow and its children,
-``nft`` or ``iptables-save``, held at once, looked at every 5 ms):
+cfallow runs as on an origin server: this checkout built as a wheel and
+byte-compiled in a fresh virtualenv (``bench_reconcile.install``; ``--editable``:
+this virtualenv's ``cfallow`` instead). For each backend (the iptables backend
+on ``iptables-nft`` and on ``iptables-legacy``, the nftables backend in
+lockdown and in sets mode) and each number of admin rules, a fresh namespace
+gets the admin's ruleset (loaded in one ``iptables-restore`` / ``nft -f``: half
+of the rules in the input chain, half in a chain it jumps to) and a list
+source on its own 127.0.0.1 serving the real Cloudflare lists. After a first
+sync and one run that analyses cfallow's own commit, each figure is the whole
+process ``ip netns exec NS cfallow -q sync`` (median and max of ``--runs``),
+with the peak memory of its process tree (the most that cfallow and its
+children, ``nft`` or ``iptables-save``, held at once):
 
 * no-change: nothing changed since the last run (list nor ruleset);
 * no-change, ``host_check = false``: the same run without the host analysis
-  (a backend that has no such key shows ``n/a``);
+  (a backend that has no such key says so);
+* offline no-change (iptables): ``sync --offline``, next to a Python script
+  doing only the two reads it cannot avoid (``iptables-save`` and
+  ``ip6tables-save -t filter`` of the variant);
 * ruleset changed: an admin commit (one rule added) before each run, so the
   host analysis runs on a ruleset it has not seen;
 * changing sync: the published list alternates between the 2021-03 and the
   current list, so each run rewrites the allowlist;
-* the baseline read, in the same namespace: one ``nft -t -j list ruleset``
-  (nftables), one ``iptables-nft-save -t filter`` or ``iptables-legacy-save
-  -t filter`` (iptables).
+* the read, the baseline, in the same namespace: one ``nft -t -j list
+  ruleset`` (nftables), one ``iptables-nft-save -t filter`` or
+  ``iptables-legacy-save -t filter`` (iptables).
 
 Targets (issue 25), marked met / NOT met: no-change <= 2x the same run with
-``host_check = false`` and peak <= 64 MB (every size); at 100,000 rules and
-more: ruleset changed <= 1.2x the baseline read, and a changing iptables sync
-<= 1.6x ``iptables-save``; growth from the smallest non-zero size to the
-largest: (ratio of times) / (ratio of rules) <= 1 (linear or better). The
-load average is printed before and after: compare the ratios of one run,
-never absolute times of runs made beside other load.
+``host_check = false`` and peak <= 64 MB, offline no-change <= 2x the two
+reads (every size); at 100,000 rules and more: ruleset changed <= 1.2x the
+read, and a changing iptables sync <= 1.6x ``iptables-save``; growth from the
+smallest non-zero size to the largest: (ratio of times) / (ratio of rules) <=
+1 (linear or better). The load average is printed before and after: compare
+the ratios of one run, never absolute times of runs made beside other load.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,13 +60,23 @@ from pathlib import Path
 
 from bench_iptables import unrelated_rules
 from bench_nftables import admin_table
+from bench_reconcile import ENV, TWO_SAVES, install
 from benchkit import CFALLOW, Run, Scene, load_average, run, scene, sh
 
 SIZES = (0, 1000, 20000, 100000)
 QUICK = (0, 1000)
 #: The sizes at which the issue states its baseline ratios.
 AT_SCALE = 100000
-NO_CHANGE_RATIO, PEAK_MB, CHANGED_RATIO, CHANGING_RATIO = 2.0, 64.0, 1.2, 1.6
+NO_CHANGE_RATIO, PEAK_MB, CHANGED_RATIO, CHANGING_RATIO, OFFLINE_RATIO = 2.0, 64.0, 1.2, 1.6, 2.0
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The cfallow that runs, the interpreter of the reads-only script, their environment."""
+
+    program: str = CFALLOW
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,8 @@ class Backend:
     admin: list[str]
     #: a changing sync's target ratio to the baseline read at scale (None: the issue sets none)
     changing_target: float | None = None
+    #: a Python script doing only the reads an offline no-change run cannot avoid ("": none)
+    unavoidable: str = ""
 
 
 def _iptables(variant: str) -> Backend:
@@ -92,7 +110,8 @@ def _iptables(variant: str) -> Backend:
         return [f"iptables-{variant}", "-w", *rule.split()]
 
     save = [f"iptables-{variant}-save", "-t", "filter"]
-    return Backend(f"iptables-{variant}", section, load, commit, save, save, CHANGING_RATIO)
+    saves = TWO_SAVES.replace("tables-nft-save", f"tables-{variant}-save")
+    return Backend(f"iptables-{variant}", section, load, commit, save, save, CHANGING_RATIO, saves)
 
 
 def _nftables(mode: str) -> Backend:
@@ -193,38 +212,49 @@ def _without_analysis(sc: Scene, b: Backend, runs: int, env: dict[str, str]) -> 
     return [run(argv, env) for _ in range(runs)]
 
 
-def measure(b: Backend, n: int, runs: int) -> list[Figure]:
+def measure(b: Backend, n: int, runs: int, setup: Setup) -> list[Figure]:
     """Every figure of one backend at ``n`` admin rules, in one fresh namespace."""
-    with scene("scale") as sc:
-        env = dict(os.environ, XTABLES_LOCKFILE=str(sc.tmp / "xtables.lock"))
+    with scene("scale", setup.program) as sc:
+        env = dict(setup.env, XTABLES_LOCKFILE=str(sc.tmp / "xtables.lock"))
         argv, text = b.load(n)
         sh(sc.nsx(*argv), input=text, env=env)
-        sync = sc.cfallow(_config(sc, b, "config.toml"), "sync")
+        config = _config(sc, b, "config.toml")
+        sync = sc.cfallow(config, "sync")
         run(sync, env)  # the first sync writes cfallow's own rules or sets
         run(sync, env)  # the first run after cfallow's own commit analyses it once
         out = [_figure(b, n, "no-change", [run(sync, env) for _ in range(runs)])]
         off = _without_analysis(sc, b, runs, env)
         if off:
             out.append(_figure(b, n, "no-change, host_check off", off))
+        if b.unavoidable:
+            offline = [run(sc.cfallow(config, "sync", "--offline"), env) for _ in range(runs)]
+            out.append(_figure(b, n, "offline no-change", offline))
+            reads = [run(sc.nsx(setup.python, "-c", b.unavoidable), env) for _ in range(runs)]
+            out.append(_figure(b, n, "the two saves (Python)", reads))
         reads = [run(sc.nsx(*b.baseline), env) for _ in range(runs)]
         out.append(_figure(b, n, "the read", reads))
-        changed = []
-        for i in range(runs):
-            sh(sc.nsx(*b.commit(i)), env=env)
-            changed.append(run(sync, env))
-        out.append(_figure(b, n, "ruleset changed", changed))
-        changing = []
-        for i in range(runs):
-            sc.publish("old" if i % 2 == 0 else "current")
-            changing.append(run(sync, env))
-        out.append(_figure(b, n, "changing sync", changing))
-        sc.publish("current")
-        run(sync, env)
-        sh(sc.cfallow(sc.tmp / "config.toml", "status"), env=env)  # exit 3 on drift
+        out += _changes(sc, b, n, runs, env)
         kept = sh(sc.nsx(*b.admin), env=env).lower().count("accept")
         if kept < n:
             raise RuntimeError(f"{b.name}: {kept} accept rules left of the admin's {n}")
         return out
+
+
+def _changes(sc: Scene, b: Backend, n: int, runs: int, env: dict[str, str]) -> list[Figure]:
+    """Runs after an admin commit each, then runs whose list changed; in step at the end."""
+    sync = sc.cfallow(sc.tmp / "config.toml", "sync")
+    changed = []
+    for i in range(runs):
+        sh(sc.nsx(*b.commit(i)), env=env)
+        changed.append(run(sync, env))
+    changing = []
+    for i in range(runs):
+        sc.publish("old" if i % 2 == 0 else "current")
+        changing.append(run(sync, env))
+    sc.publish("current")
+    run(sync, env)
+    sh(sc.cfallow(sc.tmp / "config.toml", "status"), env=env)  # exit 3 on drift
+    return [_figure(b, n, "ruleset changed", changed), _figure(b, n, "changing sync", changing)]
 
 
 def judge(b: Backend, figures: list[Figure]) -> None:
@@ -250,6 +280,10 @@ def judge(b: Backend, figures: list[Figure]) -> None:
     if scale and b.changing_target is not None:
         limit = b.changing_target
         changing.checks.append((f"<= {limit:g}x", changing.ratio <= limit))
+    if "offline no-change" in by:
+        offline, saves = by["offline no-change"], by["the two saves (Python)"]
+        offline.ratio, offline.versus = offline.median / saves.median, "the two saves"
+        offline.checks.append((f"<= {OFFLINE_RATIO:g}x", offline.ratio <= OFFLINE_RATIO))
 
 
 def growth(figures: list[Figure]) -> list[str]:
@@ -277,31 +311,20 @@ def header() -> str:
     )
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rules", help="admin rules, comma-separated (default 0,1000,20000,100000)")
-    ap.add_argument("--quick", action="store_true", help="only 0 and 1,000 admin rules")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
-    ap.add_argument("--runs", type=int, default=3, help="runs per figure (median and max)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    opts = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (network namespaces)", file=sys.stderr)
-        return 2
-    sizes = QUICK if opts.quick else SIZES
-    if opts.rules:
-        sizes = tuple(int(n) for n in opts.rules.split(","))
-    chosen = [BACKENDS[name] for name in opts.backends.split(",")]
+def matrix(
+    chosen: list[Backend], sizes: tuple[int, ...], runs: int, setup: Setup
+) -> dict[str, object]:
+    """Measure, judge and print every backend at every size; the results as a JSON document."""
     load_before = load_average()
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, {platform.release()}")
-    print(f"cfallow: {CFALLOW}; load average before: {load_before}; {opts.runs} runs a figure")
+    print(f"cfallow: {setup.program}; load average before: {load_before}; {runs} runs a figure")
     results: list[Figure] = []
     notes: list[str] = []
     for b in chosen:
         print(f"\n{b.name} (the read: {' '.join(b.baseline)})\n{header()}", flush=True)
         mine: list[Figure] = []
         for n in sizes:
-            figures = measure(b, n, opts.runs)
+            figures = measure(b, n, runs, setup)
             judge(b, figures)
             for f in figures:
                 print(f.row(), flush=True)
@@ -317,14 +340,43 @@ def main() -> int:
     print("peak MB: the most cfallow and its children (nft, iptables-save) held at once")
     missed = [f"{f.backend} {f.rules:,} {f.figure}" for f in results if f.verdict() == "NOT met"]
     print("targets NOT met: " + ("; ".join(missed) if missed else "none"))
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average": {"before": load_before, "after": load_after},
+        "runs": runs,
+        "cfallow": setup.program,
+        "figures": [dict(asdict(f), median=f.median, verdict=f.verdict()) for f in results],
+        "growth": notes,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rules", help="admin rules, comma-separated (default 0,1000,20000,100000)")
+    ap.add_argument("--quick", action="store_true", help="only 0 and 1,000 admin rules")
+    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    ap.add_argument("--runs", type=int, default=3, help="runs per figure (median and max)")
+    ap.add_argument(
+        "--editable",
+        action="store_true",
+        help="run this virtualenv's cfallow (default: this checkout as a byte-compiled wheel)",
+    )
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    sizes = QUICK if opts.quick else SIZES
+    if opts.rules:
+        sizes = tuple(int(n) for n in opts.rules.split(","))
+    chosen = [BACKENDS[name] for name in opts.backends.split(",")]
+    with tempfile.TemporaryDirectory(prefix="cfallow-bench-wheel-") as tmp:
+        setup = Setup()
+        if not opts.editable:
+            python, program = install(Path(tmp))
+            setup = Setup(program, python, dict(ENV))
+        doc = matrix(chosen, sizes, opts.runs, setup)
     if opts.json:
-        doc = {
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "load_average": {"before": load_before, "after": load_after},
-            "runs": opts.runs,
-            "figures": [dict(asdict(f), median=f.median, verdict=f.verdict()) for f in results],
-            "growth": notes,
-        }
         opts.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -176,6 +176,8 @@ class Scene:
     ns: str
     tmp: Path
     url: str
+    #: the ``cfallow`` command that :meth:`cfallow` runs
+    program: str = CFALLOW
 
     def nsx(self, *argv: str) -> list[str]:
         """``argv`` to run inside the namespace."""
@@ -196,20 +198,24 @@ class Scene:
 
     def cfallow(self, config: Path, *args: str) -> list[str]:
         """``cfallow --config CONFIG --state-dir TMP/state -q ARGS`` inside the namespace."""
-        base = [CFALLOW, "--config", str(config), "--state-dir", str(self.tmp / "state"), "-q"]
+        state = str(self.tmp / "state")
+        base = [self.program, "--config", str(config), "--state-dir", state, "-q"]
         return self.nsx(*base, *args)
 
 
 @contextmanager
-def scene(tag: str = "bench") -> Iterator[Scene]:
-    """A fresh namespace serving the current list; removed (with its temp dir) on the way out."""
+def scene(tag: str = "bench", program: str = CFALLOW) -> Iterator[Scene]:
+    """A fresh namespace serving the current list; removed (with its temp dir) on the way out.
+
+    ``program``: the ``cfallow`` command its runs use (this interpreter's by default).
+    """
     ns = f"cfa-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
     server: subprocess.Popen[str] | None = None
     sh(["ip", "netns", "add", ns])
     try:
         sh(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
-        here = Scene(ns, tmp, "")
+        here = Scene(ns, tmp, "", program)
         here.publish("current")
         server = subprocess.Popen(
             here.nsx(sys.executable, "-c", _SERVER, str(tmp)), stdout=subprocess.PIPE, text=True
