@@ -320,11 +320,17 @@ def matrix(
     print(f"cfallow: {setup.program}; load average before: {load_before}; {runs} runs a figure")
     results: list[Figure] = []
     notes: list[str] = []
+    failed: list[str] = []
     for b in chosen:
         print(f"\n{b.name} (the read: {' '.join(b.baseline)})\n{header()}", flush=True)
         mine: list[Figure] = []
         for n in sizes:
-            figures = measure(b, n, runs, setup)
+            try:
+                figures = measure(b, n, runs, setup)
+            except RuntimeError as exc:  # e.g. a command over the runner's timeout: go on
+                print(f"{n:>7,}  failed: {exc}", flush=True)
+                failed.append(f"{b.name} {n:,}: {exc}")
+                continue
             judge(b, figures)
             for f in figures:
                 print(f.row(), flush=True)
@@ -340,6 +346,8 @@ def matrix(
     print("peak MB: the most cfallow and its children (nft, iptables-save) held at once")
     missed = [f"{f.backend} {f.rules:,} {f.figure}" for f in results if f.verdict() == "NOT met"]
     print("targets NOT met: " + ("; ".join(missed) if missed else "none"))
+    if failed:
+        print("failed: " + "; ".join(failed))
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "load_average": {"before": load_before, "after": load_after},
@@ -347,6 +355,7 @@ def matrix(
         "cfallow": setup.program,
         "figures": [dict(asdict(f), median=f.median, verdict=f.verdict()) for f in results],
         "growth": notes,
+        "failed": failed,
     }
 
 
@@ -378,7 +387,7 @@ def main() -> int:
         doc = matrix(chosen, sizes, opts.runs, setup)
     if opts.json:
         opts.json.write_text(json.dumps(doc, indent=2) + "\n")
-    return 0
+    return 1 if doc["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def test_quick_matrix_of_one_backend_reports_each_figure_beside_its_baseline(
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stdout + stderr
     doc = json.loads(out.read_text())
+    assert doc["failed"] == []
     figures = doc["figures"]
     # every size of --quick, every figure, in the order the script measures them
     assert [(f["rules"], f["figure"]) for f in figures] == [
