@@ -79,9 +79,12 @@ def test_growth_is_the_ratio_of_times_over_the_ratio_of_rules() -> None:
             fig(1000, "b", 0.3),
             fig(100000, "b", 0.6),  # x2 for x100: better than linear
             fig(1000, "c", 0.3),  # one size only: nothing to tell
+            fig(1000, "the read", 0.01),
+            fig(100000, "the read", 3.0),  # a baseline: told, not judged
         ]
     )
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert "1,000 -> 100,000" in lines[0] and "= 2.000" in lines[0]
     assert lines[0].endswith("NOT met")
     assert "= 0.020" in lines[1] and lines[1].endswith(": met")
+    assert lines[2].endswith("= 3.000 (a baseline)")
