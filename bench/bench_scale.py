@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench_iptables import unrelated_rules
 from bench_nftables import admin_table
@@ -72,6 +73,13 @@ NO_CHANGE_RATIO, PEAK_MB, CHANGED_RATIO, CHANGING_RATIO, OFFLINE_RATIO = 2.0, 64
 
 #: Figures that are baselines (what cfallow's runs are compared with), not cfallow's runs.
 BASELINES = ("the read", "the two saves (Python)")
+FIGURE_NAMES = (
+    "no-change",
+    "no-change, host_check off",
+    "offline no-change",
+    "ruleset changed",
+    "changing sync",
+)
 
 
 @dataclass(frozen=True)
@@ -318,7 +326,7 @@ def header() -> str:
 
 def matrix(
     chosen: list[Backend], sizes: tuple[int, ...], runs: int, setup: Setup
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Measure, judge and print every backend at every size; the results as a JSON document."""
     load_before = load_average()
     print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, {platform.release()}")
@@ -365,6 +373,60 @@ def matrix(
     }
 
 
+SHORT = {"host_check off": "off", "the read": "read", "the two saves": "saves"}
+
+
+def _cell(f: dict[str, Any] | None, ratio: bool = True, peak: bool = False) -> str:
+    if f is None:
+        return "n/a"
+    text = f"{f['median']:.3f}"
+    if peak:
+        text += f" / {f['peak_mb']:.0f} MB"
+    if ratio and f["ratio"] is not None:
+        text += f" ({f['ratio']:.2f}x {SHORT.get(f['versus'], f['versus'])})"
+    if f["verdict"] == "NOT met":
+        text = f"**{text}**"
+    return text
+
+
+def render(doc: dict[str, Any]) -> str:
+    """The results as Markdown tables (median s; peak MB; ratio to what it is compared
+    with: off = host_check off, read = the read, saves = the two saves; **bold**: a
+    target not met)."""
+    by = {(f["backend"], f["rules"], f["figure"]): f for f in doc["figures"]}
+    rows = sorted({(f["backend"], f["rules"]) for f in doc["figures"]}, key=lambda r: r[1])
+    rows.sort(key=lambda r: list(BACKENDS).index(r[0]))
+    out = [
+        f"{doc['date']}, load average {doc['load_average']['before']} before, "
+        f"{doc['load_average']['after']} after; median of {doc['runs']} runs, s",
+        "",
+        "| backend | admin rules | no-change / peak | no-change, host_check off "
+        "| ruleset changed | changing sync | the read / peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b, n in rows:
+        f = {name: by.get((b, n, name)) for name in (*BASELINES, *FIGURE_NAMES)}
+        out.append(
+            f"| {b} | {n:,} | {_cell(f['no-change'], peak=True)} "
+            f"| {_cell(f['no-change, host_check off'], ratio=False)} "
+            f"| {_cell(f['ruleset changed'])} | {_cell(f['changing sync'])} "
+            f"| {_cell(f['the read'], ratio=False, peak=True)} |"
+        )
+    offline = [(b, n) for b, n in rows if by.get((b, n, "offline no-change"))]
+    if offline:
+        out += [
+            "",
+            "| backend | admin rules | offline no-change | the two saves (Python) |",
+            "|---|---|---|---|",
+        ]
+        for b, n in offline:
+            out.append(
+                f"| {b} | {n:,} | {_cell(by[(b, n, 'offline no-change')])} "
+                f"| {_cell(by[(b, n, 'the two saves (Python)')], ratio=False)} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rules", help="admin rules, comma-separated (default 0,1000,20000,100000)")
@@ -377,7 +439,14 @@ def main() -> int:
         help="run this virtualenv's cfallow (default: this checkout as a byte-compiled wheel)",
     )
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--markdown", action="store_true", help="also print the results as tables")
+    ap.add_argument(
+        "--render", type=Path, help="print the tables of a --json file, measure nothing"
+    )
     opts = ap.parse_args()
+    if opts.render:
+        print(render(json.loads(opts.render.read_text())), end="")
+        return 0
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 2
@@ -391,6 +460,8 @@ def main() -> int:
             python, program = install(Path(tmp))
             setup = Setup(program, python, dict(ENV))
         doc = matrix(chosen, sizes, opts.runs, setup)
+    if opts.markdown:
+        print("\n" + render(doc), end="")
     if opts.json:
         opts.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 1 if doc["failed"] else 0

@@ -55,6 +55,9 @@ def test_quick_matrix_of_one_backend_reports_each_figure_beside_its_baseline(
     assert doc["load_average"]["before"] and doc["load_average"]["after"]
     assert doc["growth"] == []  # one non-zero size: no growth to tell
     assert "nftables-lockdown" in stdout and "targets NOT met:" in stdout
+    # the same results as the tables of the docs
+    tables = sh([sys.executable, str(SCRIPT), "--render", str(out)])
+    assert "| nftables-lockdown | 1,000 | " in tables and "x off)" in tables
     # the namespaces it made are gone
     listed = sh(["ip", "netns", "list"])
     assert f"cfa-scale-{proc.pid}-" not in listed
