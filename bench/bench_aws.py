@@ -4,14 +4,14 @@ Run from the repo root: ``.venv/bin/python bench/bench_aws.py [RUNS] [GROUPS]``.
 Prints, for GROUPS security groups (default 2) and ports 80 + 443, the
 whole-process wall time of the first sync and the median of RUNS no-change
 syncs (bundled source), with the API requests each made (``100`` groups: the
-fleet case of docs/aws.md).
+fleet case of docs/aws.md) and the peak memory of the cfallow process (issue
+25: under 80 MB).
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +20,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from benchkit import run
 from support.aws.harness import REGION, MotoServer, World
+
+#: Issue 25: the peak memory of an aws run stays under this (MB).
+PEAK_MB = 80.0
 
 
 def reads(world: World, runs: int) -> None:
@@ -57,23 +61,29 @@ def main(runs: int, groups: int) -> None:
             argv = [sys.executable, "-m", "cfallow", "--config", str(config)]
             argv += ["--state-dir", str(Path(tmp) / "state"), "-q", "sync", "--source", "bundled"]
 
-            def sync() -> tuple[float, int, int]:
+            def sync() -> tuple[float, int, int, float]:
                 server.reset_recording()
-                start = time.perf_counter()
-                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-                took = time.perf_counter() - start
+                done = run(argv)
                 calls = [c for c in server.calls() if c.by_cfallow]
-                return took, len(calls), len([c for c in calls if c.mutating])
+                writes = len([c for c in calls if c.mutating])
+                return done.seconds, len(calls), writes, done.peak_mb
 
             first = sync()
             print(f"{groups} groups")
-            print(f"first sync: {first[0]:.3f} s, {first[1]} requests ({first[2]} writes)")
+            print(
+                f"first sync: {first[0]:.3f} s, {first[1]} requests ({first[2]} writes),"
+                f" peak {first[3]:.1f} MB"
+            )
             rest = [sync() for _ in range(runs)]
-            med = statistics.median(t for t, _, _ in rest)
+            med = statistics.median(t for t, _, _, _ in rest)
+            peak = max(first[3], *(p for _, _, _, p in rest))
             print(
                 f"no-change sync, median of {runs}: {med:.3f} s,"
-                f" {rest[0][1]} requests ({max(w for _, _, w in rest)} writes)"
+                f" {rest[0][1]} requests ({max(w for _, _, w, _ in rest)} writes),"
+                f" peak {max(p for _, _, _, p in rest):.1f} MB"
             )
+            verdict = "met" if peak < PEAK_MB else "NOT met"
+            print(f"peak memory of a sync (whole process): {peak:.1f} MB, < {PEAK_MB:g}: {verdict}")
             reads(world, runs)
         finally:
             server.stop()

