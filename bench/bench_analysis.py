@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""What a run costs when it must analyse the host (the ruleset changed since the last
+analysis), next to one ``nft -t -j list ruleset`` in the same namespace.
+
+Run as root (it creates and deletes its own network namespaces; the host's
+firewall is never touched)::
+
+    sudo .venv/bin/python bench/bench_analysis.py [--rules 1000,20000,100000] [--runs 3]
+
+For each size, a fresh namespace gets the admin's ``inet filter`` of
+``bench_nftables.admin_table`` (half the rules in the input chain, half in a
+chain it jumps to) and, with ``--elements K``, a set of K networks that no rule
+decides on (CrowdSec's and Fail2Ban's kind). Timed, each as a whole process
+from start to exit, with its peak RSS (the process or its largest child):
+
+* analysis: ``python -c`` reading the host (``cfallow.netfilter.host.read``)
+  and asking every question lockdown and sets mode ask (both families, both
+  sources); with ``--before PATH`` also the same script importing the
+  ``cfallow`` package found in PATH (another checkout: the code before);
+* run: ``cfallow -q sync`` in lockdown (bundled lists, nothing to change) right
+  after an admin commit (an empty table added or deleted), so its memo misses
+  and it analyses the host;
+* ``nft -t -j list ruleset``: the floor of reading the ruleset once.
+
+Ratios are to the ``nft -t -j list ruleset`` median of the same namespace; the
+growth column is the analysis' median over the previous size's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_nftables import CFALLOW, PEAK, admin_table, timed
+
+ANALYSE = """
+import sys
+if len(sys.argv) > 1:
+    sys.path.insert(0, sys.argv[1])
+from cfallow.netfilter import host as hostfw
+from cfallow.runner import Runner
+from cfallow.section import PortRange
+h = hostfw.read(Runner(), iptables=False)
+web = (PortRange(80, 80), PortRange(443, 443))
+for version in (4, 6):
+    for cloudflare in (True, False):
+        hostfw.outcome(h, version, "tcp", web, cloudflare=cloudflare, own_sets=("cloudflare_v4",))
+"""
+
+
+def sh(argv: list[str], text: str | None = None) -> None:
+    subprocess.run(argv, check=True, capture_output=True, text=True, input=text)
+
+
+def sample(argv: list[str], runs: int, before: object = None) -> tuple[float, float]:
+    """Median seconds and peak MB of ``runs`` runs (``before``: called ahead of each)."""
+    took, peak = [], 0.0
+    for _ in range(runs):
+        if callable(before):
+            before()
+        PEAK.clear()
+        took.append(timed(argv))
+        peak = max(peak, *PEAK)
+    return statistics.median(took), peak
+
+
+def elements(n: int) -> str:
+    nets = ",".join(f"11.{i // 256 % 256}.{i % 256}.0/24" for i in range(n))
+    return "table inet filter {\n\tset crowd { type ipv4_addr; flags interval; }\n}\n" + (
+        f"add element inet filter crowd {{ {nets} }}\n" if n else ""
+    )
+
+
+def one(size: int, opts: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    ns = f"cfa-bench-an-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
+    nsx = ["ip", "netns", "exec", ns]
+    sh(["ip", "netns", "add", ns])
+    try:
+        sh([*nsx, "ip", "link", "set", "lo", "up"])
+        sh([*nsx, "nft", "-f", "-"], admin_table(size))
+        sh([*nsx, "nft", "-f", "-"], elements(opts.elements))
+        out = {
+            "nft -t -j list ruleset": sample(
+                [*nsx, "nft", "-t", "-j", "list", "ruleset"], opts.runs
+            )
+        }
+        out["analysis"] = sample([*nsx, sys.executable, "-c", ANALYSE], opts.runs)
+        if opts.before:
+            argv = [*nsx, sys.executable, "-c", ANALYSE, str(opts.before)]
+            out["analysis before"] = sample(argv, opts.runs)
+        (tmp / "config.toml").write_text(
+            f'[backends.nftables]\nmode = "lockdown"\nfile = "{tmp / "cfallow.nft"}"\n'
+        )
+        sync = [*nsx, CFALLOW, "--config", str(tmp / "config.toml")]
+        sync += ["--state-dir", str(tmp / "state"), "-q", "sync", "--source", "bundled"]
+        timed(sync)  # creates cfallow's table
+        timed(sync)  # analyses cfallow's own commit
+        bump = iter(["add", "delete"] * opts.runs)
+        out["run after a commit"] = sample(
+            sync, opts.runs, lambda: sh([*nsx, "nft", next(bump), "table", "inet", "benchbump"])
+        )
+        return out
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rules", default="1000,20000,100000", help="admin rules, comma-separated")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--elements", type=int, default=0, help="networks in an admin set")
+    ap.add_argument("--before", type=Path, help="a checkout whose cfallow/ to time beside")
+    opts = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (network namespaces)", file=sys.stderr)
+        return 2
+    print(f"load average {os.getloadavg()[0]:.2f}; medians of {opts.runs}; s, peak MB, x floor")
+    last = None
+    for size in (int(n) for n in opts.rules.split(",")):
+        out = one(size, opts)
+        floor = out["nft -t -j list ruleset"][0]
+        growth = f"  growth x{out['analysis'][0] / last:.2f}" if last else ""
+        last = out["analysis"][0]
+        for name, (sec, mb) in out.items():
+            print(f"{size:>7}  {name:24} {sec:7.3f} s {mb:7.1f} MB  x{sec / floor:.2f}")
+        print(f"{'':>7}  {growth.strip()}  load average {os.getloadavg()[0]:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
