@@ -22,6 +22,14 @@ from start to exit, with its peak RSS (the process or its largest child):
   and it analyses the host;
 * ``nft -t -j list ruleset``: the floor of reading the ruleset once.
 
+With ``--iptables nft,legacy``, the iptables backend's reads at each size
+(``bench_iptables.unrelated_rules``, cfallow's chain made by a first sync):
+``*-save -t filter`` (what the backend reads), ``-S CFALLOW`` and ``-S INPUT``
+(the two chains it would need at least), ``nft -j list chain ip filter
+CFALLOW`` (nft only), and a changing ``cfallow -q sync`` (the list alternates
+between two eras, served on the namespace's 127.0.0.1), the ratio being to
+``*-save -t filter``.
+
 Ratios are to the ``nft -t -j list ruleset`` median of the same namespace; the
 growth column is the analysis' median over the previous size's.
 """
@@ -39,6 +47,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_iptables import _SERVER, ERAS, FIXTURES, unrelated_rules
 from bench_nftables import CFALLOW, PEAK, admin_table, timed
 
 ANALYSE = """
@@ -114,26 +123,85 @@ def one(size: int, opts: argparse.Namespace) -> dict[str, tuple[float, float]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def iptables(size: int, variant: str, runs: int) -> dict[str, tuple[float, float]]:
+    """The iptables backend's reads and a changing sync, in one namespace."""
+    ns = f"cfa-bench-ip-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
+    nsx = ["ip", "netns", "exec", ns]
+    sh(["ip", "netns", "add", ns])
+    server = None
+    try:
+        sh([*nsx, "ip", "link", "set", "lo", "up"])
+        sh([*nsx, f"iptables-{variant}-restore", "--noflush"], unrelated_rules(size))
+        (tmp / "ips.json").write_bytes((FIXTURES / ERAS["current"]).read_bytes())
+        server = subprocess.Popen(
+            [*nsx, sys.executable, "-c", _SERVER, str(tmp)], stdout=subprocess.PIPE, text=True
+        )
+        assert server.stdout is not None
+        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
+        (tmp / "config.toml").write_text(
+            f'[source]\napi_url = "{url}/client/v4/ips"\n'
+            f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n'
+            f'[backends.iptables]\nvariant = "{variant}"\n'
+        )
+        sync = [*nsx, CFALLOW, "--config", str(tmp / "config.toml")]
+        sync += ["--state-dir", str(tmp / "state"), "-q", "sync"]
+        timed(sync)
+        tool = f"iptables-{variant}"
+        out = {"*-save -t filter": sample([*nsx, f"{tool}-save", "-t", "filter"], runs)}
+        out["-S CFALLOW"] = sample([*nsx, tool, "-S", "CFALLOW"], runs)
+        out["-S INPUT"] = sample([*nsx, tool, "-S", "INPUT"], runs)
+        if variant == "nft":
+            argv = [*nsx, "nft", "-j", "list", "chain", "ip", "filter", "CFALLOW"]
+            out["nft list chain CFALLOW"] = sample(argv, runs)
+        eras = iter(["old", "current"] * runs)
+
+        def swap() -> None:
+            (tmp / "ips.part").write_bytes((FIXTURES / ERAS[next(eras)]).read_bytes())
+            os.replace(tmp / "ips.part", tmp / "ips.json")
+
+        out["changing sync"] = sample(sync, runs, swap)
+        return out
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def show(size: int, out: dict[str, tuple[float, float]], floor: float) -> None:
+    for name, (sec, mb) in out.items():
+        print(f"{size:>7}  {name:24} {sec:7.3f} s {mb:7.1f} MB  x{sec / floor:.2f}", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rules", default="1000,20000,100000", help="admin rules, comma-separated")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--elements", type=int, default=0, help="networks in an admin set")
     ap.add_argument("--before", type=Path, help="a checkout whose cfallow/ to time beside")
+    ap.add_argument("--iptables", default="", help="iptables variants to time (nft,legacy)")
+    ap.add_argument("--no-nftables", action="store_true", help="only the iptables part")
     opts = ap.parse_args()
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 2
     print(f"load average {os.getloadavg()[0]:.2f}; medians of {opts.runs}; s, peak MB, x floor")
     last = None
-    for size in (int(n) for n in opts.rules.split(",")):
+    sizes = [int(n) for n in opts.rules.split(",")]
+    for size in sizes if not opts.no_nftables else ():
         out = one(size, opts)
-        floor = out["nft -t -j list ruleset"][0]
-        growth = f"  growth x{out['analysis'][0] / last:.2f}" if last else ""
+        show(size, out, out["nft -t -j list ruleset"][0])
+        growth = f"growth x{out['analysis'][0] / last:.2f}  " if last else ""
         last = out["analysis"][0]
-        for name, (sec, mb) in out.items():
-            print(f"{size:>7}  {name:24} {sec:7.3f} s {mb:7.1f} MB  x{sec / floor:.2f}")
-        print(f"{'':>7}  {growth.strip()}  load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"{'':>7}  {growth}load average {os.getloadavg()[0]:.2f}", flush=True)
+    for variant in filter(None, opts.iptables.split(",")):
+        for size in sizes:
+            print(f"iptables-{variant}:")
+            out = iptables(size, variant, opts.runs)
+            show(size, out, out["*-save -t filter"][0])
+            print(f"{'':>7}  load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 
 
