@@ -118,13 +118,15 @@ def _list(runner: Runner, *what: str, terse: bool = False) -> hostfw.Ruleset | N
         raise
 
 
-def _sets_only(runner: Runner, fam: str, name: str) -> hostfw.Ruleset | None:
-    """Sets mode without the host analysis: the table's sets, and whether it exists."""
+def _sets_only(runner: Runner, fam: str, name: str, wanted: list[str]) -> hostfw.Ruleset | None:
+    """Sets mode without the host analysis: cfallow's sets of the table (elements included:
+    no other set's elements are read), and whether the table exists."""
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains", fam]).stdout, whole=False)
-    sets = parse_ruleset(runner.run(["nft", "-j", "list", "sets", fam]).stdout).sets
-    sets = tuple(st for st in sets if st.table == name)
-    if (fam, name) not in heads.tables and not sets:
-        return None
+    sets = tuple(st for n in wanted for st in _set(runner, fam, name, n))
+    if (fam, name) not in heads.tables and not sets:  # a table of sets only? (no elements)
+        listed = _list(runner, "sets", fam, terse=True)
+        if listed is None or all(st.table != name for st in listed.sets):
+            return None
     return hostfw.Ruleset(((fam, name),), (), sets)
 
 
@@ -150,8 +152,9 @@ def read_seen(
     listed = False
     if analyse_host:
         analysis, own, listed = _analysed(runner, s, memo)
+    wanted = [s.set_name(v) for v in s.families]
     if not listed and s.mode == "sets":
-        own = _sets_only(runner, fam, name)  # cheap: the admin's rules are not listed
+        own = _sets_only(runner, fam, name, wanted)  # cheap: the admin's rules are not listed
     elif not listed:  # not read whole by the analysis (no base chain on input): list it
         try:
             own = _list(runner, "table", fam, name)
@@ -159,7 +162,6 @@ def read_seen(
             raise Unavailable(missing("nft", "nftables")) from None
     sets = own.sets if own is not None else ()
     if s.mode == "sets":
-        wanted = {s.set_name(v) for v in s.families}
         sets = tuple(st for st in sets if st.name in wanted)
     chains = own.chains if own is not None and s.mode == "lockdown" else ()
     return Seen(analysis, own is not None, sets, chains, file.read())

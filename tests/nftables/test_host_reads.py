@@ -132,11 +132,13 @@ def test_the_reads_decide_as_a_read_of_the_whole_ruleset(case: str) -> None:
 
 def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) -> None:
     """The analysis lists the admin's table tersely: cfallow's sets are read whole apart,
-    so a run after the admin's commit sees the ranges it holds (nothing to change)."""
+    so a run after the admin's commit sees the ranges it holds (nothing to change); a run
+    that keeps the analysis reads cfallow's sets only, not the admin's elements."""
     with namespace("hrs") as ns:
         nft = Nft(ns)
         nft.load(admin(first="\t\tip saddr @admin_set accept\n"))
         runner = Runner(prefix=ns_exec(ns))
+        (tmp_path / "state").mkdir()
         ctx = Context(runner=runner, state_dir=tmp_path / "state")
         b = build("nftables", {"mode": "sets", "file": str(tmp_path / "s.nft")}, ctx)
         desired = frozenset({IPNetwork("173.245.48.0/20"), IPNetwork("2400:cb00::/32")})
@@ -146,4 +148,10 @@ def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) 
         plan = b.diff(b.read(), desired)
         assert ("nft", "-t", "-j", "list", "table", "inet", "filter") in runner.calls  # analysed
         assert not plan.changed and plan.current == desired
+        runner.calls.clear()
+        again = b.diff(b.read(), desired)  # the same ruleset: the analysis is kept
+        assert not again.changed and again.current == desired
+        lists = [c for c in runner.calls if "list" in c]
+        assert lists and not [c for c in lists if "admin_set" in c or "table" in c]
+        assert all("-t" in c for c in lists if "sets" in c)
         assert nft.elements("inet", "filter", "cloudflare_v4") == {IPNetwork("173.245.48.0/20")}
