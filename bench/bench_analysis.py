@@ -30,8 +30,11 @@ CFALLOW`` (nft only), and a changing ``cfallow -q sync`` (the list alternates
 between two eras, served on the namespace's 127.0.0.1), the ratio being to
 ``*-save -t filter``.
 
-Ratios are to the ``nft -t -j list ruleset`` median of the same namespace; the
-growth column is the analysis' median over the previous size's.
+Each figure: median wall time, median CPU time (user + system of the process
+and its children: what other processes' load moves least), the ratios of both
+to the ``nft -t -j list ruleset`` of the same namespace, and the peak RSS (the
+process or its largest child). The growth line: the analysis' CPU time over
+the previous size's.
 """
 
 from __future__ import annotations
@@ -43,12 +46,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_iptables import _SERVER, ERAS, FIXTURES, unrelated_rules
-from bench_nftables import CFALLOW, PEAK, admin_table, timed
+from bench_nftables import CFALLOW, admin_table
 
 ANALYSE = """
 import sys
@@ -65,20 +69,38 @@ for version in (4, 6):
 """
 
 
+def timed(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak MB of a process and its children.
+
+    CPU time is what the load of other processes on the machine moves least.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    took = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(argv[-3:])} failed: {err.strip()}")
+    return took, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
 def sh(argv: list[str], text: str | None = None) -> None:
     subprocess.run(argv, check=True, capture_output=True, text=True, input=text)
 
 
-def sample(argv: list[str], runs: int, before: object = None) -> tuple[float, float]:
-    """Median seconds and peak MB of ``runs`` runs (``before``: called ahead of each)."""
-    took, peak = [], 0.0
+Figure = tuple[float, float, float]  # median wall s, median CPU s, peak MB
+
+
+def sample(argv: list[str], runs: int, before: object = None) -> Figure:
+    """``runs`` runs of ``argv`` (``before``: called ahead of each)."""
+    got = []
     for _ in range(runs):
         if callable(before):
             before()
-        PEAK.clear()
-        took.append(timed(argv))
-        peak = max(peak, *PEAK)
-    return statistics.median(took), peak
+        got.append(timed(argv))
+    wall, cpu, peak = zip(*got)
+    return statistics.median(wall), statistics.median(cpu), max(peak)
 
 
 def elements(n: int) -> str:
@@ -88,7 +110,7 @@ def elements(n: int) -> str:
     )
 
 
-def one(size: int, opts: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def one(size: int, opts: argparse.Namespace) -> dict[str, Figure]:
     ns = f"cfa-bench-an-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
     nsx = ["ip", "netns", "exec", ns]
@@ -123,7 +145,7 @@ def one(size: int, opts: argparse.Namespace) -> dict[str, tuple[float, float]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def iptables(size: int, variant: str, runs: int) -> dict[str, tuple[float, float]]:
+def iptables(size: int, variant: str, runs: int) -> dict[str, Figure]:
     """The iptables backend's reads and a changing sync, in one namespace."""
     ns = f"cfa-bench-ip-{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
@@ -170,9 +192,13 @@ def iptables(size: int, variant: str, runs: int) -> dict[str, tuple[float, float
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def show(size: int, out: dict[str, tuple[float, float]], floor: float) -> None:
-    for name, (sec, mb) in out.items():
-        print(f"{size:>7}  {name:24} {sec:7.3f} s {mb:7.1f} MB  x{sec / floor:.2f}", flush=True)
+def show(size: int, out: dict[str, Figure], floor: Figure) -> None:
+    for name, (wall, cpu, mb) in out.items():
+        print(
+            f"{size:>7}  {name:24} {wall:7.3f} x{wall / floor[0]:5.2f}  "
+            f"{cpu:7.3f} x{cpu / floor[1]:5.2f}  {mb:7.1f}",
+            flush=True,
+        )
 
 
 def main() -> int:
@@ -187,20 +213,24 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 2
-    print(f"load average {os.getloadavg()[0]:.2f}; medians of {opts.runs}; s, peak MB, x floor")
+    print(f"load average {os.getloadavg()[0]:.2f}; medians of {opts.runs} runs")
+    print(
+        f"{'rules':>7}  {'':24} {'wall s':>7} {'x floor':>6}  {'CPU s':>7} {'x floor':>6}  peak MB"
+    )
     last = None
     sizes = [int(n) for n in opts.rules.split(",")]
     for size in sizes if not opts.no_nftables else ():
         out = one(size, opts)
-        show(size, out, out["nft -t -j list ruleset"][0])
-        growth = f"growth x{out['analysis'][0] / last:.2f}  " if last else ""
-        last = out["analysis"][0]
+        show(size, out, out["nft -t -j list ruleset"])
+        cpu = out["analysis"][1]
+        growth = f"analysis CPU growth x{cpu / last:.2f}  " if last else ""
+        last = cpu
         print(f"{'':>7}  {growth}load average {os.getloadavg()[0]:.2f}", flush=True)
     for variant in filter(None, opts.iptables.split(",")):
         for size in sizes:
             print(f"iptables-{variant}:")
             out = iptables(size, variant, opts.runs)
-            show(size, out, out["*-save -t filter"][0])
+            show(size, out, out["*-save -t filter"])
             print(f"{'':>7}  load average {os.getloadavg()[0]:.2f}", flush=True)
     return 0
 
