@@ -248,6 +248,7 @@ def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -
     (slow for big rulesets, and their matches are opaque there): their INPUT chain comes
     from ``iptables-save``.
     """
+    whole = frozenset(whole)
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
     hooked = [c for c in heads.chains if c.hook in ("input", "forward") and not is_xt(c)]
     native = sorted({(c.family, c.table) for c in hooked})
