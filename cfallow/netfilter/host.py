@@ -215,7 +215,7 @@ def read_variant(runner: Runner, memo: Memo | None = None) -> str:
 #: A native table with more chains than this is listed in one ``nft -t -j list table``
 #: (firewalld, Docker: many small chains) rather than one ``nft -j list chain`` each.
 CHAINS_ONE_BY_ONE = 8
-_JUMP = re.compile(r'"(?:jump|goto)": \{"target": ("(?:[^"\\]|\\.)*")\}')
+_JUMP = re.compile(r'"(?:jump|goto)":\s*\{\s*"target":\s*("(?:[^"\\]|\\.)*")\s*\}')
 
 
 def _targets(text: str) -> set[str]:
