@@ -107,23 +107,26 @@ class Step:
     basis: Basis
 
 
-def _list(runner: Runner, *what: str) -> hostfw.Ruleset | None:
-    """``nft -j list WHAT...``; None when it does not exist."""
+def _list(runner: Runner, *what: str, terse: bool = False) -> hostfw.Ruleset | None:
+    """``nft -j list WHAT...`` (``terse``: ``nft -t``, no set's elements); None when it
+    does not exist."""
     try:
-        return parse_ruleset(runner.run(["nft", "-j", "list", *what]).stdout)
+        return parse_ruleset(runner.run(["nft", *("-t",) * terse, "-j", "list", *what]).stdout)
     except CommandFailed as exc:
         if "No such file or directory" in exc.stderr:
             return None
         raise
 
 
-def _sets_only(runner: Runner, fam: str, name: str) -> hostfw.Ruleset | None:
-    """Sets mode without the host analysis: the table's sets, and whether it exists."""
+def _sets_only(runner: Runner, fam: str, name: str, wanted: list[str]) -> hostfw.Ruleset | None:
+    """Sets mode without the host analysis: cfallow's sets of the table (elements included:
+    no other set's elements are read), and whether the table exists."""
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains", fam]).stdout, whole=False)
-    sets = parse_ruleset(runner.run(["nft", "-j", "list", "sets", fam]).stdout).sets
-    sets = tuple(st for st in sets if st.table == name)
-    if (fam, name) not in heads.tables and not sets:
-        return None
+    sets = tuple(st for n in wanted for st in _set(runner, fam, name, n))
+    if (fam, name) not in heads.tables and not sets:  # a table of sets only? (no elements)
+        listed = _list(runner, "sets", fam, terse=True)
+        if listed is None or all(st.table != name for st in listed.sets):
+            return None
     return hostfw.Ruleset(((fam, name),), (), sets)
 
 
@@ -137,9 +140,11 @@ def read_seen(
 ) -> Seen:
     """cfallow's table (lockdown) or the admin's sets (sets mode), the host analysis, the file.
 
-    The analysis reads the whole ruleset, unless ``memo`` holds it for the
-    ruleset's current generation (nothing committed since): then only
-    cfallow's own table, or the admin's sets, are listed.
+    The analysis reads what decides the verdict (:func:`cfallow.netfilter.host.read_nft`;
+    in sets mode the admin's table whole for the rules referencing the sets, tersely),
+    unless ``memo`` holds it for the ruleset's current generation (nothing committed
+    since); then, and after an analysis, cfallow's own table, or the admin's sets of
+    cfallow's names, are listed with their elements.
     """
     fam, name = s.table.split(" ")
     analysis: Analysis | None = None
@@ -147,8 +152,9 @@ def read_seen(
     listed = False
     if analyse_host:
         analysis, own, listed = _analysed(runner, s, memo)
+    wanted = [s.set_name(v) for v in s.families]
     if not listed and s.mode == "sets":
-        own = _sets_only(runner, fam, name)  # cheap: the admin's rules are not listed
+        own = _sets_only(runner, fam, name, wanted)  # cheap: the admin's rules are not listed
     elif not listed:  # not read whole by the analysis (no base chain on input): list it
         try:
             own = _list(runner, "table", fam, name)
@@ -156,7 +162,6 @@ def read_seen(
             raise Unavailable(missing("nft", "nftables")) from None
     sets = own.sets if own is not None else ()
     if s.mode == "sets":
-        wanted = {s.set_name(v) for v in s.families}
         sets = tuple(st for st in sets if st.name in wanted)
     chains = own.chains if own is not None and s.mode == "lockdown" else ()
     return Seen(analysis, own is not None, sets, chains, file.read())
@@ -175,19 +180,34 @@ def _analysed(
         kept = Analysis.from_json(memo.get(key))
         if kept is not None:
             return kept, None, False
-    host = hostfw.read(runner, iptables=False)
+    whole = [s.table] if s.mode == "sets" else []  # the rules that reference the sets
+    host = hostfw.read(runner, iptables=False, whole=whole)
     if host.nft is None:
         if "not installed" in host.nft_error:
             raise Unavailable(missing("nft", "nftables"))
         raise BackendError(f"cannot read the nftables ruleset: {host.nft_error}")
     nat = hostfw_nat.read(runner, variant) if s.mode == "lockdown" else ()
-    own = host.nft.table(*s.table.split(" "))
-    if own is None:  # no base chain on input: the analysis did not list it
-        own = _list(runner, "table", *s.table.split(" "))
+    fam, name = s.table.split(" ")
+    own = host.nft.table(fam, name)
+    if s.mode == "lockdown":  # cfallow's own table (small): its sets with their elements
+        own = _list(runner, "table", fam, name)
+    elif own is None:  # no base chain on input: the analysis did not list it
+        own = _list(runner, "table", fam, name, terse=True)
     found = Analysis.of(host, nat, s, own)
     if memo is not None:
         memo.put(key, found.to_json())
+    if s.mode == "sets" and own is not None:  # the listing was terse: cfallow's sets whole
+        wanted = {s.set_name(v) for v in s.families}
+        declared = [st.name for st in own.sets if st.name in wanted]
+        sets = tuple(st for n in declared for st in _set(runner, fam, name, n))
+        own = hostfw.Ruleset(own.tables, own.chains, sets, own.listed)
     return found, own, True
+
+
+def _set(runner: Runner, fam: str, table: str, name: str) -> tuple[NftSet, ...]:
+    """``nft -j list set`` (elements included); none when it does not exist."""
+    found = _list(runner, "set", fam, table, name)
+    return found.sets if found is not None else ()
 
 
 def basis_of(seen: Seen, names: list[str]) -> Basis:
@@ -249,13 +269,7 @@ _EMPTY = NftSet("", "", "", "", (), frozenset())
 
 def _read_set(runner: Runner, table: str, name: str) -> tuple[str, ...] | None:
     fam, tname = table.split(" ")
-    try:
-        out = runner.run(["nft", "-j", "list", "set", fam, tname, name]).stdout
-    except CommandFailed as exc:
-        if "No such file or directory" in exc.stderr:
-            return None
-        raise
-    sets = parse_ruleset(out).sets
+    sets = _set(runner, fam, tname, name)
     return tuple(as_strings(sets[0].elements)) if sets else None
 
 

@@ -1,9 +1,10 @@
 """The host's firewall, read once (read-only), and what an allowlist can do on it.
 
 One analysis for every mode and backend: :func:`read` collects the ruleset
-through the Runner (``nft -j list chains``, the native tables hooked on input or
-forward, the iptables variant and its filter INPUT chain from ``iptables-save``;
-firewalld, ufw and Docker as they show in those) into a
+through the Runner (``nft -j list chains``; of the native tables hooked on input
+or forward, the base chains on those hooks and the chains they jump or go to,
+never a set's elements; the iptables variant and its filter INPUT chain from
+``iptables-save``; firewalld, ufw and Docker as they show in those) into a
 frozen :class:`Host`; the functions below are pure. An answer is ``accept``,
 ``drop`` (naming the table and chain) or ``unknown`` ("cannot tell"): never
 "ok" when the ruleset holds something the analysis does not understand.
@@ -11,8 +12,11 @@ frozen :class:`Host`; the functions below are pure. An answer is ``accept``,
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from netaddr import IPNetwork, iprange_to_cidrs
@@ -42,12 +46,18 @@ class NftSet:
 
 @dataclass(frozen=True)
 class Ruleset:
-    """The parts of ``nft -j list ruleset`` cfallow looks at."""
+    """The parts of ``nft -j list ruleset`` cfallow looks at.
+
+    ``listed``: the tables read whole (every chain's rules, the sets; by :func:`read_nft`
+    tersely: a set's elements are not read); ``walked``: the tables of which every chain
+    the input and forward base chains reach was read (the others: heads only).
+    """
 
     tables: tuple[tuple[str, str], ...] = ()
     chains: tuple[Chain, ...] = ()
     sets: tuple[NftSet, ...] = ()
-    listed: tuple[tuple[str, str], ...] = ()  # tables read whole (rules, sets); others: heads
+    listed: tuple[tuple[str, str], ...] = ()
+    walked: tuple[tuple[str, str], ...] = ()
 
     def table(self, family: str, name: str) -> Ruleset | None:
         """A table read whole, as its own :class:`Ruleset` (None if it was not)."""
@@ -98,8 +108,34 @@ def parse_set(s: Json) -> NftSet:
     )
 
 
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic collection while a big listing becomes objects, and none over them after.
+
+    They hold no cycles, and each collection would walk all of them again (four
+    times the parse at 100,000 rules); collections are off while they are made,
+    then every object alive is frozen (``gc.freeze``: out of the collector's
+    sight, still freed when no longer referenced), so turning collection back on
+    does not walk them once more. A cycle alive at that moment is never collected:
+    a cost a run that ends soon does not see.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()
+
+
 def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
     """Parse ``nft -j list ruleset`` (or ``list table``; ``whole=False``: ``list chains``)."""
+    with _no_gc():
+        return _parse(text, whole)
+
+
+def _parse(text: str, whole: bool) -> Ruleset:
     try:
         items = json.loads(text or '{"nftables": []}')["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -176,30 +212,72 @@ def read_variant(runner: Runner, memo: Memo | None = None) -> str:
         return ""
 
 
-def read_nft(runner: Runner, *, rules: bool = True) -> Ruleset:
-    """Chain heads (cheap), and the rules of every native table with an input/forward base chain.
+#: A native table with more chains than this is listed in one ``nft -t -j list table``
+#: (firewalld, Docker: many small chains) rather than one ``nft -j list chain`` each.
+CHAINS_ONE_BY_ONE = 8
+_JUMP = re.compile(r'"(?:jump|goto)":\s*\{\s*"target":\s*("(?:[^"\\]|\\.)*")\s*\}')
 
-    iptables-nft's tables are not listed through ``nft`` (slow for big rulesets, and
-    their matches are opaque there): their INPUT chain comes from ``iptables-save``.
+
+def _targets(text: str) -> set[str]:
+    """Every chain a listing's rules jump or go to (also from a verdict map)."""
+    return {json.loads(m) for m in _JUMP.findall(text)}
+
+
+def _walk_table(runner: Runner, family: str, table: str, bases: Iterable[str]) -> Ruleset:
+    """The chains ``bases`` and every chain they jump or go to, one ``nft -j list chain``
+    each (a chain's listing holds its rules only, never a set's elements)."""
+    seen: set[str] = set()
+    todo = sorted(set(bases))
+    chains: list[Chain] = []
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        text = runner.run(["nft", "-j", "list", "chain", family, table, name]).stdout
+        chains += parse_ruleset(text).chains
+        todo += sorted(_targets(text) - seen - set(todo))
+    return Ruleset(((family, table),), tuple(chains), walked=((family, table),))
+
+
+def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -> Ruleset:
+    """Chain heads (cheap), and what decides the verdict in every native table with an
+    input/forward base chain: those base chains and the chains they reach.
+
+    A table with many chains, or named in ``whole`` (``"inet filter"``), is listed whole
+    but tersely (``nft -t``: a set's elements are never read; the analysis names sets,
+    it does not look inside them). iptables-nft's tables are not listed through ``nft``
+    (slow for big rulesets, and their matches are opaque there): their INPUT chain comes
+    from ``iptables-save``.
     """
+    whole = frozenset(whole)
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
-    native = sorted(
-        {
-            (c.family, c.table)
-            for c in heads.chains
-            if c.hook in ("input", "forward") and not is_xt(c)
-        }
-    )
+    hooked = [c for c in heads.chains if c.hook in ("input", "forward") and not is_xt(c)]
+    native = sorted({(c.family, c.table) for c in hooked})
     if not rules or not native:
         return heads
     chains = [c for c in heads.chains if (c.family, c.table) not in native]
     sets: list[NftSet] = []
+    listed, walked = [], []
     for fam, table in native:
-        full = parse_ruleset(runner.run(["nft", "-j", "list", "table", fam, table]).stdout)
+        count = sum(1 for c in heads.chains if (c.family, c.table) == (fam, table))
+        if count > CHAINS_ONE_BY_ONE or f"{fam} {table}" in whole:
+            full = parse_ruleset(
+                runner.run(["nft", "-t", "-j", "list", "table", fam, table]).stdout
+            )
+            listed.append((fam, table))
+            sets += full.sets
+        else:
+            bases = (c.name for c in hooked if (c.family, c.table) == (fam, table))
+            full = _walk_table(runner, fam, table, bases)
+            walked.append((fam, table))
+            reached = {c.name for c in full.chains}
+            chains += [
+                c
+                for c in heads.chains
+                if (c.family, c.table) == (fam, table) and c.name not in reached
+            ]
         chains += full.chains
-        sets += full.sets
     tables = tuple(sorted({(c.family, c.table) for c in chains}))
-    return Ruleset(tables, tuple(chains), tuple(sets), tuple(native))
+    return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked))
 
 
 def read(
@@ -209,16 +287,18 @@ def read(
     variant: str | None = None,
     saves: Mapping[int, str] | None = None,
     rules: bool = True,
+    whole: Iterable[str] = (),
 ) -> Host:
     """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
 
     ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
     filter`` per IP version), so nothing is read twice. ``rules=False``: chain heads only.
+    ``whole``: tables (``"inet filter"``) to list whole (see :func:`read_nft`).
     """
     ruleset: Ruleset | None = None
     error = ""
     try:
-        ruleset = read_nft(runner, rules=rules)
+        ruleset = read_nft(runner, rules=rules, whole=whole)
     except CommandNotFound:
         error = "nft is not installed"
     except BackendError as exc:
@@ -247,7 +327,7 @@ def read(
             for c in ruleset.chains
             if not (is_xt(c) and c.table == "filter" and c.name == "INPUT")
         )
-        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed)
+        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed, ruleset.walked)
     return Host(
         ruleset,
         error,
@@ -296,7 +376,7 @@ def outcome(
     if hook == "input":
         fam = "ip" if version == 4 else "ip6"
         chains += [c for c in host.inputs if c.family == fam and (c.family, c.table) not in skip]
-    full = set(host.nft.listed) if host.nft else set()
+    full = {*host.nft.listed, *host.nft.walked} if host.nft else set()
     every = {k: c for k, c in (host.nft.chain_map() if host.nft else {}).items() if k[:2] in full}
     worst: Outcome | None = None
     for c in chains:  # only its head was read (iptables' own mangle/raw/security tables)

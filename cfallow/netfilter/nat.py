@@ -184,7 +184,8 @@ def read(runner: Runner, variant: str | None) -> tuple[NatRule, ...]:
     try:
         heads = runner.run(["nft", "-j", "list", "chains"]).stdout
         texts = {
-            t: runner.run(["nft", "-j", "list", "table", *t]).stdout for t in nat_tables(heads)
+            t: runner.run(["nft", "-t", "-j", "list", "table", *t]).stdout
+            for t in nat_tables(heads)
         }
         rules += parse_nft(texts)
     except (BackendError, CommandNotFound, ValueError, KeyError):

@@ -1,0 +1,157 @@
+"""The host analysis reads only what decides the verdict (the input/forward base chains and
+the chains they reach; never a set's elements), and decides exactly as a read of the whole
+ruleset does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from netaddr import IPNetwork
+from support import namespace, ns_exec
+from support.nftables.helpers import Nft
+
+from cfallow.backend import Context, build
+from cfallow.netfilter import host as hostfw
+from cfallow.netfilter.host import Host, outcome, parse_ruleset
+from cfallow.runner import Runner
+from cfallow.section import PortRange
+
+pytestmark = pytest.mark.root
+WEB = (PortRange(80, 80), PortRange(443, 443))
+OWN = ("cloudflare_v4", "cloudflare_v6")
+
+#: The admin's table: a set with elements used before anything else, a jump into a chain
+#: that goes to another, a verdict map that jumps, and chains no base chain reaches.
+ADMIN = """table inet filter {
+	set admin_set { type ipv4_addr; flags interval; elements = { 203.0.113.0/24 }; }
+	chain deep {
+%(deep)s	}
+	chain web {
+		tcp dport 80 accept
+		goto deep
+	}
+	chain mapped {
+%(mapped)s	}
+	chain unreached {
+		tcp dport 443 drop
+	}
+	chain input {
+		type filter hook input priority 0; policy accept;
+		iif "lo" accept
+%(first)s		tcp dport vmap { 22 : jump mapped }
+		jump web
+	}
+	chain output {
+		type filter hook output priority 0; policy accept;
+		jump unreached
+	}
+}
+"""
+#: A firewalld-like table: more chains than are listed one by one.
+MANY = (
+    "table inet many {\n"
+    + "".join(f"\tchain c{i} {{\n\t\ttcp dport {1000 + i} accept\n\t}}\n" for i in range(10))
+    + "\tchain input {\n\t\ttype filter hook input priority 10; policy accept;\n"
+    + "".join(f"\t\tjump c{i}\n" for i in range(10))
+    + "%s\t}\n}\n"
+)
+
+
+def verdicts(host: Host) -> list[tuple[str, str]]:
+    """Every question the modes ask, for both families, both sources, both hooks."""
+    out = []
+    for hook in ("input", "forward"):
+        for version in (4, 6):
+            for cloudflare in (True, False):
+                o = outcome(
+                    host, version, "tcp", WEB, cloudflare=cloudflare, own_sets=OWN, hook=hook
+                )
+                out.append((o.verdict, o.why))
+    return out
+
+
+def read_both(ruleset: str) -> tuple[Host, Host, list[tuple[str, ...]]]:
+    """The analysis' own read, a read of the whole ruleset, and the commands the first ran."""
+    with namespace("hrd") as ns:
+        Nft(ns).load(ruleset)
+        runner = Runner(prefix=ns_exec(ns))
+        host = hostfw.read(runner, iptables=False)
+        whole = Host(parse_ruleset(Nft(ns)("-j", "list", "ruleset")))
+    return host, whole, runner.calls
+
+
+def admin(first: str = "", deep: str = "", mapped: str = "") -> str:
+    return ADMIN % {"first": first, "deep": deep, "mapped": mapped}
+
+
+CASES = {
+    "a jump then a goto into a chain that drops": (
+        admin(deep="\t\ttcp dport 443 drop\n"),
+        "drop",
+        "inet filter deep: rule handle",
+    ),
+    "a set referenced in a rule before the drop": (
+        admin(first="\t\tip saddr @admin_set accept\n", deep="\t\ttcp dport 443 drop\n"),
+        "unknown",
+        "inet filter input: a rule this analysis does not understand",
+    ),
+    "cfallow's set before the drop": (
+        "table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; }\n}\n"
+        + admin(first="\t\tip saddr @cloudflare_v4 accept\n", deep="\t\tdrop\n"),
+        "accept",  # from Cloudflare; an outsider's is dropped in deep (the same in both reads)
+        "no base chain drops it",
+    ),
+    "a verdict map of another port into a chain that drops": (
+        admin(mapped="\t\tdrop\n"),
+        "accept",
+        "no base chain drops it",
+    ),
+    "a chain only the output hook reaches": (admin(), "accept", "no base chain drops it"),
+    "a table of many chains, one of them dropping": (
+        admin() + MANY % "\t\ttcp dport 80 drop\n",
+        "drop",
+        "inet many input: rule handle",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_reads_decide_as_a_read_of_the_whole_ruleset(case: str) -> None:
+    ruleset, verdict, why = CASES[case]
+    host, whole, calls = read_both(ruleset)
+    assert verdicts(host) == verdicts(whole)
+    first = outcome(host, 4, "tcp", WEB, cloudflare=True, own_sets=OWN)
+    assert first.verdict == verdict and first.why.startswith(why), first
+    listed = [c for c in calls if "list" in c]
+    assert not [c for c in listed if "ruleset" in c or "set" in c or "sets" in c]
+    assert all("-t" in c for c in listed if "table" in c), "a table listed with its elements"
+    read = {c[-1] for c in listed if c[3:6] == ("chain", "inet", "filter")}
+    assert read == {"input", "web", "deep", "mapped"}  # not output, unreached
+
+
+def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) -> None:
+    """The analysis lists the admin's table tersely: cfallow's sets are read whole apart,
+    so a run after the admin's commit sees the ranges it holds (nothing to change); a run
+    that keeps the analysis reads cfallow's sets only, not the admin's elements."""
+    with namespace("hrs") as ns:
+        nft = Nft(ns)
+        nft.load(admin(first="\t\tip saddr @admin_set accept\n"))
+        runner = Runner(prefix=ns_exec(ns))
+        (tmp_path / "state").mkdir()
+        ctx = Context(runner=runner, state_dir=tmp_path / "state")
+        b = build("nftables", {"mode": "sets", "file": str(tmp_path / "s.nft")}, ctx)
+        desired = frozenset({IPNetwork("173.245.48.0/20"), IPNetwork("2400:cb00::/32")})
+        b.apply(b.diff(b.read(), desired))
+        nft("add", "element", "inet", "filter", "admin_set", "{ 198.51.100.0/24 }")
+        runner.calls.clear()
+        plan = b.diff(b.read(), desired)
+        assert ("nft", "-t", "-j", "list", "table", "inet", "filter") in runner.calls  # analysed
+        assert not plan.changed and plan.current == desired
+        runner.calls.clear()
+        again = b.diff(b.read(), desired)  # the same ruleset: the analysis is kept
+        assert not again.changed and again.current == desired
+        lists = [c for c in runner.calls if "list" in c]
+        assert lists and not [c for c in lists if "admin_set" in c or "table" in c]
+        assert all("-t" in c for c in lists if "sets" in c)
+        assert nft.elements("inet", "filter", "cloudflare_v4") == {IPNetwork("173.245.48.0/20")}
