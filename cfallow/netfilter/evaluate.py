@@ -86,6 +86,8 @@ def _in(value: object, right: Json) -> Tri:
         return bool(isinstance(lo, int) and isinstance(hi, int) and lo <= value <= hi)
     if isinstance(right, list):
         return _in(value, {"set": right})
+    if isinstance(right, str) and right.startswith("@"):
+        return None  # a named set: its elements are not read
     if isinstance(right, (int, str)):
         return value == right
     return None
@@ -158,6 +160,54 @@ def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
     return None
 
 
+def _key(left: Json, p: Packet) -> tuple[Tri, object]:
+    """The packet's value for a verdict map's key: (applies, value); None: cannot tell."""
+    if not isinstance(left, dict):
+        return None, None
+    if "ct" in left and left["ct"].get("key") == "state":
+        return True, "new"
+    if "meta" in left:
+        key = left["meta"].get("key")
+        if key == "l4proto":
+            return True, p.protocol
+        if key == "nfproto":
+            return True, "ipv4" if p.version == 4 else "ipv6"
+        return None, None
+    if "payload" in left:
+        proto, fld = left["payload"].get("protocol"), left["payload"].get("field")
+        if proto in ("ip", "ip6") and fld in ("protocol", "nexthdr"):
+            return ((proto == "ip") == (p.version == 4)), p.protocol
+        if proto in ("tcp", "udp", "th") and fld == "dport":
+            return proto in ("th", p.protocol), p.port
+    return None, None
+
+
+def _vmap(value: Mapping[str, Json], p: Packet) -> tuple[Tri, tuple[str, str | None] | None]:
+    """A verdict map: the verdict of the element the packet's key selects.
+
+    (False, None): the key's header is not in this packet, so the rule does not match;
+    (True, None): no element selects it, the rule decides nothing; a key or an element
+    this module cannot judge (a named map, a concatenation) is a verdict it cannot name.
+    """
+    unknown: tuple[Tri, tuple[str, str | None] | None] = (None, ("vmap", None))
+    applies, key = _key(value.get("key"), p)
+    data = value.get("data")
+    if applies is None or not isinstance(data, dict) or not isinstance(data.get("set"), list):
+        return unknown
+    if applies is False:
+        return False, None
+    for element in data["set"]:
+        if not (isinstance(element, list) and len(element) == 2 and isinstance(element[1], dict)):
+            return unknown
+        hit = _in(key, element[0])
+        if hit is None or len(element[1]) != 1:
+            return unknown
+        if hit:
+            ((kind, target),) = element[1].items()
+            return (True, _verdict_of(kind, target)) if kind in _TERMINAL else unknown
+    return True, None
+
+
 def _verdict_of(key: str, value: Json) -> tuple[str, str | None]:
     if key in ("jump", "goto") and isinstance(value, dict):
         return key, str(value.get("target"))
@@ -186,6 +236,12 @@ def _rule(rule: Rule, p: Packet) -> tuple[Tri, tuple[str, str | None] | None]:
         ((key, value),) = expr.items()
         if key in _TERMINAL:
             verdict = _verdict_of(key, value)
+        elif key == "vmap" and isinstance(value, dict):
+            m, verdict = _vmap(value, p)
+            if m is False:
+                return False, verdict
+            if m is None:
+                hit = None
         elif key == "match" and isinstance(value, dict):
             m = _match(value, p)
             if m is False:

@@ -94,8 +94,13 @@ def _element(item: Json) -> list[IPNetwork]:
 
 
 def parse_set(s: Json) -> NftSet:
-    """One ``{"set": {...}}`` body of ``nft -j`` output."""
-    elements = [n for e in s.get("elem", []) for n in _element(e)]
+    """One ``{"set": {...}}`` body of ``nft -j`` output.
+
+    Only an address set's elements are read: a set of ports, marks or interfaces
+    (the admin's ``type inet_service`` set of web ports) is kept with none.
+    """
+    addresses = s.get("type") in ("ipv4_addr", "ipv6_addr")
+    elements = [n for e in (s.get("elem", []) if addresses else []) for n in _element(e)]
     flags = s.get("flags", [])
     return NftSet(
         s["family"],

@@ -212,3 +212,29 @@ def test_without_host_check_a_referenced_set_is_one_clear_error(tmp_path: Path) 
             "rule named)"
         ]
         assert nft.ruleset() == before
+
+
+#: The admin drops the web ports with a verdict map, and keeps a set of ports: the
+#: native chain drops what iptables' accept lets through, whatever the policy says.
+VMAP = """table inet filter {
+	set webports { type inet_service; elements = { 80, 443 }; }
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iif "lo" accept
+		ct state vmap { established : accept, related : accept, invalid : drop }
+		tcp dport vmap { 80 : drop, 443 : drop, 22 : accept }
+	}
+}
+"""
+
+
+def test_a_verdict_map_that_drops_the_ports_is_seen(lab: Pair, tmp_path: Path) -> None:
+    """Not "success": the kernel drops Cloudflare's connections, so the sync exits 1 and
+    names the rule; a set of ports in the admin's table is read without error."""
+    Nft(lab.server).load(VMAP)
+    result = cli(lab.server, tmp_path, IPT, "sync", "--source", "bundled")
+    assert not any(reach(lab).values())  # what the kernel does
+    assert result.returncode == 1, result.stdout
+    line = unwrapped(result.stderr)
+    assert "allow mode cannot take effect here: inet filter input: rule handle" in line
+    assert "(drop) still drops tcp/80,443 from Cloudflare after iptables' accept" in line

@@ -107,6 +107,28 @@ CASES = {
         "accept",
         "no base chain drops it",
     ),
+    "a verdict map that drops the port": (
+        admin(first="\t\ttcp dport vmap { 443 : drop, 8080 : accept }\n"),
+        "drop",
+        "inet filter input: rule handle",
+    ),
+    "a verdict map on the connection state": (
+        admin(first="\t\tct state vmap { established : accept, invalid : drop }\n"),
+        "accept",
+        "no base chain drops it",
+    ),
+    "a named verdict map": (
+        "table inet filter {\n\tmap ports { type inet_service : verdict; "
+        "elements = { 443 : drop }; }\n}\n" + admin(first="\t\ttcp dport vmap @ports\n"),
+        "unknown",
+        "inet filter input: a rule this analysis does not understand",
+    ),
+    "a port match on a named set before the drop": (
+        "table inet filter {\n\tset web { type inet_service; elements = { 80, 443 }; }\n}\n"
+        + admin(first="\t\ttcp dport @web drop\n"),
+        "unknown",
+        "inet filter input: a rule this analysis does not understand",
+    ),
     "a chain only the output hook reaches": (admin(), "accept", "no base chain drops it"),
     "a table of many chains, one of them dropping": (
         admin() + MANY % "\t\ttcp dport 80 drop\n",
