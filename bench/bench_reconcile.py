@@ -39,32 +39,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
+import benchkit
+
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "cloudflare" / "api-ips.json"
 TARGET = 0.06
 HEAVY = ("requests", "urllib3", "boto3", "iptc")
-
-_SERVER = """
-import http.server, sys
-body = open(sys.argv[1], "rb").read()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
-"""
 
 _IMPORTS = (
     "import sys; from cfallow.cli.commands import main; rc = main(sys.argv[1:]); "
@@ -138,55 +120,36 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root (network namespaces)", file=sys.stderr)
         return 2
-    ns = f"cfa-bench-{uuid.uuid4().hex[:8]}"
-    server = None
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        nsx = ["ip", "netns", "exec", ns]
-        subprocess.run([*nsx, "ip", "link", "set", "lo", "up"], check=True)
-        server = subprocess.Popen(
-            [*nsx, sys.executable, "-c", _SERVER, str(FIXTURE)], stdout=subprocess.PIPE, text=True
-        )
-        assert server.stdout is not None
-        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        with tempfile.TemporaryDirectory(prefix="cfallow-bench-") as tmp:
-            python, cfallow = install(Path(tmp))
-            conf = Path(tmp) / "config.toml"
-            conf.write_text(
-                f'[source]\napi_url = "{url}/client/v4/ips"\n'
-                f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n'
-                '[backends.iptables]\nvariant = "nft"\n'
-            )
+    with benchkit.scene("reconcile") as here:
+        nsx = here.nsx()
+        python, cfallow = install(here.tmp)
+        conf = here.tmp / "config.toml"
+        conf.write_text(here.source() + '[backends.iptables]\nvariant = "nft"\n')
+        tmp = str(here.tmp)
 
-            def argv(state: str, *args: str) -> list[str]:
-                base = [*nsx, cfallow, "--config", str(conf), "--state-dir", state, "-q"]
-                return [*base, "sync", *args]
+        def argv(state: str, *args: str) -> list[str]:
+            base = [*nsx, cfallow, "--config", str(conf), "--state-dir", state, "-q"]
+            return [*base, "sync", *args]
 
-            first = []
-            for i in range(opts.runs):
-                subprocess.run([*nsx, "iptables-nft", "-F"], check=True)
-                subprocess.run([*nsx, "iptables-nft", "-X"], check=True)
-                subprocess.run([*nsx, "ip6tables-nft", "-F"], check=True)
-                subprocess.run([*nsx, "ip6tables-nft", "-X"], check=True)
-                first.append(timed(argv(f"{tmp}/first-{i}")))
-            state = f"{tmp}/state"
-            online = [timed(argv(state)) for _ in range(opts.runs)]
-            offline = [timed(argv(state, "--offline")) for _ in range(opts.runs)]
-            bare = [timed([python, "-c", "pass"]) for _ in range(opts.runs)]
-            floor = [timed([python, "-c", FLOOR]) for _ in range(opts.runs)]
-            alone = [timed([python, "-c", "import netaddr"]) for _ in range(opts.runs)]
-            saves = [timed([*nsx, python, "-c", TWO_SAVES]) for _ in range(opts.runs)]
-            probe = [*nsx, python, "-c", _IMPORTS, "--config", str(conf)]
-            probe += ["--state-dir", state, "-q", "sync", "--offline"]
-            out = subprocess.run(
-                probe, capture_output=True, text=True, check=True, env=ENV, cwd="/"
-            ).stdout
-            heavy = out.strip().splitlines()[-1]
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+        first = []
+        for i in range(opts.runs):
+            for tool in ("iptables-nft", "ip6tables-nft"):
+                subprocess.run([*nsx, tool, "-F"], check=True)
+                subprocess.run([*nsx, tool, "-X"], check=True)
+            first.append(timed(argv(f"{tmp}/first-{i}")))
+        state = f"{tmp}/state"
+        online = [timed(argv(state)) for _ in range(opts.runs)]
+        offline = [timed(argv(state, "--offline")) for _ in range(opts.runs)]
+        bare = [timed([python, "-c", "pass"]) for _ in range(opts.runs)]
+        floor = [timed([python, "-c", FLOOR]) for _ in range(opts.runs)]
+        alone = [timed([python, "-c", "import netaddr"]) for _ in range(opts.runs)]
+        saves = [timed([*nsx, python, "-c", TWO_SAVES]) for _ in range(opts.runs)]
+        probe = [*nsx, python, "-c", _IMPORTS, "--config", str(conf)]
+        probe += ["--state-dir", state, "-q", "sync", "--offline"]
+        out = subprocess.run(
+            probe, capture_output=True, text=True, check=True, env=ENV, cwd="/"
+        ).stdout
+        heavy = out.strip().splitlines()[-1]
     print(f"{'run':22} {'median':>8} {'max':>8}   ({opts.runs} runs, whole process, s)")
     for name, times in (
         ("offline no-change", offline),

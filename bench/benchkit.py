@@ -1,8 +1,8 @@
 """What the netfilter benchmarks share: a namespace with a list source, and a timed run.
 
-Not a benchmark itself. ``bench_nftables.py``, ``bench_iptables.py`` and
-``bench_scale.py`` import it (they run as scripts, so this directory is on
-their ``sys.path``).
+Not a benchmark itself. ``bench_nftables.py``, ``bench_iptables.py``,
+``bench_reconcile.py`` and ``bench_scale.py`` import it (they run as scripts,
+so this directory is on their ``sys.path``).
 
 * :func:`scene`: a fresh network namespace (loopback up) with an HTTP source on
   its own 127.0.0.1 that publishes one era of the real Cloudflare lists
