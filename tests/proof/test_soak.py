@@ -43,11 +43,12 @@ def test_200_syncs_no_leaks(nft_lab: Lab) -> None:
     # The same descriptors open after run 200 as after run 1 (no growth at all).
     assert s["fds_last"] == s["fds_first"] and s["fds_max"] == s["fds_first"], s
     assert s["unreaped_children"] == 0, s
-    # the list, the lock, and the fetch record the refresh cadence reads
-    # no temporary file left behind: the state, the lock and the host-analysis memos only
+    # no temporary file left behind: the list, the lock, the fetch record the refresh
+    # cadence reads, and the memos (host analysis, tables read, iptables' version)
     assert s["state_files"] == [
         "fetch.json",
         "iptables-host.json",
+        "iptables-read.json",
         "iptables-version.json",
         "last-known-good.json",
         "lock",
