@@ -268,9 +268,7 @@ class IptablesBackend(Backend[Seen, Step]):
 
         The key has the rules read in it: legacy tables have no generation.
         """
-        # the rules and policies, not the text: it carries a time stamp and the counters
-        rules = [(v, t.chains, [p.split(" [")[0] for p in t.policies]) for v, t in tables]
-        digest = hashlib.sha256(repr(rules).encode()).hexdigest()
+        digest = _rules_digest(tables)
         memo, key = self._memo(variant, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
@@ -404,6 +402,21 @@ DOCKER_NO_IPV6 = (
     "so no IPv6 traffic reaches a container and IPv6 is left alone; "
     "set ipv6 = false to say so"
 )
+
+
+def _rules_digest(tables: tuple[tuple[int, Table], ...]) -> str:
+    """The digest of the tables' rules and policies, not of the text (it carries a time
+    stamp and the counters); fed rule by rule, so 100,000 rules never become one string."""
+    h = hashlib.sha256()
+    for version, table in tables:
+        h.update(f"\0{version}\0".encode())
+        for policy in table.policies:
+            h.update(policy.split(" [")[0].encode() + b"\0")
+        for name, rules in table.chains:
+            h.update(f"\1{name}\0".encode())
+            for rule in rules:
+                h.update(rule.encode() + b"\n")
+    return h.hexdigest()
 
 
 def _no_docker_ipv6(obs: Owned, settings: Settings, seen: Seen, table: Table) -> bool:

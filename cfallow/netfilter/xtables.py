@@ -7,7 +7,7 @@ save text would not be the host's ruleset. The blob the kernel holds
 (``IPT_SO_SET_REPLACE``): the scratch kernel then matches exactly what the
 host's matches, masks included.
 
-Used by ``cfallow verify`` (:mod:`cfallow.verify.snapshot`, :mod:`cfallow.verify.probe`)
+Used by ``cfallow verify`` (:mod:`cfallow.verify.snapshot` reads, :mod:`cfallow.verify` loads)
 and by the iptables backend's legacy mask check (``cfallow.backends.iptables.entries``).
 Only tables the host already has are read (``/proc/net/ip_tables_names``):
 asking for another would make the kernel create it on the host.

@@ -24,7 +24,7 @@ def _helpers() -> list[int]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"cfallow.verify.probe" in cmd or b"cfverify-" in cmd:
+        if b"cfverify-" in cmd:  # a command run in a scratch namespace
             out.append(int(pid))
     return out
 
