@@ -10,7 +10,7 @@ Drop is final across tables, so the packet passes only if no base chain drops it
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 Json = Any
@@ -57,6 +57,9 @@ class Packet:
     cloudflare: bool
     own_sets: frozenset[str] = frozenset()
     skip_jumps: frozenset[str] = frozenset()  # rules jumping here are cfallow's own: skipped
+    #: appended to each time a match read ``cloudflare``: while empty, the walk would
+    #: have gone the same way from the other source
+    consulted: list[bool] = field(default_factory=list, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,10 @@ def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
         if fld in ("protocol", "nexthdr"):
             return _op(op, _in(p.protocol, right))
         if fld == "saddr" and isinstance(right, str) and right[1:] in p.own_sets:
-            return _op(op, p.cloudflare) if right.startswith("@") else None
+            if not right.startswith("@"):
+                return None
+            p.consulted.append(True)
+            return _op(op, p.cloudflare)
         return None
     if proto in ("tcp", "udp", "sctp", "dccp", "udplite", "th"):
         if proto not in ("th", p.protocol):

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from netaddr import IPNetwork, iprange_to_cidrs
 
@@ -196,6 +196,11 @@ class Host:
     ufw: bool = False
     docker: bool = False
     notes: tuple[str, ...] = field(default=())
+    #: :func:`outcome`'s answers, so a question asked again (or from the other source,
+    #: when no rule looked at the source) does not walk the chains again
+    answers: dict[tuple[object, ...], Outcome] = field(
+        default_factory=dict, init=False, compare=False, hash=False, repr=False
+    )
 
 
 def _try(runner: Runner, argv: list[str]) -> str | None:
@@ -367,9 +372,31 @@ def outcome(
     hook: str = "input",
 ) -> Outcome:
     """What the host does with a new connection to each of ``ports`` (worst port wins)."""
+    skip, own, jumps = frozenset(skip_tables), frozenset(own_sets), frozenset(skip_jumps)
+    key = (version, protocol, tuple(ports), skip, own, jumps, hook)
+    if (*key, cloudflare) in host.answers:
+        return host.answers[(*key, cloudflare)]
+    consulted: list[bool] = []
+    asked = Packet(version, protocol, 0, cloudflare, own, jumps, consulted)
+    out = _outcome(host, asked, ports, skip=skip, hook=hook)
+    host.answers[(*key, cloudflare)] = out
+    if not consulted:  # no rule looked at the source: the other source's answer too
+        host.answers[(*key, not cloudflare)] = out
+    return out
+
+
+def _outcome(
+    host: Host,
+    asked: Packet,
+    ports: Sequence[PortRange],
+    *,
+    skip: frozenset[tuple[str, str]],
+    hook: str,
+) -> Outcome:
+    """:func:`outcome` for ``asked`` at each sampled port of ``ports``."""
     if host.nft is None and not host.inputs:
         return Outcome("unknown", f"cannot read the nftables ruleset ({host.nft_error})")
-    skip = set(skip_tables)
+    version = asked.version
     chains = [
         c
         for c in (host.nft.base_chains(hook, version) if host.nft else [])
@@ -385,8 +412,7 @@ def outcome(
         if c.table != "filter" and (c.family, c.table) not in full and c.table != "nat":
             worst = worst or Outcome("unknown", f"{c.where}: iptables rules not analysed")
     for port in sample_ports(ports):
-        p = Packet(version, protocol, port, cloudflare, frozenset(own_sets), frozenset(skip_jumps))
-        out = combine(chains, every, p)
+        out = combine(chains, every, replace(asked, port=port))
         if out.verdict == "drop":
             return out
         if out.verdict == "unknown" and worst is None:

@@ -177,3 +177,25 @@ def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) 
         assert lists and not [c for c in lists if "admin_set" in c or "table" in c]
         assert all("-t" in c for c in lists if "sets" in c)
         assert nft.elements("inet", "filter", "cloudflare_v4") == {IPNetwork("173.245.48.0/20")}
+
+
+def test_an_answer_is_shared_between_sources_only_when_no_rule_looks_at_the_source() -> None:
+    """The analysis keeps each answer; the other source's answer is the same one only when
+    the walk never read the source (a rule on cfallow's set), whichever is asked first."""
+    ruleset = (
+        "table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; }\n"
+        "\tchain input {\n\t\ttype filter hook input priority 0; policy drop;\n"
+        "\t\tip saddr @cloudflare_v4 tcp dport { 80, 443 } accept\n\t}\n}\n"
+    )
+    for first in (True, False):
+        host, whole, _ = read_both(ruleset)
+        asked = [first, not first]
+        got = {cf: outcome(host, 4, "tcp", WEB, cloudflare=cf, own_sets=OWN) for cf in asked}
+        assert got[True].verdict == "accept" and got[False].verdict == "drop", got
+        assert verdicts(host) == verdicts(whole)
+    # no rule on the source (IPv6 here: the set is IPv4's): one walk answers both
+    host, whole, _ = read_both(ruleset)
+    v6 = outcome(host, 6, "tcp", WEB, cloudflare=True, own_sets=OWN)
+    assert len(host.answers) == 2 and v6.verdict == "drop"
+    assert outcome(host, 6, "tcp", WEB, cloudflare=False, own_sets=OWN) is v6
+    assert verdicts(host) == verdicts(whole)
