@@ -201,7 +201,7 @@ def _analysed(
         wanted = {s.set_name(v) for v in s.families}
         declared = [st.name for st in own.sets if st.name in wanted]
         sets = tuple(st for n in declared for st in _set(runner, fam, name, n))
-        own = hostfw.Ruleset(own.tables, own.chains, sets, own.listed)
+        own = hostfw.Ruleset(own.tables, own.chains, sets, own.listed, mentions=own.mentions)
     return found, own, True
 
 
@@ -228,6 +228,9 @@ def references(seen: Seen | hostfw.Ruleset, name: str) -> list[str]:
 def referencing(seen: Seen | hostfw.Ruleset, names: list[str]) -> dict[str, list[str]]:
     """The rules that reference each of ``names``, in one pass over the rules (each rule's
     JSON is made once: 100,000 rules cost 0.7 s a pass)."""
+    mentions = seen.mentions if isinstance(seen, hostfw.Ruleset) else None
+    if mentions is not None and not mentions.intersection(names):
+        return {}  # no listing names them: no rule to look for
     needles = [(n, json.dumps(f"@{n}")) for n in names]
     found: dict[str, list[str]] = {}
     for c in seen.chains:

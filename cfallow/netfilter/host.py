@@ -50,7 +50,9 @@ class Ruleset:
 
     ``listed``: the tables read whole (every chain's rules, the sets; by :func:`read_nft`
     tersely: a set's elements are not read); ``walked``: the tables of which every chain
-    the input and forward base chains reach was read (the others: heads only).
+    the input and forward base chains reach was read (the others: heads only);
+    ``mentions``: every name written ``"@name"`` in the listings these were parsed from
+    (a rule can only reference a set named there), None when not known.
     """
 
     tables: tuple[tuple[str, str], ...] = ()
@@ -58,6 +60,7 @@ class Ruleset:
     sets: tuple[NftSet, ...] = ()
     listed: tuple[tuple[str, str], ...] = ()
     walked: tuple[tuple[str, str], ...] = ()
+    mentions: frozenset[str] | None = None
 
     def table(self, family: str, name: str) -> Ruleset | None:
         """A table read whole, as its own :class:`Ruleset` (None if it was not)."""
@@ -68,6 +71,7 @@ class Ruleset:
             tuple(c for c in self.chains if (c.family, c.table) == (family, name)),
             tuple(s for s in self.sets if (s.family, s.table) == (family, name)),
             ((family, name),),
+            mentions=self.mentions,
         )
 
     def chain_map(self) -> dict[tuple[str, str, str], Chain]:
@@ -137,6 +141,10 @@ def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
         return _parse(text, whole)
 
 
+#: A set or map named in ``nft -j`` output (``"right": "@web"``): names are plain ASCII.
+_MENTION = re.compile(r'"@([^"\\]*)"')
+
+
 def _parse(text: str, whole: bool) -> Ruleset:
     try:
         items = json.loads(text or '{"nftables": []}')["nftables"]
@@ -171,7 +179,8 @@ def _parse(text: str, whole: bool) -> Ruleset:
         for k, c in heads.items()
     )
     tables = tables or sorted({(c.family, c.table) for c in chains})
-    return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else ())
+    mentions = frozenset(_MENTION.findall(text))
+    return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else (), (), mentions)
 
 
 #: iptables-nft's own tables and base chains (upper case), as opposed to native ones.
@@ -236,13 +245,17 @@ def _walk_table(runner: Runner, family: str, table: str, bases: Iterable[str]) -
     seen: set[str] = set()
     todo = sorted(set(bases))
     chains: list[Chain] = []
+    mentions: set[str] = set()
     while todo:
         name = todo.pop()
         seen.add(name)
         text = runner.run(["nft", "-j", "list", "chain", family, table, name]).stdout
-        chains += parse_ruleset(text).chains
+        part = parse_ruleset(text)
+        chains += part.chains
+        mentions.update(part.mentions or ())
         todo += sorted(_targets(text) - seen - set(todo))
-    return Ruleset(((family, table),), tuple(chains), walked=((family, table),))
+    walked = ((family, table),)
+    return Ruleset(walked, tuple(chains), walked=walked, mentions=frozenset(mentions))
 
 
 def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -> Ruleset:
@@ -264,6 +277,7 @@ def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -
     chains = [c for c in heads.chains if (c.family, c.table) not in native]
     sets: list[NftSet] = []
     listed, walked = [], []
+    mentions = set(heads.mentions or ())
     for fam, table in native:
         count = sum(1 for c in heads.chains if (c.family, c.table) == (fam, table))
         if count > CHAINS_ONE_BY_ONE or f"{fam} {table}" in whole:
@@ -283,8 +297,10 @@ def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -
                 if (c.family, c.table) == (fam, table) and c.name not in reached
             ]
         chains += full.chains
+        mentions.update(full.mentions or ())
     tables = tuple(sorted({(c.family, c.table) for c in chains}))
-    return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked))
+    found = frozenset(mentions)
+    return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked), found)
 
 
 def read(
@@ -334,7 +350,7 @@ def read(
             for c in ruleset.chains
             if not (is_xt(c) and c.table == "filter" and c.name == "INPUT")
         )
-        ruleset = Ruleset(ruleset.tables, keep, ruleset.sets, ruleset.listed, ruleset.walked)
+        ruleset = replace(ruleset, chains=keep)
     return Host(
         ruleset,
         error,

@@ -199,3 +199,29 @@ def test_an_answer_is_shared_between_sources_only_when_no_rule_looks_at_the_sour
     assert len(host.answers) == 2 and v6.verdict == "drop"
     assert outcome(host, 6, "tcp", WEB, cloudflare=False, own_sets=OWN) is v6
     assert verdicts(host) == verdicts(whole)
+
+
+def test_the_rules_referencing_cfallows_sets_are_found_from_the_terse_listing() -> None:
+    """Sets mode lists the admin's table tersely; the rules naming cfallow's sets are found
+    in it (in any chain, reached or not), and a listing naming none of them is not
+    searched rule by rule."""
+    from cfallow.backends.nftables.apply import referencing
+
+    sets = (
+        "table inet filter {\n\tset cloudflare_v4 { type ipv4_addr; flags interval; }\n"
+        "\tset cloudflare_v6 { type ipv6_addr; flags interval; }\n}\n"
+    )
+    used = admin(first="\t\tip saddr @cloudflare_v4 tcp dport 443 accept\n")
+    used += "table inet filter {\n\tchain spare {\n\t\tip6 saddr @cloudflare_v6 accept\n\t}\n}\n"
+    with namespace("hrf") as ns:
+        for ruleset, expect in ((sets + used, set(OWN)), (sets + admin(), set())):
+            Nft(ns).load("flush ruleset\n" + ruleset)
+            host = hostfw.read(Runner(prefix=ns_exec(ns)), iptables=False, whole=["inet filter"])
+            assert host.nft is not None
+            table = host.nft.table("inet", "filter")
+            assert table is not None and table.mentions is not None
+            found = referencing(table, list(OWN))
+            assert set(found) == expect, found
+            assert expect <= table.mentions
+            for name in expect:
+                assert len(found[name]) == 1 and found[name][0].startswith("inet filter ")
