@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.cli_helpers import fixture_text
+from support.cli_helpers import plant_lkg
 
 PROBE = (
     "import sys; from cfallow.cli.commands import main; rc = main(sys.argv[1:]); "
@@ -44,11 +44,7 @@ def test_without_a_list_yet_the_snapshot_with_a_warning_and_no_http_import(tmp_p
 
 
 def test_with_a_list_it_is_applied_silently(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    api = json.loads(fixture_text("api-ips-2021-03.json"))["result"]
-    doc = {"ipv4": api["ipv4_cidrs"], "ipv6": api["ipv6_cidrs"], "etag": "e1", "fetched_at": 1e9}
-    (state / "last-known-good.json").write_text(json.dumps(doc))
+    plant_lkg(tmp_path / "state", "api-ips-2021-03.json")
     r = run(tmp_path, fake(tmp_path), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().rsplit("\n", 1)[0])

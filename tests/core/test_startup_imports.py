@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.cli_helpers import fixture_text
+from support.cli_helpers import plant_lkg
 
 #: Never imported by an offline sync that changes nothing (the fake backend, no metrics
 #: file, no notify_url).
@@ -57,11 +57,7 @@ def offline(tmp: Path) -> tuple[set[str], str]:
 
 
 def test_an_offline_run_that_changes_nothing_imports_only_what_it_uses(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    api = json.loads(fixture_text("api-ips.json"))["result"]
-    doc = {"ipv4": api["ipv4_cidrs"], "ipv6": api["ipv6_cidrs"], "etag": "e1", "fetched_at": 1e9}
-    (state / "last-known-good.json").write_text(json.dumps(doc))
+    plant_lkg(tmp_path / "state")
     first, _ = offline(tmp_path)
     assert "cfallow.engine" in first and "cfallow_fake" in first  # the probe sees imports
     modules, out = offline(tmp_path)

@@ -65,6 +65,14 @@ def fixture_text(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
+def plant_lkg(state: Path, fixture: str = "api-ips.json", etag: str = "e1") -> None:
+    """A last-known-good list in ``state`` (made here), from one of the real responses."""
+    state.mkdir(exist_ok=True)
+    api = json.loads(fixture_text(fixture))["result"]
+    doc = {"ipv4": api["ipv4_cidrs"], "ipv6": api["ipv6_cidrs"], "etag": etag, "fetched_at": 1e9}
+    (state / "last-known-good.json").write_text(json.dumps(doc))
+
+
 def unwrapped(text: str) -> str:
     """``text`` with every run of whitespace one space: a long line the CLI wrapped to fit
     100 columns (its continuation indented) reads as the one line it stands for."""
