@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_iptables import _SERVER, ERAS, FIXTURES, unrelated_rules
-from bench_nftables import CFALLOW, admin_table
+from bench_iptables import unrelated_rules
+from bench_nftables import admin_table
+from benchkit import scene, sh
 
 ANALYSE = """
 import sys
@@ -85,10 +83,6 @@ def timed(argv: list[str]) -> tuple[float, float, float]:
     return took, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def sh(argv: list[str], text: str | None = None) -> None:
-    subprocess.run(argv, check=True, capture_output=True, text=True, input=text)
-
-
 Figure = tuple[float, float, float]  # median wall s, median CPU s, peak MB
 
 
@@ -111,63 +105,41 @@ def elements(n: int) -> str:
 
 
 def one(size: int, opts: argparse.Namespace) -> dict[str, Figure]:
-    ns = f"cfa-bench-an-{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
-    nsx = ["ip", "netns", "exec", ns]
-    sh(["ip", "netns", "add", ns])
-    try:
-        sh([*nsx, "ip", "link", "set", "lo", "up"])
-        sh([*nsx, "nft", "-f", "-"], admin_table(size))
-        sh([*nsx, "nft", "-f", "-"], elements(opts.elements))
+    with scene("an") as here:
+        nsx = here.nsx()
+        sh(here.nsx("nft", "-f", "-"), input=admin_table(size))
+        sh(here.nsx("nft", "-f", "-"), input=elements(opts.elements))
         out = {
             "nft -t -j list ruleset": sample(
-                [*nsx, "nft", "-t", "-j", "list", "ruleset"], opts.runs
+                here.nsx("nft", "-t", "-j", "list", "ruleset"), opts.runs
             )
         }
         out["analysis"] = sample([*nsx, sys.executable, "-c", ANALYSE], opts.runs)
         if opts.before:
             argv = [*nsx, sys.executable, "-c", ANALYSE, str(opts.before)]
             out["analysis before"] = sample(argv, opts.runs)
-        (tmp / "config.toml").write_text(
-            f'[backends.nftables]\nmode = "lockdown"\nfile = "{tmp / "cfallow.nft"}"\n'
+        config = here.tmp / "config.toml"
+        config.write_text(
+            f'[backends.nftables]\nmode = "lockdown"\nfile = "{here.tmp / "cfallow.nft"}"\n'
         )
-        sync = [*nsx, CFALLOW, "--config", str(tmp / "config.toml")]
-        sync += ["--state-dir", str(tmp / "state"), "-q", "sync", "--source", "bundled"]
+        sync = here.cfallow(config, "sync", "--source", "bundled")
         timed(sync)  # creates cfallow's table
         timed(sync)  # analyses cfallow's own commit
         bump = iter(["add", "delete"] * opts.runs)
         out["run after a commit"] = sample(
-            sync, opts.runs, lambda: sh([*nsx, "nft", next(bump), "table", "inet", "benchbump"])
+            sync, opts.runs, lambda: sh(here.nsx("nft", next(bump), "table", "inet", "benchbump"))
         )
         return out
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def iptables(size: int, variant: str, runs: int) -> dict[str, Figure]:
     """The iptables backend's reads and a changing sync, in one namespace."""
-    ns = f"cfa-bench-ip-{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix="cfallow-bench-"))
-    nsx = ["ip", "netns", "exec", ns]
-    sh(["ip", "netns", "add", ns])
-    server = None
-    try:
-        sh([*nsx, "ip", "link", "set", "lo", "up"])
-        sh([*nsx, f"iptables-{variant}-restore", "--noflush"], unrelated_rules(size))
-        (tmp / "ips.json").write_bytes((FIXTURES / ERAS["current"]).read_bytes())
-        server = subprocess.Popen(
-            [*nsx, sys.executable, "-c", _SERVER, str(tmp)], stdout=subprocess.PIPE, text=True
-        )
-        assert server.stdout is not None
-        url = f"http://127.0.0.1:{int(server.stdout.readline())}"
-        (tmp / "config.toml").write_text(
-            f'[source]\napi_url = "{url}/client/v4/ips"\n'
-            f'text_urls = ["{url}/ips-v4", "{url}/ips-v6"]\n\n'
-            f'[backends.iptables]\nvariant = "{variant}"\n'
-        )
-        sync = [*nsx, CFALLOW, "--config", str(tmp / "config.toml")]
-        sync += ["--state-dir", str(tmp / "state"), "-q", "sync"]
+    with scene("ip") as here:
+        nsx = here.nsx()
+        sh(here.nsx(f"iptables-{variant}-restore", "--noflush"), input=unrelated_rules(size))
+        config = here.tmp / "config.toml"
+        config.write_text(here.source() + f'[backends.iptables]\nvariant = "{variant}"\n')
+        sync = here.cfallow(config, "sync")
         timed(sync)
         tool = f"iptables-{variant}"
         out = {"*-save -t filter": sample([*nsx, f"{tool}-save", "-t", "filter"], runs)}
@@ -177,19 +149,8 @@ def iptables(size: int, variant: str, runs: int) -> dict[str, Figure]:
             argv = [*nsx, "nft", "-j", "list", "chain", "ip", "filter", "CFALLOW"]
             out["nft list chain CFALLOW"] = sample(argv, runs)
         eras = iter(["old", "current"] * runs)
-
-        def swap() -> None:
-            (tmp / "ips.part").write_bytes((FIXTURES / ERAS[next(eras)]).read_bytes())
-            os.replace(tmp / "ips.part", tmp / "ips.json")
-
-        out["changing sync"] = sample(sync, runs, swap)
+        out["changing sync"] = sample(sync, runs, lambda: here.publish(next(eras)))
         return out
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def show(size: int, out: dict[str, Figure], floor: Figure) -> None:
