@@ -123,7 +123,7 @@ def _sets_only(runner: Runner, fam: str, name: str, wanted: list[str]) -> hostfw
     """Sets mode without the host analysis: cfallow's sets of the table (elements included:
     no other set's elements are read), and whether the table exists."""
     heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains", fam]).stdout, whole=False)
-    sets = tuple(st for n in wanted for st in _set(runner, fam, name, n))
+    sets = _own_sets(runner, fam, name, wanted)
     if (fam, name) not in heads.tables and not sets:  # a table of sets only? (no elements)
         listed = _list(runner, "sets", fam, terse=True)
         if listed is None or all(st.table != name for st in listed.sets):
@@ -200,9 +200,15 @@ def _analysed(
     if s.mode == "sets" and own is not None:  # the listing was terse: cfallow's sets whole
         wanted = {s.set_name(v) for v in s.families}
         declared = [st.name for st in own.sets if st.name in wanted]
-        sets = tuple(st for n in declared for st in _set(runner, fam, name, n))
+        sets = _own_sets(runner, fam, name, declared)
         own = hostfw.Ruleset(own.tables, own.chains, sets, own.listed, mentions=own.mentions)
     return found, own, True
+
+
+def _own_sets(runner: Runner, fam: str, table: str, names: list[str]) -> tuple[NftSet, ...]:
+    """cfallow's sets ``names`` of the table, each listed with its elements (one ``nft -j
+    list set`` each: no other set's elements are read); the missing ones left out."""
+    return tuple(st for n in names for st in _set(runner, fam, table, n))
 
 
 def _set(runner: Runner, fam: str, table: str, name: str) -> tuple[NftSet, ...]:

@@ -108,29 +108,21 @@ def _op(op: str, hit: Tri) -> Tri:
 
 def _match(m: Mapping[str, Json], p: Packet) -> Tri:
     left, right, op = m.get("left"), m.get("right"), str(m.get("op", "=="))
+    applies, value = _key(left, p)
+    if applies is not None:
+        return _op(op, _in(value, right)) if applies else False
     if not isinstance(left, dict):
         return None
-    if "meta" in left:
-        key = left["meta"].get("key")
-        if key in ("iif", "iifname"):
-            # the packet comes from a real interface: only a match on "lo" is known not to hit
-            return False if op == "==" and right == "lo" else None
-        if key == "l4proto":
-            return _op(op, _in(p.protocol, right))
-        if key == "nfproto":
-            return _op(op, _in("ipv4" if p.version == 4 else "ipv6", right))
-        return None
-    if "ct" in left:
-        key, direction = left["ct"].get("key"), left["ct"].get("dir")
-        if key == "state":
-            return _op(op, _in("new", right))
-        if key == "status" and _in("dnat", right) is True:
-            return None
-        if key == "proto-dst" and direction == "original":
-            return _op(op, _in(p.port, right))
-        return None
+    if "meta" in left and left["meta"].get("key") in ("iif", "iifname"):
+        # the packet comes from a real interface: only a match on "lo" is known not to hit
+        return False if op == "==" and right == "lo" else None
     if "payload" in left:
-        return _payload(left["payload"], op, right, p)
+        pl = left["payload"]
+        own = isinstance(right, str) and right[1:] in p.own_sets and right.startswith("@")
+        if own and pl.get("protocol") in ("ip", "ip6") and pl.get("field") == "saddr":
+            p.consulted.append(True)
+            return _op(op, p.cloudflare)
+        return None
     if "&" in left:  # tcp flags & (fin | syn | rst | ack) == syn: a new connection is a SYN
         inner = left["&"][0] if isinstance(left["&"], list) and left["&"] else None
         if isinstance(inner, dict) and inner.get("payload", {}).get("field") == "flags":
@@ -140,38 +132,14 @@ def _match(m: Mapping[str, Json], p: Packet) -> Tri:
     return None
 
 
-def _payload(pl: Mapping[str, Json], op: str, right: Json, p: Packet) -> Tri:
-    proto, fld = pl.get("protocol"), pl.get("field")
-    if proto in ("ip", "ip6"):
-        if (proto == "ip") != (p.version == 4):
-            return False  # an ip match never matches an IPv6 packet (and vice versa)
-        if fld in ("protocol", "nexthdr"):
-            return _op(op, _in(p.protocol, right))
-        if fld == "saddr" and isinstance(right, str) and right[1:] in p.own_sets:
-            if not right.startswith("@"):
-                return None
-            p.consulted.append(True)
-            return _op(op, p.cloudflare)
-        return None
-    if proto in ("tcp", "udp", "sctp", "dccp", "udplite", "th"):
-        if proto not in ("th", p.protocol):
-            return False
-        if fld == "dport":
-            return _op(op, _in(p.port, right))
-        if fld == "flags" and proto == "tcp":
-            return _op(op, _in("syn", right))
-        return None
-    if proto in ("icmp", "icmpv6"):
-        return False
-    return None
-
-
 def _key(left: Json, p: Packet) -> tuple[Tri, object]:
-    """The packet's value for a verdict map's key: (applies, value); None: cannot tell."""
+    """The packet's value for an expression (a match's left side, a verdict map's key).
+
+    (True, value); (False, None): the header is not in this packet (another family's
+    or protocol's), so nothing on it matches; (None, None): this module cannot tell.
+    """
     if not isinstance(left, dict):
         return None, None
-    if "ct" in left and left["ct"].get("key") == "state":
-        return True, "new"
     if "meta" in left:
         key = left["meta"].get("key")
         if key == "l4proto":
@@ -179,12 +147,29 @@ def _key(left: Json, p: Packet) -> tuple[Tri, object]:
         if key == "nfproto":
             return True, "ipv4" if p.version == 4 else "ipv6"
         return None, None
+    if "ct" in left:
+        key, direction = left["ct"].get("key"), left["ct"].get("dir")
+        if key == "state":
+            return True, "new"
+        if key == "proto-dst" and direction == "original":
+            return True, p.port
+        return None, None  # status dnat and the rest: unknown
     if "payload" in left:
         proto, fld = left["payload"].get("protocol"), left["payload"].get("field")
-        if proto in ("ip", "ip6") and fld in ("protocol", "nexthdr"):
-            return ((proto == "ip") == (p.version == 4)), p.protocol
-        if proto in ("tcp", "udp", "th") and fld == "dport":
-            return proto in ("th", p.protocol), p.port
+        if proto in ("ip", "ip6"):
+            if (proto == "ip") != (p.version == 4):
+                return False, None  # an ip match never matches an IPv6 packet (and vice versa)
+            if fld in ("protocol", "nexthdr"):
+                return True, p.protocol
+        elif proto in ("tcp", "udp", "sctp", "dccp", "udplite", "th"):
+            if proto not in ("th", p.protocol):
+                return False, None
+            if fld == "dport":
+                return True, p.port
+            if fld == "flags" and proto == "tcp":
+                return True, "syn"
+        elif proto in ("icmp", "icmpv6"):
+            return False, None
     return None, None
 
 

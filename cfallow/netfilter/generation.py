@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cfallow.errors import BackendError
 from cfallow.fs import write_atomic
+from cfallow.netfilter.netlink import attributes
 from cfallow.runner import Runner
 
 NETLINK_NETFILTER = 12
@@ -43,13 +44,10 @@ def _ask(sock: socket.socket) -> int:
     if kind == NLMSG_ERROR:
         (err,) = struct.unpack_from("=i", data, 16)
         raise OSError(-err, os.strerror(-err))
-    at = 20  # nlmsghdr + nfgenmsg
-    while at + 4 <= min(length, len(data)):
-        size, attr = struct.unpack_from("=HH", data, at)
-        if attr & 0x3FFF == NFTA_GEN_ID and size >= 8:
-            return int(struct.unpack_from("!I", data, at + 4)[0])
-        at += max((size + 3) & ~3, 4)
-    raise OSError("no generation id in the kernel's answer")
+    gen = attributes(data, 20, length).get(NFTA_GEN_ID, b"")  # after nlmsghdr + nfgenmsg
+    if len(gen) < 4:
+        raise OSError("no generation id in the kernel's answer")
+    return int.from_bytes(gen[:4], "big")
 
 
 def _namespace(sock: socket.socket) -> str:

@@ -292,8 +292,7 @@ def nat_ports(inside: Runner, legacy: bool) -> list[int]:
 
 def _judge(probes: list[Probe], sent: probe.Sent, *, legacy: bool) -> None:
     traced = trace.parse(sent.lines)
-    for p, seen in zip(probes, sent.verdicts):
-        verdict = seen
+    for p, verdict in zip(probes, sent.verdicts):
         pkt = traced.get((p.source, p.port))
         if sent.lost and pkt is not None and not _dropped(pkt):
             # events were lost: this path may lack the chain that decided; a traced drop
@@ -301,12 +300,11 @@ def _judge(probes: list[Probe], sent: probe.Sent, *, legacy: bool) -> None:
             pkt = None
         p.decided = _decided(pkt, verdict, legacy)
         found = pkt.decided() if pkt else None
-        if verdict == "drop" and found and found[2] == "drop" and "reject" in found[1]:
-            # a traced reject: the probe is decided by the trace before its RST or ICMP
-            # error lands (and an ICMPv6 error that lands while connect() holds the socket
-            # is dropped by TCP, LockDroppedIcmps): the traced rule says what the kernel did
-            verdict = "reject"
-        p.verdict = verdict
+        # a traced reject: the probe is decided by the trace before its RST or ICMP
+        # error lands (and an ICMPv6 error that lands while connect() holds the socket
+        # is dropped by TCP, LockDroppedIcmps): the traced rule says what the kernel did
+        rejected = found is not None and found[2] == "drop" and "reject" in found[1]
+        p.verdict = "reject" if verdict == "drop" and rejected else verdict
 
 
 def _dropped(pkt: trace.Packet) -> bool:

@@ -15,7 +15,6 @@ import ctypes
 import functools
 import os
 import secrets
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -89,22 +88,13 @@ def in_namespace(path: str, work: Callable[[], T]) -> T:
     The thread ends with ``work``: this process's other threads never change namespace,
     and what ``work`` creates (sockets) stays in ``path``'s namespace.
     """
-    box: list[T] = []
-    failed: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            _setns(path)
-            box.append(work())
-        except BaseException as exc:  # handed to the caller's thread
-            failed.append(exc)
+    def body() -> T:
+        _setns(path)
+        return work()
 
-    thread = threading.Thread(target=body, name="cfallow-netns", daemon=True)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
-    return box[0]
+    result: T = together(body)[0]
+    return result
 
 
 @dataclass

@@ -18,6 +18,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from cfallow.netfilter.netlink import attributes
+
 NETLINK_NETFILTER = 12
 NFNLGRP_NFTRACE = 9
 SOL_NETLINK = 270
@@ -31,7 +33,6 @@ VERDICTS = {0: "drop", 1: "accept", 2: "stolen", 3: "queue", 4: "repeat", 5: "st
 NFT_VERDICTS = {-1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
 POLICY, RETURN, RULE = 1, 2, 3  # enum nft_trace_types
 _HDR = struct.Struct("=IHHII")
-_ATTR = struct.Struct("=HH")
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,7 @@ def _event(body: bytes) -> Event | None:
     ``None`` for a rule that neither accepted nor dropped (continue, jump, goto, return)
     and carries no packet headers: it decides nothing, and there are many.
     """
-    found: dict[int, bytes] = {}
-    at, end = 4, len(body)
-    while at + 4 <= end:
-        length, kind = _ATTR.unpack_from(body, at)
-        if length < 4:
-            break
-        found[kind & 0x3FFF] = body[at + 4 : at + length]
-        at += (length + 3) & ~3
+    found = attributes(body, 4)
     kind = _u32(found.get(4))
     verdict = _verdict(found[5]) if 5 in found else ""
     if kind == RULE and 8 not in found and verdict not in ("accept", "drop"):
@@ -143,16 +137,9 @@ def _event(body: bytes) -> Event | None:
 
 
 def _verdict(nested: bytes) -> str:
-    code, chain, at = 0, "", 0
-    while at + 4 <= len(nested):
-        length, kind = _ATTR.unpack_from(nested, at)
-        if length < 4:
-            break
-        if kind & 0x3FFF == 1:
-            code = int.from_bytes(nested[at + 4 : at + 8], "big", signed=True)
-        elif kind & 0x3FFF == 2:
-            chain = " " + _str(nested[at + 4 : at + length])
-        at += (length + 3) & ~3
+    found = attributes(nested)
+    code = int.from_bytes(found.get(1, b"")[:4], "big", signed=True)
+    chain = " " + _str(found[2]) if 2 in found else ""
     return (NFT_VERDICTS.get(code) or VERDICTS.get(code & 0xFF, str(code))) + chain
 
 
