@@ -71,7 +71,8 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(path: str) -> None:
+def setns(path: str) -> None:
+    """Move the calling thread into the network namespace ``path`` (``/run/netns/NAME``)."""
     libc = _libc()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -90,7 +91,7 @@ def in_namespace(path: str, work: Callable[[], T]) -> T:
     """
 
     def body() -> T:
-        _setns(path)
+        setns(path)
         return work()
 
     result: T = together(body)[0]

@@ -11,7 +11,6 @@ it exactly like an in-process backend.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 from collections.abc import Callable
@@ -20,21 +19,14 @@ from typing import Any, TypeVar
 from cfallow.backend import Backend
 from cfallow.errors import BackendError, CfallowError
 from cfallow.model import Networks, Plan
+from cfallow.verify.lab import setns
 
 T = TypeVar("T")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def enter_netns(ns: str) -> None:
     """Move the calling process into ``/run/netns/NS`` (child processes only)."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({ns}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    setns(f"/run/netns/{ns}")
 
 
 def _portable(exc: BaseException) -> BaseException:
