@@ -278,7 +278,10 @@ class IptablesBackend(Backend[Seen, Step]):
         from .advice import iptables_allow
 
         host = hostfw.read(
-            self.ctx.runner, variant=variant.kind, saves=dict(zip(self.families, texts))
+            self.ctx.runner,
+            variant=variant.kind,
+            saves=dict(zip(self.families, texts)),
+            parsed=dict(tables),
         )
         s = self.settings
         error, notes = iptables_allow(host, self.families, s.protocol, s.ports, s.chain)

@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from cfallow.errors import BackendError, CommandFailed
@@ -130,7 +131,7 @@ def audited(version: int, table: Table, chain: str) -> Table:
         for i, s in enumerate(specs)
     )
     chains = tuple((n, fixed if n == chain else r) for n, r in table.chains)
-    return Table(chains, table.policies, table.mangle)
+    return replace(table, chains=chains)
 
 
 _warned: set[int] = set()

@@ -24,7 +24,7 @@ from netaddr import IPNetwork, iprange_to_cidrs
 from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter.evaluate import Chain, Json, Outcome, Packet, Rule, combine
 from cfallow.netfilter.generation import Memo
-from cfallow.netfilter.save import detect, input_chain, save_tools, version_text
+from cfallow.netfilter.save import Table, detect, input_chain, save_tools, version_text
 from cfallow.runner import Runner
 from cfallow.section import PortRange
 
@@ -309,13 +309,15 @@ def read(
     iptables: bool = True,
     variant: str | None = None,
     saves: Mapping[int, str] | None = None,
+    parsed: Mapping[int, Table] | None = None,
     rules: bool = True,
     whole: Iterable[str] = (),
 ) -> Host:
     """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
 
     ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
-    filter`` per IP version), so nothing is read twice. ``rules=False``: chain heads only.
+    filter`` per IP version), so nothing is read twice; ``parsed``: its parse of those
+    very texts, so nothing is parsed twice. ``rules=False``: chain heads only.
     ``whole``: tables (``"inet filter"``) to list whole (see :func:`read_nft`).
     """
     ruleset: Ruleset | None = None
@@ -329,20 +331,7 @@ def read(
     if variant is None and iptables:
         variant = read_variant(runner)
     variant = variant or ""
-    inputs = []
-    if variant:
-        texts = dict(saves or {})
-        for version, tools in save_tools(variant).items():
-            if version not in texts:
-                texts[version] = next(
-                    (t for t in (_try(runner, [x, "-t", "filter"]) for x in tools) if t), ""
-                )
-            chain = input_chain(texts[version], version)
-            if chain is not None:
-                inputs.append(chain)
-        text = " ".join(texts.values())
-    else:
-        text = ""
+    inputs, text = _save_inputs(runner, variant, saves or {}, parsed or {})
     names = {c.name for c in ruleset.chains} if ruleset else set()
     if ruleset is not None and inputs:  # the save text stands for iptables' INPUT chains
         keep = tuple(
@@ -363,6 +352,25 @@ def read(
         or ":ufw6-" in text,
         docker=bool(names & {"DOCKER", "DOCKER-USER"}) or ":DOCKER" in text,
     )
+
+
+def _save_inputs(
+    runner: Runner, variant: str, saves: Mapping[int, str], parsed: Mapping[int, Table]
+) -> tuple[list[Chain], str]:
+    """iptables' INPUT chains from ``*-save -t filter`` (read here unless in ``saves``),
+    and the texts read (one string, for the names of chains it holds)."""
+    if not variant:
+        return [], ""
+    inputs, texts = [], dict(saves)
+    for version, tools in save_tools(variant).items():
+        if version not in texts:
+            texts[version] = next(
+                (t for t in (_try(runner, [x, "-t", "filter"]) for x in tools) if t), ""
+            )
+        chain = input_chain(texts[version], version, parsed.get(version))
+        if chain is not None:
+            inputs.append(chain)
+    return inputs, " ".join(texts.values())
 
 
 def sample_ports(ports: Iterable[PortRange]) -> list[int]:

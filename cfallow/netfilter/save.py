@@ -10,7 +10,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from cfallow.errors import BackendError
@@ -100,12 +100,15 @@ class Table:
     ``policies`` holds the built-in chains' ``:CHAIN POLICY [packets:bytes]``
     lines as printed (with ``-c``, the counters are the kernel's). ``mangle``
     is the same family's mangle table, read beside it where cfallow guards
-    FORWARD there (parent ``DOCKER-USER``), else ``None``.
+    FORWARD there (parent ``DOCKER-USER``), else ``None``. ``input_lines``: the
+    line of each ``INPUT`` rule in the text parsed (the analysis names a rule by
+    it; :func:`input_chain` takes them from here rather than scan the text again).
     """
 
     chains: tuple[tuple[str, tuple[str, ...]], ...]
     policies: tuple[str, ...] = ()
     mangle: Table | None = None
+    input_lines: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def same_rules(self, other: Table) -> bool:
         """The same chains and rules (counters aside), the mangle table's too."""
@@ -170,8 +173,9 @@ def _scan(text: str, which: str, lines_of: str = "") -> _Scan:
 
 def parse_save(text: str, which: str = "filter") -> Table:
     """Parse ``iptables-save [-c]`` output: table ``which`` (comments, counters, others ignored)."""
-    scan = _scan(text, which)
-    return Table(tuple((n, tuple(r)) for n, r in scan.chains.items()), tuple(scan.policies))
+    scan = _scan(text, which, "INPUT" if which == "filter" else "")
+    chains = tuple((n, tuple(r)) for n, r in scan.chains.items())
+    return Table(chains, tuple(scan.policies), input_lines=tuple(scan.lines))
 
 
 def parse_tables(text: str, mangle: bool) -> Table:
@@ -179,7 +183,7 @@ def parse_tables(text: str, mangle: bool) -> Table:
     table = parse_save(text)
     if not mangle:
         return table
-    return Table(table.chains, table.policies, parse_save(text, "mangle"))
+    return replace(table, mangle=parse_save(text, "mangle"))
 
 
 def target_of(spec: str) -> str | None:
@@ -197,21 +201,26 @@ def target_of(spec: str) -> str | None:
     return None
 
 
-def input_chain(text: str, version: int) -> Chain | None:
+def input_chain(text: str, version: int, table: Table | None = None) -> Chain | None:
     """The ``filter`` table's INPUT chain of ``*-save -t filter`` text, for the analysis.
 
     Rules become opaque matches (``xt``) with their verdict, so the analysis says
     "cannot tell" for them unless they only jump somewhere; a rule's handle is its
-    line in ``text``.
+    line in ``text``. ``table``: :func:`parse_save` of this very ``text``, if the
+    caller has it (the text is then not scanned again).
     """
     from cfallow.netfilter.evaluate import Chain, Rule
 
-    scan = _scan(text, "filter", "INPUT")
-    policy = next((p.split()[1].lower() for p in scan.policies if p.startswith(":INPUT ")), None)
+    specs = table.rules("INPUT") if table is not None else None
+    if table is None or len(specs or ()) != len(table.input_lines):
+        table = parse_save(text)
+        specs = table.rules("INPUT")
+    policies = table.policies
+    policy = next((p.split()[1].lower() for p in policies if p.startswith(":INPUT ")), None)
     if policy is None:
         return None
     rules, last = [], None
-    for n, spec in zip(scan.lines, scan.chains.get("INPUT", ())):
+    for n, spec in zip(table.input_lines, specs or ()):
         at = f" {spec}".rfind(" -j ")
         target = spec[at + 3 :].split(" ", 1)[0] if at >= 0 else ""
         key = (spec == f"-j {target}", target)
