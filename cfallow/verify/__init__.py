@@ -237,9 +237,12 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
     rule of each kind of failure."""
     # three reads and a load that do not depend on each other: their commands overlap
+    # (legacy x_tables: the trace table's late chain shows which SYNs x_tables let through)
     landing, _, rules = together(
         lambda: nat_ports(inside, legacy),
-        lambda: inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET),
+        lambda: inside.run(
+            ["nft", "-f", "-"], input=trace.LEGACY_RULESET if legacy else trace.TRACE_RULESET
+        ),
         lambda: inside.run(["nft", "-a", "list", "ruleset"]).stdout,
     )
     ports = sorted({p.port for p in probes} | set(landing))
@@ -247,7 +250,8 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     origin, edge = lab.path("origin"), lab.path("edge")
     progress.probing(len(probes), timeout)
     texts = nftrace.rule_texts(rules)
-    with probe.session(origin, edge, ports, families, texts, timeout=timeout) as session:
+    late = legacy and labmod.in_order(origin)
+    with probe.session(origin, edge, ports, families, texts, timeout=timeout, late=late) as session:
 
         def targets(which: list[Probe]) -> list[probe.Target]:
             return [

@@ -11,10 +11,21 @@ A connection is ``accept``; a refusal (RST or ICMP error: the listener is
 there, so it came from a rule) ``reject``; a SYN the kernel's nftables trace
 (:mod:`.nftrace`, read in the origin) shows dropped, by a rule's or a policy's
 ``drop``, is ``drop`` at once. A probe with neither by the time-out (a drop
-nftables does not trace: legacy x_tables; or a trace event that never came)
-is ``drop`` then, as before. Once every probe is decided a *fence* SYN goes
-out: when its trace event is read, every event of the probes before it has
-been read too.
+nftables does not trace; or a trace event that never came) is ``drop`` then.
+Once every probe is decided a *fence* SYN goes out: when its trace event is
+read, every event of the probes before it has been read too.
+
+On a host with legacy x_tables (``late``: the trace table's late input chain,
+:data:`.trace.LEGACY_RULESET`) the probes and two *early fences* are sent from
+one CPU, right after each other. Without RPS a CPU handles the packets it sends
+into a veth in that order, each in full (prerouting to the socket, or to its
+drop) before the next: once the first early fence is traced at prerouting,
+every probe's SYN has been handled; once the second one is, so has every answer
+(RST, ICMP error, SYN-ACK) those SYNs drew. A probe still unanswered then, whose
+SYN was traced at prerouting and never reached the late chain, was dropped
+before it (by x_tables) and no answer is coming: ``drop`` at once instead of at
+the time-out. If events were lost, or the thread cannot be kept on one CPU,
+nothing is decided this way.
 """
 
 from __future__ import annotations
@@ -90,6 +101,7 @@ class Session:
     listeners: list[socket.socket]
     tracer: socket.socket
     rules: dict[tuple[str, str, str, int], str]
+    late: bool = False  # the late input chain is loaded (legacy x_tables), no RPS
 
     def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
         """Connect every target at once; the verdicts (and, ``traced``, the trace).
@@ -100,13 +112,24 @@ class Session:
         nftrace.read(self.tracer)  # what earlier batches left: not this batch's
         ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
         tracer = self.tracer if traced and targets else None
-        fence = [targets[0]] if tracer is not None else []
+        free = (p for p in range(9, 65536) if p not in ports)
+        stream = trace.Stream(next(free))
+        early = [next(free), next(free)] if tracer is not None and self.late else []
+        fence = [targets[0]] * (1 + len(early)) if tracer is not None else []
         edge = in_namespace(self.edge, lambda: _clients(targets + fence))
-        stream = trace.Stream(next(p for p in range(9, 65536) if p not in ports))
         try:
-            verdicts = _wait(edge[: len(targets)], targets, stream, tracer, self.timeout)
+            with _one_cpu(bool(early)) as pinned:
+                fences = _Early(edge[len(targets) + 1 :], targets[0].target, early, stream)
+                verdicts = _wait(
+                    edge[: len(targets)],
+                    targets,
+                    stream,
+                    tracer,
+                    self.timeout,
+                    early=fences if pinned else None,
+                )
             if tracer is not None:
-                edge[-1].connect_ex((fence[0].target, stream.fence))
+                edge[len(targets)].connect_ex((fence[0].target, stream.fence))
                 _fence(stream, tracer, max(self.timeout, FENCE_WAIT))
         finally:
             for s in edge:
@@ -125,19 +148,59 @@ def session(
     rules: dict[tuple[str, str, str, int], str],
     *,
     timeout: float,
+    late: bool = False,
 ) -> Iterator[Session]:
     """Listen on ``ports`` in the origin and join its trace group (``rules``: the text of
-    each rule the trace may name, :func:`.nftrace.rule_texts`); all closed at the end."""
+    each rule the trace may name, :func:`.nftrace.rule_texts`; ``late``: the trace table
+    is :data:`.trace.LEGACY_RULESET`); all closed at the end."""
     listeners = in_namespace(origin, lambda: _listeners(ports, families))
     try:
         tracer = in_namespace(origin, nftrace.open_socket)
         try:
-            yield Session(edge, timeout, listeners, tracer, rules)
+            yield Session(edge, timeout, listeners, tracer, rules, late)
         finally:
             tracer.close()
     finally:
         for sock in listeners:
             sock.close()
+
+
+@contextlib.contextmanager
+def _one_cpu(wanted: bool) -> Iterator[bool]:
+    """Keep the calling thread on one CPU for the duration (``wanted``); whether it is."""
+    if not wanted:
+        yield False
+        return
+    try:
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(old)})  # 0: the calling thread alone
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+class _Early:
+    """The two early fences of a batch on a legacy host (see the module's docstring)."""
+
+    def __init__(
+        self, socks: list[socket.socket], target: str, ports: list[int], stream: trace.Stream
+    ) -> None:
+        self.socks, self.target, self.ports, self.stream = socks, target, ports, stream
+        self.sent = 0
+
+    def next(self) -> bool:
+        """Send the next fence when it is due; ``True`` once the last one is traced."""
+        if self.sent and self.stream.seen(self.ports[self.sent - 1]) < 1:
+            return False
+        if self.sent == len(self.ports):
+            return True
+        self.socks[self.sent].connect_ex((self.target, self.ports[self.sent]))
+        self.sent += 1
+        return False
 
 
 def _wait(
@@ -146,8 +209,11 @@ def _wait(
     stream: trace.Stream,
     tracer: socket.socket | None,
     timeout: float,
+    *,
+    early: _Early | None = None,
 ) -> list[str]:
-    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
+    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out
+    (or, ``early``, a drop before the late chain: see the module's docstring)."""
     verdicts = ["drop"] * len(targets)
     pending: dict[int, int] = {}
     with select.epoll() as poller:
@@ -162,9 +228,9 @@ def _wait(
         if tracer is not None:
             poller.register(tracer, select.EPOLLIN)
         keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for fd, _ in poller.poll(max(0.001, deadline - time.monotonic())):
+
+        def handle(ready: list[tuple[int, int]]) -> None:
+            for fd, _ in ready:
                 if tracer is not None and fd == events:
                     # dropped by a rule or a policy: no answer will come
                     for done in (keys.get(k, -1) for k in _read(tracer, stream)):
@@ -178,6 +244,21 @@ def _wait(
                     verdicts[i] = (
                         "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
                     )
+
+        if early is not None:
+            early.next()  # behind every probe's SYN
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            handle(poller.poll(max(0.001, deadline - time.monotonic())))
+            if early is not None and early.next():
+                handle(poller.poll(0))  # the answers the probes drew, all in by now
+                if not stream.lost:
+                    for k in stream.entered - stream.passed:
+                        fd = keys.get(k, -1)
+                        if fd in pending:  # no answer, none coming: "drop"
+                            del pending[fd]
+                            poller.unregister(fd)
+                early = None
     return verdicts
 
 
