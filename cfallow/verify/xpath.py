@@ -15,6 +15,15 @@ from cfallow.runner import Runner
 from cfallow.verify.probe import Session, Target
 
 SAVE = SAVE_TOOLS["legacy"]
+#: Loaded into the scratch edge: it sends the origin nothing but the probes' TCP (no router
+#: solicitation, no MLD report of its new addresses), which x_tables would count too.
+EDGE_RULESET = """table inet cfallow_verify_edge {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto != tcp drop
+    }
+}
+"""
 #: The reply (SYN-ACK, RST) passes these too: not the probe's path.
 REPLY_SIDE = ("-A OUTPUT ", "OUTPUT policy", "-A POSTROUTING ", "POSTROUTING policy")
 _RULE = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*)$")
