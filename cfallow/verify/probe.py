@@ -82,13 +82,16 @@ def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
     return out
 
 
-def _clients(targets: list[Target]) -> list[socket.socket]:
+def _clients(targets: list[Target], fences: int) -> list[socket.socket]:
+    """A socket per target, then ``fences`` more from the first target's source, each on
+    its own :data:`.trace.FENCE_SPORTS` port."""
     out = []
-    for t in targets:
+    sports = [0] * len(targets) + list(trace.FENCE_SPORTS[:fences])
+    for t, sport in zip(targets + [targets[0]] * fences, sports):
         s = socket.socket(socket.AF_INET6 if t.version == 6 else socket.AF_INET)
         out.append(s)
         s.setblocking(False)
-        s.bind((t.source, 0))
+        s.bind((t.source, sport))
     return out
 
 
@@ -103,39 +106,33 @@ class Session:
     rules: dict[tuple[str, str, str, int], str]
     late: bool = False  # the late input chain is loaded (legacy x_tables), no RPS
 
-    def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
-        """Connect every target at once; the verdicts (and, ``traced``, the trace).
-
-        Untraced, nothing else is sent (no fence: a legacy rule's counters count the
-        probe alone).
-        """
+    def send(self, targets: list[Target]) -> Sent:
+        """Connect every target at once; the verdicts and the trace."""
         nftrace.read(self.tracer)  # what earlier batches left: not this batch's
+        if not targets:
+            return Sent([])
         ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
-        tracer = self.tracer if traced and targets else None
         free = (p for p in range(9, 65536) if p not in ports)
         stream = trace.Stream(next(free))
-        early = [next(free), next(free)] if tracer is not None and self.late else []
-        fence = [targets[0]] * (1 + len(early)) if tracer is not None else []
-        edge = in_namespace(self.edge, lambda: _clients(targets + fence))
+        early = [next(free), next(free)] if self.late else []
+        edge = in_namespace(self.edge, lambda: _clients(targets, 1 + len(early)))
+        fence, socks = edge[len(targets)], edge[: len(targets)]
         try:
             with _one_cpu(bool(early)) as pinned:
                 fences = _Early(edge[len(targets) + 1 :], targets[0].target, early, stream)
                 verdicts = _wait(
-                    edge[: len(targets)],
+                    socks,
                     targets,
                     stream,
-                    tracer,
+                    self.tracer,
                     self.timeout,
                     early=fences if pinned else None,
                 )
-            if tracer is not None:
-                edge[len(targets)].connect_ex((fence[0].target, stream.fence))
-                _fence(stream, tracer, max(self.timeout, FENCE_WAIT))
+            fence.connect_ex((targets[0].target, stream.fence))
+            _fence(stream, self.tracer, max(self.timeout, FENCE_WAIT))
         finally:
             for s in edge:
                 s.close()
-        if tracer is None:
-            return Sent(verdicts)
         return Sent(verdicts, stream.lines(self.rules), stream.lost or stream.fences < 1)
 
 

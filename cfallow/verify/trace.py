@@ -30,13 +30,21 @@ TRACE_RULESET = f"""table inet {TRACE_TABLE} {{
     }}
 }}
 """
+#: The fences' source ports (the probes' are ephemeral: 32768 up by default, never below 1024).
+FENCE_SPORTS = (1, 2, 3)
 #: After every x_tables table on the input hook (mangle -150, filter 0, security 50, nat
 #: 100): a traced SYN gets here only if x_tables let it through. Empty, so one event (its
 #: policy) per traced packet.
 LATE_CHAIN = "late"
 LATE_PRIORITY = 1000
-#: :data:`TRACE_RULESET` and the late chain, for a host with legacy x_tables.
+#: :data:`TRACE_RULESET` and the late chain, for a host with legacy x_tables; a fence is
+#: traced and dropped before x_tables see it, so their counters count the probes alone
+#: (:mod:`.xpath`).
 LEGACY_RULESET = TRACE_RULESET.replace(
+    "        tcp flags",
+    f"        tcp sport {FENCE_SPORTS[0]}-{FENCE_SPORTS[-1]} tcp flags & (fin | syn | rst | ack)"
+    " == syn meta nftrace set 1 drop\n        tcp flags",
+).replace(
     "\n}\n",
     f"""
     chain {LATE_CHAIN} {{

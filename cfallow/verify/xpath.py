@@ -57,10 +57,10 @@ def grown(before: str, after: str, version: int) -> str:
 
 
 def attribute(inside: Runner, session: Session, target: Target) -> str:
-    """Re-send one probe alone (untraced: nothing else is sent) and name its legacy
-    x_tables path."""
+    """Re-send one probe alone and name its legacy x_tables path (the fences that may
+    follow it are dropped before x_tables: :data:`.trace.LEGACY_RULESET`)."""
     before = inside.run([SAVE[target.version], "-c"]).stdout
-    session.send([target], traced=False)
+    session.send([target])
     after = inside.run([SAVE[target.version], "-c"]).stdout
     path = grown(before, after, target.version)
     return f"legacy x_tables: {path}" if path else "legacy x_tables: no rule counted it"

@@ -133,3 +133,50 @@ def test_x_tables_drops_and_rejects_in_front_of_cfallow_still_fail_naming_the_ru
         outsiders = [p for p in probes if p["kind"] == "outsider"]
         assert all(p["ok"] and p["verdict"] in ("drop", "reject") for p in outsiders)
     assert scratch_namespaces() == []
+
+
+def test_the_rule_that_dropped_is_named_without_waiting_out_the_timeout(tmp_path: Path) -> None:
+    need_root()
+    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
+    # --timeout 600: the re-probe that names the rule by its counters is decided by the
+    # late chain too, and the fences around it never reach x_tables (nor their counters)
+    with host(tmp_path) as h:
+        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+        _legacy(
+            h, "iptables-legacy", "-I", "INPUT", "1", "-p", "tcp", "--dport", "443", "-j", "DROP"
+        )
+        _legacy(h, "ip6tables-legacy", "-t", "mangle", "-A", "PREROUTING", "-j", "DROP")
+        runs = [
+            h.cfallow(TWO_PORTS, "verify", "--json", *more) for more in ([], ["--timeout", "600"])
+        ]
+        docs = [json.loads(r.stdout)["verify"] for r in runs]
+        assert [r.returncode for r in runs] == [5, 5]
+        assert docs[0]["probes"] == docs[1]["probes"]
+        bad = {(p["family"], p["port"], p["decided_by"]) for p in docs[1]["probes"] if not p["ok"]}
+        assert bad == {
+            ("ipv4", 443, "legacy x_tables: ip filter: -A INPUT -p tcp -m tcp --dport 443 -j DROP"),
+            ("ipv6", 80, "legacy x_tables: ip6 mangle: -A PREROUTING -j DROP"),
+            ("ipv6", 443, "legacy x_tables: ip6 mangle: -A PREROUTING -j DROP"),
+        }
+    assert scratch_namespaces() == []
+
+
+def test_probes_land_where_the_legacy_nat_sends_them(tmp_path: Path) -> None:
+    need_root()
+    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
+    # 443 -> 8443 in x_tables' nat PREROUTING: the late chain sees the SYN with port 8443;
+    # cfallow's chain matches conntrack's original port (443): Cloudflare in, outsiders out
+    with host(tmp_path) as h:
+        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+        redirect = ["-p", "tcp", "--dport", "443", "-j", "REDIRECT", "--to-ports", "8443"]
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            _legacy(h, tool, "-t", "nat", "-A", "PREROUTING", *redirect)
+        res = h.cfallow(TWO_PORTS, "verify", "--json", "--timeout", "600")
+        assert res.returncode == 0, res.stdout + res.stderr
+        on_443 = [p for p in json.loads(res.stdout)["verify"]["probes"] if p["port"] == 443]
+        assert {(p["family"], p["kind"], p["verdict"]) for p in on_443} == {
+            (f, k, v)
+            for f in ("ipv4", "ipv6")
+            for k, v in (("cloudflare", "accept"), ("outsider", "drop"))
+        }
+    assert scratch_namespaces() == []
