@@ -253,7 +253,9 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     origin, edge = lab.path("origin"), lab.path("edge")
     progress.probing(len(probes), timeout)
     texts = nftrace.rule_texts(rules)
-    late = legacy and labmod.in_order(origin)
+    # the probes into the origin and its answers into the edge: each handled by the CPU
+    # that sent it, in order
+    late = legacy and labmod.in_order(origin) and labmod.in_order(edge)
     with probe.session(origin, edge, ports, families, texts, timeout=timeout, late=late) as session:
 
         def targets(which: list[Probe]) -> list[probe.Target]:

@@ -104,11 +104,11 @@ RPS_DEFAULT_MASK = "/proc/sys/net/core/rps_default_mask"
 
 
 def in_order(path: str) -> bool:
-    """Does a CPU handle the packets it sends into the scratch origin itself, in order?
+    """Does a CPU handle the packets it sends into the namespace ``path`` itself, in order?
 
     It does unless RPS steers them to other CPUs: the scratch veths are new, and a
-    new device has RPS only if the namespace's default mask (``path``'s
-    ``rps_default_mask``) says so. Without that file (before 6.9 it is in the initial
+    new device has RPS only if the namespace's default mask (its ``rps_default_mask``)
+    says so. Without that file (before 6.9 it is in the initial
     namespace alone) the answer is yes only before 6.2, which has no default mask.
     """
 

@@ -16,16 +16,20 @@ Once every probe is decided a *fence* SYN goes out: when its trace event is
 read, every event of the probes before it has been read too.
 
 On a host with legacy x_tables (``late``: the trace table's late input chain,
-:data:`.trace.LEGACY_RULESET`) the probes and two *early fences* are sent from
-one CPU, right after each other. Without RPS a CPU handles the packets it sends
-into a veth in that order, each in full (prerouting to the socket, or to its
-drop) before the next: once the first early fence is traced at prerouting,
-every probe's SYN has been handled; once the second one is, so has every answer
-(RST, ICMP error, SYN-ACK) those SYNs drew. A probe still unanswered then, whose
-SYN was traced at prerouting and never reached the late chain, was dropped
-before it (by x_tables) and no answer is coming: ``drop`` at once instead of at
-the time-out. If events were lost, or the thread cannot be kept on one CPU,
-nothing is decided this way.
+:data:`.trace.LEGACY_RULESET`) the probes and two *early fences* are sent by
+one thread kept on one CPU. Without RPS (:func:`.lab.in_order`) a veth queues
+what it carries on the backlog of the CPU that sent it, and that CPU takes its
+backlog in order, each packet in full before the next (prerouting to the
+socket or to its drop: nothing on the way queues a SYN); the answers the
+origin sends back are queued the same way. So once the first early fence is
+traced at prerouting every probe's SYN has been handled, and once the second
+one (sent then) is, so has every answer (SYN-ACK, RST, ICMP error) they drew.
+A probe still unanswered then, whose SYN was traced at prerouting and never
+reached the late chain, was dropped before it (by x_tables, or routing) and
+no answer is coming: ``drop`` at once instead of at the time-out. One that
+reached the late chain and is still unanswered (its answer dropped, say)
+waits out the time-out as before; so does every probe if events were lost or
+the thread cannot be kept on one CPU.
 """
 
 from __future__ import annotations
