@@ -256,7 +256,9 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     # the probes into the origin and its answers into the edge: each handled by the CPU
     # that sent it, in order
     late = legacy and labmod.in_order(origin) and labmod.in_order(edge)
-    with probe.session(origin, edge, ports, families, texts, timeout=timeout, late=late) as session:
+    with probe.session(
+        origin, edge, ports, families, texts, timeout=timeout, legacy=legacy, late=late
+    ) as session:
 
         def targets(which: list[Probe]) -> list[probe.Target]:
             return [

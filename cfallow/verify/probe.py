@@ -86,11 +86,11 @@ def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
     return out
 
 
-def _clients(targets: list[Target], fences: int) -> list[socket.socket]:
-    """A socket per target, then ``fences`` more from the first target's source, each on
-    its own :data:`.trace.FENCE_SPORTS` port."""
+def _clients(targets: list[Target], fences: int, legacy: bool) -> list[socket.socket]:
+    """A socket per target, then ``fences`` more from the first target's source (``legacy``:
+    each on its own :data:`.trace.FENCE_SPORTS` port, where the trace table drops them)."""
     out = []
-    sports = [0] * len(targets) + list(trace.FENCE_SPORTS[:fences])
+    sports = [0] * len(targets) + list(trace.FENCE_SPORTS[:fences] if legacy else [0] * fences)
     for t, sport in zip(targets + [targets[0]] * fences, sports):
         s = socket.socket(socket.AF_INET6 if t.version == 6 else socket.AF_INET)
         out.append(s)
@@ -108,7 +108,8 @@ class Session:
     listeners: list[socket.socket]
     tracer: socket.socket
     rules: dict[tuple[str, str, str, int], str]
-    late: bool = False  # the late input chain is loaded (legacy x_tables), no RPS
+    legacy: bool = False  # the trace table is :data:`.trace.LEGACY_RULESET`
+    late: bool = False  # and no RPS: the early fences decide x_tables' drops
 
     def send(self, targets: list[Target]) -> Sent:
         """Connect every target at once; the verdicts and the trace."""
@@ -119,7 +120,7 @@ class Session:
         free = (p for p in range(9, 65536) if p not in ports)
         stream = trace.Stream(next(free))
         early = [next(free), next(free)] if self.late else []
-        edge = in_namespace(self.edge, lambda: _clients(targets, 1 + len(early)))
+        edge = in_namespace(self.edge, lambda: _clients(targets, 1 + len(early), self.legacy))
         fence, socks = edge[len(targets)], edge[: len(targets)]
         try:
             with _one_cpu(bool(early)) as pinned:
@@ -149,16 +150,18 @@ def session(
     rules: dict[tuple[str, str, str, int], str],
     *,
     timeout: float,
+    legacy: bool = False,
     late: bool = False,
 ) -> Iterator[Session]:
     """Listen on ``ports`` in the origin and join its trace group (``rules``: the text of
-    each rule the trace may name, :func:`.nftrace.rule_texts`; ``late``: the trace table
-    is :data:`.trace.LEGACY_RULESET`); all closed at the end."""
+    each rule the trace may name, :func:`.nftrace.rule_texts`; ``legacy``: the trace table
+    is :data:`.trace.LEGACY_RULESET`; ``late``: decide x_tables' drops by the early fences,
+    see above); all closed at the end."""
     listeners = in_namespace(origin, lambda: _listeners(ports, families))
     try:
         tracer = in_namespace(origin, nftrace.open_socket)
         try:
-            yield Session(edge, timeout, listeners, tracer, rules, late)
+            yield Session(edge, timeout, listeners, tracer, rules, legacy, late and legacy)
         finally:
             tracer.close()
     finally:
