@@ -236,18 +236,29 @@ def prove(
 def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, legacy: bool) -> None:
     """Send every probe, judge each by the kernel's trace, and name the legacy x_tables
     rule of each kind of failure."""
-    # three reads and a load that do not depend on each other: their commands overlap
-    landing, _, rules = together(
+    # reads and loads that do not depend on each other: their commands overlap
+    # (legacy x_tables: the trace table's late chain shows which SYNs x_tables let through;
+    # the edge is kept quiet for the counters that name a legacy rule)
+    edge_runner = Runner(prefix=["ip", "netns", "exec", lab.edge], env=inside.env)
+    landing, _, rules, _ = together(
         lambda: nat_ports(inside, legacy),
-        lambda: inside.run(["nft", "-f", "-"], input=trace.TRACE_RULESET),
+        lambda: inside.run(
+            ["nft", "-f", "-"], input=trace.LEGACY_RULESET if legacy else trace.TRACE_RULESET
+        ),
         lambda: inside.run(["nft", "-a", "list", "ruleset"]).stdout,
+        lambda: legacy and edge_runner.run(["nft", "-f", "-"], input=xpath.EDGE_RULESET),
     )
     ports = sorted({p.port for p in probes} | set(landing))
     families = sorted({p.version for p in probes})
     origin, edge = lab.path("origin"), lab.path("edge")
     progress.probing(len(probes), timeout)
     texts = nftrace.rule_texts(rules)
-    with probe.session(origin, edge, ports, families, texts, timeout=timeout) as session:
+    # the probes into the origin and its answers into the edge: each handled by the CPU
+    # that sent it, in order
+    late = legacy and labmod.in_order(origin) and labmod.in_order(edge)
+    with probe.session(
+        origin, edge, ports, families, texts, timeout=timeout, legacy=legacy, late=late
+    ) as session:
 
         def targets(which: list[Probe]) -> list[probe.Target]:
             return [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -96,6 +97,31 @@ def in_namespace(path: str, work: Callable[[], T]) -> T:
 
     result: T = together(body)[0]
     return result
+
+
+#: The RPS CPUs a new device gets (Linux 6.2 on; one per namespace from 6.9).
+RPS_DEFAULT_MASK = "/proc/sys/net/core/rps_default_mask"
+
+
+def in_order(path: str) -> bool:
+    """Does a CPU handle the packets it sends into the namespace ``path`` itself, in order?
+
+    It does unless RPS steers them to other CPUs: the scratch veths are new, and a
+    new device has RPS only if the namespace's default mask (its ``rps_default_mask``)
+    says so. Without that file (before 6.9 it is in the initial
+    namespace alone) the answer is yes only before 6.2, which has no default mask.
+    """
+
+    def read() -> str:
+        with open(RPS_DEFAULT_MASK) as f:
+            return f.read()
+
+    try:
+        mask = in_namespace(path, read)
+    except OSError:
+        release = tuple(int(n) for n in re.findall(r"\d+", os.uname().release)[:2])
+        return release < (6, 2)
+    return not mask.strip().replace(",", "").strip("0")
 
 
 @dataclass

@@ -11,10 +11,25 @@ A connection is ``accept``; a refusal (RST or ICMP error: the listener is
 there, so it came from a rule) ``reject``; a SYN the kernel's nftables trace
 (:mod:`.nftrace`, read in the origin) shows dropped, by a rule's or a policy's
 ``drop``, is ``drop`` at once. A probe with neither by the time-out (a drop
-nftables does not trace: legacy x_tables; or a trace event that never came)
-is ``drop`` then, as before. Once every probe is decided a *fence* SYN goes
-out: when its trace event is read, every event of the probes before it has
-been read too.
+nftables does not trace; or a trace event that never came) is ``drop`` then.
+Once every probe is decided a *fence* SYN goes out: when its trace event is
+read, every event of the probes before it has been read too.
+
+On a host with legacy x_tables (``late``: the trace table's late input chain,
+:data:`.trace.LEGACY_RULESET`) the probes and two *early fences* are sent by
+one thread kept on one CPU. Without RPS (:func:`.lab.in_order`) a veth queues
+what it carries on the backlog of the CPU that sent it, and that CPU takes its
+backlog in order, each packet in full before the next (prerouting to the
+socket or to its drop: nothing on the way queues a SYN); the answers the
+origin sends back are queued the same way. So once the first early fence is
+traced at prerouting every probe's SYN has been handled, and once the second
+one (sent then) is, so has every answer (SYN-ACK, RST, ICMP error) they drew.
+A probe still unanswered then, whose SYN was traced at prerouting and never
+reached the late chain, was dropped before it (by x_tables, or routing) and
+no answer is coming: ``drop`` at once instead of at the time-out. One that
+reached the late chain and is still unanswered (its answer dropped, say)
+waits out the time-out as before; so does every probe if events were lost or
+the thread cannot be kept on one CPU.
 """
 
 from __future__ import annotations
@@ -71,13 +86,16 @@ def _listeners(ports: list[int], families: list[int]) -> list[socket.socket]:
     return out
 
 
-def _clients(targets: list[Target]) -> list[socket.socket]:
+def _clients(targets: list[Target], fences: int, legacy: bool) -> list[socket.socket]:
+    """A socket per target, then ``fences`` more from the first target's source (``legacy``:
+    each on its own :data:`.trace.FENCE_SPORTS` port, where the trace table drops them)."""
     out = []
-    for t in targets:
+    sports = [0] * len(targets) + list(trace.FENCE_SPORTS[:fences] if legacy else [0] * fences)
+    for t, sport in zip(targets + [targets[0]] * fences, sports):
         s = socket.socket(socket.AF_INET6 if t.version == 6 else socket.AF_INET)
         out.append(s)
         s.setblocking(False)
-        s.bind((t.source, 0))
+        s.bind((t.source, sport))
     return out
 
 
@@ -90,29 +108,36 @@ class Session:
     listeners: list[socket.socket]
     tracer: socket.socket
     rules: dict[tuple[str, str, str, int], str]
+    legacy: bool = False  # the trace table is :data:`.trace.LEGACY_RULESET`
+    late: bool = False  # and no RPS: the early fences decide x_tables' drops
 
-    def send(self, targets: list[Target], *, traced: bool = True) -> Sent:
-        """Connect every target at once; the verdicts (and, ``traced``, the trace).
-
-        Untraced, nothing else is sent (no fence: a legacy rule's counters count the
-        probe alone).
-        """
+    def send(self, targets: list[Target]) -> Sent:
+        """Connect every target at once; the verdicts and the trace."""
         nftrace.read(self.tracer)  # what earlier batches left: not this batch's
+        if not targets:
+            return Sent([])
         ports = {t.port for t in targets} | {s.getsockname()[1] for s in self.listeners}
-        tracer = self.tracer if traced and targets else None
-        fence = [targets[0]] if tracer is not None else []
-        edge = in_namespace(self.edge, lambda: _clients(targets + fence))
-        stream = trace.Stream(next(p for p in range(9, 65536) if p not in ports))
+        free = (p for p in range(9, 65536) if p not in ports)
+        stream = trace.Stream(next(free))
+        early = [next(free), next(free)] if self.late else []
+        edge = in_namespace(self.edge, lambda: _clients(targets, 1 + len(early), self.legacy))
+        fence, socks = edge[len(targets)], edge[: len(targets)]
         try:
-            verdicts = _wait(edge[: len(targets)], targets, stream, tracer, self.timeout)
-            if tracer is not None:
-                edge[-1].connect_ex((fence[0].target, stream.fence))
-                _fence(stream, tracer, max(self.timeout, FENCE_WAIT))
+            with _one_cpu(bool(early)) as pinned:
+                fences = _Early(edge[len(targets) + 1 :], targets[0].target, early, stream)
+                verdicts = _wait(
+                    socks,
+                    targets,
+                    stream,
+                    self.tracer,
+                    self.timeout,
+                    early=fences if pinned else None,
+                )
+            fence.connect_ex((targets[0].target, stream.fence))
+            _fence(stream, self.tracer, max(self.timeout, FENCE_WAIT))
         finally:
             for s in edge:
                 s.close()
-        if tracer is None:
-            return Sent(verdicts)
         return Sent(verdicts, stream.lines(self.rules), stream.lost or stream.fences < 1)
 
 
@@ -125,19 +150,61 @@ def session(
     rules: dict[tuple[str, str, str, int], str],
     *,
     timeout: float,
+    legacy: bool = False,
+    late: bool = False,
 ) -> Iterator[Session]:
     """Listen on ``ports`` in the origin and join its trace group (``rules``: the text of
-    each rule the trace may name, :func:`.nftrace.rule_texts`); all closed at the end."""
+    each rule the trace may name, :func:`.nftrace.rule_texts`; ``legacy``: the trace table
+    is :data:`.trace.LEGACY_RULESET`; ``late``: decide x_tables' drops by the early fences,
+    see above); all closed at the end."""
     listeners = in_namespace(origin, lambda: _listeners(ports, families))
     try:
         tracer = in_namespace(origin, nftrace.open_socket)
         try:
-            yield Session(edge, timeout, listeners, tracer, rules)
+            yield Session(edge, timeout, listeners, tracer, rules, legacy, late and legacy)
         finally:
             tracer.close()
     finally:
         for sock in listeners:
             sock.close()
+
+
+@contextlib.contextmanager
+def _one_cpu(wanted: bool) -> Iterator[bool]:
+    """Keep the calling thread on one CPU for the duration (``wanted``); whether it is."""
+    if not wanted:
+        yield False
+        return
+    try:
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(old)})  # 0: the calling thread alone
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+class _Early:
+    """The two early fences of a batch on a legacy host (see the module's docstring)."""
+
+    def __init__(
+        self, socks: list[socket.socket], target: str, ports: list[int], stream: trace.Stream
+    ) -> None:
+        self.socks, self.target, self.ports, self.stream = socks, target, ports, stream
+        self.sent = 0
+
+    def next(self) -> bool:
+        """Send the next fence when it is due; ``True`` once the last one is traced."""
+        if self.sent and self.stream.seen(self.ports[self.sent - 1]) < 1:
+            return False
+        if self.sent == len(self.ports):
+            return True
+        self.socks[self.sent].connect_ex((self.target, self.ports[self.sent]))
+        self.sent += 1
+        return False
 
 
 def _wait(
@@ -146,8 +213,11 @@ def _wait(
     stream: trace.Stream,
     tracer: socket.socket | None,
     timeout: float,
+    *,
+    early: _Early | None = None,
 ) -> list[str]:
-    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out."""
+    """Connect all; each verdict from its socket, or a drop from the trace, or the time-out
+    (or, ``early``, a drop before the late chain: see the module's docstring)."""
     verdicts = ["drop"] * len(targets)
     pending: dict[int, int] = {}
     with select.epoll() as poller:
@@ -162,9 +232,9 @@ def _wait(
         if tracer is not None:
             poller.register(tracer, select.EPOLLIN)
         keys = {(t.source, t.port): s.fileno() for s, t in zip(socks, targets)}
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            for fd, _ in poller.poll(max(0.001, deadline - time.monotonic())):
+
+        def handle(ready: list[tuple[int, int]]) -> None:
+            for fd, _ in ready:
                 if tracer is not None and fd == events:
                     # dropped by a rule or a policy: no answer will come
                     for done in (keys.get(k, -1) for k in _read(tracer, stream)):
@@ -178,6 +248,21 @@ def _wait(
                     verdicts[i] = (
                         "accept" if err == 0 else "reject" if err in REFUSED else os.strerror(err)
                     )
+
+        if early is not None:
+            early.next()  # behind every probe's SYN
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            handle(poller.poll(max(0.001, deadline - time.monotonic())))
+            if early is not None and early.next():
+                handle(poller.poll(0))  # the answers the probes drew, all in by now
+                if not stream.lost:
+                    for k in stream.entered - stream.passed:
+                        fd = keys.get(k, -1)
+                        if fd in pending:  # no answer, none coming: "drop"
+                            del pending[fd]
+                            poller.unregister(fd)
+                early = None
     return verdicts
 
 

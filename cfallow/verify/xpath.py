@@ -15,6 +15,15 @@ from cfallow.runner import Runner
 from cfallow.verify.probe import Session, Target
 
 SAVE = SAVE_TOOLS["legacy"]
+#: Loaded into the scratch edge: it sends the origin nothing but the probes' TCP (no router
+#: solicitation, no MLD report of its new addresses), which x_tables would count too.
+EDGE_RULESET = """table inet cfallow_verify_edge {
+    chain out {
+        type filter hook output priority 0; policy accept;
+        meta l4proto != tcp drop
+    }
+}
+"""
 #: The reply (SYN-ACK, RST) passes these too: not the probe's path.
 REPLY_SIDE = ("-A OUTPUT ", "OUTPUT policy", "-A POSTROUTING ", "POSTROUTING policy")
 _RULE = re.compile(r"^\[(\d+):\d+\] (-A (\S+) .*)$")
@@ -48,10 +57,10 @@ def grown(before: str, after: str, version: int) -> str:
 
 
 def attribute(inside: Runner, session: Session, target: Target) -> str:
-    """Re-send one probe alone (untraced: nothing else is sent) and name its legacy
-    x_tables path."""
+    """Re-send one probe alone and name its legacy x_tables path (the fences that may
+    follow it are dropped before x_tables: :data:`.trace.LEGACY_RULESET`)."""
     before = inside.run([SAVE[target.version], "-c"]).stdout
-    session.send([target], traced=False)
+    session.send([target])
     after = inside.run([SAVE[target.version], "-c"]).stdout
     path = grown(before, after, target.version)
     return f"legacy x_tables: {path}" if path else "legacy x_tables: no rule counted it"

@@ -237,3 +237,22 @@ def test_only_backends_that_write_through_commands_get_a_scratch_section(tmp_pat
     assert _built("iptables", {}).scratch_section({"ports": [80]}, tmp_path) == {"ports": [80]}
     assert _built("firewalld", {}).scratch_section({}, tmp_path) is None
     assert _built("fail2ban", {}).scratch_section({}, tmp_path) is None
+
+
+def test_the_late_chain_knows_a_natted_syn_by_its_trace_id() -> None:
+    def event(tid: int, chain: str, src: str, port: int, kind: int, verdict: str = "") -> Any:
+        policy = "accept" if kind == nftrace.POLICY else ""
+        table = trace.TRACE_TABLE
+        return nftrace.Event(tid, "inet", table, chain, kind, 2, verdict, policy, src, port)
+
+    stream = trace.Stream(fence=9)
+    pre, late = "pre", trace.LATE_CHAIN
+    stream.add([event(1, pre, "104.16.0.0", 443, nftrace.RULE, "accept")])
+    stream.add([event(1, late, "104.16.0.0", 8443, nftrace.POLICY)])  # after a REDIRECT
+    # the same trace id again: a new SYN, which x_tables dropped (no late event)
+    stream.add([event(1, pre, "198.51.100.7", 443, nftrace.RULE, "accept")])
+    # a fence: traced and dropped in the trace table, which is no probe's drop
+    assert stream.add([event(2, pre, "104.16.0.0", 7, nftrace.RULE, "drop")]) == []
+    assert stream.entered == {("104.16.0.0", 443), ("198.51.100.7", 443), ("104.16.0.0", 7)}
+    assert stream.passed == {("104.16.0.0", 443)}
+    assert stream.seen(7) == 1 and stream.seen(8443) == 0 and not stream.drops
