@@ -6,7 +6,6 @@ Tests substitute or inspect a :class:`Runner` to assert exact argv.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +49,8 @@ class Runner:
         :class:`CommandTimeout` (the process is killed).
         ``env`` adds variables for this one command (over the runner's own).
         """
+        import subprocess  # here: a run that starts no process does not import it
+
         if isinstance(argv, str) or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a list of str, got {argv!r}")
         full = (*self.prefix, *argv)

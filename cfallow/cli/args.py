@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from cfallow.cli import config
@@ -219,8 +220,32 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def parser() -> argparse.ArgumentParser:
-    """The whole command line."""
+#: Top-level options that take a value (the word after them is not the command).
+_VALUED = ("--config", "--state-dir")
+#: Top-level options that take none (``-v`` may be repeated: ``-vv``).
+_FLAGS = ("-q", "--quiet", "--verbose")
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs, when only the top-level options spelled in full come
+    before it; None for anything else (``-h``, ``--version``, an abbreviation, an
+    unknown word): that gets the whole grammar."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif word in _FLAGS or word.startswith(("--config=", "--state-dir=")):
+            continue
+        elif word[:2] == "-v" and set(word[1:]) == {"v"}:
+            continue
+        else:
+            return word if word in {name for name, _, _ in COMMANDS} else None
+    return None
+
+
+def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command line: every command, or with ``argv`` only the command it names (a
+    run builds the one subparser it parses; help and errors get the whole grammar)."""
     common = _common()
     p = Parser(
         prog="cfallow",
@@ -230,7 +255,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
+    only = None if argv is None else command_of(argv)
     for name, text, fill in COMMANDS:
+        if only is not None and name != only:
+            continue
         sp = sub.add_parser(name, help=text, parents=[common], description=text)
         if fill is not None:
             fill(sp)

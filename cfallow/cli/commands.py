@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     want_json = "--json" in raw  # also for a command line argparse refuses
     try:
-        parser = _parser()
+        parser = _parser(None if "_ARGCOMPLETE" in os.environ else raw)
         _complete(parser)
         opts = invocation.Options.parse(parser.parse_args(raw))
         want_json = opts.json
