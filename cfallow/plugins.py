@@ -83,11 +83,13 @@ def parse(text: str, group: str, dist: str) -> list[EntryPoint]:
 def entry_points(group: str, paths: Iterable[str] | None = None) -> list[EntryPoint]:
     """Every entry point of ``group`` installed on ``paths`` (default ``sys.path``)."""
     found: list[EntryPoint] = []
+    key = group.encode("utf-8")
     for dist, where in _infos(sys.path if paths is None else paths):
         try:
-            with open(os.path.join(where, "entry_points.txt"), encoding="utf-8") as fh:
-                text = fh.read()
+            with open(os.path.join(where, "entry_points.txt"), "rb") as fh:
+                data = fh.read()
         except OSError:  # no entry points, or an egg-info that is a file
             continue
-        found += parse(text, group, dist)
+        if key in data:  # only a file that names the group can hold it: decode that one
+            found += parse(data.decode("utf-8"), group, dist)
     return found

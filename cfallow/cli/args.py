@@ -234,9 +234,11 @@ def command_of(argv: Sequence[str]) -> str | None:
     for word in words:
         if word in _VALUED:
             next(words, None)
-        elif word in _FLAGS or word.startswith(("--config=", "--state-dir=")):
-            continue
-        elif word[:2] == "-v" and set(word[1:]) == {"v"}:
+        elif (
+            word in _FLAGS
+            or word.startswith(("--config=", "--state-dir="))
+            or (word[:2] == "-v" and set(word[1:]) == {"v"})
+        ):
             continue
         else:
             return word if word in {name for name, _, _ in COMMANDS} else None

@@ -51,18 +51,19 @@ _SPECIAL_V6 = {
 }
 _GLOBAL_V6 = IPNetwork("2000::/3")
 _SPECIAL = [(IPNetwork(k), v) for k, v in {**_SPECIAL_V4, **_SPECIAL_V6}.items()]
-
-
-def _overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    return bool(a.version == b.version and a.first <= b.last and b.first <= a.last)
+#: Each special range as (version, first address, last address): the check of every
+#: entry of every list compares integers, not netaddr objects.
+_SPAN = [(n.version, n.first, n.last) for n, _ in _SPECIAL]
 
 
 def check_network(net: IPNetwork, text: str) -> None:
     """Refuse a default route, too-short prefixes and special-purpose space."""
     if net.prefixlen == 0:
         raise ValidationError(f"default route {text!r} in the list")
-    for special, what in _SPECIAL:
-        if _overlaps(net, special):
+    version, first, last = net.version, net.first, net.last
+    for i, (v, lo, hi) in enumerate(_SPAN):
+        if v == version and first <= hi and lo <= last:
+            special, what = _SPECIAL[i]
             raise ValidationError(f"{text!r} overlaps {what} space {special}")
     if net.prefixlen < MIN_PREFIX[net.version]:
         raise ValidationError(
