@@ -88,8 +88,9 @@ class Seen:
 @dataclass
 class _Read:
     """What this backend read last on an nf_tables host, for carrying it past its own commit:
-    the generation, each family's text and table, the analysis and the key parts it is kept
-    under (``("allow", kind, digest)`` or ``("nat", kind)``)."""
+    the generation, each family's text and table, and the host analysis with the first
+    parts of its memo key (``("allow", kind)``, the tables' digest follows; ``("nat",
+    kind)``)."""
 
     generation: str
     texts: tuple[str, ...]

@@ -48,7 +48,7 @@ ADMIN_RULE = ("-A", "INPUT", "-s", "192.0.2.7/32", "-p", "tcp", "--dport", "22",
 def wrappers(where: Path, log: Path, hooks: Path) -> Path:
     """``*-save``, ``*-restore`` and ``nft`` that log their call; a restore runs ``hooks/before``
     before the real one and ``hooks/after`` after it (its exit status is the restore's),
-    when the test has put them there."""
+    a save ``hooks/save`` after the real one, when the test has put them there."""
     where.mkdir(exist_ok=True)
     hooks.mkdir(exist_ok=True)
     for version in (4, 6):
@@ -56,7 +56,11 @@ def wrappers(where: Path, log: Path, hooks: Path) -> Path:
             name = tool("nft", version, suffix)
             real = sh(["sh", "-c", f"command -v {name}"]).strip()
             if suffix == "-save":
-                body = f'echo {name} "$@" >> {log}\nexec {real} "$@"\n'
+                body = (
+                    f'echo {name} "$@" >> {log}\n{real} "$@" || exit $?\n'
+                    f"[ -x {hooks}/save ] && exec {hooks}/save\n"
+                    "exit 0\n"
+                )
             else:
                 body = (
                     f"echo {name} >> {log}\n"
@@ -208,10 +212,42 @@ def test_an_admin_commit_right_before_cfallows_is_not_carried(fw: Fw) -> None:
     host.in_step(OLD)
 
 
-def test_an_admin_commit_between_two_runs_is_read_then_carried(fw: Fw) -> None:
+def test_an_admin_commit_between_read_and_lock_is_not_carried(fw: Fw) -> None:
+    """A commit after cfallow's read, before its lock: the tables are read again under
+    the lock (as before), and what the batch was computed from is not what was kept."""
     host = Host(fw, "")
     settle(host, CURRENT)
-    fw.ipt(4, *ADMIN_RULE)
+    fw.ipt(4, *ADMIN_RULE)  # the next run reads
+    host.hook(
+        "save",
+        "[ -e %s ] || { touch %s; iptables-nft -A INPUT -j ACCEPT; }\n"
+        % ((host.hooks / "done",) * 2),
+    )
+    proc = host.sync(OLD)
+    assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
+    assert host.calls("-save") == 2 + host.calls("-restore"), "read again under the lock"
+    host.hook("save", None)
+    proc = host.sync(OLD)
+    assert proc.returncode == 0 and "in sync" in proc.stdout, proc.stdout + proc.stderr
+    assert host.calls("-save") == 2
+    assert host.kept() == host.fresh("filter")
+
+
+#: The admin's changes between two runs that the next run repairs (a rewrite of the
+#: chain, new jumps), or only reads.
+BETWEEN = {
+    "an admin rule": [ADMIN_RULE],
+    "a foreign rule in cfallow's chain": [("-A", "CFALLOW", "-s", "192.0.2.0/24", "-j", "DROP")],
+    "a jump deleted": [("-D", "INPUT", "1")],
+}
+
+
+@pytest.mark.parametrize("change", sorted(BETWEEN))
+def test_an_admin_commit_between_two_runs_is_read_then_carried(fw: Fw, change: str) -> None:
+    host = Host(fw, "")
+    settle(host, CURRENT)
+    for args in BETWEEN[change]:
+        fw.ipt(4, *args)
     proc = host.sync(OLD)
     assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
     assert host.calls("-save") == 2, "the admin's commit is read"

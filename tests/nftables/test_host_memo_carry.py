@@ -46,7 +46,7 @@ class HookedRunner(Runner):
     after_commit: list[Sequence[str]] = field(default_factory=list)
     spoil: bool = False
 
-    def run(self, argv: Sequence[str], **kw: object) -> Completed:  # type: ignore[override]
+    def run(self, argv: Sequence[str], **kw: object) -> Completed:
         commit = list(argv) == ["nft", "-f", "-"]
         if commit and self.spoil:
             kw["input"] = f"{kw.get('input') or ''}add element inet nowhere none {{ 1.2.3.4 }}\n"
@@ -67,7 +67,7 @@ class Host:
     def backend(self, state: str = "state") -> AnyBackend:
         (self.tmp / state).mkdir(exist_ok=True)
         ctx = Context(runner=self.runner, state_dir=self.tmp / state)
-        section = {"mode": self.mode, "file": str(self.tmp / "cfallow.nft")}
+        section: dict[str, object] = {"mode": self.mode, "file": str(self.tmp / "cfallow.nft")}
         return build("nftables", section, ctx)
 
     def sync(self, networks: Networks) -> bool:
@@ -89,7 +89,7 @@ class Host:
 
     def notes(self, state: str = "state") -> tuple[str, ...]:
         b = self.backend(state)
-        return b.diff(b.read(), CURRENT).notes  # type: ignore[no-any-return]
+        return tuple(b.diff(b.read(), CURRENT).notes)
 
 
 @pytest.fixture(params=["lockdown", "sets"])
@@ -164,5 +164,5 @@ def _handle(host: Host) -> str:
     """The handle of the admin's rule using the IPv6 set."""
     for line in host.nft("-a", "list", "chain", "inet", "filter", "input").splitlines():
         if "@cloudflare_v6" in line:
-            return line.rsplit("handle ", 1)[1].strip()
+            return str(line.rsplit("handle ", 1)[1].strip())
     raise AssertionError("no rule uses @cloudflare_v6")
