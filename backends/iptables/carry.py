@@ -9,8 +9,11 @@ did and ``*-nft-save`` prints the result: a declared existing chain is flushed,
 ``-D`` removes the first rule printed as that spec, ``-A`` appends, ``-I CHAIN
 N`` inserts at rule ``N``; every rule of a chain it touched is printed
 ``-A CHAIN SPEC``, the form cfallow's no-change comparison already reads back.
-Anything else (a chain created or deleted, a line it does not know, a rule it
-cannot find) is no replay: the next run reads the tables as before.
+Only the chains the batch names are read (``*-nft-save`` prints each chain's
+rules as one run of lines, in the declarations' order); the rest of the text is
+kept as it is. Anything else (a chain created or deleted, a chain without rules,
+whose place it cannot tell, a line it does not know, a rule it cannot find) is
+no replay: the next run reads the tables as before.
 """
 
 from __future__ import annotations
@@ -85,53 +88,44 @@ def replay(text: str, script: str) -> Replayed | None:
 
 
 def _replay_table(text: str, part: Section) -> tuple[str, dict[str, list[str]]] | None:
+    """One part on its table in ``text``: only the rule lines of the chains it names are
+    read (each chain's rules are one run of lines in ``*-nft-save`` output), the rest of
+    the text is kept as it is."""
     head = f"*{part.table}\n"
-    if text.startswith(head):
-        start = 0
-    else:
-        start = text.find("\n" + head) + 1
-        if start == 0:
-            return None  # the table was not read (or does not exist): it would be created
+    start = 0 if text.startswith(head) else text.find("\n" + head) + 1
+    if start == 0 and not text.startswith(head):
+        return None  # the table was not read (or does not exist): it would be created
     begin = start + len(head)
-    end = text.find("\nCOMMIT\n", start) + 1
+    end = text.find("\nCOMMIT\n", begin - 1) + 1  # the COMMIT line
     if end == 0:
         return None
-    parsed = _parse(text[begin:end])
-    if parsed is None:
-        return None
-    declared, chains = parsed
+    rules_at = text.find("\n-A ", begin - 1, end) + 1 or end  # the first rule line
+    declared: dict[str, str] = {}
+    for line in text[begin:rules_at].split("\n")[:-1]:
+        if not line.startswith(":"):
+            return None  # counters or a comment among the declarations: not what it knows
+        declared[line[1:].split(" ", 1)[0]] = line
+    blocks: dict[str, tuple[int, int]] = {}
+    chains: dict[str, list[str]] = {}
+    for name in sorted(part.chains()):
+        needle = f"\n-A {name} "
+        first = text.find(needle, rules_at - 1, end)
+        if name not in declared or first < 0:
+            return None  # a chain created, or one without rules: where its rules go is unsaid
+        stop = text.find("\n", text.rfind(needle, rules_at - 1, end) + 1) + 1
+        if text.count("\n", first + 1, stop) != text.count(needle, first, stop):
+            return None  # its rules are not one run of lines
+        blocks[name] = (first + 1, stop)
+        chains[name] = text[first + 1 : stop].split("\n")[:-1]
     for line in part.lines:
         if not _apply(line, declared, chains):
             return None
-    rules = "".join(ln + "\n" for lines in chains.values() for ln in lines)
-    return text[:begin] + "".join(declared.values()) + rules + text[end:], chains
-
-
-def _parse(body: str) -> tuple[dict[str, str], dict[str, list[str]]] | None:
-    """The declarations (``:NAME POLICY [c]`` lines, in order) and each chain's rule lines
-    (``-A NAME SPEC``, as printed); None unless every declaration comes first and each
-    chain's rules follow in the declarations' order, as ``*-nft-save`` prints them."""
-    declared: dict[str, str] = {}
-    chains: dict[str, list[str]] = {}
-    order: list[str] = []
-    at, ruled = 0, False
-    for line in body.split("\n")[:-1]:
-        if line.startswith(":") and not ruled:
-            name = line[1:].split(" ", 1)[0]
-            declared[name] = line + "\n"
-            chains[name] = []
-            order.append(name)
-        elif line.startswith("-A "):
-            ruled = True
-            name = line[3:].split(" ", 1)[0]
-            while at < len(order) and order[at] != name:
-                at += 1
-            if at == len(order):
-                return None  # an undeclared chain, or rules out of the declarations' order
-            chains[name].append(line)
-        else:
-            return None  # counters, a comment or a declaration among the rules: unknown
-    return declared, chains
+    out, at = [], 0
+    for name, (first, stop) in sorted(blocks.items(), key=lambda item: item[1]):
+        out += [text[at:first], *(ln + "\n" for ln in chains[name])]
+        at = stop
+    out.append(text[at:])
+    return "".join(out), chains
 
 
 def _apply(line: str, declared: dict[str, str], chains: dict[str, list[str]]) -> bool:

@@ -73,11 +73,21 @@ def test_what_it_cannot_say_for_certain_is_no_replay(script: str) -> None:
     assert replay(SAVED, script) is None
 
 
-def test_a_text_not_in_save_order_is_no_replay() -> None:
-    swapped = SAVED.replace("-A AAA -j ACCEPT\n", "").replace("COMMIT", "-A AAA -j ACCEPT\nCOMMIT")
-    assert replay(swapped, batch("-I CFALLOW 1 -s 10.2.0.0/16 -j ACCEPT")) is None
-    counted = SAVED.replace("-A AAA", "[1:60] -A AAA")
-    assert replay(counted, batch("-I CFALLOW 1 -s 10.2.0.0/16 -j ACCEPT")) is None
+def test_a_text_not_as_save_prints_it_is_no_replay() -> None:
+    insert = batch("-I CFALLOW 1 -s 10.2.0.0/16 -j ACCEPT")
+    split = SAVED.replace("-A CFALLOW -s 10.1.0.0/16", "-A AAA -j DROP\n-A CFALLOW -s 10.1.0.0/16")
+    assert replay(split, insert) is None  # the chain's rules are not one run of lines
+    counted = SAVED.replace("-A CFALLOW", "[1:60] -A CFALLOW")
+    assert replay(counted, insert) is None
+    noted = SAVED.replace(":AAA", "# Warning: unsupported\n:AAA")
+    assert replay(noted, insert) is None
+
+
+def test_the_rest_of_the_text_is_kept_as_it_is() -> None:
+    odd = SAVED.replace("-A AAA -j ACCEPT", "[1:60] -A AAA -j ACCEPT")
+    done = replay(odd, batch("-D CFALLOW -s 10.1.0.0/16 -j ACCEPT"))
+    assert done is not None
+    assert done.text == odd.replace("-A CFALLOW -s 10.1.0.0/16 -j ACCEPT\n", "")
 
 
 def test_a_part_that_may_change_nothing_is_not_sure() -> None:
