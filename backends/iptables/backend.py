@@ -45,6 +45,7 @@ from cfallow.netfilter.save import SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
+from .carry import replay, sections
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
@@ -82,6 +83,19 @@ class Seen:
     allow: tuple[str | None, tuple[str, ...]] | None = None
     nat: tuple[str, ...] = ()  # what the host's DNAT leaves open (lockdown in INPUT only)
     generation: str | None = None  # the ruleset's, taken before the tables were read (nft)
+
+
+@dataclass
+class _Read:
+    """What this backend read last on an nf_tables host, for carrying it past its own commit:
+    the generation, each family's text and table, and the host analysis with the first
+    parts of its memo key (``("allow", kind)``, the tables' digest follows; ``("nat",
+    kind)``)."""
+
+    generation: str
+    texts: tuple[str, ...]
+    tables: tuple[tuple[int, Table], ...]
+    analysis: tuple[tuple[object, ...], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,7 @@ class IptablesBackend(Backend[Seen, Step]):
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
+        self._last: _Read | None = None
 
     @classmethod
     def host_advice(cls, host: Host) -> str | None:
@@ -218,6 +233,7 @@ class IptablesBackend(Backend[Seen, Step]):
         texts = self._texts(io, gen)
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
+        self._last = None if gen is None else _Read(gen, tuple(texts), tables)
         if self.settings.parent != "INPUT":
             return Seen(variant, tables, generation=gen)
         if self.settings.mode == "allow":
@@ -232,10 +248,8 @@ class IptablesBackend(Backend[Seen, Step]):
         returns these very rules; the same ``*-save`` files (their identity is in the key)
         print them the same way. Legacy hosts (no generation) read every time.
         """
-        tools = [binary(self.ctx.runner, SAVE["nft"][v]) for v in self.families]
-        ok = gen is not None and io.kind == "nft" and None not in tools
         memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
-        key = generation.key(gen if ok else None, self.name, io.mangle, self.families, tools)
+        key = self._read_key(gen if io.kind == "nft" else None, io.mangle)
         kept = memo.get(key)
         kept = kept if isinstance(kept, list) and len(kept) == len(self.families) else None
         if kept is not None and all(isinstance(text, str) for text in kept):
@@ -255,11 +269,24 @@ class IptablesBackend(Backend[Seen, Step]):
         memo.put(key, texts)
         return texts
 
+    def _read_key(self, gen: str | None, mangle: bool) -> str | None:
+        """The read memo's key for generation ``gen`` (None: no memo, e.g. a runner prefix)."""
+        tools = [binary(self.ctx.runner, SAVE["nft"][v]) for v in self.families]
+        ok = gen is not None and None not in tools
+        return generation.key(gen if ok else None, self.name, mangle, self.families, tools)
+
     def _memo(self, variant: Variant, *parts: object) -> tuple[generation.Memo, str | None]:
         """The memo of this backend's host analysis, and the key for the ruleset as it is now."""
         memo = generation.Memo(self.ctx.state_dir / MEMO)
-        gen = generation.generation(self.ctx.runner)
-        return memo, generation.key(gen, self.name, repr(self.settings), self.families, *parts)
+        return memo, self._memo_key(generation.generation(self.ctx.runner), *parts)
+
+    def _memo_key(self, gen: str | None, *parts: object) -> str | None:
+        return generation.key(gen, self.name, repr(self.settings), self.families, *parts)
+
+    def _keep(self, parts: tuple[object, ...], value: object) -> None:
+        """Note the analysis this read used, for :meth:`_carry`."""
+        if self._last is not None:
+            self._last.analysis = (parts, value)
 
     def _allow(
         self, variant: Variant, texts: list[str], tables: tuple[tuple[int, Table], ...]
@@ -272,6 +299,7 @@ class IptablesBackend(Backend[Seen, Step]):
         memo, key = self._memo(variant, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
+            self._keep(("allow", variant.kind), kept)
             return (None if kept[0] is None else str(kept[0])), tuple(str(n) for n in kept[1])
         from cfallow.netfilter import host as hostfw  # the analysis: only when not kept
 
@@ -286,6 +314,7 @@ class IptablesBackend(Backend[Seen, Step]):
         s = self.settings
         error, notes = iptables_allow(host, self.families, s.protocol, s.ports, s.chain)
         memo.put(key, [error, list(notes)])
+        self._keep(("allow", variant.kind), [error, list(notes)])
         return error, notes
 
     def _nat(self, variant: Variant) -> tuple[str, ...]:
@@ -294,6 +323,7 @@ class IptablesBackend(Backend[Seen, Step]):
         key = key if variant.kind == "nft" else None
         kept = memo.get(key)
         if isinstance(kept, list):
+            self._keep(("nat", variant.kind), kept)
             return tuple(str(n) for n in kept)
         from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
 
@@ -302,6 +332,7 @@ class IptablesBackend(Backend[Seen, Step]):
         hint = 'parent = "DOCKER-USER" guards forwarded connections'
         notes = hostfw_nat.notes(rules, self.families, s.protocol, s.ports, forward_hint=hint)
         memo.put(key, list(notes))
+        self._keep(("nat", variant.kind), list(notes))
         return notes
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
@@ -391,13 +422,69 @@ class IptablesBackend(Backend[Seen, Step]):
             gens = {step.generation for step in plan.steps}
             # nothing committed since the plan's read (checked once, before cfallow's own
             # commits move it): its tables are what a read under the lock would return
-            unmoved = len(gens) == 1 and None not in gens
-            unmoved = unmoved and generation.generation(self.ctx.runner) in gens
+            before = None
+            if len(gens) == 1 and None not in gens:
+                before = generation.generation(self.ctx.runner)
+            unmoved = before is not None and before in gens
+            written: list[tuple[int, str]] = []
             for step in plan.steps:
                 io = self.io(step.variant)
                 basis = step.basis if unmoved else None
-                if io.transact(step.version, _Compute(self.settings, step), basis):
+                compute = _Compute(self.settings, step)
+                if io.transact(step.version, compute, basis):
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
+                    written.append((step.version, compute.script))
+            if unmoved and before is not None and written:
+                self._carry(before, written)
+
+    def _carry(self, before: str, written: list[tuple[int, str]]) -> None:
+        """Keep the tables (and the host analysis) for the generation after cfallow's own
+        batches, where it is proven that nothing else committed since they were read.
+
+        Proof: the generation under the lock before the first batch is the one the
+        tables were read under, and after the last it is that plus one per table part
+        written, each part adding or deleting a rule (a transaction of its own: exactly
+        one generation, measured). Then the kernel holds the text read with the
+        batches' lines applied (:func:`~.carry.replay`); anything it cannot replay is
+        read again by the next run, as is everything after a failed batch.
+        """
+        last = self._last
+        if last is None or last.generation != before:
+            return
+        parts = [part for _, script in written for part in sections(script)]
+        if not all(part.sure for part in parts):
+            return
+        after = generation.generation(self.ctx.runner)
+        if generation.advanced(before, after) != len(parts):
+            self.ctx.log.debug("%s: another commit beside cfallow's: read again", self.name)
+            return
+        texts, tables = list(last.texts), dict(last.tables)
+        for version, script in written:
+            i = self.families.index(version)
+            done = replay(texts[i], script)
+            if done is None:
+                return
+            texts[i] = done.text
+            own = done.chains.get(("filter", self.settings.chain))
+            if own is not None:
+                chains = tuple(
+                    (n, own if n == self.settings.chain else r) for n, r in tables[version].chains
+                )
+                tables[version] = replace(tables[version], chains=chains)
+        mangle = self.settings.parent == "DOCKER-USER"
+        generation.Memo(self.ctx.state_dir / READ_MEMO).put(self._read_key(after, mangle), texts)
+        if last.analysis is None:
+            return
+        (what, *rest), value = last.analysis
+        only_own = all(p.table == "filter" and p.chains() == {self.settings.chain} for p in parts)
+        if what == "allow" and only_own:  # its answer reads INPUT and chain names, not the chain
+            digest = _rules_digest(tuple((v, tables[v]) for v in self.families))
+            key = self._memo_key(after, what, *rest, digest)
+        elif what == "nat":  # the NAT tables: cfallow writes filter and mangle only
+            key = self._memo_key(after, what, *rest)
+        else:
+            return
+        generation.Memo(self.ctx.state_dir / MEMO).put(key, value)
 
 
 DOCKER_NO_IPV6 = (
@@ -438,15 +525,18 @@ def _no_docker_ipv6(obs: Owned, settings: Settings, seen: Seen, table: Table) ->
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Compute:
     settings: Settings
     step: Step
+    script: str = ""  # the batch computed (what ``transact`` writes when not empty)
 
     def __call__(self, table: Table) -> Ops:
         version, target = self.step.version, self.step.target
         want = None if target is None else frozenset(parse_cidr(c, version) for c in target)
-        return _assess(table, version, self.settings, want)[1]
+        ops = _assess(table, version, self.settings, want)[1]
+        self.script = ops.restore_script()
+        return ops
 
 
 def _assess(

@@ -89,6 +89,8 @@ class Seen:
     sets: tuple[NftSet, ...]  # the sets of interest (all of cfallow's table in lockdown)
     chains: tuple[Chain, ...]  # the table's chains (lockdown: cfallow's own)
     file: bytes | None
+    #: The ruleset generation and iptables variant the analysis is kept under (None: no memo).
+    kept_for: tuple[str, str] | None = None
 
     def set(self, name: str) -> NftSet | None:
         """The set ``name`` of the table, if read."""
@@ -151,8 +153,9 @@ def read_seen(
     analysis: Analysis | None = None
     own: hostfw.Ruleset | None = None
     listed = False
+    kept_for = None
     if analyse_host:
-        analysis, own, listed = _analysed(runner, s, memo)
+        analysis, own, listed, kept_for = _analysed(runner, s, memo)
     wanted = [s.set_name(v) for v in s.families]
     if not listed and s.mode == "sets":
         own = _sets_only(runner, fam, name, wanted)  # cheap: the admin's rules are not listed
@@ -165,22 +168,30 @@ def read_seen(
     if s.mode == "sets":
         sets = tuple(st for st in sets if st.name in wanted)
     chains = own.chains if own is not None and s.mode == "lockdown" else ()
-    return Seen(analysis, own is not None, sets, chains, file.read())
+    return Seen(analysis, own is not None, sets, chains, file.read(), kept_for)
+
+
+def analysis_key(gen: str | None, s: render.Settings, variant: str) -> str | None:
+    """The key the host analysis is kept under for generation ``gen``."""
+    return generation.key(gen, "nftables", repr(s), variant)
 
 
 def _analysed(
     runner: Runner, s: render.Settings, memo: generation.Memo | None
-) -> tuple[Analysis, hostfw.Ruleset | None, bool]:
-    """The analysis (from ``memo`` when nothing changed), and the table if it read it whole."""
+) -> tuple[Analysis, hostfw.Ruleset | None, bool, tuple[str, str] | None]:
+    """The analysis (from ``memo`` when nothing changed), the table if it read it whole, and
+    the generation and variant it is kept under."""
     variant = ""
     if s.mode == "lockdown":  # NAT: legacy's has no generation
         variant = hostfw.read_variant(runner, memo and memo.sibling(VERSION_MEMO))
-    key = None
+    key, kept_for = None, None
     if memo is not None and variant != "legacy":
-        key = generation.key(generation.generation(runner), "nftables", repr(s), variant)
+        gen = generation.generation(runner)
+        key = analysis_key(gen, s, variant)
+        kept_for = None if gen is None else (gen, variant)
         kept = Analysis.from_json(memo.get(key))
         if kept is not None:
-            return kept, None, False
+            return kept, None, False, kept_for
     whole = [s.table] if s.mode == "sets" else []  # the rules that reference the sets
     host = hostfw.read(runner, iptables=False, whole=whole)
     if host.nft is None:
@@ -202,7 +213,7 @@ def _analysed(
         declared = [st.name for st in own.sets if st.name in wanted]
         sets = _own_sets(runner, fam, name, declared)
         own = hostfw.Ruleset(own.tables, own.chains, sets, own.listed, mentions=own.mentions)
-    return found, own, True
+    return found, own, True, kept_for
 
 
 def _own_sets(runner: Runner, fam: str, table: str, names: list[str]) -> tuple[NftSet, ...]:
@@ -307,12 +318,35 @@ def _check(runner: Runner, s: render.Settings) -> Callable[[Path], None]:
     return check
 
 
-def apply_step(runner: Runner, s: render.Settings, file: ManagedFile, step: Step) -> None:
-    """Write one step: the live transaction, then the file (checked with ``nft -c -f``)."""
+def elements_only(s: render.Settings, script: str) -> bool:
+    """``script`` only adds or deletes elements of cfallow's own sets (``add element`` of
+    one already there is a change too: every such transaction is one generation)."""
+    own = {
+        f"{verb} element {s.table} {s.set_name(v)} {{"
+        for v in s.families
+        for verb in ("add", "delete")
+    }
+    lines = script.splitlines()
+    return bool(lines) and all(
+        ln[: ln.find("{") + 1] in own and ln.endswith(" }") and ln.count("{") == 1 and ";" not in ln
+        for ln in lines
+    )
+
+
+def apply_step(
+    runner: Runner, s: render.Settings, file: ManagedFile, step: Step, *, generations: bool = False
+) -> tuple[str | None, str | None]:
+    """Write one step: the live transaction, then the file (checked with ``nft -c -f``).
+
+    ``generations``: the ruleset generation right before and right after the transaction
+    (else, and without a transaction, ``(None, None)``).
+    """
     for name, elements in step.basis:
         if _read_set(runner, s.table, name) != elements:
             raise TargetMoved(f"nftables: set {s.table} {name} changed since it was read")
+    gens: tuple[str | None, str | None] = (None, None)
     if step.script:
+        before = generation.generation(runner) if generations else None
         try:
             runner.run(["nft", "-f", "-"], input=step.script)
         except CommandFailed as exc:
@@ -322,5 +356,8 @@ def apply_step(runner: Runner, s: render.Settings, file: ManagedFile, step: Step
                 f"a set in {s.table} is still referenced by a rule: nothing changed; remove the "
                 "rule first (with host_check = true the set is emptied and the rule named)"
             ) from None
+        if generations:
+            gens = (before, generation.generation(runner))
     check = _check(runner, s)
     file.install(step.file, check_candidate=check if step.file is not None else None)
+    return gens

@@ -37,7 +37,7 @@ from cfallow.section import Section, parse_ports
 
 from . import render
 from .advice import recommend
-from .apply import Seen, Step, apply_step, read_seen, removal_steps
+from .apply import Seen, Step, analysis_key, apply_step, elements_only, read_seen, removal_steps
 from .diff import lockdown_steps, refuse_foreign_sets, sets_steps
 
 DEFAULT_FILE = "/etc/nftables.d/cfallow.nft"
@@ -106,6 +106,7 @@ class NftablesBackend(Backend[Seen, Step]):
         #: The admin's ruleset that nftables.service loads (and may include ``file``).
         self.conf = Path(section.get_str("conf", DEFAULT_CONF))
         self.host_check = section.get_bool("host_check", True)
+        self._last: Seen | None = None  # the last read, for carrying its analysis (apply)
 
     @classmethod
     def host_advice(cls, host: hostfw.Host) -> str | None:
@@ -139,9 +140,10 @@ class NftablesBackend(Backend[Seen, Step]):
     def read(self) -> Seen:
         """The whole ruleset (for the host analysis), cfallow's sets and chains, the file."""
         memo = generation.Memo(self.ctx.state_dir / MEMO)
-        return read_seen(
+        self._last = read_seen(
             self.ctx.runner, self.settings, self.file, analyse_host=self.host_check, memo=memo
         )
+        return self._last
 
     def diff(self, observed: Seen, desired: Networks | None) -> Plan[Step]:
         """Element diff per set, drift of cfallow's chains/sets/file; removal when ``None``."""
@@ -179,7 +181,32 @@ class NftablesBackend(Backend[Seen, Step]):
                 raise BackendError(f"not an nftables plan step: {step!r}")
             if step.file is None:
                 self._remove_file()
-            apply_step(self.ctx.runner, self.settings, self.file, step)
+            seen = self._last
+            carry = seen is not None and seen.kept_for is not None and seen.analysis is not None
+            carry = carry and elements_only(self.settings, step.script)
+            gens = apply_step(self.ctx.runner, self.settings, self.file, step, generations=carry)
+            if carry and seen is not None:
+                self._carry(seen, *gens)
+
+    def _carry(self, seen: Seen, before: str | None, after: str | None) -> None:
+        """Keep the host analysis for the generation after cfallow's own transaction.
+
+        Only where the transaction changed nothing but the elements of cfallow's own
+        sets, which the analysis never reads (it lists chains and terse tables; a
+        match on cfallow's set is judged by the set's name, and lockdown skips
+        cfallow's table): its answer for the ruleset after the commit is the same.
+        And only where the generation proves that nothing else committed: right
+        before the transaction it is the one the analysis was kept under, and right
+        after it moved by exactly one (one ``nft -f`` transaction that changes
+        something is one generation: measured).
+        """
+        if seen.kept_for is None or seen.analysis is None:
+            return
+        gen, variant = seen.kept_for
+        if before != gen or generation.advanced(before, after) != 1:
+            return
+        memo = generation.Memo(self.ctx.state_dir / MEMO)
+        memo.put(analysis_key(after, self.settings, variant), seen.analysis.to_json())
 
     def _remove_file(self) -> None:
         """Remove the include file first, and only if the admin's ruleset loads without it.

@@ -82,6 +82,23 @@ def generation(runner: Runner) -> str | None:
     return out or None
 
 
+def advanced(before: str | None, after: str | None) -> int | None:
+    """How many generations the ruleset moved from ``before`` to ``after`` (same boot and
+    namespace); None: cannot tell.
+
+    Measured here (kernel 6.18): every transaction that changes something is one
+    generation; a batch that changes nothing, or fails, is none; ``iptables-nft-restore``
+    commits each table's part on its own (two parts: two).
+    """
+    if before is None or after is None:
+        return None
+    where, _, old = before.rpartition("/")
+    there, _, new = after.rpartition("/")
+    if where != there or not old.isdigit() or not new.isdigit():
+        return None
+    return int(new) - int(old)
+
+
 def key(generation: str | None, *parts: object) -> str | None:
     """One memo key from a generation and what else the analysis depends on (None: none)."""
     if generation is None:

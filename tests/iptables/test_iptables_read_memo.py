@@ -69,12 +69,13 @@ class Runs:
         )
         return len(self.log.read_text().splitlines()), proc
 
-    def settled(self) -> None:
+    def settled(self, carried: bool = False) -> None:
         """Runs until one makes no change: cfallow's own commit is a generation too, so the
-        run after a write reads once more; the one after that reads nothing."""
+        run after a write that created the chain reads once more (``carried``: a write
+        that only changed rules, whose outcome the run kept); the one after reads nothing."""
         reads, proc = self.sync()
         assert proc.returncode == 0 and "in sync" in proc.stdout, proc.stdout + proc.stderr
-        assert reads == 2, "the first run after a commit reads both families"
+        assert reads == (0 if carried else 2), "the first run after a commit reads again"
         reads, proc = self.sync()
         assert proc.returncode == 0 and "in sync" in proc.stdout, proc.stdout + proc.stderr
         assert reads == 0, "the generation held: the tables of the last read are kept"
@@ -115,7 +116,8 @@ def test_a_change_between_two_runs_is_read_and_repaired(nft: Runs, change: str) 
     assert proc.returncode == 0, proc.stderr
     assert reads == 2 and "changed" in proc.stdout, proc.stdout
     nft.in_step()
-    nft.settled()
+    # a chain created, or one whose rules were all gone (where they go is unsaid): read again
+    nft.settled(carried=change not in ("the whole table flushed", "cfallow's chain flushed"))
     nft.in_step()
 
 
