@@ -189,6 +189,9 @@ class Figure:
     ratio: float | None = None  # median / the median of what it is compared with
     versus: str = ""
     checks: list[tuple[str, bool]] = field(default_factory=list)  # (target, met)
+    #: CPU s of each run's process tree (other load moves it far less than the time)
+    cpu: list[float] = field(default_factory=list)
+    cpu_ratio: float | None = None  # its median / the median of what it is compared with
 
     @property
     def median(self) -> float:
@@ -202,9 +205,12 @@ class Figure:
     def row(self) -> str:
         ratio = f"{self.ratio:6.2f}x {self.versus}" if self.ratio is not None else "-"
         target = ", ".join(t for t, _ in self.checks) or "-"
+        cpu = f"{statistics.median(self.cpu):7.3f}" if self.cpu else f"{'-':>7}"
+        if self.cpu_ratio is not None:
+            cpu += f" ({self.cpu_ratio:.2f}x)"
         return (
             f"{self.rules:>7,}  {self.figure:24} {self.median:7.3f} {max(self.times):7.3f}"
-            f" {self.peak_mb:7.1f}  {ratio:24} {target:30} {self.verdict()}"
+            f" {self.peak_mb:7.1f}  {ratio:24} {target:30} {self.verdict():7}  {cpu}"
         )
 
 
@@ -216,6 +222,7 @@ def _figure(b: Backend, n: int, name: str, runs: list[Run]) -> Figure:
         [r.seconds for r in runs],
         max(r.peak_mb for r in runs),
         max(r.largest_mb for r in runs),
+        cpu=[r.cpu for r in runs],
     )
 
 
@@ -303,6 +310,9 @@ def judge(b: Backend, figures: list[Figure]) -> None:
     nc.checks.append((f"peak <= {PEAK_MB:g} MB", nc.peak_mb <= PEAK_MB))
     changed = by["ruleset changed"]
     changed.ratio, changed.versus = changed.median / base.median, "the read"
+    for f in (changed, by["changing sync"]):
+        if f.cpu and base.cpu and statistics.median(base.cpu) > 0:
+            f.cpu_ratio = statistics.median(f.cpu) / statistics.median(base.cpu)
     if scale:
         changed.checks.append((f"<= {CHANGED_RATIO:g}x", changed.ratio <= CHANGED_RATIO))
     changing = by["changing sync"]
@@ -338,7 +348,7 @@ def growth(figures: list[Figure]) -> list[str]:
 def header() -> str:
     return (
         f"{'rules':>7}  {'figure':24} {'median':>7} {'max':>7} {'peak MB':>7}  "
-        f"{'ratio':24} {'target':30} verdict"
+        f"{'ratio':24} {'target':30} verdict  cpu s (x the read's)"
     )
 
 
