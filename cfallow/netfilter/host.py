@@ -380,8 +380,8 @@ def _walk_table(
 def read_nft(
     runner: Runner, *, rules: bool = True, whole: Iterable[str] = (), trace: Iterable[str] = ()
 ) -> Ruleset:
-    """Chain heads (cheap), and what decides the verdict in every native table with an
-    input/forward base chain: those base chains and the chains they reach.
+    """Chain heads (cheap), and (unless ``rules=False``) what decides the verdict in every
+    native table with an input/forward base chain: those base chains and the chains they reach.
 
     A table with many chains, or named in ``whole`` (``"inet filter"``), is listed whole
     but tersely (``nft -t``: a set's elements are never read; the analysis names sets,
@@ -439,9 +439,7 @@ def read(
     """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
 
     ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
-    filter`` per IP version), so nothing is read twice. ``rules=False``: chain heads only.
-    ``whole``: tables (``"inet filter"``) to list whole, ``trace``: names of sets whose
-    rules are found from the listings' text (see :func:`read_nft`).
+    filter`` per IP version), not read twice; ``rules``, ``whole``, ``trace``: :func:`read_nft`.
     """
     ruleset: Ruleset | None = None
     error = ""
