@@ -282,7 +282,7 @@ def _parse(text: str, whole: bool, trace: Iterable[str]) -> Ruleset:
 
 
 def _users(
-    parts: Iterable[Ruleset], trace: Iterable[str]
+    parts: Sequence[Ruleset], trace: Iterable[str]
 ) -> tuple[tuple[str, tuple[Where, ...]], ...]:
     """The users of each of ``trace`` over the listings ``parts`` (a name not traced in
     one that mentions it: not traced)."""
