@@ -8,6 +8,10 @@ firewall is never touched)::
         [--backends iptables-nft,iptables-legacy,nftables-lockdown,nftables-sets]
         [--runs 3] [--editable] [--json FILE]
 
+(``--backends nftables-sets-used``: sets mode with the admin's rule naming cfallow's
+set, ``ip saddr @cloudflare_v4 tcp dport { 80, 443 } accept`` in the input chain,
+added after the first sync as docs/nftables.md says; not in the default list.)
+
 cfallow runs as on an origin server: this checkout built as a wheel and
 byte-compiled in a fresh virtualenv (``bench_reconcile.install``; ``--editable``:
 this virtualenv's ``cfallow`` instead). For each backend (the iptables backend
@@ -125,6 +129,8 @@ class Backend:
     changing_target: float | None = None
     #: a Python script doing only the reads an offline no-change run cannot avoid ("": none)
     unavoidable: str = ""
+    #: argv the admin runs after cfallow's first sync (sets mode: a rule naming its set)
+    then: tuple[str, ...] = ()
     #: the iptables variant, for the read-and-write floor of a changing sync ("": none)
     variant: str = ""
 
@@ -143,10 +149,10 @@ def _iptables(variant: str) -> Backend:
     save = [f"iptables-{variant}-save", "-t", "filter"]
     saves = TWO_SAVES.replace("tables-nft-save", f"tables-{variant}-save")
     name = f"iptables-{variant}"
-    return Backend(name, section, load, commit, save, save, CHANGING_RATIO, saves, variant)
+    return Backend(name, section, load, commit, save, save, CHANGING_RATIO, saves, variant=variant)
 
 
-def _nftables(mode: str) -> Backend:
+def _nftables(mode: str, used: bool = False) -> Backend:
     def section(sc: Scene) -> str:
         return f'[backends.nftables]\nmode = "{mode}"\nfile = "{sc.tmp / "cfallow.nft"}"\n'
 
@@ -169,7 +175,11 @@ def _nftables(mode: str) -> Backend:
 
     listing = ["nft", "-t", "-j", "list", "ruleset"]
     admin = ["nft", "list", "table", "inet", "filter"]
-    return Backend(f"nftables-{mode}", section, load, commit, listing, admin)
+    if not used:
+        return Backend(f"nftables-{mode}", section, load, commit, listing, admin)
+    rule = "ip saddr @cloudflare_v4 tcp dport { 80, 443 } accept"
+    then = ("nft", "add", "rule", "inet", "filter", "input", *rule.split())
+    return Backend(f"nftables-{mode}-used", section, load, commit, listing, admin, then=then)
 
 
 BACKENDS = {
@@ -179,8 +189,11 @@ BACKENDS = {
         _iptables("legacy"),
         _nftables("lockdown"),
         _nftables("sets"),
+        _nftables("sets", used=True),
     )
 }
+#: What ``--backends`` measures unless told.
+DEFAULT = ("iptables-nft", "iptables-legacy", "nftables-lockdown", "nftables-sets")
 
 
 @dataclass
@@ -196,6 +209,9 @@ class Figure:
     ratio: float | None = None  # median / the median of what it is compared with
     versus: str = ""
     checks: list[tuple[str, bool]] = field(default_factory=list)  # (target, met)
+    #: CPU s of each run's process tree (other load moves it far less than the time)
+    cpu: list[float] = field(default_factory=list)
+    cpu_ratio: float | None = None  # its median / the median of what it is compared with
 
     @property
     def median(self) -> float:
@@ -209,9 +225,12 @@ class Figure:
     def row(self) -> str:
         ratio = f"{self.ratio:6.2f}x {self.versus}" if self.ratio is not None else "-"
         target = ", ".join(t for t, _ in self.checks) or "-"
+        cpu = f"{statistics.median(self.cpu):7.3f}" if self.cpu else f"{'-':>7}"
+        if self.cpu_ratio is not None:
+            cpu += f" ({self.cpu_ratio:.2f}x)"
         return (
             f"{self.rules:>7,}  {self.figure:24} {self.median:7.3f} {max(self.times):7.3f}"
-            f" {self.peak_mb:7.1f}  {ratio:24} {target:30} {self.verdict()}"
+            f" {self.peak_mb:7.1f}  {ratio:24} {target:30} {self.verdict():7}  {cpu}"
         )
 
 
@@ -223,6 +242,7 @@ def _figure(b: Backend, n: int, name: str, runs: list[Run]) -> Figure:
         [r.seconds for r in runs],
         max(r.peak_mb for r in runs),
         max(r.largest_mb for r in runs),
+        cpu=[r.cpu for r in runs],
     )
 
 
@@ -253,6 +273,8 @@ def measure(b: Backend, n: int, runs: int, setup: Setup) -> list[Figure]:
         config = _config(sc, b, "config.toml")
         sync = sc.cfallow(config, "sync")
         run(sync, env)  # the first sync writes cfallow's own rules or sets
+        if b.then:
+            sh(sc.nsx(*b.then), env=env)
         run(sync, env)  # the first run after cfallow's own commit analyses it once
         out = [_figure(b, n, "no-change", [run(sync, env) for _ in range(runs)])]
         off = _without_analysis(sc, b, runs, env)
@@ -270,9 +292,12 @@ def measure(b: Backend, n: int, runs: int, setup: Setup) -> list[Figure]:
             floor = sc.nsx(setup.python, "-c", READ_AND_WRITE, b.variant)
             writes = [run([*floor, str(12 + i % 2)], env) for i in range(runs)]
             out.append(_figure(b, n, "read and write (Python)", writes))
-        kept = sh(sc.nsx(*b.admin), env=env).lower().count("accept")
+        listing = sh(sc.nsx(*b.admin), env=env)
+        kept = listing.lower().count("accept")
         if kept < n:
             raise RuntimeError(f"{b.name}: {kept} accept rules left of the admin's {n}")
+        if b.then and " ".join(b.then[6:]) not in listing:
+            raise RuntimeError(f"{b.name}: the admin's rule {' '.join(b.then[6:])!r} is gone")
         return out
 
 
@@ -309,6 +334,9 @@ def judge(b: Backend, figures: list[Figure]) -> None:
     nc.checks.append((f"peak <= {PEAK_MB:g} MB", nc.peak_mb <= PEAK_MB))
     changed = by["ruleset changed"]
     changed.ratio, changed.versus = changed.median / base.median, "the read"
+    for f in (changed, by["changing sync"]):
+        if f.cpu and base.cpu and statistics.median(base.cpu) > 0:
+            f.cpu_ratio = statistics.median(f.cpu) / statistics.median(base.cpu)
     if scale:
         changed.checks.append((f"<= {CHANGED_RATIO:g}x", changed.ratio <= CHANGED_RATIO))
     changing = by["changing sync"]
@@ -347,7 +375,7 @@ def growth(figures: list[Figure]) -> list[str]:
 def header() -> str:
     return (
         f"{'rules':>7}  {'figure':24} {'median':>7} {'max':>7} {'peak MB':>7}  "
-        f"{'ratio':24} {'target':30} verdict"
+        f"{'ratio':24} {'target':30} verdict  cpu s (x the read's)"
     )
 
 
@@ -460,7 +488,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rules", help="admin rules, comma-separated (default 0,1000,20000,100000)")
     ap.add_argument("--quick", action="store_true", help="only 0 and 1,000 admin rules")
-    ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    ap.add_argument(
+        "--backends",
+        default=",".join(DEFAULT),
+        help=f"comma-separated, of {', '.join(BACKENDS)} (default: {','.join(DEFAULT)})",
+    )
     ap.add_argument("--runs", type=int, default=3, help="runs per figure (median and max)")
     ap.add_argument(
         "--editable",

@@ -11,12 +11,14 @@ so this directory is on their ``sys.path``).
   memory of its process tree (the process and the children it starts:
   ``nft``, ``iptables-save``, ...): the largest sum of their resident sizes
   seen every 5 ms, and never less than the exact peak of the largest one
-  (GNU ``time``, where installed).
+  (GNU ``time``, where installed); and its CPU time (the tree's, from the
+  children's resource usage: one run at a time).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,9 @@ class Run:
     peak_mb: float
     #: MB: the peak of the largest single process of the tree.
     largest_mb: float
+    #: s: the CPU time (user + system) of the whole tree, which other load moves far
+    #: less than the time it took
+    cpu: float = 0.0
 
 
 def _kids(pid: int) -> list[int]:
@@ -147,6 +152,7 @@ def run(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
     stop = threading.Event()
     with tempfile.NamedTemporaryFile("r", prefix="cfallow-bench-rss-") as rss:
         wrap = [GNU_TIME, "-f", "%M", "-o", rss.name] if GNU_TIME else []
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(
             [*wrap, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -159,6 +165,8 @@ def run(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
         err = proc.stderr.read()
         proc.wait()
         took = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (used.ru_utime + used.ru_stime)
         stop.set()
         watcher.join()
         proc.stderr.close()
@@ -166,7 +174,7 @@ def run(argv: list[str], env: Mapping[str, str] | None = None) -> Run:
             raise RuntimeError(f"{' '.join(argv[-3:])} exited {proc.returncode}: {err.strip()}")
         said = rss.read().split()
     largest = max(peak[1], int(said[-1]) if said and said[-1].isdigit() else 0)
-    return Run(took, max(peak[0], largest) / 1024, largest / 1024)
+    return Run(took, max(peak[0], largest) / 1024, largest / 1024, cpu)
 
 
 @dataclass

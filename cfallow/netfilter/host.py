@@ -44,6 +44,10 @@ class NftSet:
     comment: str = ""
 
 
+#: A rule's place: family, table, chain, handle.
+Where = tuple[str, str, str, int]
+
+
 @dataclass(frozen=True)
 class Ruleset:
     """The parts of ``nft -j list ruleset`` cfallow looks at.
@@ -52,7 +56,10 @@ class Ruleset:
     tersely: a set's elements are not read); ``walked``: the tables of which every chain
     the input and forward base chains reach was read (the others: heads only);
     ``mentions``: every name written ``"@name"`` in the listings these were parsed from
-    (a rule can only reference a set named there), None when not known.
+    (a rule can only reference a set named there), None when not known; ``users``: for
+    the names of ``mentions`` written at most :data:`TRACED` times in each listing, the
+    rules whose expressions (or comment) name them, traced from the listing's text (see
+    :meth:`naming`); a name of ``mentions`` not here is searched for rule by rule.
     """
 
     tables: tuple[tuple[str, str], ...] = ()
@@ -61,18 +68,48 @@ class Ruleset:
     listed: tuple[tuple[str, str], ...] = ()
     walked: tuple[tuple[str, str], ...] = ()
     mentions: frozenset[str] | None = None
+    users: tuple[tuple[str, tuple[Where, ...]], ...] = ()
 
     def table(self, family: str, name: str) -> Ruleset | None:
         """A table read whole, as its own :class:`Ruleset` (None if it was not)."""
         if (family, name) not in self.listed:
             return None
+        users = tuple((n, tuple(w for w in ws if w[:2] == (family, name))) for n, ws in self.users)
         return Ruleset(
             ((family, name),),
             tuple(c for c in self.chains if (c.family, c.table) == (family, name)),
             tuple(s for s in self.sets if (s.family, s.table) == (family, name)),
             ((family, name),),
             mentions=self.mentions,
+            users=users,
         )
+
+    def naming(self, names: Iterable[str]) -> dict[str, list[str]]:
+        """The rules whose expressions (or comment) name each of ``names`` as ``"@name"``
+        (``inet filter input (rule handle 5)``), in the order of the chains and their rules.
+
+        A name no listing wrote is named by no rule; one traced in the listings' text
+        (``users``) costs nothing more; any other means every rule's JSON is searched
+        once (100,000 rules: about 0.8 s).
+        """
+        wanted = list(dict.fromkeys(names))
+        if self.mentions is not None:
+            wanted = [n for n in wanted if n in self.mentions]
+        traced = dict(self.users)
+        order = {(c.family, c.table, c.name): i for i, c in enumerate(self.chains)}
+        found: dict[str, list[str]] = {}
+        rest = []
+        for n in wanted:
+            if n not in traced or self.mentions is None:
+                rest.append(n)
+                continue
+            # the order _search finds them in: by chain, then as listed within it
+            ws = sorted((w for w in traced[n] if w[:3] in order), key=lambda w: order[w[:3]])
+            if ws:
+                found[n] = [f"{w[0]} {w[1]} {w[2]} (rule handle {w[3]})" for w in ws]
+        if rest:
+            found.update(_search(self.chains, rest))
+        return {n: found[n] for n in wanted if n in found}
 
     def chain_map(self) -> dict[tuple[str, str, str], Chain]:
         """``(family, table, name) -> Chain``."""
@@ -82,6 +119,22 @@ class Ruleset:
         """Base chains on ``hook`` that see IPv``version`` packets."""
         fams = {"inet", "ip" if version == 4 else "ip6"}
         return [c for c in self.chains if c.hook == hook and c.family in fams]
+
+
+def _search(chains: Iterable[Chain], names: list[str]) -> dict[str, list[str]]:
+    """The rules of ``chains`` whose JSON (expressions and comment) holds ``"@name"``, for
+    each of ``names``, in one pass over the rules (each rule's JSON made once)."""
+    needles = [(n, json.dumps(f"@{n}")) for n in names]
+    found: dict[str, list[str]] = {}
+    for c in chains:
+        for r in c.rules:
+            text = json.dumps(r.expr)
+            if '"@' not in text:  # nearly every rule: no set at all
+                continue
+            for name, needle in needles:
+                if needle in text:
+                    found.setdefault(name, []).append(f"{c.where} (rule handle {r.handle})")
+    return found
 
 
 def _element(item: Json) -> list[IPNetwork]:
@@ -135,17 +188,56 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def parse_ruleset(text: str, *, whole: bool = True) -> Ruleset:
-    """Parse ``nft -j list ruleset`` (or ``list table``; ``whole=False``: ``list chains``)."""
+def parse_ruleset(text: str, *, whole: bool = True, trace: Iterable[str] = ()) -> Ruleset:
+    """Parse ``nft -j list ruleset`` (or ``list table``; ``whole=False``: ``list chains``).
+
+    ``trace``: names (of sets) whose rules are found from the text (``users``).
+    """
     with _no_gc():
-        return _parse(text, whole)
+        return _parse(text, whole, trace)
 
 
 #: A set or map named in ``nft -j`` output (``"right": "@web"``): names are plain ASCII.
 _MENTION = re.compile(r'"@([^"\\]*)"')
+#: A name written ``"@name"`` more often than this in one listing is not traced to its
+#: rules from the text (a look back and one rule's decode each) but searched rule by rule.
+TRACED = 256
+#: How ``nft -j`` begins a rule; never inside a string, where a quote is ``\"``.
+_RULE = '{"rule": '
 
 
-def _parse(text: str, whole: bool) -> Ruleset:
+def _trace(text: str, name: str) -> tuple[Where, ...] | None:
+    """The rules of the listing ``text`` that name ``name``, as :func:`_search` would
+    find them, from each ``"@name"`` in the text: the rule object around it, decoded
+    alone. None (search rule by rule) when a ``"@name"`` is not inside a rule object
+    as nft 1.0 prints it (a chain's or set's comment, another format) or past
+    :data:`TRACED` of them."""
+    raw, needle = f'"@{name}"', json.dumps(f"@{name}")
+    decode = json.JSONDecoder().raw_decode
+    found: list[Where] = []
+    pos, seen = text.find(raw), 0
+    while pos != -1:
+        seen += 1
+        start = text.rfind(_RULE, 0, pos)
+        if seen > TRACED or start < 0:
+            return None
+        try:
+            item, end = decode(text, start)
+            r = item["rule"]
+            where = (str(r["family"]), str(r["table"]), str(r["chain"]), int(r.get("handle", 0)))
+            note = ({"comment": r["comment"]},) if "comment" in r else ()
+            named = needle in json.dumps((*r["expr"], *note))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if end <= pos:  # not inside the rule before it
+            return None
+        if named:
+            found.append(where)
+        pos = text.find(raw, end)
+    return tuple(found)
+
+
+def _parse(text: str, whole: bool, trace: Iterable[str]) -> Ruleset:
     try:
         items = json.loads(text or '{"nftables": []}')["nftables"]
     except (ValueError, KeyError, TypeError) as exc:
@@ -180,7 +272,33 @@ def _parse(text: str, whole: bool) -> Ruleset:
     )
     tables = tables or sorted({(c.family, c.table) for c in chains})
     mentions = frozenset(_MENTION.findall(text))
-    return Ruleset(tuple(tables), chains, tuple(sets), tuple(tables) if whole else (), (), mentions)
+    users = []
+    for name in dict.fromkeys(trace):
+        found = _trace(text, name) if name in mentions else ()
+        if found is not None:
+            users.append((name, found))
+    listed = tuple(tables) if whole else ()
+    return Ruleset(tuple(tables), chains, tuple(sets), listed, (), mentions, tuple(users))
+
+
+def _users(
+    parts: Sequence[Ruleset], trace: Iterable[str]
+) -> tuple[tuple[str, tuple[Where, ...]], ...]:
+    """The users of each of ``trace`` over the listings ``parts`` (a name not traced in
+    one that mentions it: not traced)."""
+    out = []
+    for name in dict.fromkeys(trace):
+        found: list[Where] = []
+        for p in parts:
+            if p.mentions is not None and name not in p.mentions:
+                continue
+            got = dict(p.users).get(name)
+            if got is None:
+                break
+            found += got
+        else:
+            out.append((name, tuple(found)))
+    return tuple(out)
 
 
 #: iptables-nft's own tables and base chains (upper case), as opposed to native ones.
@@ -239,37 +357,42 @@ def _targets(text: str) -> set[str]:
     return {json.loads(m) for m in _JUMP.findall(text)}
 
 
-def _walk_table(runner: Runner, family: str, table: str, bases: Iterable[str]) -> Ruleset:
+def _walk_table(
+    runner: Runner, family: str, table: str, bases: Iterable[str], trace: Iterable[str] = ()
+) -> Ruleset:
     """The chains ``bases`` and every chain they jump or go to, one ``nft -j list chain``
     each (a chain's listing holds its rules only, never a set's elements)."""
     seen: set[str] = set()
     todo = sorted(set(bases))
-    chains: list[Chain] = []
-    mentions: set[str] = set()
+    parts: list[Ruleset] = []
     while todo:
         name = todo.pop()
         seen.add(name)
         text = runner.run(["nft", "-j", "list", "chain", family, table, name]).stdout
-        part = parse_ruleset(text)
-        chains += part.chains
-        mentions.update(part.mentions or ())
+        parts.append(parse_ruleset(text, trace=trace))
         todo += sorted(_targets(text) - seen - set(todo))
     walked = ((family, table),)
-    return Ruleset(walked, tuple(chains), walked=walked, mentions=frozenset(mentions))
+    chains = tuple(c for p in parts for c in p.chains)
+    mentions = frozenset(n for p in parts for n in p.mentions or ())
+    return Ruleset(walked, chains, walked=walked, mentions=mentions, users=_users(parts, trace))
 
 
-def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -> Ruleset:
-    """Chain heads (cheap), and what decides the verdict in every native table with an
-    input/forward base chain: those base chains and the chains they reach.
+def read_nft(
+    runner: Runner, *, rules: bool = True, whole: Iterable[str] = (), trace: Iterable[str] = ()
+) -> Ruleset:
+    """Chain heads (cheap), and (unless ``rules=False``) what decides the verdict in every
+    native table with an input/forward base chain: those base chains and the chains they reach.
 
     A table with many chains, or named in ``whole`` (``"inet filter"``), is listed whole
     but tersely (``nft -t``: a set's elements are never read; the analysis names sets,
     it does not look inside them). iptables-nft's tables are not listed through ``nft``
     (slow for big rulesets, and their matches are opaque there): their INPUT chain comes
-    from ``iptables-save``.
+    from ``iptables-save``. ``trace``: names whose rules are found from the listings'
+    text (``Ruleset.users``).
     """
-    whole = frozenset(whole)
-    heads = parse_ruleset(runner.run(["nft", "-j", "list", "chains"]).stdout, whole=False)
+    whole, trace = frozenset(whole), tuple(trace)
+    text = runner.run(["nft", "-j", "list", "chains"]).stdout
+    heads = parse_ruleset(text, whole=False, trace=trace)
     hooked = [c for c in heads.chains if c.hook in ("input", "forward") and not is_xt(c)]
     native = sorted({(c.family, c.table) for c in hooked})
     if not rules or not native:
@@ -277,18 +400,17 @@ def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -
     chains = [c for c in heads.chains if (c.family, c.table) not in native]
     sets: list[NftSet] = []
     listed, walked = [], []
-    mentions = set(heads.mentions or ())
+    parts = [heads]
     for fam, table in native:
         count = sum(1 for c in heads.chains if (c.family, c.table) == (fam, table))
         if count > CHAINS_ONE_BY_ONE or f"{fam} {table}" in whole:
-            full = parse_ruleset(
-                runner.run(["nft", "-t", "-j", "list", "table", fam, table]).stdout
-            )
+            text = runner.run(["nft", "-t", "-j", "list", "table", fam, table]).stdout
+            full = parse_ruleset(text, trace=trace)
             listed.append((fam, table))
             sets += full.sets
         else:
             bases = (c.name for c in hooked if (c.family, c.table) == (fam, table))
-            full = _walk_table(runner, fam, table, bases)
+            full = _walk_table(runner, fam, table, bases, trace)
             walked.append((fam, table))
             reached = {c.name for c in full.chains}
             chains += [
@@ -297,10 +419,11 @@ def read_nft(runner: Runner, *, rules: bool = True, whole: Iterable[str] = ()) -
                 if (c.family, c.table) == (fam, table) and c.name not in reached
             ]
         chains += full.chains
-        mentions.update(full.mentions or ())
+        parts.append(full)
     tables = tuple(sorted({(c.family, c.table) for c in chains}))
-    found = frozenset(mentions)
-    return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked), found)
+    found = frozenset(n for p in parts for n in p.mentions or ())
+    users = _users(parts, trace)
+    return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked), found, users)
 
 
 def read(
@@ -312,18 +435,18 @@ def read(
     parsed: Mapping[int, Table] | None = None,
     rules: bool = True,
     whole: Iterable[str] = (),
+    trace: Iterable[str] = (),
 ) -> Host:
     """Read the host's firewall through ``runner`` (read-only; missing tools are not errors).
 
     ``variant``/``saves``: what the iptables backend already read (``iptables-save -t
-    filter`` per IP version), so nothing is read twice; ``parsed``: its parse of those
-    very texts, so nothing is parsed twice. ``rules=False``: chain heads only.
-    ``whole``: tables (``"inet filter"``) to list whole (see :func:`read_nft`).
+    filter`` per IP version), not read twice; ``parsed``: its parse of those very texts,
+    not parsed twice; ``rules``, ``whole``, ``trace``: :func:`read_nft`.
     """
     ruleset: Ruleset | None = None
     error = ""
     try:
-        ruleset = read_nft(runner, rules=rules, whole=whole)
+        ruleset = read_nft(runner, rules=rules, whole=whole, trace=trace)
     except CommandNotFound:
         error = "nft is not installed"
     except BackendError as exc:

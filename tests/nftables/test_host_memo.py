@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from netaddr import IPNetwork
 from support import namespace, ns_exec
 from support.nftables.helpers import ADMIN_DROP, OPEN_443, Nft
 
@@ -89,3 +90,41 @@ def test_the_generation_names_boot_namespace_and_commit(tmp_path: Path) -> None:
         after = generation.generation(runner)
         assert after is not None and after != before
         assert generation.generation(Runner(prefix=ns_exec(other))) not in (before, after)
+
+
+def test_sets_mode_sees_the_rules_naming_its_sets_change_between_runs(tmp_path: Path) -> None:
+    """A rule naming cfallow's set that the admin adds, moves or deletes between two runs
+    is seen at the next run (not the analysis kept for the previous ruleset): the removal
+    empties a set a rule still names, and deletes the one no rule names any more."""
+    with namespace("memo") as ns:
+        nft = Nft(ns)
+        nft.load(ADMIN_DROP % "")
+        b, _ = backend(ns, tmp_path, "sets")
+        desired = frozenset({IPNetwork("173.245.48.0/20"), IPNetwork("2400:cb00::/32")})
+        b.apply(b.diff(b.read(), desired))
+        seen = b.read()
+        assert seen.analysis.refs("cloudflare_v4") == seen.analysis.refs("cloudflare_v6") == []
+        nft("add", "chain", "inet", "filter", "web")
+        nft("add", "rule", "inet", "filter", "web", "ip", "saddr", "@cloudflare_v4", "accept")
+        nft("add", "rule", "inet", "filter", "input", "jump", "web")
+        seen = b.read()
+        (ref,) = seen.analysis.refs("cloudflare_v4")
+        assert ref.startswith("inet filter web (rule handle ") and not seen.analysis.refs(
+            "cloudflare_v6"
+        )
+        handle = ref.split("handle ")[1].rstrip(")")
+        nft("delete", "rule", "inet", "filter", "web", "handle", handle)
+        nft("add", "rule", "inet", "filter", "input", "ip6", "saddr", "@cloudflare_v6", "accept")
+        seen = b.read()
+        assert seen.analysis.refs("cloudflare_v4") == []
+        (ref,) = seen.analysis.refs("cloudflare_v6")
+        assert ref.startswith("inet filter input (rule handle ")
+        plan = b.diff(seen, None)
+        assert any(
+            "cloudflare_v6 emptied, not deleted: still referenced by " + ref in n
+            for n in plan.notes
+        )
+        b.apply(plan)
+        assert "cloudflare_v4" not in nft.ruleset()  # no rule names it: deleted
+        assert nft.elements("inet", "filter", "cloudflare_v6") == frozenset()
+        assert "ip6 saddr @cloudflare_v6 accept" in nft.ruleset()  # the admin's rule stays

@@ -4,6 +4,7 @@ ruleset does."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,128 @@ def test_the_rules_referencing_cfallows_sets_are_found_from_the_terse_listing() 
             assert expect <= table.mentions
             for name in expect:
                 assert len(found[name]) == 1 and found[name][0].startswith("inet filter ")
+
+
+#: cfallow's two sets, and an admin set whose name begins with the IPv4 one's.
+OWN_SETS = (
+    "table inet filter {\n"
+    '\tset cloudflare_v4 { type ipv4_addr; flags interval; comment "cfallow"; }\n'
+    '\tset cloudflare_v6 { type ipv6_addr; flags interval; comment "cfallow"; }\n'
+    "\tset cloudflare_v4_old { type ipv4_addr; flags interval; }\n}\n"
+)
+SPARE = "table inet filter {\n\tchain spare {\n%s\t}\n}\n"
+NAMING = {
+    # case: (ruleset, {set: chains of the rules naming it}, names not traced from the text)
+    "no rule names them": (admin(), {}, ()),
+    "a rule in the input base chain": (
+        admin(first="\t\tip saddr @cloudflare_v4 tcp dport 443 accept\n"),
+        {"cloudflare_v4": ["input"]},
+        (),
+    ),
+    "a rule in a chain reached by jump then goto": (
+        admin(deep="\t\tip6 saddr @cloudflare_v6 accept\n"),
+        {"cloudflare_v6": ["deep"]},
+        (),
+    ),
+    "a rule in a verdict map's chain": (
+        admin(mapped="\t\tip saddr @cloudflare_v4 accept\n"),
+        {"cloudflare_v4": ["mapped"]},
+        (),
+    ),
+    "a rule in a chain no hook reaches": (
+        admin() + SPARE % "\t\tip6 saddr @cloudflare_v6 accept\n",
+        {"cloudflare_v6": ["spare"]},
+        (),
+    ),
+    "a set whose name begins with cfallow's": (
+        admin(first="\t\tip saddr @cloudflare_v4_old drop\n"),
+        {},
+        (),
+    ),
+    "one rule naming a set twice, and rules in three chains": (
+        admin(
+            first="\t\tip saddr @cloudflare_v4 ip daddr != @cloudflare_v4 accept\n",
+            deep="\t\tip saddr @cloudflare_v4 tcp dport 443 accept\n",
+        )
+        + SPARE % "\t\tip6 saddr @cloudflare_v6 accept\n\t\tip saddr @cloudflare_v4 accept\n",
+        {"cloudflare_v4": ["deep", "input", "spare"], "cloudflare_v6": ["spare"]},
+        (),
+    ),
+    "a rule's comment that is the name (the search counts it)": (
+        admin(first='\t\ttcp dport 8080 accept comment "@cloudflare_v4"\n'),
+        {"cloudflare_v4": ["input"]},
+        (),
+    ),
+    "a rule's comment that holds the name": (
+        admin(first='\t\ttcp dport 8080 accept comment "uses @cloudflare_v4 too"\n'),
+        {},
+        (),
+    ),
+    "a set's comment that is the name: searched rule by rule": (
+        "table inet filter {\n"
+        '\tset note { type ipv4_addr; comment "@cloudflare_v6"; }\n}\n'
+        + admin(
+            first="\t\tip saddr @cloudflare_v4 accept\n",
+            deep="\t\tip6 saddr @cloudflare_v6 accept\n",
+        ),
+        {"cloudflare_v4": ["input"], "cloudflare_v6": ["deep"]},
+        ("cloudflare_v6",),
+    ),
+    "as many rules as are traced": (
+        admin() + SPARE % ("\t\tip saddr @cloudflare_v4 accept\n" * hostfw.TRACED),
+        {"cloudflare_v4": ["spare"] * hostfw.TRACED},
+        (),
+    ),
+    "more rules than are traced: searched rule by rule": (
+        admin(first="\t\tip6 saddr @cloudflare_v6 accept\n")
+        + SPARE % ("\t\tip saddr @cloudflare_v4 accept\n" * (hostfw.TRACED + 1)),
+        {"cloudflare_v4": ["spare"] * (hostfw.TRACED + 1), "cloudflare_v6": ["input"]},
+        ("cloudflare_v4",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", NAMING)
+def test_the_rules_naming_cfallows_sets_are_those_a_search_of_every_rule_finds(case: str) -> None:
+    """Sets mode's analysis traces the rules naming cfallow's sets from the listing's text;
+    they are the rules (and in the order) a search of every rule's JSON finds, in this
+    read and in an independent read of the whole ruleset. Where the text cannot say (a
+    set's comment naming one; more rules than are traced), the search runs instead."""
+    ruleset, expect, untraced = NAMING[case]
+    with namespace("hrn") as ns:
+        nft = Nft(ns)
+        nft.load(OWN_SETS + ruleset)
+        runner = Runner(prefix=ns_exec(ns))
+        host = hostfw.read(runner, iptables=False, whole=["inet filter"], trace=OWN)
+        whole = parse_ruleset(nft("-j", "list", "ruleset"))
+    assert host.nft is not None
+    table = host.nft.table("inet", "filter")
+    assert table is not None
+    assert {n for n, _ in table.users} == set(OWN) - set(untraced)
+    found = table.naming(OWN)
+    assert found == replace(table, users=()).naming(OWN) == whole.naming(OWN)
+    chains = {n: [w.split(" (")[0].split()[-1] for w in ws] for n, ws in found.items()}
+    assert chains == expect
+    assert all(
+        w.startswith("inet filter ") and "(rule handle " in w for ws in found.values() for w in ws
+    )
+
+
+def test_sets_mode_names_the_rules_of_a_table_no_hook_reaches(tmp_path: Path) -> None:
+    """A table without an input or forward base chain is not listed by the analysis: it
+    is listed apart, and its rules naming cfallow's sets are found there too."""
+    with namespace("hrt") as ns:
+        nft = Nft(ns)
+        nft.load("table inet filter {\n\tchain spare {\n\t}\n}\n")
+        runner = Runner(prefix=ns_exec(ns))
+        (tmp_path / "state").mkdir()
+        ctx = Context(runner=runner, state_dir=tmp_path / "state")
+        b = build("nftables", {"mode": "sets", "file": str(tmp_path / "s.nft")}, ctx)
+        b.apply(b.diff(b.read(), frozenset({IPNetwork("173.245.48.0/20")})))
+        nft("add", "rule", "inet", "filter", "spare", "ip", "saddr", "@cloudflare_v4", "accept")
+        runner.calls.clear()
+        seen = b.read()
+        assert ("nft", "-t", "-j", "list", "table", "inet", "filter") in runner.calls
+        (ref,) = seen.analysis.refs("cloudflare_v4")
+        assert ref.startswith("inet filter spare (rule handle ")
+        assert not seen.analysis.refs("cloudflare_v6")
