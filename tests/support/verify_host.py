@@ -32,6 +32,14 @@ NFT_DROP = """table inet filter {
 }
 """
 
+#: The real CLI with the trace socket's buffer cut to almost nothing: most events are lost.
+STARVED = """import sys
+from cfallow.verify import nftrace
+nftrace.RCVBUF = 2048
+from cfallow.cli.commands import main
+sys.exit(main())
+"""
+
 
 @dataclass
 class Host:
@@ -50,12 +58,19 @@ class Host:
         return sh(ns_exec(self.ns, "nft", "list", "ruleset"))
 
     def cfallow(
-        self, config: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+        self,
+        config: str,
+        *args: str,
+        timeout: float = 120,
+        env: dict[str, str] | None = None,
+        starved: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the real CLI inside the host with ``config`` (TOML text), ``env`` added."""
+        """Run the real CLI inside the host with ``config`` (TOML text), ``env`` added
+        (``starved``: with its trace socket's buffer cut, :data:`STARVED`)."""
         cfg = self.tmp / "config.toml"
         cfg.write_text(config)
-        argv = [CFALLOW, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
+        program = [sys.executable, "-c", STARVED] if starved else [CFALLOW]
+        argv = [*program, "--config", str(cfg), "--state-dir", str(self.tmp / "state"), *args]
         return subprocess.run(
             enter(self.ns, *argv),
             capture_output=True,

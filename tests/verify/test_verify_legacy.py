@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from support.cfdata import CURRENT
 from support.iptables.helpers import Fw
 from support.iptables.iptc import IptcWriter
 from support.iptables.netns import in_netns
-from support.verify_host import Host, enter, failures, host, scratch_namespaces
+from support.verify_host import Host, failures, host, scratch_namespaces
 
 from cfallow.backend import Context, build
 from cfallow.engine import run_backend
@@ -67,14 +67,6 @@ def test_the_python_iptables_mask_bug_on_bond0_is_caught(tmp_path: Path) -> None
 
 TWO_PORTS = '[backends.iptables]\nports = [80, 443]\nmode = "lockdown"\nvariant = "legacy"\n'
 
-#: The real CLI with the trace socket's buffer cut to almost nothing: most events are lost.
-STARVED = """import sys
-from cfallow.verify import nftrace
-nftrace.RCVBUF = 2048
-from cfallow.cli.commands import main
-sys.exit(main())
-"""
-
 
 def _legacy(h: Host, tool: str, *rule: str) -> None:
     """One ``iptables-legacy``-style command in the host (its own lock file)."""
@@ -82,13 +74,22 @@ def _legacy(h: Host, tool: str, *rule: str) -> None:
     sh(ns_exec(h.ns, "env", lock, tool, "-w", *rule))
 
 
-def test_a_syn_x_tables_drop_is_decided_at_once_not_at_the_timeout(tmp_path: Path) -> None:
+@contextmanager
+def synced(tmp_path: Path) -> Iterator[Host]:
+    """A legacy host with cfallow's rules synced (bundled list, ports 80 and 443); on the
+    way out, no scratch namespace of verify's left."""
     need_root()
     need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
-    # --timeout 600: were a SYN that x_tables dropped decided by waiting, the run would
-    # outlast the harness's 120 s cap; the late input chain shows it never got past x_tables
     with host(tmp_path) as h:
         assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+        yield h
+    assert scratch_namespaces() == []
+
+
+def test_a_syn_x_tables_drop_is_decided_at_once_not_at_the_timeout(tmp_path: Path) -> None:
+    # --timeout 600: were a SYN that x_tables dropped decided by waiting, the run would
+    # outlast the harness's 120 s cap; the late input chain shows it never got past x_tables
+    with synced(tmp_path) as h:
         res = h.cfallow(TWO_PORTS, "verify", "--json", "--timeout", "600")
         assert res.returncode == 0, res.stdout + res.stderr
         probes = json.loads(res.stdout)["verify"]["probes"]
@@ -99,16 +100,12 @@ def test_a_syn_x_tables_drop_is_decided_at_once_not_at_the_timeout(tmp_path: Pat
         assert all(p["verdict"] == "drop" for p in outsiders)
         assert all(p["verdict"] == "accept" for p in probes if p["kind"] == "cloudflare")
         assert {p["decided_by"] for p in probes} == {"legacy x_tables (iptables-legacy)"}
-    assert scratch_namespaces() == []
 
 
 def test_x_tables_drops_and_rejects_in_front_of_cfallow_still_fail_naming_the_rule(
     tmp_path: Path,
 ) -> None:
-    need_root()
-    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
-    with host(tmp_path) as h:
-        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+    with synced(tmp_path) as h:
         # IPv4: a DROP before cfallow's jump (80), policy DROP (443: cfallow accepts first);
         # IPv6: a raw PREROUTING DROP (443), a REJECT with a TCP reset (80)
         _legacy(
@@ -142,16 +139,12 @@ def test_x_tables_drops_and_rejects_in_front_of_cfallow_still_fail_naming_the_ru
         assert "--reject-with tcp-reset" in verdicts[("ipv6", 80)][1]
         outsiders = [p for p in probes if p["kind"] == "outsider"]
         assert all(p["ok"] and p["verdict"] in ("drop", "reject") for p in outsiders)
-    assert scratch_namespaces() == []
 
 
 def test_the_rule_that_dropped_is_named_without_waiting_out_the_timeout(tmp_path: Path) -> None:
-    need_root()
-    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
     # --timeout 600: the re-probe that names the rule by its counters is decided by the
     # late chain too, and the fences around it never reach x_tables (nor their counters)
-    with host(tmp_path) as h:
-        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+    with synced(tmp_path) as h:
         _legacy(
             h, "iptables-legacy", "-I", "INPUT", "1", "-p", "tcp", "--dport", "443", "-j", "DROP"
         )
@@ -168,16 +161,12 @@ def test_the_rule_that_dropped_is_named_without_waiting_out_the_timeout(tmp_path
             ("ipv6", 80, "legacy x_tables: ip6 mangle: -A PREROUTING -j DROP"),
             ("ipv6", 443, "legacy x_tables: ip6 mangle: -A PREROUTING -j DROP"),
         }
-    assert scratch_namespaces() == []
 
 
 def test_probes_land_where_the_legacy_nat_sends_them(tmp_path: Path) -> None:
-    need_root()
-    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
     # 443 -> 8443 in x_tables' nat PREROUTING: the late chain sees the SYN with port 8443;
     # cfallow's chain matches conntrack's original port (443): Cloudflare in, outsiders out
-    with host(tmp_path) as h:
-        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+    with synced(tmp_path) as h:
         redirect = ["-p", "tcp", "--dport", "443", "-j", "REDIRECT", "--to-ports", "8443"]
         for tool in ("iptables-legacy", "ip6tables-legacy"):
             _legacy(h, tool, "-t", "nat", "-A", "PREROUTING", *redirect)
@@ -189,26 +178,18 @@ def test_probes_land_where_the_legacy_nat_sends_them(tmp_path: Path) -> None:
             for f in ("ipv4", "ipv6")
             for k, v in (("cloudflare", "accept"), ("outsider", "drop"))
         }
-    assert scratch_namespaces() == []
 
 
 def test_lost_trace_events_on_a_legacy_host_change_no_verdict(tmp_path: Path) -> None:
-    need_root()
-    need_tool("iptables-legacy", "ip6tables-legacy-save", "nft")
     # most events lost: a SYN seen at prerouting whose late event may be among them is
     # not called dropped by the trace; it waits out the time-out, as before
-    with host(tmp_path) as h:
-        assert h.cfallow(TWO_PORTS, "sync", "--source", "bundled").returncode == 0
+    with synced(tmp_path) as h:
         _legacy(
             h, "iptables-legacy", "-I", "INPUT", "1", "-p", "tcp", "--dport", "80", "-j", "DROP"
         )
         whole = json.loads(h.cfallow(TWO_PORTS, "verify", "--json").stdout)["verify"]
-        cfg = tmp_path / "config.toml"
-        argv = [sys.executable, "-c", STARVED, "--config", str(cfg)]
-        argv += ["--state-dir", str(tmp_path / "state"), "verify", "--json"]
-        res = subprocess.run(enter(h.ns, *argv), capture_output=True, text=True, check=False)
+        res = h.cfallow(TWO_PORTS, "verify", "--json", starved=True)
         assert res.returncode == 5, res.stderr
         starved = json.loads(res.stdout)["verify"]
         assert starved["probes"] == whole["probes"]
         assert any(not p["ok"] and p["verdict"] == "drop" for p in whole["probes"])
-    assert scratch_namespaces() == []

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support import need, need_root, need_tool
 from support.verify_host import (
     NFT_DROP,
-    enter,
     failures,
     host,
     ipset_host,
@@ -179,23 +176,11 @@ def test_a_dropped_syn_is_decided_by_the_trace_not_by_waiting_out_the_timeout(
     assert scratch_namespaces() == []
 
 
-#: The real CLI with the trace socket's buffer cut to almost nothing: most events are lost.
-STARVED = """import sys
-from cfallow.verify import nftrace
-nftrace.RCVBUF = 2048
-from cfallow.cli.commands import main
-sys.exit(main())
-"""
-
-
 def test_lost_trace_events_never_change_a_verdict(tmp_path: Path) -> None:
     with host(tmp_path) as h:
         assert h.cfallow(LOCKDOWN, "sync", "--source", "bundled").returncode == 0
         whole = json.loads(h.cfallow(LOCKDOWN, "verify", "--json").stdout)["verify"]
-        cfg = tmp_path / "config.toml"
-        argv = [sys.executable, "-c", STARVED, "--config", str(cfg)]
-        argv += ["--state-dir", str(tmp_path / "state"), "verify", "--json"]
-        res = subprocess.run(enter(h.ns, *argv), capture_output=True, text=True, check=False)
+        res = h.cfallow(LOCKDOWN, "verify", "--json", starved=True)
         assert res.returncode == 0, res.stderr
         starved = json.loads(res.stdout)["verify"]
         verdicts = [(p["source"], p["port"], p["verdict"]) for p in starved["probes"]]
