@@ -212,11 +212,8 @@ def _analysed(
     found = Analysis.of(host, nat, s, own)
     if memo is not None:
         memo.put(key, found.to_json())
-    if s.mode == "sets" and own is not None:  # the listing was terse: cfallow's sets whole
-        wanted = {s.set_name(v) for v in s.families}
-        declared = [st.name for st in own.sets if st.name in wanted]
-        sets = _own_sets(runner, fam, name, declared)
-        own = replace(own, sets=sets)
+    if s.mode == "sets" and own is not None:  # its rules only: cfallow's sets with elements
+        own = replace(own, sets=_own_sets(runner, fam, name, names))
     return found, own, True, kept_for
 
 

@@ -154,9 +154,10 @@ def test_the_reads_decide_as_a_read_of_the_whole_ruleset(case: str) -> None:
 
 
 def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) -> None:
-    """The analysis lists the admin's table tersely: cfallow's sets are read whole apart,
-    so a run after the admin's commit sees the ranges it holds (nothing to change); a run
-    that keeps the analysis reads cfallow's sets only, not the admin's elements."""
+    """The analysis reads every chain of the admin's table (its rules, never a set's
+    elements): cfallow's sets are read whole apart, so a run after the admin's commit sees
+    the ranges it holds (nothing to change); a run that keeps the analysis reads cfallow's
+    sets only, not the admin's elements."""
     with namespace("hrs") as ns:
         nft = Nft(ns)
         nft.load(admin(first="\t\tip saddr @admin_set accept\n"))
@@ -169,7 +170,10 @@ def test_sets_mode_after_an_admin_commit_reads_its_own_elements(tmp_path: Path) 
         nft("add", "element", "inet", "filter", "admin_set", "{ 198.51.100.0/24 }")
         runner.calls.clear()
         plan = b.diff(b.read(), desired)
-        assert ("nft", "-t", "-j", "list", "table", "inet", "filter") in runner.calls  # analysed
+        chains = {c[-1] for c in runner.calls if c[2:6] == ("list", "chain", "inet", "filter")}
+        table = [i["chain"] for i in nft.items() if "chain" in i]
+        assert chains == {c["name"] for c in table if c["table"] == "filter"}, "analysed"
+        assert not [c for c in runner.calls if "admin_set" in c or "table" in c]
         assert not plan.changed and plan.current == desired
         runner.calls.clear()
         again = b.diff(b.read(), desired)  # the same ruleset: the analysis is kept
@@ -283,7 +287,19 @@ NAMING = {
         {},
         (),
     ),
-    "a set's comment that is the name: searched rule by rule": (
+    "a set's comment that is the name, a table listed whole: searched rule by rule": (
+        "table inet filter {\n"
+        '\tset note { type ipv4_addr; comment "@cloudflare_v6"; }\n'
+        + "".join(f"\tchain more{i} {{\n\t}}\n" for i in range(hostfw.CHAINS_ONE_BY_ONE))
+        + "}\n"
+        + admin(
+            first="\t\tip saddr @cloudflare_v4 accept\n",
+            deep="\t\tip6 saddr @cloudflare_v6 accept\n",
+        ),
+        {"cloudflare_v4": ["input"], "cloudflare_v6": ["deep"]},
+        ("cloudflare_v6",),
+    ),
+    "a set's comment that is the name, every chain listed: not in a chain's listing": (
         "table inet filter {\n"
         '\tset note { type ipv4_addr; comment "@cloudflare_v6"; }\n}\n'
         + admin(
@@ -291,7 +307,7 @@ NAMING = {
             deep="\t\tip6 saddr @cloudflare_v6 accept\n",
         ),
         {"cloudflare_v4": ["input"], "cloudflare_v6": ["deep"]},
-        ("cloudflare_v6",),
+        (),
     ),
     "as many rules as are traced": (
         admin() + SPARE % ("\t\tip saddr @cloudflare_v4 accept\n" * hostfw.TRACED),
