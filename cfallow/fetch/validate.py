@@ -51,9 +51,9 @@ _SPECIAL_V6 = {
 }
 _GLOBAL_V6 = IPNetwork("2000::/3")
 _SPECIAL = [(IPNetwork(k), v) for k, v in {**_SPECIAL_V4, **_SPECIAL_V6}.items()]
-#: Each special range as (version, first address, last address): the check of every
-#: entry of every list compares integers, not netaddr objects.
-_SPAN = [(n.version, n.first, n.last) for n, _ in _SPECIAL]
+#: Each special range as (version, first address, last address, range, what): the check
+#: of every entry of every list compares integers, not netaddr objects.
+_SPAN = [(n.version, n.first, n.last, n, what) for n, what in _SPECIAL]
 
 
 def check_network(net: IPNetwork, text: str) -> None:
@@ -61,9 +61,8 @@ def check_network(net: IPNetwork, text: str) -> None:
     if net.prefixlen == 0:
         raise ValidationError(f"default route {text!r} in the list")
     version, first, last = net.version, net.first, net.last
-    for i, (v, lo, hi) in enumerate(_SPAN):
+    for v, lo, hi, special, what in _SPAN:
         if v == version and first <= hi and lo <= last:
-            special, what = _SPECIAL[i]
             raise ValidationError(f"{text!r} overlaps {what} space {special}")
     if net.prefixlen < MIN_PREFIX[net.version]:
         raise ValidationError(

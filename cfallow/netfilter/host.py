@@ -362,16 +362,14 @@ def _walk_table(
     runner: Runner, family: str, table: str, bases: Iterable[str], trace: Iterable[str] = ()
 ) -> Ruleset:
     """The chains ``bases`` and every chain they jump or go to, one ``nft -j list chain``
-    each (a chain's listing holds its rules only, never a set's elements)."""
-    seen: set[str] = set()
-    todo = sorted(set(bases))
+    each (a chain's listing holds its rules only, never a set's elements), in that
+    order: ``bases`` as given, then each chain after the first that reaches it."""
+    todo = list(dict.fromkeys(bases))
     parts: list[Ruleset] = []
-    while todo:
-        name = todo.pop()
-        seen.add(name)
+    for name in todo:  # grows as the walk finds chains
         text = runner.run(["nft", "-j", "list", "chain", family, table, name]).stdout
         parts.append(parse_ruleset(text, trace=trace))
-        todo += sorted(_targets(text) - seen - set(todo))
+        todo += sorted(_targets(text) - set(todo))
     walked = ((family, table),)
     chains = tuple(c for p in parts for c in p.chains)
     mentions = frozenset(n for p in parts for n in p.mentions or ())
@@ -412,9 +410,7 @@ def read_nft(
             listed.append((fam, table))
             sets += full.sets
         elif f"{fam} {table}" in whole:  # every chain, one by one: cheaper than the table
-            full = _walk_table(runner, fam, table, names, trace)
-            place = {n: i for i, n in enumerate(names)}  # in the table's order, as listed
-            full = replace(full, chains=tuple(sorted(full.chains, key=lambda c: place[c.name])))
+            full = _walk_table(runner, fam, table, names, trace)  # in the table's order
             listed.append((fam, table))
             walked.append((fam, table))
         else:

@@ -239,7 +239,7 @@ def _probe(inside: Runner, lab: Lab, probes: list[Probe], *, timeout: float, leg
     # reads and loads that do not depend on each other: their commands overlap
     # (legacy x_tables: the trace table's late chain shows which SYNs x_tables let through;
     # the edge is kept quiet for the counters that name a legacy rule)
-    edge_runner = Runner(prefix=["ip", "netns", "exec", lab.edge], env=inside.env)
+    edge_runner = Runner(prefix=lab.exec_prefix("edge"), env=inside.env)
     landing, _, rules, _ = together(
         lambda: nat_ports(inside, legacy),
         lambda: inside.run(

@@ -134,9 +134,9 @@ class Lab:
     targets: dict[int, str]  # family -> the origin address the probes connect to
     notes: list[str]
 
-    def exec_prefix(self) -> list[str]:
-        """What runs a command inside the scratch origin."""
-        return ["ip", "netns", "exec", self.origin]
+    def exec_prefix(self, which: str = "origin") -> list[str]:
+        """What runs a command inside the scratch ``origin`` (or ``edge``)."""
+        return ["ip", "netns", "exec", getattr(self, which)]
 
     def path(self, which: str) -> str:
         """The bind-mount path of ``origin`` or ``edge``."""
