@@ -45,7 +45,6 @@ from cfallow.netfilter.save import SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
-from .carry import replay, sections
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .nft import NftIO
@@ -451,6 +450,8 @@ class IptablesBackend(Backend[Seen, Step]):
         last = self._last
         if last is None or last.generation != before:
             return
+        from .carry import replay, sections  # only after a write: not on every run
+
         parts = [part for _, script in written for part in sections(script)]
         if not all(part.sure for part in parts):
             return
