@@ -65,9 +65,10 @@ def era_of(srv: Server) -> str:
     return "new" if NEW_ONLY in srv.list_path.read_text() else "old"
 
 
-def holds(srv: Server, era: str) -> None:
-    assert srv.seen_as(WARP_SRC) == WARP_SEEN[era], f"{srv.name} does not hold the {era} list"
-    assert srv.seen_as(CF_SRC) == CLIENT
+def holds(srv: Server, era: str, runs: Runs) -> None:
+    seen = srv.seen_as(WARP_SRC)
+    assert seen == WARP_SEEN[era], f"{srv.name} does not hold the {era} list\n{runs.diagnosis()}"
+    assert srv.seen_as(CF_SRC) == CLIENT, runs.diagnosis()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"])
@@ -117,11 +118,11 @@ def test_signal_at_random_instants_then_the_next_run_converges(
             assert not owed, f"{where}: SIGTERM left a reload owed"
             if left != prev:
                 settled(srv, before)
-            holds(srv, left)
+            holds(srv, left, runs)
         assert runs.inproc("-q", "sync") == 0, where
         assert era_of(srv) == new and not runs.pending.exists(), where
         settled(srv, before)
-        holds(srv, new)
+        holds(srv, new, runs)
         prev = new
     print(
         f"{srv.name} {signal.Signals(signum).name}: {KILLS} runs, signalled within {span:.2f} s "

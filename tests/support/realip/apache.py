@@ -74,6 +74,9 @@ class Apache(Server):
             "reload_command": [str(self.reload_script)],
         }
 
+    def error_log(self) -> Path:
+        return self.root / "error.log"
+
     def master_pid(self) -> int:
         return int((self.root / "apache.pid").read_text().strip())
 

@@ -82,14 +82,25 @@ class Runs:
         """The same CLI entry point in this process (no interpreter start: many runs)."""
         return main(self.argv(*args)[3:])
 
+    @property
+    def log(self) -> Path:
+        """What the started runs wrote to stderr (their warnings), one after another."""
+        return self.top / "runs.log"
+
     def start(self, *args: str) -> subprocess.Popen[bytes]:
         """A ``cfallow sync`` in its own session (its commands can be waited for)."""
-        return subprocess.Popen(
-            self.argv("-q", "sync", *args),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with open(self.log, "ab") as err:
+            return subprocess.Popen(
+                self.argv("-q", "sync", *args),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def diagnosis(self) -> str:
+        """The server's state and log, and the last warnings of the started runs."""
+        said = self.log.read_text(errors="replace").splitlines()[-10:] if self.log.exists() else []
+        return self.server.diagnosis() + "\nruns' stderr:\n" + "\n".join(said)
 
     def held(self) -> subprocess.Popen[bytes]:
         """A sync held between the rename and the reload (the gate closed)."""

@@ -132,6 +132,23 @@ class Server(abc.ABC):
     def owned_paths(self) -> list[Path]:
         return [self.list_path, *self.extra_paths()]
 
+    def error_log(self) -> Path | None:
+        """The server's own log of signals and workers (shown when a test fails)."""
+        return None
+
+    def diagnosis(self) -> str:
+        """The running generation and the end of the server's log, for a failure message."""
+        try:
+            pid, kids = self.state()
+        except (OSError, ValueError):
+            return f"{self.name}: no running parent"
+        text = f"{self.name}: parent {pid}, children {sorted(kids)}"
+        log = self.error_log()
+        if log is not None and log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-30:]
+            text += f"\n{log}:\n" + "\n".join(tail)
+        return text
+
     @abc.abstractmethod
     def reload_by_hand(self) -> None:
         """What the admin does after editing the config (and waits until it took)."""

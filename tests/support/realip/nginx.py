@@ -61,6 +61,9 @@ class Nginx(Server):
             "options": self.options(),
         }
 
+    def error_log(self) -> Path:
+        return self.root / "error.log"
+
     def master_pid(self) -> int:
         return int((self.root / "nginx.pid").read_text().strip())
 
