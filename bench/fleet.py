@@ -17,7 +17,8 @@ Scenarios (each 24 h, 1,000 hosts by default):
 * in-step: every host fetched in the same run (one push, a baked image);
 * cloned: in step, and every host has the same machine-id (a cloned image);
 * reboot: the fleet was down for 6 h and boots within a minute;
-* 429: as reboot, and Cloudflare answers 429 (Retry-After: 60) for 30 minutes.
+* 429: as reboot, and Cloudflare answers 429 (Retry-After: 60) for 30 minutes;
+* overdue: the fleet was down for 30 h (every list more than 4 periods old).
 
 Printed per scenario: peak requests a second to Cloudflare, requests in the first
 hour and in the day, and the time until the fleet's fetches are evenly spread
@@ -252,7 +253,9 @@ class _virtual:
     def _sleep(self, seconds: float) -> None:
         self.cf.clock += seconds
 
-    def _read(self, session: object, target: object, url: str, remaining: float) -> http.Response:
+    def _read(
+        self, session: object, target: object, url: str, remaining: float, slow: object = None
+    ) -> http.Response:
         return self.cf.answer(url)
 
 
@@ -274,10 +277,10 @@ def scenarios(n: int, seed: int) -> dict[str, Scenario]:
     def in_step(same: bool) -> Scenario:
         return lambda: ([Host(m, START - 60) for m in ids(same)], Cloudflare(), same)
 
-    def reboot(refuse: float) -> Scenario:
+    def reboot(refuse: float, down: float = 6 * 3600) -> Scenario:
         def make() -> tuple[list[Host], Cloudflare, bool]:
             hosts = [
-                Host(m, START - 6 * 3600 - rng.uniform(0, refresh), boot=START + rng.uniform(0, 60))
+                Host(m, START - down - rng.uniform(0, refresh), boot=START + rng.uniform(0, 60))
                 for m in ids(False)
             ]
             return hosts, Cloudflare(refuse_until=START + refuse), False
@@ -290,6 +293,7 @@ def scenarios(n: int, seed: int) -> dict[str, Scenario]:
         "cloned machine-id": in_step(True),
         "reboot after 6 h down": reboot(0),
         "429 for 30 min after reboot": reboot(1800),
+        "reboot after 30 h down (lists overdue)": reboot(0, 30 * 3600),
     }
 
 
@@ -299,6 +303,7 @@ def main() -> None:
     ap.add_argument("--hosts", type=int, default=1000)
     ap.add_argument("--hours", type=float, default=24)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", default="", help="run the scenarios whose name contains this")
     args = ap.parse_args()
     timer = read_timer()
     print(
@@ -309,6 +314,8 @@ def main() -> None:
     print("| scenario | peak requests/s | requests, first hour | requests, day | even spread |")
     print("|---|---:|---:|---:|---|")
     for name, make in scenarios(args.hosts, args.seed).items():
+        if args.only not in name:
+            continue
         hosts, cf, cloned = make()
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:

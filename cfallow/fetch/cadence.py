@@ -8,8 +8,10 @@ kept in the state directory (``DIR/salt.json``, remade when it was made on
 another machine: a cloned image does not share it). So a fleet that fetched in
 the same minute (one push, a baked image, a long outage) fetches spread over
 the next period, not in step for good. A host that was down at its point waits
-for its next one rather than fetching at boot with the whole fleet, unless its
-list is :data:`MAX_AGE` periods old.
+for its next one rather than fetching at boot with the whole fleet; once its
+list is :data:`MAX_AGE` periods old, its point comes :data:`MAX_AGE` times as
+often (a fleet down for days fetches spread over a quarter period after it
+boots, not at boot).
 
 A failed or refused fetch is retried after ``retry``, doubling with each
 failure in a row, up to ``refresh``, each wait stretched by up to
@@ -33,7 +35,7 @@ FETCH_LOG = "fetch.json"
 SALT_FILE = "salt.json"
 JITTER = 1.0  # a wait is stretched by up to this fraction of itself
 WINDOW = 600.0  # a run this soon after the host's point fetches (the timer runs every 4 min)
-MAX_AGE = 4  # a list this many refresh periods old is fetched at once, point or not
+MAX_AGE = 4  # refresh periods: a list this old is overdue (its point comes 4 times as often)
 MAX_RETRY_AFTER = 86400.0  # a server's Retry-After is honoured up to a day
 
 
@@ -193,8 +195,9 @@ def fetch_due(
 
     With ``point`` (this host's :func:`phase`), a list older than its last point
     ``point * refresh + k * refresh`` is fetched by a run within :data:`WINDOW` of that
-    point (or at once when :data:`MAX_AGE` periods old); without it, once ``refresh``
-    old. A list or an attempt stamped in the future (the clock was ahead when it was
+    point; once :data:`MAX_AGE` periods old, of the point of each ``refresh / MAX_AGE``
+    (at once if that is no longer than the window); without it, once ``refresh`` old.
+    A list or an attempt stamped in the future (the clock was ahead when it was
     recorded) makes a fetch due, with a warning: otherwise every later run would say
     "not due" until the clock caught up, and never fetch again.
     """
@@ -221,10 +224,16 @@ def fetch_due(
     says = f"last-known-good list is {age:.0f} s old (refresh {refresh:g} s)"
     if point is None:
         return age >= refresh, says
+    period = refresh
     if age >= MAX_AGE * refresh:
-        return True, says
-    offset = point * refresh
-    last = offset + (at - offset) // refresh * refresh  # this host's latest point
+        # Overdue: the point comes MAX_AGE times as often, so a fleet that was down for
+        # days is spread over a quarter period after its boot instead of fetching at it.
+        period = refresh / MAX_AGE
+        if period <= WINDOW:
+            return True, says
+        says += f"; overdue, so this host's point comes every {period:.0f} s"
+    offset = point * period
+    last = offset + (at - offset) // period * period  # this host's latest point
     if last > known_at and at - last < WINDOW:
         return True, f"{says}; this host's point in the period was {at - last:.0f} s ago"
-    return False, f"{says}; this host fetches in {last + refresh - at:.0f} s"
+    return False, f"{says}; this host fetches in {last + period - at:.0f} s"

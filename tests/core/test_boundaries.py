@@ -187,7 +187,12 @@ def test_with_a_point_the_fetch_is_due_at_that_point_of_each_period() -> None:
     assert cadence.fetch_due(ok, T, at + cadence.WINDOW - 1, 3600, point)[0]
     assert not cadence.fetch_due(ok, T, at + cadence.WINDOW, 3600, point)[0]  # missed
     assert cadence.fetch_due(ok, T, at + 3600, 3600, point)[0]  # the next one
-    assert cadence.fetch_due(ok, T, T + cadence.MAX_AGE * 3600, 3600, point)[0]
+    late = T + cadence.MAX_AGE * 3600  # overdue: the point comes every 900 s (225 s in)
+    assert not cadence.fetch_due(ok, T, late, 3600, point)[0]
+    assert cadence.fetch_due(ok, T, late + 225, 3600, point)[0]
+    assert not cadence.fetch_due(ok, T, late + 225 + cadence.WINDOW, 3600, point)[0]
+    assert cadence.fetch_due(ok, T, late + 225 + 900, 3600, point)[0]
+    assert cadence.fetch_due(ok, T, T + cadence.MAX_AGE * 2400, 2400, point)[0]  # 600 s: always
 
 
 def test_the_retry_jitter_is_up_to_the_wait_again() -> None:

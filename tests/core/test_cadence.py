@@ -57,11 +57,11 @@ class Clock:
     def fetches(self) -> int:
         return self.earlier + sum(1 for req, _ in self.server.log if req.path == API)
 
-    def point_after(self, at: float) -> float:
+    def point_after(self, at: float, period: float = 6 * HOUR) -> float:
         """This host's first point in a refresh period after ``at`` (its salt is made on
-        the first scheduled run)."""
-        offset = cadence.phase(self.state) * 6 * HOUR
-        return offset + ((at - offset) // (6 * HOUR) + 1) * 6 * HOUR
+        the first scheduled run); ``period``: a quarter of it once the list is overdue."""
+        offset = cadence.phase(self.state) * period
+        return offset + ((at - offset) // period + 1) * period
 
     def run(self, at: float, *args: str) -> Result:
         self.monkeypatch.setenv("CFALLOW_NOW", repr(at))
@@ -138,9 +138,39 @@ def test_a_host_down_at_its_point_waits_for_the_next_one(clock: Clock) -> None:
     assert clock.fetches() == 1
     assert clock.run(due + 6 * HOUR, "--scheduled").rc == 0
     assert clock.fetches() == 2
-    late = due + 6 * HOUR + cadence.MAX_AGE * 6 * HOUR  # down for days: fetched at once
-    assert clock.run(late, "--scheduled").rc == 0
+    # Down for days: the list is overdue, and the point comes every quarter period.
+    quarter = 6 * HOUR / cadence.MAX_AGE
+    overdue = due + 6 * HOUR + cadence.MAX_AGE * 6 * HOUR
+    point = clock.point_after(overdue + 2 * cadence.WINDOW, quarter)
+    boot = point - 2 * cadence.WINDOW  # overdue, and not in the window after a point
+    for at in (boot, boot + 240, point - 1):
+        r = clock.run(at, "--scheduled", "-v")
+        assert r.rc == 0 and "overdue, so this host's point comes every 5400 s" in r.err
+    assert clock.fetches() == 2
+    assert clock.run(point + 30, "--scheduled").rc == 0
     assert clock.fetches() == 3
+
+
+def test_an_overdue_fleet_is_spread_over_a_quarter_period_after_it_boots() -> None:
+    """A thousand hosts whose lists are days old boot in the same minute: on the timer's
+    4-minute runs, each fetches within a quarter period (+ the window) of its boot, and no
+    10 minutes hold more than a quarter of them (the first holds the hosts whose point was
+    in the window before the boot as well: about 2 x 600 / 5400; before: all at boot)."""
+    refresh, boot = 6 * HOUR, T0 + 10 * 6 * HOUR
+    known = T0
+    ok = cadence.FetchLog(known, False)
+    first = []
+    for i in range(1000):
+        point = i / 1000
+        at = boot + (i % 60)
+        while not cadence.fetch_due(ok, known, at, refresh, point)[0]:
+            at += 240
+        first.append(at - boot)
+    assert max(first) < refresh / cadence.MAX_AGE + cadence.WINDOW
+    bins = [0] * 12
+    for t in first:
+        bins[int(t // 600)] += 1
+    assert max(bins) <= 250 and max(bins[1:]) <= 150, bins
 
 
 def test_a_cloned_state_directory_gets_its_own_salt(tmp_path: Path) -> None:
@@ -266,7 +296,8 @@ def test_a_list_stamped_in_the_future_is_due_with_a_warning(clock: Clock) -> Non
 def test_a_failed_attempt_stamped_in_the_future_is_due_with_a_warning(clock: Clock) -> None:
     assert clock.run(T0, "--scheduled").rc == 0
     clock.answer(500)
-    assert clock.run(T0 + YEAR, "--scheduled").rc == 4  # its retry is a year ahead
+    ahead = clock.point_after(T0 + YEAR, 6 * HOUR / cadence.MAX_AGE)  # the list is overdue
+    assert clock.run(ahead, "--scheduled").rc == 4  # its retry is a year ahead
     clock.answer(200)
     r = clock.run(clock.point_after(T0), "--scheduled")
     assert r.rc == 0, r.err
