@@ -25,10 +25,10 @@ from cfallow.errors import (
     RangesError,
     StateError,
 )
-from cfallow.fetch import cadence, resolve, sources
+from cfallow.fetch import cadence, repeat, resolve, sources
 from cfallow.fetch.ranges import Ranges
 from cfallow.model import as_strings
-from cfallow.report import repeat, table
+from cfallow.report import table
 from cfallow.runner import Runner
 
 log = logging.getLogger("cfallow")

@@ -24,10 +24,10 @@ from cfallow import backend
 from cfallow.cli import config
 from cfallow.cli.config import DEFAULT_STATE_DIR
 from cfallow.errors import ConfigError, UsageError
-from cfallow.fetch import cadence, resolve
+from cfallow.fetch import cadence, repeat, resolve
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
-from cfallow.report import Report, repeat
+from cfallow.report import Report
 from cfallow.runner import Runner
 from cfallow.section import suggest
 
@@ -100,7 +100,7 @@ class Writes:
 
     def held(self) -> AbstractContextManager[None]:
         """The state lock for the whole run, and the warnings it shortens when they repeat
-        run after run (:mod:`cfallow.report.repeat`: written only by a real run)."""
+        run after run (:mod:`cfallow.fetch.repeat`: written only by a real run)."""
         return _held(self.state, self.lock_timeout)
 
     def check_metrics(self) -> None:

@@ -30,9 +30,8 @@ from tenacity import (
 from urllib3.exceptions import HTTPError, LocationParseError
 from urllib3.util import parse_url
 
-from cfallow import __version__
+from cfallow import __version__, progress
 from cfallow.errors import ConfigError, FetchError
-from cfallow.report import progress
 
 MAX_BODY = 1 << 20
 MAX_REDIRECTS = 5

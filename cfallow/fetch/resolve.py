@@ -33,16 +33,15 @@ from pathlib import Path
 
 from cfallow.cli.config import Config
 from cfallow.errors import FetchError, GuardRefused, RangesError, UsageError
-from cfallow.fetch import cadence, sources
+from cfallow.fetch import cadence, repeat, sources
 from cfallow.fetch.guard import check_ceiling, check_growth, check_shrink
 from cfallow.fetch.ranges import Ranges
 from cfallow.fetch.state import State
 from cfallow.model import Networks, as_strings
-from cfallow.report import repeat
 
 log = logging.getLogger("cfallow")
 LKG = "last-known-good"
-#: The keys of the warnings a failing fetch repeats run after run (cfallow.report.repeat):
+#: The keys of the warnings a failing fetch repeats run after run (cfallow.fetch.repeat):
 #: held at the last-known-good list, or on the bundled snapshot; a good fetch clears both.
 FETCH_WARNING = "fetch"
 HELD_WARNING = "fetch:held"

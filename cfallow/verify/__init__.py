@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 from netaddr import IPNetwork
 
+from cfallow import progress
 from cfallow.errors import CommandFailed
 from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter import xtables
-from cfallow.report import progress
 from cfallow.runner import Runner
 from cfallow.verify import lab as labmod
 from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
