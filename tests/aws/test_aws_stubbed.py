@@ -322,7 +322,9 @@ def test_one_group_failing_does_not_stop_the_other_and_both_are_named() -> None:
         {"GroupId": G2, "IpPermissions": ANY, "TagSpecifications": ANY},
     )
     result = run_backend(s.backend, CURRENT, dry_run=False)
-    assert result.error == f"{G1}: UnauthorizedOperation (authorize)"
+    assert result.error == (
+        f"{G1}: UnauthorizedOperation: ec2:AuthorizeSecurityGroupIngress not allowed (authorize)"
+    )
     assert [p["GroupId"] for n, p in s.calls if n.startswith("Authorize")] == [G1, G2]
     s.stub.assert_no_pending_responses()
 
