@@ -294,8 +294,9 @@ class Nacls(Scenario):
     backend = "aws-nacl"
     policy = "aws-nacl"
 
-    def __init__(self, server: MotoServer) -> None:
+    def __init__(self, server: MotoServer, quota: int = 40) -> None:
         super().__init__(server)
+        self.quota = quota
         self.world = NaclWorld(server)
         self.world.add_foreign()
 
@@ -307,7 +308,7 @@ class Nacls(Scenario):
             "region": REGION,
             "network_acl_ids": self.world.acls,
             "ports": [443],
-            "rules_per_acl": 40,
+            "rules_per_acl": self.quota,
         }
 
     def holds(self) -> tuple[Any, ...]:
@@ -349,7 +350,9 @@ def scenario(name: str, server: MotoServer) -> Scenario:
     if name.startswith("aws-in-short") or name.startswith("aws/"):
         policy, _, mode = name.partition("/")
         return Groups(server, policy, mode == "prefix-lists")
-    return Nacls(server) if name == "aws-nacl" else Sets(server)
+    if name.startswith("aws-nacl"):  # aws-nacl/quota: rules_per_acl = 0 (AWS is asked)
+        return Nacls(server, 0 if name.endswith("/quota") else 40)
+    return Sets(server)
 
 
 class Operator:
@@ -499,3 +502,106 @@ def test_each_action_removed_is_named_and_a_full_policy_repairs(
         assert op.holds() == scene.expect(nets), (argv, said, again.out + again.err)
         return
     pytest.fail(f"no run needed {action}: the policy allows more than cfallow calls")
+
+
+def _refused(call: Any) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as exc:
+        assert exc.response["Error"]["Code"] == "AccessDenied", exc.response
+        return True
+    return False
+
+
+def test_moto_checks_actions_not_resources_or_conditions(iam: Iam) -> None:
+    """What the tests above can prove, pinned: if moto starts checking resources or
+    conditions, this fails, and :func:`as_moto_checks` and docs/aws.md's note next to the
+    policies must follow."""
+    import boto3
+
+    with iam.unchecked():
+        world = World(iam.server, groups=1)
+        group = world.groups[0]
+        arn = f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/{group}"
+        authorize = "ec2:AuthorizeSecurityGroupIngress"
+        policies = {
+            "scoped": [{"Effect": "Allow", "Action": authorize, "Resource": arn}],
+            "condition never met": [
+                {
+                    "Effect": "Allow",
+                    "Action": authorize,
+                    "Resource": "*",
+                    "Condition": {"StringEquals": {"aws:ResourceTag/managed-by": "nobody"}},
+                }
+            ],
+            "no ec2:CreateTags": [{"Effect": "Allow", "Action": authorize, "Resource": "*"}],
+            "denied": [
+                {"Effect": "Allow", "Action": "ec2:*", "Resource": "*"},
+                {"Effect": "Deny", "Action": authorize, "Resource": "*"},
+            ],
+            "lower case": [{"Effect": "Allow", "Action": authorize.lower(), "Resource": "*"}],
+            "shipped": statements(
+                doc_policy("aws", {"111122223333": ACCOUNT, "sg-0123456789abcdef0": group})
+            ),
+        }
+        clients = {}
+        for i, (name, stmts) in enumerate(policies.items()):
+            env = iam.user(f"u{i}", {"Version": "2012-10-17", "Statement": stmts})
+            clients[name] = boto3.client(
+                "ec2",
+                region_name=REGION,
+                endpoint_url=iam.server.url,
+                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            )
+    tags = [
+        {"ResourceType": "security-group-rule", "Tags": [{"Key": "managed-by", "Value": "cfallow"}]}
+    ]
+    outcome = {}
+    for i, (name, client) in enumerate(clients.items()):
+        rule = {
+            "IpProtocol": "tcp",
+            "FromPort": 443,
+            "ToPort": 443,
+            "IpRanges": [{"CidrIp": f"10.{i}.0.0/16"}],
+        }
+        outcome[name] = _refused(
+            lambda c=client, r=rule: c.authorize_security_group_ingress(
+                GroupId=group, IpPermissions=[r], TagSpecifications=tags
+            )
+        )
+    assert outcome == {
+        # the resource is "*", not the group's ARN: an ARN-scoped Allow never matches
+        "scoped": True,
+        # a condition is evaluated without the request's values: always met
+        "condition never met": False,
+        # tags at creation need ec2:CreateTags in AWS, not in moto
+        "no ec2:CreateTags": False,
+        # an explicit Deny wins
+        "denied": True,
+        # actions match case-sensitively (AWS: case-insensitively)
+        "lower case": True,
+        # so the docs' policy as written is refused its first write
+        "shipped": True,
+    }
+
+
+def test_the_nacl_quota_is_read_with_get_service_quota(
+    iam: Iam, tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    """``rules_per_acl = 0``: the docs' policy reads the quota (moto's is AWS's default,
+    20: the list needs 24, so the plan is refused either way); without
+    ``servicequotas:GetServiceQuota`` the run says so and counts 20."""
+    scene, (shipped, env) = setup(iam, "aws-nacl/quota")
+    op = Operator(tmp_path, httpserver, iam, scene, env)
+    read = op.run("api-ips.json", ("status", "--json"))
+    assert "quota 20" in read.err and "not readable" not in read.out + read.err, read
+    assert op.called() == {"DescribeNetworkAcls", "GetServiceQuota"}
+    with iam.unchecked():
+        iam.grant("cfallow", as_moto_checks(without(shipped, "servicequotas:GetServiceQuota")))
+    refused = op.run("api-ips.json", ("status", "--json"))
+    said = " ".join((refused.out + refused.err).split())
+    assert "ACL quota not readable (AccessDeniedException: servicequotas:GetServiceQuota" in said
+    assert refused.rc == read.rc and "quota 20" in refused.err, refused
