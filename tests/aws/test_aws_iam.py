@@ -605,3 +605,94 @@ def test_the_nacl_quota_is_read_with_get_service_quota(
     said = " ".join((refused.out + refused.err).split())
     assert "ACL quota not readable (AccessDeniedException: servicequotas:GetServiceQuota" in said
     assert refused.rc == read.rc and "quota 20" in refused.err, refused
+
+
+ROLE = "arn:aws:iam::222233334444:role/cfallow"
+#: ``(the role the caller may assume, the role's policy less this action, whom the role
+#: trusts, the action refused or "")``
+ROLE_CASES = {
+    "as documented": (ROLE, "", "cfallow", ""),
+    "caller may assume another role": (ROLE + "-other", "", "cfallow", "sts:AssumeRole"),
+    "role lacks an action": (
+        ROLE,
+        "ec2:CreateNetworkAclEntry",
+        "cfallow",
+        "ec2:CreateNetworkAclEntry",
+    ),
+    # moto checks a role's trust policy only for a role of the caller's own account
+    "role trusts someone else (not checked)": (ROLE, "", "someone", ""),
+}
+
+
+@pytest.mark.parametrize("case", ROLE_CASES)
+def test_another_account_through_a_role(
+    case: str, iam: Iam, tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    """docs/aws.md: "that account's role carries this policy and trusts the calling
+    identity; the caller needs sts:AssumeRole on the role's ARN". moto checks
+    ``sts:AssumeRole`` against the role's real ARN, so the caller's policy is used as
+    written; the role carries the docs' aws-nacl policy (resources widened)."""
+    import boto3
+
+    may, lacks, trusted, refused = ROLE_CASES[case]
+    with iam.unchecked():
+        creds = boto3.client("sts", region_name=REGION, endpoint_url=iam.server.url).assume_role(
+            RoleArn=ROLE, RoleSessionName="setup"
+        )["Credentials"]
+        other = boto3.client(
+            "iam",
+            region_name=REGION,
+            endpoint_url=iam.server.url,
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+        world = NaclWorld(iam.server, role_arn=ROLE)
+        world.add_foreign()
+        foreign = world.snapshot(world.acls[0])
+        policy = doc_policy(
+            "aws-nacl", {"111122223333": "222233334444", "acl-0123456789abcdef0": world.acls[0]}
+        )
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:user/{trusted}"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        }
+        other.create_role(RoleName="cfallow", AssumeRolePolicyDocument=json.dumps(trust))
+        other.put_role_policy(
+            RoleName="cfallow",
+            PolicyName="cfallow",
+            PolicyDocument=json.dumps(as_moto_checks(without(policy, lacks))),
+        )
+        caller = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": may}],
+        }
+        env = iam.user("cfallow", caller)
+    section = {"ports": [443], "rules_per_acl": 40, "endpoint_url": iam.server.url}
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in section.items())
+    target = ", ".join(f"{k} = {json.dumps(v)}" for k, v in world.target().items())
+    lines += f"targets = [{{ {target} }}]\n"
+    base = httpserver.url_for("").rstrip("/")
+    write_config(tmp_path / "config.toml", base, backends="[backends.aws-nacl]\n" + lines)
+    httpserver.expect_request("/client/v4/ips").respond_with_data(
+        fixture_text("api-ips.json"), content_type="application/json"
+    )
+    config, state = str(tmp_path / "config.toml"), str(tmp_path / "state")
+    r = run_proc("--config", config, "--state-dir", state, "sync", env=env)
+    with iam.unchecked():
+        held = world.allowed(world.acls[0])
+        assert world.snapshot(world.acls[0]) == foreign
+    if not refused:
+        assert r.rc == 0, r.err
+        assert held == frozenset(CURRENT)
+        return
+    assert r.rc == 1, r.err
+    said = " ".join(r.err.split())
+    assert "eu-west-1/222233334444" in said and f"{refused} not allowed" in said, r.err
+    assert held == frozenset()  # refused before its first entry
