@@ -81,6 +81,17 @@ STEPS: list[tuple[str, tuple[str, ...], frozenset[IPNetwork]]] = [
 ]
 REFUSED = ("AccessDenied", "UnauthorizedOperation", "not authorized")
 
+#: A refusal of these is a note and the run goes on (documented in docs/aws.md).
+NOTED = {"ec2:DescribeNetworkInterfaces"}
+#: The prefix-list actions: only with prefix_lists = true.
+PREFIX_LISTS = {
+    "ec2:DescribeManagedPrefixLists",
+    "ec2:GetManagedPrefixListEntries",
+    "ec2:CreateManagedPrefixList",
+    "ec2:ModifyManagedPrefixList",
+    "ec2:DeleteManagedPrefixList",
+}
+
 
 def doc_policy(name: str, subs: dict[str, str]) -> dict[str, Any]:
     """The JSON block under the policy's heading in docs/aws.md, placeholders replaced."""
@@ -426,13 +437,8 @@ def test_the_shipped_policy_runs_every_command(
     names = {a.partition(":")[2]: a for a in actions(shipped)}
     assert called <= set(names), f"called but not in the policy: {called - set(names)}"
     unused = set(names.values()) - {names[a] for a in called}
-    optional = {"ec2:DescribeManagedPrefixLists", "ec2:GetManagedPrefixListEntries"}
     if name.endswith("/rules"):  # the prefix-list statements are for prefix_lists = true
-        unused -= optional | {
-            "ec2:CreateManagedPrefixList",
-            "ec2:ModifyManagedPrefixList",
-            "ec2:DeleteManagedPrefixList",
-        }
+        unused -= PREFIX_LISTS
     if name == "aws-nacl":  # GetServiceQuota only with rules_per_acl = 0
         unused -= {"servicequotas:GetServiceQuota"}
     assert unused == IMPLIED[scene.policy]
@@ -442,18 +448,6 @@ def test_the_two_security_group_policies_are_one() -> None:
     """docs/aws.md shows the aws policy twice (in short, and under its own heading)."""
     subs = {"111122223333": ACCOUNT}
     assert doc_policy("aws-in-short", subs) == doc_policy("aws", subs)
-
-
-#: A refusal of these is a note and the run goes on (documented in docs/aws.md).
-NOTED = {"ec2:DescribeNetworkInterfaces"}
-#: The prefix-list actions: only with prefix_lists = true.
-PREFIX_LISTS = {
-    "ec2:DescribeManagedPrefixLists",
-    "ec2:GetManagedPrefixListEntries",
-    "ec2:CreateManagedPrefixList",
-    "ec2:ModifyManagedPrefixList",
-    "ec2:DeleteManagedPrefixList",
-}
 
 
 def _removals() -> list[tuple[str, str]]:
