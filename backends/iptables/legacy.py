@@ -167,22 +167,27 @@ def _unchecked(version: int, chain: str, exc: OSError) -> None:
 _undigested: list[str] = []
 
 
-def digest(runner: Runner, tables: Iterable[tuple[int, str]]) -> Digest | None:
-    """The digest of legacy ``tables`` (``(version, name)``) where ``runner`` runs its
-    commands (a prefix: this module run there); None when it cannot be read (said once)."""
+def digest(
+    runner: Runner, tables: Iterable[tuple[int, str]], create: Iterable[str] = ()
+) -> Digest | None:
+    """The digest of legacy ``tables`` (``(version, name)``; ``create``: tables the caller's
+    read creates anyway, see :func:`~cfallow.netfilter.xtables.digest`) where ``runner``
+    runs its commands (a prefix: this module run there); None when it cannot be read
+    (said once)."""
     from cfallow.netfilter import xtables
 
-    wanted = list(tables)
+    wanted, create = list(tables), frozenset(create)
     if runner.prefix:
         argv = [sys.executable, "-I", "-m", "cfallow.netfilter.xtables"]
+        named = [f"{v}:{n}{':create' if n in create else ''}" for v, n in wanted]
         try:
-            out = runner.run([*argv, *(f"{v}:{n}" for v, n in wanted)]).stdout
+            out = runner.run([*argv, *named]).stdout
             return xtables.Digest.from_json(out)
         except (BackendError, ValueError) as exc:
             _say_undigested(str(exc))
             return None
     try:
-        return xtables.digest(wanted)
+        return xtables.digest(wanted, create)
     except OSError as exc:
         _say_undigested(str(exc.strerror or exc))
         return None
@@ -267,8 +272,9 @@ class LegacyIO:
         return [(version, "filter"), *([(version, "mangle")] if self.mangle else [])]
 
     def digest(self, version: int) -> Digest | None:
-        """The digest of what :meth:`read` reads (None: cannot tell)."""
-        return digest(self.runner, self.names(version))
+        """The digest of what :meth:`read` reads (None: cannot tell); like the read, it
+        creates the filter table where there is none yet."""
+        return digest(self.runner, self.names(version), create=("filter",))
 
     @contextlib.contextmanager
     def holding(self, wait: float = READ_LOCK_WAIT) -> Iterator[bool]:

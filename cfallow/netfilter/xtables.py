@@ -20,7 +20,7 @@ part; the rest of its field zeroed), so equal digests are equal rules; a field
 that moved on its own would only make a digest differ (a read, never a wrong
 answer). Run as a module (``python -m cfallow.netfilter.xtables 4:filter ...``)
 it prints the digest as JSON, for a runner that runs its commands in another
-namespace.
+namespace (``4:filter:create``: read the table even where it does not exist yet).
 """
 
 from __future__ import annotations
@@ -235,12 +235,15 @@ def _hash_table(
     view.release()
 
 
-def digest(tables: Iterable[tuple[int, str]]) -> Digest:
+def digest(tables: Iterable[tuple[int, str]], create: Iterable[str] = ()) -> Digest:
     """The digest of ``tables`` (``(version, name)``) in this process's network namespace.
 
-    A table the namespace does not have is hashed as absent (and not created).
+    A table the namespace does not have is hashed as absent (and not created),
+    except those named in ``create``: read (so created) as the caller's own
+    read of them is about to do (``*-save -t filter`` creates the table).
     Raises OSError: no privilege (``CAP_NET_RAW``), no x_tables.
     """
+    create = frozenset(create)
     h = hashlib.sha256()
     h.update(Path("/proc/sys/kernel/random/boot_id").read_bytes().strip())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -252,7 +255,7 @@ def digest(tables: Iterable[tuple[int, str]]) -> Digest:
     for version, name in tables:
         have = names.setdefault(version, table_names(version))
         h.update(f"\0{version}:{name}:".encode())
-        if name not in have:
+        if name not in have and name not in create:
             h.update(b"absent")
             continue
         _hash_table(h, version, name, policies)
@@ -290,8 +293,9 @@ def load_table(blob: Blob) -> None:
 
 if __name__ == "__main__":
     try:
-        wanted = [(int(v), n) for v, _, n in (arg.partition(":") for arg in sys.argv[1:])]
-        print(digest(wanted).to_json())
+        args = [arg.split(":") for arg in sys.argv[1:]]  # VERSION:TABLE[:create]
+        wanted = [(int(a[0]), a[1]) for a in args]
+        print(digest(wanted, {a[1] for a in args if a[2:] == ["create"]}).to_json())
     except (OSError, ValueError) as exc:
         print(f"cannot digest the x_tables: {exc}", file=sys.stderr)
         sys.exit(1)
