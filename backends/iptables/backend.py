@@ -153,6 +153,9 @@ class IptablesBackend(Backend[Seen, Step]):
         self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
+        #: False: no host analysis (allow mode's check that its accept takes effect,
+        #: lockdown's NAT notes), as the nftables backend's key of that name.
+        self.host_check = section.get_bool("host_check", True)
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
         self._last: _Read | None = None
@@ -246,7 +249,7 @@ class IptablesBackend(Backend[Seen, Step]):
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         self._last = None if gen is None else _Read(gen, tuple(texts), tables)
         seen = Seen(variant, tables, generation=gen, digests=digests)
-        if self.settings.parent != "INPUT":
+        if self.settings.parent != "INPUT" or not self.host_check:
             return seen
         if self.settings.mode == "allow":
             return replace(seen, allow=self._allow(variant, texts, tables))

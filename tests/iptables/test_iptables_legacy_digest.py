@@ -422,3 +422,27 @@ def test_lockdown_nat_notes_are_kept_while_the_nat_tables_hold(counting: Countin
     assert len(notes) == 1 and "onto locked port 443" in notes[0], notes
     plan = b.diff(b.read(), CURRENT)
     assert counting.calls() == [] and [n for n in plan.notes if n.startswith("NAT:")] == notes
+
+
+def test_host_check_false_leaves_the_host_analysis_out(counting: Counting) -> None:
+    """As the nftables backend's key: no allow-mode analysis (its note), no NAT notes."""
+    counting.fw.ipt(
+        4,
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "8443",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "443",
+    )
+    for section, analysed in (({}, True), ({"host_check": False}, False)):
+        for mode, note in (("allow", "outsiders still get in"), ("lockdown", "NAT:")):
+            b = counting.fw.backend(mode=mode, **section)
+            plan = b.diff(b.read(), CURRENT)
+            assert any(note in n for n in plan.notes) == analysed, (section, mode, plan.notes)
