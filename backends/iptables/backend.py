@@ -277,18 +277,18 @@ class IptablesBackend(Backend[Seen, Step]):
 
         The tables' digest (their blobs, counters zeroed: :mod:`cfallow.netfilter.xtables`)
         stands in for the generation legacy x_tables lack: texts kept under equal digests
-        are what a read would return. A read takes the digest under the xtables lock
-        first, so no writer that honours the lock can change a table between the two.
+        are what a read would return. The digest is taken under the xtables lock, and a
+        read right after it under the same lock, so no writer that honours the lock can
+        change a table between the two (without the lock: no digest, a read, as before).
         """
         memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
-        now = {v: io.digest(v) for v in self.families}
-        kept = self._kept(memo, self._legacy_key(io, now))
-        if kept is not None:
-            return kept, tuple((v, d.value) for v, d in now.items() if d is not None)
-        with io.holding() as held:
+        with io.holding() as held:  # briefly, unless the tables must be read
             now = {v: io.digest(v) for v in self.families} if held else {}
-            texts = self._read_all(io)
-        memo.put(self._legacy_key(io, now), texts)
+            key = self._legacy_key(io, now)
+            kept = self._kept(memo, key)
+            texts = kept if kept is not None else self._read_all(io)
+        if kept is None:
+            memo.put(key, texts)
         return texts, tuple((v, d.value) for v, d in now.items() if d is not None)
 
     def _legacy_key(self, io: LegacyIO, digests: dict[int, xtables.Digest | None]) -> str | None:
@@ -377,23 +377,18 @@ class IptablesBackend(Backend[Seen, Step]):
         legacy = isinstance(io, LegacyIO)
         memo = generation.Memo(self.ctx.state_dir / MEMO)
         gen = generation.generation(self.ctx.runner)  # before the read, as the digest
-
-        def key_for(now: xtables.Digest | None) -> str | None:
-            if not legacy:
-                return self._memo_key(gen, "nat", variant.kind)
-            return None if now is None else self._memo_key(gen, "nat", variant.kind, now.value)
-
-        key = key_for(legacy_digest(self.ctx.runner, NAT_TABLES) if legacy else None)
-        kept = memo.get(key)
-        if isinstance(kept, list):
-            self._keep(("nat", variant.kind), kept)
-            return tuple(str(n) for n in kept)
-        from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
-
         s = self.settings
         with io.holding() if isinstance(io, LegacyIO) else contextlib.nullcontext(False) as held:
-            if legacy:  # taken again under the lock, right before the read
-                key = key_for(legacy_digest(self.ctx.runner, NAT_TABLES) if held else None)
+            key = self._memo_key(gen, "nat", variant.kind)
+            if legacy:  # under the lock: the nat tables' digest, then (if not kept) their read
+                now = legacy_digest(self.ctx.runner, NAT_TABLES) if held else None
+                key = None if now is None else self._memo_key(gen, "nat", variant.kind, now.value)
+            kept = memo.get(key)
+            if isinstance(kept, list):
+                self._keep(("nat", variant.kind), kept)
+                return tuple(str(n) for n in kept)
+            from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
+
             rules = hostfw_nat.read(self.ctx.runner, variant.kind)
         hint = 'parent = "DOCKER-USER" guards forwarded connections'
         notes = hostfw_nat.notes(rules, self.families, s.protocol, s.ports, forward_hint=hint)

@@ -17,6 +17,7 @@ when the digest under the write's lock is the same (no second ``*-save``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -184,17 +185,22 @@ def digest(
             out = runner.run([*argv, *named]).stdout
             return xtables.Digest.from_json(out)
         except (BackendError, ValueError) as exc:
-            _say_undigested(str(exc))
+            _undigestible(str(exc), "not permitted" in str(exc).lower())
             return None
     try:
         return xtables.digest(wanted, create)
     except OSError as exc:
-        _say_undigested(str(exc.strerror or exc))
+        _undigestible(str(exc.strerror or exc), exc.errno in (errno.EPERM, errno.EACCES))
         return None
 
 
-def _say_undigested(why: str) -> None:
-    """Say once per process that the shortcut is off (the run goes on, reading as before)."""
+def _undigestible(why: str, denied: bool) -> None:
+    """Say once per process that the shortcut is off for want of privilege (the run goes on,
+    reading as before). Anything else (a family whose module the save loads first) is
+    only a debug line: the save that follows reports a real failure itself."""
+    if not denied:
+        log.debug("iptables: no digest of the legacy tables: %s", why)
+        return
     if _undigested:
         return
     _undigested.append(why)
