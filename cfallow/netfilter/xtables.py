@@ -30,6 +30,7 @@ import errno
 import functools
 import hashlib
 import json
+import mmap
 import os
 import socket
 import struct
@@ -167,22 +168,30 @@ class Digest:
             raise ValueError(f"not a digest: {text[:80]!r}") from exc
 
 
-def _entries(
-    sock: socket.socket, version: int, name: str
-) -> tuple[tuple[int, ...], ctypes.Array[ctypes.c_char]]:
+def _entries(sock: socket.socket, version: int, name: str) -> tuple[tuple[int, ...], mmap.mmap]:
     """GET_INFO, then the entries into a buffer of the size it said (again when the table
-    grew in between: the kernel refuses a size that is no longer the table's)."""
+    grew in between: the kernel refuses a size that is no longer the table's).
+
+    The buffer is a mapping of its own, unmapped when closed: a blob of tens of MB
+    from ``malloc`` would, once freed, raise glibc's mmap threshold to its size, and
+    the run's next big strings would then stay in the heap after they are freed.
+    """
     for _ in range(8):
         info = _info(sock, version, name)
-        buf = ctypes.create_string_buffer(ENTRIES_HEAD + info[12])
+        size = ENTRIES_HEAD + info[12]
+        mem = mmap.mmap(-1, size)
+        buf = (ctypes.c_char * size).from_buffer(mem)
         struct.pack_into("32sI", buf, 0, name.encode(), info[12])
         try:
             _getsockopt(sock, version, SO_GET_ENTRIES, buf)
         except OSError as exc:
+            del buf
+            mem.close()
             if exc.errno == errno.EAGAIN:
                 continue
             raise
-        return info, buf
+        del buf  # its export of ``mem`` ends here
+        return info, mem
     raise OSError(errno.EAGAIN, f"{name} (IPv{version}) changed under every read")
 
 
@@ -194,45 +203,44 @@ def _zero_counters(view: memoryview, version: int, pos: int, end: int) -> None:
     ``step`` further on whose ``next_offset`` is ``step`` too starts where the
     one before it ends, so their counters are one strided slice.
     """
-    words = view.cast("Q")  # entries are 8-byte aligned (XT_ALIGN), and so are counters
     at_next, at_counters = NEXT_OFFSET_AT[version], COUNTERS_AT[version]
     smallest = at_counters + 16
-    while pos < end:
-        step = struct.unpack_from("=H", view, pos + at_next)[0]
-        if step < smallest or step % 8 or pos + step > end:
-            raise OSError(errno.EINVAL, f"IPv{version}: an entry of size {step} at {pos}")
-        first = pos + at_next
-        lows = view[first:end:step].tobytes()
-        highs = view[first + 1 : end : step].tobytes()
-        run = min(
-            len(lows) - len(lows.lstrip(bytes([step & 0xFF]))),
-            len(highs) - len(highs.lstrip(bytes([step >> 8]))),
-        )
-        zeros = memoryview(bytes(8 * run)).cast("Q")
-        word, stride = (pos + at_counters) // 8, step // 8
-        words[word : word + run * stride : stride] = zeros  # packets
-        words[word + 1 : word + 1 + run * stride : stride] = zeros  # bytes
-        pos += run * step
-    words.release()
+    with view.cast("Q") as words:  # entries are 8-byte aligned (XT_ALIGN), and so are counters
+        while pos < end:
+            step = struct.unpack_from("=H", view, pos + at_next)[0]
+            if step < smallest or step % 8 or pos + step > end:
+                raise OSError(errno.EINVAL, f"IPv{version}: an entry of size {step} at {pos}")
+            first = pos + at_next
+            lows = view[first:end:step].tobytes()
+            highs = view[first + 1 : end : step].tobytes()
+            run = min(
+                len(lows) - len(lows.lstrip(bytes([step & 0xFF]))),
+                len(highs) - len(highs.lstrip(bytes([step >> 8]))),
+            )
+            zeros = memoryview(bytes(8 * run)).cast("Q")
+            word, stride = (pos + at_counters) // 8, step // 8
+            words[word : word + run * stride : stride] = zeros  # packets
+            words[word + 1 : word + 1 + run * stride : stride] = zeros  # bytes
+            pos += run * step
 
 
 def _hash_table(
     h: hashlib._Hash, version: int, name: str, policies: dict[tuple[str, str], tuple[int, int]]
 ) -> None:
     with socket.socket(AF[version], socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
-        info, buf = _entries(sock, version, name)
-    valid, size = info[0], info[12]
-    h.update(struct.pack("=13I", *info))
-    view = memoryview(buf).cast("B")
-    at_counters = COUNTERS_AT[version]
-    for hook in range(5):
-        if valid & (1 << hook):  # a built-in chain's policy: its underflow entry
-            at = ENTRIES_HEAD + info[6 + hook] + at_counters
-            policies[(name, HOOKS[hook])] = struct.unpack_from("=QQ", view, at)
-    end = ENTRIES_HEAD + size
-    _zero_counters(view, version, ENTRIES_HEAD, end)
-    h.update(view[ENTRIES_HEAD:end])
-    view.release()
+        info, mem = _entries(sock, version, name)
+    with mem, memoryview(mem) as view:
+        valid, size = info[0], info[12]
+        h.update(struct.pack("=13I", *info))
+        at_counters = COUNTERS_AT[version]
+        for hook in range(5):
+            if valid & (1 << hook):  # a built-in chain's policy: its underflow entry
+                at = ENTRIES_HEAD + info[6 + hook] + at_counters
+                policies[(name, HOOKS[hook])] = struct.unpack_from("=QQ", view, at)
+        end = ENTRIES_HEAD + size
+        _zero_counters(view, version, ENTRIES_HEAD, end)
+        with view[ENTRIES_HEAD:end] as entries:
+            h.update(entries)
 
 
 def digest(tables: Iterable[tuple[int, str]], create: Iterable[str] = ()) -> Digest:

@@ -446,3 +446,29 @@ def test_host_check_false_leaves_the_host_analysis_out(counting: Counting) -> No
             b = counting.fw.backend(mode=mode, **section)
             plan = b.diff(b.read(), CURRENT)
             assert any(note in n for n in plan.notes) == analysed, (section, mode, plan.notes)
+
+
+def test_the_counters_and_only_they_are_zeroed(admin: str, tmp_path: Path) -> None:
+    """Entries of mixed sizes, with counters that moved: the walk zeroes each entry's
+    counters (checked entry by entry, by ``next_offset``) and no other byte."""
+    sh(ns_exec(admin, sys.executable, "-c", SEND))
+
+    def check() -> int:
+        blob = xtables.read_table(4, "filter")
+        data = bytearray(xtables.ENTRIES_HEAD) + bytearray(blob.entries)
+        with memoryview(data) as view:
+            xtables._zero_counters(view, 4, xtables.ENTRIES_HEAD, len(data))
+        pos, seen, moved = 0, set(), 0
+        while pos < len(blob.entries):
+            step = int.from_bytes(blob.entries[pos + 90 : pos + 92], "little")
+            at = xtables.ENTRIES_HEAD + pos + 96
+            assert data[at : at + 16] == bytes(16)
+            moved += blob.entries[pos + 96 : pos + 112] != bytes(16)
+            data[at : at + 16] = blob.entries[pos + 96 : pos + 112]
+            seen.add(step)
+            pos += step
+        assert bytes(data[xtables.ENTRIES_HEAD :]) == blob.entries, "a byte besides counters"
+        assert len(seen) >= 3, "entries of one size only: the mixed walk was not tested"
+        return moved
+
+    assert in_netns(admin, check) > 0, "no counter had moved: nothing was zeroed"
