@@ -345,7 +345,7 @@ class IptablesBackend(Backend[Seen, Step]):
 
         The key has the rules read in it: legacy tables have no generation.
         """
-        digest = _rules_digest(tables)
+        digest = _rules_digest(tables, self.settings.chain)
         memo, key = self._memo(variant, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
@@ -548,7 +548,9 @@ class IptablesBackend(Backend[Seen, Step]):
         (what, *rest), value = last.analysis
         only_own = all(p.table == "filter" and p.chains() == {self.settings.chain} for p in parts)
         if what == "allow" and only_own:  # its answer reads INPUT and chain names, not the chain
-            digest = _rules_digest(tuple((v, tables[v]) for v in self.families))
+            digest = _rules_digest(
+                tuple((v, tables[v]) for v in self.families), self.settings.chain
+            )
             key = self._memo_key(after, what, *rest, digest)
         elif what == "nat":  # the NAT tables: cfallow writes filter and mangle only
             key = self._memo_key(after, what, *rest)
@@ -564,9 +566,15 @@ DOCKER_NO_IPV6 = (
 )
 
 
-def _rules_digest(tables: tuple[tuple[int, Table], ...]) -> str:
+def _rules_digest(tables: tuple[tuple[int, Table], ...], own: str) -> str:
     """The digest of the tables' rules and policies, not of the text (it carries a time
-    stamp and the counters); fed rule by rule, so 100,000 rules never become one string."""
+    stamp and the counters); fed rule by rule, so 100,000 rules never become one string.
+
+    Of cfallow's own chain ``own`` only the name: allow mode's analysis reads INPUT (a
+    jump into ``own`` is skipped) and the chains' names, never that chain's rules, so a
+    sync that only rewrote them keeps the analysis. (It names INPUT's rules by their
+    line in the save text; ``*-save`` prints the built-in chains' rules before any user
+    chain's, so those lines do not move with ``own``'s rules.)"""
     h = hashlib.sha256()
     for version, table in tables:
         h.update(f"\0{version}\0".encode())
@@ -574,6 +582,8 @@ def _rules_digest(tables: tuple[tuple[int, Table], ...]) -> str:
             h.update(policy.split(" [")[0].encode() + b"\0")
         for name, rules in table.chains:
             h.update(f"\1{name}\0".encode())
+            if name == own:
+                continue
             for rule in rules:
                 h.update(rule.encode() + b"\n")
     return h.hexdigest()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -250,6 +251,11 @@ def _logging_saves(where: Path, log: Path) -> Path:
         wrapper = where / name
         wrapper.write_text(f'#!/bin/sh\necho {name} "$@" >> {log}\nexec {real} "$@"\n')
         wrapper.chmod(0o755)
+    real = shutil.which("nft")
+    if real is not None:  # the host analysis starts with ``nft -j list chains``
+        nft = where / "nft"
+        nft.write_text(f'#!/bin/sh\necho nft "$@" >> {log}.nft\nexec {real} "$@"\n')
+        nft.chmod(0o755)
     return where
 
 
@@ -269,6 +275,13 @@ class Counting:
         """The ``*-save`` calls since the last time asked."""
         out = self.log.read_text().splitlines()
         self.log.write_text("")
+        return out
+
+    def analyses(self) -> int:
+        """How many host analyses ran since the last time asked (``nft -j list chains``)."""
+        log = Path(f"{self.log}.nft")
+        out = log.read_text().count("list chains") if log.exists() else 0
+        log.write_text("")
         return out
 
     def sync(self, desired: frozenset = CURRENT, **section: object) -> list[str]:  # type: ignore[type-arg]
@@ -472,3 +485,29 @@ def test_the_counters_and_only_they_are_zeroed(admin: str, tmp_path: Path) -> No
         return moved
 
     assert in_netns(admin, check) > 0, "no counter had moved: nothing was zeroed"
+
+
+def test_a_sync_that_only_rewrote_cfallows_chain_keeps_the_allow_analysis(
+    counting: Counting, tmp_path: Path
+) -> None:
+    """Allow mode's analysis never reads cfallow's own chain: kept past a sync that only
+    rewrote its rules (the tables are read again: the digest moved), and what it says is
+    what a fresh analysis says; an admin rule in INPUT is analysed again."""
+    need_tool("nft")
+    counting.sync(OLD)
+    counting.sync(OLD)
+    counting.analyses()
+    counting.sync(CURRENT)
+    assert counting.analyses() == 0, "the sync's own read: the analysis was kept"
+    b = counting.fw.backend()
+    kept = b.diff(b.read(), CURRENT)
+    assert len(counting.calls()) == 2 and counting.analyses() == 0 and not kept.changed
+    fresh = Counting(counting.fw.ns, tmp_path / "fresh")
+    b = fresh.fw.backend()
+    assert b.diff(b.read(), CURRENT).notes == kept.notes and kept.notes
+    assert fresh.analyses() == 1
+    counting.fw.ipt(
+        4, "-A", "INPUT", "-p", "tcp", "-m", "multiport", "--dports", "80,443", "-j", "DROP"
+    )
+    b = counting.fw.backend()
+    assert b.diff(b.read(), CURRENT).notes != kept.notes and counting.analyses() == 1
