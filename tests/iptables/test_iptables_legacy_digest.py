@@ -511,3 +511,19 @@ def test_a_sync_that_only_rewrote_cfallows_chain_keeps_the_allow_analysis(
     )
     b = counting.fw.backend()
     assert b.diff(b.read(), CURRENT).notes != kept.notes and counting.analyses() == 1
+
+
+def test_with_the_mangle_guard_a_mangle_change_is_read_and_repaired(counting: Counting) -> None:
+    """parent = "DOCKER-USER" (lockdown): the digest covers mangle, where the guard is."""
+    fw, section = counting.fw, {"parent": "DOCKER-USER", "mode": "lockdown"}
+    for version in (4, 6):
+        fw.docker_starts(version)
+    counting.sync(**section)
+    counting.sync(**section)
+    assert counting.sync(**section) == [], "nothing changed: no *-save"
+    guard = fw.chain(4, "FORWARD", table="mangle")
+    assert guard, "no guard in mangle FORWARD"
+    fw.ipt(4, "-t", "mangle", "-D", "FORWARD", "1")
+    saves = counting.sync(**section)
+    assert "iptables-legacy-save -c -t mangle" in saves, saves
+    assert fw.chain(4, "FORWARD", table="mangle") == guard, "the guard was put back"
