@@ -107,7 +107,8 @@ def _ipt(ns: str, version: int, tmp: Path, *args: str) -> None:
 
 
 def _digest(ns: str, tables: tuple[tuple[int, str], ...] = ALL) -> xtables.Digest:
-    return in_netns(ns, lambda: xtables.digest(tables))
+    found: xtables.Digest = in_netns(ns, lambda: xtables.digest(tables))
+    return found
 
 
 @pytest.fixture
@@ -251,10 +252,10 @@ def _logging_saves(where: Path, log: Path) -> Path:
         wrapper = where / name
         wrapper.write_text(f'#!/bin/sh\necho {name} "$@" >> {log}\nexec {real} "$@"\n')
         wrapper.chmod(0o755)
-    real = shutil.which("nft")
-    if real is not None:  # the host analysis starts with ``nft -j list chains``
+    nft_path = shutil.which("nft")
+    if nft_path is not None:  # the host analysis starts with ``nft -j list chains``
         nft = where / "nft"
-        nft.write_text(f'#!/bin/sh\necho nft "$@" >> {log}.nft\nexec {real} "$@"\n')
+        nft.write_text(f'#!/bin/sh\necho nft "$@" >> {log}.nft\nexec {nft_path} "$@"\n')
         nft.chmod(0o755)
     return where
 
@@ -284,7 +285,7 @@ class Counting:
         log.write_text("")
         return out
 
-    def sync(self, desired: frozenset = CURRENT, **section: object) -> list[str]:  # type: ignore[type-arg]
+    def sync(self, desired: frozenset = CURRENT, /, **section: object) -> list[str]:  # type: ignore[type-arg]
         """read, diff, apply: the saves it ran."""
         b = self.fw.backend(**section)
         plan = b.diff(b.read(), desired)
