@@ -173,8 +173,8 @@ def digest(
 ) -> Digest | None:
     """The digest of legacy ``tables`` (``(version, name)``; ``create``: tables the caller's
     read creates anyway, see :func:`~cfallow.netfilter.xtables.digest`) where ``runner``
-    runs its commands (a prefix: this module run there); None when it cannot be read
-    (said once)."""
+    runs its commands (a prefix: ``python -m cfallow.netfilter.xtables`` run there); None
+    when it cannot be read (said once)."""
     from cfallow.netfilter import xtables
 
     wanted, create = list(tables), frozenset(create)
