@@ -50,7 +50,7 @@ def _ask(sock: socket.socket) -> int:
     return int.from_bytes(gen[:4], "big")
 
 
-def _namespace(sock: socket.socket) -> str:
+def namespace(sock: socket.socket) -> str:
     """The network namespace's cookie (never reused while the kernel runs; its inode
     number is reused as soon as the namespace is gone), or the inode on old kernels."""
     try:
@@ -64,7 +64,7 @@ def current() -> str:
     no nf_tables, or no privilege to ask)."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        return f"{boot}/{_namespace(sock)}/{_ask(sock)}"
+        return f"{boot}/{namespace(sock)}/{_ask(sock)}"
 
 
 def generation(runner: Runner) -> str | None:
