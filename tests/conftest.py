@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -25,6 +26,18 @@ def private_firewall_lock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop(key, None)
     else:
         os.environ[key] = old
+
+
+@pytest.fixture(autouse=True)
+def cfallow_logger_as_it_was() -> Iterator[None]:
+    """An in-process CLI run points the "cfallow" logger at its own stderr handler and stops
+    it propagating (as the installed command must); put it back after each test, or a later
+    test on the same worker logs to a closed stream and its ``caplog`` sees nothing."""
+    log = logging.getLogger("cfallow")
+    handlers, propagate, level = list(log.handlers), log.propagate, log.level
+    yield
+    log.handlers[:] = handlers
+    log.propagate, log.level = propagate, level
 
 
 @pytest.fixture
