@@ -4,8 +4,12 @@ nf_tables numbers its ruleset: every committed transaction bumps a generation
 id (netlink ``NFT_MSG_GETGEN``), iptables-nft's tables included. With the boot
 and the network namespace it names one ruleset, so an analysis stored under it
 stays true while the id stays; asking costs one netlink round trip instead of
-listing (and parsing) every rule. Legacy x_tables have no such number: what a
-backend reads from them goes into its key itself.
+listing (and parsing) every rule. One change is no transaction: a table with
+``flags owner`` goes with the process that owns it, and the id stays (measured,
+kernel 6.18). The tables that can go that way are named in the answer too (a
+second round trip: the table heads, no rule), so their going is a new ruleset.
+Legacy x_tables have no such number: what a backend reads from them goes into
+its key itself.
 
 Run as a module (``python -m cfallow.netfilter.generation``) it prints the
 generation, for a :class:`~cfallow.runner.Runner` that runs its commands in
@@ -30,8 +34,13 @@ from cfallow.runner import Runner
 
 NETLINK_NETFILTER = 12
 GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+GETTABLE = (10 << 8) | 1  # NFT_MSG_GETTABLE
 NFTA_GEN_ID = 1
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE = 1, 2, 4
+NFT_TABLE_F_OWNER = 0x2
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 SO_NETNS_COOKIE = 71
 
 
@@ -50,6 +59,31 @@ def _ask(sock: socket.socket) -> int:
     return int.from_bytes(gen[:4], "big")
 
 
+def _owned(sock: socket.socket) -> str:
+    """The tables that go with their owner's process, without a new generation: each
+    family, name and handle ("" when there are none, the common case)."""
+    sock.send(struct.pack("=IHHIIBBH", 20, GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 2, 0, 0, 0, 0))
+    found: list[str] = []
+    while True:
+        data, at = sock.recv(1 << 16), 0
+        while at + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, at)
+            if length < 16:
+                raise OSError("a malformed netlink message")
+            if kind == NLMSG_DONE:
+                return ",".join(sorted(found))
+            if kind == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, at + 16)
+                raise OSError(-err, os.strerror(-err))
+            attrs = attributes(data, at + 20, at + length)  # after nlmsghdr + nfgenmsg
+            flags = int.from_bytes(attrs.get(NFTA_TABLE_FLAGS, b"")[:4] or b"\0", "big")
+            if flags & NFT_TABLE_F_OWNER:
+                name = attrs.get(NFTA_TABLE_NAME, b"").split(b"\0")[0].decode(errors="replace")
+                handle = int.from_bytes(attrs.get(NFTA_TABLE_HANDLE, b"")[:8], "big")
+                found.append(f"{data[at + 16]}:{name}:{handle}")
+            at += (length + 3) & ~3
+
+
 def _namespace(sock: socket.socket) -> str:
     """The network namespace's cookie (never reused while the kernel runs; its inode
     number is reused as soon as the namespace is gone), or the inode on old kernels."""
@@ -60,11 +94,15 @@ def _namespace(sock: socket.socket) -> str:
 
 
 def current() -> str:
-    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace (raises OSError:
-    no nf_tables, or no privilege to ask)."""
+    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with
+    ``+OWNED`` after the namespace while tables owned by a process exist (raises
+    OSError: no nf_tables, or no privilege to ask)."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        return f"{boot}/{_namespace(sock)}/{_ask(sock)}"
+        gen = _ask(sock)
+        owned = _owned(sock)  # one gone after this: the key is not seen again (a miss)
+        where = _namespace(sock) + (f"+{owned}" if owned else "")
+        return f"{boot}/{where}/{gen}"
 
 
 def generation(runner: Runner) -> str | None:
