@@ -20,8 +20,8 @@ from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter import xtables
 from cfallow.runner import Runner
+from cfallow.verify import ipsets, nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify import lab as labmod
-from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 from cfallow.verify.overlap import together
 
@@ -137,10 +137,22 @@ def _probes(
 def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
     inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
     if snap.ipsets.strip():
+        index = dict(snap.ipset_index)
         try:
-            inside.run(["ipset", "restore"], input=snap.ipsets)
+            inside.run(["ipset", "restore"], input=ipsets.restore_script(snap.ipsets, index))
         except CommandFailed as exc:
             raise CannotVerify(f"cannot verify: the host's ipsets do not load: {exc}") from None
+        try:
+            there = labmod.in_namespace(lab.path("origin"), lambda: ipsets.indexes(list(index)))
+        except OSError as exc:
+            raise CannotVerify(
+                f"cannot verify: the scratch ipsets: {exc.strerror or exc}"
+            ) from None
+        if there != index:  # a legacy rule would match another set than the host's
+            raise CannotVerify(
+                "cannot verify: the host's ipsets do not keep their numbers here "
+                f"(host {index}, here {there})"
+            )
     if snap.ruleset.strip():
         try:
             inside.run(["nft", "-f", "-"], input=snap.ruleset)
