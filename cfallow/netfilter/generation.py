@@ -37,7 +37,9 @@ GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
 GETTABLE = (10 << 8) | 1  # NFT_MSG_GETTABLE
 NFTA_GEN_ID = 1
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE = 1, 2, 4
-NFT_TABLE_F_OWNER = 0x2
+NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
+#: nf_tables' family numbers (NFPROTO_*) as nft names them.
+FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
@@ -59,11 +61,10 @@ def _ask(sock: socket.socket) -> int:
     return int.from_bytes(gen[:4], "big")
 
 
-def _owned(sock: socket.socket) -> str:
-    """The tables that go with their owner's process, without a new generation: each
-    family, name and handle ("" when there are none, the common case)."""
+def _tables(sock: socket.socket) -> list[tuple[int, str, int, int]]:
+    """Every table's family number, name, handle and flags (one netlink dump, no rule)."""
     sock.send(struct.pack("=IHHIIBBH", 20, GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 2, 0, 0, 0, 0))
-    found: list[str] = []
+    found: list[tuple[int, str, int, int]] = []
     while True:
         data, at = sock.recv(1 << 16), 0
         while at + 16 <= len(data):
@@ -71,17 +72,45 @@ def _owned(sock: socket.socket) -> str:
             if length < 16:
                 raise OSError("a malformed netlink message")
             if kind == NLMSG_DONE:
-                return ",".join(sorted(found))
+                return found
             if kind == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", data, at + 16)
                 raise OSError(-err, os.strerror(-err))
             attrs = attributes(data, at + 20, at + length)  # after nlmsghdr + nfgenmsg
             flags = int.from_bytes(attrs.get(NFTA_TABLE_FLAGS, b"")[:4] or b"\0", "big")
-            if flags & NFT_TABLE_F_OWNER:
-                name = attrs.get(NFTA_TABLE_NAME, b"").split(b"\0")[0].decode(errors="replace")
-                handle = int.from_bytes(attrs.get(NFTA_TABLE_HANDLE, b"")[:8], "big")
-                found.append(f"{data[at + 16]}:{name}:{handle}")
+            name = attrs.get(NFTA_TABLE_NAME, b"").split(b"\0")[0].decode(errors="replace")
+            handle = int.from_bytes(attrs.get(NFTA_TABLE_HANDLE, b"")[:8], "big")
+            found.append((data[at + 16], name, handle, flags))
             at += (length + 3) & ~3
+
+
+def _owned(tables: list[tuple[int, str, int, int]]) -> str:
+    """The tables that go with their owner's process, without a new generation: each
+    family, name and handle ("" when there are none, the common case)."""
+    owned = (f"{f}:{n}:{h}" for f, n, h, flags in tables if flags & NFT_TABLE_F_OWNER)
+    return ",".join(sorted(owned))
+
+
+def _dormant() -> list[tuple[str, str]]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        tables = _tables(sock)
+    out = [(FAMILIES.get(f, str(f)), n) for f, n, _, flags in tables if flags & NFT_TABLE_F_DORMANT]
+    return sorted(out)
+
+
+def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
+    """The tables with ``flags dormant`` where ``runner`` runs its commands, as
+    ``(family, name)``: their chains are on no hook (None: cannot tell). ``nft -j``
+    1.0.6 prints a table's one flag as garbage, so the kernel is asked."""
+    try:
+        if not runner.prefix:
+            return frozenset(_dormant())
+        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.generation", "--dormant"]
+        return frozenset((str(f), str(n)) for f, n in json.loads(runner.run(argv).stdout))
+    except (OSError, BackendError, ValueError, TypeError):
+        return None
 
 
 def _namespace(sock: socket.socket) -> str:
@@ -100,7 +129,7 @@ def current() -> str:
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         gen = _ask(sock)
-        owned = _owned(sock)  # one gone after this: the key is not seen again (a miss)
+        owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
         where = _namespace(sock) + (f"+{owned}" if owned else "")
         return f"{boot}/{where}/{gen}"
 
@@ -180,7 +209,7 @@ class Memo:
 
 if __name__ == "__main__":
     try:
-        print(current())
+        print(json.dumps(_dormant()) if sys.argv[1:] == ["--dormant"] else current())
     except OSError as exc:
         print(f"cannot read the ruleset generation: {exc}", file=sys.stderr)
         sys.exit(1)
