@@ -155,7 +155,7 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
             )
     if snap.ruleset.strip():
         try:
-            inside.run(["nft", "-f", "-"], input=snap.ruleset)
+            inside.run(["nft", "-f", "-"], input=_unowned(snap.ruleset))
         except CommandFailed as exc:
             _load_split(inside, snap, snapshot.xt_nft(runner), exc)
     if snap.legacy:
@@ -170,6 +170,21 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
             raise CannotVerify(
                 f"cannot verify: the legacy x_tables do not load: {exc.strerror or exc}"
             ) from None
+
+
+def _unowned(ruleset: str) -> str:
+    """``ruleset`` with no table owned by a process: loaded as printed, a table with
+    ``flags owner`` would belong to the ``nft`` loading it and go when it exits, and
+    the scratch copy would lack what the host's kernel holds. Each other flag on a
+    line of its own (nft 1.0.6 prints ``flags dormant,owner`` but reads no comma)."""
+    out = []
+    for line in ruleset.splitlines():
+        if line.startswith("\tflags "):  # a table's flags (a set's are indented deeper)
+            flags = [f.strip() for f in line[len("\tflags ") :].split(",")]
+            out += [f"\tflags {f}" for f in flags if f not in ("owner", "persist")]
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _load_split(
@@ -187,7 +202,7 @@ def _load_split(
         for line in text.splitlines()
         if line.startswith("*")
     }
-    rest = _without_tables(snap.ruleset, owned)
+    rest = _without_tables(_unowned(snap.ruleset), owned)
     try:
         if rest.strip():
             inside.run(["nft", "-f", "-"], input=rest)

@@ -10,13 +10,11 @@ Here the admin's rule lets the ``trusted`` set in ahead of cfallow's lockdown, a
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import namespace, need_root, need_tool, ns_exec, sh
-from support.verify_host import HOST_ADDRS, Host, host, scratch_namespaces
+from support import need_root, need_tool, ns_exec, sh
+from support.verify_host import Host, client, host, scratch_namespaces
 
 pytestmark = [pytest.mark.xdist_group("verify"), pytest.mark.root]
 
@@ -52,38 +50,6 @@ def _outsiders_v4(h: Host) -> list[tuple[str, str]]:
     ]
 
 
-_LISTEN = (
-    "import socket,time;s=socket.socket();s.bind(('0.0.0.0',443));s.listen();"
-    "print('ready',flush=True);time.sleep(120)"
-)
-_CONNECT = (
-    "import socket,sys;s=socket.socket();s.settimeout(2);s.bind((sys.argv[1],0));"
-    "sys.exit(s.connect_ex((sys.argv[2],443)))"
-)
-
-
-def _host_lets_in(h: Host, source: str) -> bool:
-    """A real connection to the host's 443 from ``source``, in a client namespace on the
-    far end of the host's uplink (taken from the host: verify has run)."""
-    server = HOST_ADDRS[0].split("/")[0]
-    with namespace("ipc") as client:
-        sh(ns_exec(h.ns, "ip", "link", "set", "vhp0", "netns", client))
-        sh(ns_exec(client, "ip", "addr", "add", f"{source}/32", "dev", "vhp0"))
-        sh(ns_exec(client, "ip", "link", "set", "vhp0", "up"))
-        sh(ns_exec(client, "ip", "route", "add", f"{server}/32", "dev", "vhp0"))
-        sh(ns_exec(h.ns, "ip", "route", "add", f"{source}/32", "dev", h.uplink))
-        listener = subprocess.Popen(
-            ns_exec(h.ns, sys.executable, "-c", _LISTEN), stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
-            argv = ns_exec(client, sys.executable, "-c", _CONNECT, source, server)
-            return subprocess.run(argv, check=False, timeout=30).returncode == 0
-        finally:
-            listener.kill()
-            listener.wait()
-
-
 @pytest.mark.parametrize("gap", [False, True], ids=["indexes from 0", "a set destroyed"])
 def test_an_ipset_rule_matches_the_hosts_set_in_the_scratch_copy(tmp_path: Path, gap: bool) -> None:
     need_root()
@@ -96,5 +62,6 @@ def test_an_ipset_rule_matches_the_hosts_set_in_the_scratch_copy(tmp_path: Path,
         assert found and {v for _, v in found} == {"accept"}, (
             f"the host lets every IPv4 outsider in, verify says {found}"
         )
-        assert _host_lets_in(h, found[0][0]), "the host's kernel does let it in"
+        with client(h, found[0][0]) as connect:
+            assert connect(found[0][0]), "the host's kernel does let it in"
     assert scratch_namespaces() == []
