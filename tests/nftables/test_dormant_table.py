@@ -12,11 +12,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import namespace
 from support.cfdata import CURRENT
+from support.iptables.helpers import Fw
 from support.iptables.traffic import CF, OUTSIDE, Pair, pair
-from support.nftables.helpers import OPEN_443, SET_RULES, NftHarness, admin_ruleset
+from support.nftables.helpers import (
+    ADMIN_DROP,
+    OPEN_443,
+    SET_RULES,
+    Nft,
+    NftHarness,
+    admin_ruleset,
+)
 
 from cfallow.engine import run_backend
+from cfallow.errors import BackendError
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -56,3 +66,19 @@ def test_a_dormant_table_drops_nothing(lab: Pair, tmp_path: Path) -> None:
     notes = _notes(h)
     assert any(n.startswith(GUARD_DROPS) for n in notes), notes
     assert not any(n.startswith(OPEN) for n in notes), notes
+
+
+def test_iptables_allow_mode_is_not_refused_for_a_dormant_table(tmp_path: Path) -> None:
+    """The admin's inet filter (policy drop) switched off: iptables' accept takes effect
+    (no refusal); switched on, allow mode is refused again."""
+    with namespace("dormant") as ns:
+        fw = Fw(ns, "nft", tmp_path)
+        nft = Nft(ns)
+        nft.load(ADMIN_DROP % "")
+        nft.load("table inet filter {\n\tflags dormant\n}\n")
+        b = fw.backend()
+        b.apply(b.plan(CURRENT))
+        assert b.plan(CURRENT).changed is False
+        nft("add", "table", "inet", "filter")  # switched on
+        with pytest.raises(BackendError, match="allow mode cannot take effect here"):
+            b.plan(CURRENT)
