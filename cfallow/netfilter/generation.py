@@ -114,12 +114,27 @@ def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
 
 
 def _namespace(sock: socket.socket) -> str:
-    """The network namespace's cookie (never reused while the kernel runs; its inode
-    number is reused as soon as the namespace is gone), or the inode on old kernels."""
+    """The network namespace's cookie (never reused while the kernel runs).
+
+    Kernels before 5.14 have no cookie, and the namespace's inode number is reused
+    as soon as the namespace is gone, while its generation starts again from 1: a
+    container restarted on the same boot could find the number and the generation
+    of its last life, and a memo of another ruleset. There the inode names this
+    namespace only with the start of the process 1 that shares it (the host's
+    init, or the container's: a restart is a new one); else raises OSError (no memo).
+    """
     try:
         return str(struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
     except OSError:
-        return os.readlink("/proc/self/ns/net")
+        pass
+    mine = os.readlink("/proc/self/ns/net")
+    try:
+        if os.readlink("/proc/1/ns/net") == mine:
+            start = Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+            return f"{mine}@{start}"
+    except (OSError, IndexError):
+        pass
+    raise OSError("this network namespace has no lasting name (a kernel before 5.14)")
 
 
 def current() -> str:
