@@ -21,6 +21,7 @@ from test_iptables_carry import Host, settle
 pytestmark = pytest.mark.root
 
 LOCK = 'mode = "lockdown"\n'
+DOCKER = 'parent = "DOCKER-USER"\n'
 ALSO = 'also_allow = ["192.0.2.1/32", "2001:DB8:0:0::/64", "198.51.100.0/24"]\n'
 CONFIGS = {
     "udp, a range and a port": LOCK + 'protocol = "udp"\nports = [443, "8000-8100"]\n',
@@ -36,6 +37,14 @@ CHANGES = {
     "lockdown to allow": (LOCK, ""),
     "also_allow added": (LOCK, LOCK + ALSO),
     "protocol changed": (LOCK, LOCK + 'protocol = "udp"\n'),
+    "DOCKER-USER, ports added": (
+        LOCK + DOCKER + "ports = [443]\n",
+        LOCK + DOCKER + "ports = [80, 443, 8443]\n",
+    ),
+    "DOCKER-USER, also_allow added": (
+        LOCK + DOCKER,
+        LOCK + DOCKER + ALSO.replace("2001:DB8", "2001:DB9"),
+    ),
 }
 
 
@@ -46,12 +55,13 @@ def fw(tmp_path: Path) -> Iterator[Fw]:
 
 
 def _changed_then_in_sync(host: Host, networks: object) -> None:
+    tables = ("filter", "mangle") if "DOCKER-USER" in host.conf.read_text() else ("filter",)
     proc = host.sync(networks)  # type: ignore[arg-type]
     assert proc.returncode == 0 and "changed" in proc.stdout, proc.stdout + proc.stderr
-    assert host.kept() == host.fresh("filter"), "what is kept is not what the kernel holds"
+    assert host.kept() == host.fresh(*tables), "what is kept is not what the kernel holds"
     proc = host.sync(networks)  # type: ignore[arg-type]
     assert proc.returncode == 0 and "in sync" in proc.stdout, proc.stdout + proc.stderr
-    assert host.kept() == host.fresh("filter")
+    assert host.kept() == host.fresh(*tables)
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
