@@ -88,3 +88,23 @@ def test_a_configuration_changed_between_runs(fw: Fw, change: str) -> None:
     _changed_then_in_sync(host, OLD)
     assert host.calls("-save") == 0
     host.in_step(OLD)
+
+
+def test_lockdowns_nat_note_carried_is_the_one_made_afresh(fw: Fw) -> None:
+    """A DNAT onto the locked port: the note a carried run prints is the one an analysis
+    made from scratch prints (the NAT tables are not cfallow's to write)."""
+    dnat = ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "8443"]
+    fw.ipt(4, *dnat, "-j", "REDIRECT", "--to-ports", "443")
+    host = Host(fw, LOCK + "ports = [443]\n")
+    settle(host, CURRENT)
+    host.sync(OLD)
+    proc = host.sync(CURRENT)
+    assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
+    carried = host.sync(CURRENT)
+    assert host.calls("-save") == 0 and host.calls("nft") == 0
+    for memo in ("iptables-host.json", "iptables-read.json"):
+        (host.state / memo).unlink()
+    afresh = host.sync(CURRENT)
+    assert host.calls("-save") > 0
+    notes = [out.stdout.split("\n", 1)[1] for out in (carried, afresh)]  # after the source
+    assert notes[0] == notes[1] and "onto locked port 443" in notes[0], notes
