@@ -20,7 +20,7 @@ from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter import xtables
 from cfallow.runner import Runner
-from cfallow.verify import ipsets, nftrace, probe, sample, snapshot, trace, xpath
+from cfallow.verify import ipsets, nftrace, probe, recent, sample, snapshot, trace, xpath
 from cfallow.verify import lab as labmod
 from cfallow.verify.lab import CannotVerify, Lab
 from cfallow.verify.overlap import together
@@ -169,6 +169,13 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
         except OSError as exc:
             raise CannotVerify(
                 f"cannot verify: the legacy x_tables do not load: {exc.strerror or exc}"
+            ) from None
+    if snap.recent:  # after the rules that make the lists
+        try:
+            labmod.in_namespace(lab.path("origin"), lambda: recent.load(snap.recent))
+        except OSError as exc:
+            raise CannotVerify(
+                f"cannot verify: the host's recent lists do not load: {exc.strerror or exc}"
             ) from None
 
 

@@ -10,6 +10,7 @@ from cfallow.netfilter import xtables
 from cfallow.netfilter.save import SAVE
 from cfallow.runner import Runner
 from cfallow.verify import ipsets as ipsetmod
+from cfallow.verify import recent as recentmod
 from cfallow.verify.overlap import together
 
 
@@ -48,6 +49,8 @@ class Snapshot:
     legacy: tuple[xtables.Blob, ...]
     #: each set's index on the host (a legacy rule's blob names its set by it)
     ipset_index: tuple[tuple[str, int], ...] = ()
+    #: the ``-m recent`` lists (addresses and hits), state beside the rules
+    recent: recentmod.Lists = ()
 
 
 def _json(runner: Runner, argv: list[str]) -> list[dict[str, object]]:
@@ -125,4 +128,4 @@ def read(runner: Runner, uplink: str | None = None) -> Snapshot:
         raise BackendError(
             f"verify: cannot read the numbers of the host's ipsets: {exc.strerror or exc}"
         ) from None
-    return Snapshot(net, ruleset, ipsets, legacy, index)
+    return Snapshot(net, ruleset, ipsets, legacy, index, recentmod.read())
