@@ -367,6 +367,17 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
 
     def apply_one(self, steps: Iterable[AwsWork], failed: Iterable[str] = ()) -> None:
         """:meth:`apply` for this backend's one region."""
+        try:
+            failures = self._apply_steps(steps)
+        except Exception:  # a prefix list not written: the next scheduled run reads again
+            cadence.forget(self.ctx.state_dir, self.name)
+            raise
+        if failures or tuple(failed):
+            cadence.forget(self.ctx.state_dir, self.name)
+        if failures:
+            raise BackendError("; ".join(failures))
+
+    def _apply_steps(self, steps: Iterable[AwsWork]) -> list[str]:
         failures: list[str] = []
         for work in steps:
             if any(change.list_id is None for change in work.lists):
@@ -384,10 +395,7 @@ class AwsBackend(Backend[AwsSeen, AwsWork]):
                     failures.append(f"{delete.list_id}: {error_code(exc)} (delete prefix list)")
             if work.deletes and not failures:
                 _mark(self.ctx.state_dir / self.mark, False)
-        if failures or tuple(failed):
-            cadence.forget(self.ctx.state_dir, self.name)
-        if failures:
-            raise BackendError("; ".join(failures))
+        return failures
 
     def _apply_lists(self, changes: Iterable[pls.ListChange]) -> dict[str, str]:
         created: dict[str, str] = {}

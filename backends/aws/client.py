@@ -12,6 +12,7 @@ never sees a stubbed response).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -42,14 +43,29 @@ RETRIED = frozenset(
     }
 )
 
+#: Error codes of an IAM refusal: EC2's, and the other services' (STS, WAFv2, Service Quotas).
+DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+#: How AWS names the refused action in the message ("... is not authorized to perform: ec2:X").
+_PERFORM = re.compile(r"not authorized to perform:? ([a-z0-9-]+:[A-Za-z0-9]+)")
+
 log = logging.getLogger("cfallow")
 
 
 def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore error (or the exception's class name)."""
+    """The AWS error code of a botocore error (or the exception's class name).
+
+    An IAM refusal also names the action to allow: ``UnauthorizedOperation:
+    ec2:AuthorizeSecurityGroupIngress not allowed`` (the action AWS names in its
+    message, else the one called).
+    """
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
+        error = response.get("Error", {})
+        code = error.get("Code")
+        if code in DENIED:
+            named = _PERFORM.search(str(error.get("Message") or ""))
+            action = named.group(1) if named else getattr(exc, "iam_action", "")
+            return f"{code}: {action} not allowed" if action else str(code)
         if code:
             return str(code)
     return type(exc).__name__
@@ -119,10 +135,22 @@ class Ec2:
             reraise=True,
         )
 
+    def _named(self, exc: BaseException) -> None:
+        """Mark an error with the IAM action of the call (``ec2:DescribeNetworkAcls``)."""
+        operation = getattr(exc, "operation_name", "")
+        service = getattr(getattr(self.client, "meta", None), "service_model", None)
+        prefix = getattr(service, "signing_name", "")
+        if operation and isinstance(prefix, str) and prefix:
+            exc.iam_action = f"{prefix}:{operation}"  # type: ignore[attr-defined]
+
     def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One API call, e.g. ``call("authorize_security_group_ingress", GroupId=...)``."""
         method: Callable[..., dict[str, Any]] = getattr(self.client, operation)
-        result: dict[str, Any] = self._retrying()(method, **kwargs)
+        try:
+            result: dict[str, Any] = self._retrying()(method, **kwargs)
+        except aws_errors() as exc:
+            self._named(exc)
+            raise
         return result
 
     def pages(self, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
@@ -134,5 +162,9 @@ class Ec2:
                 items.extend(page.get(key, []))
             return items
 
-        result: list[dict[str, Any]] = self._retrying()(read)
+        try:
+            result: list[dict[str, Any]] = self._retrying()(read)
+        except aws_errors() as exc:
+            self._named(exc)
+            raise
         return result

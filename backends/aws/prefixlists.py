@@ -80,23 +80,27 @@ def _read(ec2: Ec2, raw: Mapping[str, Any]) -> PrefixList:
 
 
 def find_lists(ec2: Ec2) -> dict[str, PrefixList]:
-    """cfallow's lists by family; more than one for a family is an error."""
-    raw = ec2.pages(
-        "describe_managed_prefix_lists",
-        "PrefixLists",
-        Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [TAG_VALUE]}],
-    )
-    found: dict[str, PrefixList] = {}
-    for item in raw:
-        if item.get("State") in _GONE:
-            continue
-        family = item.get("AddressFamily", "")
-        if family in found:
-            raise BackendError(
-                f"several cfallow prefix lists for {family}: {found[family].list_id},"
-                f" {item['PrefixListId']} (delete all but one)"
-            )
-        found[family] = _read(ec2, item)
+    """cfallow's lists by family; more than one for a family is an error, and so is a
+    refused read (one line naming the AWS error)."""
+    try:
+        raw = ec2.pages(
+            "describe_managed_prefix_lists",
+            "PrefixLists",
+            Filters=[{"Name": f"tag:{TAG_KEY}", "Values": [TAG_VALUE]}],
+        )
+        found: dict[str, PrefixList] = {}
+        for item in raw:
+            if item.get("State") in _GONE:
+                continue
+            family = item.get("AddressFamily", "")
+            if family in found:
+                raise BackendError(
+                    f"several cfallow prefix lists for {family}: {found[family].list_id},"
+                    f" {item['PrefixListId']} (delete all but one)"
+                )
+            found[family] = _read(ec2, item)
+    except aws_errors() as exc:
+        raise BackendError(f"cannot read cfallow's prefix lists: {error_code(exc)}") from exc
     return found
 
 

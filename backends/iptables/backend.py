@@ -27,9 +27,11 @@ what ``iptables --version`` says, so rules land where the admin's own
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +49,7 @@ from cfallow.section import Section, parse_ports
 
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
+from .legacy import digest as legacy_digest
 from .nft import NftIO
 from .rules import (
     Owned,
@@ -60,6 +63,7 @@ from .save import Table, parse_save
 from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 
 if TYPE_CHECKING:
+    from cfallow.netfilter import xtables
     from cfallow.netfilter.host import Host
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
@@ -67,6 +71,8 @@ __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
+#: The legacy tables lockdown's NAT notes read (both families, whatever ``ipv6`` says).
+NAT_TABLES = ((4, "nat"), (6, "nat"))
 #: The tables as last read, kept for the ruleset generation they were read under.
 READ_MEMO = "iptables-read.json"
 
@@ -82,6 +88,8 @@ class Seen:
     allow: tuple[str | None, tuple[str, ...]] | None = None
     nat: tuple[str, ...] = ()  # what the host's DNAT leaves open (lockdown in INPUT only)
     generation: str | None = None  # the ruleset's, taken before the tables were read (nft)
+    #: Legacy: each family's tables' digest, taken under the xtables lock before their read
+    digests: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass
@@ -106,7 +114,8 @@ class Step:
     script: str  # the transaction as planned (restore syntax), for logs and reports
     variant: Variant
     #: The table the plan was made from, and the ruleset generation before it was read
-    #: (nf_tables hosts): unchanged under the lock, ``apply`` writes from it without a re-read.
+    #: (nf_tables hosts; legacy: the family's tables' digest): unchanged under the lock,
+    #: ``apply`` writes from it without a re-read.
     basis: Table | None = None
     generation: str | None = None
 
@@ -144,6 +153,9 @@ class IptablesBackend(Backend[Seen, Step]):
         self._check_reach(where, lockdown_ssh=section.get_bool("lockdown_ssh", False))
         self.families = (4, 6) if section.get_bool("ipv6", True) else (4,)
         self.variant = section.get_choice("variant", "auto", ("auto", "nft", "legacy"))
+        #: False: no host analysis (allow mode's check that its accept takes effect,
+        #: lockdown's NAT notes), as the nftables backend's key of that name.
+        self.host_check = section.get_bool("host_check", True)
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
         self._last: _Read | None = None
@@ -229,15 +241,19 @@ class IptablesBackend(Backend[Seen, Step]):
         io = self.io(variant)
         # before the read: a commit after it shows as another generation under apply's lock
         gen = generation.generation(self.ctx.runner) if variant.kind == "nft" else None
-        texts = self._texts(io, gen)
+        if isinstance(io, LegacyIO):
+            texts, digests = self._legacy_texts(io)
+        else:
+            texts, digests = self._texts(io, gen), ()
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         self._last = None if gen is None else _Read(gen, tuple(texts), tables)
-        if self.settings.parent != "INPUT":
-            return Seen(variant, tables, generation=gen)
+        seen = Seen(variant, tables, generation=gen, digests=digests)
+        if self.settings.parent != "INPUT" or not self.host_check:
+            return seen
         if self.settings.mode == "allow":
-            return Seen(variant, tables, self._allow(variant, texts, tables), generation=gen)
-        return Seen(variant, tables, nat=self._nat(variant), generation=gen)
+            return replace(seen, allow=self._allow(variant, texts, tables))
+        return replace(seen, nat=self._nat(variant, io))
 
     def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> list[str]:
         """Each family's tables as its ``*-save`` prints them (read side by side).
@@ -245,14 +261,51 @@ class IptablesBackend(Backend[Seen, Step]):
         nf_tables hosts: kept with the generation they were read under (taken before the
         read). Every commit, by anyone, is a new generation, so while it holds a read
         returns these very rules; the same ``*-save`` files (their identity is in the key)
-        print them the same way. Legacy hosts (no generation) read every time.
+        print them the same way. Legacy hosts: :meth:`_legacy_texts`.
         """
         memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
-        key = self._read_key(gen if io.kind == "nft" else None, io.mangle)
+        key = self._read_key(gen if io.kind == "nft" else None, io.mangle, SAVE["nft"])
+        kept = self._kept(memo, key)
+        if kept is not None:
+            return kept
+        texts = self._read_all(io)
+        memo.put(key, texts)
+        return texts
+
+    def _legacy_texts(self, io: LegacyIO) -> tuple[list[str], tuple[tuple[int, str], ...]]:
+        """Legacy hosts: each family's texts, and the digests they were read under.
+
+        The tables' digest (their blobs, counters zeroed: :mod:`cfallow.netfilter.xtables`)
+        stands in for the generation legacy x_tables lack: texts kept under equal digests
+        are what a read would return. The digest is taken under the xtables lock, and a
+        read right after it under the same lock, so no writer that honours the lock can
+        change a table between the two (without the lock: no digest, a read, as before).
+        """
+        memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
+        with io.holding() as held:  # briefly, unless the tables must be read
+            now = {v: io.digest(v) for v in self.families} if held else {}
+            key = self._legacy_key(io, now)
+            kept = self._kept(memo, key)
+            texts = kept if kept is not None else self._read_all(io)
+        if kept is None:
+            memo.put(key, texts)
+        return texts, tuple((v, d.value) for v, d in now.items() if d is not None)
+
+    def _legacy_key(self, io: LegacyIO, digests: dict[int, xtables.Digest | None]) -> str | None:
+        found = [digests.get(v) for v in self.families]
+        values = [d.value for d in found if d is not None]
+        gen = "legacy/" + "/".join(values) if len(values) == len(self.families) else None
+        return self._read_key(gen, io.mangle, io.save)
+
+    def _kept(self, memo: generation.Memo, key: str | None) -> list[str] | None:
         kept = memo.get(key)
-        kept = kept if isinstance(kept, list) and len(kept) == len(self.families) else None
-        if kept is not None and all(isinstance(text, str) for text in kept):
-            return [str(text) for text in kept]
+        if not isinstance(kept, list) or len(kept) != len(self.families):
+            return None
+        if not all(isinstance(text, str) for text in kept):
+            return None
+        return [str(text) for text in kept]
+
+    def _read_all(self, io: NftIO | LegacyIO) -> list[str]:
         from concurrent.futures import ThreadPoolExecutor  # only a read needs the threads
 
         def one(version: int) -> str:
@@ -264,13 +317,11 @@ class IptablesBackend(Backend[Seen, Step]):
                 raise
 
         with ThreadPoolExecutor(len(self.families)) as pool:
-            texts = list(pool.map(one, self.families))
-        memo.put(key, texts)
-        return texts
+            return list(pool.map(one, self.families))
 
-    def _read_key(self, gen: str | None, mangle: bool) -> str | None:
-        """The read memo's key for generation ``gen`` (None: no memo, e.g. a runner prefix)."""
-        tools = [binary(self.ctx.runner, SAVE["nft"][v]) for v in self.families]
+    def _read_key(self, gen: str | None, mangle: bool, saves: Mapping[int, str]) -> str | None:
+        """The read memo's key for generation ``gen`` (None: no memo) and ``saves``' files."""
+        tools = [binary(self.ctx.runner, saves[v]) for v in self.families]
         ok = gen is not None and None not in tools
         return generation.key(gen if ok else None, self.name, mangle, self.families, tools)
 
@@ -294,7 +345,7 @@ class IptablesBackend(Backend[Seen, Step]):
 
         The key has the rules read in it: legacy tables have no generation.
         """
-        digest = _rules_digest(tables)
+        digest = _rules_digest(tables, self.settings.chain)
         memo, key = self._memo(variant, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
@@ -316,18 +367,29 @@ class IptablesBackend(Backend[Seen, Step]):
         self._keep(("allow", variant.kind), [error, list(notes)])
         return error, notes
 
-    def _nat(self, variant: Variant) -> tuple[str, ...]:
-        """What the host's DNAT leaves open to a lockdown (legacy NAT: read every time)."""
-        memo, key = self._memo(variant, "nat", variant.kind)
-        key = key if variant.kind == "nft" else None
-        kept = memo.get(key)
-        if isinstance(kept, list):
-            self._keep(("nat", variant.kind), kept)
-            return tuple(str(n) for n in kept)
-        from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
+    def _nat(self, variant: Variant, io: NftIO | LegacyIO) -> tuple[str, ...]:
+        """What the host's DNAT leaves open to a lockdown (the analysis, or what the memo kept).
 
+        Legacy hosts: the key has the legacy nat tables' digest in it (the generation
+        covers the native nft tables the analysis reads too), taken under the xtables
+        lock before they are read.
+        """
+        legacy = isinstance(io, LegacyIO)
+        memo = generation.Memo(self.ctx.state_dir / MEMO)
+        gen = generation.generation(self.ctx.runner)  # before the read, as the digest
         s = self.settings
-        rules = hostfw_nat.read(self.ctx.runner, variant.kind)
+        with io.holding() if isinstance(io, LegacyIO) else contextlib.nullcontext(False) as held:
+            key = self._memo_key(gen, "nat", variant.kind)
+            if legacy:  # under the lock: the nat tables' digest, then (if not kept) their read
+                now = legacy_digest(self.ctx.runner, NAT_TABLES) if held else None
+                key = None if now is None else self._memo_key(gen, "nat", variant.kind, now.value)
+            kept = memo.get(key)
+            if isinstance(kept, list):
+                self._keep(("nat", variant.kind), kept)
+                return tuple(str(n) for n in kept)
+            from cfallow.netfilter import nat as hostfw_nat  # the analysis: only when not kept
+
+            rules = hostfw_nat.read(self.ctx.runner, variant.kind)
         hint = 'parent = "DOCKER-USER" guards forwarded connections'
         notes = hostfw_nat.notes(rules, self.families, s.protocol, s.ports, forward_hint=hint)
         memo.put(key, list(notes))
@@ -362,9 +424,12 @@ class IptablesBackend(Backend[Seen, Step]):
             current |= obs.current
             drift += found
             if not ops.empty:
-                basis = table if observed.generation is not None else None
+                gen = observed.generation
+                if observed.variant.kind == "legacy":
+                    gen = dict(observed.digests).get(version)
+                basis = table if gen is not None else None
                 script, variant = ops.restore_script(), observed.variant
-                steps.append(Step(version, target, script, variant, basis, observed.generation))
+                steps.append(Step(version, target, script, variant, basis, gen))
         return make_plan(
             self.name,
             desired or frozenset(),
@@ -418,7 +483,7 @@ class IptablesBackend(Backend[Seen, Step]):
         if any(step.variant.kind == NONE.kind for step in plan.steps):
             raise NotInstalled(MISSING)
         with firewall_lock(self.ctx.firewall_lock):
-            gens = {step.generation for step in plan.steps}
+            gens = {step.generation for step in plan.steps if step.variant.kind == "nft"}
             # nothing committed since the plan's read (checked once, before cfallow's own
             # commits move it): its tables are what a read under the lock would return
             before = None
@@ -428,9 +493,12 @@ class IptablesBackend(Backend[Seen, Step]):
             written: list[tuple[int, str]] = []
             for step in plan.steps:
                 io = self.io(step.variant)
-                basis = step.basis if unmoved else None
                 compute = _Compute(self.settings, step)
-                if io.transact(step.version, compute, basis):
+                if isinstance(io, LegacyIO):  # its digest is checked under the xtables lock
+                    wrote = io.transact(step.version, compute, step.basis, step.generation)
+                else:
+                    wrote = io.transact(step.version, compute, step.basis if unmoved else None)
+                if wrote:
                     self.ctx.log.debug("%s: wrote %s (%s)", self.name, step.version, io.kind)
                     written.append((step.version, compute.script))
             if unmoved and before is not None and written:
@@ -473,13 +541,16 @@ class IptablesBackend(Backend[Seen, Step]):
                 )
                 tables[version] = replace(tables[version], chains=chains)
         mangle = self.settings.parent == "DOCKER-USER"
-        generation.Memo(self.ctx.state_dir / READ_MEMO).put(self._read_key(after, mangle), texts)
+        key = self._read_key(after, mangle, SAVE["nft"])
+        generation.Memo(self.ctx.state_dir / READ_MEMO).put(key, texts)
         if last.analysis is None:
             return
         (what, *rest), value = last.analysis
         only_own = all(p.table == "filter" and p.chains() == {self.settings.chain} for p in parts)
         if what == "allow" and only_own:  # its answer reads INPUT and chain names, not the chain
-            digest = _rules_digest(tuple((v, tables[v]) for v in self.families))
+            digest = _rules_digest(
+                tuple((v, tables[v]) for v in self.families), self.settings.chain
+            )
             key = self._memo_key(after, what, *rest, digest)
         elif what == "nat":  # the NAT tables: cfallow writes filter and mangle only
             key = self._memo_key(after, what, *rest)
@@ -495,9 +566,15 @@ DOCKER_NO_IPV6 = (
 )
 
 
-def _rules_digest(tables: tuple[tuple[int, Table], ...]) -> str:
+def _rules_digest(tables: tuple[tuple[int, Table], ...], own: str) -> str:
     """The digest of the tables' rules and policies, not of the text (it carries a time
-    stamp and the counters); fed rule by rule, so 100,000 rules never become one string."""
+    stamp and the counters); fed rule by rule, so 100,000 rules never become one string.
+
+    Of cfallow's own chain ``own`` only the name: allow mode's analysis reads INPUT (a
+    jump into ``own`` is skipped) and the chains' names, never that chain's rules, so a
+    sync that only rewrote them keeps the analysis. (It names INPUT's rules by their
+    line in the save text; ``*-save`` prints the built-in chains' rules before any user
+    chain's, so those lines do not move with ``own``'s rules.)"""
     h = hashlib.sha256()
     for version, table in tables:
         h.update(f"\0{version}\0".encode())
@@ -505,6 +582,8 @@ def _rules_digest(tables: tuple[tuple[int, Table], ...]) -> str:
             h.update(policy.split(" [")[0].encode() + b"\0")
         for name, rules in table.chains:
             h.update(f"\1{name}\0".encode())
+            if name == own:
+                continue
             for rule in rules:
                 h.update(rule.encode() + b"\n")
     return h.hexdigest()

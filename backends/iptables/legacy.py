@@ -7,17 +7,24 @@ started over from a fresh read, a bounded number of times. The batch runs with
 ``-c`` to set the built-in policies' counters back to what was read (libiptc's
 commit would keep what they gained since), and with the mangle guard it is two
 commits, filter first. Why each of these: docs/iptables.md, "How it writes".
+
+Legacy x_tables have no ruleset generation; the digest of their blobs
+(:func:`cfallow.netfilter.xtables.digest`, counters zeroed) stands in for one:
+a plan's table read with its digest under the lock is written from as it is
+when the digest under the write's lock is the same (no second ``*-save``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cfallow.errors import BackendError, CommandFailed
 from cfallow.fs import flock_within
@@ -27,13 +34,18 @@ from .diff import Ops
 from .rules import FAMILY
 from .save import Table, explain, failure, parse_tables
 
+if TYPE_CHECKING:
+    from cfallow.netfilter.xtables import Digest
+
 LOCK_PATH = "/run/xtables.lock"
 ATTEMPTS = 5
 LOCK_WAIT = 30.0
+#: How long a read waits for the lock before it reads without it (and keeps nothing).
+READ_LOCK_WAIT = 5.0
 MODULE = {4: "ip_tables", 6: "ip6_tables"}
 NAMES_FILE = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 
-__all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "xtables_lock"]
+__all__ = ["LegacyIO", "Moved", "RestoreWriter", "Writer", "digest", "xtables_lock"]
 
 
 class Moved(Exception):
@@ -153,6 +165,71 @@ def _unchecked(version: int, chain: str, exc: OSError) -> None:
     )
 
 
+_undigested: list[str] = []
+
+
+def digest(
+    runner: Runner, tables: Iterable[tuple[int, str]], create: Iterable[str] = ()
+) -> Digest | None:
+    """The digest of legacy ``tables`` (``(version, name)``; ``create``: tables the caller's
+    read creates anyway, see :func:`~cfallow.netfilter.xtables.digest`) where ``runner``
+    runs its commands (a prefix: ``python -m cfallow.netfilter.xtables`` run there); None
+    when it cannot be read (said once)."""
+    from cfallow.netfilter import xtables
+
+    wanted, create = list(tables), frozenset(create)
+    if runner.prefix:
+        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.xtables"]
+        named = [f"{v}:{n}{':create' if n in create else ''}" for v, n in wanted]
+        try:
+            out = runner.run([*argv, *named]).stdout
+            return xtables.Digest.from_json(out)
+        except (BackendError, ValueError) as exc:
+            _undigestible(str(exc), "not permitted" in str(exc).lower())
+            return None
+    try:
+        return xtables.digest(wanted, create)
+    except OSError as exc:
+        _undigestible(str(exc.strerror or exc), exc.errno in (errno.EPERM, errno.EACCES))
+        return None
+
+
+def _undigestible(why: str, denied: bool) -> None:
+    """Say once per process that the shortcut is off for want of privilege (the run goes on,
+    reading as before). Anything else (a family whose module the save loads first) is
+    only a debug line: the save that follows reports a real failure itself."""
+    if not denied:
+        log.debug("iptables: no digest of the legacy tables: %s", why)
+        return
+    if _undigested:
+        return
+    _undigested.append(why)
+    log.warning(
+        "iptables: cannot read the kernel's legacy tables to tell whether they changed (%s; "
+        "needs CAP_NET_RAW, as iptables-legacy-save does): they are read with *-save every run",
+        why,
+    )
+
+
+def fresh_counters(table: Table, policies: Mapping[tuple[str, str], tuple[int, int]]) -> Table:
+    """``table`` with its built-in chains' policy counters (``[p:b]``) as ``policies`` has them
+    (filter's, and mangle's when read): what a read now would print, for a ``-c`` restore."""
+
+    def lines(name: str, found: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for line in found:
+            chain, policy = [*line[1:].split(), "", ""][:2]
+            got = policies.get((name, chain))
+            now = None if got is None else f":{chain} {policy} [{got[0]}:{got[1]}]"
+            out.append(now if now is not None and line.endswith("]") else line)
+        return tuple(out)
+
+    mangle = table.mangle
+    if mangle is not None:
+        mangle = replace(mangle, policies=lines("mangle", mangle.policies))
+    return replace(table, policies=lines("filter", table.policies), mangle=mangle)
+
+
 class LegacyIO:
     """Reads one family's filter table with the legacy save tool; writes it through ``writer``."""
 
@@ -195,6 +272,29 @@ class LegacyIO:
         except BackendError as exc:
             raise failure(tool, exc, MODULE[version]) from None
 
+    def names(self, version: int) -> list[tuple[int, str]]:
+        """The tables a read of ``version`` covers, for :func:`digest` (an absent mangle
+        table digests as absent, as it reads as empty)."""
+        return [(version, "filter"), *([(version, "mangle")] if self.mangle else [])]
+
+    def digest(self, version: int) -> Digest | None:
+        """The digest of what :meth:`read` reads (None: cannot tell); like the read, it
+        creates the filter table where there is none yet."""
+        return digest(self.runner, self.names(version), create=("filter",))
+
+    @contextlib.contextmanager
+    def holding(self, wait: float = READ_LOCK_WAIT) -> Iterator[bool]:
+        """The xtables lock for a read, if it can be had within ``wait`` seconds (False:
+        the read goes on without it, and what it reads is not kept)."""
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(xtables_lock(self.lock_path, wait))
+                held = True
+            except BackendError as exc:
+                log.debug("iptables: reading without the xtables lock: %s", exc)
+                held = False
+            yield held
+
     def _tables(self, version: int) -> list[str]:
         try:
             return self.runner.run(["cat", NAMES_FILE[version]]).stdout.split()
@@ -211,14 +311,28 @@ class LegacyIO:
         return table if self.runner.prefix else audited(version, table, self.chain)
 
     def transact(
-        self, version: int, compute: Callable[[Table], Ops], basis: Table | None = None
+        self,
+        version: int,
+        compute: Callable[[Table], Ops],
+        basis: Table | None = None,
+        generation: str | None = None,
     ) -> bool:
         """Under the xtables lock: read, compute, write once; False if nothing to do.
 
-        ``basis`` is ignored: only a read under the lock is current.
+        ``basis``: the table the plan was made from, read under the lock after
+        the tables' digest ``generation``; when the digest under this lock is
+        the same, the kernel holds exactly those rules and ``basis`` is
+        computed from (its policy counters as they are now) instead of a
+        second read.
         """
         with xtables_lock(self.lock_path):
-            table = self.parse(version, self.read(version))
+            table = None
+            if basis is not None and generation is not None:
+                now = self.digest(version)
+                if now is not None and now.value == generation:
+                    table = fresh_counters(basis, now.policies)
+            if table is None:
+                table = self.parse(version, self.read(version))
             for attempt in range(self.attempts):
                 ops = compute(table)
                 if ops.empty:

@@ -113,7 +113,7 @@ def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
         return None
 
 
-def _namespace(sock: socket.socket) -> str:
+def namespace(sock: socket.socket) -> str:
     """The network namespace's cookie (never reused while the kernel runs).
 
     Kernels before 5.14 have no cookie, and the namespace's inode number is reused
@@ -145,7 +145,7 @@ def current() -> str:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         gen = _ask(sock)
         owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
-        where = _namespace(sock) + (f"+{owned}" if owned else "")
+        where = namespace(sock) + (f"+{owned}" if owned else "")
         return f"{boot}/{where}/{gen}"
 
 

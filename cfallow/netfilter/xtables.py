@@ -11,16 +11,31 @@ Used by ``cfallow verify`` (:mod:`cfallow.verify.snapshot` reads, :mod:`cfallow.
 and by the iptables backend's legacy mask check (``cfallow.backends.iptables.entries``).
 Only tables the host already has are read (``/proc/net/ip_tables_names``):
 asking for another would make the kernel create it on the host.
+
+:func:`digest` is legacy x_tables' stand-in for the ruleset generation they do
+not have: a hash of the tables' blobs with every entry's counters zeroed (they
+move with traffic), with the boot and the network namespace's cookie. The
+kernel copies out only what a rule is (each match's and target's user-visible
+part; the rest of its field zeroed), so equal digests are equal rules; a field
+that moved on its own would only make a digest differ (a read, never a wrong
+answer). Run as a module (``python -m cfallow.netfilter.xtables 4:filter ...``)
+it prints the digest as JSON, for a runner that runs its commands in another
+namespace (``4:filter:create``: read the table even where it does not exist yet).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import errno
 import functools
+import hashlib
+import json
+import mmap
 import os
 import socket
 import struct
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +90,13 @@ class Blob:
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)  # find_library runs ldconfig
+    # The interpreter's own symbols hold libc's (no ``find_library``: it runs ldconfig).
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "getsockopt"):  # pragma: no cover - a static interpreter
+        from ctypes.util import find_library
+
+        libc = ctypes.CDLL(find_library("c"), use_errno=True)
+    return libc
 
 
 def _getsockopt(
@@ -115,6 +136,140 @@ def read_table(version: int, name: str) -> Blob:
     return Blob(version, name, valid, hook_entry, underflow, num_entries, entries)
 
 
+#: Where an entry's ``target_offset``/``next_offset`` and its counters are
+#: (``struct ipt_entry`` / ``ip6t_entry``; named in ``backends/iptables/entries.py``).
+NEXT_OFFSET_AT = {4: 90, 6: 142}
+COUNTERS_AT = {4: 96, 6: 152}
+HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
+_ZERO = bytes(16)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What :func:`digest` found: the hash, and each built-in chain's policy counters
+    (``(table, chain)`` -> ``(packets, bytes)``, as read with the hash)."""
+
+    value: str
+    policies: dict[tuple[str, str], tuple[int, int]]
+
+    def to_json(self) -> str:
+        """One line of JSON (the module's output)."""
+        pol = [[t, c, p, b] for (t, c), (p, b) in sorted(self.policies.items())]
+        return json.dumps({"digest": self.value, "policies": pol})
+
+    @classmethod
+    def from_json(cls, text: str) -> Digest:
+        """The inverse of :meth:`to_json` (raises ValueError on anything else)."""
+        try:
+            doc = json.loads(text)
+            pol = {(str(t), str(c)): (int(p), int(b)) for t, c, p, b in doc["policies"]}
+            return cls(str(doc["digest"]), pol)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"not a digest: {text[:80]!r}") from exc
+
+
+def _entries(sock: socket.socket, version: int, name: str) -> tuple[tuple[int, ...], mmap.mmap]:
+    """GET_INFO, then the entries into a buffer of the size it said (again when the table
+    grew in between: the kernel refuses a size that is no longer the table's).
+
+    The buffer is a mapping of its own, unmapped when closed: a blob of tens of MB
+    from ``malloc`` would, once freed, raise glibc's mmap threshold to its size, and
+    the run's next big strings would then stay in the heap after they are freed.
+    """
+    for _ in range(8):
+        info = _info(sock, version, name)
+        size = ENTRIES_HEAD + info[12]
+        mem = mmap.mmap(-1, size)
+        buf = (ctypes.c_char * size).from_buffer(mem)
+        struct.pack_into("32sI", buf, 0, name.encode(), info[12])
+        try:
+            _getsockopt(sock, version, SO_GET_ENTRIES, buf)
+        except OSError as exc:
+            del buf
+            mem.close()
+            if exc.errno == errno.EAGAIN:
+                continue
+            raise
+        del buf  # its export of ``mem`` ends here
+        return info, mem
+    raise OSError(errno.EAGAIN, f"{name} (IPv{version}) changed under every read")
+
+
+def _zero_counters(view: memoryview, version: int, pos: int, end: int) -> None:
+    """Zero every entry's counters, walking the entries by ``next_offset``, in place.
+
+    Entries of one size in a row (nearly every rule of a big ruleset) are done
+    at once: when the ``next_offset`` of an entry says ``step``, every entry
+    ``step`` further on whose ``next_offset`` is ``step`` too starts where the
+    one before it ends, so their counters are one strided slice.
+    """
+    at_next, at_counters = NEXT_OFFSET_AT[version], COUNTERS_AT[version]
+    smallest = at_counters + 16
+    with view.cast("Q") as words:  # entries are 8-byte aligned (XT_ALIGN), and so are counters
+        while pos < end:
+            step = struct.unpack_from("=H", view, pos + at_next)[0]
+            if step < smallest or step % 8 or pos + step > end:
+                raise OSError(errno.EINVAL, f"IPv{version}: an entry of size {step} at {pos}")
+            first = pos + at_next
+            lows = view[first:end:step].tobytes()
+            highs = view[first + 1 : end : step].tobytes()
+            run = min(
+                len(lows) - len(lows.lstrip(bytes([step & 0xFF]))),
+                len(highs) - len(highs.lstrip(bytes([step >> 8]))),
+            )
+            zeros = memoryview(bytes(8 * run)).cast("Q")
+            word, stride = (pos + at_counters) // 8, step // 8
+            words[word : word + run * stride : stride] = zeros  # packets
+            words[word + 1 : word + 1 + run * stride : stride] = zeros  # bytes
+            pos += run * step
+
+
+def _hash_table(
+    h: hashlib._Hash, version: int, name: str, policies: dict[tuple[str, str], tuple[int, int]]
+) -> None:
+    with socket.socket(AF[version], socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
+        info, mem = _entries(sock, version, name)
+    with mem, memoryview(mem) as view:
+        valid, size = info[0], info[12]
+        h.update(struct.pack("=13I", *info))
+        at_counters = COUNTERS_AT[version]
+        for hook in range(5):
+            if valid & (1 << hook):  # a built-in chain's policy: its underflow entry
+                at = ENTRIES_HEAD + info[6 + hook] + at_counters
+                policies[(name, HOOKS[hook])] = struct.unpack_from("=QQ", view, at)
+        end = ENTRIES_HEAD + size
+        _zero_counters(view, version, ENTRIES_HEAD, end)
+        with view[ENTRIES_HEAD:end] as entries:
+            h.update(entries)
+
+
+def digest(tables: Iterable[tuple[int, str]], create: Iterable[str] = ()) -> Digest:
+    """The digest of ``tables`` (``(version, name)``) in this process's network namespace.
+
+    A table the namespace does not have is hashed as absent (and not created),
+    except those named in ``create``: read (so created) as the caller's own
+    read of them is about to do (``*-save -t filter`` creates the table).
+    Raises OSError: no privilege (``CAP_NET_RAW``), no x_tables.
+    """
+    create = frozenset(create)
+    h = hashlib.sha256()
+    h.update(Path("/proc/sys/kernel/random/boot_id").read_bytes().strip())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        from cfallow.netfilter.generation import namespace
+
+        h.update(f"\0{namespace(sock)}".encode())
+    policies: dict[tuple[str, str], tuple[int, int]] = {}
+    names: dict[int, list[str]] = {}
+    for version, name in tables:
+        have = names.setdefault(version, table_names(version))
+        h.update(f"\0{version}:{name}:".encode())
+        if name not in have and name not in create:
+            h.update(b"absent")
+            continue
+        _hash_table(h, version, name, policies)
+    return Digest(h.hexdigest(), policies)
+
+
 def read_all() -> list[Blob]:
     """Every legacy table of both families that exists here."""
     return [read_table(v, n) for v in (4, 6) for n in table_names(v)]
@@ -142,3 +297,13 @@ def load_table(blob: Blob) -> None:
         if rc != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"{blob.name} (IPv{blob.version}): {os.strerror(err)}")
+
+
+if __name__ == "__main__":
+    try:
+        args = [arg.split(":") for arg in sys.argv[1:]]  # VERSION:TABLE[:create]
+        wanted = [(int(a[0]), a[1]) for a in args]
+        print(digest(wanted, {a[1] for a in args if a[2:] == ["create"]}).to_json())
+    except (OSError, ValueError) as exc:
+        print(f"cannot digest the x_tables: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -77,7 +77,8 @@ def test_three_regions_two_accounts_one_run_failures_stay_their_own(server: Moto
         f"{a_us.acls[0]} (us-east-1): 43 inbound rules needed (24 cfallow + 17 other + 2 default"
         " deny), quota 40: request 'Rules per network ACL' (Service Quotas vpc L-2AEEBF1A) of"
         " 43 (AWS allows at most 40: fewer ports)",
-        "us-east-1/222233334444: UnauthorizedOperation (describe)",
+        "us-east-1/222233334444: UnauthorizedOperation: ec2:DescribeNetworkAcls not allowed"
+        " (describe)",
     ]
     for w in (a_eu, a_ap, b_eu):
         entries = w.entries(w.acls[0])
@@ -206,8 +207,8 @@ def test_the_quota_comes_from_service_quotas_where_readable(
             )
         if quota is None:
             assert (
-                "eu-west-1: ACL quota not readable (AccessDeniedException): counted as 20"
-                in result.plan.notes[0]
+                "eu-west-1: ACL quota not readable (AccessDeniedException:"
+                " servicequotas:GetServiceQuota not allowed): counted as 20" in result.plan.notes[0]
             )
 
 

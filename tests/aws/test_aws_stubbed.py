@@ -87,8 +87,10 @@ class Stubbed:
         body = {"Return": True} if operation.endswith("_ingress") else {}
         self.stub.add_response(operation, body, params)
 
-    def error(self, operation: str, code: str, status: int = 400) -> None:
-        self.stub.add_client_error(operation, service_error_code=code, http_status_code=status)
+    def error(self, operation: str, code: str, status: int = 400, message: str = "") -> None:
+        self.stub.add_client_error(
+            operation, service_error_code=code, service_message=message, http_status_code=status
+        )
 
 
 def rule(
@@ -322,8 +324,31 @@ def test_one_group_failing_does_not_stop_the_other_and_both_are_named() -> None:
         {"GroupId": G2, "IpPermissions": ANY, "TagSpecifications": ANY},
     )
     result = run_backend(s.backend, CURRENT, dry_run=False)
-    assert result.error == f"{G1}: UnauthorizedOperation (authorize)"
+    assert result.error == (
+        f"{G1}: UnauthorizedOperation: ec2:AuthorizeSecurityGroupIngress not allowed (authorize)"
+    )
     assert [p["GroupId"] for n, p in s.calls if n.startswith("Authorize")] == [G1, G2]
+    s.stub.assert_no_pending_responses()
+
+
+def test_a_refusal_names_the_action_aws_names() -> None:
+    """AWS refuses the tags given at creation (``ec2:CreateTags``, which moto does not
+    check): the error names that action, not the call's."""
+    s = Stubbed()
+    s.groups(G1)
+    s.rules(G1, [])
+    s.no_lists()
+    s.error(
+        "authorize_security_group_ingress",
+        "UnauthorizedOperation",
+        403,
+        "You are not authorized to perform this operation. User: arn:aws:iam::111122223333:"
+        "user/cfallow is not authorized to perform: ec2:CreateTags on resource: arn:aws:ec2:"
+        "eu-west-1:111122223333:security-group-rule/* because no identity-based policy allows"
+        " the ec2:CreateTags action. Encoded authorization failure message: AbC-dEf",
+    )
+    result = run_backend(s.backend, CURRENT, dry_run=False)
+    assert result.error == f"{G1}: UnauthorizedOperation: ec2:CreateTags not allowed (authorize)"
     s.stub.assert_no_pending_responses()
 
 

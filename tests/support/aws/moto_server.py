@@ -4,7 +4,10 @@ Run as ``python tests/support/aws/moto_server.py -H 127.0.0.1 -p PORT`` (the sam
 arguments as ``moto_server``). moto 5.2 drops the ``Description`` of a
 security-group rule that references a prefix list (AWS keeps and reports it,
 as it does for CIDR rules); cfallow's ownership test needs it, so it is kept
-here. Nothing else differs from ``moto_server``.
+here. With IAM checks on (``/moto-api/reset-auth``), moto answers a refused
+request of a JSON service (WAFv2, Service Quotas) with EC2's XML error, which
+botocore reads as the code ``403``; AWS answers ``AccessDeniedException`` in
+JSON, and so does this server. Nothing else differs from ``moto_server``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,30 @@ def _keep_prefix_list_descriptions() -> None:
     cls.description = property(description)
 
 
+def _json_access_denied() -> None:
+    from moto.core.exceptions import JsonRESTError
+    from moto.iam.access_control import IAMRequest
+
+    class AccessDeniedException(JsonRESTError):
+        code = 403
+
+    cls: Any = IAMRequest
+    original = cls._raise_access_denied
+
+    def raise_access_denied(self: Any) -> None:
+        if self._service in ("wafv2", "servicequotas"):
+            raise AccessDeniedException(
+                "AccessDeniedException",
+                f"User: {self._access_key.arn} is not authorized to perform: {self._action}",
+            )
+        original(self)
+
+    cls._raise_access_denied = raise_access_denied
+
+
 if __name__ == "__main__":
     _keep_prefix_list_descriptions()
+    _json_access_denied()
     from moto.server import main
 
     main(sys.argv[1:])
