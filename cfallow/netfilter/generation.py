@@ -4,8 +4,12 @@ nf_tables numbers its ruleset: every committed transaction bumps a generation
 id (netlink ``NFT_MSG_GETGEN``), iptables-nft's tables included. With the boot
 and the network namespace it names one ruleset, so an analysis stored under it
 stays true while the id stays; asking costs one netlink round trip instead of
-listing (and parsing) every rule. Legacy x_tables have no such number: what a
-backend reads from them goes into its key itself.
+listing (and parsing) every rule. One change is no transaction: a table with
+``flags owner`` goes with the process that owns it, and the id stays (measured,
+kernel 6.18). The tables that can go that way are named in the answer too (a
+second round trip: the table heads, no rule), so their going is a new ruleset.
+Legacy x_tables have no such number: what a backend reads from them goes into
+its key itself.
 
 Run as a module (``python -m cfallow.netfilter.generation``) it prints the
 generation, for a :class:`~cfallow.runner.Runner` that runs its commands in
@@ -30,8 +34,15 @@ from cfallow.runner import Runner
 
 NETLINK_NETFILTER = 12
 GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+GETTABLE = (10 << 8) | 1  # NFT_MSG_GETTABLE
 NFTA_GEN_ID = 1
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE = 1, 2, 4
+NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
+#: nf_tables' family numbers (NFPROTO_*) as nft names them.
+FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 SO_NETNS_COOKIE = 71
 
 
@@ -50,21 +61,92 @@ def _ask(sock: socket.socket) -> int:
     return int.from_bytes(gen[:4], "big")
 
 
+def _tables(sock: socket.socket) -> list[tuple[int, str, int, int]]:
+    """Every table's family number, name, handle and flags (one netlink dump, no rule)."""
+    sock.send(struct.pack("=IHHIIBBH", 20, GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 2, 0, 0, 0, 0))
+    found: list[tuple[int, str, int, int]] = []
+    while True:
+        data, at = sock.recv(1 << 16), 0
+        while at + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, at)
+            if length < 16:
+                raise OSError("a malformed netlink message")
+            if kind == NLMSG_DONE:
+                return found
+            if kind == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, at + 16)
+                raise OSError(-err, os.strerror(-err))
+            attrs = attributes(data, at + 20, at + length)  # after nlmsghdr + nfgenmsg
+            flags = int.from_bytes(attrs.get(NFTA_TABLE_FLAGS, b"")[:4] or b"\0", "big")
+            name = attrs.get(NFTA_TABLE_NAME, b"").split(b"\0")[0].decode(errors="replace")
+            handle = int.from_bytes(attrs.get(NFTA_TABLE_HANDLE, b"")[:8], "big")
+            found.append((data[at + 16], name, handle, flags))
+            at += (length + 3) & ~3
+
+
+def _owned(tables: list[tuple[int, str, int, int]]) -> str:
+    """The tables that go with their owner's process, without a new generation: each
+    family, name and handle ("" when there are none, the common case)."""
+    owned = (f"{f}:{n}:{h}" for f, n, h, flags in tables if flags & NFT_TABLE_F_OWNER)
+    return ",".join(sorted(owned))
+
+
+def _dormant() -> list[tuple[str, str]]:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        sock.settimeout(2.0)
+        sock.bind((0, 0))
+        tables = _tables(sock)
+    out = [(FAMILIES.get(f, str(f)), n) for f, n, _, flags in tables if flags & NFT_TABLE_F_DORMANT]
+    return sorted(out)
+
+
+def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
+    """The tables with ``flags dormant`` where ``runner`` runs its commands, as
+    ``(family, name)``: their chains are on no hook (None: cannot tell). ``nft -j``
+    1.0.6 prints a table's one flag as garbage, so the kernel is asked."""
+    try:
+        if not runner.prefix:
+            return frozenset(_dormant())
+        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.generation", "--dormant"]
+        return frozenset((str(f), str(n)) for f, n in json.loads(runner.run(argv).stdout))
+    except (OSError, BackendError, ValueError, TypeError):
+        return None
+
+
 def namespace(sock: socket.socket) -> str:
-    """The network namespace's cookie (never reused while the kernel runs; its inode
-    number is reused as soon as the namespace is gone), or the inode on old kernels."""
+    """The network namespace's cookie (never reused while the kernel runs).
+
+    Kernels before 5.14 have no cookie, and the namespace's inode number is reused
+    as soon as the namespace is gone, while its generation starts again from 1: a
+    container restarted on the same boot could find the number and the generation
+    of its last life, and a memo of another ruleset. There the inode names this
+    namespace only with the start of the process 1 that shares it (the host's
+    init, or the container's: a restart is a new one); else raises OSError (no memo).
+    """
     try:
         return str(struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
     except OSError:
-        return os.readlink("/proc/self/ns/net")
+        pass
+    mine = os.readlink("/proc/self/ns/net")
+    try:
+        if os.readlink("/proc/1/ns/net") == mine:
+            start = Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+            return f"{mine}@{start}"
+    except (OSError, IndexError):
+        pass
+    raise OSError("this network namespace has no lasting name (a kernel before 5.14)")
 
 
 def current() -> str:
-    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace (raises OSError:
-    no nf_tables, or no privilege to ask)."""
+    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with
+    ``+OWNED`` after the namespace while tables owned by a process exist (raises
+    OSError: no nf_tables, or no privilege to ask)."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
-        return f"{boot}/{namespace(sock)}/{_ask(sock)}"
+        gen = _ask(sock)
+        owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
+        where = namespace(sock) + (f"+{owned}" if owned else "")
+        return f"{boot}/{where}/{gen}"
 
 
 def generation(runner: Runner) -> str | None:
@@ -142,7 +224,7 @@ class Memo:
 
 if __name__ == "__main__":
     try:
-        print(current())
+        print(json.dumps(_dormant()) if sys.argv[1:] == ["--dormant"] else current())
     except OSError as exc:
         print(f"cannot read the ruleset generation: {exc}", file=sys.stderr)
         sys.exit(1)

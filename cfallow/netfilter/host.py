@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from netaddr import IPNetwork, iprange_to_cidrs
 
 from cfallow.errors import BackendError, CommandNotFound
+from cfallow.netfilter import generation
 from cfallow.netfilter.evaluate import Chain, Json, Outcome, Packet, Rule, combine
 from cfallow.netfilter.generation import Memo
 from cfallow.netfilter.save import Table, detect, input_chain, save_tools, version_text
@@ -395,6 +396,11 @@ def read_nft(
     text = runner.run(["nft", "-j", "list", "chains"]).stdout
     heads = parse_ruleset(text, whole=False, trace=trace)
     hooked = [c for c in heads.chains if c.hook in ("input", "forward") and not is_xt(c)]
+    # a dormant table's base chains are on no hook: read (a rule there still references
+    # a set), then judged as regular chains
+    asleep = (generation.dormant(runner) or frozenset()) if hooked else frozenset()
+    if asleep:
+        heads = replace(heads, chains=_awake(heads.chains, asleep))
     native = sorted({(c.family, c.table) for c in hooked})
     if not rules or not native:
         return heads
@@ -425,10 +431,18 @@ def read_nft(
             ]
         chains += full.chains
         parts.append(full)
+    if asleep:
+        chains = list(_awake(chains, asleep))
     tables = tuple(sorted({(c.family, c.table) for c in chains}))
     found = frozenset(n for p in parts for n in p.mentions or ())
     users = _users(parts, trace)
     return Ruleset(tables, tuple(chains), tuple(sets), tuple(listed), tuple(walked), found, users)
+
+
+def _awake(chains: Iterable[Chain], asleep: frozenset[tuple[str, str]]) -> tuple[Chain, ...]:
+    """``chains`` with those of the dormant tables ``asleep`` on no hook."""
+    out = (replace(c, hook=None) if (c.family, c.table) in asleep else c for c in chains)
+    return tuple(out)
 
 
 def read(

@@ -20,8 +20,8 @@ from cfallow.model import Networks
 from cfallow.netfilter import nat as hostfw_nat
 from cfallow.netfilter import xtables
 from cfallow.runner import Runner
+from cfallow.verify import ipsets, nftrace, probe, recent, sample, snapshot, trace, xpath
 from cfallow.verify import lab as labmod
-from cfallow.verify import nftrace, probe, sample, snapshot, trace, xpath
 from cfallow.verify.lab import CannotVerify, Lab
 from cfallow.verify.overlap import together
 
@@ -137,13 +137,25 @@ def _probes(
 def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
     inside = Runner(prefix=lab.exec_prefix(), env=runner.env)
     if snap.ipsets.strip():
+        index = dict(snap.ipset_index)
         try:
-            inside.run(["ipset", "restore"], input=snap.ipsets)
+            inside.run(["ipset", "restore"], input=ipsets.restore_script(snap.ipsets, index))
         except CommandFailed as exc:
             raise CannotVerify(f"cannot verify: the host's ipsets do not load: {exc}") from None
+        try:
+            there = labmod.in_namespace(lab.path("origin"), lambda: ipsets.indexes(list(index)))
+        except OSError as exc:
+            raise CannotVerify(
+                f"cannot verify: the scratch ipsets: {exc.strerror or exc}"
+            ) from None
+        if there != index:  # a legacy rule would match another set than the host's
+            raise CannotVerify(
+                "cannot verify: the host's ipsets do not keep their numbers here "
+                f"(host {index}, here {there})"
+            )
     if snap.ruleset.strip():
         try:
-            inside.run(["nft", "-f", "-"], input=snap.ruleset)
+            inside.run(["nft", "-f", "-"], input=_unowned(snap.ruleset))
         except CommandFailed as exc:
             _load_split(inside, snap, snapshot.xt_nft(runner), exc)
     if snap.legacy:
@@ -158,6 +170,28 @@ def _load(runner: Runner, lab: Lab, snap: snapshot.Snapshot) -> None:
             raise CannotVerify(
                 f"cannot verify: the legacy x_tables do not load: {exc.strerror or exc}"
             ) from None
+    if snap.recent:  # after the rules that make the lists
+        try:
+            labmod.in_namespace(lab.path("origin"), lambda: recent.load(snap.recent))
+        except OSError as exc:
+            raise CannotVerify(
+                f"cannot verify: the host's recent lists do not load: {exc.strerror or exc}"
+            ) from None
+
+
+def _unowned(ruleset: str) -> str:
+    """``ruleset`` with no table owned by a process: loaded as printed, a table with
+    ``flags owner`` would belong to the ``nft`` loading it and go when it exits, and
+    the scratch copy would lack what the host's kernel holds. Each other flag on a
+    line of its own (nft 1.0.6 prints ``flags dormant,owner`` but reads no comma)."""
+    out = []
+    for line in ruleset.splitlines():
+        if line.startswith("\tflags "):  # a table's flags (a set's are indented deeper)
+            flags = [f.strip() for f in line[len("\tflags ") :].split(",")]
+            out += [f"\tflags {f}" for f in flags if f not in ("owner", "persist")]
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _load_split(
@@ -175,7 +209,7 @@ def _load_split(
         for line in text.splitlines()
         if line.startswith("*")
     }
-    rest = _without_tables(snap.ruleset, owned)
+    rest = _without_tables(_unowned(snap.ruleset), owned)
     try:
         if rest.strip():
             inside.run(["nft", "-f", "-"], input=rest)

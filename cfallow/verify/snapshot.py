@@ -9,6 +9,8 @@ from cfallow.errors import BackendError, CommandNotFound
 from cfallow.netfilter import xtables
 from cfallow.netfilter.save import SAVE
 from cfallow.runner import Runner
+from cfallow.verify import ipsets as ipsetmod
+from cfallow.verify import recent as recentmod
 from cfallow.verify.overlap import together
 
 
@@ -45,6 +47,10 @@ class Snapshot:
     ruleset: str  # ``nft list ruleset``
     ipsets: str  # ``ipset save`` (sets are per namespace; x_tables rules name them)
     legacy: tuple[xtables.Blob, ...]
+    #: each set's index on the host (a legacy rule's blob names its set by it)
+    ipset_index: tuple[tuple[str, int], ...] = ()
+    #: the ``-m recent`` lists (addresses and hits), state beside the rules
+    recent: recentmod.Lists = ()
 
 
 def _json(runner: Runner, argv: list[str]) -> list[dict[str, object]]:
@@ -116,4 +122,10 @@ def read(runner: Runner, uplink: str | None = None) -> Snapshot:
         raise BackendError(
             f"verify: cannot read the legacy x_tables: {exc.strerror or exc}"
         ) from None
-    return Snapshot(net, ruleset, ipsets, legacy)
+    try:  # read where the x_tables are: in this process's namespace
+        index = tuple(sorted(ipsetmod.indexes(ipsetmod.names(ipsets)).items()))
+    except OSError as exc:
+        raise BackendError(
+            f"verify: cannot read the numbers of the host's ipsets: {exc.strerror or exc}"
+        ) from None
+    return Snapshot(net, ruleset, ipsets, legacy, index, recentmod.read())

@@ -13,7 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,3 +179,42 @@ def scratch_temp() -> list[str]:
 def failures(err: str) -> list[str]:
     """The ``verify:`` failure lines of stderr."""
     return [line for line in err.splitlines() if line.startswith("cfallow: error: verify: ")]
+
+
+_LISTEN = (
+    "import socket,time;s=socket.socket();s.bind(('0.0.0.0',443));s.listen();"
+    "print('ready',flush=True);time.sleep(120)"
+)
+_CONNECT = (
+    "import socket,sys;s=socket.socket();s.settimeout(2);s.bind((sys.argv[1],0));"
+    "sys.exit(s.connect_ex((sys.argv[2],443)))"
+)
+
+
+@contextlib.contextmanager
+def client(h: Host, *sources: str) -> Iterator[Callable[[str], bool]]:
+    """Real connections to the host's 443: a listener there, and a client namespace on the
+    far end of the host's uplink (taken from the host: use it after verify) holding
+    ``sources``; yields ``connect(source)``, True when the connection is made."""
+    server = HOST_ADDRS[0].split("/")[0]
+    with namespace("ipc") as far:
+        sh(ns_exec(h.ns, "ip", "link", "set", "vhp0", "netns", far))
+        for source in sources:
+            sh(ns_exec(far, "ip", "addr", "add", f"{source}/32", "dev", "vhp0"))
+            sh(ns_exec(h.ns, "ip", "route", "add", f"{source}/32", "dev", h.uplink))
+        sh(ns_exec(far, "ip", "link", "set", "vhp0", "up"))
+        sh(ns_exec(far, "ip", "route", "add", f"{server}/32", "dev", "vhp0"))
+        listener = subprocess.Popen(
+            ns_exec(h.ns, sys.executable, "-c", _LISTEN), stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+
+            def connect(source: str) -> bool:
+                argv = ns_exec(far, sys.executable, "-c", _CONNECT, source, server)
+                return subprocess.run(argv, check=False, timeout=30).returncode == 0
+
+            yield connect
+        finally:
+            listener.kill()
+            listener.wait()

@@ -120,6 +120,7 @@ class NftHarness(Harness):
         return {"mode": self.mode, "file": str(self.file), **self.extra}
 
     def backend(self) -> AnyBackend:
+        (self.tmp / "state").mkdir(exist_ok=True)  # as the CLI has: the memos are kept there
         ctx = Context(runner=self.runner, state_dir=self.tmp / "state")
         return build("nftables", self.section(), ctx)
 
