@@ -86,6 +86,23 @@ SEND = (
 )
 
 
+#: An admin DNAT onto 443 (a NAT note in lockdown).
+REDIRECT_8443 = [
+    "-t",
+    "nat",
+    "-A",
+    "PREROUTING",
+    "-p",
+    "tcp",
+    "--dport",
+    "8443",
+    "-j",
+    "REDIRECT",
+    "--to-ports",
+    "443",
+]
+
+
 def _legacy_ns_env(tmp: Path) -> dict[str, str]:
     return dict(os.environ, XTABLES_LOCKFILE=str(tmp / "xtables.lock"))
 
@@ -415,21 +432,7 @@ def test_lockdown_nat_notes_are_kept_while_the_nat_tables_hold(counting: Countin
     plan = b.diff(b.read(), CURRENT)
     assert counting.calls() == [], "nothing changed: neither filter nor nat read"
     assert not [n for n in plan.notes if n.startswith("NAT:")]
-    counting.fw.ipt(
-        4,
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "8443",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "443",
-    )
+    counting.fw.ipt(4, *REDIRECT_8443)
     plan = b.diff(b.read(), CURRENT)
     assert counting.calls() == ["iptables-legacy-save -t nat"], "only the nat table moved"
     notes = [n for n in plan.notes if n.startswith("NAT:")]
@@ -440,21 +443,7 @@ def test_lockdown_nat_notes_are_kept_while_the_nat_tables_hold(counting: Countin
 
 def test_host_check_false_leaves_the_host_analysis_out(counting: Counting) -> None:
     """As the nftables backend's key: no allow-mode analysis (its note), no NAT notes."""
-    counting.fw.ipt(
-        4,
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-p",
-        "tcp",
-        "--dport",
-        "8443",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "443",
-    )
+    counting.fw.ipt(4, *REDIRECT_8443)
     for section, analysed in (({}, True), ({"host_check": False}, False)):
         for mode, note in (("allow", "outsiders still get in"), ("lockdown", "NAT:")):
             b = counting.fw.backend(mode=mode, **section)

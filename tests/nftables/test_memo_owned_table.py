@@ -69,6 +69,16 @@ def _owner(ns: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _synced(lab: Pair, tmp_path: Path) -> NftHarness:
+    """Sets mode synced; then the admin lets the sets in and, on the host itself, 443 for
+    everyone."""
+    h = NftHarness(lab.server, tmp_path, "sets", table="inet filter")
+    h.nft.load("flush ruleset\n" + admin_ruleset())
+    assert run_backend(h.backend(), CURRENT, dry_run=False).error is None
+    h.nft.load("flush ruleset\n" + admin_ruleset(SET_RULES + OPEN_443, include_sets=h.file))
+    return h
+
+
 def _notes(h: NftHarness) -> tuple[str, ...]:
     result = run_backend(h.backend(), CURRENT, dry_run=True)
     assert result.error is None and result.plan is not None, result.error
@@ -76,12 +86,7 @@ def _notes(h: NftHarness) -> tuple[str, ...]:
 
 
 def test_an_owned_table_gone_is_a_new_ruleset(lab: Pair, tmp_path: Path) -> None:
-    h = NftHarness(lab.server, tmp_path, "sets", table="inet filter")
-    (tmp_path / "state").mkdir()  # where the memo is kept (the harness makes none)
-    h.nft.load("flush ruleset\n" + admin_ruleset())
-    assert run_backend(h.backend(), CURRENT, dry_run=False).error is None
-    # the admin lets the sets in and, on the host itself, 443 for everyone
-    h.nft.load("flush ruleset\n" + admin_ruleset(SET_RULES + OPEN_443, include_sets=h.file))
+    h = _synced(lab, tmp_path)
     owner = _owner(lab.server)
     try:
         assert lab.can_connect(CF[0]) and not lab.can_connect(OUTSIDE[0])
@@ -101,11 +106,7 @@ def test_an_owned_table_gone_is_a_new_ruleset(lab: Pair, tmp_path: Path) -> None
 
 def test_an_owned_table_that_stays_keeps_the_memo(lab: Pair, tmp_path: Path) -> None:
     """The shortcut where it is honest: the owned table still there, nothing committed."""
-    h = NftHarness(lab.server, tmp_path, "sets", table="inet filter")
-    (tmp_path / "state").mkdir()  # where the memo is kept (the harness makes none)
-    h.nft.load("flush ruleset\n" + admin_ruleset())
-    assert run_backend(h.backend(), CURRENT, dry_run=False).error is None
-    h.nft.load("flush ruleset\n" + admin_ruleset(SET_RULES + OPEN_443, include_sets=h.file))
+    h = _synced(lab, tmp_path)
     owner = _owner(lab.server)
     try:
         first = _notes(h)
