@@ -178,12 +178,9 @@ def test_a_changing_sync_keeps_exactly_what_the_kernel_holds(fw: Fw, mode: str) 
     assert host.calls("-save") == 0 and host.calls("-restore") == 0
 
 
-def test_the_analysis_carried_is_the_one_made_afresh(fw: Fw) -> None:
-    """allow mode's host analysis is carried with the tables: the next run asks nft nothing,
-    and the notes it reports are those of an analysis made again from scratch."""
-    fw.ipt(4, "-P", "INPUT", "ACCEPT")  # allow mode then notes that outsiders still get in
-    host = Host(fw, "")
-    settle(host, CURRENT)
+def carried_and_afresh(host: Host) -> list[str]:
+    """A changing sync; the run after it, which reads nothing (carried); the same run
+    again with the memos gone (made afresh): what the last two reported after the source."""
     host.sync(OLD)
     proc = host.sync(CURRENT)
     assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
@@ -192,8 +189,17 @@ def test_the_analysis_carried_is_the_one_made_afresh(fw: Fw) -> None:
     for memo in ("iptables-host.json", "iptables-read.json"):
         (host.state / memo).unlink()
     afresh = host.sync(CURRENT)
+    return [out.stdout.split("\n", 1)[1] for out in (carried, afresh)]
+
+
+def test_the_analysis_carried_is_the_one_made_afresh(fw: Fw) -> None:
+    """allow mode's host analysis is carried with the tables: the next run asks nft nothing,
+    and the notes it reports are those of an analysis made again from scratch."""
+    fw.ipt(4, "-P", "INPUT", "ACCEPT")  # allow mode then notes that outsiders still get in
+    host = Host(fw, "")
+    settle(host, CURRENT)
+    notes = carried_and_afresh(host)
     assert host.calls("-save") == 2 and host.calls("nft") > 0
-    notes = [out.stdout.split("\n", 1)[1] for out in (carried, afresh)]  # after the source
     assert notes[0] == notes[1] and "outsiders still get" in notes[0]
 
 

@@ -16,7 +16,7 @@ import pytest
 from support import namespace
 from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import Fw
-from test_iptables_carry import Host, settle
+from test_iptables_carry import Host, carried_and_afresh, settle
 
 pytestmark = pytest.mark.root
 
@@ -97,14 +97,6 @@ def test_lockdowns_nat_note_carried_is_the_one_made_afresh(fw: Fw) -> None:
     fw.ipt(4, *dnat, "-j", "REDIRECT", "--to-ports", "443")
     host = Host(fw, LOCK + "ports = [443]\n")
     settle(host, CURRENT)
-    host.sync(OLD)
-    proc = host.sync(CURRENT)
-    assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
-    carried = host.sync(CURRENT)
-    assert host.calls("-save") == 0 and host.calls("nft") == 0
-    for memo in ("iptables-host.json", "iptables-read.json"):
-        (host.state / memo).unlink()
-    afresh = host.sync(CURRENT)
+    notes = carried_and_afresh(host)
     assert host.calls("-save") > 0
-    notes = [out.stdout.split("\n", 1)[1] for out in (carried, afresh)]  # after the source
     assert notes[0] == notes[1] and "onto locked port 443" in notes[0], notes

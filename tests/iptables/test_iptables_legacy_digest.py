@@ -36,6 +36,16 @@ from cfallow.runner import Runner
 pytestmark = pytest.mark.root
 
 ALL = tuple((v, t) for v in (4, 6) for t in ("filter", "nat", "mangle"))
+#: nat and mangle rules matching the namespace's own loopback traffic (both families).
+NAT_MANGLE = """*nat
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -p udp --dport 9 -j RETURN
+COMMIT
+*mangle
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -p udp -j RETURN
+COMMIT
+"""
 #: The admin's legacy tables: rules in filter (a user chain, an empty one, an -i rule,
 #: cfallow's chain), nat and mangle, each matching the namespace's own loopback traffic.
 SETUP = {
@@ -51,30 +61,16 @@ SETUP = {
 -A ADMIN -s 10.0.0.0/8 -p tcp --dport 22 -j ACCEPT
 -A CFALLOW -s 173.245.48.0/20 -j ACCEPT
 COMMIT
-*nat
-:OUTPUT ACCEPT [0:0]
--A OUTPUT -p udp --dport 9 -j RETURN
-COMMIT
-*mangle
-:OUTPUT ACCEPT [0:0]
--A OUTPUT -p udp -j RETURN
-COMMIT
-""",
+"""
+    + NAT_MANGLE,
     6: """*filter
 :INPUT ACCEPT [0:0]
 :ADMIN - [0:0]
 -A INPUT -i lo -j ACCEPT
 -A INPUT -j ADMIN
 COMMIT
-*nat
-:OUTPUT ACCEPT [0:0]
--A OUTPUT -p udp --dport 9 -j RETURN
-COMMIT
-*mangle
-:OUTPUT ACCEPT [0:0]
--A OUTPUT -p udp -j RETURN
-COMMIT
-""",
+"""
+    + NAT_MANGLE,
 }
 SEND = (
     "import socket\n"
@@ -87,20 +83,7 @@ SEND = (
 
 
 #: An admin DNAT onto 443 (a NAT note in lockdown).
-REDIRECT_8443 = [
-    "-t",
-    "nat",
-    "-A",
-    "PREROUTING",
-    "-p",
-    "tcp",
-    "--dport",
-    "8443",
-    "-j",
-    "REDIRECT",
-    "--to-ports",
-    "443",
-]
+REDIRECT_8443 = "-t nat -A PREROUTING -p tcp --dport 8443 -j REDIRECT --to-ports 443"
 
 
 def _legacy_ns_env(tmp: Path) -> dict[str, str]:
@@ -197,21 +180,7 @@ CHANGES: dict[str, Callable[[str, Path], None]] = {
     ),
     "an -i mask only": lambda ns, t: _mask(ns),
     "a nat rule": lambda ns, t: _ipt(
-        ns,
-        4,
-        t,
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "8443",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "443",
+        ns, 4, t, *REDIRECT_8443.replace("PREROUTING", "OUTPUT").split()
     ),
     "an IPv6 nat rule removed": lambda ns, t: _ipt(ns, 6, t, "-t", "nat", "-F", "OUTPUT"),
     "a mangle rule": lambda ns, t: _ipt(ns, 4, t, "-t", "mangle", "-A", "FORWARD", "-j", "RETURN"),
@@ -432,7 +401,7 @@ def test_lockdown_nat_notes_are_kept_while_the_nat_tables_hold(counting: Countin
     plan = b.diff(b.read(), CURRENT)
     assert counting.calls() == [], "nothing changed: neither filter nor nat read"
     assert not [n for n in plan.notes if n.startswith("NAT:")]
-    counting.fw.ipt(4, *REDIRECT_8443)
+    counting.fw.ipt(4, *REDIRECT_8443.split())
     plan = b.diff(b.read(), CURRENT)
     assert counting.calls() == ["iptables-legacy-save -t nat"], "only the nat table moved"
     notes = [n for n in plan.notes if n.startswith("NAT:")]
@@ -443,7 +412,7 @@ def test_lockdown_nat_notes_are_kept_while_the_nat_tables_hold(counting: Countin
 
 def test_host_check_false_leaves_the_host_analysis_out(counting: Counting) -> None:
     """As the nftables backend's key: no allow-mode analysis (its note), no NAT notes."""
-    counting.fw.ipt(4, *REDIRECT_8443)
+    counting.fw.ipt(4, *REDIRECT_8443.split())
     for section, analysed in (({}, True), ({"host_check": False}, False)):
         for mode, note in (("allow", "outsiders still get in"), ("lockdown", "NAT:")):
             b = counting.fw.backend(mode=mode, **section)
