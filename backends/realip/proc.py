@@ -7,7 +7,10 @@ a sync would report success while the server does not trust the new list, or
 is down. So the reload is confirmed:
 
 * nginx forks a new generation of workers only once the new configuration is
-  loaded, so a new child of the same parent confirms it
+  loaded, so a new child of the same parent confirms it; the old workers
+  still take connections until the parent tells them to finish (about 0.1 s
+  later; it retitles them ``worker process is shutting down``), so the
+  reload is done once each of them is finishing or gone
   (:func:`confirmed_reload`);
 * Apache's event MPM spawns children by itself, so a new child proves
   nothing there; its parent writes ``AH00489: ... configured -- resuming
@@ -68,6 +71,16 @@ def alive(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+def finishing(pid: int) -> bool:
+    """Has nginx's worker ``pid`` been told to finish (or is it gone)? nginx retitles it
+    ``nginx: worker process is shutting down``; from then on it takes no new connection."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return not title or b"shutting down" in title
+
+
 def confirmed_reload(
     reload: Callable[[], object],
     pid_file: Path | None,
@@ -77,13 +90,16 @@ def confirmed_reload(
     wait: float,
     log: logging.Logger,
 ) -> None:
-    """Run ``reload`` and return once the parent in ``pid_file`` has a new child.
+    """Run ``reload`` and return once the parent in ``pid_file`` has a new child and
+    each child it had before is finishing or gone (no worker of the old configuration
+    takes a new connection).
 
     ``pid_file`` is None when the server's test output did not name one.
 
-    Raises :class:`BackendError` when the parent exits or starts no new child
-    within ``wait`` seconds; warns (and returns) when the parent cannot be seen
-    from here at all (no pid file: a server in a container, say).
+    Raises :class:`BackendError` when the parent exits, starts no new child, or
+    leaves its old children taking connections, within ``wait`` seconds; warns
+    (and returns) when the parent cannot be seen from here at all (no pid file:
+    a server in a container, say).
     """
     pid = read_pid(pid_file) if pid_file is not None else None
     before = children(pid) if pid is not None and alive(pid) else frozenset()
@@ -107,9 +123,16 @@ def confirmed_reload(
                 f"{server}'s parent process (pid {pid}) exited during the reload "
                 f"({server}'s error log says why): {server} is not running"
             )
-        if children(pid) - before:
+        now = children(pid)
+        started = bool(now - before)
+        if started and all(finishing(kid) for kid in before & now):
             return
         if time.monotonic() >= deadline:
+            if started:
+                raise BackendError(
+                    f"{server} started new workers but its old ones (parent pid {pid}) still "
+                    f"take connections {wait:g} s after the reload"
+                )
             raise BackendError(
                 f"{server} did not take the new configuration: its parent process (pid {pid}) "
                 f"started no new worker within {wait:g} s of the reload "
