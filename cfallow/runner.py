@@ -85,6 +85,13 @@ class Runner:
             raise CommandFailed(list(argv), proc.returncode, proc.stderr or proc.stdout)
         return done
 
+    def run_module(self, module: str, *args: str) -> Completed:
+        """``python -I -m module args`` with this interpreter, where this runner runs its
+        commands (a module that asks the kernel of another namespace, through ``prefix``)."""
+        import sys
+
+        return self.run([sys.executable, "-I", "-m", module, *args])
+
 
 #: Where Debian and other distributions install the programs cfallow runs.
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")

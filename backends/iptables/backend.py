@@ -239,21 +239,24 @@ class IptablesBackend(Backend[Seen, Step]):
             return Seen(NONE, tuple((v, parse_save(EMPTY_FILTER)) for v in self.families))
         variant = self._variant()
         io = self.io(variant)
+        analysed = self.settings.parent == "INPUT" and self.host_check
         # before the read: a commit after it shows as another generation under apply's lock
-        gen = generation.generation(self.ctx.runner) if variant.kind == "nft" else None
+        # (legacy hosts: the host analysis's key, for the native tables it reads too)
+        nft = variant.kind == "nft"
+        gen = generation.generation(self.ctx.runner) if nft or analysed else None
         if isinstance(io, LegacyIO):
             texts, digests = self._legacy_texts(io)
         else:
             texts, digests = self._texts(io, gen), ()
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
-        self._last = None if gen is None else _Read(gen, tuple(texts), tables)
-        seen = Seen(variant, tables, generation=gen, digests=digests)
-        if self.settings.parent != "INPUT" or not self.host_check:
+        self._last = _Read(gen, tuple(texts), tables) if nft and gen is not None else None
+        seen = Seen(variant, tables, generation=gen if nft else None, digests=digests)
+        if not analysed:
             return seen
         if self.settings.mode == "allow":
-            return replace(seen, allow=self._allow(variant, texts, tables))
-        return replace(seen, nat=self._nat(variant, io))
+            return replace(seen, allow=self._allow(variant, texts, tables, gen))
+        return replace(seen, nat=self._nat(variant, io, gen))
 
     def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> list[str]:
         """Each family's tables as its ``*-save`` prints them (read side by side).
@@ -325,11 +328,6 @@ class IptablesBackend(Backend[Seen, Step]):
         ok = gen is not None and None not in tools
         return generation.key(gen if ok else None, self.name, mangle, self.families, tools)
 
-    def _memo(self, variant: Variant, *parts: object) -> tuple[generation.Memo, str | None]:
-        """The memo of this backend's host analysis, and the key for the ruleset as it is now."""
-        memo = generation.Memo(self.ctx.state_dir / MEMO)
-        return memo, self._memo_key(generation.generation(self.ctx.runner), *parts)
-
     def _memo_key(self, gen: str | None, *parts: object) -> str | None:
         return generation.key(gen, self.name, repr(self.settings), self.families, *parts)
 
@@ -339,14 +337,20 @@ class IptablesBackend(Backend[Seen, Step]):
             self._last.analysis = (parts, value)
 
     def _allow(
-        self, variant: Variant, texts: list[str], tables: tuple[tuple[int, Table], ...]
+        self,
+        variant: Variant,
+        texts: list[str],
+        tables: tuple[tuple[int, Table], ...],
+        gen: str | None,
     ) -> tuple[str | None, tuple[str, ...]]:
-        """Whether allow mode's accept takes effect (the analysis, or what the memo kept).
+        """Whether allow mode's accept takes effect (the analysis, or what the memo kept,
+        under the ruleset's generation ``gen``, taken before the read).
 
         The key has the rules read in it: legacy tables have no generation.
         """
+        memo = generation.Memo(self.ctx.state_dir / MEMO)
         digest = _rules_digest(tables, self.settings.chain)
-        memo, key = self._memo(variant, "allow", variant.kind, digest)
+        key = self._memo_key(gen, "allow", variant.kind, digest)
         kept = memo.get(key)
         if isinstance(kept, list) and len(kept) == 2:
             self._keep(("allow", variant.kind), kept)
@@ -367,20 +371,18 @@ class IptablesBackend(Backend[Seen, Step]):
         self._keep(("allow", variant.kind), [error, list(notes)])
         return error, notes
 
-    def _nat(self, variant: Variant, io: NftIO | LegacyIO) -> tuple[str, ...]:
+    def _nat(self, variant: Variant, io: NftIO | LegacyIO, gen: str | None) -> tuple[str, ...]:
         """What the host's DNAT leaves open to a lockdown (the analysis, or what the memo kept).
 
         Legacy hosts: the key has the legacy nat tables' digest in it (the generation
         covers the native nft tables the analysis reads too), taken under the xtables
         lock before they are read.
         """
-        legacy = isinstance(io, LegacyIO)
         memo = generation.Memo(self.ctx.state_dir / MEMO)
-        gen = generation.generation(self.ctx.runner)  # before the read, as the digest
         s = self.settings
         with io.holding() if isinstance(io, LegacyIO) else contextlib.nullcontext(False) as held:
             key = self._memo_key(gen, "nat", variant.kind)
-            if legacy:  # under the lock: the nat tables' digest, then (if not kept) their read
+            if isinstance(io, LegacyIO):  # under the lock: the nat tables' digest, then their read
                 now = legacy_digest(self.ctx.runner, NAT_TABLES) if held else None
                 key = None if now is None else self._memo_key(gen, "nat", variant.kind, now.value)
             kept = memo.get(key)

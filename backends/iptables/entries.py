@@ -8,7 +8,8 @@ themselves: the kernel's table blob (one ``IPT_SO_GET_ENTRIES`` getsockopt,
 python-iptables), cut into chains the way libiptc does, each entry's fields
 named (:func:`entry_fields`: ``iniface_mask``, ``proto``, ``match 1 (multiport
 rev 1) data``, ...). The field layout is the kernel's UAPI (``linux/netfilter_ipv4/ip_tables.h``,
-``netfilter_ipv6/ip6_tables.h``, ``x_tables.h``), written out here.
+``netfilter_ipv6/ip6_tables.h``, ``x_tables.h``), written out in
+:data:`cfallow.netfilter.xtables.HEADER` (the digest walks the same entries).
 
 It works on the calling process's own network namespace and needs
 ``CAP_NET_RAW`` (as ``iptables-legacy-save`` does). Used by the legacy
@@ -21,51 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from cfallow.netfilter.xtables import read_table
-
-#: (field, offset, size) of ``struct ipt_entry`` / ``struct ip6t_entry``, header only.
-HEADER = {
-    4: (
-        ("src", 0, 4),
-        ("dst", 4, 4),
-        ("smsk", 8, 4),
-        ("dmsk", 12, 4),
-        ("iniface", 16, 16),
-        ("outiface", 32, 16),
-        ("iniface_mask", 48, 16),
-        ("outiface_mask", 64, 16),
-        ("proto", 80, 2),
-        ("flags", 82, 1),
-        ("invflags", 83, 1),
-        ("nfcache", 84, 4),
-        ("target_offset", 88, 2),
-        ("next_offset", 90, 2),
-        ("comefrom", 92, 4),
-        ("counters", 96, 16),
-    ),
-    6: (
-        ("src", 0, 16),
-        ("dst", 16, 16),
-        ("smsk", 32, 16),
-        ("dmsk", 48, 16),
-        ("iniface", 64, 16),
-        ("outiface", 80, 16),
-        ("iniface_mask", 96, 16),
-        ("outiface_mask", 112, 16),
-        ("proto", 128, 2),
-        ("tos", 130, 1),
-        ("flags", 131, 1),
-        ("invflags", 132, 1),
-        ("padding", 133, 3),
-        ("nfcache", 136, 4),
-        ("target_offset", 140, 2),
-        ("next_offset", 142, 2),
-        ("comefrom", 144, 4),
-        ("padding", 148, 4),
-        ("counters", 152, 16),
-    ),
-}
-HEADER_SIZE = {4: 112, 6: 168}
+from cfallow.netfilter.xtables import HEADER, HEADER_SIZE, HOOKS, field_at, read_table
 
 
 @dataclass(frozen=True)
@@ -77,11 +34,9 @@ class Entries:
     chains: tuple[tuple[str, tuple[bytes, ...]], ...]
 
 
-#: Netfilter hook numbers of the built-in chains (``NF_INET_*``).
-HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 #: A standard target's verdict for a built-in policy (``-NF_<VERDICT> - 1``).
 VERDICTS = {-1: "DROP", -2: "ACCEPT", -4: "QUEUE"}
-OFFSETS_AT = {4: 88, 6: 140}  # target_offset, next_offset in the entry header
+OFFSETS_AT = {v: field_at(v, "target_offset") for v in HEADER}  # then next_offset
 
 
 def read_entries(version: int, table: str = "filter") -> Entries:

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
@@ -179,10 +178,9 @@ def digest(
 
     wanted, create = list(tables), frozenset(create)
     if runner.prefix:
-        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.xtables"]
         named = [f"{v}:{n}{':create' if n in create else ''}" for v, n in wanted]
         try:
-            out = runner.run([*argv, *named]).stdout
+            out = runner.run_module("cfallow.netfilter.xtables", *named).stdout
             return xtables.Digest.from_json(out)
         except (BackendError, ValueError) as exc:
             _undigestible(str(exc), "not permitted" in str(exc).lower())

@@ -107,8 +107,8 @@ def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
     try:
         if not runner.prefix:
             return frozenset(_dormant())
-        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.generation", "--dormant"]
-        return frozenset((str(f), str(n)) for f, n in json.loads(runner.run(argv).stdout))
+        out = runner.run_module("cfallow.netfilter.generation", "--dormant").stdout
+        return frozenset((str(f), str(n)) for f, n in json.loads(out))
     except (OSError, BackendError, ValueError, TypeError):
         return None
 
@@ -157,8 +157,7 @@ def generation(runner: Runner) -> str | None:
         except OSError:
             return None
     try:
-        argv = [sys.executable, "-I", "-m", "cfallow.netfilter.generation"]
-        out = runner.run(argv).stdout.strip()
+        out = runner.run_module("cfallow.netfilter.generation").stdout.strip()
     except BackendError:
         return None
     return out or None

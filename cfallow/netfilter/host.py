@@ -399,11 +399,9 @@ def read_nft(
     # a dormant table's base chains are on no hook: read (a rule there still references
     # a set), then judged as regular chains
     asleep = (generation.dormant(runner) or frozenset()) if hooked else frozenset()
-    if asleep:
-        heads = replace(heads, chains=_awake(heads.chains, asleep))
     native = sorted({(c.family, c.table) for c in hooked})
     if not rules or not native:
-        return heads
+        return replace(heads, chains=_awake(heads.chains, asleep)) if asleep else heads
     chains = [c for c in heads.chains if (c.family, c.table) not in native]
     sets: list[NftSet] = []
     listed, walked = [], []

@@ -89,7 +89,8 @@ class Blob:
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
+    """The C library, with ``errno`` kept for :func:`ctypes.get_errno`."""
     # The interpreter's own symbols hold libc's (no ``find_library``: it runs ldconfig).
     libc = ctypes.CDLL(None, use_errno=True)
     if not hasattr(libc, "getsockopt"):  # pragma: no cover - a static interpreter
@@ -99,11 +100,13 @@ def _libc() -> ctypes.CDLL:
     return libc
 
 
-def _getsockopt(
+def getsockopt(
     sock: socket.socket, version: int, opt: int, buf: ctypes.Array[ctypes.c_char]
 ) -> None:
+    """``getsockopt`` at the family's level (IPv4: ``SOL_IP``), into ``buf`` (which holds
+    the request); raises OSError."""
     size = ctypes.c_uint(len(buf))
-    if _libc().getsockopt(sock.fileno(), LEVEL[version], opt, buf, ctypes.byref(size)) != 0:
+    if libc().getsockopt(sock.fileno(), LEVEL[version], opt, buf, ctypes.byref(size)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
@@ -119,29 +122,75 @@ def table_names(version: int) -> list[str]:
 def _info(sock: socket.socket, version: int, name: str) -> tuple[int, ...]:
     raw = INFO.pack(name.encode(), 0, *[0] * 5, *[0] * 5, 0, 0)
     buf = ctypes.create_string_buffer(raw, len(raw))  # exactly the struct: no NUL after it
-    _getsockopt(sock, version, SO_GET_INFO, buf)
+    getsockopt(sock, version, SO_GET_INFO, buf)
     return INFO.unpack(buf.raw)[1:]
 
 
 def read_table(version: int, name: str) -> Blob:
     """The blob of one existing table (read-only)."""
     with socket.socket(AF[version], socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
-        valid, *rest = _info(sock, version, name)
-        hook_entry, underflow = tuple(rest[0:5]), tuple(rest[5:10])
-        num_entries, size = rest[10], rest[11]
-        buf = ctypes.create_string_buffer(ENTRIES_HEAD + size)
-        struct.pack_into("32sI", buf, 0, name.encode(), size)
-        _getsockopt(sock, version, SO_GET_ENTRIES, buf)
-        entries = buf.raw[ENTRIES_HEAD:]
+        (valid, *rest), mem = _entries(sock, version, name)
+    hook_entry, underflow = tuple(rest[0:5]), tuple(rest[5:10])
+    num_entries, size = rest[10], rest[11]
+    with mem:
+        entries = mem[ENTRIES_HEAD : ENTRIES_HEAD + size]
     return Blob(version, name, valid, hook_entry, underflow, num_entries, entries)
 
 
-#: Where an entry's ``target_offset``/``next_offset`` and its counters are
-#: (``struct ipt_entry`` / ``ip6t_entry``; named in ``backends/iptables/entries.py``).
-NEXT_OFFSET_AT = {4: 90, 6: 142}
-COUNTERS_AT = {4: 96, 6: 152}
+#: (field, offset, size) of ``struct ipt_entry`` / ``struct ip6t_entry``, header only.
+HEADER = {
+    4: (
+        ("src", 0, 4),
+        ("dst", 4, 4),
+        ("smsk", 8, 4),
+        ("dmsk", 12, 4),
+        ("iniface", 16, 16),
+        ("outiface", 32, 16),
+        ("iniface_mask", 48, 16),
+        ("outiface_mask", 64, 16),
+        ("proto", 80, 2),
+        ("flags", 82, 1),
+        ("invflags", 83, 1),
+        ("nfcache", 84, 4),
+        ("target_offset", 88, 2),
+        ("next_offset", 90, 2),
+        ("comefrom", 92, 4),
+        ("counters", 96, 16),
+    ),
+    6: (
+        ("src", 0, 16),
+        ("dst", 16, 16),
+        ("smsk", 32, 16),
+        ("dmsk", 48, 16),
+        ("iniface", 64, 16),
+        ("outiface", 80, 16),
+        ("iniface_mask", 96, 16),
+        ("outiface_mask", 112, 16),
+        ("proto", 128, 2),
+        ("tos", 130, 1),
+        ("flags", 131, 1),
+        ("invflags", 132, 1),
+        ("padding", 133, 3),
+        ("nfcache", 136, 4),
+        ("target_offset", 140, 2),
+        ("next_offset", 142, 2),
+        ("comefrom", 144, 4),
+        ("padding", 148, 4),
+        ("counters", 152, 16),
+    ),
+}
+HEADER_SIZE = {4: 112, 6: 168}
+#: Netfilter hook numbers of the built-in chains (``NF_INET_*``).
 HOOKS = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
-_ZERO = bytes(16)
+
+
+def field_at(version: int, name: str) -> int:
+    """Where the field ``name`` of an entry's header is (:data:`HEADER`)."""
+    return next(offset for field, offset, _ in HEADER[version] if field == name)
+
+
+NEXT_OFFSET_AT = {v: field_at(v, "next_offset") for v in HEADER}
+COUNTERS_AT = {v: field_at(v, "counters") for v in HEADER}
 
 
 @dataclass(frozen=True)
@@ -183,7 +232,7 @@ def _entries(sock: socket.socket, version: int, name: str) -> tuple[tuple[int, .
         buf = (ctypes.c_char * size).from_buffer(mem)
         struct.pack_into("32sI", buf, 0, name.encode(), info[12])
         try:
-            _getsockopt(sock, version, SO_GET_ENTRIES, buf)
+            getsockopt(sock, version, SO_GET_ENTRIES, buf)
         except OSError as exc:
             del buf
             mem.close()
@@ -291,7 +340,7 @@ def load_table(blob: Blob) -> None:
             ctypes.addressof(counters),
         )
         buf = ctypes.create_string_buffer(head + blob.entries, len(head) + len(blob.entries))
-        rc = _libc().setsockopt(
+        rc = libc().setsockopt(
             sock.fileno(), LEVEL[blob.version], SO_SET_REPLACE, buf, ctypes.c_uint(len(buf.raw))
         )
         if rc != 0:

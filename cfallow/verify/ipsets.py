@@ -13,10 +13,10 @@ once the rest is made), and the numbers are checked after.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import os
 import socket
 import struct
+
+from cfallow.netfilter.xtables import getsockopt
 
 SO_IP_SET = 83
 IP_SET_OP_GET_BYNAME = 0x00000006
@@ -30,18 +30,13 @@ def indexes(names: list[str]) -> dict[str, int]:
     """Each named set's index in this thread's network namespace (absent: left out)."""
     if not names:
         return {}
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     out: dict[str, int] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as sock:
         for name in names:
             buf = ctypes.create_string_buffer(
                 _REQUEST.pack(IP_SET_OP_GET_BYNAME, IPSET_PROTOCOL, name.encode()), _REQUEST.size
             )
-            size = ctypes.c_uint32(_REQUEST.size)
-            rc = libc.getsockopt(sock.fileno(), socket.SOL_IP, SO_IP_SET, buf, ctypes.byref(size))
-            if rc != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
+            getsockopt(sock, 4, SO_IP_SET, buf)  # IPv4's level: SOL_IP
             (index,) = struct.unpack_from("=H", buf.raw, 8)
             if index != IPSET_INVALID_ID:
                 out[name] = index

@@ -12,7 +12,6 @@ deleting them deletes everything.
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import re
 import secrets
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from cfallow.errors import VerifyFailed
+from cfallow.netfilter import xtables
 from cfallow.runner import Runner
 from cfallow.verify.overlap import together
 from cfallow.verify.snapshot import HostNet
@@ -66,15 +66,9 @@ def delete(runner: Runner, names: Iterable[str]) -> None:
         runner.run(["ip", "-force", "-batch", "-"], input="\n".join(lines) + "\n", check=False)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    # this process's own symbols (libc's among them): no find_library, which runs ldconfig
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def setns(path: str) -> None:
     """Move the calling thread into the network namespace ``path`` (``/run/netns/NAME``)."""
-    libc = _libc()
+    libc = xtables.libc()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, CLONE_NEWNET) != 0:

@@ -10,7 +10,6 @@ creation could go, all without a failing test.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import random
 import re
@@ -291,12 +290,7 @@ def test_a_file_replaced_while_it_was_read_is_refused(tmp_path: Path) -> None:
             trust.check_open_file(fh.fileno(), conf, "config")
 
 
-def test_a_stamp_exactly_now_is_not_in_the_future(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An in-process CLI run before this test (test_cadence) stops cfallow's logger
-    # from propagating to the root logger, where caplog listens.
-    monkeypatch.setattr(logging.getLogger("cfallow"), "propagate", True)
+def test_a_stamp_exactly_now_is_not_in_the_future(caplog: pytest.LogCaptureFixture) -> None:
     ok = cadence.FetchLog(T, False)
     assert cadence.fetch_due(ok, T, T, 3600) == (
         False,

@@ -86,15 +86,6 @@ def test_config_errors(section: dict[str, Any], message: str) -> None:
 def test_confirmed_ssh_lockdown_is_accepted_and_a_huge_port_range_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # An earlier in-process CLI run may have stopped "cfallow" propagating to the root logger.
-    logging.getLogger("cfallow").addHandler(caplog.handler)
-    try:
-        _ssh_lockdown_and_the_warning(caplog)
-    finally:
-        logging.getLogger("cfallow").removeHandler(caplog.handler)
-
-
-def _ssh_lockdown_and_the_warning(caplog: pytest.LogCaptureFixture) -> None:
     assert backend(mode="lockdown", ports=[22], lockdown_ssh=True).settings.ports[0].first == 22
     assert backend(ports=[22]).settings.mode == "allow"  # allow mode: nothing is locked
     assert backend(mode="lockdown", protocol="udp", ports=[22]).settings.protocol == "udp"

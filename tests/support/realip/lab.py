@@ -307,8 +307,7 @@ def sync(
 ) -> BackendResult:
     """One engine run of ``server``'s backend (the test's private server).
 
-    ``log``: the backend's logger (the CLI's own "cfallow" logger does not
-    propagate to pytest's caplog once a CLI test has run).
+    ``log``: the backend's logger (default: cfallow's).
     """
     ctx = Context() if log is None else Context(log=log)
     backend = build(server.name, {**server.section(), **extra}, ctx)
