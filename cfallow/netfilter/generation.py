@@ -8,6 +8,8 @@ listing (and parsing) every rule. One change is no transaction: a table with
 ``flags owner`` goes with the process that owns it, and the id stays (measured,
 kernel 6.18). The tables that can go that way are named in the answer too (a
 second round trip: the table heads, no rule), so their going is a new ruleset.
+Nor does the id outlive nf_tables itself: a module unloaded and loaded again starts
+every namespace's id from 1, so the load is named too (:func:`module`).
 Legacy x_tables have no such number: what a backend reads from them goes into
 its key itself.
 
@@ -44,6 +46,8 @@ NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 SO_NETNS_COOKIE = 71
+#: nf_tables built as a module: the kernel makes this directory at each load.
+MODULE = Path("/sys/module/nf_tables")
 
 
 def _ask(sock: socket.socket) -> int:
@@ -137,15 +141,35 @@ def namespace(sock: socket.socket) -> str:
     raise OSError("this network namespace has no lasting name (a kernel before 5.14)")
 
 
+def module(path: Path = MODULE) -> str:
+    """Which load of nf_tables answers: ``~nftINODE`` ("" where it is built in).
+
+    Unloaded and loaded again (``modprobe -r``, possible once no table is left), it
+    starts every namespace's generation from 1, so an id of the last load could come
+    back naming another ruleset. Each load makes the module's sysfs directory anew,
+    and kernfs numbers its nodes cyclically (64-bit kernels: with a generation in the
+    high bits), so the directory's inode number names the load; it is the same in
+    every mount of sysfs (``ip netns exec`` mounts its own). No directory: nf_tables
+    is built into the kernel and cannot go.
+    """
+    try:
+        return f"~nft{os.stat(path).st_ino}"
+    except FileNotFoundError:
+        return ""
+
+
 def current() -> str:
-    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with
-    ``+OWNED`` after the namespace while tables owned by a process exist (raises
-    OSError: no nf_tables, or no privilege to ask)."""
+    """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with the
+    load of nf_tables (:func:`module`) and ``+OWNED`` after the namespace while tables
+    owned by a process exist (raises OSError: no nf_tables, or no privilege to ask)."""
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+        load = module()
         gen = _ask(sock)
         owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
-        where = namespace(sock) + (f"+{owned}" if owned else "")
+        if module() != load:  # (re)loaded meanwhile (the ask loads it if it was not)
+            raise OSError("nf_tables was loaded while asked: which load the id is of is unknown")
+        where = namespace(sock) + load + (f"+{owned}" if owned else "")
         return f"{boot}/{where}/{gen}"
 
 
