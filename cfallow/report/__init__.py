@@ -139,12 +139,14 @@ def summary(
 
 def details(result: BackendResult, *, verb: str = "sync", entries: bool = True) -> list[str]:
     """A backend's ``+``/``-`` lines, drift (``~``; ``x`` for what ``remove`` deletes) and
-    notes, indented under its summary line (the notes alone without ``entries``)."""
+    notes, indented under its summary line (the notes alone without ``entries``, or when
+    the backend failed: a plan that failed in some targets still has its notes, such as
+    a quota it could not read, and its entries are not all true)."""
     plan = result.plan
-    if plan is None or result.error is not None:
+    if plan is None:
         return []
     lines: list[str] = []
-    if plan.changed and entries:
+    if plan.changed and entries and result.error is None:
         lines += [f"  + {net}" for net in as_strings(plan.add)]
         lines += [f"  - {net}" for net in as_strings(plan.remove)]
         mark = "x" if verb == "remove" else "~"  # removal deletes; it does not drift

@@ -82,7 +82,7 @@ def status_rows(results: Sequence[BackendResult]) -> list[str]:
         plan = r.plan
         note = ""
         if r.error is not None:
-            note = "the error is on stderr"
+            note = "; ".join(["the error is on stderr", *(plan.notes if plan else ())])
         elif plan is not None:
             note = "; ".join([*(f"drift: {d}" for d in plan.drift), *plan.notes])
         nums = [str(v) for v in n] if n is not None else ["-", "-", "-"]

@@ -166,9 +166,10 @@ DEFAULT = [
         (24.0, None),
     ],
 )
-def test_the_quota_comes_from_service_quotas_where_readable(
+def _stubbed_quota_run(
     quota: float | None, error: str | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Any:
+    """One dry run of an ACL with the default entries, the quota answered by a stub."""
     aws_env(monkeypatch)  # credentials in the chain for the preflight; calls stay stubbed
     ec2 = boto3.client(
         "ec2", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y"
@@ -194,22 +195,57 @@ def test_the_quota_comes_from_service_quotas_where_readable(
             "aws-nacl", {"region": "eu-west-1", "network_acl_ids": [ACL]}, Context()
         )
         backend.clients.factory = lambda t, service, r: ec2 if service == "ec2" else sq
-        result = run_backend(backend, CURRENT, dry_run=True)
-        limit = int(quota) if quota else 20
-        assert result.plan is not None
-        if limit >= 25:
-            assert result.error is None and not result.plan.failed
-        else:  # a dry run says it as the real run would
-            assert result.error == (
-                f"{ACL} (eu-west-1): 25 inbound rules needed (24 cfallow + 0 other"
-                f" + 1 default deny), quota {limit}: request 'Rules per network ACL'"
-                " (Service Quotas vpc L-2AEEBF1A) of 25"
-            )
-        if quota is None:
-            assert (
-                "eu-west-1: ACL quota not readable (AccessDeniedException:"
-                " servicequotas:GetServiceQuota not allowed): counted as 20" in result.plan.notes[0]
-            )
+        return run_backend(backend, CURRENT, dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("quota", "error"),
+    [
+        (None, "AccessDeniedException"),  # not readable: counted as 20
+        (40.0, None),  # raised to 40: read from Service Quotas
+        (25.0, None),  # exactly the 25 needed (22 + 2 + 1 default deny)
+        (24.0, None),
+    ],
+)
+def test_the_quota_comes_from_service_quotas_where_readable(
+    quota: float | None, error: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _stubbed_quota_run(quota, error, monkeypatch)
+    limit = int(quota) if quota else 20
+    assert result.plan is not None
+    if limit >= 25:
+        assert result.error is None and not result.plan.failed
+    else:  # a dry run says it as the real run would
+        assert result.error == (
+            f"{ACL} (eu-west-1): 25 inbound rules needed (24 cfallow + 0 other"
+            f" + 1 default deny), quota {limit}: request 'Rules per network ACL'"
+            " (Service Quotas vpc L-2AEEBF1A) of 25"
+        )
+    if quota is None:
+        assert (
+            "eu-west-1: ACL quota not readable (AccessDeniedException:"
+            " servicequotas:GetServiceQuota not allowed): counted as 20" in result.plan.notes[0]
+        )
+
+
+def test_a_failed_plans_notes_are_in_the_text_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quota that could not be read is why the ACL "needs" more than it has: the text
+    of ``status`` and ``sync`` says so beside the failure (not only ``--json``)."""
+    import io
+
+    from cfallow import report
+
+    result = _stubbed_quota_run(None, "AccessDeniedException", monkeypatch)
+    assert result.error is not None and result.plan is not None
+    note = result.plan.notes[0]
+    for verb in ("status", "sync"):
+        out = io.StringIO()
+        report.write_text(out, None, [result], dry_run=True, verb=verb, wrap=False)
+        assert note in out.getvalue(), (verb, out.getvalue())
+        lines = out.getvalue().splitlines()
+        assert not [ln for ln in lines if ln.startswith("  + ")], "a failed plan's entries"
+    row = report.table.status_rows([result])[1]
+    assert "the error is on stderr; eu-west-1: ACL quota not readable" in " ".join(row.split())
 
 
 def test_the_cli_exits_1_naming_the_failed_target_after_writing_the_others(
