@@ -43,10 +43,11 @@ from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationEr
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
 from cfallow.netfilter import generation
-from cfallow.netfilter.save import SAVE, VERSION_MEMO, binary, detect
+from cfallow.netfilter.save import COMMAND, SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
+from . import bychain
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .legacy import digest as legacy_digest
@@ -103,6 +104,7 @@ class _Read:
     texts: tuple[str, ...]
     tables: tuple[tuple[int, Table], ...]
     analysis: tuple[tuple[object, ...], object] | None = None
+    by_chain: str | None = None  # the texts hold only INPUT's and this chain's rules
 
 
 @dataclass(frozen=True)
@@ -244,13 +246,15 @@ class IptablesBackend(Backend[Seen, Step]):
         # (legacy hosts: the host analysis's key, for the native tables it reads too)
         nft = variant.kind == "nft"
         gen = generation.generation(self.ctx.runner) if nft or analysed else None
+        by_chain = None
         if isinstance(io, LegacyIO):
             texts, digests = self._legacy_texts(io)
         else:
-            texts, digests = self._texts(io, gen), ()
+            (texts, by_chain), digests = self._texts(io, gen), ()
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
-        self._last = _Read(gen, tuple(texts), tables) if nft and gen is not None else None
+        last = _Read(gen, tuple(texts), tables, by_chain=by_chain) if gen is not None else None
+        self._last = last if nft else None
         seen = Seen(variant, tables, generation=gen if nft else None, digests=digests)
         if not analysed:
             return seen
@@ -258,22 +262,42 @@ class IptablesBackend(Backend[Seen, Step]):
             return replace(seen, allow=self._allow(variant, texts, tables, gen))
         return replace(seen, nat=self._nat(variant, io, gen))
 
-    def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> list[str]:
-        """Each family's tables as its ``*-save`` prints them (read side by side).
+    def _by_chain(self, io: NftIO | LegacyIO) -> bool:
+        """Whether this read may go by chain (:mod:`.bychain`): iptables-nft, parent INPUT."""
+        return isinstance(io, NftIO) and not io.mangle and self.settings.parent == "INPUT"
+
+    def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> tuple[list[str], str | None]:
+        """Each family's tables as its ``*-save`` prints them (read side by side), and the
+        chain whose rules alone they hold beside INPUT's (None: the whole table).
 
         nf_tables hosts: kept with the generation they were read under (taken before the
         read). Every commit, by anyone, is a new generation, so while it holds a read
         returns these very rules; the same ``*-save`` files (their identity is in the key)
-        print them the same way. Legacy hosts: :meth:`_legacy_texts`.
+        print them the same way. With the parent INPUT, read by chain where the kernel's
+        counts prove it whole and it saves reading many rules (:mod:`.bychain`; the
+        chains are asked only then, not on every run). Legacy hosts: :meth:`_legacy_texts`.
         """
         memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
-        key = self._read_key(gen if io.kind == "nft" else None, io.mangle, SAVE["nft"])
+        nft = gen if io.kind == "nft" else None
+        chain = self.settings.chain
+        by_chain = isinstance(io, NftIO) and self._by_chain(io) and nft is not None
+        partial = self._read_key(nft, io.mangle, SAVE["nft"], chain) if by_chain else None
+        kept = self._kept(memo, partial)
+        if kept is not None:
+            return kept, chain
+        key = self._read_key(nft, io.mangle, SAVE["nft"])
         kept = self._kept(memo, key)
         if kept is not None:
-            return kept
+            return kept, None
+        snap = generation.chains(self.ctx.runner) if by_chain else None
+        if snap is not None and snap[0] == nft and isinstance(io, NftIO):
+            read = bychain.read(io, self.families, chain, snap)
+            if read is not None:
+                memo.put(partial, read)
+                return read, chain
         texts = self._read_all(io)
         memo.put(key, texts)
-        return texts
+        return texts, None
 
     def _legacy_texts(self, io: LegacyIO) -> tuple[list[str], tuple[tuple[int, str], ...]]:
         """Legacy hosts: each family's texts, and the digests they were read under.
@@ -322,11 +346,19 @@ class IptablesBackend(Backend[Seen, Step]):
         with ThreadPoolExecutor(len(self.families)) as pool:
             return list(pool.map(one, self.families))
 
-    def _read_key(self, gen: str | None, mangle: bool, saves: Mapping[int, str]) -> str | None:
-        """The read memo's key for generation ``gen`` (None: no memo) and ``saves``' files."""
+    def _read_key(
+        self, gen: str | None, mangle: bool, saves: Mapping[int, str], by_chain: str | None = None
+    ) -> str | None:
+        """The read memo's key for generation ``gen`` (None: no memo) and ``saves``' files;
+        ``by_chain``: texts holding only INPUT's and that chain's rules."""
         tools = [binary(self.ctx.runner, saves[v]) for v in self.families]
+        if by_chain is not None:
+            tools += [binary(self.ctx.runner, COMMAND["nft"][v]) for v in self.families]
         ok = gen is not None and None not in tools
-        return generation.key(gen if ok else None, self.name, mangle, self.families, tools)
+        parts: tuple[object, ...] = (self.name, mangle, self.families, tools)
+        if by_chain is not None:
+            parts += ("by chain", by_chain)
+        return generation.key(gen if ok else None, *parts)
 
     def _memo_key(self, gen: str | None, *parts: object) -> str | None:
         return generation.key(gen, self.name, repr(self.settings), self.families, *parts)
@@ -543,7 +575,7 @@ class IptablesBackend(Backend[Seen, Step]):
                 )
                 tables[version] = replace(tables[version], chains=chains)
         mangle = self.settings.parent == "DOCKER-USER"
-        key = self._read_key(after, mangle, SAVE["nft"])
+        key = self._read_key(after, mangle, SAVE["nft"], last.by_chain)
         generation.Memo(self.ctx.state_dir / READ_MEMO).put(key, texts)
         if last.analysis is None:
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cfallow.errors import BackendError
+from cfallow.netfilter.save import COMMAND
 from cfallow.netfilter.save import RESTORE as RESTORE_TOOLS
 from cfallow.netfilter.save import SAVE as SAVE_TOOLS
 from cfallow.runner import Runner
@@ -27,6 +28,7 @@ from .save import Table, failure, parse_tables
 
 SAVE = SAVE_TOOLS["nft"]
 RESTORE = RESTORE_TOOLS["nft"]
+LIST = COMMAND["nft"]
 MODULE = "nf_tables"
 
 
@@ -52,6 +54,15 @@ class NftIO:
                 self.runner.run([tool, "-t", name]).stdout
                 for name in ("filter", "mangle")[: 1 + self.mangle]
             )
+        except BackendError as exc:
+            raise _failed(tool, exc) from None
+
+    def list_chain(self, version: int, chain: str) -> str:
+        """``iptables-nft -S CHAIN``: its policy (``-P``) or ``-N``, then its rules as
+        ``*-save`` prints them."""
+        tool = LIST[version]
+        try:
+            return self.runner.run([tool, "-S", chain]).stdout
         except BackendError as exc:
             raise _failed(tool, exc) from None
 

@@ -27,7 +27,9 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from cfallow.errors import BackendError
 from cfallow.fs import write_atomic
@@ -37,9 +39,18 @@ from cfallow.runner import Runner
 NETLINK_NETFILTER = 12
 GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
 GETTABLE = (10 << 8) | 1  # NFT_MSG_GETTABLE
+GETCHAIN = (10 << 8) | 4  # NFT_MSG_GETCHAIN
 NFTA_GEN_ID = 1
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE = 1, 2, 4
 NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_USE = (
+    1,
+    3,
+    4,
+    5,
+    6,
+)
+NF_ACCEPT = 1
 #: nf_tables' family numbers (NFPROTO_*) as nft names them.
 FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NLMSG_ERROR = 2
@@ -65,27 +76,75 @@ def _ask(sock: socket.socket) -> int:
     return int.from_bytes(gen[:4], "big")
 
 
-def _tables(sock: socket.socket) -> list[tuple[int, str, int, int]]:
-    """Every table's family number, name, handle and flags (one netlink dump, no rule)."""
-    sock.send(struct.pack("=IHHIIBBH", 20, GETTABLE, NLM_F_REQUEST | NLM_F_DUMP, 2, 0, 0, 0, 0))
-    found: list[tuple[int, str, int, int]] = []
+def _dump(sock: socket.socket, kind: int, seq: int) -> Iterator[tuple[int, dict[int, bytes]]]:
+    """Each object of one netlink dump (every family): its family number and attributes."""
+    sock.send(struct.pack("=IHHIIBBH", 20, kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0, 0, 0, 0))
     while True:
         data, at = sock.recv(1 << 16), 0
         while at + 16 <= len(data):
-            length, kind = struct.unpack_from("=IH", data, at)
+            length, got = struct.unpack_from("=IH", data, at)
             if length < 16:
                 raise OSError("a malformed netlink message")
-            if kind == NLMSG_DONE:
-                return found
-            if kind == NLMSG_ERROR:
+            if got == NLMSG_DONE:
+                return
+            if got == NLMSG_ERROR:
                 (err,) = struct.unpack_from("=i", data, at + 16)
                 raise OSError(-err, os.strerror(-err))
-            attrs = attributes(data, at + 20, at + length)  # after nlmsghdr + nfgenmsg
-            flags = int.from_bytes(attrs.get(NFTA_TABLE_FLAGS, b"")[:4] or b"\0", "big")
-            name = attrs.get(NFTA_TABLE_NAME, b"").split(b"\0")[0].decode(errors="replace")
-            handle = int.from_bytes(attrs.get(NFTA_TABLE_HANDLE, b"")[:8], "big")
-            found.append((data[at + 16], name, handle, flags))
+            yield data[at + 16], attributes(data, at + 20, at + length)  # after the headers
             at += (length + 3) & ~3
+
+
+def _name(attrs: dict[int, bytes], kind: int) -> str:
+    return attrs.get(kind, b"").split(b"\0")[0].decode(errors="replace")
+
+
+def _number(attrs: dict[int, bytes], kind: int, size: int = 4) -> int:
+    return int.from_bytes(attrs.get(kind, b"")[:size] or b"\0", "big")
+
+
+def _tables(sock: socket.socket) -> list[tuple[int, str, int, int]]:
+    """Every table's family number, name, handle and flags (one netlink dump, no rule)."""
+    return [
+        (
+            family,
+            _name(a, NFTA_TABLE_NAME),
+            _number(a, NFTA_TABLE_HANDLE, 8),
+            _number(a, NFTA_TABLE_FLAGS),
+        )
+        for family, a in _dump(sock, GETTABLE, 2)
+    ]
+
+
+class Chain(NamedTuple):
+    """One chain as the kernel counts it (no rule read)."""
+
+    family: int  # NFPROTO_* (2: ip, 10: ip6)
+    table: str
+    name: str
+    #: its rules plus every jump and goto into it (a rule's, a verdict map element's)
+    use: int
+    #: a base chain's policy (``ACCEPT``/``DROP``); None: not a base chain
+    policy: str | None
+
+
+def _chains(sock: socket.socket) -> list[Chain]:
+    out = []
+    for family, a in _dump(sock, GETCHAIN, 3):
+        if NFTA_CHAIN_USE not in a:
+            raise OSError("no use count in the kernel's answer")
+        base = NFTA_CHAIN_HOOK in a
+        policy = "ACCEPT" if _number(a, NFTA_CHAIN_POLICY) == NF_ACCEPT else "DROP"
+        name = _name(a, NFTA_CHAIN_NAME)
+        out.append(
+            Chain(
+                family,
+                _name(a, NFTA_CHAIN_TABLE),
+                name,
+                _number(a, NFTA_CHAIN_USE),
+                policy if base else None,
+            )
+        )
+    return out
 
 
 def _owned(tables: list[tuple[int, str, int, int]]) -> str:
@@ -162,15 +221,39 @@ def current() -> str:
     """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with the
     load of nf_tables (:func:`module`) and ``+OWNED`` after the namespace while tables
     owned by a process exist (raises OSError: no nf_tables, or no privilege to ask)."""
+    return _current(with_chains=False)[0]
+
+
+def snapshot() -> tuple[str, list[Chain]]:
+    """:func:`current`, and every chain as the kernel counts it at that generation (asked
+    in the same round: a commit between moves the generation a later ask returns)."""
+    return _current(with_chains=True)
+
+
+def _current(*, with_chains: bool) -> tuple[str, list[Chain]]:
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         load = module()
         gen = _ask(sock)
         owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
+        chains = _chains(sock) if with_chains else []
         if module() != load:  # (re)loaded meanwhile (the ask loads it if it was not)
             raise OSError("nf_tables was loaded while asked: which load the id is of is unknown")
         where = namespace(sock) + load + (f"+{owned}" if owned else "")
-        return f"{boot}/{where}/{gen}"
+        return f"{boot}/{where}/{gen}", chains
+
+
+def chains(runner: Runner) -> tuple[str, list[Chain]] | None:
+    """:func:`snapshot` where ``runner`` runs its commands (None: cannot tell)."""
+    try:
+        if not runner.prefix:
+            return snapshot()
+        out = runner.run_module("cfallow.netfilter.generation", "--chains").stdout
+        doc = json.loads(out)
+        found = [Chain(int(f), str(t), str(n), int(u), p) for f, t, n, u, p in doc["chains"]]
+        return str(doc["generation"]), found
+    except (OSError, BackendError, ValueError, TypeError, KeyError):
+        return None
 
 
 def generation(runner: Runner) -> str | None:
@@ -247,7 +330,11 @@ class Memo:
 
 if __name__ == "__main__":
     try:
-        print(json.dumps(_dormant()) if sys.argv[1:] == ["--dormant"] else current())
+        if sys.argv[1:] == ["--chains"]:
+            gen, found = snapshot()
+            print(json.dumps({"generation": gen, "chains": found}))
+        else:
+            print(json.dumps(_dormant()) if sys.argv[1:] == ["--dormant"] else current())
     except OSError as exc:
         print(f"cannot read the ruleset generation: {exc}", file=sys.stderr)
         sys.exit(1)

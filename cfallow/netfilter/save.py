@@ -34,6 +34,12 @@ RESTORE: Mapping[str, Mapping[int, str]] = {
     "legacy": {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"},
     "old": {4: "iptables-restore", 6: "ip6tables-restore"},
 }
+#: The commands themselves (``-S CHAIN`` lists one chain as ``*-save`` prints its rules).
+COMMAND: Mapping[str, Mapping[int, str]] = {
+    "nft": {4: "iptables-nft", 6: "ip6tables-nft"},
+    "legacy": {4: "iptables-legacy", 6: "ip6tables-legacy"},
+    "old": {4: "iptables", 6: "ip6tables"},
+}
 #: The command whose ``--version`` says the variant.
 IPTABLES = "iptables"
 #: What ``--version`` said, for the binary that said it (a file in the state directory).
