@@ -204,3 +204,32 @@ def test_a_small_table_is_read_whole(tmp_path: Path) -> None:
         fw.runner.calls.clear()
         assert not run_backend(fw.backend(), CURRENT, dry_run=True).changed
         assert reads(fw) == (2, 0)
+
+
+def test_cfallows_own_commit_after_a_read_by_chain_is_carried(lab: tuple[Pair, Fw]) -> None:
+    """``cfallow sync`` as the timer runs it: the text read by chain, with cfallow's batch
+    applied, is kept for the generation after it, so the next changing syncs read
+    nothing; what they keep is a whole save's INPUT and CFALLOW, and the kernel holds
+    each list."""
+    from test_iptables_carry import Host
+
+    p, fw = lab
+    host = Host(fw, "")
+    for networks in (CURRENT, CURRENT):  # creates the chain, then analyses it
+        assert host.sync(networks).returncode == 0
+    commit(fw, 0)
+    proc = host.sync(OLD)  # read by chain, then written
+    assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
+    assert host.calls("-save") == 0 and host.calls("iptables-nft") == 2, host.log.read_text()
+    for networks, old_only in ((CURRENT, False), (OLD, True), (CURRENT, False)):
+        proc = host.sync(networks)
+        assert proc.returncode == 0 and "changed" in proc.stdout, proc.stderr
+        assert host.calls("-save") + host.calls("iptables-nft") == 0, host.log.read_text()
+        assert p.can_connect(OLD_ONLY) is old_only
+        for version, kept in zip((4, 6), host.kept()):
+            whole = parse_save(fw.save(version))
+            ours = parse_save(kept)
+            assert ours.rules("INPUT") == whole.rules("INPUT")
+            assert ours.rules("CFALLOW") == whole.rules("CFALLOW")
+    assert reach(p) == {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
+    assert fw.owned() == CURRENT

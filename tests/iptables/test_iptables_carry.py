@@ -46,7 +46,8 @@ ADMIN_RULE = ("-A", "INPUT", "-s", "192.0.2.7/32", "-p", "tcp", "--dport", "22",
 
 
 def wrappers(where: Path, log: Path, hooks: Path) -> Path:
-    """``*-save``, ``*-restore`` and ``nft`` that log their call; a restore runs ``hooks/before``
+    """``*-save``, ``*-restore``, ``nft`` and ``iptables-nft`` that log their call; a restore
+    runs ``hooks/before``
     before the real one and ``hooks/after`` after it (its exit status is the restore's),
     a save ``hooks/save`` after the real one, when the test has put them there."""
     where.mkdir(exist_ok=True)
@@ -72,10 +73,11 @@ def wrappers(where: Path, log: Path, hooks: Path) -> Path:
             wrapper = where / name
             wrapper.write_text("#!/bin/sh\n" + body)
             wrapper.chmod(0o755)
-    nft = where / "nft"
-    real = sh(["sh", "-c", "command -v nft"]).strip()
-    nft.write_text(f'#!/bin/sh\necho nft "$@" >> {log}\nexec {real} "$@"\n')
-    nft.chmod(0o755)
+    for name in ("nft", tool("nft", 4), tool("nft", 6)):  # logged, then themselves
+        real = sh(["sh", "-c", f"command -v {name}"]).strip()
+        wrapper = where / name
+        wrapper.write_text(f'#!/bin/sh\necho {name} "$@" >> {log}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
     return where
 
 
