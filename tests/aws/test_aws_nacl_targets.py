@@ -157,15 +157,6 @@ DEFAULT = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("quota", "error"),
-    [
-        (None, "AccessDeniedException"),  # not readable: counted as 20
-        (40.0, None),  # raised to 40: read from Service Quotas
-        (25.0, None),  # exactly the 25 needed (22 + 2 + 1 default deny)
-        (24.0, None),
-    ],
-)
 def _stubbed_quota_run(
     quota: float | None, error: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
