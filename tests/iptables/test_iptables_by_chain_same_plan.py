@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from cfallow.backends.iptables import bychain
 from support import namespace, ns_exec, sh
-from support.cfdata import CURRENT
+from support.cfdata import CURRENT, OLD
 from support.iptables.helpers import Fw
-from support.iptables.traffic import POLICY_DROP
+from support.iptables.traffic import CF, OLD_ONLY, OUTSIDE, POLICY_DROP, pair, reach
 from test_iptables_by_chain import admin_chain
 
 from cfallow.engine import run_backend
 from cfallow.model import Networks
+from cfallow.netfilter.save import parse_save
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -184,3 +185,43 @@ def test_a_read_by_chain_plans_what_a_whole_read_plans(
         whole = _plan(fw, section, desired)
         assert not any(argv[1:2] == ("-S",) for argv in fw.runner.calls)
         assert ours == whole
+
+
+def test_config_changes_over_a_kept_read_by_chain(tmp_path: Path) -> None:
+    """``cfallow sync`` as the timer runs it, the config changed between runs while the
+    state directory keeps a read by chain (and its analysis): mode, then the chain's name.
+    Each run after a change finds it in sync, its kept text holding the kernel's INPUT
+    and chain, and the traffic follows the
+    config: allow lets outsiders in (policy ACCEPT), lockdown stops them, the new chain
+    holds the new list."""
+    from test_iptables_by_chain import commit
+    from test_iptables_carry import Host
+
+    with pair() as p:
+        fw = Fw(p.server, "nft", tmp_path)
+        fw.restore(4, admin_chain())
+        host = Host(fw, "")
+        for networks in (CURRENT, CURRENT):
+            assert host.sync(networks).returncode == 0
+        commit(fw, 0)
+        steps = [
+            ("", OLD, "CFALLOW", {CF[0]: True, OUTSIDE[0]: True, CF[1]: True, OUTSIDE[1]: True}),
+            ('mode = "lockdown"\n', OLD, "CFALLOW", None),
+            ('mode = "lockdown"\nchain = "CFNEW"\n', CURRENT, "CFNEW", None),
+            ('chain = "CFNEW"\n', OLD, "CFNEW", None),
+        ]
+        for i, (config, networks, chain, open_to) in enumerate(steps):
+            host.conf.write_text(f'[backends.iptables]\nvariant = "nft"\n{config}')
+            proc = host.sync(networks)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            if i == 0:
+                assert host.calls("-save") == 0, "read by chain"
+            again = host.sync(networks)  # what it keeps now is under the kernel's generation
+            assert again.returncode == 0 and "in sync" in again.stdout, again.stdout + again.stderr
+            for version, kept in zip((4, 6), host.kept()):
+                whole, ours = parse_save(fw.save(version)), parse_save(kept)
+                for name in ("INPUT", chain):
+                    assert ours.rules(name) == whole.rules(name), (i, version, name)
+            want = open_to or {CF[0]: True, CF[1]: True, OUTSIDE[0]: False, OUTSIDE[1]: False}
+            assert reach(p) == want, (i, config)
+            assert p.can_connect(OLD_ONLY) is (networks == OLD), (i, config)
