@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
+FAMILY_NFT = {4: "ip", 6: "ip6"}  # the nf_tables family of iptables-nft's tables
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
 #: The legacy tables lockdown's NAT notes read (both families, whatever ``ipv6`` says).
@@ -88,6 +89,8 @@ class Seen:
     #: What the host analysis says of allow mode in INPUT (the error, notes); None: not asked.
     allow: tuple[str | None, tuple[str, ...]] | None = None
     nat: tuple[str, ...] = ()  # what the host's DNAT leaves open (lockdown in INPUT only)
+    #: The tables cfallow writes that sleep (``ip filter``: ``flags dormant``; nf_tables)
+    dormant: tuple[str, ...] = ()
     generation: str | None = None  # the ruleset's, taken before the tables were read (nft)
     #: Legacy: each family's tables' digest, taken under the xtables lock before their read
     digests: tuple[tuple[int, str], ...] = ()
@@ -255,7 +258,11 @@ class IptablesBackend(Backend[Seen, Step]):
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         last = _Read(gen, tuple(texts), tables, by_chain=by_chain) if gen is not None else None
         self._last = last if nft else None
-        seen = Seen(variant, tables, generation=gen if nft else None, digests=digests)
+        asleep = generation.asleep(gen) if nft else frozenset()
+        dormant = tuple(t for t in self._tables_written() if tuple(t.split()) in asleep)
+        seen = Seen(
+            variant, tables, generation=gen if nft else None, digests=digests, dormant=dormant
+        )
         if not analysed:
             return seen
         if self.settings.mode == "allow":
@@ -441,6 +448,7 @@ class IptablesBackend(Backend[Seen, Step]):
             if managed != desired:
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
+            notes += self._awake(observed)
             notes += self._uncovered(observed)
             notes += self._allow_takes_effect(observed)
         current: set[IPNetwork] = set()
@@ -481,6 +489,24 @@ class IptablesBackend(Backend[Seen, Step]):
         if error is not None:
             raise BackendError(error)
         return list(notes)
+
+    def _tables_written(self) -> tuple[str, ...]:
+        """The nf_tables tables this configuration writes: ``ip filter``, ``ip6 mangle``..."""
+        names = ("filter", "mangle") if self.settings.parent == "DOCKER-USER" else ("filter",)
+        return tuple(f"{FAMILY_NFT[v]} {n}" for v in self.families for n in names)
+
+    def _awake(self, observed: Seen) -> list[str]:
+        """A table put to sleep (``flags dormant``) is on no hook: none of its rules sees a
+        packet. A lockdown there lets everyone in (refused); allow mode's accept does
+        nothing there (said)."""
+        out = []
+        for table in observed.dormant:
+            what = f"table {table} is dormant (flags dormant): none of its rules sees a packet"
+            wake = f"nft add table {table} wakes it"
+            if self.settings.mode == "lockdown":
+                raise BackendError(f"{what}, so the lockdown lets everyone in ({wake})")
+            out.append(f"{what}, cfallow's accept among them ({wake})")
+        return out
 
     def _uncovered(self, observed: Seen) -> list[str]:
         """What a lockdown in this configuration leaves open (said on every plan)."""

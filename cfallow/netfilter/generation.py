@@ -147,6 +147,23 @@ def _chains(sock: socket.socket) -> list[Chain]:
     return out
 
 
+def _asleep(tables: list[tuple[int, str, int, int]]) -> str:
+    """The dormant tables as ``!FAMILY:NAME,...`` ("" when there are none, the common case)."""
+    found = (
+        f"{FAMILIES.get(f, f)}:{n}" for f, n, _, flags in tables if flags & NFT_TABLE_F_DORMANT
+    )
+    names = ",".join(sorted(found))
+    return f"!{names}" if names else ""
+
+
+def asleep(generation: str | None) -> frozenset[tuple[str, str]]:
+    """The dormant tables a generation from :func:`current` names, as ``(family, name)``."""
+    where = (generation or "").rsplit("/", 1)[0]
+    _, mark, names = where.partition("!")
+    found = (n.split(":", 1) for n in names.split(",") if mark and ":" in n)
+    return frozenset((family, name) for family, name in found)
+
+
 def _owned(tables: list[tuple[int, str, int, int]]) -> str:
     """The tables that go with their owner's process, without a new generation: each
     family, name and handle ("" when there are none, the common case)."""
@@ -219,8 +236,10 @@ def module(path: Path = MODULE) -> str:
 
 def current() -> str:
     """``BOOT/NAMESPACE/GENERATION`` of this process's network namespace, with the
-    load of nf_tables (:func:`module`) and ``+OWNED`` after the namespace while tables
-    owned by a process exist (raises OSError: no nf_tables, or no privilege to ask)."""
+    load of nf_tables (:func:`module`), ``+OWNED`` after the namespace while tables
+    owned by a process exist and ``!DORMANT`` while tables sleep (:func:`asleep`; a
+    table put to sleep or woken is a commit anyway) (raises OSError: no nf_tables, or
+    no privilege to ask)."""
     return _current(with_chains=False)[0]
 
 
@@ -235,11 +254,12 @@ def _current(*, with_chains: bool) -> tuple[str, list[Chain]]:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         load = module()
         gen = _ask(sock)
-        owned = _owned(_tables(sock))  # one gone after this: the key is not seen again
+        tables = _tables(sock)
+        owned = _owned(tables)  # one gone after this: the key is not seen again
         chains = _chains(sock) if with_chains else []
         if module() != load:  # (re)loaded meanwhile (the ask loads it if it was not)
             raise OSError("nf_tables was loaded while asked: which load the id is of is unknown")
-        where = namespace(sock) + load + (f"+{owned}" if owned else "")
+        where = namespace(sock) + load + (f"+{owned}" if owned else "") + _asleep(tables)
         return f"{boot}/{where}/{gen}", chains
 
 
