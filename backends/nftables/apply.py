@@ -91,6 +91,8 @@ class Seen:
     file: bytes | None
     #: The ruleset generation and iptables variant the analysis is kept under (None: no memo).
     kept_for: tuple[str, str] | None = None
+    #: The table has ``flags dormant``: on no hook, none of its rules sees a packet.
+    dormant: bool = False
 
     def set(self, name: str) -> NftSet | None:
         """The set ``name`` of the table, if read."""
@@ -171,7 +173,11 @@ def read_seen(
     if s.mode == "sets":
         sets = tuple(st for st in sets if st.name in wanted)
     chains = own.chains if own is not None and s.mode == "lockdown" else ()
-    return Seen(analysis, own is not None, sets, chains, file.read(), kept_for)
+    dormant = False
+    if own is not None and s.mode == "lockdown":  # the generation names dormant tables
+        asleep = generation.asleep(kept_for[0]) if kept_for else generation.dormant(runner)
+        dormant = (fam, name) in (asleep or ())
+    return Seen(analysis, own is not None, sets, chains, file.read(), kept_for, dormant)
 
 
 def analysis_key(gen: str | None, s: render.Settings, variant: str) -> str | None:

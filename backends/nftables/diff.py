@@ -77,6 +77,8 @@ def lockdown_steps(seen: Seen, s: render.Settings, want: Want, file: ManagedFile
     current = frozenset(n for name in names for n in _elements(seen, name))
     data = render.lockdown_table(s, want).encode()
     drift = _structure(seen, s) if seen.table else []
+    if seen.table and seen.dormant:  # loading the table anew wakes it
+        drift.insert(0, f"table {s.table} is dormant (flags dormant): its rules saw no packet")
     if not seen.table or drift:
         lines = [data.decode()]
     else:
