@@ -77,6 +77,8 @@ MEMO = "iptables-host.json"
 NAT_TABLES = ((4, "nat"), (6, "nat"))
 #: The tables as last read, kept for the ruleset generation they were read under.
 READ_MEMO = "iptables-read.json"
+#: The references into cfallow's chain that no rule read shows, per generation.
+REFS_MEMO = "iptables-refs.json"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Seen:
     nat: tuple[str, ...] = ()  # what the host's DNAT leaves open (lockdown in INPUT only)
     #: The tables cfallow writes that sleep (``ip filter``: ``flags dormant``; nf_tables)
     dormant: tuple[str, ...] = ()
+    #: Per family, the references into cfallow's chain that no rule read shows (nf_tables)
+    hidden: tuple[tuple[int, int], ...] = ()
     generation: str | None = None  # the ruleset's, taken before the tables were read (nft)
     #: Legacy: each family's tables' digest, taken under the xtables lock before their read
     digests: tuple[tuple[int, str], ...] = ()
@@ -260,8 +264,14 @@ class IptablesBackend(Backend[Seen, Step]):
         self._last = last if nft else None
         asleep = generation.asleep(gen) if nft else frozenset()
         dormant = tuple(t for t in self._tables_written() if tuple(t.split()) in asleep)
+        hidden = self._hidden(gen, tables) if nft and gen is not None else ()
         seen = Seen(
-            variant, tables, generation=gen if nft else None, digests=digests, dormant=dormant
+            variant,
+            tables,
+            generation=gen if nft else None,
+            digests=digests,
+            dormant=dormant,
+            hidden=hidden,
         )
         if not analysed:
             return seen
@@ -449,6 +459,12 @@ class IptablesBackend(Backend[Seen, Step]):
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
             notes += self._awake(observed)
+            notes += [
+                f"IPv{version}: {n} reference(s) into chain {self.settings.chain} that iptables "
+                "does not show (an nft verdict map or rule in the same table: nft list table "
+                f"{FAMILY_NFT[version]} filter shows it): the chain judges that traffic too"
+                for version, n in observed.hidden
+            ]
             notes += self._uncovered(observed)
             notes += self._allow_takes_effect(observed)
         current: set[IPNetwork] = set()
@@ -489,6 +505,41 @@ class IptablesBackend(Backend[Seen, Step]):
         if error is not None:
             raise BackendError(error)
         return list(notes)
+
+    def _hidden(
+        self, gen: str, tables: tuple[tuple[int, Table], ...]
+    ) -> tuple[tuple[int, int], ...]:
+        """Per family, how many references into cfallow's chain the rules read do not show
+        (an nft verdict map or rule in the same table: iptables prints ``-A INPUT -p tcp``
+        for ``tcp dport vmap { 8080 : jump CFALLOW }``). The kernel counts a chain's rules
+        and every jump and goto into it; kept for the generation they were counted at."""
+        memo = generation.Memo(self.ctx.state_dir / REFS_MEMO)
+        key = generation.key(gen, self.name, self.settings.chain, self.families, "hidden")
+        kept = memo.get(key)
+        if isinstance(kept, list):
+            return tuple((int(v), int(n)) for v, n in kept)
+        snap = generation.chains(self.ctx.runner)
+        if snap is None or snap[0] != gen:  # moved since the read: said by the next run
+            return ()
+        out = []
+        for version, table in tables:
+            count = next(
+                (
+                    c.use
+                    for c in snap[1]
+                    if (c.family, c.table, c.name)
+                    == (bychain.FAMILY[version], "filter", self.settings.chain)
+                ),
+                None,
+            )
+            own = table.rules(self.settings.chain)
+            if count is None or own is None:
+                continue
+            shown = len(observe(table, version, self.settings).jumps)
+            if count > len(own) + shown:
+                out.append((version, count - len(own) - shown))
+        memo.put(key, [list(pair) for pair in out])
+        return tuple(out)
 
     def _tables_written(self) -> tuple[str, ...]:
         """The nf_tables tables this configuration writes: ``ip filter``, ``ip6 mangle``..."""
