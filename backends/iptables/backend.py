@@ -57,10 +57,11 @@ from .rules import (
     Settings,
     check_chain_name,
     check_parent,
+    is_own_jump,
     observe,
     port_slots,
 )
-from .save import Table, parse_save
+from .save import Table, parse_save, target_of
 from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 
 if TYPE_CHECKING:
@@ -459,6 +460,7 @@ class IptablesBackend(Backend[Seen, Step]):
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
             notes += self._awake(observed)
+            notes += self._elsewhere(observed)
             notes += [
                 f"IPv{version}: {n} reference(s) into chain {self.settings.chain} that iptables "
                 "does not show (an nft verdict map or rule in the same table: nft list table "
@@ -540,6 +542,22 @@ class IptablesBackend(Backend[Seen, Step]):
                 out.append((version, count - len(own) - shown))
         memo.put(key, [list(pair) for pair in out])
         return tuple(out)
+
+    def _elsewhere(self, observed: Seen) -> list[str]:
+        """Jumps with cfallow's comment from the parent into another chain: a chain of an
+        earlier configuration (``chain`` renamed), or of another cfallow configuration
+        on this host; left alone, said on every plan."""
+        s, out = self.settings, []
+        for version, table in observed.tables:
+            targets = (target_of(spec) for spec in table.rules(s.parent) or () if is_own_jump(spec))
+            found = {t for t in targets if t is not None and t != s.chain}
+            out += [
+                f"IPv{version}: {s.parent} jumps to chain {name} with cfallow's comment: not "
+                f"this configuration's chain ({s.chain}), so it stays and still judges that "
+                "traffic (renamed? `cfallow remove` with the old chain name removes it)"
+                for name in sorted(found)
+            ]
+        return out
 
     def _tables_written(self) -> tuple[str, ...]:
         """The nf_tables tables this configuration writes: ``ip filter``, ``ip6 mangle``..."""

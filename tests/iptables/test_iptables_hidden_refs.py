@@ -72,3 +72,25 @@ def test_a_verdict_map_into_cfallows_chain_is_said(lab: tuple[Pair, Fw]) -> None
     assert result.error is None and result.plan is not None, result.error
     assert not any("does not show" in n for n in result.plan.notes), result.plan.notes
     assert p.can_connect(OUTSIDE[0], port=OTHER)
+
+
+def test_a_renamed_chain_left_behind_is_said_until_removed(lab: tuple[Pair, Fw]) -> None:
+    """``chain`` renamed: the old chain and its jumps (cfallow's comment) stay, and a
+    lockdown there still drops outsiders under the new allow-mode configuration. Each
+    plan says so, until ``remove`` with the old name takes it away."""
+    p, fw = lab
+    assert run_backend(fw.backend(mode="lockdown"), CURRENT, dry_run=False).error is None
+    result = run_backend(fw.backend(chain="CFNEW"), CURRENT, dry_run=False)
+    assert result.error is None and result.plan is not None, result.error
+    note = (
+        "IPv4: INPUT jumps to chain CFALLOW with cfallow's comment: not this configuration's "
+        "chain (CFNEW), so it stays and still judges that traffic (renamed? `cfallow remove` "
+        "with the old chain name removes it)"
+    )
+    assert note in result.plan.notes, result.plan.notes
+    assert not p.can_connect(OUTSIDE[0]), "the old lockdown still drops the outsider"
+    assert run_backend(fw.backend(chain="CFALLOW"), None, dry_run=False).error is None
+    result = run_backend(fw.backend(chain="CFNEW"), CURRENT, dry_run=True)
+    assert result.plan is not None and not result.plan.changed
+    assert not any("with cfallow's comment" in n for n in result.plan.notes), result.plan.notes
+    assert p.can_connect(OUTSIDE[0]), "allow mode alone: policy ACCEPT lets everyone in"
