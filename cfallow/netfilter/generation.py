@@ -226,11 +226,14 @@ def module(path: Path = MODULE) -> str:
     and kernfs numbers its nodes cyclically (64-bit kernels: with a generation in the
     high bits), so the directory's inode number names the load; it is the same in
     every mount of sysfs (``ip netns exec`` mounts its own). No directory: nf_tables
-    is built into the kernel and cannot go.
+    is built into the kernel and cannot go (no ``/sys/module`` at all, no sysfs: OSError,
+    no generation).
     """
     try:
         return f"~nft{os.stat(path).st_ino}"
     except FileNotFoundError:
+        if not path.parent.is_dir():  # no sysfs here: a reload could not be seen
+            raise OSError(f"no {path.parent}: which load of nf_tables answers is unknown") from None
         return ""
 
 

@@ -108,3 +108,12 @@ def test_this_hosts_key_names_the_load_only_where_nf_tables_is_a_module() -> Non
     key = generation.current()
     loaded = generation.MODULE.exists()
     assert ("~nft" in key) == loaded, (key, loaded)
+
+
+def test_without_sysfs_the_load_is_unknown(tmp_path: Path) -> None:
+    """No ``/sys/module`` (sysfs not mounted, as in some containers): a missing module
+    directory does not mean built in, so there is no key (no memo), not a key that a
+    reload could repeat."""
+    with pytest.raises(OSError, match="which load of nf_tables answers is unknown"):
+        generation.module(tmp_path / "no-sysfs" / "nf_tables")
+    assert generation.module(tmp_path / "nf_tables") == ""  # sysfs there, no directory
