@@ -52,16 +52,16 @@ from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .legacy import digest as legacy_digest
 from .nft import NftIO
+from .notes import asleep, elsewhere, hidden, tables_written, uncovered
 from .rules import (
     Owned,
     Settings,
     check_chain_name,
     check_parent,
-    is_own_jump,
     observe,
     port_slots,
 )
-from .save import Table, parse_save, target_of
+from .save import Table, parse_save
 from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
 PROTOCOLS = ("tcp", "udp", "sctp", "dccp", "udplite")  # the ones multiport takes
-FAMILY_NFT = {4: "ip", 6: "ip6"}  # the nf_tables family of iptables-nft's tables
 #: The host analysis kept for the ruleset it was made for (in the state directory).
 MEMO = "iptables-host.json"
 #: The legacy tables lockdown's NAT notes read (both families, whatever ``ipv6`` says).
@@ -263,16 +262,17 @@ class IptablesBackend(Backend[Seen, Step]):
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         last = _Read(gen, tuple(texts), tables, by_chain=by_chain) if gen is not None else None
         self._last = last if nft else None
-        asleep = generation.asleep(gen) if nft else frozenset()
-        dormant = tuple(t for t in self._tables_written() if tuple(t.split()) in asleep)
-        hidden = self._hidden(gen, tables) if nft and gen is not None else ()
+        sleeping = generation.asleep(gen) if nft else frozenset()
+        written = tables_written(self.settings, self.families)
+        dormant = tuple(t for t in written if tuple(t.split()) in sleeping)
+        unseen = self._hidden(gen, tables) if nft and gen is not None else ()
         seen = Seen(
             variant,
             tables,
             generation=gen if nft else None,
             digests=digests,
             dormant=dormant,
-            hidden=hidden,
+            hidden=unseen,
         )
         if not analysed:
             return seen
@@ -459,15 +459,11 @@ class IptablesBackend(Backend[Seen, Step]):
             if managed != desired:
                 notes.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
-            notes += self._awake(observed)
-            notes += self._elsewhere(observed)
-            notes += [
-                f"IPv{version}: {n} reference(s) into chain {self.settings.chain} that iptables "
-                "does not show (an nft verdict map or rule in the same table: nft list table "
-                f"{FAMILY_NFT[version]} filter shows it): the chain judges that traffic too"
-                for version, n in observed.hidden
-            ]
-            notes += self._uncovered(observed)
+            s, tables = self.settings, observed.tables
+            notes += asleep(observed.dormant, s)
+            notes += elsewhere(tables, s)
+            notes += hidden(observed.hidden, s)
+            notes += uncovered(observed.nat, tables, s, self.families)
             notes += self._allow_takes_effect(observed)
         current: set[IPNetwork] = set()
         drift: list[str] = []
@@ -511,10 +507,8 @@ class IptablesBackend(Backend[Seen, Step]):
     def _hidden(
         self, gen: str, tables: tuple[tuple[int, Table], ...]
     ) -> tuple[tuple[int, int], ...]:
-        """Per family, how many references into cfallow's chain the rules read do not show
-        (an nft verdict map or rule in the same table: iptables prints ``-A INPUT -p tcp``
-        for ``tcp dport vmap { 8080 : jump CFALLOW }``). The kernel counts a chain's rules
-        and every jump and goto into it; kept for the generation they were counted at."""
+        """Per family, the references into cfallow's chain that the rules read do not show
+        (:func:`.bychain.unshown`), kept for the generation they were counted at."""
         memo = generation.Memo(self.ctx.state_dir / REFS_MEMO)
         key = generation.key(gen, self.name, self.settings.chain, self.families, "hidden")
         kept = memo.get(key)
@@ -523,80 +517,9 @@ class IptablesBackend(Backend[Seen, Step]):
         snap = generation.chains(self.ctx.runner)
         if snap is None or snap[0] != gen:  # moved since the read: said by the next run
             return ()
-        out = []
-        for version, table in tables:
-            count = next(
-                (
-                    c.use
-                    for c in snap[1]
-                    if (c.family, c.table, c.name)
-                    == (bychain.FAMILY[version], "filter", self.settings.chain)
-                ),
-                None,
-            )
-            own = table.rules(self.settings.chain)
-            if count is None or own is None:
-                continue
-            shown = len(observe(table, version, self.settings).jumps)
-            if count > len(own) + shown:
-                out.append((version, count - len(own) - shown))
+        out = bychain.unshown(tables, self.settings, snap)
         memo.put(key, [list(pair) for pair in out])
         return tuple(out)
-
-    def _elsewhere(self, observed: Seen) -> list[str]:
-        """Jumps with cfallow's comment from the parent into another chain: a chain of an
-        earlier configuration (``chain`` renamed), or of another cfallow configuration
-        on this host; left alone, said on every plan."""
-        s, out = self.settings, []
-        for version, table in observed.tables:
-            targets = (target_of(spec) for spec in table.rules(s.parent) or () if is_own_jump(spec))
-            found = {t for t in targets if t is not None and t != s.chain}
-            out += [
-                f"IPv{version}: {s.parent} jumps to chain {name} with cfallow's comment: not "
-                f"this configuration's chain ({s.chain}), so it stays and still judges that "
-                "traffic (renamed? `cfallow remove` with the old chain name removes it)"
-                for name in sorted(found)
-            ]
-        return out
-
-    def _tables_written(self) -> tuple[str, ...]:
-        """The nf_tables tables this configuration writes: ``ip filter``, ``ip6 mangle``..."""
-        names = ("filter", "mangle") if self.settings.parent == "DOCKER-USER" else ("filter",)
-        return tuple(f"{FAMILY_NFT[v]} {n}" for v in self.families for n in names)
-
-    def _awake(self, observed: Seen) -> list[str]:
-        """A table put to sleep (``flags dormant``) is on no hook: none of its rules sees a
-        packet. A lockdown there lets everyone in (refused); allow mode's accept does
-        nothing there (said)."""
-        out = []
-        for table in observed.dormant:
-            what = f"table {table} is dormant (flags dormant): none of its rules sees a packet"
-            wake = f"nft add table {table} wakes it"
-            if self.settings.mode == "lockdown":
-                raise BackendError(f"{what}, so the lockdown lets everyone in ({wake})")
-            out.append(f"{what}, cfallow's accept among them ({wake})")
-        return out
-
-    def _uncovered(self, observed: Seen) -> list[str]:
-        """What a lockdown in this configuration leaves open (said on every plan)."""
-        s = self.settings
-        if s.mode != "lockdown":
-            return []
-        out = list(observed.nat)
-        if 6 not in self.families:
-            out.append(
-                "lockdown covers IPv4 only (ipv6 = false): IPv6 clients still reach "
-                f"{s.protocol}/{','.join(map(str, s.ports))} unless something else drops them"
-            )
-        if s.parent == "INPUT" and any(
-            t.rules("DOCKER-USER") is not None for _, t in observed.tables
-        ):
-            out.append(
-                "Docker is here (DOCKER-USER exists): ports it publishes go through FORWARD, "
-                'which a lockdown in INPUT does not cover (parent = "DOCKER-USER" covers them, '
-                "not the host's own ports)"
-            )
-        return out
 
     def apply(self, plan: Plan[Step]) -> None:
         """One transaction per family that needs one, from the table to the plan's target.

@@ -34,6 +34,8 @@ from cfallow.netfilter import generation
 from cfallow.netfilter.save import target_of
 
 from .nft import NftIO
+from .rules import Settings, observe
+from .save import Table
 
 #: nf_tables' family numbers (NFPROTO_IPV4, NFPROTO_IPV6) per IP version.
 FAMILY = {4: 2, 6: 10}
@@ -119,3 +121,23 @@ def _text(kernel: list[generation.Chain], parent: str, own: str | None, chain: s
     lines += [f":{name} - [0:0]" for name in users]
     lines += [*parent_rules, *own_rules, "COMMIT", ""]
     return "\n".join(lines)
+
+
+def unshown(
+    tables: Sequence[tuple[int, Table]], settings: Settings, snap: Snapshot
+) -> list[tuple[int, int]]:
+    """Per family, how many references into cfallow's chain the rules read do not show:
+    the kernel's count (rules plus every jump and goto into it, at ``snap``) beyond the
+    chain's rules and the jumps found in ``tables`` (an nft verdict map or rule in the
+    same table: ``tcp dport vmap { 8080 : jump CFALLOW }`` prints as ``-A INPUT -p tcp``)."""
+    out = []
+    for version, table in tables:
+        where = (FAMILY[version], "filter", settings.chain)
+        count = next((c.use for c in snap[1] if (c.family, c.table, c.name) == where), None)
+        own = table.rules(settings.chain)
+        if count is None or own is None:
+            continue
+        shown = len(observe(table, version, settings).jumps)
+        if count > len(own) + shown:
+            out.append((version, count - len(own) - shown))
+    return out
