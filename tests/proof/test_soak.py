@@ -44,11 +44,13 @@ def test_200_syncs_no_leaks(nft_lab: Lab) -> None:
     assert s["fds_last"] == s["fds_first"] and s["fds_max"] == s["fds_first"], s
     assert s["unreaped_children"] == 0, s
     # no temporary file left behind: the list, the lock, the fetch record the refresh
-    # cadence reads, and the memos (host analysis, tables read, iptables' version)
+    # cadence reads, and the memos (host analysis, tables read, references into cfallow's
+    # chain that the tables do not show, iptables' version)
     assert s["state_files"] == [
         "fetch.json",
         "iptables-host.json",
         "iptables-read.json",
+        "iptables-refs.json",
         "iptables-version.json",
         "last-known-good.json",
         "lock",
