@@ -47,12 +47,11 @@ from cfallow.netfilter.save import COMMAND, SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
 
-from . import bychain
+from . import bychain, notes
 from .diff import Ops, assess, assess_guard, assess_removal
 from .legacy import LegacyIO, Writer
 from .legacy import digest as legacy_digest
 from .nft import NftIO
-from .notes import asleep, elsewhere, hidden, tables_written, uncovered
 from .rules import (
     Owned,
     Settings,
@@ -253,19 +252,19 @@ class IptablesBackend(Backend[Seen, Step]):
         # (legacy hosts: the host analysis's key, for the native tables it reads too)
         nft = variant.kind == "nft"
         gen = generation.generation(self.ctx.runner) if nft or analysed else None
-        by_chain = None
+        by_chain, snap = None, None
         if isinstance(io, LegacyIO):
             texts, digests = self._legacy_texts(io)
         else:
-            (texts, by_chain), digests = self._texts(io, gen), ()
+            (texts, by_chain, snap), digests = self._texts(io, gen), ()
         # Parsed in this thread: a legacy parse may import python-iptables (not thread-safe).
         tables = tuple((v, io.parse(v, text)) for v, text in zip(self.families, texts))
         last = _Read(gen, tuple(texts), tables, by_chain=by_chain) if gen is not None else None
         self._last = last if nft else None
         sleeping = generation.asleep(gen) if nft else frozenset()
-        written = tables_written(self.settings, self.families)
+        written = notes.tables_written(self.settings, self.families)
         dormant = tuple(t for t in written if tuple(t.split()) in sleeping)
-        unseen = self._hidden(gen, tables) if nft and gen is not None else ()
+        unseen = self._hidden(gen, tables, snap) if nft and gen is not None else ()
         seen = Seen(
             variant,
             tables,
@@ -280,13 +279,12 @@ class IptablesBackend(Backend[Seen, Step]):
             return replace(seen, allow=self._allow(variant, texts, tables, gen))
         return replace(seen, nat=self._nat(variant, io, gen))
 
-    def _by_chain(self, io: NftIO | LegacyIO) -> bool:
-        """Whether this read may go by chain (:mod:`.bychain`): iptables-nft, parent INPUT."""
-        return isinstance(io, NftIO) and not io.mangle and self.settings.parent == "INPUT"
-
-    def _texts(self, io: NftIO | LegacyIO, gen: str | None) -> tuple[list[str], str | None]:
-        """Each family's tables as its ``*-save`` prints them (read side by side), and the
-        chain whose rules alone they hold beside INPUT's (None: the whole table).
+    def _texts(
+        self, io: NftIO, gen: str | None
+    ) -> tuple[list[str], str | None, bychain.Snapshot | None]:
+        """Each family's tables as its ``*-save`` prints them (read side by side), the
+        chain whose rules alone they hold beside INPUT's (None: the whole table), and the
+        chains as the kernel counted them at ``gen`` where they were asked.
 
         nf_tables hosts: kept with the generation they were read under (taken before the
         read). Every commit, by anyone, is a new generation, so while it holds a read
@@ -296,26 +294,26 @@ class IptablesBackend(Backend[Seen, Step]):
         chains are asked only then, not on every run). Legacy hosts: :meth:`_legacy_texts`.
         """
         memo = generation.Memo(self.ctx.state_dir / READ_MEMO)
-        nft = gen if io.kind == "nft" else None
         chain = self.settings.chain
-        by_chain = isinstance(io, NftIO) and self._by_chain(io) and nft is not None
-        partial = self._read_key(nft, io.mangle, SAVE["nft"], chain) if by_chain else None
+        by_chain = gen is not None and not io.mangle and self.settings.parent == "INPUT"
+        partial = self._read_key(gen, io.mangle, SAVE["nft"], chain) if by_chain else None
         kept = self._kept(memo, partial)
         if kept is not None:
-            return kept, chain
-        key = self._read_key(nft, io.mangle, SAVE["nft"])
+            return kept, chain, None
+        key = self._read_key(gen, io.mangle, SAVE["nft"])
         kept = self._kept(memo, key)
         if kept is not None:
-            return kept, None
+            return kept, None, None
         snap = generation.chains(self.ctx.runner) if by_chain else None
-        if snap is not None and snap[0] == nft and isinstance(io, NftIO):
+        snap = snap if snap is not None and snap[0] == gen else None
+        if snap is not None:
             read = bychain.read(io, self.families, chain, snap)
             if read is not None:
                 memo.put(partial, read)
-                return read, chain
+                return read, chain, snap
         texts = self._read_all(io)
         memo.put(key, texts)
-        return texts, None
+        return texts, None, snap
 
     def _legacy_texts(self, io: LegacyIO) -> tuple[list[str], tuple[tuple[int, str], ...]]:
         """Legacy hosts: each family's texts, and the digests they were read under.
@@ -453,25 +451,25 @@ class IptablesBackend(Backend[Seen, Step]):
 
         ``None``: every jump into the chain and the chain itself, in each managed family.
         """
-        notes = [observed.variant.note] if observed.variant.note else []
+        said = [observed.variant.note] if observed.variant.note else []
         if desired is not None:
             managed = frozenset(n for n in desired if n.version in self.families)
             if managed != desired:
-                notes.append("IPv6 ranges left alone (ipv6 = false)")
+                said.append("IPv6 ranges left alone (ipv6 = false)")
             desired = managed
             s, tables = self.settings, observed.tables
-            notes += asleep(observed.dormant, s)
-            notes += elsewhere(tables, s)
-            notes += hidden(observed.hidden, s)
-            notes += uncovered(observed.nat, tables, s, self.families)
-            notes += self._allow_takes_effect(observed)
+            said += notes.asleep(observed.dormant, s)
+            said += notes.elsewhere(tables, s)
+            said += notes.hidden(observed.hidden, s)
+            said += notes.uncovered(observed.nat, tables, s, self.families)
+            said += self._allow_takes_effect(observed)
         current: set[IPNetwork] = set()
         drift: list[str] = []
         steps: list[Step] = []
         for version, table in observed.tables:
             obs = observe(table, version, self.settings)
             if desired is not None and _no_docker_ipv6(obs, self.settings, observed, table):
-                notes.append(DOCKER_NO_IPV6)
+                said.append(DOCKER_NO_IPV6)
                 desired = frozenset(n for n in desired if n.version != version)
                 continue
             want = None if desired is None else family(desired, version)
@@ -491,7 +489,7 @@ class IptablesBackend(Backend[Seen, Step]):
             desired or frozenset(),
             frozenset(current),
             drift=drift,
-            notes=notes,
+            notes=said,
             steps=steps,
         )
 
@@ -505,16 +503,17 @@ class IptablesBackend(Backend[Seen, Step]):
         return list(notes)
 
     def _hidden(
-        self, gen: str, tables: tuple[tuple[int, Table], ...]
+        self, gen: str, tables: tuple[tuple[int, Table], ...], snap: bychain.Snapshot | None
     ) -> tuple[tuple[int, int], ...]:
         """Per family, the references into cfallow's chain that the rules read do not show
-        (:func:`.bychain.unshown`), kept for the generation they were counted at."""
+        (:func:`.bychain.unshown`), kept for the generation they were counted at; ``snap``:
+        the chains as the read already counted them at ``gen`` (else asked here)."""
         memo = generation.Memo(self.ctx.state_dir / REFS_MEMO)
         key = generation.key(gen, self.name, self.settings.chain, self.families, "hidden")
         kept = memo.get(key)
         if isinstance(kept, list):
             return tuple((int(v), int(n)) for v, n in kept)
-        snap = generation.chains(self.ctx.runner)
+        snap = snap or generation.chains(self.ctx.runner)
         if snap is None or snap[0] != gen:  # moved since the read: said by the next run
             return ()
         out = bychain.unshown(tables, self.settings, snap)

@@ -43,13 +43,8 @@ GETCHAIN = (10 << 8) | 4  # NFT_MSG_GETCHAIN
 NFTA_GEN_ID = 1
 NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_HANDLE = 1, 2, 4
 NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
-NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY, NFTA_CHAIN_USE = (
-    1,
-    3,
-    4,
-    5,
-    6,
-)
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK = 1, 3, 4
+NFTA_CHAIN_POLICY, NFTA_CHAIN_USE = 5, 6
 NF_ACCEPT = 1
 #: nf_tables' family numbers (NFPROTO_*) as nft names them.
 FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
@@ -132,27 +127,22 @@ def _chains(sock: socket.socket) -> list[Chain]:
     for family, a in _dump(sock, GETCHAIN, 3):
         if NFTA_CHAIN_USE not in a:
             raise OSError("no use count in the kernel's answer")
-        base = NFTA_CHAIN_HOOK in a
         policy = "ACCEPT" if _number(a, NFTA_CHAIN_POLICY) == NF_ACCEPT else "DROP"
-        name = _name(a, NFTA_CHAIN_NAME)
-        out.append(
-            Chain(
-                family,
-                _name(a, NFTA_CHAIN_TABLE),
-                name,
-                _number(a, NFTA_CHAIN_USE),
-                policy if base else None,
-            )
-        )
+        table, name = _name(a, NFTA_CHAIN_TABLE), _name(a, NFTA_CHAIN_NAME)
+        base = NFTA_CHAIN_HOOK in a
+        out.append(Chain(family, table, name, _number(a, NFTA_CHAIN_USE), policy if base else None))
     return out
+
+
+def _sleeping(tables: list[tuple[int, str, int, int]]) -> list[tuple[str, str]]:
+    """The dormant ones of ``tables``, as ``(family, name)``, sorted."""
+    dormant = (t for t in tables if t[3] & NFT_TABLE_F_DORMANT)
+    return sorted((FAMILIES.get(f, str(f)), n) for f, n, _, _ in dormant)
 
 
 def _asleep(tables: list[tuple[int, str, int, int]]) -> str:
     """The dormant tables as ``!FAMILY:NAME,...`` ("" when there are none, the common case)."""
-    found = (
-        f"{FAMILIES.get(f, f)}:{n}" for f, n, _, flags in tables if flags & NFT_TABLE_F_DORMANT
-    )
-    names = ",".join(sorted(found))
+    names = ",".join(f"{f}:{n}" for f, n in _sleeping(tables))
     return f"!{names}" if names else ""
 
 
@@ -175,9 +165,7 @@ def _dormant() -> list[tuple[str, str]]:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         sock.settimeout(2.0)
         sock.bind((0, 0))
-        tables = _tables(sock)
-    out = [(FAMILIES.get(f, str(f)), n) for f, n, _, flags in tables if flags & NFT_TABLE_F_DORMANT]
-    return sorted(out)
+        return _sleeping(_tables(sock))
 
 
 def dormant(runner: Runner) -> frozenset[tuple[str, str]] | None:
