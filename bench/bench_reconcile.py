@@ -62,7 +62,7 @@ TWO_SAVES = (
 )
 RATIO = 2.0
 SCRIPT = (
-    "#!{python}\nimport sys\nfrom cfallow.cli.commands import main\n"
+    "#!{python}\nimport sys\nfrom cfallow.__main__ import main\n"
     "if __name__ == '__main__':\n    sys.exit(main())\n"
 )
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

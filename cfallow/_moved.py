@@ -15,13 +15,13 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
 from importlib.machinery import ModuleSpec
-from types import ModuleType
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing itself is not imported on every run (mypy: true)
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from importlib.abc import Loader as _Loader
+    from types import ModuleType
 else:
     _Loader = object
 

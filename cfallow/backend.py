@@ -42,6 +42,7 @@ from cfallow.section import PortRange, Section, suggest
 
 if TYPE_CHECKING:
     from cfallow.netfilter.host import Host
+    from cfallow.netfilter.witness import Witness
 
 GROUP = "cfallow.backends"
 # seen, step, check, dry run, test, run: one meaning each (docs/plugins.md, "Words").
@@ -148,6 +149,16 @@ class Backend(abc.ABC, Generic[SeenT, StepT]):
 
         None (the default): it cannot be applied there (it writes through something
         else, e.g. D-Bus to the host's daemon), so ``sync --verify`` refuses to verify.
+        """
+        return None
+
+    def witnesses(self) -> list[Witness] | None:
+        """What the last ``read`` rested on besides the config and the state directory,
+        each as a question :func:`cfallow.netfilter.witness.ask` can put again and the answer the
+        read had (``(("nf",), GENERATION)``, ``(("exe", "iptables-nft-save"), FILE)``).
+        A run that changed nothing is then said again without planning while every
+        answer stays the same, so the list must name everything the plan and its notes
+        depend on. None (the default): it cannot say, and every run plans.
         """
         return None
 

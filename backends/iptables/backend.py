@@ -42,7 +42,7 @@ from cfallow.backend import Backend, Context, Promise, probe_ports
 from cfallow.errors import BackendError, ConfigError, NotInstalled, ValidationError
 from cfallow.hostlock import firewall_lock
 from cfallow.model import Networks, Plan, as_strings, family, make_plan, ordered, parse_cidr
-from cfallow.netfilter import generation
+from cfallow.netfilter import generation, witness
 from cfallow.netfilter.save import COMMAND, SAVE, VERSION_MEMO, binary, detect
 from cfallow.runner import missing, not_on_path
 from cfallow.section import Section, parse_ports
@@ -66,6 +66,7 @@ from .variant import EMPTY_FILTER, MISSING, NONE, Variant, io_for, probe
 if TYPE_CHECKING:
     from cfallow.netfilter import xtables
     from cfallow.netfilter.host import Host
+    from cfallow.netfilter.witness import Witness
 
 __all__ = ["IptablesBackend", "Seen", "Step", "Variant", "detect"]
 
@@ -167,6 +168,8 @@ class IptablesBackend(Backend[Seen, Step]):
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
         self._last: _Read | None = None
+        #: The last read's generation, what it saw and how it read it (for :meth:`witnesses`).
+        self._basis: tuple[str | None, Seen, NftIO | LegacyIO] | None = None
 
     @classmethod
     def host_advice(cls, host: Host) -> str | None:
@@ -273,11 +276,45 @@ class IptablesBackend(Backend[Seen, Step]):
             dormant=dormant,
             hidden=unseen,
         )
-        if not analysed:
-            return seen
-        if self.settings.mode == "allow":
-            return replace(seen, allow=self._allow(variant, texts, tables, gen))
-        return replace(seen, nat=self._nat(variant, io, gen))
+        if analysed and self.settings.mode == "allow":
+            seen = replace(seen, allow=self._allow(variant, texts, tables, gen))
+        elif analysed:
+            seen = replace(seen, nat=self._nat(variant, io, gen))
+        self._basis = (gen, seen, io)
+        return seen
+
+    def witnesses(self) -> list[Witness] | None:
+        """nf_tables: the ruleset generation the read was taken at (every commit moves
+        it); legacy: each family's tables' digest, and the generation the host analysis
+        was kept under; both: the programs that say the variant and print the tables.
+        None for a lockdown on a legacy host (its NAT notes rest on the nat tables,
+        whose digest is not kept) and where commands run elsewhere (a runner prefix)."""
+        if self._basis is None or self.ctx.runner.prefix or self.ctx.runner.env:
+            return None
+        gen, seen, io = self._basis
+        analysed = self.settings.parent == "INPUT" and self.host_check
+        found: list[Witness] = []
+        if seen.variant.kind == "nft" or analysed:
+            if gen is None:
+                return None
+            found.append((("nf",), gen))
+        tools = {"iptables"}
+        if isinstance(io, LegacyIO):
+            if seen.variant.kind != "legacy" or (analysed and self.settings.mode == "lockdown"):
+                return None
+            digests = dict(seen.digests)
+            for v in self.families:
+                if v not in digests:
+                    return None
+                tables = tuple(name for _, name in io.names(v))
+                found.append((("xt", io.lock_path, str(v), *tables), digests[v]))
+                tools.add(io.save[v])
+        elif seen.variant.kind == "nft":
+            tools.update(t for v in self.families for t in (SAVE["nft"][v], COMMAND["nft"][v]))
+        else:
+            return None
+        found += [(("exe", t), witness.ask(("exe", t))) for t in sorted(tools)]
+        return found
 
     def _texts(
         self, io: NftIO, gen: str | None

@@ -181,6 +181,9 @@ def _sync_like(inv: Invocation, *, verb: str) -> int:
         failed = True
     code = _exit_code(got, ranges, failed, verb=verb, changed=rep.changed)
     writes.notify(rep, code)
+    if verb == "sync":  # changed nothing, fetched nothing, failed nowhere: said again
+        quiet = not (got.attempted or got.held or rep.changed or rep.failed)
+        writes.offer(opts, inv.backends, in_step=quiet and code == EXIT_OK)
     return code
 
 

@@ -19,8 +19,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cfallow import backend
+from cfallow import backend, instep
 from cfallow.cli import config
 from cfallow.cli.config import DEFAULT_STATE_DIR
 from cfallow.errors import ConfigError, UsageError
@@ -30,6 +31,9 @@ from cfallow.fetch.state import State
 from cfallow.report import Report
 from cfallow.runner import Runner
 from cfallow.section import suggest
+
+if TYPE_CHECKING:
+    from cfallow.netfilter.witness import Witness
 
 log = logging.getLogger("cfallow")
 
@@ -60,6 +64,13 @@ class Options:
     units: tuple[Path, ...] = ()  # check --unit
     uplink: str | None = None  # verify --uplink
     timeout: float = 0.5  # verify --timeout
+
+    @property
+    def recordable(self) -> bool:
+        """A command line whose run in step may be said again (:mod:`cfallow.instep`):
+        the plain report, nothing forced or verified, the configured source."""
+        special = self.json or self.verbose or self.force or self.verify
+        return not special and self.source == "live" and self.source_file is None
 
     @classmethod
     def parse(cls, ns: argparse.Namespace) -> Options:
@@ -144,6 +155,25 @@ class Writes:
 
             notify.after_run(self.cfg.notify_url, self.cfg.notify_timeout, report, code)
 
+    def offer(
+        self, opts: Options, backends: Sequence[backend.AnyBackend], *, in_step: bool
+    ) -> None:
+        """A sync ``in_step`` (it changed nothing, fetched nothing, failed nowhere) is
+        recorded to be said again while all it rested on holds (:mod:`cfallow.instep`):
+        unless its command line asks for more, the config writes metrics or notifies on
+        every run, or a backend cannot name what its read rested on."""
+        if not (in_step and opts.recordable and backends):
+            return
+        if self.cfg.metrics_file is not None or self.cfg.notify_url is not None:
+            return
+        found: list[Witness] = []
+        for b in backends:
+            given = b.witnesses()
+            if given is None:
+                return
+            found += given
+        instep.offer(found)
+
     def accept(self, ranges: Ranges) -> bool:
         """Record ``ranges`` as the accepted list (under the lock); whether it was."""
         with self.held():
@@ -153,8 +183,12 @@ class Writes:
 
 @contextlib.contextmanager
 def _held(state: State, lock_timeout: float) -> Iterator[None]:
-    with state.lock(lock_timeout), repeat.session(state.dir):
-        yield
+    with state.lock(lock_timeout):
+        with repeat.session(state.dir) as said:
+            yield
+        if said.before or said.now:  # its short form moves on each run: not said again
+            instep.spoil()
+        instep.seal(state.dir)  # last, under the lock: what the run wrote is all there
 
 
 class DryRun(Writes):
@@ -176,6 +210,11 @@ class DryRun(Writes):
         return True
 
     def notify(self, report: Report, code: int) -> None:
+        return None
+
+    def offer(
+        self, opts: Options, backends: Sequence[backend.AnyBackend], *, in_step: bool
+    ) -> None:
         return None
 
     def accept(self, ranges: Ranges) -> bool:

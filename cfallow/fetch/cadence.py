@@ -130,7 +130,7 @@ def fetched_at(at: float, previous: FetchLog | None, *, changed: bool) -> FetchL
     return FetchLog(at, False, changed_at=since)
 
 
-def _machine_marks() -> str:
+def machine_marks() -> str:
     """What tells this machine from a clone of its disk: the machine-id, the firmware's
     UUID (root only) and the network cards' addresses."""
     marks: list[str] = []
@@ -157,13 +157,13 @@ def phase(state_dir: Path, marks: str | None = None) -> float:
     """This host's point in each refresh period, a fraction in [0, 1).
 
     From the salt in ``DIR/salt.json``, made on the first run (16 random bytes) and
-    tied to a digest of ``marks`` (default: :func:`_machine_marks`): a state directory
+    tied to a digest of ``marks`` (default: :func:`machine_marks`): a state directory
     copied to another machine, or a file that is unreadable, gets a new salt. If the
     salt cannot be written, the digest of the marks alone stands in for it.
     """
     import hashlib
 
-    host = hashlib.sha256((_machine_marks() if marks is None else marks).encode()).hexdigest()
+    host = hashlib.sha256((machine_marks() if marks is None else marks).encode()).hexdigest()
     salt = None
     try:
         raw = json.loads((state_dir / SALT_FILE).read_text("utf-8"))

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cfallow import instep
 from cfallow.cli.config import Config
 from cfallow.errors import FetchError, GuardRefused, RangesError, UsageError
 from cfallow.fetch import cadence, repeat, sources
@@ -74,7 +75,9 @@ def day(ranges: Ranges) -> str:
 
 def snapshot_age(snap: Ranges) -> str:
     """``the bundled snapshot of DATE (N days old)``: said on every run that uses it."""
-    days = max(0, int((time.time() - (snap.fetched_at or 0)) // 86400))
+    made = snap.fetched_at or 0
+    days = max(0, int((cadence.now() - made) // 86400))
+    instep.before(made + (days + 1) * 86400)  # when the count of days moves on
     return f"the bundled snapshot of {day(snap)} ({days} days old)"
 
 
@@ -250,17 +253,17 @@ def _choose(
     if offline or source == LKG:
         return Resolved(_without_network(known))
     if scheduled:
+        marks = cadence.machine_marks()
+        known_at = known.fetched_at if known else None
         due, why = cadence.fetch_due(
-            entry,
-            known.fetched_at if known else None,
-            cadence.now(),
-            cfg.source.refresh,
-            cadence.phase(state.dir),
+            entry, known_at, cadence.now(), cfg.source.refresh, cadence.phase(state.dir, marks)
         )
         log.debug("fetch %s: %s", "due" if due else "not due", why)
         if not due:
+            instep.scheduled(cfg.source.refresh, known_at, marks)
             if entry is not None and entry.failed and known is not None:
                 log.warning("%s; %s", why, held_line(known))
+                instep.spoil()  # "next retry in N s": each run says another N
             return Resolved(_without_network(known))
     return _live(cfg, state, known, force=force, pushed=pushed)
 

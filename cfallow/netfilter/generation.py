@@ -20,6 +20,7 @@ another namespace.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -27,14 +28,20 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import NamedTuple
 
 from cfallow.errors import BackendError
-from cfallow.fs import write_atomic
 from cfallow.netfilter.netlink import attributes
-from cfallow.runner import Runner
+
+# Only annotations need these: the in-step record asks for the generation on the way
+# to a run said again, and typing, logging, pathlib and the runner would double that
+# run's cost (mypy takes any TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+    from typing import NamedTuple
+
+    from cfallow.runner import Runner
 
 NETLINK_NETFILTER = 12
 GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
@@ -53,7 +60,7 @@ NLMSG_DONE = 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 SO_NETNS_COOKIE = 71
 #: nf_tables built as a module: the kernel makes this directory at each load.
-MODULE = Path("/sys/module/nf_tables")
+MODULE = "/sys/module/nf_tables"
 
 
 def _ask(sock: socket.socket) -> int:
@@ -110,16 +117,21 @@ def _tables(sock: socket.socket) -> list[tuple[int, str, int, int]]:
     ]
 
 
-class Chain(NamedTuple):
-    """One chain as the kernel counts it (no rule read)."""
+if TYPE_CHECKING:
 
-    family: int  # NFPROTO_* (2: ip, 10: ip6)
-    table: str
-    name: str
-    #: its rules plus every jump and goto into it (a rule's, a verdict map element's)
-    use: int
-    #: a base chain's policy (``ACCEPT``/``DROP``); None: not a base chain
-    policy: str | None
+    class Chain(NamedTuple):
+        """One chain as the kernel counts it (no rule read)."""
+
+        family: int  # NFPROTO_* (2: ip, 10: ip6)
+        table: str
+        name: str
+        #: its rules plus every jump and goto into it (a rule's, a verdict map element's)
+        use: int
+        #: a base chain's policy (``ACCEPT``/``DROP``); None: not a base chain
+        policy: str | None
+
+else:  # the same, without importing typing at run time
+    Chain = collections.namedtuple("Chain", "family table name use policy")
 
 
 def _chains(sock: socket.socket) -> list[Chain]:
@@ -198,14 +210,15 @@ def namespace(sock: socket.socket) -> str:
     mine = os.readlink("/proc/self/ns/net")
     try:
         if os.readlink("/proc/1/ns/net") == mine:
-            start = Path("/proc/1/stat").read_text().rsplit(")", 1)[1].split()[19]
+            with open("/proc/1/stat", encoding="ascii", errors="replace") as fh:
+                start = fh.read().rsplit(")", 1)[1].split()[19]
             return f"{mine}@{start}"
     except (OSError, IndexError):
         pass
     raise OSError("this network namespace has no lasting name (a kernel before 5.14)")
 
 
-def module(path: Path = MODULE) -> str:
+def module(path: str | os.PathLike[str] = MODULE) -> str:
     """Which load of nf_tables answers: ``~nftINODE`` ("" where it is built in).
 
     Unloaded and loaded again (``modprobe -r``, possible once no table is left), it
@@ -220,8 +233,9 @@ def module(path: Path = MODULE) -> str:
     try:
         return f"~nft{os.stat(path).st_ino}"
     except FileNotFoundError:
-        if not path.parent.is_dir():  # no sysfs here: a reload could not be seen
-            raise OSError(f"no {path.parent}: which load of nf_tables answers is unknown") from None
+        parent = os.path.dirname(os.fspath(path))
+        if not os.path.isdir(parent):  # no sysfs here: a reload could not be seen
+            raise OSError(f"no {parent}: which load of nf_tables answers is unknown") from None
         return ""
 
 
@@ -241,7 +255,8 @@ def snapshot() -> tuple[str, list[Chain]]:
 
 
 def _current(*, with_chains: bool) -> tuple[str, list[Chain]]:
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+        boot = fh.read().strip()
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         load = module()
         gen = _ask(sock)
@@ -336,6 +351,8 @@ class Memo:
         if key is None:
             return
         with contextlib.suppress(OSError):  # a state dir that cannot take it: no memo
+            from cfallow.fs import write_atomic
+
             write_atomic(self.path, json.dumps({"key": key, "value": value}), 0o600)
 
 

@@ -106,7 +106,7 @@ def test_the_module_directory_is_the_same_inode_in_a_namespaces_sysfs() -> None:
 
 def test_this_hosts_key_names_the_load_only_where_nf_tables_is_a_module() -> None:
     key = generation.current()
-    loaded = generation.MODULE.exists()
+    loaded = Path(generation.MODULE).exists()
     assert ("~nft" in key) == loaded, (key, loaded)
 
 

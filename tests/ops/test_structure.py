@@ -140,8 +140,9 @@ KIT = {
     "cfallow.testing",
     "cfallow.trust",
 }
-#: Top-level modules of the application: the engine (the kit's testing runs it) and ``-m``.
-TOP_APPLICATION = {"cfallow.engine", "cfallow.__main__"}
+#: Top-level modules of the application: the engine (the kit's testing runs it), the
+#: command's entry point (``-m`` too) and the in-step record it asks before anything else.
+TOP_APPLICATION = {"cfallow.engine", "cfallow.__main__", "cfallow.instep"}
 APPLICATION = ("cfallow.cli", "cfallow.fetch", "cfallow.report", "cfallow.verify")
 
 

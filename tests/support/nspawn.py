@@ -249,7 +249,7 @@ class Machine:
         )
         self.write(
             "/opt/cfallow/bin/cfallow",
-            "#!/opt/cfallow/bin/python\nimport sys\nfrom cfallow.cli.commands import main\n"
+            "#!/opt/cfallow/bin/python\nimport sys\nfrom cfallow.__main__ import main\n"
             "sys.exit(main())\n",
             0o755,
         )
