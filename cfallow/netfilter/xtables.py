@@ -35,9 +35,13 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing is not imported at run time (mypy: true)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import TypeVar
+
+    _R = TypeVar("_R", bound="_Record")
 
 SO_GET_INFO = 64  # IPT_SO_GET_INFO == IP6T_SO_GET_INFO
 SO_GET_ENTRIES = 65
@@ -50,17 +54,60 @@ ENTRIES_HEAD = 40  # struct ipt_get_entries: name[32], size, padding to the u64 
 REPLACE_HEAD = struct.Struct("32sIII5I5IIP")  # struct ipt_replace up to entries[]
 
 
-@dataclass(frozen=True)
-class Blob:
+class _Record:
+    """A record compared by its fields (``dataclasses`` is not imported: a timer run said
+    again asks the digest, and that import alone is a tenth of the run)."""
+
+    __slots__: tuple[str, ...] = ()
+    __hash__ = None  # type: ignore[assignment]  # mutable fields: unhashable, as before
+
+    def replace(self: _R, **changes: object) -> _R:
+        """A copy with ``changes`` (as :func:`dataclasses.replace`)."""
+        fields = {f: changes.pop(f, getattr(self, f)) for f in self.__slots__}
+        if changes:
+            raise TypeError(f"{type(self).__name__} has no field {sorted(changes)[0]!r}")
+        return type(self)(**fields)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Record) or type(other) is not type(self):
+            return False
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+
+class Blob(_Record):
     """One x_tables table as the kernel holds it."""
 
-    version: int
-    name: str
-    valid_hooks: int
-    hook_entry: tuple[int, ...]
-    underflow: tuple[int, ...]
-    num_entries: int
-    entries: bytes
+    __slots__ = (
+        "entries",
+        "hook_entry",
+        "name",
+        "num_entries",
+        "underflow",
+        "valid_hooks",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        version: int,
+        name: str,
+        valid_hooks: int,
+        hook_entry: tuple[int, ...],
+        underflow: tuple[int, ...],
+        num_entries: int,
+        entries: bytes,
+    ) -> None:
+        self.version, self.name, self.valid_hooks = version, name, valid_hooks
+        self.hook_entry, self.underflow = hook_entry, underflow
+        self.num_entries, self.entries = num_entries, entries
 
     def to_json(self) -> dict[str, object]:
         """A JSON-able form (entries in hex)."""
@@ -113,10 +160,11 @@ def getsockopt(
 
 def table_names(version: int) -> list[str]:
     """The x_tables tables of this family that exist in this network namespace."""
-    path = Path(NAMES_FILE[version])
-    if not path.exists():
+    try:
+        with open(NAMES_FILE[version], encoding="ascii", errors="replace") as fh:
+            return [n for n in fh.read().split() if n]
+    except FileNotFoundError:
         return []
-    return [n for n in path.read_text().split() if n]
 
 
 def _info(sock: socket.socket, version: int, name: str) -> tuple[int, ...]:
@@ -134,7 +182,15 @@ def read_table(version: int, name: str) -> Blob:
     num_entries, size = rest[10], rest[11]
     with mem:
         entries = mem[ENTRIES_HEAD : ENTRIES_HEAD + size]
-    return Blob(version, name, valid, hook_entry, underflow, num_entries, entries)
+    return Blob(
+        version=version,
+        name=name,
+        valid_hooks=valid,
+        hook_entry=hook_entry,
+        underflow=underflow,
+        num_entries=num_entries,
+        entries=entries,
+    )
 
 
 #: (field, offset, size) of ``struct ipt_entry`` / ``struct ip6t_entry``, header only.
@@ -193,13 +249,14 @@ NEXT_OFFSET_AT = {v: field_at(v, "next_offset") for v in HEADER}
 COUNTERS_AT = {v: field_at(v, "counters") for v in HEADER}
 
 
-@dataclass(frozen=True)
-class Digest:
+class Digest(_Record):
     """What :func:`digest` found: the hash, and each built-in chain's policy counters
     (``(table, chain)`` -> ``(packets, bytes)``, as read with the hash)."""
 
-    value: str
-    policies: dict[tuple[str, str], tuple[int, int]]
+    __slots__ = ("policies", "value")
+
+    def __init__(self, value: str, policies: dict[tuple[str, str], tuple[int, int]]) -> None:
+        self.value, self.policies = value, policies
 
     def to_json(self) -> str:
         """One line of JSON (the module's output)."""
@@ -302,7 +359,8 @@ def digest(tables: Iterable[tuple[int, str]], create: Iterable[str] = ()) -> Dig
     """
     create = frozenset(create)
     h = hashlib.sha256()
-    h.update(Path("/proc/sys/kernel/random/boot_id").read_bytes().strip())
+    with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
+        h.update(fh.read().strip())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         from cfallow.netfilter.generation import namespace
 

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,7 +140,7 @@ def _mask(ns: str) -> None:
         pos = blob.hook_entry[1]  # INPUT's first entry: -i lo -j ACCEPT
         assert data[pos + 48 : pos + 51] == b"\xff\xff\xff"
         data[pos + 48 : pos + 51] = b"\x01\x01\x01"
-        xtables.load_table(replace(blob, entries=bytes(data)))
+        xtables.load_table(blob.replace(entries=bytes(data)))
 
     in_netns(ns, edit)
 
