@@ -235,6 +235,8 @@ def capture(argv: list[str]) -> None:
     found = where(argv)
     if found is None or os.environ.get("CFALLOW_NO_INSTEP") == "1":
         return
+    if sys.stdout is None or sys.stderr is None:  # started with one closed: not kept
+        return
     run = _now.run = _Run(argv, *found)
     sys.stdout = _Tee(sys.stdout, "out", run.kept)
     sys.stderr = _Tee(sys.stderr, "err", run.kept)
@@ -399,6 +401,8 @@ def replay(argv: Sequence[str]) -> int | None:
     """The exit code of a run whose record holds (its output printed); None: run in full."""
     found = where(argv)
     if found is None or os.environ.get("CFALLOW_NO_INSTEP") == "1":
+        return None
+    if sys.stdout is None or sys.stderr is None:
         return None
     state_dir, config = found
     try:  # the state lock, as a run takes it (never created here: no record without it)

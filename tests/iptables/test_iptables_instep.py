@@ -364,3 +364,12 @@ def test_a_witness_answering_otherwise_is_a_full_run(lab: Lab) -> None:
     record.write_text(json.dumps(doc))
     run = lab.sync()
     assert not run.said_again and run.out == full.out
+
+
+def test_a_run_started_with_stdout_closed_plans_and_says_nothing_of_it(lab: Lab) -> None:
+    recorded(lab)
+    argv = [CFALLOW, "--config", str(lab.config), "--state-dir", str(lab.state)]
+    closed = ns_exec(lab.p.server, "sh", "-c", 'exec "$@" >&-', "sh", *argv, "sync", "--offline")
+    r = subprocess.run(closed, capture_output=True, text=True, env=lab.env, check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert reach(lab.p) == IN
