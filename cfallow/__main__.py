@@ -8,6 +8,7 @@ backend; the full command line is :func:`cfallow.cli.commands.main`.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from cfallow import instep
@@ -21,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``cfallow ARGV``: what a recorded run printed, if all it rested on holds
     (:mod:`cfallow.instep`), else the full run (recorded when it may be)."""
     raw = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with it closed (``>&-``): the report goes nowhere
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     code = instep.replay(raw)
     if code is not None:
         return code

@@ -235,8 +235,6 @@ def capture(argv: list[str]) -> None:
     found = where(argv)
     if found is None or os.environ.get("CFALLOW_NO_INSTEP") == "1":
         return
-    if sys.stdout is None or sys.stderr is None:  # started with one closed: not kept
-        return
     run = _now.run = _Run(argv, *found)
     sys.stdout = _Tee(sys.stdout, "out", run.kept)
     sys.stderr = _Tee(sys.stderr, "err", run.kept)
@@ -304,6 +302,7 @@ def seal(state_dir: str | Path) -> None:
         "key": key(run.argv, run.state_dir, run.config, files),
         "files": files,
         "witnesses": [[list(w), v] for w, v in run.witnesses],
+        "at": _clock(),
         "until": run.until if run.until != float("inf") else None,
         "cadence": run.cadence,
         "output": run.kept,
@@ -376,8 +375,10 @@ def _holds(doc: dict[str, Any], argv: Sequence[str], state_dir: str, config: str
         return False
     if doc.get("key") != json.loads(json.dumps(key(argv, state_dir, config, files))):
         return False
-    until = doc.get("until")
-    if until is not None and not (isinstance(until, (int, float)) and _clock() < until):
+    at, until, now = doc.get("at"), doc.get("until"), _clock()
+    if not isinstance(at, (int, float)) or now < at:  # the clock went back: in full
+        return False
+    if until is not None and not (isinstance(until, (int, float)) and now < until):
         return False
     plan = doc.get("cadence")
     scheduled_due = plan is not None and (not isinstance(plan, dict) or _due(state_dir, plan))
@@ -402,8 +403,6 @@ def replay(argv: Sequence[str]) -> int | None:
     found = where(argv)
     if found is None or os.environ.get("CFALLOW_NO_INSTEP") == "1":
         return None
-    if sys.stdout is None or sys.stderr is None:
-        return None
     state_dir, config = found
     try:  # the state lock, as a run takes it (never created here: no record without it)
         fd = os.open(os.path.join(state_dir, LOCK_FILE), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -415,19 +414,31 @@ def replay(argv: Sequence[str]) -> int | None:
         except OSError:  # another run holds it: the full run waits for it
             return None
         doc = _load(os.path.join(state_dir, FILE))
-        if doc is None or doc.get("key", {}).get("format") != FORMAT:
-            return None
         try:
-            if not _holds(doc, argv, state_dir, config):
+            said = _said(doc)
+            if doc is None or said is None or not _holds(doc, argv, state_dir, config):
                 return None
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             return None  # a part that cannot be asked (a working directory gone): in full
-        output, code = doc.get("output"), doc.get("code")
-        if not isinstance(output, list) or not isinstance(code, int):
-            return None
         streams: dict[str, TextIO] = {"out": sys.stdout, "err": sys.stderr}
-        for name, text in output:
+        for name, text in said:
             streams[name].write(text)
-        return code
+        return 0
     finally:
         os.close(fd)
+
+
+def _said(doc: dict[str, Any] | None) -> list[tuple[str, str]] | None:
+    """What the recorded run printed, in order (None: not a record of this format)."""
+    if doc is None or not isinstance(doc.get("key"), dict) or doc["key"].get("format") != FORMAT:
+        return None
+    output = doc.get("output")
+    if doc.get("code") != 0 or not isinstance(output, list):
+        return None
+    said = []
+    for item in output:
+        ok = isinstance(item, list) and len(item) == 2 and item[0] in ("out", "err")
+        if not ok or not isinstance(item[1], str):
+            return None
+        said.append((str(item[0]), item[1]))
+    return said

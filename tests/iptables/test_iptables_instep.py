@@ -366,10 +366,36 @@ def test_a_witness_answering_otherwise_is_a_full_run(lab: Lab) -> None:
     assert not run.said_again and run.out == full.out
 
 
-def test_a_run_started_with_stdout_closed_plans_and_says_nothing_of_it(lab: Lab) -> None:
+def test_a_run_started_with_stdout_closed_is_said_again_into_nothing(lab: Lab) -> None:
     recorded(lab)
     argv = [CFALLOW, "--config", str(lab.config), "--state-dir", str(lab.state)]
     closed = ns_exec(lab.p.server, "sh", "-c", 'exec "$@" >&-', "sh", *argv, "sync", "--offline")
     r = subprocess.run(closed, capture_output=True, text=True, env=lab.env, check=False)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert reach(lab.p) == IN
+
+
+def test_a_record_out_of_shape_or_from_a_later_clock_is_a_full_run(lab: Lab) -> None:
+    """Whatever the record holds, a run never fails on it: each of these is a full run
+    that says what a run says, and records again."""
+    full = recorded(lab)
+    record = lab.state / instep.FILE
+    good = json.loads(record.read_text())
+    broken = [
+        {**good, "output": [["tty", "x"]]},
+        {**good, "output": [["out"]]},
+        {**good, "output": "text"},
+        {**good, "code": 1},
+        {**good, "key": ["not", "a", "dict"]},
+        {**good, "witnesses": []},
+        {**good, "witnesses": [["nf"]]},
+        {**good, "files": "x"},
+        {**good, "at": None},
+        {**good, "at": good["at"] + 3600},  # made an hour from now: the clock went back
+    ]
+    for doc in [*broken, "[1, 2]", "{"]:
+        record.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        run = lab.sync()
+        assert run.code == 0 and not run.said_again, (doc, run.err)
+        assert (run.out, run.err) == (full.out, full.err), doc
+    assert_again(lab, full)
