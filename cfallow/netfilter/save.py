@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from cfallow.errors import BackendError
-from cfallow.netfilter import generation
+from cfallow.netfilter import generation, witness
 from cfallow.netfilter.generation import Memo
 from cfallow.runner import Runner
 
@@ -47,21 +46,11 @@ VERSION_MEMO = "iptables-version.json"
 
 
 def binary(runner: Runner, command: str = IPTABLES) -> str | None:
-    """What ``command`` runs (the file behind the alternatives' links, its inode, size and
-    time): the same file prints the same ``--version`` (and the same ``*-save`` text for
-    the same ruleset). None where another namespace's files may differ (a runner prefix)
-    or there is none."""
+    """What ``command`` runs (:func:`cfallow.netfilter.witness.program`). None where another
+    namespace's files may differ (a runner prefix) or there is none."""
     if runner.prefix:
         return None
-    path = shutil.which(command, path=(runner.env or {}).get("PATH") or os.environ.get("PATH"))
-    if path is None:
-        return None
-    try:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return f"{real}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return witness.program(command, (runner.env or {}).get("PATH") or os.environ.get("PATH"))
 
 
 def version_text(runner: Runner, memo: Memo | None = None) -> str:

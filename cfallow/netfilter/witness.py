@@ -32,10 +32,12 @@ if TYPE_CHECKING:
     Witness = tuple[tuple[str, ...], Optional[str]]
 
 
-def _exe(name: str) -> str | None:
-    """The file ``name`` runs from ``$PATH`` (behind its links), its inode, size and time
-    (as :func:`cfallow.netfilter.save.binary` names it)."""
-    for where in os.environ.get("PATH", os.defpath).split(os.pathsep):
+def program(name: str, search: str | None = None) -> str | None:
+    """The file ``name`` runs from ``search`` (default ``$PATH``) behind its links, with its
+    inode, size and time: the same file prints the same ``--version`` and the same
+    ``*-save`` text for the same ruleset (None: there is none)."""
+    search = search or os.environ.get("PATH", os.defpath)
+    for where in search.split(os.pathsep):
         path = os.path.join(where, name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):  # as shutil.which
             real = os.path.realpath(path)
@@ -76,7 +78,7 @@ def ask(what: Sequence[str]) -> str | None:
         except OSError:
             return None
     if kind == "exe" and len(what) == 2:
-        return _exe(what[1])
+        return program(what[1])
     if kind == "xt" and len(what) >= 4:
         return _xt(what[1], what[2], what[3:])
     return None
