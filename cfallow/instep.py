@@ -128,7 +128,8 @@ def _env() -> str:
 
 
 def _config(path: str) -> list[Any]:
-    """The config file's digest, owner and mode, and its directories' (the trust check)."""
+    """The config file's digest, owner and mode, where it really is and its directories'
+    there (the trust check follows links, :func:`cfallow.trust.check_open_file`)."""
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -137,8 +138,9 @@ def _config(path: str) -> list[Any]:
         return ["absent", path]
     except OSError:
         return ["unreadable", path]
-    mine = [path, hashlib.sha256(text).hexdigest(), st.st_uid, st.st_gid, st.st_mode]
-    dirs = _dirs(os.path.dirname(os.path.abspath(path)))
+    real = os.path.realpath(path)
+    mine = [path, real, hashlib.sha256(text).hexdigest(), st.st_uid, st.st_gid, st.st_mode]
+    dirs = _dirs(os.path.dirname(real))
     return ["unreadable", path] if dirs is None else [*mine, dirs]
 
 

@@ -399,3 +399,18 @@ def test_a_record_out_of_shape_or_from_a_later_clock_is_a_full_run(lab: Lab) -> 
         assert run.code == 0 and not run.said_again, (doc, run.err)
         assert (run.out, run.err) == (full.out, full.err), doc
     assert_again(lab, full)
+
+
+def test_a_config_behind_a_link_rests_on_the_directories_it_is_trusted_by(lab: Lab) -> None:
+    """The trust check follows the config's links: a directory above where it really is
+    that others may write makes a full run refuse (exit 2); said again it was exit 0."""
+    real = lab.tmp / "real"
+    real.mkdir(mode=0o755)
+    (real / "config.toml").write_text(lab.config.read_text())
+    lab.config.unlink()
+    lab.config.symlink_to(real / "config.toml")
+    recorded(lab)
+    real.chmod(0o777)
+    run = lab.sync()
+    assert run.code == 2, (run.code, run.out)  # (a run refused before its lock records nothing)
+    assert "writable by group or others" in run.err, run.err
