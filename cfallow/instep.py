@@ -292,11 +292,11 @@ def seal(state_dir: str | Path) -> None:
         _remove(record)
         return
     pkg = os.path.dirname(os.path.abspath(__file__))
-    files = sorted(
+    files = sorted(  # by name: an editable install keeps cfallow.backends in backends/
         {
             str(vars(m)["__file__"])
-            for m in list(sys.modules.values())
-            if str(vars(m).get("__file__") or "").startswith(pkg)
+            for name, m in list(sys.modules.items())
+            if name.partition(".")[0] == "cfallow" and vars(m).get("__file__")
         }
         | {os.path.join(pkg, "data", f) for f in _listdir(os.path.join(pkg, "data"))}
     )

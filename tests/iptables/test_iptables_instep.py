@@ -135,6 +135,10 @@ def test_a_run_in_step_is_said_again_while_the_kernel_keeps_the_allowlist(lab: L
     doc = json.loads((lab.state / instep.FILE).read_text())
     asked = {w[0] for w, _ in doc["witnesses"]}
     assert asked == {"nf", "exe"}, doc["witnesses"]
+    # every file of cfallow the run ran, the backend's too (wherever the install keeps it)
+    from cfallow.backends.iptables import backend
+
+    assert backend.__file__ in doc["files"], doc["files"]
     assert oct((lab.state / instep.FILE).stat().st_mode & 0o777) == "0o600"
 
 
