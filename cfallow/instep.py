@@ -223,6 +223,9 @@ class _Run:
         self.witnesses: list[Witness] | None = None
         self.cadence: dict[str, Any] | None = None
         self.spoiled = False
+        #: The config as the run started (it loads it then): one changed by the time the
+        #: run records is not what its outcome rests on.
+        self.config_seen = _config(config)
 
 
 class _Current:
@@ -289,6 +292,9 @@ def seal(state_dir: str | Path) -> None:
         return
     record = os.path.join(state_dir, FILE)
     if run.witnesses is None or run.spoiled or os.fspath(state_dir) != run.state_dir:
+        _remove(record)
+        return
+    if _config(run.config) != run.config_seen:
         _remove(record)
         return
     pkg = os.path.dirname(os.path.abspath(__file__))

@@ -418,3 +418,32 @@ def test_a_config_behind_a_link_rests_on_the_directories_it_is_trusted_by(lab: L
     run = lab.sync()
     assert run.code == 2, (run.code, run.out)  # (a run refused before its lock records nothing)
     assert "writable by group or others" in run.err, run.err
+
+
+def test_a_config_changed_while_a_run_records_makes_the_next_a_full_run(lab: Lab) -> None:
+    """The config is read when the run starts: one that changes before the run records
+    (here while it reads the tables) is not what the recorded outcome rests on."""
+    import shutil
+
+    shim, flag = lab.tmp / "shim", lab.tmp / "edit-config"
+    shim.mkdir()
+    for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
+        real = shutil.which(name)
+        assert real is not None
+        path = shim / name
+        path.write_text(
+            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then\n'
+            f'  printf "ports = [80, 443, 8443]\\n" >> "{lab.config}"\nfi\n'
+            f'exec {real} "$@"\n'
+        )
+        path.chmod(0o755)
+    lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+    recorded(lab)
+    (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
+    flag.touch()
+    during = lab.sync()
+    assert during.code == 0 and "+0 -0 =22 in sync" in during.out, during.err
+    assert not flag.exists() and "8443" in lab.config.read_text()
+    after = lab.sync()
+    assert not after.said_again, after.out
+    assert "in sync" not in after.out and after.code == 0, (after.out, after.err)
