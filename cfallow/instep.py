@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 
@@ -350,8 +351,14 @@ def _clock() -> float:
 
 
 def _load(path: str) -> dict[str, Any] | None:
+    """The record, if this user wrote it (a file another user could write is none)."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, encoding="utf-8") as fh:
+            st = os.fstat(fd)
+            mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+            if not mine or st.st_mode & 0o022:
+                return None
             doc = json.load(fh)
     except (OSError, ValueError):
         return None

@@ -447,3 +447,17 @@ def test_a_config_changed_while_a_run_records_makes_the_next_a_full_run(lab: Lab
     after = lab.sync()
     assert not after.said_again, after.out
     assert "in sync" not in after.out and after.code == 0, (after.out, after.err)
+
+
+def test_a_record_another_user_could_write_is_never_said(lab: Lab) -> None:
+    """A state directory others may write is refused by a full run; a record made there
+    by another user (whatever it claims to rest on) is not said instead."""
+    recorded(lab)
+    record = lab.state / instep.FILE
+    doc = json.loads(record.read_text())
+    lab.state.chmod(0o777)
+    doc["key"]["statedir"] = instep._dirs(str(lab.state))  # as another user would write it
+    record.write_text(json.dumps(doc))
+    os.chown(record, 65534, 65534)
+    run = lab.sync()
+    assert run.code != 0 and "refusing state directory" in run.err, (run.code, run.out)
