@@ -227,6 +227,7 @@ class _Run:
         #: The config as the run started (it loads it then): one changed by the time the
         #: run records is not what its outcome rests on.
         self.config_seen = _config(config)
+        self.started = time.time_ns()
 
 
 class _Current:
@@ -307,6 +308,12 @@ def seal(state_dir: str | Path) -> None:
         }
         | {os.path.join(pkg, "data", f) for f in _listdir(os.path.join(pkg, "data"))}
     )
+    # an upgrade while the run ran (its ctime on the kernel's coarse clock, a second's
+    # slack): what the run read of it is not what the record would key
+    since = run.started - 1_000_000_000
+    if any(st is not None and st[4] >= since for st in _code([sys.executable, *files])):
+        _remove(record)
+        return
     doc = {
         "key": key(run.argv, run.state_dir, run.config, files),
         "files": files,

@@ -461,3 +461,42 @@ def test_a_record_another_user_could_write_is_never_said(lab: Lab) -> None:
     os.chown(record, 65534, 65534)
     run = lab.sync()
     assert run.code != 0 and "refusing state directory" in run.err, (run.code, run.out)
+
+
+def test_a_file_of_cfallow_changed_while_a_run_records_leaves_no_record(lab: Lab) -> None:
+    """An upgrade while a run runs (here: the bundled snapshot touched while it reads the
+    tables): the run may have read the file before or after; it records nothing."""
+    import shutil
+
+    import cfallow
+
+    # a copy of cfallow of this test's own (touching the shared one would spoil the
+    # records other tests make meanwhile)
+    src, pkg = Path(cfallow.__file__).parent, lab.tmp / "pkg" / "cfallow"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(src, pkg, ignore=skip)
+    if not (pkg / "backends").exists():  # an editable install keeps them beside it
+        shutil.copytree(src.parent / "backends", pkg / "backends", ignore=skip)
+    target = sorted((pkg / "data").glob("*.json"))[0]
+    lab.env = dict(lab.env, PYTHONPATH=str(pkg.parent))
+    import time
+
+    time.sleep(1.1)  # a file changed within a second before a run: that run records nothing
+    shim, flag = lab.tmp / "shim", lab.tmp / "touch-data"
+    shim.mkdir()
+    for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
+        real = shutil.which(name)
+        assert real is not None
+        path = shim / name
+        path.write_text(
+            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then touch "{target}"; fi\nexec {real} "$@"\n'
+        )
+        path.chmod(0o755)
+    lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+    recorded(lab)
+    (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
+    flag.touch()
+    during = lab.sync()
+    assert during.code == 0 and "+0 -0 =22 in sync" in during.out, during.err
+    assert not flag.exists()
+    assert not (lab.state / instep.FILE).exists()
