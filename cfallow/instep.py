@@ -34,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 
@@ -128,7 +129,8 @@ def _env() -> str:
 
 
 def _config(path: str) -> list[Any]:
-    """The config file's digest, owner and mode, and its directories' (the trust check)."""
+    """The config file's digest, owner and mode, where it really is and its directories'
+    there (the trust check follows links, :func:`cfallow.trust.check_open_file`)."""
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
@@ -137,8 +139,9 @@ def _config(path: str) -> list[Any]:
         return ["absent", path]
     except OSError:
         return ["unreadable", path]
-    mine = [path, hashlib.sha256(text).hexdigest(), st.st_uid, st.st_gid, st.st_mode]
-    dirs = _dirs(os.path.dirname(os.path.abspath(path)))
+    real = os.path.realpath(path)
+    mine = [path, real, hashlib.sha256(text).hexdigest(), st.st_uid, st.st_gid, st.st_mode]
+    dirs = _dirs(os.path.dirname(real))
     return ["unreadable", path] if dirs is None else [*mine, dirs]
 
 
@@ -221,6 +224,10 @@ class _Run:
         self.witnesses: list[Witness] | None = None
         self.cadence: dict[str, Any] | None = None
         self.spoiled = False
+        #: The config as the run started (it loads it then): one changed by the time the
+        #: run records is not what its outcome rests on.
+        self.config_seen = _config(config)
+        self.started = time.time_ns()
 
 
 class _Current:
@@ -289,15 +296,24 @@ def seal(state_dir: str | Path) -> None:
     if run.witnesses is None or run.spoiled or os.fspath(state_dir) != run.state_dir:
         _remove(record)
         return
+    if _config(run.config) != run.config_seen:
+        _remove(record)
+        return
     pkg = os.path.dirname(os.path.abspath(__file__))
-    files = sorted(
+    files = sorted(  # by name: an editable install keeps cfallow.backends in backends/
         {
             str(vars(m)["__file__"])
-            for m in list(sys.modules.values())
-            if str(vars(m).get("__file__") or "").startswith(pkg)
+            for name, m in list(sys.modules.items())
+            if name.partition(".")[0] == "cfallow" and vars(m).get("__file__")
         }
         | {os.path.join(pkg, "data", f) for f in _listdir(os.path.join(pkg, "data"))}
     )
+    # an upgrade while the run ran (its ctime on the kernel's coarse clock, a second's
+    # slack): what the run read of it is not what the record would key
+    since = run.started - 1_000_000_000
+    if any(st is not None and st[4] >= since for st in _code([sys.executable, *files])):
+        _remove(record)
+        return
     doc = {
         "key": key(run.argv, run.state_dir, run.config, files),
         "files": files,
@@ -342,8 +358,14 @@ def _clock() -> float:
 
 
 def _load(path: str) -> dict[str, Any] | None:
+    """The record, if this user wrote it (a file another user could write is none)."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, encoding="utf-8") as fh:
+            st = os.fstat(fd)
+            mine = stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+            if not mine or st.st_mode & 0o022:
+                return None
             doc = json.load(fh)
     except (OSError, ValueError):
         return None

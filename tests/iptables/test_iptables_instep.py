@@ -135,6 +135,10 @@ def test_a_run_in_step_is_said_again_while_the_kernel_keeps_the_allowlist(lab: L
     doc = json.loads((lab.state / instep.FILE).read_text())
     asked = {w[0] for w, _ in doc["witnesses"]}
     assert asked == {"nf", "exe"}, doc["witnesses"]
+    # every file of cfallow the run ran, the backend's too (wherever the install keeps it)
+    from cfallow.backends.iptables import backend
+
+    assert backend.__file__ in doc["files"], doc["files"]
     assert oct((lab.state / instep.FILE).stat().st_mode & 0o777) == "0o600"
 
 
@@ -399,3 +403,100 @@ def test_a_record_out_of_shape_or_from_a_later_clock_is_a_full_run(lab: Lab) -> 
         assert run.code == 0 and not run.said_again, (doc, run.err)
         assert (run.out, run.err) == (full.out, full.err), doc
     assert_again(lab, full)
+
+
+def test_a_config_behind_a_link_rests_on_the_directories_it_is_trusted_by(lab: Lab) -> None:
+    """The trust check follows the config's links: a directory above where it really is
+    that others may write makes a full run refuse (exit 2); said again it was exit 0."""
+    real = lab.tmp / "real"
+    real.mkdir(mode=0o755)
+    (real / "config.toml").write_text(lab.config.read_text())
+    lab.config.unlink()
+    lab.config.symlink_to(real / "config.toml")
+    recorded(lab)
+    real.chmod(0o777)
+    run = lab.sync()
+    assert run.code == 2, (run.code, run.out)  # (a run refused before its lock records nothing)
+    assert "writable by group or others" in run.err, run.err
+
+
+def test_a_config_changed_while_a_run_records_makes_the_next_a_full_run(lab: Lab) -> None:
+    """The config is read when the run starts: one that changes before the run records
+    (here while it reads the tables) is not what the recorded outcome rests on."""
+    import shutil
+
+    shim, flag = lab.tmp / "shim", lab.tmp / "edit-config"
+    shim.mkdir()
+    for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
+        real = shutil.which(name)
+        assert real is not None
+        path = shim / name
+        path.write_text(
+            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then\n'
+            f'  printf "ports = [80, 443, 8443]\\n" >> "{lab.config}"\nfi\n'
+            f'exec {real} "$@"\n'
+        )
+        path.chmod(0o755)
+    lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+    recorded(lab)
+    (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
+    flag.touch()
+    during = lab.sync()
+    assert during.code == 0 and "+0 -0 =22 in sync" in during.out, during.err
+    assert not flag.exists() and "8443" in lab.config.read_text()
+    after = lab.sync()
+    assert not after.said_again, after.out
+    assert "in sync" not in after.out and after.code == 0, (after.out, after.err)
+
+
+def test_a_record_another_user_could_write_is_never_said(lab: Lab) -> None:
+    """A state directory others may write is refused by a full run; a record made there
+    by another user (whatever it claims to rest on) is not said instead."""
+    recorded(lab)
+    record = lab.state / instep.FILE
+    doc = json.loads(record.read_text())
+    lab.state.chmod(0o777)
+    doc["key"]["statedir"] = instep._dirs(str(lab.state))  # as another user would write it
+    record.write_text(json.dumps(doc))
+    os.chown(record, 65534, 65534)
+    run = lab.sync()
+    assert run.code != 0 and "refusing state directory" in run.err, (run.code, run.out)
+
+
+def test_a_file_of_cfallow_changed_while_a_run_records_leaves_no_record(lab: Lab) -> None:
+    """An upgrade while a run runs (here: the bundled snapshot touched while it reads the
+    tables): the run may have read the file before or after; it records nothing."""
+    import shutil
+
+    import cfallow
+
+    # a copy of cfallow of this test's own (touching the shared one would spoil the
+    # records other tests make meanwhile)
+    src, pkg = Path(cfallow.__file__).parent, lab.tmp / "pkg" / "cfallow"
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(src, pkg, ignore=skip)
+    if not (pkg / "backends").exists():  # an editable install keeps them beside it
+        shutil.copytree(src.parent / "backends", pkg / "backends", ignore=skip)
+    target = sorted((pkg / "data").glob("*.json"))[0]
+    lab.env = dict(lab.env, PYTHONPATH=str(pkg.parent))
+    import time
+
+    time.sleep(1.1)  # a file changed within a second before a run: that run records nothing
+    shim, flag = lab.tmp / "shim", lab.tmp / "touch-data"
+    shim.mkdir()
+    for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
+        real = shutil.which(name)
+        assert real is not None
+        path = shim / name
+        path.write_text(
+            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then touch "{target}"; fi\nexec {real} "$@"\n'
+        )
+        path.chmod(0o755)
+    lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+    recorded(lab)
+    (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
+    flag.touch()
+    during = lab.sync()
+    assert during.code == 0 and "+0 -0 =22 in sync" in during.out, during.err
+    assert not flag.exists()
+    assert not (lab.state / instep.FILE).exists()
