@@ -168,8 +168,9 @@ class IptablesBackend(Backend[Seen, Step]):
         #: The seam for legacy writes (tests put the former python-iptables writer here).
         self.legacy_writer: Writer | None = None
         self._last: _Read | None = None
-        #: The last read's generation, what it saw and how it read it (for :meth:`witnesses`).
-        self._basis: tuple[str | None, Seen, NftIO | LegacyIO] | None = None
+        #: The last read's generation, what it saw, how it read it and the programs that
+        #: read it (for :meth:`witnesses`; None: a read that could not count everything).
+        self._basis: tuple[str | None, Seen, NftIO | LegacyIO, dict[str, str | None]] | None = None
 
     @classmethod
     def host_advice(cls, host: Host) -> str | None:
@@ -267,21 +268,30 @@ class IptablesBackend(Backend[Seen, Step]):
         sleeping = generation.asleep(gen) if nft else frozenset()
         written = notes.tables_written(self.settings, self.families)
         dormant = tuple(t for t in written if tuple(t.split()) in sleeping)
-        unseen = self._hidden(gen, tables, snap) if nft and gen is not None else ()
+        counted = self._hidden(gen, tables, snap) if nft and gen is not None else ()
         seen = Seen(
             variant,
             tables,
             generation=gen if nft else None,
             digests=digests,
             dormant=dormant,
-            hidden=unseen,
+            hidden=counted or (),
         )
         if analysed and self.settings.mode == "allow":
             seen = replace(seen, allow=self._allow(variant, texts, tables, gen))
         elif analysed:
             seen = replace(seen, nat=self._nat(variant, io, gen))
-        self._basis = (gen, seen, io)
+        # what the read rested on, asked now (an upgrade after the read is seen next run)
+        programs = {t: witness.program(t) for t in self._programs(io)}
+        self._basis = (gen, seen, io, programs) if counted is not None else None
         return seen
+
+    def _programs(self, io: NftIO | LegacyIO) -> list[str]:
+        """The programs that say the variant and print the tables for ``io``."""
+        if isinstance(io, LegacyIO):
+            return sorted({"iptables", *(io.save[v] for v in self.families)})
+        both = (t for v in self.families for t in (SAVE["nft"][v], COMMAND["nft"][v]))
+        return sorted({"iptables", *both})
 
     def witnesses(self) -> list[Witness] | None:
         """nf_tables: the ruleset generation the read was taken at (every commit moves
@@ -291,14 +301,13 @@ class IptablesBackend(Backend[Seen, Step]):
         whose digest is not kept) and where commands run elsewhere (a runner prefix)."""
         if self._basis is None or self.ctx.runner.prefix or self.ctx.runner.env:
             return None
-        gen, seen, io = self._basis
+        gen, seen, io, programs = self._basis
         analysed = self.settings.parent == "INPUT" and self.host_check
         found: list[Witness] = []
         if seen.variant.kind == "nft" or analysed:
             if gen is None:
                 return None
             found.append((("nf",), gen))
-        tools = {"iptables"}
         if isinstance(io, LegacyIO):
             if seen.variant.kind != "legacy" or (analysed and self.settings.mode == "lockdown"):
                 return None
@@ -308,13 +317,9 @@ class IptablesBackend(Backend[Seen, Step]):
                     return None
                 tables = tuple(name for _, name in io.names(v))
                 found.append((("xt", io.lock_path, str(v), *tables), digests[v]))
-                tools.add(io.save[v])
-        elif seen.variant.kind == "nft":
-            tools.update(t for v in self.families for t in (SAVE["nft"][v], COMMAND["nft"][v]))
-        else:
+        elif seen.variant.kind != "nft":
             return None
-        found += [(("exe", t), witness.ask(("exe", t))) for t in sorted(tools)]
-        return found
+        return found + [(("exe", t), answer) for t, answer in programs.items()]
 
     def _texts(
         self, io: NftIO, gen: str | None
@@ -541,17 +546,21 @@ class IptablesBackend(Backend[Seen, Step]):
 
     def _hidden(
         self, gen: str, tables: tuple[tuple[int, Table], ...], snap: bychain.Snapshot | None
-    ) -> tuple[tuple[int, int], ...]:
+    ) -> tuple[tuple[int, int], ...] | None:
         """Per family, the references into cfallow's chain that the rules read do not show
         (:func:`.bychain.unshown`), kept for the generation they were counted at; ``snap``:
-        the chains as the read already counted them at ``gen`` (else asked here)."""
+        the chains as the read already counted them at ``gen`` (else asked here). None:
+        the kernel could not be asked (the next run asks again; this one is not said
+        again without it)."""
         memo = generation.Memo(self.ctx.state_dir / REFS_MEMO)
         key = generation.key(gen, self.name, self.settings.chain, self.families, "hidden")
         kept = memo.get(key)
         if isinstance(kept, list):
             return tuple((int(v), int(n)) for v, n in kept)
         snap = snap or generation.chains(self.ctx.runner)
-        if snap is None or snap[0] != gen:  # moved since the read: said by the next run
+        if snap is None:
+            return None
+        if snap[0] != gen:  # moved since the read: said by the next run
             return ()
         out = bychain.unshown(tables, self.settings, snap)
         memo.put(key, [list(pair) for pair in out])

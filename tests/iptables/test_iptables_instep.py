@@ -500,3 +500,33 @@ def test_a_file_of_cfallow_changed_while_a_run_records_leaves_no_record(lab: Lab
     assert during.code == 0 and "+0 -0 =22 in sync" in during.out, during.err
     assert not flag.exists()
     assert not (lab.state / instep.FILE).exists()
+
+
+def test_a_read_that_could_not_count_the_references_into_its_chain_is_not_said_again(
+    lab: Lab,
+) -> None:
+    """The kernel's count of references into cfallow's chain (an nft verdict map's jump no
+    rule read shows) could not be had: the run says what it can and records nothing, so
+    the next run asks the kernel again instead of repeating a report without the count."""
+    probe = (
+        "import sys; from cfallow.netfilter import generation; "
+        "generation.chains = lambda runner: None; "
+        "from cfallow.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = [sys.executable, "-c", probe, "--config", str(lab.config)]
+    argv += ["--state-dir", str(lab.state), "sync", "--offline"]
+    for expect in ("+22 -0 =0 changed", "+0 -0 =22 in sync", "+0 -0 =22 in sync"):
+        r = subprocess.run(
+            ns_exec(lab.p.server, *argv),
+            capture_output=True,
+            text=True,
+            env=lab.env,
+            cwd=lab.tmp,
+            check=False,
+        )
+        assert r.returncode == 0 and expect in r.stdout, r.stderr
+        assert not (lab.state / instep.FILE).exists()
+    assert reach(lab.p) == IN
+    counted = lab.sync()  # the count had: the run records
+    assert counted.code == 0 and (lab.state / instep.FILE).exists(), counted.err
+    assert_again(lab, counted)
