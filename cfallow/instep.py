@@ -177,10 +177,6 @@ def _state(state_dir: str) -> list[Any] | None:
     return sorted(found)
 
 
-def _code(files: Sequence[str]) -> list[Any]:
-    return [_stat(f) for f in files]
-
-
 def key(argv: Sequence[str], state_dir: str, config: str, files: Sequence[str]) -> dict[str, Any]:
     """Everything but the witnesses a recorded outcome rests on (see the module docstring)."""
     return {
@@ -192,7 +188,7 @@ def key(argv: Sequence[str], state_dir: str, config: str, files: Sequence[str]) 
         "journal": _journal(),
         "python": [sys.executable, sys.version, _stat(sys.executable)],
         "path": [[p, _stat(p)] for p in sys.path if p],
-        "code": _code(files),
+        "code": [_stat(f) for f in files],
         "config": _config(config),
         "statedir": _dirs(state_dir),
         "state": _state(state_dir),
@@ -308,14 +304,15 @@ def seal(state_dir: str | Path) -> None:
         }
         | {os.path.join(pkg, "data", f) for f in _listdir(os.path.join(pkg, "data"))}
     )
+    keyed = key(run.argv, run.state_dir, run.config, files)
     # an upgrade while the run ran (its ctime on the kernel's coarse clock, a second's
     # slack): what the run read of it is not what the record would key
     since = run.started - 1_000_000_000
-    if any(st is not None and st[4] >= since for st in _code([sys.executable, *files])):
+    if any(st is not None and st[4] >= since for st in [keyed["python"][2], *keyed["code"]]):
         _remove(record)
         return
     doc = {
-        "key": key(run.argv, run.state_dir, run.config, files),
+        "key": keyed,
         "files": files,
         "witnesses": [[list(w), v] for w, v in run.witnesses],
         "at": _clock(),
@@ -352,7 +349,8 @@ def _remove(path: str) -> None:
 
 
 def _clock() -> float:
-    """Wall-clock seconds (``CFALLOW_NOW`` in tests, as :func:`cfallow.fetch.cadence.now`)."""
+    """Wall-clock seconds (``CFALLOW_NOW`` in tests), as :func:`cfallow.fetch.cadence.now`
+    (not imported: its dataclasses and logging would double a run said again)."""
     fake = os.environ.get("CFALLOW_NOW")
     return float(fake) if fake else time.time()
 

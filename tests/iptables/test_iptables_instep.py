@@ -420,24 +420,29 @@ def test_a_config_behind_a_link_rests_on_the_directories_it_is_trusted_by(lab: L
     assert "writable by group or others" in run.err, run.err
 
 
-def test_a_config_changed_while_a_run_records_makes_the_next_a_full_run(lab: Lab) -> None:
-    """The config is read when the run starts: one that changes before the run records
-    (here while it reads the tables) is not what the recorded outcome rests on."""
+def _while_reading(lab: Lab, flag: Path, action: str) -> None:
+    """Put iptables-nft programs first on the runs' PATH that do ``action`` (a shell
+    command) once, the first time one runs after ``flag`` is made, then the real program."""
     import shutil
 
-    shim, flag = lab.tmp / "shim", lab.tmp / "edit-config"
+    shim = lab.tmp / "shim"
     shim.mkdir()
     for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
         real = shutil.which(name)
         assert real is not None
         path = shim / name
         path.write_text(
-            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then\n'
-            f'  printf "ports = [80, 443, 8443]\\n" >> "{lab.config}"\nfi\n'
-            f'exec {real} "$@"\n'
+            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then {action}; fi\nexec {real} "$@"\n'
         )
         path.chmod(0o755)
     lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+
+
+def test_a_config_changed_while_a_run_records_makes_the_next_a_full_run(lab: Lab) -> None:
+    """The config is read when the run starts: one that changes before the run records
+    (here while it reads the tables) is not what the recorded outcome rests on."""
+    flag = lab.tmp / "edit-config"
+    _while_reading(lab, flag, f'printf "ports = [80, 443, 8443]\\n" >> "{lab.config}"')
     recorded(lab)
     (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
     flag.touch()
@@ -482,17 +487,8 @@ def test_a_file_of_cfallow_changed_while_a_run_records_leaves_no_record(lab: Lab
     import time
 
     time.sleep(1.1)  # a file changed within a second before a run: that run records nothing
-    shim, flag = lab.tmp / "shim", lab.tmp / "touch-data"
-    shim.mkdir()
-    for name in [tool("nft", v, s) for v in (4, 6) for s in ("", "-save")]:
-        real = shutil.which(name)
-        assert real is not None
-        path = shim / name
-        path.write_text(
-            f'#!/bin/sh\nif rm "{flag}" 2>/dev/null; then touch "{target}"; fi\nexec {real} "$@"\n'
-        )
-        path.chmod(0o755)
-    lab.env = dict(lab.env, PATH=f"{shim}:{lab.env['PATH']}")
+    flag = lab.tmp / "touch-data"
+    _while_reading(lab, flag, f'touch "{target}"')
     recorded(lab)
     (lab.state / "iptables-read.json").unlink()  # the next run reads the tables
     flag.touch()
